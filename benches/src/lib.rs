@@ -1,0 +1,1 @@
+//! Criterion benchmarks for idlevit; the benchmarks live in `benches/`, this library is empty.

@@ -1,0 +1,15 @@
+//! The library behind the `idlevit` command: weight loading by file type, image
+//! preprocessing as timm evaluates DeiT, and the commands themselves.
+//!
+//! ```
+//! use idlevit_cli::preprocess::{preprocess, EvalTransform};
+//!
+//! let image = image::DynamicImage::new_rgb8(300, 260);
+//! let tensor = preprocess(&image, &EvalTransform::for_size(224))?;
+//! assert_eq!(tensor.shape(), &[3, 224, 224]);
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+
+pub mod commands;
+pub mod preprocess;
+pub mod weights;

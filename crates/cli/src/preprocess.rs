@@ -1,0 +1,81 @@
+//! Image preprocessing as timm evaluates DeiT: resize the shorter side with bicubic
+//! filtering, center-crop, scale to [0, 1], normalise with the ImageNet mean and std.
+
+use anyhow::{Context, Result};
+use idlevit_tensor::Tensor;
+use image::DynamicImage;
+use image::imageops::FilterType;
+
+/// ImageNet channel means (RGB), as timm's `IMAGENET_DEFAULT_MEAN`.
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet channel standard deviations (RGB), as timm's `IMAGENET_DEFAULT_STD`.
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// The evaluation transform: shorter side to `resize`, then a `crop x crop` center crop.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EvalTransform {
+    /// Length of the shorter side after resizing.
+    pub resize: u32,
+    /// Side of the square center crop (the model's input size).
+    pub crop: u32,
+}
+
+impl EvalTransform {
+    /// timm's default for a model input of `img_size`: crop ratio 0.875 (224 -> resize 256).
+    pub fn for_size(img_size: usize) -> Self {
+        let crop = img_size as u32;
+        Self {
+            resize: (f64::from(crop) / 0.875).floor() as u32,
+            crop,
+        }
+    }
+}
+
+/// Decodes an image file and preprocesses it into a `(3, crop, crop)` tensor.
+pub fn load_image(path: &std::path::Path, transform: &EvalTransform) -> Result<Tensor> {
+    let image = image::ImageReader::open(path)
+        .with_context(|| format!("cannot open image {}", path.display()))?
+        .with_guessed_format()
+        .with_context(|| format!("cannot read image {}", path.display()))?
+        .decode()
+        .with_context(|| format!("{} is not a decodable image", path.display()))?;
+    preprocess(&image, transform).with_context(|| format!("cannot preprocess {}", path.display()))
+}
+
+/// Resizes, crops and normalises a decoded image into a `(3, crop, crop)` tensor.
+pub fn preprocess(image: &DynamicImage, transform: &EvalTransform) -> Result<Tensor> {
+    let (w, h) = (image.width(), image.height());
+    anyhow::ensure!(w > 0 && h > 0, "image has no pixels ({w}x{h})");
+    let short = w.min(h);
+    // As torchvision's Resize(int): the shorter side becomes `resize`, the longer keeps the
+    // aspect ratio (truncated), so both sides are at least the crop.
+    let scale = f64::from(transform.resize) / f64::from(short);
+    let (nw, nh) = if w <= h {
+        (transform.resize, (f64::from(h) * scale) as u32)
+    } else {
+        ((f64::from(w) * scale) as u32, transform.resize)
+    };
+    anyhow::ensure!(
+        nw >= transform.crop && nh >= transform.crop,
+        "resize {} is smaller than crop {}",
+        transform.resize,
+        transform.crop
+    );
+    let resized = image.to_rgb8();
+    let resized = image::imageops::resize(&resized, nw, nh, FilterType::CatmullRom);
+    // torchvision rounds the crop offset to the nearest pixel.
+    let left = ((f64::from(nw - transform.crop)) / 2.0).round() as u32;
+    let top = ((f64::from(nh - transform.crop)) / 2.0).round() as u32;
+    let side = transform.crop as usize;
+    let mut data = vec![0.0f32; 3 * side * side];
+    for y in 0..side {
+        for x in 0..side {
+            let pixel = resized.get_pixel(left + x as u32, top + y as u32);
+            for c in 0..3 {
+                let value = f32::from(pixel[c]) / 255.0;
+                data[(c * side + y) * side + x] = (value - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+            }
+        }
+    }
+    Ok(Tensor::from_vec(vec![3, side, side], data)?)
+}

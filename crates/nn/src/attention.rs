@@ -1,0 +1,113 @@
+//! Multi-head self-attention with a fused qkv projection.
+
+use idlevit_checkpoint::WeightReader;
+
+use crate::{Backend, Linear, NnError, Result};
+
+/// Multi-head self-attention as timm's `Attention`: one `qkv` linear whose output rows are
+/// `[q; k; v]` (heads contiguous inside each), scaled dot-product attention, then `proj`.
+#[derive(Clone, Debug)]
+pub struct Attention {
+    qkv: Linear,
+    proj: Linear,
+    num_heads: usize,
+}
+
+/// Queries, keys and values split into heads, each `(batch, heads, tokens, head_dim)`.
+#[derive(Clone, Debug)]
+pub struct Heads<V> {
+    /// Queries.
+    pub q: V,
+    /// Keys.
+    pub k: V,
+    /// Values.
+    pub v: V,
+}
+
+impl Attention {
+    /// Reads `{prefix}.qkv.*` `(3 dim, dim)` and `{prefix}.proj.*` `(dim, dim)`.
+    pub fn load(
+        reader: &mut WeightReader,
+        prefix: &str,
+        dim: usize,
+        num_heads: usize,
+        qkv_bias: bool,
+    ) -> Result<Self> {
+        if num_heads == 0 || !dim.is_multiple_of(num_heads) {
+            return Err(NnError::Config(format!(
+                "width {dim} is not divisible by {num_heads} heads"
+            )));
+        }
+        Ok(Self {
+            qkv: Linear::load(reader, &format!("{prefix}.qkv"), dim, 3 * dim, qkv_bias)?,
+            proj: Linear::load(reader, &format!("{prefix}.proj"), dim, dim, true)?,
+            num_heads,
+        })
+    }
+
+    /// The number of heads.
+    pub fn num_heads(&self) -> usize {
+        self.num_heads
+    }
+
+    /// The width of one head.
+    pub fn head_dim(&self) -> usize {
+        self.proj.out_features() / self.num_heads
+    }
+
+    /// The softmax temperature `head_dim^-1/2`.
+    pub fn scale(&self) -> f32 {
+        (self.head_dim() as f32).powf(-0.5)
+    }
+
+    /// Projects `x` `(batch, tokens, dim)` to per-head queries, keys and values.
+    pub fn heads<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<Heads<B::Value>> {
+        let &[batch, tokens, dim] = bk.shape(x) else {
+            return Err(NnError::shape(
+                "attention input",
+                "(batch, tokens, dim)",
+                bk.shape(x),
+            ));
+        };
+        let qkv = self.qkv.forward(bk, x)?;
+        let qkv = bk.reshape(
+            &qkv,
+            &[batch, tokens, 3, self.num_heads, dim / self.num_heads],
+        )?;
+        let qkv = bk.permute(&qkv, &[2, 0, 3, 1, 4])?;
+        Ok(Heads {
+            q: bk.select(&qkv, 0, 0)?,
+            k: bk.select(&qkv, 0, 1)?,
+            v: bk.select(&qkv, 0, 2)?,
+        })
+    }
+
+    /// Scaled attention logits `s q k^T`, `(batch, heads, queries, keys)`.
+    pub fn logits<B: Backend>(&self, bk: &B, q: &B::Value, k: &B::Value) -> Result<B::Value> {
+        let q = bk.scale(q, self.scale())?;
+        bk.matmul(&q, &bk.permute(k, &[0, 1, 3, 2])?)
+    }
+
+    /// Attention-weighted values merged across heads and projected: `proj(softmax(logits) v)`.
+    pub fn attend<B: Backend>(&self, bk: &B, logits: &B::Value, v: &B::Value) -> Result<B::Value> {
+        let weights = bk.softmax(logits)?;
+        let out = bk.matmul(&weights, v)?;
+        let &[batch, heads, tokens, head_dim] = bk.shape(&out) else {
+            return Err(NnError::shape(
+                "attention output",
+                "(batch, heads, tokens, head_dim)",
+                bk.shape(&out),
+            ));
+        };
+        let out = bk.permute(&out, &[0, 2, 1, 3])?;
+        let out = bk.reshape(&out, &[batch, tokens, heads * head_dim])?;
+        self.proj.forward(bk, &out)
+    }
+
+    /// Full self-attention of `x` `(batch, tokens, dim)`.
+    pub fn forward<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
+        let Heads { q, k, v } = self.heads(bk, x)?;
+        let logits = self.logits(bk, &q, &k)?;
+        self.attend(bk, &logits, &v)
+    }
+}

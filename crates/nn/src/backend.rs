@@ -1,0 +1,61 @@
+//! The operations a layer's maths is written in.
+
+use idlevit_tensor::Tensor;
+
+use crate::{Param, Result};
+
+/// The operations a layer's `forward` uses, so that one definition of the maths serves
+/// inference ([`Eager`](crate::Eager)) and training (a backend that records a tape).
+///
+/// Shapes follow PyTorch: leading axes are batch axes, the last axis is the feature axis.
+pub trait Backend {
+    /// The value a layer passes around: a plain tensor, or a tensor with a tape entry.
+    type Value: Clone;
+
+    /// The shape of a value.
+    fn shape<'a>(&self, x: &'a Self::Value) -> &'a [usize];
+    /// A value that is data, not a parameter (inputs, masks): no gradient is kept for it.
+    fn constant(&self, t: Tensor) -> Self::Value;
+    /// A learnable parameter; a training backend keeps its gradient under its identity.
+    fn param(&self, p: &Param) -> Self::Value;
+
+    /// `x W^T + b` over the last axis of `x`, with `W` of shape `(out, in)`.
+    fn linear(
+        &self,
+        x: &Self::Value,
+        w: &Self::Value,
+        b: Option<&Self::Value>,
+    ) -> Result<Self::Value>;
+    /// Layer normalisation over the last axis with scale `gamma` and shift `beta`.
+    fn layer_norm(
+        &self,
+        x: &Self::Value,
+        gamma: &Self::Value,
+        beta: &Self::Value,
+        eps: f32,
+    ) -> Result<Self::Value>;
+    /// GELU with the exact erf.
+    fn gelu(&self, x: &Self::Value) -> Result<Self::Value>;
+    /// Elementwise sum; `b` may broadcast to `a`'s shape (size-1 or missing leading axes).
+    fn add(&self, a: &Self::Value, b: &Self::Value) -> Result<Self::Value>;
+    /// Elementwise product; `b` may broadcast to `a`'s shape.
+    fn mul(&self, a: &Self::Value, b: &Self::Value) -> Result<Self::Value>;
+    /// Multiplication by a constant.
+    fn scale(&self, x: &Self::Value, factor: f32) -> Result<Self::Value>;
+    /// Batched matrix product `(..., m, k) x (..., k, n) -> (..., m, n)`.
+    fn matmul(&self, a: &Self::Value, b: &Self::Value) -> Result<Self::Value>;
+    /// Softmax over the last axis.
+    fn softmax(&self, x: &Self::Value) -> Result<Self::Value>;
+    /// The same values under another shape.
+    fn reshape(&self, x: &Self::Value, shape: &[usize]) -> Result<Self::Value>;
+    /// Axes reordered: axis `i` of the result is axis `axes[i]` of `x`.
+    fn permute(&self, x: &Self::Value, axes: &[usize]) -> Result<Self::Value>;
+    /// The range `start..end` of `axis`.
+    fn slice(&self, x: &Self::Value, axis: usize, start: usize, end: usize) -> Result<Self::Value>;
+    /// Index `index` of `axis`, with that axis removed.
+    fn select(&self, x: &Self::Value, axis: usize, index: usize) -> Result<Self::Value>;
+    /// Repeats size-1 axes (and adds leading axes) to reach `shape`.
+    fn broadcast_to(&self, x: &Self::Value, shape: &[usize]) -> Result<Self::Value>;
+    /// Joins values along `axis`; all other axes must agree.
+    fn concat(&self, xs: &[Self::Value], axis: usize) -> Result<Self::Value>;
+}

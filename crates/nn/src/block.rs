@@ -1,0 +1,69 @@
+//! The pre-norm transformer block.
+
+use idlevit_checkpoint::WeightReader;
+
+use crate::{Attention, Backend, LayerNorm, Mlp, Result};
+
+/// Hyper-parameters of one transformer block.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockConfig {
+    /// Token width.
+    pub dim: usize,
+    /// Attention heads.
+    pub num_heads: usize,
+    /// Hidden width of the MLP.
+    pub mlp_hidden: usize,
+    /// Whether the qkv projection has a bias.
+    pub qkv_bias: bool,
+    /// Layer-norm epsilon.
+    pub norm_eps: f32,
+}
+
+/// `x + attn(norm1(x))`, then `x + mlp(norm2(x))`, as timm's `Block`.
+#[derive(Clone, Debug)]
+pub struct Block {
+    norm1: LayerNorm,
+    attn: Attention,
+    norm2: LayerNorm,
+    mlp: Mlp,
+}
+
+impl Block {
+    /// Reads the block's weights under `prefix` (e.g. `blocks.3`).
+    pub fn load(reader: &mut WeightReader, prefix: &str, cfg: &BlockConfig) -> Result<Self> {
+        Ok(Self {
+            norm1: LayerNorm::load(reader, &format!("{prefix}.norm1"), cfg.dim, cfg.norm_eps)?,
+            attn: Attention::load(
+                reader,
+                &format!("{prefix}.attn"),
+                cfg.dim,
+                cfg.num_heads,
+                cfg.qkv_bias,
+            )?,
+            norm2: LayerNorm::load(reader, &format!("{prefix}.norm2"), cfg.dim, cfg.norm_eps)?,
+            mlp: Mlp::load(reader, &format!("{prefix}.mlp"), cfg.dim, cfg.mlp_hidden)?,
+        })
+    }
+
+    /// The attention sub-layer.
+    pub fn attn(&self) -> &Attention {
+        &self.attn
+    }
+
+    /// The normalisation in front of attention.
+    pub fn norm1(&self) -> &LayerNorm {
+        &self.norm1
+    }
+
+    /// The residual branch of the MLP half: `mlp(norm2(x))`.
+    pub fn mlp_branch<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
+        self.mlp.forward(bk, &self.norm2.forward(bk, x)?)
+    }
+
+    /// The dense block over all tokens of `x` `(batch, tokens, dim)`.
+    pub fn forward<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
+        let attn = self.attn.forward(bk, &self.norm1.forward(bk, x)?)?;
+        let x = bk.add(x, &attn)?;
+        bk.add(&x, &self.mlp_branch(bk, &x)?)
+    }
+}

@@ -1,0 +1,90 @@
+//! A fully connected layer with timm's `(out, in)` weight layout.
+
+use idlevit_checkpoint::WeightReader;
+use idlevit_tensor::Tensor;
+
+use crate::{Backend, NnError, Param, Result};
+
+/// `y = x W^T + b` over the last axis, as `torch.nn.Linear`.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    weight: Param,
+    bias: Option<Param>,
+}
+
+impl Linear {
+    /// A layer from a weight of shape `(out, in)` and an optional bias of shape `(out)`.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        Self::from_params(
+            Param::new("weight", weight),
+            bias.map(|b| Param::new("bias", b)),
+        )
+    }
+
+    /// A layer from named parameters, checking that their shapes fit together.
+    pub fn from_params(weight: Param, bias: Option<Param>) -> Result<Self> {
+        let [out, _] = *weight.value().shape() else {
+            return Err(NnError::shape(
+                weight.name(),
+                "(out, in)",
+                weight.value().shape(),
+            ));
+        };
+        if let Some(b) = &bias
+            && b.value().shape() != [out]
+        {
+            return Err(NnError::shape(
+                b.name(),
+                format!("[{out}]"),
+                b.value().shape(),
+            ));
+        }
+        Ok(Self { weight, bias })
+    }
+
+    /// Reads `{prefix}.weight` `(out, in)` and, when `bias` is set, `{prefix}.bias` `(out)`.
+    pub fn load(
+        reader: &mut WeightReader,
+        prefix: &str,
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let weight = Param::load(
+            reader,
+            &format!("{prefix}.weight"),
+            &[out_features, in_features],
+        )?;
+        let bias = bias
+            .then(|| Param::load(reader, &format!("{prefix}.bias"), &[out_features]))
+            .transpose()?;
+        Self::from_params(weight, bias)
+    }
+
+    /// The number of input features.
+    pub fn in_features(&self) -> usize {
+        self.weight.value().shape()[1]
+    }
+
+    /// The number of output features.
+    pub fn out_features(&self) -> usize {
+        self.weight.value().shape()[0]
+    }
+
+    /// The weight, `(out, in)`.
+    pub fn weight(&self) -> &Param {
+        &self.weight
+    }
+
+    /// The bias, if the layer has one.
+    pub fn bias(&self) -> Option<&Param> {
+        self.bias.as_ref()
+    }
+
+    /// Applies the layer to the last axis of `x`.
+    pub fn forward<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
+        let w = bk.param(&self.weight);
+        let b = self.bias.as_ref().map(|b| bk.param(b));
+        bk.linear(x, &w, b.as_ref())
+    }
+}

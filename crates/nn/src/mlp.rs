@@ -1,0 +1,33 @@
+//! The transformer's feed-forward block.
+
+use idlevit_checkpoint::WeightReader;
+
+use crate::{Backend, Linear, Result};
+
+/// `fc2(GELU(fc1(x)))`, hidden width `mlp_ratio * dim`.
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Mlp {
+    /// Reads `{prefix}.fc1.*` `(hidden, dim)` and `{prefix}.fc2.*` `(dim, hidden)`.
+    pub fn load(
+        reader: &mut WeightReader,
+        prefix: &str,
+        dim: usize,
+        hidden: usize,
+    ) -> Result<Self> {
+        Ok(Self {
+            fc1: Linear::load(reader, &format!("{prefix}.fc1"), dim, hidden, true)?,
+            fc2: Linear::load(reader, &format!("{prefix}.fc2"), hidden, dim, true)?,
+        })
+    }
+
+    /// Applies the block to the last axis of `x`.
+    pub fn forward<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
+        let hidden = bk.gelu(&self.fc1.forward(bk, x)?)?;
+        self.fc2.forward(bk, &hidden)
+    }
+}

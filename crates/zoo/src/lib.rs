@@ -1,0 +1,32 @@
+//! The model zoo: Vision Transformer families that load timm-named weights.
+//!
+//! [`DeiT`] is built from a [`DeiTConfig`] (named constructors for the published sizes, or a
+//! free-form config read from JSON) and a checkpoint. Its `forward` is generic over the
+//! [`Backend`](idlevit_nn::Backend), so the same model serves inference and training.
+//!
+//! ```
+//! use idlevit_nn::{Backend, Eager};
+//! use idlevit_tensor::Tensor;
+//! use idlevit_zoo::{DeiT, DeiTConfig};
+//!
+//! let config = DeiTConfig { img_size: 32, patch_size: 16, embed_dim: 24, depth: 1, num_heads: 2,
+//!     mlp_ratio: 4.0, num_classes: 5, qkv_bias: true };
+//! let model = DeiT::random(&config, 7)?;
+//! let images = Tensor::zeros(&[2, 3, 32, 32])?;
+//! let logits = model.forward(&Eager, &Eager.constant(images))?;
+//! assert_eq!(logits.shape(), &[2, 5]);
+//! # Ok::<(), idlevit_zoo::ZooError>(())
+//! ```
+
+mod config;
+mod deit;
+mod error;
+mod random;
+
+pub use config::DeiTConfig;
+pub use deit::DeiT;
+pub use error::ZooError;
+pub use random::random_checkpoint;
+
+/// Result type of this crate.
+pub type Result<T, E = ZooError> = std::result::Result<T, E>;

@@ -1,0 +1,49 @@
+//! `.pth` to safetensors: read with the pickle interpreter that executes nothing, write f32.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use idlevit_checkpoint::{Checkpoint, pth};
+
+/// How to read the PyTorch checkpoint.
+#[derive(Clone, Debug, Default)]
+pub struct ConvertOptions {
+    /// Refuse any pickle global the reader does not understand, naming it.
+    pub strict: bool,
+    /// The entry of the checkpoint's top-level dict holding the weights (default: `model`,
+    /// then `state_dict`, then the top level itself).
+    pub key: Option<String>,
+}
+
+/// What a conversion found.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConvertReport {
+    /// Tensors written.
+    pub tensors: usize,
+    /// Entries that were not float tensors and were left out.
+    pub skipped: Vec<String>,
+    /// Pickle globals the reader kept inert.
+    pub unknown_globals: Vec<String>,
+}
+
+/// Converts the weights of PyTorch checkpoint `input` into safetensors file `output`.
+pub fn convert(input: &Path, output: &Path, options: &ConvertOptions) -> Result<ConvertReport> {
+    let pth_options = pth::PthOptions {
+        strict: options.strict,
+        key: options.key.clone(),
+    };
+    let weights = pth::read_pth(input, &pth_options)
+        .with_context(|| format!("cannot convert {}", input.display()))?;
+    let mut ckpt = Checkpoint::default();
+    let tensors = weights.tensors.len();
+    for (name, tensor) in weights.tensors {
+        ckpt.insert(name, tensor);
+    }
+    ckpt.save_safetensors(output)
+        .with_context(|| format!("cannot write {}", output.display()))?;
+    Ok(ConvertReport {
+        tensors,
+        skipped: weights.skipped,
+        unknown_globals: weights.unknown_globals,
+    })
+}

@@ -192,7 +192,46 @@ impl Tensor {
     pub fn to_vec(&self) -> Vec<f32> {
         match self.as_slice() {
             Some(slice) => slice.to_vec(),
-            None => self.view().iter().copied().collect(),
+            None => self.copy_strided(),
+        }
+    }
+
+    /// Copies a strided view row by row: the last axis is the inner loop, and runs with
+    /// stride 1 (the common case after a permute of leading axes) are copied as slices.
+    fn copy_strided(&self) -> Vec<f32> {
+        let numel = self.numel();
+        let mut out = Vec::with_capacity(numel);
+        let Some((&row_len, lead)) = self.shape.split_last() else {
+            out.push(self.storage[self.offset]);
+            return out;
+        };
+        if numel == 0 {
+            return out;
+        }
+        let row_stride = self.strides[lead.len()];
+        let mut index = vec![0usize; lead.len()];
+        let mut base = self.offset;
+        loop {
+            if row_stride == 1 {
+                out.extend_from_slice(&self.storage[base..base + row_len]);
+            } else {
+                out.extend((0..row_len).map(|i| self.storage[base + i * row_stride]));
+            }
+            // Advance the leading index like an odometer, keeping `base` in step.
+            let mut axis = lead.len();
+            loop {
+                if axis == 0 {
+                    return out;
+                }
+                axis -= 1;
+                index[axis] += 1;
+                base += self.strides[axis];
+                if index[axis] < lead[axis] {
+                    break;
+                }
+                base -= self.strides[axis] * index[axis];
+                index[axis] = 0;
+            }
         }
     }
 
@@ -390,6 +429,29 @@ mod tests {
         let row = iota(&[1, 4]).broadcast_to(&[2, 3, 4]).unwrap();
         assert_eq!(row.to_vec()[8..12], [0.0, 1.0, 2.0, 3.0]);
         assert!(iota(&[2, 4]).broadcast_to(&[3, 4]).is_err());
+    }
+
+    #[test]
+    fn strided_copies_match_ndarray_iteration() {
+        let x = iota(&[2, 3, 4, 5]);
+        for axes in [[3, 1, 0, 2], [0, 2, 1, 3], [1, 0, 3, 2]] {
+            let p = x.permute(&axes).unwrap().slice_axis(1, 1, 2).unwrap();
+            let expected: Vec<f32> = p.view().iter().copied().collect();
+            assert_eq!(p.to_vec(), expected, "{axes:?}");
+        }
+        let b = iota(&[1, 3]).broadcast_to(&[2, 2, 3]).unwrap();
+        assert_eq!(b.to_vec(), [0., 1., 2., 0., 1., 2., 0., 1., 2., 0., 1., 2.]);
+        assert_eq!(
+            x.select(0, 1)
+                .unwrap()
+                .select(0, 2)
+                .unwrap()
+                .select(0, 3)
+                .unwrap()
+                .to_vec()[0],
+            115.0
+        );
+        assert!(x.slice_axis(2, 1, 1).unwrap().to_vec().is_empty());
     }
 
     #[test]

@@ -2,53 +2,60 @@
 //!
 //! Two libraries do the arithmetic; which one runs is decided per call from the shape.
 //! Throughput measured on the target machine (AMD EPYC Zen 4, 2 vCPUs; GFLOP/s, median of
-//! repeated calls, best of three runs, `linear` layout: x row-major, B = w^T with strides
-//! (1, K); single thread / two rayon threads):
+//! repeated calls, best of three runs; `linear` layout: x row-major, B = w^T with strides
+//! (1, K); one thread / two rayon threads; matrixmultiply on two threads = C's rows cut in two,
+//! one call each; gemm on two threads = its own `Parallelism::Rayon(2)`):
 //!
-//! | M x K x N          | matrixmultiply | gemm, AVX2 kernels | gemm, AVX-512 kernels |
-//! |--------------------|----------------|--------------------|-----------------------|
-//! | 6304 x 384 x 1152  | 88 / 174       |  93 / 197          | 108 / 215             |
-//! | 6304 x 384 x 384   | 90 / 180       |  95 / 197          | 107 / 216             |
-//! | 6304 x 384 x 1536  | 91 / 183       |  95 / 205          | 110 / 217             |
-//! | 6304 x 1536 x 384  | 92 / 189       |  96 / 191          | 106 / 209             |
-//! |  197 x 384 x 1152  | 89 / 158       | 104 / 209          | 105 / 207             |
-//! |  197 x 384 x 384   | 92 / 157       | 106 / 205          | 107 / 162             |
-//! |  197 x 384 x 1536  | 90 / 154       | 104 / 210          | 105 / 203             |
-//! |  197 x 1536 x 384  | 91 / 156       | 105 / 204          |  73 / 102             |
-//! |  197 x 3072 x 768  | 80 / 131       |  92 / 185          |  63 /  84             |
+//! | M x K x N         | matrixmultiply | gemm, AVX2 kernels | gemm, AVX-512 kernels |
+//! |-------------------|----------------|--------------------|-----------------------|
+//! | 6304 x 384 x 1152 | 88 / 174       |  93 / 197          | 108 / 215             |
+//! | 6304 x 384 x 384  | 90 / 180       |  95 / 197          | 107 / 216             |
+//! | 6304 x 384 x 1536 | 91 / 183       |  95 / 205          | 110 / 217             |
+//! | 6304 x 1536 x 384 | 92 / 189       |  96 / 191          | 106 / 209             |
+//! | 197 x 384 x 1152  | 89 / 158       | 104 / 209          | 105 / 207             |
+//! | 197 x 384 x 384   | 92 / 157       | 106 / 205          | 107 / 162             |
+//! | 197 x 384 x 1536  | 90 / 154       | 104 / 210          | 105 / 203             |
+//! | 197 x 1536 x 384  | 91 / 156       | 105 / 204          |  73 / 102             |
+//! | 197 x 3072 x 768  | 80 / 131       |  92 / 185          |  63 /  84             |
 //!
-//! (matrixmultiply on two threads: C's rows split in two blocks, one call each; gemm:
-//! `Parallelism::Rayon(2)`.) The AVX-512 kernels (gemm's `x86-v4` feature, detected at run
-//! time) win everywhere except small M against a weight whose row stride is a multiple of 512
-//! floats (K = 1024, 1536, 3072): there gemm reads the unpacked weight with 4 KiB-aliased
-//! strides and drops to 60-70% (a weight stored with its rows padded by 16 floats runs at 104
-//! again, see [`linear_strided`]). The two builds cannot be mixed in one binary, so: gemm with
-//! AVX-512 by default, matrixmultiply split across threads for that one case. Two threads reach
-//! about twice one thread here, so large calls use the whole pool.
+//! The AVX-512 kernels (gemm's `x86-v4` feature, detected at run time) win everywhere except
+//! small M against a weight whose row stride is a multiple of 512 floats (K = 1024, 1536,
+//! 3072): there gemm reads the unpacked weight with 4 KiB-aliased strides and drops to 60-70%;
+//! padding the weight's rows by 16 floats brings it back to 104 ([`linear_strided`],
+//! [`padded_row_stride`]). One binary cannot hold both gemm builds, so gemm runs with AVX-512,
+//! and matrixmultiply takes that one case. Threads: two threads reach about twice one here, and
+//! cutting C into one block per thread, each a single-threaded call, is as fast as gemm's own
+//! threading at large M and faster at small M (see [`Split`]).
+//!
+//! What `linear` (no bias) reaches with these choices, same conditions:
+//! 6304 x {384x1152, 384x384, 384x1536, 1536x384}: 109/213, 108/216, 109/216, 107/208;
+//! 197 x the same: 105/212, 107/212, 105/211, 91/175 (104/200 with a padded weight). A bias
+//! costs 1-5% more: it is written into y first and the product accumulates onto it.
+//! Re-measure with `cargo bench -p idlevit-benches --bench gemm`.
 
 use crate::matrix::{check_product, extent, normalized_strides};
 use crate::{KernelError, MatMut, MatRef, parallel};
+use rayon::prelude::*;
 
-/// Work (M·N·K) below which a GEMM runs on the calling thread: about 150 µs of one thread's
-/// time, where waking a second worker (tens of µs, more when the sibling vCPU is busy) no longer
-/// dominates. Smaller products (one attention head) are better parallelised by the caller.
+/// Work (M·N·K) below which a GEMM stays on the calling thread. 2^24 is about 300 µs of one
+/// thread's work; waking a second worker costs tens of µs (more when the sibling vCPU is busy),
+/// so splitting pays only above it. Smaller products (one attention head) are better
+/// parallelised by the caller, across heads.
 const PAR_MIN_WORK: usize = 1 << 24;
 
-/// Below this many output rows, a weight with an aliasing stride goes to matrixmultiply.
+/// Below this many output rows, a weight with an aliasing stride goes to matrixmultiply (at
+/// 197 x 1536 x 384 on two threads, cut by columns: 175 GFLOP/s against gemm's 145).
 const SMALL_M: usize = 512;
 
 /// A weight stride (in floats) that is a multiple of this aliases in gemm's unpacked path.
 const ALIASING_STRIDE: usize = 512;
-
-/// Smallest block of rows (or columns) one matrixmultiply task gets.
-const MIN_BLOCK: usize = 16;
 
 /// The library that runs a GEMM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Backend {
     /// The `gemm` crate (AVX-512 kernels where the CPU has them).
     Gemm,
-    /// The `matrixmultiply` crate, one call per block of C.
+    /// The `matrixmultiply` crate.
     MatrixMultiply,
 }
 
@@ -207,7 +214,7 @@ pub(crate) fn matmul_using(
     Ok(())
 }
 
-/// Runs a product that [`check_product`] accepted.
+/// Runs a product that [`check_product`] accepted, on up to `threads` rayon tasks.
 fn run_checked(
     backend: Backend,
     threads: usize,
@@ -217,23 +224,105 @@ fn run_checked(
     alpha: f32,
     beta: f32,
 ) {
-    if c.rows == 0 || c.cols == 0 {
+    let (m, n) = (c.rows, c.cols);
+    if m == 0 || n == 0 {
         return;
     }
     if a.cols == 0 {
         scale_output(c, beta);
         return;
     }
-    match backend {
-        Backend::Gemm => gemm_serial_or_rayon(c, a, b, alpha, beta, threads),
-        Backend::MatrixMultiply => {
-            let along = if c.rows > 1 && (c.cols == 1 || c.row_stride > c.col_stride) {
-                c.rows
-            } else {
-                c.cols
-            };
-            let blocks = threads.min(along / MIN_BLOCK).max(1);
-            matrixmultiply_blocks(c, a, b, alpha, beta, blocks);
+    // From here on C is written only through `out`, until every block has finished.
+    let out = Out::new(c);
+    match Split::choose(m, n, threads) {
+        Split::Serial => run_block(backend, out, a, b, alpha, beta),
+        Split::Rows(blocks) => (0..blocks).into_par_iter().for_each(|i| {
+            let (start, end) = (m * i / blocks, m * (i + 1) / blocks);
+            let block = out.offset(start, 0);
+            run_block(backend, block, a.rows_range(start, end), b, alpha, beta);
+        }),
+        Split::Cols(blocks) => (0..blocks).into_par_iter().for_each(|j| {
+            let (start, end) = (n * j / blocks, n * (j + 1) / blocks);
+            let block = out.offset(0, start);
+            run_block(backend, block, a, b.cols_range(start, end), alpha, beta);
+        }),
+    }
+}
+
+/// How a product is cut into blocks of C, one single-threaded library call each.
+///
+/// Cutting and calling each library on one thread measured as fast as gemm's own threading at
+/// large M, and faster at M = 197 (209 against 163 GFLOP/s at 197 x 384 x 384 on two
+/// threads): rows when each block keeps at least [`ROW_BLOCK`] of them, columns otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Split {
+    /// One call on the calling thread.
+    Serial,
+    /// This many blocks of consecutive rows.
+    Rows(usize),
+    /// This many blocks of consecutive columns.
+    Cols(usize),
+}
+
+/// Rows per block below which cutting by columns is faster (394 rows on two threads: rows 214,
+/// columns 209 GFLOP/s; 197 rows: rows 197, columns 209).
+const ROW_BLOCK: usize = 192;
+
+/// Fewest rows or columns a block is cut to.
+const MIN_BLOCK: usize = 16;
+
+impl Split {
+    fn choose(m: usize, n: usize, threads: usize) -> Split {
+        if threads <= 1 {
+            Split::Serial
+        } else if m >= ROW_BLOCK * threads {
+            Split::Rows(threads)
+        } else if n >= 4 * MIN_BLOCK * threads {
+            Split::Cols(threads)
+        } else if m >= 2 * MIN_BLOCK {
+            Split::Rows(threads.min(m / MIN_BLOCK))
+        } else if n >= 2 * MIN_BLOCK {
+            Split::Cols(threads.min(n / MIN_BLOCK))
+        } else {
+            Split::Serial
+        }
+    }
+}
+
+/// C of a checked product as a base pointer and strides, so that disjoint blocks of it can be
+/// written from several threads (a `&mut` slice cannot be cut into interleaved column blocks).
+#[derive(Clone, Copy)]
+struct Out {
+    ptr: *mut f32,
+    row_stride: isize,
+    col_stride: isize,
+}
+
+// SAFETY: an `Out` is only created by `run_checked` from a C that `check_product` accepted,
+// whose mutable borrow lasts until every block is done; the blocks handed to different threads
+// cover disjoint sets of C's elements (ranges of rows, or of columns, of a layout whose
+// elements are pairwise distinct), so no element is written by two threads or read by another.
+unsafe impl Send for Out {}
+// SAFETY: as for `Send`: shared access only ever hands out disjoint blocks.
+unsafe impl Sync for Out {}
+
+impl Out {
+    fn new(c: MatMut<'_>) -> Self {
+        let (row_stride, col_stride) =
+            normalized_strides(c.rows, c.cols, c.row_stride, c.col_stride);
+        Out {
+            ptr: c.data.as_mut_ptr(),
+            row_stride,
+            col_stride,
+        }
+    }
+
+    /// The block whose top-left element is C's (i, j); (i, j) lies inside C.
+    fn offset(self, i: usize, j: usize) -> Self {
+        let at = i as isize * self.row_stride + j as isize * self.col_stride;
+        Out {
+            ptr: self.ptr.wrapping_offset(at),
+            ..self
         }
     }
 }
@@ -248,150 +337,62 @@ fn scale_output(c: MatMut<'_>, beta: f32) {
     }
 }
 
-/// Splits C (and the matching rows of A or columns of B) into `blocks` parts along its outer
-/// axis and runs one matrixmultiply call per part on rayon.
-fn matrixmultiply_blocks(
-    c: MatMut<'_>,
-    a: MatRef<'_>,
-    b: MatRef<'_>,
-    alpha: f32,
-    beta: f32,
-    blocks: usize,
-) {
-    if blocks <= 1 {
-        matrixmultiply_serial(c, a, b, alpha, beta);
-        return;
-    }
-    let MatMut {
-        data,
-        rows,
-        cols,
-        row_stride,
-        col_stride,
-    } = c;
-    let first = blocks / 2;
-    // The overlap check guarantees the outer axis's stride exceeds the span of one row (or
-    // column), so a cut at a multiple of it separates whole rows (or columns).
-    if rows > 1 && (cols == 1 || row_stride > col_stride) {
-        let mid = rows * first / blocks;
-        let (top, bottom) = data.split_at_mut(mid * row_stride);
-        let c1 = MatMut {
-            data: top,
-            rows: mid,
-            cols,
-            row_stride,
-            col_stride,
-        };
-        let c2 = MatMut {
-            data: bottom,
-            rows: rows - mid,
-            cols,
-            row_stride,
-            col_stride,
-        };
-        let (a1, a2) = (a.rows_range(0, mid), a.rows_range(mid, rows));
-        rayon::join(
-            || matrixmultiply_blocks(c1, a1, b, alpha, beta, first),
-            || matrixmultiply_blocks(c2, a2, b, alpha, beta, blocks - first),
-        );
-    } else {
-        let mid = cols * first / blocks;
-        let (left, right) = data.split_at_mut(mid * col_stride);
-        let c1 = MatMut {
-            data: left,
-            rows,
-            cols: mid,
-            row_stride,
-            col_stride,
-        };
-        let c2 = MatMut {
-            data: right,
-            rows,
-            cols: cols - mid,
-            row_stride,
-            col_stride,
-        };
-        let (b1, b2) = (b.cols_range(0, mid), b.cols_range(mid, cols));
-        rayon::join(
-            || matrixmultiply_blocks(c1, a, b1, alpha, beta, first),
-            || matrixmultiply_blocks(c2, a, b2, alpha, beta, blocks - first),
-        );
-    }
-}
-
-fn matrixmultiply_serial(c: MatMut<'_>, a: MatRef<'_>, b: MatRef<'_>, alpha: f32, beta: f32) {
+/// One single-threaded library call computing the `a.rows x b.cols` block of C at `out`.
+fn run_block(backend: Backend, out: Out, a: MatRef<'_>, b: MatRef<'_>, alpha: f32, beta: f32) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     let (ars, acs) = normalized_strides(a.rows, a.cols, a.row_stride, a.col_stride);
     let (brs, bcs) = normalized_strides(b.rows, b.cols, b.row_stride, b.col_stride);
-    let (crs, ccs) = normalized_strides(c.rows, c.cols, c.row_stride, c.col_stride);
-    // SAFETY: `check_product` proved that every element (i, j) of a, b and c lies inside its
-    // slice and that c's elements are pairwise distinct; the blocks split off by
-    // `matrixmultiply_blocks` keep both properties. Normalised strides only differ on
-    // dimensions of length one, where no offset is taken. `c` is borrowed mutably, so nothing
-    // else reads or writes it, and a and b are only read.
-    unsafe {
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            alpha,
-            a.data.as_ptr(),
-            ars,
-            acs,
-            b.data.as_ptr(),
-            brs,
-            bcs,
-            beta,
-            c.data.as_mut_ptr(),
-            crs,
-            ccs,
-        );
-    }
-}
-
-fn gemm_serial_or_rayon(
-    c: MatMut<'_>,
-    a: MatRef<'_>,
-    b: MatRef<'_>,
-    alpha: f32,
-    beta: f32,
-    threads: usize,
-) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    let (ars, acs) = normalized_strides(a.rows, a.cols, a.row_stride, a.col_stride);
-    let (brs, bcs) = normalized_strides(b.rows, b.cols, b.row_stride, b.col_stride);
-    let (crs, ccs) = normalized_strides(c.rows, c.cols, c.row_stride, c.col_stride);
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: as for `matrixmultiply_serial`: every addressed element is in bounds and c's
-    // elements are distinct, so gemm's threads write disjoint memory. gemm computes
-    // dst = alpha·dst + beta·lhs·rhs, hence our beta and alpha swap places; with
-    // `read_dst == false` it never reads c.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.data.as_mut_ptr(),
-            ccs,
-            crs,
-            beta != 0.0,
-            a.data.as_ptr(),
-            acs,
-            ars,
-            b.data.as_ptr(),
-            bcs,
-            brs,
-            beta,
-            alpha,
-            false,
-            false,
-            false,
-            parallelism,
-        );
+    let (crs, ccs) = (out.row_stride, out.col_stride);
+    match backend {
+        // SAFETY: `check_product` proved that every element (i, j) of a, b and the whole of C
+        // lies inside its slice, and `a`, `b` and `out` here are sub-blocks of those views, so
+        // every address the library forms is in bounds. Normalised strides differ from the
+        // given ones only on dimensions of length one, where no offset is taken. This call
+        // writes only its block of C, disjoint from every other block (see `Out`), and only
+        // reads a and b, which are shared borrows that cannot alias C's mutable one.
+        Backend::MatrixMultiply => unsafe {
+            matrixmultiply::sgemm(
+                m,
+                k,
+                n,
+                alpha,
+                a.data.as_ptr(),
+                ars,
+                acs,
+                b.data.as_ptr(),
+                brs,
+                bcs,
+                beta,
+                out.ptr,
+                crs,
+                ccs,
+            );
+        },
+        // SAFETY: as for matrixmultiply above. gemm computes dst = alpha·dst + beta·lhs·rhs,
+        // hence our beta and alpha swap places; with `read_dst == false` it never reads C.
+        Backend::Gemm => unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                out.ptr,
+                ccs,
+                crs,
+                beta != 0.0,
+                a.data.as_ptr(),
+                acs,
+                ars,
+                b.data.as_ptr(),
+                bcs,
+                brs,
+                beta,
+                alpha,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        },
     }
 }
 

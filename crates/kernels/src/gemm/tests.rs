@@ -237,12 +237,13 @@ proptest! {
     }
 }
 
-/// Shapes large enough for gemm's own threading and for matrixmultiply's row and column split.
+/// Shapes that cut C by rows and by columns, for 2 and 4 threads, on both layouts of C.
 #[test]
 fn large_products_in_parallel() {
     let shapes = [
         (300, 200, 150, Layout::RowMajor { gap: 0 }),
         (150, 97, 260, Layout::ColMajor { gap: 5 }),
+        (400, 50, 40, Layout::RowMajor { gap: 1 }),
     ];
     for (m, k, n, lc) in shapes {
         let case = Case::new(
@@ -476,4 +477,15 @@ fn empty_inner_dimension_scales_c() {
     )
     .unwrap();
     assert_eq!(c, [-3.0, -4.5]);
+}
+
+#[test]
+fn split_rules() {
+    assert_eq!(Split::choose(6304, 384, 1), Split::Serial);
+    assert_eq!(Split::choose(6304, 384, 2), Split::Rows(2));
+    assert_eq!(Split::choose(197, 384, 2), Split::Cols(2));
+    assert_eq!(Split::choose(197, 100, 2), Split::Rows(2));
+    assert_eq!(Split::choose(40, 10, 4), Split::Rows(2));
+    assert_eq!(Split::choose(10, 40, 4), Split::Cols(2));
+    assert_eq!(Split::choose(10, 10, 4), Split::Serial);
 }

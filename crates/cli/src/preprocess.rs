@@ -1,15 +1,32 @@
 //! Image preprocessing as timm evaluates DeiT: resize the shorter side with bicubic
 //! filtering, center-crop, scale to [0, 1], normalise with the ImageNet mean and std.
+//!
+//! Decoding is bounded ([`MAX_IMAGE_SIDE`], [`MAX_DECODE_BYTES`]) and so is the resized image
+//! ([`MAX_RESIZED_PIXELS`]), so that a small file cannot ask for gigabytes.
+
+use std::io::Cursor;
 
 use anyhow::{Context, Result};
 use idlevit_tensor::Tensor;
-use image::DynamicImage;
 use image::imageops::FilterType;
+use image::{DynamicImage, ImageReader, Limits};
 
 /// ImageNet channel means (RGB), as timm's `IMAGENET_DEFAULT_MEAN`.
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 /// ImageNet channel standard deviations (RGB), as timm's `IMAGENET_DEFAULT_STD`.
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// Widest or tallest image decoded, in pixels; larger images are refused before decoding.
+pub const MAX_IMAGE_SIDE: u32 = 16_384;
+
+/// Most memory an image decoder may allocate for one image (the decoded pixels included), in
+/// bytes.
+pub const MAX_DECODE_BYTES: u64 = 512 << 20;
+
+/// Most pixels the resized image (before the center crop) may have: 64 Mi, which lets the
+/// shorter side go to 256 with an aspect ratio up to 1024:1. It stops a tall, thin image from
+/// being scaled up into gigabytes.
+pub const MAX_RESIZED_PIXELS: u64 = 1 << 26;
 
 /// The evaluation transform: shorter side to `resize`, then a `crop x crop` center crop.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -23,7 +40,7 @@ pub struct EvalTransform {
 impl EvalTransform {
     /// timm's default for a model input of `img_size`: crop ratio 0.875 (224 -> resize 256).
     pub fn for_size(img_size: usize) -> Self {
-        let crop = img_size as u32;
+        let crop = u32::try_from(img_size).unwrap_or(u32::MAX);
         Self {
             resize: (f64::from(crop) / 0.875).floor() as u32,
             crop,
@@ -33,13 +50,30 @@ impl EvalTransform {
 
 /// Decodes an image file and preprocesses it into a `(3, crop, crop)` tensor.
 pub fn load_image(path: &std::path::Path, transform: &EvalTransform) -> Result<Tensor> {
-    let image = image::ImageReader::open(path)
-        .with_context(|| format!("cannot open image {}", path.display()))?
-        .with_guessed_format()
-        .with_context(|| format!("cannot read image {}", path.display()))?
-        .decode()
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot open image {}", path.display()))?;
+    let image = decode_image(&bytes)
         .with_context(|| format!("{} is not a decodable image", path.display()))?;
     preprocess(&image, transform).with_context(|| format!("cannot preprocess {}", path.display()))
+}
+
+/// The limits every decode runs under: [`MAX_IMAGE_SIDE`] and [`MAX_DECODE_BYTES`].
+pub fn decode_limits() -> Limits {
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    limits
+}
+
+/// Decodes an image held in memory (PNG, JPEG, BMP, GIF, WebP or TIFF, recognised by its
+/// contents) under [`decode_limits`].
+pub fn decode_image(bytes: &[u8]) -> Result<DynamicImage> {
+    let mut reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .context("cannot read the image header")?;
+    reader.limits(decode_limits());
+    Ok(reader.decode()?)
 }
 
 /// Resizes, crops and normalises a decoded image into a `(3, crop, crop)` tensor.
@@ -55,6 +89,10 @@ pub fn preprocess(image: &DynamicImage, transform: &EvalTransform) -> Result<Ten
     } else {
         ((f64::from(w) * scale) as u32, transform.resize)
     };
+    anyhow::ensure!(
+        u64::from(nw) * u64::from(nh) <= MAX_RESIZED_PIXELS,
+        "image {w}x{h} would be resized to {nw}x{nh}, more than {MAX_RESIZED_PIXELS} pixels"
+    );
     anyhow::ensure!(
         nw >= transform.crop && nh >= transform.crop,
         "resize {} is smaller than crop {}",

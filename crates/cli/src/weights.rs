@@ -10,19 +10,31 @@ use idlevit_zoo::{DeiT, DeiTConfig};
 /// pickle interpreter, which executes nothing; `strict` refuses unknown pickle globals).
 pub fn read_checkpoint(path: &Path, strict: bool) -> Result<Checkpoint> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let pth_name = path.extension().is_some_and(|e| e == "pth" || e == "tar");
+    parse_checkpoint(&bytes, pth_name, strict).with_context(|| {
+        if pth_name || bytes.starts_with(b"PK") {
+            format!("cannot read PyTorch checkpoint {}", path.display())
+        } else {
+            format!("cannot read weights {}", path.display())
+        }
+    })
+}
+
+/// Parses the bytes of a weight file as [`read_checkpoint`] does: a `.pth` zip checkpoint when
+/// they start with `PK` or `pth_name` says the file is named `*.pth` / `*.tar`, safetensors
+/// otherwise.
+pub fn parse_checkpoint(bytes: &[u8], pth_name: bool, strict: bool) -> Result<Checkpoint> {
     // A zip archive starts with "PK"; torch.save's zip format is the only .pth we read.
-    if bytes.starts_with(b"PK") || path.extension().is_some_and(|e| e == "pth" || e == "tar") {
+    if bytes.starts_with(b"PK") || pth_name {
         let options = pth::PthOptions { strict, key: None };
-        let weights = pth::read_pth_bytes(&bytes, &options)
-            .with_context(|| format!("cannot read PyTorch checkpoint {}", path.display()))?;
+        let weights = pth::read_pth_bytes(bytes, &options)?;
         let mut ckpt = Checkpoint::default();
         for (name, tensor) in weights.tensors {
             ckpt.insert(name, tensor);
         }
         return Ok(ckpt);
     }
-    Checkpoint::from_safetensors_bytes(&bytes)
-        .with_context(|| format!("cannot read weights {}", path.display()))
+    Ok(Checkpoint::from_safetensors_bytes(bytes)?)
 }
 
 /// The model a command runs: from `weights` when given, else seeded random weights.

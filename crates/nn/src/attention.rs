@@ -24,6 +24,17 @@ pub struct Heads<V> {
     pub v: V,
 }
 
+/// One third of the fused qkv projection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QkvPart {
+    /// Queries: rows `0..C` of the qkv weight.
+    Query = 0,
+    /// Keys: rows `C..2C`.
+    Key = 1,
+    /// Values: rows `2C..3C`.
+    Value = 2,
+}
+
 impl Attention {
     /// Reads `{prefix}.qkv.*` `(3 dim, dim)` and `{prefix}.proj.*` `(dim, dim)`.
     pub fn load(
@@ -50,9 +61,14 @@ impl Attention {
         self.num_heads
     }
 
+    /// The token width.
+    pub fn dim(&self) -> usize {
+        self.proj.out_features()
+    }
+
     /// The width of one head.
     pub fn head_dim(&self) -> usize {
-        self.proj.out_features() / self.num_heads
+        self.dim() / self.num_heads
     }
 
     /// The softmax temperature `head_dim^-1/2`.
@@ -60,7 +76,28 @@ impl Attention {
         (self.head_dim() as f32).powf(-0.5)
     }
 
-    /// Projects `x` `(batch, tokens, dim)` to per-head queries, keys and values.
+    /// One of q, k or v for the tokens of `h` `(batch, tokens, dim)`, heads not yet split.
+    pub fn project<B: Backend>(&self, bk: &B, h: &B::Value, part: QkvPart) -> Result<B::Value> {
+        let c = self.dim();
+        let start = part as usize * c;
+        self.qkv.forward_outputs(bk, h, start, start + c)
+    }
+
+    /// `(batch, tokens, dim)` to `(batch, heads, tokens, head_dim)` (a view in eager mode).
+    pub fn split_heads<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
+        let &[batch, tokens, _] = bk.shape(x) else {
+            return Err(NnError::shape(
+                "attention tokens",
+                "(batch, tokens, dim)",
+                bk.shape(x),
+            ));
+        };
+        let x = bk.reshape(x, &[batch, tokens, self.num_heads, self.head_dim()])?;
+        bk.permute(&x, &[0, 2, 1, 3])
+    }
+
+    /// Projects `x` `(batch, tokens, dim)` to per-head queries, keys and values with one
+    /// fused product.
     pub fn heads<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<Heads<B::Value>> {
         let &[batch, tokens, dim] = bk.shape(x) else {
             return Err(NnError::shape(
@@ -88,10 +125,15 @@ impl Attention {
         bk.matmul(&q, &bk.permute(k, &[0, 1, 3, 2])?)
     }
 
-    /// Attention-weighted values merged across heads and projected: `proj(softmax(logits) v)`.
-    pub fn attend<B: Backend>(&self, bk: &B, logits: &B::Value, v: &B::Value) -> Result<B::Value> {
-        let weights = bk.softmax(logits)?;
-        let out = bk.matmul(&weights, v)?;
+    /// Values mixed by attention weights `(batch, heads, queries, keys)`, heads merged, then
+    /// projected: `proj(weights v)`.
+    pub fn attend_weights<B: Backend>(
+        &self,
+        bk: &B,
+        weights: &B::Value,
+        v: &B::Value,
+    ) -> Result<B::Value> {
+        let out = bk.matmul(weights, v)?;
         let &[batch, heads, tokens, head_dim] = bk.shape(&out) else {
             return Err(NnError::shape(
                 "attention output",
@@ -102,6 +144,11 @@ impl Attention {
         let out = bk.permute(&out, &[0, 2, 1, 3])?;
         let out = bk.reshape(&out, &[batch, tokens, heads * head_dim])?;
         self.proj.forward(bk, &out)
+    }
+
+    /// `proj(softmax(logits) v)`.
+    pub fn attend<B: Backend>(&self, bk: &B, logits: &B::Value, v: &B::Value) -> Result<B::Value> {
+        self.attend_weights(bk, &bk.softmax(logits)?, v)
     }
 
     /// Full self-attention of `x` `(batch, tokens, dim)`.

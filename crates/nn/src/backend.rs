@@ -18,6 +18,9 @@ pub trait Backend {
     fn constant(&self, t: Tensor) -> Self::Value;
     /// A learnable parameter; a training backend keeps its gradient under its identity.
     fn param(&self, p: &Param) -> Self::Value;
+    /// The current numbers of a value, detached from any tape (for choices such as top-k
+    /// token selection, which carry no gradient).
+    fn to_tensor(&self, x: &Self::Value) -> Tensor;
 
     /// `x W^T + b` over the last axis of `x`, with `W` of shape `(out, in)`.
     fn linear(
@@ -58,4 +61,15 @@ pub trait Backend {
     fn broadcast_to(&self, x: &Self::Value, shape: &[usize]) -> Result<Self::Value>;
     /// Joins values along `axis`; all other axes must agree.
     fn concat(&self, xs: &[Self::Value], axis: usize) -> Result<Self::Value>;
+    /// Rows of a `(batch, rows, width)` value picked per batch item:
+    /// `out[b, i] = x[b, indices[b][i]]`.
+    fn gather_rows(&self, x: &Self::Value, indices: &[Vec<usize>]) -> Result<Self::Value>;
+    /// `x` with rows replaced per batch item: `out[b, indices[b][i]] = rows[b, i]`, every other
+    /// row of `x` unchanged.
+    fn scatter_rows(
+        &self,
+        x: &Self::Value,
+        indices: &[Vec<usize>],
+        rows: &Self::Value,
+    ) -> Result<Self::Value>;
 }

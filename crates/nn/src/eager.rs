@@ -72,6 +72,10 @@ impl Backend for Eager {
         p.value().clone()
     }
 
+    fn to_tensor(&self, x: &Tensor) -> Tensor {
+        x.clone()
+    }
+
     fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         let (x, rows, in_features) = rows_of(x, "linear input")?;
         let [out_features, w_in] = *w.shape() else {
@@ -248,5 +252,15 @@ impl Backend for Eager {
             )
         })?;
         Ok(Tensor::from_array(joined))
+    }
+
+    fn gather_rows(&self, x: &Tensor, indices: &[Vec<usize>]) -> Result<Tensor> {
+        Ok(x.gather_rows(indices)?)
+    }
+
+    fn scatter_rows(&self, x: &Tensor, indices: &[Vec<usize>], rows: &Tensor) -> Result<Tensor> {
+        let mut out = x.clone();
+        out.scatter_rows(indices, rows)?;
+        Ok(out)
     }
 }

@@ -32,7 +32,7 @@ mod param;
 mod patch_embed;
 
 pub use attention::Attention;
-pub use attention::Heads;
+pub use attention::{Heads, QkvPart};
 pub use backend::Backend;
 pub use block::{Block, BlockConfig};
 pub use eager::Eager;

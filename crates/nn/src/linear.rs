@@ -81,6 +81,23 @@ impl Linear {
         self.bias.as_ref()
     }
 
+    /// Applies only output features `start..end` of the layer (a slice of the weight rows, no
+    /// copy): for example the key third of a fused qkv projection.
+    pub fn forward_outputs<B: Backend>(
+        &self,
+        bk: &B,
+        x: &B::Value,
+        start: usize,
+        end: usize,
+    ) -> Result<B::Value> {
+        let w = bk.slice(&bk.param(&self.weight), 0, start, end)?;
+        let b = match &self.bias {
+            Some(b) => Some(bk.slice(&bk.param(b), 0, start, end)?),
+            None => None,
+        };
+        bk.linear(x, &w, b.as_ref())
+    }
+
     /// Applies the layer to the last axis of `x`.
     pub fn forward<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
         let w = bk.param(&self.weight);

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use idlevit_selector::Schedule;
 use serde::{Deserialize, Serialize};
 
 use crate::{Result, ZooError};
@@ -26,7 +27,23 @@ pub struct DeiTConfig {
     pub num_classes: usize,
     /// Whether the qkv projection has a bias.
     pub qkv_bias: bool,
+    /// Idle layers (0-based block indices) of a custom idle schedule; with `keep_ratios`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_layers: Option<Vec<usize>>,
+    /// Keep ratio of each idle layer of a custom schedule; with `idle_layers`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_ratios: Option<Vec<f64>>,
 }
+
+/// Most transformer blocks a config may have.
+pub const MAX_DEPTH: usize = 1 << 10;
+
+/// Most image patches (tokens besides the class token) a config may have: 16 Ki, a 2048x2048
+/// image at patch 16. Attention holds `batch * heads * (patches + 1)^2` scores at once.
+pub const MAX_PATCHES: usize = 1 << 14;
+
+/// Most parameters a config may describe: 4 Gi, 16 GiB of `f32` weights.
+pub const MAX_PARAMETERS: usize = 1 << 32;
 
 /// Names accepted by [`DeiTConfig::named`].
 pub const NAMED_MODELS: &[&str] = &["deit_tiny", "deit_small", "deit_base"];
@@ -57,6 +74,8 @@ impl DeiTConfig {
             mlp_ratio: 4.0,
             num_classes: 1000,
             qkv_bias: true,
+            idle_layers: None,
+            keep_ratios: None,
         }
     }
 
@@ -123,12 +142,90 @@ impl DeiTConfig {
                 self.mlp_ratio
             ));
         }
+        if self.depth > MAX_DEPTH {
+            return fail(format!(
+                "depth {} exceeds the limit of {MAX_DEPTH}",
+                self.depth
+            ));
+        }
+        if self.num_patches() > MAX_PATCHES {
+            return fail(format!(
+                "img_size {} with patch_size {} gives {} patches, more than the limit of \
+                 {MAX_PATCHES}",
+                self.img_size,
+                self.patch_size,
+                self.num_patches()
+            ));
+        }
+        match self.parameter_count() {
+            Some(n) if n <= MAX_PARAMETERS => {}
+            found => {
+                return fail(format!(
+                    "the model would have {} parameters, more than the limit of {MAX_PARAMETERS}",
+                    found.map_or_else(|| "too many to count".to_string(), |n| n.to_string())
+                ));
+            }
+        }
+        if let Some(schedule) = self.schedule()? {
+            schedule.validate(self.depth, self.num_patches())?;
+        }
         Ok(())
     }
 
-    /// The number of image tokens `N`.
+    /// The custom idle schedule of the config's `idle_layers` and `keep_ratios`, if set;
+    /// one list without the other is an error.
+    pub fn schedule(&self) -> Result<Option<Schedule>> {
+        match (&self.idle_layers, &self.keep_ratios) {
+            (None, None) => Ok(None),
+            (Some(layers), Some(ratios)) => {
+                Ok(Some(Schedule::new(layers.clone(), ratios.clone())?))
+            }
+            _ => Err(ZooError::Config(
+                "idle_layers and keep_ratios must be given together".into(),
+            )),
+        }
+    }
+
+    /// The number of image tokens `N` (saturating at `usize::MAX` for configs that
+    /// [`validate`](Self::validate) refuses).
     pub fn num_patches(&self) -> usize {
-        (self.img_size / self.patch_size).pow(2)
+        self.img_size
+            .checked_div(self.patch_size)
+            .unwrap_or(0)
+            .saturating_pow(2)
+    }
+
+    /// The number of weights of the model, or `None` when it overflows `usize`.
+    pub fn parameter_count(&self) -> Option<usize> {
+        let c = self.embed_dim;
+        let hidden = self.mlp_hidden();
+        let p = self.patch_size;
+        let patch_embed = c
+            .checked_mul(3)?
+            .checked_mul(p)?
+            .checked_mul(p)?
+            .checked_add(c)?;
+        let tokens = self.num_patches().checked_add(2)?.checked_mul(c)?;
+        let qkv_bias = if self.qkv_bias { c.checked_mul(3)? } else { 0 };
+        let attention = c
+            .checked_mul(c)?
+            .checked_mul(4)?
+            .checked_add(c)?
+            .checked_add(qkv_bias)?;
+        let mlp = hidden
+            .checked_mul(c)?
+            .checked_mul(2)?
+            .checked_add(hidden)?
+            .checked_add(c)?;
+        let norms = c.checked_mul(4)?;
+        let block = attention.checked_add(mlp)?.checked_add(norms)?;
+        let head = self.num_classes.checked_mul(c.checked_add(1)?)?;
+        block
+            .checked_mul(self.depth)?
+            .checked_add(patch_embed)?
+            .checked_add(tokens)?
+            .checked_add(c.checked_mul(2)?)?
+            .checked_add(head)
     }
 
     /// The MLP hidden width, `int(embed_dim * mlp_ratio)` as timm computes it.
@@ -181,6 +278,41 @@ mod tests {
                 "unknown field",
             ),
             (VALID.replace("\"img_size\": 32,", ""), "missing field"),
+            (
+                VALID.replace(
+                    "\"qkv_bias\": true",
+                    "\"qkv_bias\": true, \"idle_layers\": [1]",
+                ),
+                "together",
+            ),
+            (
+                VALID.replace(
+                    "\"qkv_bias\": true",
+                    "\"qkv_bias\": true, \"idle_layers\": [1, 2], \"keep_ratios\": [0.5, 0.5]",
+                ),
+                "idle layer 2 does not exist",
+            ),
+            (
+                VALID.replace(
+                    "\"qkv_bias\": true",
+                    "\"qkv_bias\": true, \"idle_layers\": [1], \"keep_ratios\": [0.5, 0.5]",
+                ),
+                "1 idle layers but 2 keep ratios",
+            ),
+            (
+                VALID.replace(
+                    "\"qkv_bias\": true",
+                    "\"qkv_bias\": true, \"idle_layers\": [1], \"keep_ratios\": [1.5]",
+                ),
+                "outside (0, 1]",
+            ),
+            (
+                VALID.replace(
+                    "\"qkv_bias\": true",
+                    "\"qkv_bias\": true, \"idle_layers\": [1], \"keep_ratios\": [0.05]",
+                ),
+                "keeps no token of 16",
+            ),
             ("[1, 2]".to_string(), "expected struct DeiTConfig"),
             ("{\"img_size\": \"big\"}".to_string(), "invalid type"),
         ];
@@ -188,5 +320,70 @@ mod tests {
             let err = DeiTConfig::from_json(&json).unwrap_err().to_string();
             assert!(err.contains(reason), "{json}: {err}");
         }
+    }
+
+    #[test]
+    fn parameter_count_matches_the_weights() {
+        let mut cfg = DeiTConfig::from_json(VALID).unwrap();
+        for (qkv_bias, num_classes) in [(true, 10), (false, 0)] {
+            cfg.qkv_bias = qkv_bias;
+            cfg.num_classes = num_classes;
+            let weights = crate::random_checkpoint(&cfg, 1).unwrap();
+            let total: usize = weights.iter().map(|(_, t)| t.numel()).sum();
+            assert_eq!(cfg.parameter_count(), Some(total));
+        }
+    }
+
+    /// Configs that once overflowed `num_patches` (`img_size` 2^33 at patch 1) or asked for
+    /// more memory than exists are refused with the limit they break.
+    #[test]
+    fn huge_configs_are_refused() {
+        let huge = [
+            (
+                VALID
+                    .replace("\"img_size\": 32", "\"img_size\": 8589934592")
+                    .replace("\"patch_size\": 8", "\"patch_size\": 1"),
+                "patches",
+            ),
+            (
+                VALID.replace("\"depth\": 2", "\"depth\": 1099511627776"),
+                "depth",
+            ),
+            (
+                VALID
+                    .replace("\"embed_dim\": 64", "\"embed_dim\": 4294967296")
+                    .replace("\"num_heads\": 4", "\"num_heads\": 1"),
+                "parameters",
+            ),
+            (
+                VALID.replace("\"mlp_ratio\": 4.0", "\"mlp_ratio\": 1e300"),
+                "too many to count",
+            ),
+            (
+                VALID.replace(
+                    "\"num_classes\": 10",
+                    "\"num_classes\": 18446744073709551615",
+                ),
+                "parameters",
+            ),
+            (
+                VALID
+                    .replace("\"img_size\": 32", "\"img_size\": 4294967296")
+                    .replace("\"patch_size\": 8", "\"patch_size\": 4294967296"),
+                "parameters",
+            ),
+        ];
+        for (json, reason) in huge {
+            let err = DeiTConfig::from_json(&json).unwrap_err().to_string();
+            assert!(err.contains(reason), "{json}: {err}");
+        }
+        assert_eq!(
+            DeiTConfig {
+                patch_size: 0,
+                ..DeiTConfig::tiny()
+            }
+            .num_patches(),
+            0
+        );
     }
 }

@@ -2,6 +2,10 @@
 
 use idlevit_checkpoint::{Checkpoint, WeightReader};
 use idlevit_nn::{Backend, Block, BlockConfig, LayerNorm, Linear, Param, PatchEmbed};
+use idlevit_selector::{
+    MaskedLayer, PolicyKind, TokenPolicy, evit_fused, idle_gathered, idle_masked, keep_count,
+    prune_gathered,
+};
 
 use crate::{DeiTConfig, Result, random_checkpoint};
 
@@ -19,6 +23,35 @@ pub struct DeiT {
     blocks: Vec<Block>,
     norm: LayerNorm,
     head: Option<Linear>,
+    policy: TokenPolicy,
+}
+
+/// The selection one layer made, in original token indices (row 0 = CLS, image token `j` =
+/// row `j + 1` of the model input), CLS first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerSelection {
+    /// The block index.
+    pub layer: usize,
+    /// Per batch item, the selected tokens.
+    pub tokens: Vec<Vec<usize>>,
+}
+
+/// Logits and the selections that produced them.
+#[derive(Clone, Debug)]
+pub struct Traced<V> {
+    /// `(batch, classes)`.
+    pub logits: V,
+    /// One entry per selecting layer, in layer order (empty for dense and EViT).
+    pub selections: Vec<LayerSelection>,
+}
+
+/// The masked (training) form's outputs: logits, and per idle layer what the cut loss needs.
+#[derive(Clone, Debug)]
+pub struct MaskedForward<V> {
+    /// `(batch, classes)`.
+    pub logits: V,
+    /// `(block index, masked layer outputs)` per idle layer, in layer order.
+    pub layers: Vec<(usize, MaskedLayer<V>)>,
 }
 
 impl DeiT {
@@ -61,7 +94,21 @@ impl DeiT {
             blocks,
             norm,
             head,
+            policy: TokenPolicy::Dense,
         })
+    }
+
+    /// The same model running `policy` at its selection layers; the policy is checked
+    /// against the model's depth and token count.
+    pub fn with_policy(mut self, policy: TokenPolicy) -> Result<Self> {
+        policy.validate(self.config.depth, self.config.num_patches())?;
+        self.policy = policy;
+        Ok(self)
+    }
+
+    /// The token policy the model runs.
+    pub fn policy(&self) -> &TokenPolicy {
+        &self.policy
     }
 
     /// A model with seeded random weights (for benchmarks and tests).
@@ -103,12 +150,87 @@ impl DeiT {
         }
     }
 
-    /// Dense forward pass: images `(batch, 3, img, img)` to logits `(batch, classes)`.
+    /// Forward pass under the model's policy (idle layers in their gathered, inference
+    /// form): images `(batch, 3, img, img)` to logits `(batch, classes)`.
     pub fn forward<B: Backend>(&self, bk: &B, images: &B::Value) -> Result<B::Value> {
+        Ok(self.forward_traced(bk, images)?.logits)
+    }
+
+    /// [`forward`](Self::forward), also returning each selecting layer's choice.
+    pub fn forward_traced<B: Backend>(
+        &self,
+        bk: &B,
+        images: &B::Value,
+    ) -> Result<Traced<B::Value>> {
         let mut x = self.embed(bk, images)?;
-        for block in &self.blocks {
-            x = block.forward(bk, &x)?;
+        let batch = bk.shape(&x)[0];
+        let image_tokens = self.config.num_patches();
+        // Row -> original token index, which pruning changes.
+        let mut positions: Vec<Vec<usize>> = vec![(0..=image_tokens).collect(); batch];
+        let mut selections = Vec::new();
+        for (layer, block) in self.blocks.iter().enumerate() {
+            x = match self.policy.at(layer) {
+                None => block.forward(bk, &x)?,
+                Some((PolicyKind::Idle, ratio)) => {
+                    let (y, selection) =
+                        idle_gathered(bk, block, &x, keep_count(image_tokens, ratio)?)?;
+                    selections.push(LayerSelection {
+                        layer,
+                        tokens: selection.indices().to_vec(),
+                    });
+                    y
+                }
+                Some((PolicyKind::Prune, ratio)) => {
+                    let (y, selection) =
+                        prune_gathered(bk, block, &x, keep_count(image_tokens, ratio)?)?;
+                    positions = selection.map_positions(&positions);
+                    selections.push(LayerSelection {
+                        layer,
+                        tokens: positions.clone(),
+                    });
+                    y
+                }
+                Some((PolicyKind::Evit, rate)) => evit_fused(bk, block, &x, rate)?.0,
+            };
         }
-        self.classify(bk, &x)
+        Ok(Traced {
+            logits: self.classify(bk, &x)?,
+            selections,
+        })
+    }
+
+    /// The training form: dense layers as usual, idle layers masked (all tokens kept in the
+    /// tensors), returning the masks and attention logits the cut loss needs. Only the idle
+    /// policy (or dense) has a masked form.
+    pub fn forward_masked<B: Backend>(
+        &self,
+        bk: &B,
+        images: &B::Value,
+    ) -> Result<MaskedForward<B::Value>> {
+        if let TokenPolicy::Select { kind, .. } = &self.policy
+            && *kind != PolicyKind::Idle
+        {
+            return Err(crate::ZooError::Config(format!(
+                "the masked form exists for the idle policy only, not {kind:?}"
+            )));
+        }
+        let mut x = self.embed(bk, images)?;
+        let mut layers = Vec::new();
+        for (layer, block) in self.blocks.iter().enumerate() {
+            x = match self.policy.at(layer) {
+                None => block.forward(bk, &x)?,
+                Some((_, ratio)) => {
+                    let masked =
+                        idle_masked(bk, block, &x, keep_count(self.config.num_patches(), ratio)?)?;
+                    let out = masked.output.clone();
+                    layers.push((layer, masked));
+                    out
+                }
+            };
+        }
+        Ok(MaskedForward {
+            logits: self.classify(bk, &x)?,
+            layers,
+        })
     }
 }

@@ -28,6 +28,9 @@ pub enum ZooError {
     /// The checkpoint could not supply the weights.
     #[error(transparent)]
     Checkpoint(#[from] idlevit_checkpoint::CheckpointError),
+    /// The token policy does not fit the model.
+    #[error(transparent)]
+    Selector(#[from] idlevit_selector::SelectorError),
     /// A tensor operation failed.
     #[error(transparent)]
     Tensor(#[from] idlevit_tensor::TensorError),

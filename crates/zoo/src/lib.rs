@@ -10,7 +10,7 @@
 //! use idlevit_zoo::{DeiT, DeiTConfig};
 //!
 //! let config = DeiTConfig { img_size: 32, patch_size: 16, embed_dim: 24, depth: 1, num_heads: 2,
-//!     mlp_ratio: 4.0, num_classes: 5, qkv_bias: true };
+//!     mlp_ratio: 4.0, num_classes: 5, qkv_bias: true, idle_layers: None, keep_ratios: None };
 //! let model = DeiT::random(&config, 7)?;
 //! let images = Tensor::zeros(&[2, 3, 32, 32])?;
 //! let logits = model.forward(&Eager, &Eager.constant(images))?;
@@ -23,9 +23,10 @@ mod deit;
 mod error;
 mod random;
 
-pub use config::DeiTConfig;
-pub use deit::DeiT;
+pub use config::{DeiTConfig, MAX_DEPTH, MAX_PARAMETERS, MAX_PATCHES};
+pub use deit::{DeiT, LayerSelection, MaskedForward, Traced};
 pub use error::ZooError;
+pub use idlevit_selector::{PolicyKind, Schedule, TokenPolicy};
 pub use random::random_checkpoint;
 
 /// Result type of this crate.

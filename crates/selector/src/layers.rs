@@ -1,0 +1,145 @@
+//! The selection forms of a transformer block, written over the [`Backend`] trait.
+
+use idlevit_nn::{Backend, Block, QkvPart};
+use idlevit_tensor::Tensor;
+
+use crate::{Result, TokenSelection, cls_scores, evit_keep_count};
+
+/// Selects the `keep` best image tokens of `x` by the CLS query's attention logits, computing
+/// keys for every token but a query for CLS alone, then runs the block on the selected rows
+/// with attention over the selected keys only (spec section 2, steps 1–4). Returns the
+/// updated selected rows `(batch, keep + 1, dim)` and the selection.
+fn compute_selected<B: Backend>(
+    bk: &B,
+    block: &Block,
+    x: &B::Value,
+    keep: usize,
+) -> Result<(B::Value, TokenSelection)> {
+    let attn = block.attn();
+    let h = block.norm1().forward(bk, x)?;
+    let keys = attn.project(bk, &h, QkvPart::Key)?;
+    let q_cls = attn.project(bk, &bk.slice(&h, 1, 0, 1)?, QkvPart::Query)?;
+    let cls_logits = attn.logits(
+        bk,
+        &attn.split_heads(bk, &q_cls)?,
+        &attn.split_heads(bk, &keys)?,
+    )?;
+    let selection = TokenSelection::from_scores(&cls_scores(&bk.to_tensor(&cls_logits))?, keep)?;
+    let rows = selection.indices();
+    let x_sel = bk.gather_rows(x, rows)?;
+    let h_sel = bk.gather_rows(&h, rows)?;
+    let q = attn.split_heads(bk, &attn.project(bk, &h_sel, QkvPart::Query)?)?;
+    let k = attn.split_heads(bk, &bk.gather_rows(&keys, rows)?)?;
+    let v = attn.split_heads(bk, &attn.project(bk, &h_sel, QkvPart::Value)?)?;
+    let y = bk.add(&x_sel, &attn.attend(bk, &attn.logits(bk, &q, &k)?, &v)?)?;
+    let y = bk.add(&y, &block.mlp_branch(bk, &y)?)?;
+    Ok((y, selection))
+}
+
+/// An IdleViT layer in its inference form: only the CLS token and the `keep` selected image
+/// tokens are computed; every other row of the output is the input row, untouched.
+pub fn idle_gathered<B: Backend>(
+    bk: &B,
+    block: &Block,
+    x: &B::Value,
+    keep: usize,
+) -> Result<(B::Value, TokenSelection)> {
+    let (y, selection) = compute_selected(bk, block, x, keep)?;
+    Ok((bk.scatter_rows(x, selection.indices(), &y)?, selection))
+}
+
+/// A top-k pruning layer: like [`idle_gathered`], but the output holds only the selected
+/// rows `(batch, keep + 1, dim)`; the others are dropped for good.
+pub fn prune_gathered<B: Backend>(
+    bk: &B,
+    block: &Block,
+    x: &B::Value,
+    keep: usize,
+) -> Result<(B::Value, TokenSelection)> {
+    compute_selected(bk, block, x, keep)
+}
+
+/// What the masked (training) form of an idle layer returns.
+#[derive(Clone, Debug)]
+pub struct MaskedLayer<V> {
+    /// The layer output, all tokens `(batch, tokens, dim)`.
+    pub output: V,
+    /// The selected rows.
+    pub selection: TokenSelection,
+    /// The 0/1 token mask `(batch, tokens, 1)`.
+    pub token_mask: Tensor,
+    /// The attention logits before masking, `(batch, heads, tokens, tokens)`, for the cut
+    /// loss.
+    pub logits: V,
+}
+
+/// An IdleViT layer in its training form (spec section 3): every token stays in the tensors,
+/// unselected keys get [`KEY_MASK_VALUE`](crate::KEY_MASK_VALUE), and the residual updates
+/// are multiplied by the 0/1 token mask, so unselected rows leave the layer unchanged.
+pub fn idle_masked<B: Backend>(
+    bk: &B,
+    block: &Block,
+    x: &B::Value,
+    keep: usize,
+) -> Result<MaskedLayer<B::Value>> {
+    let attn = block.attn();
+    let h = block.norm1().forward(bk, x)?;
+    let heads = attn.heads(bk, &h)?;
+    let logits = attn.logits(bk, &heads.q, &heads.k)?;
+    let selection = TokenSelection::from_scores(&cls_scores(&bk.to_tensor(&logits))?, keep)?;
+    let masked_logits = bk.add(&logits, &bk.constant(selection.key_mask()?))?;
+    let token_mask = selection.token_mask()?;
+    let mask = bk.constant(token_mask.clone());
+    let update = bk.mul(&attn.attend(bk, &masked_logits, &heads.v)?, &mask)?;
+    let x = bk.add(x, &update)?;
+    let update = bk.mul(&block.mlp_branch(bk, &x)?, &mask)?;
+    Ok(MaskedLayer {
+        output: bk.add(&x, &update)?,
+        selection,
+        token_mask,
+        logits,
+    })
+}
+
+/// An EViT layer (Liang et al., 2022): full attention, then the `ceil(rate n)` image tokens
+/// the CLS token attends to most are kept (descending attention) and the rest are fused into
+/// one token — their features summed, weighted by their CLS attention (EViT's inattentive
+/// token fusion, unnormalised) — before the MLP. Returns the reduced tokens and the kept
+/// selection (`None` when every token is kept and nothing is fused).
+pub fn evit_fused<B: Backend>(
+    bk: &B,
+    block: &Block,
+    x: &B::Value,
+    rate: f64,
+) -> Result<(B::Value, Option<TokenSelection>)> {
+    let attn = block.attn();
+    let h = block.norm1().forward(bk, x)?;
+    let heads = attn.heads(bk, &h)?;
+    let weights = bk.softmax(&attn.logits(bk, &heads.q, &heads.k)?)?;
+    let x = bk.add(x, &attn.attend_weights(bk, &weights, &heads.v)?)?;
+    let &[batch, tokens, _] = bk.shape(&x) else {
+        unreachable!("attention checked the token layout");
+    };
+    let keep = evit_keep_count(tokens - 1, rate)?;
+    if keep == tokens - 1 {
+        let mlp = block.mlp_branch(bk, &x)?;
+        return Ok((bk.add(&x, &mlp)?, None));
+    }
+    let selection = TokenSelection::from_scores(&cls_scores(&bk.to_tensor(&weights))?, keep)?;
+    let complement = selection.complement();
+    let num_heads = bk.shape(&weights)[1];
+    // Mean over heads of the CLS attention row, kept on the tape: (batch, 1, tokens).
+    let head_mean = bk.constant(Tensor::full(
+        &[batch, 1, num_heads],
+        1.0 / num_heads as f32,
+    )?);
+    let cls_attention = bk.matmul(&head_mean, &bk.select(&weights, 2, 0)?)?;
+    let fuse_weights = bk.gather_rows(&bk.permute(&cls_attention, &[0, 2, 1])?, &complement)?;
+    let fused = bk.matmul(
+        &bk.permute(&fuse_weights, &[0, 2, 1])?,
+        &bk.gather_rows(&x, &complement)?,
+    )?;
+    let x = bk.concat(&[bk.gather_rows(&x, selection.indices())?, fused], 1)?;
+    let mlp = block.mlp_branch(bk, &x)?;
+    Ok((bk.add(&x, &mlp)?, Some(selection)))
+}

@@ -1,0 +1,84 @@
+//! Token policies: what a model does at its selection layers.
+
+use crate::{Result, Schedule};
+
+/// How selected-away tokens are treated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyKind {
+    /// IdleViT: unselected tokens skip the layer and stay, selectable again later.
+    Idle,
+    /// Top-k pruning: unselected tokens are dropped for good.
+    Prune,
+    /// EViT: after attention, the least attended tokens are fused into one token.
+    Evit,
+}
+
+impl std::str::FromStr for PolicyKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "idle" => Ok(Self::Idle),
+            "prune" => Ok(Self::Prune),
+            "evit" => Ok(Self::Evit),
+            other => Err(format!(
+                "unknown policy `{other}`; expected idle, prune or evit"
+            )),
+        }
+    }
+}
+
+/// The token policy a model is built with: dense, or a kind of selection on a schedule.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum TokenPolicy {
+    /// Every layer computes every token.
+    #[default]
+    Dense,
+    /// Selection of `kind` at the schedule's layers.
+    Select {
+        /// How unselected tokens are treated.
+        kind: PolicyKind,
+        /// Where selection happens and how much is kept.
+        schedule: Schedule,
+    },
+}
+
+impl TokenPolicy {
+    /// A selecting policy.
+    pub fn select(kind: PolicyKind, schedule: Schedule) -> Self {
+        Self::Select { kind, schedule }
+    }
+
+    /// Checks the policy against a model of `depth` blocks and `tokens` image tokens.
+    pub fn validate(&self, depth: usize, tokens: usize) -> Result<()> {
+        match self {
+            Self::Dense => Ok(()),
+            Self::Select { kind, schedule } => {
+                schedule.validate(depth, tokens)?;
+                if *kind == PolicyKind::Prune {
+                    // Pruned tokens never return, so a later layer cannot keep more.
+                    let counts = schedule
+                        .keep_ratios()
+                        .iter()
+                        .map(|&r| crate::keep_count(tokens, r))
+                        .collect::<Result<Vec<_>>>()?;
+                    if counts.windows(2).any(|w| w[1] > w[0]) {
+                        return Err(crate::SelectorError::Schedule(format!(
+                            "top-k pruning needs non-increasing keep counts, got {counts:?}"
+                        )));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The policy kind and keep ratio at block `layer`, if it selects there.
+    pub fn at(&self, layer: usize) -> Option<(PolicyKind, f64)> {
+        match self {
+            Self::Dense => None,
+            Self::Select { kind, schedule } => schedule.ratio_at(layer).map(|r| (*kind, r)),
+        }
+    }
+}

@@ -7,29 +7,88 @@ use anyhow::{Context, Result, bail};
 use idlevit_checkpoint::Checkpoint;
 use idlevit_nn::{Backend, Eager};
 use idlevit_tensor::Tensor;
-use idlevit_zoo::{DeiT, DeiTConfig};
+use idlevit_zoo::DeiT;
 
 use crate::preprocess::{EvalTransform, load_image};
-use crate::weights::{load_model, read_checkpoint};
+use crate::weights::read_checkpoint;
 
-/// Runs the dense model on tensor `input` of `input_path` and writes tensor `logits` to
-/// `output_path`.
+/// What `logits` computed: the logits and, per selecting layer, the selected tokens.
+#[derive(Clone, Debug)]
+pub struct LogitsRun {
+    /// `(batch, classes)`.
+    pub logits: Tensor,
+    /// `(layer, tokens per batch item)`, original token indices, CLS first.
+    pub selections: Vec<(usize, Vec<Vec<usize>>)>,
+}
+
+/// Runs `model` on tensor `input` of `input_path` (masked form when `masked`) and writes
+/// tensor `logits` to `output_path`.
 pub fn logits(
-    config: &DeiTConfig,
-    weights: &Path,
+    model: &DeiT,
+    masked: bool,
     input_path: &Path,
     output_path: &Path,
-) -> Result<Tensor> {
-    let model = load_model(config, Some(weights))?;
+) -> Result<LogitsRun> {
     let inputs = read_checkpoint(input_path, false)?;
     let input = inputs
         .require("input")
         .with_context(|| format!("{} has no tensor `input`", input_path.display()))?;
-    let logits = model.forward(&Eager, &Eager.constant(input.clone()))?;
+    let run = if masked {
+        let out = model.forward_masked(&Eager, input)?;
+        let selections = out
+            .layers
+            .iter()
+            .map(|(l, m)| (*l, m.selection.indices().to_vec()))
+            .collect();
+        LogitsRun {
+            logits: out.logits,
+            selections,
+        }
+    } else {
+        let out = model.forward_traced(&Eager, input)?;
+        let selections = out
+            .selections
+            .into_iter()
+            .map(|s| (s.layer, s.tokens))
+            .collect();
+        LogitsRun {
+            logits: out.logits,
+            selections,
+        }
+    };
     let mut out = Checkpoint::default();
-    out.insert("logits", logits.clone());
+    out.insert("logits", run.logits.clone());
     out.save_safetensors(output_path)?;
-    Ok(logits)
+    Ok(run)
+}
+
+/// Writes each selecting layer's tokens as I64 tensor `selected.layer{i}` `(batch, K + 1)`.
+pub fn write_selections(selections: &[(usize, Vec<Vec<usize>>)], path: &Path) -> Result<()> {
+    let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = selections
+        .iter()
+        .map(|(layer, tokens)| {
+            let width = tokens.first().map_or(0, Vec::len);
+            let bytes = tokens
+                .iter()
+                .flatten()
+                .flat_map(|&t| (t as i64).to_le_bytes())
+                .collect();
+            (
+                format!("selected.layer{layer}"),
+                vec![tokens.len(), width],
+                bytes,
+            )
+        })
+        .collect();
+    let views = encoded
+        .iter()
+        .map(|(name, shape, bytes)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::I64, shape.clone(), bytes)
+                .map(|v| (name.as_str(), v))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let bytes = safetensors::serialize(views, None)?;
+    std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// One image's top predictions.
@@ -78,36 +137,45 @@ pub fn read_labels(path: &Path) -> Result<Vec<String>> {
     Ok(text.lines().map(|l| l.trim().to_string()).collect())
 }
 
-/// Timing of a throughput run.
+/// Median seconds of `seconds`.
+fn median(seconds: &[f64]) -> f64 {
+    let mut s = seconds.to_vec();
+    s.sort_by(f64::total_cmp);
+    let mid = s.len() / 2;
+    if s.len() % 2 == 1 {
+        s[mid]
+    } else {
+        0.5 * (s[mid - 1] + s[mid])
+    }
+}
+
+/// Timing of a throughput run: each model's seconds per forward pass, in run order.
 #[derive(Clone, Debug)]
 pub struct BenchReport {
     /// Images per forward pass.
     pub batch: usize,
-    /// Seconds per timed forward pass, in run order.
-    pub seconds: Vec<f64>,
+    /// Seconds per timed pass of each model benchmarked, in the order given.
+    pub seconds: Vec<Vec<f64>>,
 }
 
 impl BenchReport {
-    /// Median images per second over the timed runs.
-    pub fn median_images_per_second(&self) -> f64 {
-        let mut s = self.seconds.clone();
-        s.sort_by(f64::total_cmp);
-        let mid = s.len() / 2;
-        let median = if s.len() % 2 == 1 {
-            s[mid]
-        } else {
-            0.5 * (s[mid - 1] + s[mid])
-        };
-        self.batch as f64 / median
+    /// Median images per second of model `index`.
+    pub fn images_per_second(&self, index: usize) -> f64 {
+        self.batch as f64 / median(&self.seconds[index])
     }
 }
 
-/// Times dense forward passes of `model` on random images after `warmup` untimed passes.
-pub fn bench(model: &DeiT, batch: usize, warmup: usize, runs: usize) -> Result<BenchReport> {
+/// Times forward passes of each of `models` on the same random images, interleaved run by
+/// run so that every model sees the same machine conditions, after `warmup` untimed passes
+/// of each.
+pub fn bench(models: &[&DeiT], batch: usize, warmup: usize, runs: usize) -> Result<BenchReport> {
     if batch == 0 || runs == 0 {
         bail!("--batch and --runs must be at least 1");
     }
-    let side = model.config().img_size;
+    let Some(first) = models.first() else {
+        bail!("nothing to benchmark");
+    };
+    let side = first.config().img_size;
     let n = batch * 3 * side * side;
     let images = Tensor::from_vec(
         vec![batch, 3, side, side],
@@ -115,15 +183,30 @@ pub fn bench(model: &DeiT, batch: usize, warmup: usize, runs: usize) -> Result<B
             .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
             .collect(),
     )?;
-    for _ in 0..warmup {
-        model.forward(&Eager, &images)?;
+    for model in models {
+        for _ in 0..warmup {
+            model.forward(&Eager, &images)?;
+        }
     }
-    let seconds = (0..runs)
-        .map(|_| {
+    let mut seconds = vec![Vec::with_capacity(runs); models.len()];
+    for _ in 0..runs {
+        for (model, times) in models.iter().zip(&mut seconds) {
             let start = Instant::now();
             model.forward(&Eager, &images)?;
-            Ok(start.elapsed().as_secs_f64())
-        })
-        .collect::<Result<Vec<_>>>()?;
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
     Ok(BenchReport { batch, seconds })
 }
+
+/// Throughput measured on a 2-core CPU with PyTorch eager, fp32, 2 threads (spec section 9):
+/// `(engine and model, batch-1 images/s, batch-32 images/s)`. Measured elsewhere; printed
+/// beside our own figures for orientation, never used as the basis of a ratio.
+pub const REFERENCE_THROUGHPUT: &[(&str, f64, f64)] = &[
+    ("timm DeiT-T", 34.6, 49.3),
+    ("timm DeiT-S", 12.9, 17.4),
+    ("timm DeiT-B", 4.2, 4.8),
+    ("ONNX Runtime DeiT-S", 14.5, 16.0),
+    ("authors' IdleViT DeiT-S r=0.7", 13.1, 19.8),
+    ("authors' IdleViT DeiT-S r=0.5", 17.5, 21.2),
+];

@@ -11,5 +11,6 @@
 //! ```
 
 pub mod commands;
+pub mod policy;
 pub mod preprocess;
 pub mod weights;

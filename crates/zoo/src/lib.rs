@@ -19,11 +19,13 @@
 //! ```
 
 mod config;
+mod cost;
 mod deit;
 mod error;
 mod random;
 
 pub use config::{DeiTConfig, MAX_DEPTH, MAX_PARAMETERS, MAX_PATCHES};
+pub use cost::macs;
 pub use deit::{DeiT, LayerSelection, MaskedForward, Traced};
 pub use error::ZooError;
 pub use idlevit_selector::{PolicyKind, Schedule, TokenPolicy};

@@ -1,0 +1,127 @@
+//! Turning the CLI's `--mode`, `--policy` and `--keep-rate` (and a config's schedule lists)
+//! into the token policy a model is built with.
+
+use anyhow::{Result, bail};
+use idlevit_zoo::{DeiTConfig, PolicyKind, Schedule, TokenPolicy};
+
+/// Which form of the model runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Every token through every layer.
+    Dense,
+    /// Selection layers in their gathered, inference form.
+    Idle,
+    /// Idle layers in their masked, training form (all tokens kept in the tensors).
+    Masked,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "dense" => Ok(Self::Dense),
+            "idle" => Ok(Self::Idle),
+            "masked" => Ok(Self::Masked),
+            other => Err(format!(
+                "unknown mode `{other}`; expected dense, idle or masked"
+            )),
+        }
+    }
+}
+
+/// The policy for `mode`, `kind` and an optional base keep rate. A config that lists
+/// `idle_layers` and `keep_ratios` supplies the schedule itself (then `keep_rate` must be
+/// absent); otherwise `keep_rate` picks the DeiT schedule of the policy (idle and prune:
+/// layers 4..11 at r, r^2, r^3; EViT: layers 3, 6, 9 at r).
+pub fn resolve_policy(
+    config: &DeiTConfig,
+    mode: Mode,
+    kind: PolicyKind,
+    keep_rate: Option<f64>,
+) -> Result<TokenPolicy> {
+    if mode == Mode::Dense {
+        if keep_rate.is_some() {
+            bail!("--keep-rate needs --mode idle or --mode masked");
+        }
+        return Ok(TokenPolicy::Dense);
+    }
+    if mode == Mode::Masked && kind != PolicyKind::Idle {
+        bail!("--mode masked is the training form of the idle policy; it has no {kind:?} form");
+    }
+    let schedule = match (config.schedule()?, keep_rate) {
+        (Some(_), Some(_)) => {
+            bail!("the config sets idle_layers and keep_ratios; drop --keep-rate or the lists")
+        }
+        (Some(schedule), None) => schedule,
+        (None, Some(rate)) => {
+            let schedule = match kind {
+                PolicyKind::Idle | PolicyKind::Prune => Schedule::deit(rate)?,
+                PolicyKind::Evit => Schedule::evit_deit(rate)?,
+            };
+            if let Some(&last) = schedule.idle_layers().last()
+                && last >= config.depth
+            {
+                bail!(
+                    "the default {kind:?} schedule uses layers {:?}, but the model has depth {}; \
+                     set idle_layers and keep_ratios in the config",
+                    schedule.idle_layers(),
+                    config.depth
+                );
+            }
+            schedule
+        }
+        (None, None) => bail!("give --keep-rate r, or idle_layers and keep_ratios in the config"),
+    };
+    let policy = TokenPolicy::select(kind, schedule);
+    policy.validate(config.depth, config.num_patches())?;
+    Ok(policy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolution_rules() {
+        let small = DeiTConfig::small();
+        assert_eq!(
+            resolve_policy(&small, Mode::Dense, PolicyKind::Idle, None).unwrap(),
+            TokenPolicy::Dense
+        );
+        let idle = resolve_policy(&small, Mode::Idle, PolicyKind::Idle, Some(0.7)).unwrap();
+        assert_eq!(
+            idle,
+            TokenPolicy::select(PolicyKind::Idle, Schedule::deit(0.7).unwrap())
+        );
+        let errors = [
+            (
+                Mode::Dense,
+                PolicyKind::Idle,
+                Some(0.7),
+                "--keep-rate needs",
+            ),
+            (Mode::Masked, PolicyKind::Evit, Some(0.7), "no Evit form"),
+            (Mode::Idle, PolicyKind::Idle, None, "give --keep-rate"),
+            (Mode::Idle, PolicyKind::Idle, Some(0.0), "outside (0, 1]"),
+            (Mode::Idle, PolicyKind::Prune, Some(1.5), "outside (0, 1]"),
+        ];
+        for (mode, kind, rate, needle) in errors {
+            let err = resolve_policy(&small, mode, kind, rate)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+        let mut shallow = small.clone();
+        shallow.depth = 6;
+        let err = resolve_policy(&shallow, Mode::Idle, PolicyKind::Idle, Some(0.7))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("depth 6"), "{err}");
+        shallow.idle_layers = Some(vec![2, 5]);
+        shallow.keep_ratios = Some(vec![0.5, 0.25]);
+        let custom = resolve_policy(&shallow, Mode::Masked, PolicyKind::Idle, None).unwrap();
+        assert_eq!(custom.at(5), Some((PolicyKind::Idle, 0.25)));
+        assert!(resolve_policy(&shallow, Mode::Idle, PolicyKind::Idle, Some(0.5)).is_err());
+    }
+}

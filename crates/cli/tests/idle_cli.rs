@@ -1,0 +1,267 @@
+//! `idlevit logits --mode idle|masked`, `--selected-out`, `flops`, `bench`, and the errors
+//! for bad schedules.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use idlevit_checkpoint::Checkpoint;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+fn idlevit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_idlevit"))
+        .args(args)
+        .output()
+        .expect("the idlevit binary runs")
+}
+
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("idlevit-idle-cli-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+/// The fixture config with a schedule's lists added, written to `dir`.
+fn config_with_schedule(dir: &Path, name: &str, key: &str) -> PathBuf {
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("deit").join(name).join("config.json")).unwrap(),
+    )
+    .unwrap();
+    let schedules: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("idle").join(name).join("schedules.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut config = config.as_object().unwrap().clone();
+    config.insert("idle_layers".into(), schedules[key]["idle_layers"].clone());
+    config.insert("keep_ratios".into(), schedules[key]["keep_ratios"].clone());
+    let path = dir.join(format!("{key}.json"));
+    std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn idle_masked_and_prune_logits_and_selections_match_the_reference() {
+    let name = "p8_i64_d6";
+    let dir = scratch("golden");
+    let weights = fixtures()
+        .join("deit")
+        .join(name)
+        .join("weights.safetensors");
+    let input = fixtures().join("idle").join(name).join("input.safetensors");
+    for (key, mode, policy) in [
+        ("idle_r0.7", "idle", "idle"),
+        ("masked_r0.5", "masked", "idle"),
+        ("prune_r0.5", "idle", "prune"),
+    ] {
+        let config = config_with_schedule(&dir, name, key);
+        let (out, selected) = (
+            dir.join(format!("{key}.logits")),
+            dir.join(format!("{key}.selected")),
+        );
+        let run = idlevit(&[
+            "logits",
+            "--config",
+            s(&config),
+            "--weights",
+            s(&weights),
+            "--input",
+            s(&input),
+            "--output",
+            s(&out),
+            "--mode",
+            mode,
+            "--policy",
+            policy,
+            "--selected-out",
+            s(&selected),
+        ]);
+        assert!(
+            run.status.success(),
+            "{key}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let golden_bytes = std::fs::read(
+            fixtures()
+                .join("idle")
+                .join(name)
+                .join(format!("{key}.safetensors")),
+        )
+        .unwrap();
+        let golden = Checkpoint::from_safetensors_bytes(&golden_bytes).unwrap();
+        let ours = Checkpoint::load_safetensors(&out).unwrap();
+        let diff = ours
+            .require("logits")
+            .unwrap()
+            .max_abs_diff(golden.require("logits").unwrap())
+            .unwrap();
+        assert!(diff <= 1e-5, "{key}: {diff:e}");
+        let ours = std::fs::read(&selected).unwrap();
+        let ours = safetensors::SafeTensors::deserialize(&ours).unwrap();
+        let golden = safetensors::SafeTensors::deserialize(&golden_bytes).unwrap();
+        let names: Vec<String> = golden
+            .names()
+            .into_iter()
+            .filter(|n| n.starts_with("selected."))
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(ours.len(), names.len(), "{key}");
+        for n in names {
+            let (a, b) = (ours.tensor(&n).unwrap(), golden.tensor(&n).unwrap());
+            assert_eq!(
+                (a.dtype(), a.shape(), a.data()),
+                (b.dtype(), b.shape(), b.data()),
+                "{key} {n}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_schedules_give_clear_errors() {
+    let dir = scratch("bad");
+    let name = "p8_i32_d2";
+    let weights = fixtures()
+        .join("deit")
+        .join(name)
+        .join("weights.safetensors");
+    let input = fixtures().join("deit").join(name).join("input.safetensors");
+    let base =
+        std::fs::read_to_string(fixtures().join("deit").join(name).join("config.json")).unwrap();
+    let with = |extra: &str| {
+        let trimmed = base.trim_end().trim_end_matches('}');
+        format!("{trimmed}, {extra}}}")
+    };
+    let cases = [
+        (
+            "layer",
+            with("\"idle_layers\": [2], \"keep_ratios\": [0.5]"),
+            vec![],
+            "idle layer 2 does not exist",
+        ),
+        (
+            "lengths",
+            with("\"idle_layers\": [0, 1], \"keep_ratios\": [0.5]"),
+            vec![],
+            "2 idle layers but 1 keep ratios",
+        ),
+        (
+            "zero",
+            with("\"idle_layers\": [1], \"keep_ratios\": [0.01]"),
+            vec![],
+            "keeps no token of 16",
+        ),
+        (
+            "ratio",
+            with("\"idle_layers\": [1], \"keep_ratios\": [1.01]"),
+            vec![],
+            "outside (0, 1]",
+        ),
+        (
+            "rate0",
+            base.clone(),
+            vec!["--keep-rate", "0"],
+            "outside (0, 1]",
+        ),
+        (
+            "rate2",
+            base.clone(),
+            vec!["--keep-rate", "2"],
+            "outside (0, 1]",
+        ),
+        ("depth", base.clone(), vec!["--keep-rate", "0.7"], "depth 2"),
+        (
+            "both",
+            with("\"idle_layers\": [1], \"keep_ratios\": [0.5]"),
+            vec!["--keep-rate", "0.7"],
+            "drop --keep-rate",
+        ),
+    ];
+    for (label, config, extra, needle) in cases {
+        let path = dir.join(format!("{label}.json"));
+        std::fs::write(&path, config).unwrap();
+        let out = dir.join("out.safetensors");
+        let mut args = vec![
+            "logits",
+            "--config",
+            s(&path),
+            "--weights",
+            s(&weights),
+            "--input",
+            s(&input),
+            "--output",
+            s(&out),
+            "--mode",
+            "idle",
+        ];
+        args.extend(extra);
+        let run = idlevit(&args);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(!run.status.success(), "{label}: succeeded");
+        assert!(
+            stderr.contains(needle) && !stderr.contains("panicked"),
+            "{label}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn flops_prints_the_spec_figures() {
+    let run = idlevit(&[
+        "flops",
+        "--model",
+        "deit_small",
+        "--keep-rate",
+        "0.7",
+        "--policy",
+        "idle",
+    ]);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success());
+    assert!(
+        stdout.contains("dense: 4.60 GMACs") && stdout.contains("idle r=0.7: 3.24 GMACs"),
+        "{stdout}"
+    );
+    let run = idlevit(&["flops", "--model", "deit_base", "--keep-rate", "0.7"]);
+    assert!(String::from_utf8_lossy(&run.stdout).contains("12.47 GMACs"));
+}
+
+#[test]
+fn bench_compares_a_policy_with_dense_in_one_run() {
+    let config = fixtures().join("deit/p8_i64_d6/config.json");
+    let dir = scratch("bench");
+    let schedule = config_with_schedule(&dir, "p8_i64_d6", "evit_r0.5");
+    let run = idlevit(&[
+        "bench",
+        "--config",
+        s(&schedule),
+        "--policy",
+        "evit",
+        "--batch",
+        "2",
+        "--runs",
+        "3",
+        "--warmup",
+        "1",
+    ]);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        stdout.contains("speed-up")
+            && stdout.contains("GMAC ratio")
+            && stdout.contains("timm DeiT-S"),
+        "{stdout}"
+    );
+    let run = idlevit(&["bench", "--config", s(&config), "--batch", "0"]);
+    assert!(!run.status.success());
+}

@@ -1,0 +1,164 @@
+//! Multiply-accumulate counts of a DeiT under a token policy (spec section 2's formula).
+//!
+//! Counted: every matrix product (projections, attention scores and mixing, MLP, patch embed,
+//! head). Not counted: norms, softmax, GELU, additions, gathers — as in the paper's figures.
+
+use idlevit_selector::{PolicyKind, TokenPolicy, evit_keep_count, keep_count};
+
+use crate::{DeiTConfig, Result};
+
+/// MACs of one dense block over `tokens` tokens: `4 T C^2 + 2 T hidden C + 2 T^2 C`.
+fn dense_block(tokens: f64, c: f64, hidden: f64) -> f64 {
+    4.0 * tokens * c * c + 2.0 * tokens * hidden * c + 2.0 * tokens * tokens * c
+}
+
+/// MACs of a gathered selection layer with `tokens` present that computes `kept` of them
+/// (CLS included): keys for all, the CLS query, the scores, then q, v, proj, attention and
+/// MLP on the kept rows.
+fn selecting_block(tokens: f64, kept: f64, c: f64, hidden: f64) -> f64 {
+    tokens * c * c
+        + c * c
+        + tokens * c
+        + 3.0 * kept * c * c
+        + 2.0 * kept * kept * c
+        + 2.0 * kept * hidden * c
+}
+
+/// Total MACs of one image through `config` under `policy`.
+pub fn macs(config: &DeiTConfig, policy: &TokenPolicy) -> Result<f64> {
+    config.validate()?;
+    policy.validate(config.depth, config.num_patches())?;
+    let n = config.num_patches();
+    let (c, hidden) = (config.embed_dim as f64, config.mlp_hidden() as f64);
+    let patch = config.patch_size as f64;
+    let mut total = n as f64 * c * 3.0 * patch * patch + c * config.num_classes as f64;
+    let mut tokens = n + 1;
+    for layer in 0..config.depth {
+        total += match policy.at(layer) {
+            None => dense_block(tokens as f64, c, hidden),
+            Some((PolicyKind::Idle, ratio)) => {
+                let kept = keep_count(n, ratio)? + 1;
+                selecting_block(tokens as f64, kept as f64, c, hidden)
+            }
+            Some((PolicyKind::Prune, ratio)) => {
+                let kept = keep_count(n, ratio)? + 1;
+                let cost = selecting_block(tokens as f64, kept as f64, c, hidden);
+                tokens = kept;
+                cost
+            }
+            Some((PolicyKind::Evit, rate)) => {
+                let t = tokens as f64;
+                let attention = 4.0 * t * c * c + 2.0 * t * t * c;
+                let keep = evit_keep_count(tokens - 1, rate)?;
+                let fused = usize::from(keep < tokens - 1);
+                // Weighted sum of the fused tokens: one MAC per feature per fused token.
+                let fusion = ((tokens - 1 - keep) * fused) as f64 * c;
+                tokens = keep + 1 + fused;
+                attention + fusion + 2.0 * tokens as f64 * hidden * c
+            }
+        };
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use idlevit_selector::Schedule;
+
+    fn gmacs(config: &DeiTConfig, policy: &TokenPolicy) -> f64 {
+        macs(config, policy).unwrap() / 1e9
+    }
+
+    fn idle(rate: f64) -> TokenPolicy {
+        TokenPolicy::select(PolicyKind::Idle, Schedule::deit(rate).unwrap())
+    }
+
+    #[test]
+    fn deit_matches_the_spec_test_vectors() {
+        let small = DeiTConfig::small();
+        let expected = [
+            (1.0, 4.60),
+            (0.9, 4.07),
+            (0.8, 3.62),
+            (0.7, 3.24),
+            (0.6, 2.91),
+            (0.5, 2.64),
+        ];
+        assert!((gmacs(&small, &TokenPolicy::Dense) - 4.60).abs() < 0.005);
+        for (rate, want) in &expected[1..] {
+            let got = gmacs(&small, &idle(*rate));
+            assert!(
+                (got - want).abs() < 0.005,
+                "DeiT-S r={rate}: {got:.3} vs {want}"
+            );
+        }
+        assert!((gmacs(&DeiTConfig::tiny(), &TokenPolicy::Dense) - 1.25).abs() < 0.005);
+        assert!((gmacs(&DeiTConfig::tiny(), &idle(0.7)) - 0.87).abs() < 0.005);
+        assert!((gmacs(&DeiTConfig::base(), &TokenPolicy::Dense) - 17.56).abs() < 0.005);
+        assert!((gmacs(&DeiTConfig::base(), &idle(0.7)) - 12.47).abs() < 0.005);
+    }
+
+    #[test]
+    fn hand_count_of_a_tiny_model() {
+        // 4 image tokens (img 8, patch 4), C = 2, hidden 4, one idle layer keeping 2 tokens,
+        // then a pruned and an EViT variant of the same layer.
+        let config = DeiTConfig {
+            img_size: 8,
+            patch_size: 4,
+            embed_dim: 2,
+            depth: 2,
+            num_heads: 1,
+            mlp_ratio: 2.0,
+            num_classes: 3,
+            qkv_bias: true,
+            idle_layers: None,
+            keep_ratios: None,
+        };
+        let embed_and_head = 4.0 * 2.0 * 48.0 + 2.0 * 3.0; // N C 3 p^2 + C classes
+        let dense_block = 4.0 * 5.0 * 4.0 + 2.0 * 5.0 * 4.0 * 2.0 + 2.0 * 25.0 * 2.0; // 80 + 80 + 100
+        let schedule = Schedule::new(vec![0], vec![0.5]).unwrap();
+        // keys 5*4, q_cls 4, scores 5*2, q/v/proj 3*3*4, attention 2*9*2, MLP 2*3*4*2
+        let idle_block = 20.0 + 4.0 + 10.0 + 36.0 + 36.0 + 48.0;
+        let policy = |kind| TokenPolicy::select(kind, schedule.clone());
+        assert_eq!(
+            macs(&config, &TokenPolicy::Dense).unwrap(),
+            embed_and_head + 2.0 * dense_block
+        );
+        assert_eq!(
+            macs(&config, &policy(PolicyKind::Idle)).unwrap(),
+            embed_and_head + idle_block + dense_block
+        );
+        // Pruning: the same layer, then a dense layer over the 3 rows left: 48 + 48 + 36.
+        assert_eq!(
+            macs(&config, &policy(PolicyKind::Prune)).unwrap(),
+            embed_and_head + idle_block + 132.0
+        );
+        // EViT keeps ceil(0.5 * 4) = 2, fuses 2 into one: attention over 5 (80 + 100), fusion
+        // 2 * 2, MLP over 4 rows (64); then a dense layer over 4 rows: 64 + 64 + 64.
+        assert_eq!(
+            macs(&config, &policy(PolicyKind::Evit)).unwrap(),
+            embed_and_head + 248.0 + 192.0
+        );
+    }
+
+    #[test]
+    fn evit_and_pruning_on_deit_s() {
+        let small = DeiTConfig::small();
+        let evit = |r| TokenPolicy::select(PolicyKind::Evit, Schedule::evit_deit(r).unwrap());
+        // The EViT paper reports 3.0 and 2.3 GMACs for r = 0.7 and 0.5 (ours counts the same
+        // products; the paper rounds to one decimal).
+        assert!(
+            (gmacs(&small, &evit(0.7)) - 3.0).abs() < 0.06,
+            "{}",
+            gmacs(&small, &evit(0.7))
+        );
+        assert!(
+            (gmacs(&small, &evit(0.5)) - 2.3).abs() < 0.06,
+            "{}",
+            gmacs(&small, &evit(0.5))
+        );
+        let prune = TokenPolicy::select(PolicyKind::Prune, Schedule::deit(0.7).unwrap());
+        assert!(gmacs(&small, &prune) < gmacs(&small, &idle(0.7)));
+    }
+}

@@ -1,0 +1,156 @@
+//! Properties of the idle layer forms on random models (spec section 3's equivalence).
+
+use idlevit_nn::Eager;
+use idlevit_selector::{cls_scores, idle_gathered, keep_count};
+use idlevit_tensor::Tensor;
+use idlevit_zoo::{DeiT, DeiTConfig, PolicyKind, Schedule, TokenPolicy};
+use proptest::prelude::*;
+
+/// A random small model shape and an idle schedule for it.
+#[derive(Clone, Debug)]
+struct Case {
+    config: DeiTConfig,
+    batch: usize,
+    ratios: Vec<Option<f64>>,
+    seed: u64,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        1usize..4,
+        1usize..4,
+        2usize..7,
+        2usize..5,
+        2usize..4,
+        1usize..4,
+        1usize..4,
+        any::<bool>(),
+        any::<u64>(),
+    )
+        .prop_flat_map(
+            |(depth, heads, head_dim, grid, patch, mlp, batch, qkv_bias, seed)| {
+                let config = DeiTConfig {
+                    img_size: grid * patch,
+                    patch_size: patch,
+                    embed_dim: heads * head_dim,
+                    depth,
+                    num_heads: heads,
+                    mlp_ratio: mlp as f64,
+                    num_classes: 3,
+                    qkv_bias,
+                    idle_layers: None,
+                    keep_ratios: None,
+                };
+                let min_ratio = 1.0 / (grid * grid) as f64;
+                let ratios =
+                    proptest::collection::vec(proptest::option::of(min_ratio..=1.0f64), depth);
+                (Just(config), Just(batch), ratios, Just(seed))
+            },
+        )
+        .prop_map(|(config, batch, ratios, seed)| Case {
+            config,
+            batch,
+            ratios,
+            seed,
+        })
+}
+
+fn images(config: &DeiTConfig, batch: usize, seed: u64) -> Tensor {
+    let n = batch * 3 * config.img_size * config.img_size;
+    let mut state = seed | 1;
+    let values = (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        })
+        .collect();
+    Tensor::from_vec(vec![batch, 3, config.img_size, config.img_size], values).unwrap()
+}
+
+fn schedule(case: &Case) -> Schedule {
+    let (layers, ratios): (Vec<usize>, Vec<f64>) = case
+        .ratios
+        .iter()
+        .enumerate()
+        .filter_map(|(l, r)| r.map(|r| (l, r)))
+        .unzip();
+    Schedule::new(layers, ratios).unwrap()
+}
+
+fn relative_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let scale = b.view().iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    a.max_abs_diff(b).unwrap() / scale
+}
+
+/// Relative gap between the K-th and (K+1)-th best score, the margin a selection has
+/// against float rounding.
+fn boundary_gap(scores: &[f32], keep: usize) -> f32 {
+    let mut sorted = scores.to_vec();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    let scale = sorted.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+    sorted
+        .get(keep)
+        .map_or(f32::INFINITY, |next| (sorted[keep - 1] - next) / scale)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// The gathered (inference) and masked (training) forms select the same tokens and give
+    /// the same logits, unless a selection sits on a near-tie that rounding may flip.
+    #[test]
+    fn gathered_and_masked_forms_agree(case in case()) {
+        let model = DeiT::random(&case.config, case.seed).unwrap();
+        let model = model.with_policy(TokenPolicy::select(PolicyKind::Idle, schedule(&case))).unwrap();
+        let x = images(&case.config, case.batch, case.seed);
+        let gathered = model.forward_traced(&Eager, &x).unwrap();
+        let masked = model.forward_masked(&Eager, &x).unwrap();
+        prop_assert_eq!(gathered.selections.len(), masked.layers.len());
+        let mut same = true;
+        for (g, (layer, m)) in gathered.selections.iter().zip(&masked.layers) {
+            prop_assert_eq!(g.layer, *layer);
+            if g.tokens != m.selection.indices() {
+                same = false;
+                // Only a near-tie may differ: find it in the masked form's own scores.
+                let scores = cls_scores(&m.logits).unwrap();
+                let keep = m.selection.selected() - 1;
+                let width = scores.shape()[1];
+                let min_gap = scores.to_vec().chunks(width).map(|row| boundary_gap(row, keep)).fold(f32::INFINITY, f32::min);
+                prop_assert!(min_gap < 1e-4, "selections differ at layer {} with score gap {}", layer, min_gap);
+            }
+        }
+        if same {
+            let diff = relative_diff(&gathered.logits, &masked.logits);
+            prop_assert!(diff <= 1e-5, "logits differ by {} relative", diff);
+        }
+    }
+
+    /// Keeping every token is the dense model.
+    #[test]
+    fn keep_ratio_one_is_dense(case in case()) {
+        let dense = DeiT::random(&case.config, case.seed).unwrap();
+        let all = Schedule::new((0..case.config.depth).collect(), vec![1.0; case.config.depth]).unwrap();
+        let idle = dense.clone().with_policy(TokenPolicy::select(PolicyKind::Idle, all)).unwrap();
+        let x = images(&case.config, case.batch, case.seed);
+        let diff = relative_diff(&idle.forward(&Eager, &x).unwrap(), &dense.forward(&Eager, &x).unwrap());
+        prop_assert!(diff <= 1e-5, "keep ratio 1 differs from dense by {} relative", diff);
+    }
+
+    /// Rows an idle layer does not select leave it bit for bit as they entered.
+    #[test]
+    fn idle_rows_pass_through_unchanged(case in case(), ratio in 0.01f64..=1.0) {
+        let model = DeiT::random(&case.config, case.seed).unwrap();
+        let x = model.embed(&Eager, &images(&case.config, case.batch, case.seed)).unwrap();
+        let tokens = case.config.num_patches();
+        let keep = keep_count(tokens, ratio).unwrap_or(1);
+        let (y, selection) = idle_gathered(&Eager, &model.blocks()[0], &x, keep).unwrap();
+        prop_assert_eq!(selection.selected(), keep + 1);
+        let complement = selection.complement();
+        prop_assert_eq!(complement[0].len(), tokens - keep);
+        prop_assert_eq!(x.gather_rows(&complement).unwrap().to_vec(), y.gather_rows(&complement).unwrap().to_vec());
+        // The selected rows did change (the layer is not the identity).
+        prop_assert_ne!(x.gather_rows(selection.indices()).unwrap().to_vec(), y.gather_rows(selection.indices()).unwrap().to_vec());
+    }
+}

@@ -2,6 +2,7 @@
 
 use idlevit_checkpoint::WeightReader;
 
+use crate::param::{ParamVisitor, ParamVisitorMut};
 use crate::{Backend, Linear, NnError, Result};
 
 /// Multi-head self-attention as timm's `Attention`: one `qkv` linear whose output rows are
@@ -54,6 +55,18 @@ impl Attention {
             proj: Linear::load(reader, &format!("{prefix}.proj"), dim, dim, true)?,
             num_heads,
         })
+    }
+
+    /// Visits `qkv` then `proj`.
+    pub fn visit_params(&self, f: &mut ParamVisitor<'_>) {
+        self.qkv.visit_params(f);
+        self.proj.visit_params(f);
+    }
+
+    /// Visits `qkv` then `proj` mutably.
+    pub fn visit_params_mut(&mut self, f: &mut ParamVisitorMut<'_>) {
+        self.qkv.visit_params_mut(f);
+        self.proj.visit_params_mut(f);
     }
 
     /// The number of heads.

@@ -2,6 +2,7 @@
 
 use idlevit_checkpoint::WeightReader;
 
+use crate::param::{ParamVisitor, ParamVisitorMut};
 use crate::{Attention, Backend, LayerNorm, Mlp, Result};
 
 /// Hyper-parameters of one transformer block.
@@ -43,6 +44,22 @@ impl Block {
             norm2: LayerNorm::load(reader, &format!("{prefix}.norm2"), cfg.dim, cfg.norm_eps)?,
             mlp: Mlp::load(reader, &format!("{prefix}.mlp"), cfg.dim, cfg.mlp_hidden)?,
         })
+    }
+
+    /// Visits every parameter, in checkpoint order.
+    pub fn visit_params(&self, f: &mut ParamVisitor<'_>) {
+        self.norm1.visit_params(f);
+        self.attn.visit_params(f);
+        self.norm2.visit_params(f);
+        self.mlp.visit_params(f);
+    }
+
+    /// Visits every parameter mutably.
+    pub fn visit_params_mut(&mut self, f: &mut ParamVisitorMut<'_>) {
+        self.norm1.visit_params_mut(f);
+        self.attn.visit_params_mut(f);
+        self.norm2.visit_params_mut(f);
+        self.mlp.visit_params_mut(f);
     }
 
     /// The attention sub-layer.

@@ -41,7 +41,7 @@ pub use idlevit_tensor::Tensor;
 pub use linear::Linear;
 pub use mlp::Mlp;
 pub use norm::LayerNorm;
-pub use param::Param;
+pub use param::{Param, ParamVisitor, ParamVisitorMut};
 pub use patch_embed::PatchEmbed;
 
 /// Result type of this crate.

@@ -3,6 +3,7 @@
 use idlevit_checkpoint::WeightReader;
 use idlevit_tensor::Tensor;
 
+use crate::param::{ParamVisitor, ParamVisitorMut};
 use crate::{Backend, NnError, Param, Result};
 
 /// `y = x W^T + b` over the last axis, as `torch.nn.Linear`.
@@ -79,6 +80,18 @@ impl Linear {
     /// The bias, if the layer has one.
     pub fn bias(&self) -> Option<&Param> {
         self.bias.as_ref()
+    }
+
+    /// Visits the weight and the bias.
+    pub fn visit_params(&self, f: &mut ParamVisitor<'_>) {
+        f(&self.weight);
+        self.bias.iter().for_each(|b| f(b));
+    }
+
+    /// Visits the weight and the bias mutably.
+    pub fn visit_params_mut(&mut self, f: &mut ParamVisitorMut<'_>) {
+        f(&mut self.weight);
+        self.bias.iter_mut().for_each(|b| f(b));
     }
 
     /// Applies only output features `start..end` of the layer (a slice of the weight rows, no

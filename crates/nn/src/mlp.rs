@@ -2,6 +2,7 @@
 
 use idlevit_checkpoint::WeightReader;
 
+use crate::param::{ParamVisitor, ParamVisitorMut};
 use crate::{Backend, Linear, Result};
 
 /// `fc2(GELU(fc1(x)))`, hidden width `mlp_ratio * dim`.
@@ -23,6 +24,18 @@ impl Mlp {
             fc1: Linear::load(reader, &format!("{prefix}.fc1"), dim, hidden, true)?,
             fc2: Linear::load(reader, &format!("{prefix}.fc2"), hidden, dim, true)?,
         })
+    }
+
+    /// Visits `fc1` then `fc2`.
+    pub fn visit_params(&self, f: &mut ParamVisitor<'_>) {
+        self.fc1.visit_params(f);
+        self.fc2.visit_params(f);
+    }
+
+    /// Visits `fc1` then `fc2` mutably.
+    pub fn visit_params_mut(&mut self, f: &mut ParamVisitorMut<'_>) {
+        self.fc1.visit_params_mut(f);
+        self.fc2.visit_params_mut(f);
     }
 
     /// Applies the block to the last axis of `x`.

@@ -2,6 +2,7 @@
 
 use idlevit_checkpoint::WeightReader;
 
+use crate::param::{ParamVisitor, ParamVisitorMut};
 use crate::{Backend, Param, Result};
 
 /// `torch.nn.LayerNorm` over the last axis, with learned scale and shift.
@@ -20,6 +21,18 @@ impl LayerNorm {
             bias: Param::load(reader, &format!("{prefix}.bias"), &[dim])?,
             eps,
         })
+    }
+
+    /// Visits the scale and the shift.
+    pub fn visit_params(&self, f: &mut ParamVisitor<'_>) {
+        f(&self.weight);
+        f(&self.bias);
+    }
+
+    /// Visits the scale and the shift mutably.
+    pub fn visit_params_mut(&mut self, f: &mut ParamVisitorMut<'_>) {
+        f(&mut self.weight);
+        f(&mut self.bias);
     }
 
     /// Normalises the last axis of `x`.

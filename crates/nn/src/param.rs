@@ -11,7 +11,14 @@ use crate::Result;
 pub struct Param {
     name: String,
     value: Tensor,
+    stored_shape: Option<Vec<usize>>,
 }
+
+/// A visitor over a layer's parameters, for optimisers and exports.
+pub type ParamVisitor<'a> = dyn FnMut(&Param) + 'a;
+
+/// A visitor that may change a layer's parameters (an optimiser step).
+pub type ParamVisitorMut<'a> = dyn FnMut(&mut Param) + 'a;
 
 impl Param {
     /// A parameter called `name` holding `value`.
@@ -19,6 +26,30 @@ impl Param {
         Self {
             name: name.into(),
             value,
+            stored_shape: None,
+        }
+    }
+
+    /// Records that checkpoints hold this parameter under another shape with the same
+    /// elements (a conv weight used as a matrix, say).
+    pub fn with_stored_shape(mut self, shape: Vec<usize>) -> Self {
+        self.stored_shape = Some(shape);
+        self
+    }
+
+    /// The value in the shape checkpoints store it in.
+    pub fn stored_value(&self) -> Result<Tensor> {
+        match &self.stored_shape {
+            Some(shape) => Ok(self.value.reshape(shape)?),
+            None => Ok(self.value.clone()),
+        }
+    }
+
+    /// Reshapes a tensor shaped like the value (a gradient, say) to the stored shape.
+    pub fn to_stored_shape(&self, t: &Tensor) -> Result<Tensor> {
+        match &self.stored_shape {
+            Some(shape) => Ok(t.reshape(shape)?),
+            None => Ok(t.clone()),
         }
     }
 

@@ -2,6 +2,7 @@
 
 use idlevit_checkpoint::WeightReader;
 
+use crate::param::{ParamVisitor, ParamVisitorMut};
 use crate::{Backend, Linear, NnError, Param, Result};
 
 /// Cuts `(batch, channels, H, W)` images into `p x p` patches and projects each to `dim`,
@@ -35,7 +36,8 @@ impl PatchEmbed {
         let weight = Param::new(
             name,
             conv.reshape(&[dim, in_chans * patch_size * patch_size])?,
-        );
+        )
+        .with_stored_shape(vec![dim, in_chans, patch_size, patch_size]);
         let bias = Param::load(reader, &format!("{prefix}.proj.bias"), &[dim])?;
         Ok(Self {
             proj: Linear::from_params(weight, Some(bias))?,
@@ -43,6 +45,16 @@ impl PatchEmbed {
             patch_size,
             in_chans,
         })
+    }
+
+    /// Visits the projection's weight (stored as the conv weight) and bias.
+    pub fn visit_params(&self, f: &mut ParamVisitor<'_>) {
+        self.proj.visit_params(f);
+    }
+
+    /// Visits the projection's parameters mutably.
+    pub fn visit_params_mut(&mut self, f: &mut ParamVisitorMut<'_>) {
+        self.proj.visit_params_mut(f);
     }
 
     /// The number of patches per image.

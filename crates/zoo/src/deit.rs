@@ -1,7 +1,10 @@
 //! DeiT / ViT with a CLS token, as timm's `VisionTransformer` (`deit_*_patch16_224`).
 
 use idlevit_checkpoint::{Checkpoint, WeightReader};
-use idlevit_nn::{Backend, Block, BlockConfig, LayerNorm, Linear, Param, PatchEmbed};
+use idlevit_nn::{
+    Backend, Block, BlockConfig, LayerNorm, Linear, Param, ParamVisitor, ParamVisitorMut,
+    PatchEmbed,
+};
 use idlevit_selector::{
     MaskedLayer, PolicyKind, TokenPolicy, evit_fused, idle_gathered, idle_masked, keep_count,
     prune_gathered,
@@ -41,6 +44,8 @@ pub struct LayerSelection {
 pub struct Traced<V> {
     /// `(batch, classes)`.
     pub logits: V,
+    /// The final normalised CLS features `(batch, dim)`.
+    pub features: V,
     /// One entry per selecting layer, in layer order (empty for dense and EViT).
     pub selections: Vec<LayerSelection>,
 }
@@ -50,6 +55,8 @@ pub struct Traced<V> {
 pub struct MaskedForward<V> {
     /// `(batch, classes)`.
     pub logits: V,
+    /// The final normalised CLS features `(batch, dim)`.
+    pub features: V,
     /// `(block index, masked layer outputs)` per idle layer, in layer order.
     pub layers: Vec<(usize, MaskedLayer<V>)>,
 }
@@ -106,6 +113,44 @@ impl DeiT {
         Ok(self)
     }
 
+    /// Visits every parameter in checkpoint order.
+    pub fn visit_params(&self, f: &mut ParamVisitor<'_>) {
+        self.patch_embed.visit_params(f);
+        f(&self.cls_token);
+        f(&self.pos_embed);
+        self.blocks.iter().for_each(|b| b.visit_params(f));
+        self.norm.visit_params(f);
+        if let Some(head) = &self.head {
+            head.visit_params(f);
+        }
+    }
+
+    /// Visits every parameter mutably (an optimiser step).
+    pub fn visit_params_mut(&mut self, f: &mut ParamVisitorMut<'_>) {
+        self.patch_embed.visit_params_mut(f);
+        f(&mut self.cls_token);
+        f(&mut self.pos_embed);
+        self.blocks.iter_mut().for_each(|b| b.visit_params_mut(f));
+        self.norm.visit_params_mut(f);
+        if let Some(head) = &mut self.head {
+            head.visit_params_mut(f);
+        }
+    }
+
+    /// The weights under timm's names and shapes, ready to save.
+    pub fn to_checkpoint(&self) -> Result<Checkpoint> {
+        let mut ckpt = Checkpoint::default();
+        let mut failure = None;
+        self.visit_params(&mut |p| match p.stored_value() {
+            Ok(value) => ckpt.insert(p.name(), value),
+            Err(e) => failure = Some(e),
+        });
+        match failure {
+            Some(e) => Err(e.into()),
+            None => Ok(ckpt),
+        }
+    }
+
     /// The token policy the model runs.
     pub fn policy(&self) -> &TokenPolicy {
         &self.policy
@@ -142,12 +187,23 @@ impl DeiT {
     /// Logits from the final tokens: final norm, CLS row, head; CLS features if there is no
     /// head.
     pub fn classify<B: Backend>(&self, bk: &B, tokens: &B::Value) -> Result<B::Value> {
+        Ok(self.features_and_logits(bk, tokens)?.1)
+    }
+
+    /// The final normalised CLS features `(batch, dim)` (what distillation compares) and the
+    /// logits from the final tokens.
+    pub fn features_and_logits<B: Backend>(
+        &self,
+        bk: &B,
+        tokens: &B::Value,
+    ) -> Result<(B::Value, B::Value)> {
         let normed = self.norm.forward(bk, tokens)?;
         let cls = bk.select(&normed, 1, 0)?;
-        match &self.head {
-            Some(head) => Ok(head.forward(bk, &cls)?),
-            None => Ok(cls),
-        }
+        let logits = match &self.head {
+            Some(head) => head.forward(bk, &cls)?,
+            None => cls.clone(),
+        };
+        Ok((cls, logits))
     }
 
     /// Forward pass under the model's policy (idle layers in their gathered, inference
@@ -193,8 +249,10 @@ impl DeiT {
                 Some((PolicyKind::Evit, rate)) => evit_fused(bk, block, &x, rate)?.0,
             };
         }
+        let (features, logits) = self.features_and_logits(bk, &x)?;
         Ok(Traced {
-            logits: self.classify(bk, &x)?,
+            logits,
+            features,
             selections,
         })
     }
@@ -228,8 +286,10 @@ impl DeiT {
                 }
             };
         }
+        let (features, logits) = self.features_and_logits(bk, &x)?;
         Ok(MaskedForward {
-            logits: self.classify(bk, &x)?,
+            logits,
+            features,
             layers,
         })
     }

@@ -122,3 +122,12 @@ fn wrong_image_size_and_empty_batch_are_errors() {
         );
     }
 }
+
+#[test]
+fn to_checkpoint_round_trips_every_weight() {
+    let name = FIXTURES[2];
+    let config = DeiTConfig::from_file(fixture(name, "config.json")).unwrap();
+    let weights = Checkpoint::load_safetensors(fixture(name, "weights.safetensors")).unwrap();
+    let model = DeiT::load(&config, weights.clone()).unwrap();
+    assert_eq!(model.to_checkpoint().unwrap(), weights);
+}

@@ -85,13 +85,17 @@ impl Linear {
     /// Visits the weight and the bias.
     pub fn visit_params(&self, f: &mut ParamVisitor<'_>) {
         f(&self.weight);
-        self.bias.iter().for_each(|b| f(b));
+        if let Some(b) = &self.bias {
+            f(b);
+        }
     }
 
     /// Visits the weight and the bias mutably.
     pub fn visit_params_mut(&mut self, f: &mut ParamVisitorMut<'_>) {
         f(&mut self.weight);
-        self.bias.iter_mut().for_each(|b| f(b));
+        if let Some(b) = &mut self.bias {
+            f(b);
+        }
     }
 
     /// Applies only output features `start..end` of the layer (a slice of the weight rows, no

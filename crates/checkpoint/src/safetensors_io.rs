@@ -1,5 +1,13 @@
 //! safetensors in and out, through the `safetensors` crate (it validates headers, offsets
 //! and lengths, which a hand-written parser would have to re-prove).
+//!
+//! Reading allocates nothing a header merely declares. The crate refuses a header longer than
+//! 100 MB or than the file, element counts or byte sizes that overflow `usize`, and any tensor
+//! whose byte range is not exactly `numel * dtype size` bytes of the file, ranges that overlap
+//! or leave gaps, and data that does not end where the file ends. So every tensor converted
+//! to `f32` is backed by its bytes in the file: the `f32` values take at most twice the file's
+//! length (f16 and bf16 widen). A tensor with a zero-sized axis is backed by nothing, and its
+//! other axes must still multiply to at most `isize::MAX`.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -27,7 +35,11 @@ impl Checkpoint {
         let mut ckpt = Checkpoint::default();
         for (name, view) in file.tensors() {
             match decode(&name, &view) {
-                Ok(values) => ckpt.insert(name, Tensor::from_vec(view.shape().to_vec(), values)?),
+                Ok(values) => {
+                    let tensor = Tensor::from_vec(view.shape().to_vec(), values)
+                        .map_err(|e| CheckpointError::Safetensors(format!("`{name}`: {e}")))?;
+                    ckpt.insert(name, tensor);
+                }
                 // Integer bookkeeping (step counters, BatchNorm's num_batches_tracked) is not a
                 // weight: keep its name so a lookup can say why it is absent.
                 Err(CheckpointError::Dtype { name, dtype }) => ckpt.skip(name, dtype),
@@ -132,6 +144,55 @@ mod tests {
         corrupt[0] = 0xff;
         corrupt[7] = 0x7f;
         assert!(Checkpoint::from_safetensors_bytes(&corrupt).is_err());
+    }
+
+    /// A header naming `shape` for tensor `w` of `dtype` with data offsets `[0, end]`, followed
+    /// by `body`.
+    fn declared(dtype: &str, shape: &str, end: u64, body: &[u8]) -> Vec<u8> {
+        let header =
+            format!(r#"{{"w":{{"dtype":"{dtype}","shape":{shape},"data_offsets":[0,{end}]}}}}"#);
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
+    #[test]
+    fn declared_sizes_must_be_backed_by_the_file() {
+        let four = 1.5f32.to_le_bytes();
+        assert!(Checkpoint::from_safetensors_bytes(&declared("F32", "[1]", 4, &four)).is_ok());
+        for (shape, end) in [
+            // More elements than bytes.
+            ("[1099511627776]", 4),
+            // The byte range the header claims, past the end of the file.
+            ("[1099511627776]", 4 << 40),
+            // An element count that overflows usize, and one whose byte size does.
+            ("[4294967296,4294967296,2]", 0),
+            ("[4611686018427387904]", 0),
+            // Offsets that do not match the shape.
+            ("[2]", 4),
+        ] {
+            let bytes = declared("F32", shape, end, &four);
+            let err = Checkpoint::from_safetensors_bytes(&bytes).unwrap_err();
+            assert!(
+                matches!(err, CheckpointError::Safetensors(_)),
+                "{shape}: {err}"
+            );
+        }
+    }
+
+    /// These headers once panicked in the tensor crate (stride overflow, then an empty
+    /// `ndarray` view): a zero-sized axis beside axes that multiply past `usize` or `isize`.
+    #[test]
+    fn empty_tensors_with_huge_axes_are_errors() {
+        for shape in ["[0,4294967296,4294967296]", "[0,3037000500,3037000500]"] {
+            let bytes = declared("F32", shape, 0, &[]);
+            let err = Checkpoint::from_safetensors_bytes(&bytes).unwrap_err();
+            assert!(err.to_string().contains("`w`"), "{err}");
+        }
+        let fine = declared("F32", "[0,65536,65536]", 0, &[]);
+        let ckpt = Checkpoint::from_safetensors_bytes(&fine).unwrap();
+        assert_eq!(ckpt.require("w").unwrap().numel(), 0);
     }
 
     #[test]

@@ -210,3 +210,79 @@ pub const REFERENCE_THROUGHPUT: &[(&str, f64, f64)] = &[
     ("authors' IdleViT DeiT-S r=0.7", 13.1, 19.8),
     ("authors' IdleViT DeiT-S r=0.5", 17.5, 21.2),
 ];
+
+/// The objective's terms for one batch, and optionally every parameter's gradient.
+#[derive(Clone, Debug)]
+pub struct LossReport {
+    /// Cross entropy.
+    pub ce: f32,
+    /// Cut loss summed over idle layers, before weighting.
+    pub cut: f32,
+    /// KL to the teacher, when distilling.
+    pub kl: Option<f32>,
+    /// Feature distillation term, when distilling.
+    pub feature: Option<f32>,
+    /// The weighted total.
+    pub total: f32,
+    /// Gradient of `total` per parameter under its timm name and checkpoint shape.
+    pub grads: Option<Checkpoint>,
+}
+
+fn scalar(t: &Tensor) -> f32 {
+    t.to_vec().first().copied().unwrap_or(f32::NAN)
+}
+
+/// Evaluates the finetuning objective of `student` (masked form) on `images` and soft
+/// `targets`, with gradients when `with_grads`.
+pub fn loss(
+    student: &DeiT,
+    teacher: Option<&DeiT>,
+    images: &Tensor,
+    targets: &Tensor,
+    objective: &idlevit_train::Objective,
+    with_grads: bool,
+) -> Result<LossReport> {
+    let teacher_out = teacher
+        .map(|t| -> Result<_> { Ok(idlevit_train::Teacher::run(t, images)?) })
+        .transpose()?;
+    let tape = idlevit_autodiff::Tape::new();
+    let parts = objective.compute(&tape, student, images, targets, teacher_out.as_ref())?;
+    let value = |v: &<idlevit_autodiff::Tape as Backend>::Value| scalar(&tape.to_tensor(v));
+    let mut report = LossReport {
+        ce: value(&parts.ce),
+        cut: value(&parts.cut),
+        kl: parts.kl.as_ref().map(value),
+        feature: parts.feature.as_ref().map(value),
+        total: value(&parts.total),
+        grads: None,
+    };
+    if with_grads {
+        let grads = idlevit_train::parameter_gradients(&tape, &parts.total, student)?;
+        let mut ckpt = Checkpoint::default();
+        let mut failure = None;
+        student.visit_params(&mut |p| {
+            if let Some(g) = grads.get(p.name()) {
+                match p.to_stored_shape(g) {
+                    Ok(g) => ckpt.insert(p.name(), g),
+                    Err(e) => failure = Some(e),
+                }
+            }
+        });
+        if let Some(e) = failure {
+            return Err(e.into());
+        }
+        report.grads = Some(ckpt);
+    }
+    Ok(report)
+}
+
+/// Parses `--labels 1,2,3`.
+pub fn parse_labels(text: &str) -> Result<Vec<usize>> {
+    text.split(',')
+        .map(|l| {
+            l.trim()
+                .parse::<usize>()
+                .with_context(|| format!("label `{l}` is not a class index"))
+        })
+        .collect()
+}

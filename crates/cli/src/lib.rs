@@ -11,6 +11,9 @@
 //! ```
 
 pub mod commands;
+pub mod data;
+pub mod evaluate;
+pub mod finetune;
 pub mod policy;
 pub mod preprocess;
 pub mod weights;

@@ -51,6 +51,34 @@ struct PolicyArgs {
     keep_rate: Option<f64>,
 }
 
+/// The terms of the finetuning objective.
+#[derive(Args)]
+struct ObjectiveArgs {
+    /// Cut-loss terms: both, inter, intra or none.
+    #[arg(long, default_value = "both")]
+    cut_loss: idlevit_cutloss::CutLoss,
+    /// Weight of the cut loss (averaged over idle layers).
+    #[arg(long, default_value_t = 20.0)]
+    cut_weight: f32,
+    /// Distillation weight w (KL gets w, the feature term 100 w); needs a teacher.
+    #[arg(long, default_value_t = 0.0)]
+    distill_weight: f32,
+    /// Label smoothing of hard labels.
+    #[arg(long, default_value_t = 0.1)]
+    smoothing: f32,
+}
+
+impl ObjectiveArgs {
+    fn objective(&self) -> idlevit_train::Objective {
+        idlevit_train::Objective {
+            cut_loss: self.cut_loss,
+            cut_weight: self.cut_weight,
+            distill_weight: self.distill_weight,
+            smoothing: self.smoothing,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the model on tensor `input` (B,3,H,W) of a safetensors file; write tensor `logits`.
@@ -113,6 +141,101 @@ enum Command {
         /// Timed passes.
         #[arg(long, default_value_t = 5)]
         runs: usize,
+    },
+    /// The finetuning objective on one batch (masked idle form): prints ce, cut (summed over
+    /// idle layers, before weighting) and total; optionally writes every parameter's gradient.
+    Loss {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Student weights.
+        #[arg(long, value_name = "W")]
+        weights: PathBuf,
+        /// safetensors with tensor `input` (batch, 3, H, W).
+        #[arg(long, value_name = "X.safetensors")]
+        input: PathBuf,
+        /// Class labels, comma separated, one per image (label-smoothed by --smoothing).
+        #[arg(long, value_name = "1,2,3", conflicts_with = "targets")]
+        labels: Option<String>,
+        /// Soft targets instead of labels: safetensors with tensor `targets` (batch, classes).
+        #[arg(long, value_name = "T.safetensors")]
+        targets: Option<PathBuf>,
+        /// Base keep rate (DeiT schedule); or idle_layers/keep_ratios in the config.
+        #[arg(long, value_name = "R")]
+        keep_rate: Option<f64>,
+        #[command(flatten)]
+        objective: ObjectiveArgs,
+        /// Frozen dense teacher weights, for the distillation terms.
+        #[arg(long, value_name = "W")]
+        teacher: Option<PathBuf>,
+        /// Write d(total)/d(parameter) for every parameter under its timm name.
+        #[arg(long, value_name = "G.safetensors")]
+        grads_out: Option<PathBuf>,
+    },
+    /// Finetune an idle model on an image folder (DIR/train/<class>/*, DIR/val/<class>/*;
+    /// or DIR/<class>/* for training only), with a frozen dense teacher.
+    Finetune {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Starting weights of the student.
+        #[arg(long, value_name = "W")]
+        weights: PathBuf,
+        /// Frozen dense teacher weights (default: the starting weights).
+        #[arg(long, value_name = "W")]
+        teacher: Option<PathBuf>,
+        /// The data set folder.
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// Passes over the training set.
+        #[arg(long, default_value_t = 30)]
+        epochs: usize,
+        /// Images per step.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Peak learning rate.
+        #[arg(long, default_value_t = 1e-5)]
+        lr: f64,
+        /// Learning-rate floor.
+        #[arg(long, default_value_t = 1e-6)]
+        min_lr: f64,
+        /// Epochs of linear warm-up.
+        #[arg(long, default_value_t = 0)]
+        warmup_epochs: usize,
+        /// Decoupled weight decay on weight matrices.
+        #[arg(long, default_value_t = 0.05)]
+        weight_decay: f64,
+        /// Clip the global gradient norm.
+        #[arg(long, value_name = "NORM")]
+        clip_grad: Option<f64>,
+        /// Base keep rate (DeiT schedule); or idle_layers/keep_ratios in the config.
+        #[arg(long, value_name = "R")]
+        keep_rate: Option<f64>,
+        #[command(flatten)]
+        objective: ObjectiveArgs,
+        /// Seed of the shuffles.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Where checkpoint.safetensors is written after every epoch.
+        #[arg(long, value_name = "DIR", default_value = "finetune-out")]
+        out: PathBuf,
+        /// Resume from a checkpoint written by an earlier run.
+        #[arg(long, value_name = "CKPT")]
+        resume: Option<PathBuf>,
+    },
+    /// Top-1 / top-5 accuracy on an image folder (DIR/<class>/*), dense or idle.
+    Eval {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Weights.
+        #[arg(long, value_name = "W")]
+        weights: PathBuf,
+        /// The data set folder.
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// Images per forward pass.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        #[command(flatten)]
+        policy: PolicyArgs,
     },
     /// Multiply-accumulates per image (GMACs) by spec section 2's formula, dense and under a
     /// policy.
@@ -239,6 +362,169 @@ fn run(cli: Cli) -> Result<()> {
             for (engine, b1, b32) in commands::REFERENCE_THROUGHPUT {
                 println!("  {engine:<32} batch 1 {b1:6.1}   batch 32 {b32:6.1} images/s");
             }
+        }
+        Command::Loss {
+            model,
+            weights,
+            input,
+            labels,
+            targets,
+            keep_rate,
+            objective,
+            teacher,
+            grads_out,
+        } => {
+            let config = resolve_config(model.config.as_deref(), model.model.as_deref())?;
+            let token_policy = resolve_policy(&config, Mode::Masked, PolicyKind::Idle, keep_rate)?;
+            let student = load_model(&config, Some(&weights))?.with_policy(token_policy)?;
+            let teacher = teacher
+                .as_deref()
+                .map(|t| load_model(&config, Some(t)))
+                .transpose()?;
+            let objective = objective.objective();
+            if objective.distill_weight != 0.0 && teacher.is_none() {
+                anyhow::bail!("--distill-weight needs --teacher");
+            }
+            let inputs = idlevit_cli::weights::read_checkpoint(&input, false)?;
+            let images = inputs
+                .require("input")
+                .with_context(|| format!("{} has no tensor `input`", input.display()))?;
+            let batch = images.shape().first().copied().unwrap_or(0);
+            let targets = match (labels, targets) {
+                (Some(labels), None) => {
+                    let labels = commands::parse_labels(&labels)?;
+                    anyhow::ensure!(
+                        labels.len() == batch,
+                        "{} labels for a batch of {batch} images",
+                        labels.len()
+                    );
+                    idlevit_train::smoothed_targets(
+                        &labels,
+                        config.num_classes,
+                        objective.smoothing,
+                    )?
+                }
+                (None, Some(path)) => idlevit_cli::weights::read_checkpoint(&path, false)?
+                    .require("targets")
+                    .with_context(|| format!("{} has no tensor `targets`", path.display()))?
+                    .clone(),
+                _ => anyhow::bail!("give --labels or --targets"),
+            };
+            let report = commands::loss(
+                &student,
+                teacher.as_ref(),
+                images,
+                &targets,
+                &objective,
+                grads_out.is_some(),
+            )?;
+            println!("ce {:.7}", report.ce);
+            println!("cut {:.7}", report.cut);
+            if let (Some(kl), Some(feature)) = (report.kl, report.feature) {
+                println!("kl {kl:.7}");
+                println!("feature {feature:.7}");
+            }
+            println!("total {:.7}", report.total);
+            if let (Some(path), Some(grads)) = (grads_out, report.grads) {
+                grads.save_safetensors(&path)?;
+                println!("wrote {} gradients to {}", grads.len(), path.display());
+            }
+        }
+        Command::Finetune {
+            model,
+            weights,
+            teacher,
+            data,
+            epochs,
+            batch,
+            lr,
+            min_lr,
+            warmup_epochs,
+            weight_decay,
+            clip_grad,
+            keep_rate,
+            objective,
+            seed,
+            out,
+            resume,
+        } => {
+            let config = resolve_config(model.config.as_deref(), model.model.as_deref())?;
+            let token_policy = resolve_policy(&config, Mode::Masked, PolicyKind::Idle, keep_rate)?;
+            let mut student = load_model(&config, Some(&weights))?.with_policy(token_policy)?;
+            let teacher = load_model(&config, Some(teacher.as_deref().unwrap_or(&weights)))?;
+            let (train_dir, val_dir) = if data.join("train").is_dir() {
+                (
+                    data.join("train"),
+                    data.join("val").is_dir().then(|| data.join("val")),
+                )
+            } else {
+                (data.clone(), None)
+            };
+            let train = idlevit_cli::data::ImageFolder::open(&train_dir)?;
+            let val = val_dir
+                .as_deref()
+                .map(idlevit_cli::data::ImageFolder::open)
+                .transpose()?;
+            let options = idlevit_cli::finetune::FinetuneOptions {
+                epochs,
+                batch,
+                lr,
+                min_lr,
+                warmup_epochs,
+                weight_decay,
+                clip_grad,
+                objective: objective.objective(),
+                seed,
+                out_dir: out.clone(),
+                resume,
+                progress: true,
+            };
+            let report = idlevit_cli::finetune::finetune(
+                &mut student,
+                Some(&teacher),
+                &train,
+                val.as_ref(),
+                &options,
+            )?;
+            for (i, loss) in report.epoch_losses.iter().enumerate() {
+                println!("epoch {} mean loss {loss:.4}", report.first_epoch + i + 1);
+            }
+            println!(
+                "checkpoint: {}",
+                idlevit_cli::finetune::checkpoint_path(&out).display()
+            );
+            if let Some(acc) = report.validation {
+                println!(
+                    "validation top-1 {:.2}%  top-5 {:.2}%  ({} images)",
+                    100.0 * acc.top1,
+                    100.0 * acc.top5,
+                    acc.images
+                );
+            }
+        }
+        Command::Eval {
+            model,
+            weights,
+            data,
+            batch,
+            policy,
+        } => {
+            let config = resolve_config(model.config.as_deref(), model.model.as_deref())?;
+            anyhow::ensure!(
+                policy.mode != Mode::Masked,
+                "eval runs the dense or idle (gathered) form; use --mode idle"
+            );
+            let token_policy =
+                resolve_policy(&config, policy.mode, policy.policy, policy.keep_rate)?;
+            let model = load_model(&config, Some(&weights))?.with_policy(token_policy)?;
+            let data = idlevit_cli::data::ImageFolder::open(&data)?;
+            let acc = idlevit_cli::evaluate::evaluate(&model, &data, batch, true)?;
+            println!(
+                "top-1 {:.2}%  top-5 {:.2}%  ({} images)",
+                100.0 * acc.top1,
+                100.0 * acc.top5,
+                acc.images
+            );
         }
         Command::Flops {
             model,

@@ -1,10 +1,14 @@
 //! Preprocessing against torchvision's `Resize(256, bicubic)`, `CenterCrop(224)`,
 //! `ToTensor`, `Normalize` on the same image (`fixtures/images`).
 
+use std::io::Cursor;
 use std::path::PathBuf;
 
 use idlevit_checkpoint::Checkpoint;
-use idlevit_cli::preprocess::{EvalTransform, load_image};
+use idlevit_cli::preprocess::{
+    EvalTransform, MAX_IMAGE_SIDE, MAX_RESIZED_PIXELS, decode_image, load_image, preprocess,
+};
+use image::{DynamicImage, ImageFormat};
 
 fn images() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/images")
@@ -51,4 +55,54 @@ fn jpeg_decodes_and_garbage_is_an_error() {
     .unwrap_err();
     assert!(format!("{err:#}").contains("not_an_image.png"), "{err:#}");
     assert!(load_image(&images().join("missing.png"), &EvalTransform::for_size(64)).is_err());
+}
+
+/// A bitmap header declaring `width x height` pixels of 24-bit colour, with no pixel data.
+fn bmp_header(width: i32, height: i32) -> Vec<u8> {
+    let mut bytes = b"BM".to_vec();
+    bytes.extend_from_slice(&54u32.to_le_bytes()); // file size
+    bytes.extend_from_slice(&0u32.to_le_bytes()); // reserved
+    bytes.extend_from_slice(&54u32.to_le_bytes()); // pixel data offset
+    bytes.extend_from_slice(&40u32.to_le_bytes()); // BITMAPINFOHEADER
+    bytes.extend_from_slice(&width.to_le_bytes());
+    bytes.extend_from_slice(&height.to_le_bytes());
+    bytes.extend_from_slice(&1u16.to_le_bytes()); // planes
+    bytes.extend_from_slice(&24u16.to_le_bytes()); // bits per pixel
+    bytes.extend_from_slice(&[0; 24]); // no compression, default sizes and palette
+    bytes
+}
+
+#[test]
+fn declared_sizes_beyond_the_limits_are_refused_before_decoding() {
+    // 100000 x 100000 RGB would be 30 GB; 16384 x 16384 RGB 768 MiB, above the decode budget.
+    for (width, height) in [
+        (100_000, 100_000),
+        (16_384, 16_384),
+        (MAX_IMAGE_SIDE as i32 + 1, 1),
+    ] {
+        let err = decode_image(&bmp_header(width, height)).unwrap_err();
+        let message = format!("{err:#}");
+        assert!(message.contains("limit"), "{width}x{height}: {message}");
+    }
+    let wide = DynamicImage::new_luma8(MAX_IMAGE_SIDE + 1, 1);
+    let mut png = Cursor::new(Vec::new());
+    wide.write_to(&mut png, ImageFormat::Png).unwrap();
+    assert!(decode_image(png.get_ref()).is_err());
+}
+
+/// A 1 x 16384 image is a few hundred bytes as PNG, but resizing its shorter side to 256 would
+/// make it 256 x 4194304 pixels (3 GiB of RGB) before the crop.
+#[test]
+fn extreme_aspect_ratios_are_refused_before_resizing() {
+    let tall = DynamicImage::new_luma8(1, MAX_IMAGE_SIDE);
+    let mut png = Cursor::new(Vec::new());
+    tall.write_to(&mut png, ImageFormat::Png).unwrap();
+    let decoded = decode_image(png.get_ref()).unwrap();
+    let err = preprocess(&decoded, &EvalTransform::for_size(224)).unwrap_err();
+    assert!(err.to_string().contains("pixels"), "{err}");
+    // 1024:1 at resize 256 is the most the limit allows.
+    let long = DynamicImage::new_rgb8(1024, 1);
+    let tensor = preprocess(&long, &EvalTransform { resize: 4, crop: 2 }).unwrap();
+    assert_eq!(tensor.shape(), &[3, 2, 2]);
+    assert!(u64::from(256u32) * 256 * 1024 <= MAX_RESIZED_PIXELS);
 }

@@ -41,6 +41,8 @@ pub trait Backend {
     fn gelu(&self, x: &Self::Value) -> Result<Self::Value>;
     /// Elementwise sum; `b` may broadcast to `a`'s shape (size-1 or missing leading axes).
     fn add(&self, a: &Self::Value, b: &Self::Value) -> Result<Self::Value>;
+    /// Elementwise difference `a - b`; `b` may broadcast to `a`'s shape.
+    fn sub(&self, a: &Self::Value, b: &Self::Value) -> Result<Self::Value>;
     /// Elementwise product; `b` may broadcast to `a`'s shape.
     fn mul(&self, a: &Self::Value, b: &Self::Value) -> Result<Self::Value>;
     /// Multiplication by a constant.
@@ -49,6 +51,8 @@ pub trait Backend {
     fn matmul(&self, a: &Self::Value, b: &Self::Value) -> Result<Self::Value>;
     /// Softmax over the last axis.
     fn softmax(&self, x: &Self::Value) -> Result<Self::Value>;
+    /// Log of the softmax over the last axis.
+    fn log_softmax(&self, x: &Self::Value) -> Result<Self::Value>;
     /// The same values under another shape.
     fn reshape(&self, x: &Self::Value, shape: &[usize]) -> Result<Self::Value>;
     /// Axes reordered: axis `i` of the result is axis `axes[i]` of `x`.
@@ -72,4 +76,15 @@ pub trait Backend {
         indices: &[Vec<usize>],
         rows: &Self::Value,
     ) -> Result<Self::Value>;
+    /// Sum over `axis`, kept as a size-1 axis when `keepdim`, removed otherwise.
+    fn sum_axis(&self, x: &Self::Value, axis: usize, keepdim: bool) -> Result<Self::Value>;
+    /// Sum of every element, as a rank-0 value.
+    fn sum_all(&self, x: &Self::Value) -> Result<Self::Value>;
+    /// Elementwise absolute value (gradient 0 at 0).
+    fn abs(&self, x: &Self::Value) -> Result<Self::Value>;
+    /// Elementwise square.
+    fn square(&self, x: &Self::Value) -> Result<Self::Value>;
+    /// Each row of the last axis divided by `max(||row||_2, eps)`, as
+    /// `torch.nn.functional.normalize`.
+    fn l2_normalize(&self, x: &Self::Value, eps: f32) -> Result<Self::Value>;
 }

@@ -25,6 +25,9 @@ pub enum NnError {
     /// A kernel refused its arguments.
     #[error(transparent)]
     Kernel(#[from] idlevit_kernels::KernelError),
+    /// An operation or its gradient failed.
+    #[error(transparent)]
+    Autodiff(#[from] idlevit_autodiff::AutodiffError),
 }
 
 impl NnError {

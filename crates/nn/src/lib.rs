@@ -2,9 +2,10 @@
 //!
 //! Each layer is a small struct that loads its own weights by timm name from a
 //! [`WeightReader`](idlevit_checkpoint::WeightReader) and has a `forward` generic over the
-//! [`Backend`] that runs its maths. [`Eager`] computes directly on [`Tensor`]s with the
-//! `idlevit-kernels` kernels (inference, no bookkeeping); a recording backend runs the very
-//! same `forward` for training.
+//! [`Backend`] that runs its maths. [`Eager`] computes directly on [`Tensor`]s (inference, no
+//! bookkeeping); the autodiff [`Tape`] runs the very same `forward` and records it, and its
+//! `backward` returns gradients under the parameters' checkpoint names. Both compute every
+//! operation with the one set of functions in `idlevit_autodiff::ops`.
 //!
 //! ```
 //! use idlevit_nn::{Backend, Eager, Linear};
@@ -30,6 +31,7 @@ mod mlp;
 mod norm;
 mod param;
 mod patch_embed;
+mod tape;
 
 pub use attention::Attention;
 pub use attention::{Heads, QkvPart};
@@ -37,6 +39,7 @@ pub use backend::Backend;
 pub use block::{Block, BlockConfig};
 pub use eager::Eager;
 pub use error::NnError;
+pub use idlevit_autodiff::{Gradients, Tape, Var};
 pub use idlevit_tensor::Tensor;
 pub use linear::Linear;
 pub use mlp::Mlp;

@@ -17,12 +17,19 @@ pub struct Tensor {
     strides: Vec<usize>,
 }
 
-/// Element count of `shape`, or an error when it overflows `usize`.
+/// Element count of `shape`, or an error when the shape is too large to lay out.
+///
+/// A shape with a zero-sized axis holds no elements, but its other axes must still multiply to
+/// at most `isize::MAX`: row-major strides are products of them, and `ndarray` refuses larger
+/// shapes even when they are empty.
 pub(crate) fn element_count(shape: &[usize]) -> Result<usize> {
-    shape
+    let overflow = || TensorError::Overflow(shape.to_vec());
+    let extent = shape
         .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| TensorError::Overflow(shape.to_vec()))
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d.max(1)))
+        .filter(|&n| isize::try_from(n).is_ok())
+        .ok_or_else(overflow)?;
+    Ok(if shape.contains(&0) { 0 } else { extent })
 }
 
 /// Row-major strides of `shape`.
@@ -320,6 +327,7 @@ impl Tensor {
         if shape.len() < self.ndim() {
             return Err(mismatch());
         }
+        element_count(shape)?;
         let lead = shape.len() - self.ndim();
         let mut strides = vec![0; shape.len()];
         for (i, (&have, &stride)) in self.shape.iter().zip(&self.strides).enumerate() {
@@ -400,6 +408,32 @@ mod tests {
             Tensor::zeros(&[usize::MAX, 3]),
             Err(TensorError::Overflow(_))
         ));
+    }
+
+    /// Empty shapes whose other axes multiply past `usize` (or `isize`) once overflowed the
+    /// stride computation or made `view` panic; a safetensors header declaring such a shape
+    /// reached both.
+    #[test]
+    fn empty_shapes_with_huge_axes_are_refused() {
+        for shape in [
+            vec![0, 1 << 32, 1 << 32],
+            vec![0, 3_037_000_500, 3_037_000_500],
+            vec![1 << 63, 0],
+        ] {
+            assert!(
+                matches!(
+                    Tensor::from_vec(shape.clone(), Vec::new()),
+                    Err(TensorError::Overflow(_))
+                ),
+                "{shape:?}"
+            );
+            assert!(Tensor::zeros(&shape).is_err(), "{shape:?}");
+        }
+        let empty = Tensor::from_vec(vec![0, 1 << 20, 1 << 20], Vec::new()).unwrap();
+        assert_eq!(empty.view().len(), 0);
+        assert_eq!(empty, empty.clone());
+        assert!(iota(&[1, 2]).broadcast_to(&[0, 1 << 62, 2]).is_err());
+        assert!(iota(&[1, 2]).reshape(&[0, 1 << 62, 2]).is_err());
     }
 
     #[test]

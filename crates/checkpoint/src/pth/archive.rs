@@ -3,8 +3,8 @@
 
 use std::io::{Read, Seek, SeekFrom};
 
-use zip::ZipArchive;
 use zip::result::ZipError;
+use zip::{CompressionMethod, ZipArchive};
 
 use super::error::PthError;
 
@@ -12,6 +12,16 @@ use super::error::PthError;
 /// bytes per tensor; the tensor data lives in separate entries), so this only stops a hostile
 /// archive from inflating one without bound.
 pub const MAX_PICKLE_BYTES: u64 = 256 << 20;
+
+/// Compressed entries (`torch.save` writes none, but an archive may be re-packed) may inflate to
+/// at most this many times the archive's length in all, plus [`INFLATION_ALLOWANCE_BYTES`]. It
+/// keeps a small deflate bomb from becoming a huge pickle or storage; stored entries cannot hold
+/// more than the archive anyway.
+pub const MAX_INFLATION: u64 = 16;
+
+/// Bytes compressed entries may inflate to on top of [`MAX_INFLATION`] times the archive's
+/// length.
+pub const INFLATION_ALLOWANCE_BYTES: u64 = 16 << 20;
 
 /// `torch.save` before 1.6 started its file with a pickled magic number, 0x1950a86a20f9469cfc6c,
 /// which protocol 2 writes as `LONG1` with these bytes, right after the `PROTO` opcode.
@@ -26,6 +36,8 @@ pub(crate) struct Archive<R> {
     prefix: String,
     /// Length of the whole archive, which bounds what a stored entry can hold.
     len: u64,
+    /// Bytes read so far from compressed entries, against the inflation budget.
+    inflated: u64,
     big_endian: bool,
 }
 
@@ -49,6 +61,7 @@ impl<R: Read + Seek> Archive<R> {
             zip,
             prefix,
             len,
+            inflated: 0,
             big_endian: false,
         };
         archive.big_endian = archive.read_byteorder()?;
@@ -74,11 +87,25 @@ impl<R: Read + Seek> Archive<R> {
                 offset: None,
             });
         }
+        let compressed = file.compression() != CompressionMethod::Stored;
+        let limit = if compressed {
+            MAX_PICKLE_BYTES.min(inflation_budget(self.len, self.inflated))
+        } else {
+            MAX_PICKLE_BYTES
+        };
         let mut bytes = Vec::new();
         file.by_ref()
-            .take(MAX_PICKLE_BYTES)
+            .take(limit.saturating_add(1))
             .read_to_end(&mut bytes)
             .map_err(|err| io_error(&entry, &err))?;
+        let read = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+        if compressed {
+            if read > limit {
+                return Err(inflation_error(&entry, self.len));
+            }
+            self.inflated = self.inflated.saturating_add(read);
+        }
+        bytes.truncate(usize::try_from(MAX_PICKLE_BYTES).unwrap_or(usize::MAX));
         Ok(bytes)
     }
 
@@ -104,6 +131,10 @@ impl<R: Read + Seek> Archive<R> {
         if wanted > file.size() {
             return Err(too_small(file.size()));
         }
+        let compressed = file.compression() != CompressionMethod::Stored;
+        if compressed && wanted > inflation_budget(self.len, self.inflated) {
+            return Err(inflation_error(&entry, self.len));
+        }
         // The central directory's size can lie; allocate no more than the archive could hold
         // uncompressed and let the vector grow as real data arrives.
         let capacity = usize::try_from(wanted.min(self.len)).unwrap_or(0);
@@ -118,6 +149,9 @@ impl<R: Read + Seek> Archive<R> {
             return Err(too_small(u64::try_from(bytes.len()).unwrap_or(u64::MAX)));
         }
         bytes.truncate(nbytes);
+        if compressed {
+            self.inflated = self.inflated.saturating_add(wanted);
+        }
         Ok(bytes)
     }
 
@@ -144,6 +178,27 @@ impl<R: Read + Seek> Archive<R> {
                 found: other.to_owned(),
             }),
         }
+    }
+}
+
+/// Bytes compressed entries may still inflate to, in an archive of `len` bytes from which
+/// `inflated` bytes have been inflated already.
+fn inflation_budget(len: u64, inflated: u64) -> u64 {
+    len.saturating_mul(MAX_INFLATION)
+        .saturating_add(INFLATION_ALLOWANCE_BYTES)
+        .saturating_sub(inflated)
+}
+
+fn inflation_error(entry: &str, len: u64) -> PthError {
+    let limit = len
+        .saturating_mul(MAX_INFLATION)
+        .saturating_add(INFLATION_ALLOWANCE_BYTES);
+    PthError::Limit {
+        what: format!(
+            "bytes inflated from compressed entries, up to `{entry}`, of an archive of {len} bytes"
+        ),
+        limit: usize::try_from(limit).unwrap_or(usize::MAX),
+        offset: None,
     }
 }
 
@@ -304,6 +359,48 @@ mod tests {
                 .to_string()
                 .contains("68 65 6c 6c")
         );
+    }
+
+    fn deflated(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        use std::io::Write;
+        let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(CompressionMethod::Deflated);
+        for (name, data) in entries {
+            zip.start_file(*name, options).unwrap();
+            zip.write_all(data).unwrap();
+        }
+        zip.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn compressed_entries_are_read_within_the_inflation_budget() {
+        let zip = deflated(&[("m/data.pkl", b"\x80\x02N."), ("m/data/0", &[7; 64])]);
+        let mut archive = open(&zip).unwrap();
+        assert_eq!(archive.pickle().unwrap(), b"\x80\x02N.");
+        assert_eq!(archive.storage("0", 64).unwrap(), [7; 64]);
+        // 24 MiB of zeros deflate to about 24 KiB: more than 16 times the archive plus 16 MiB.
+        let zeros = vec![0u8; 24 << 20];
+        let bomb = deflated(&[("m/data.pkl", &zeros), ("m/data/0", &zeros)]);
+        assert!(bomb.len() < 1 << 17, "{}", bomb.len());
+        let mut archive = open(&bomb).unwrap();
+        let err = archive.pickle().unwrap_err();
+        assert!(err.to_string().contains("bytes inflated"), "{err}");
+        let err = archive.storage("0", zeros.len()).unwrap_err();
+        assert!(err.to_string().contains("bytes inflated"), "{err}");
+        // The budget is shared: two entries within it alone may not both be read.
+        let half = vec![0u8; 12 << 20];
+        let pair = deflated(&[
+            ("m/data.pkl", b"\x80\x02N."),
+            ("m/data/0", &half),
+            ("m/data/1", &half),
+        ]);
+        let mut archive = open(&pair).unwrap();
+        assert_eq!(archive.storage("0", half.len()).unwrap().len(), half.len());
+        assert!(matches!(
+            archive.storage("1", half.len()),
+            Err(PthError::Limit { .. })
+        ));
     }
 
     #[test]

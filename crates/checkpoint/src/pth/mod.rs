@@ -35,7 +35,7 @@ use std::path::Path;
 
 use idlevit_tensor::Tensor;
 
-pub use archive::MAX_PICKLE_BYTES;
+pub use archive::{INFLATION_ALLOWANCE_BYTES, MAX_INFLATION, MAX_PICKLE_BYTES};
 pub use error::PthError;
 pub use extract::MAX_NAME_BYTES;
 pub use pickle::{

@@ -231,6 +231,29 @@ fn views_must_fit_in_their_storage() {
     );
 }
 
+/// An empty view whose other axes multiply past `usize` once overflowed the tensor crate's
+/// stride computation.
+#[test]
+fn empty_views_with_huge_axes_are_errors() {
+    let data = f32_bytes([1., 2., 3., 4.]);
+    let huge = checkpoint(
+        &one_tensor("FloatStorage", 4, 0, &[0, 1 << 32, 1 << 32], &[1, 1, 1]),
+        &[("0", &data)],
+    );
+    let err = read_pth_bytes(&huge, &lenient()).unwrap_err();
+    assert!(matches!(err, PthError::Tensor { .. }), "{err}");
+    assert!(err.to_string().starts_with("t: "), "{err}");
+    let empty = checkpoint(
+        &one_tensor("FloatStorage", 4, 0, &[0, 1 << 20], &[1, 1]),
+        &[("0", &data)],
+    );
+    let weights = read_pth_bytes(&empty, &lenient()).unwrap();
+    assert_eq!(
+        summary(&weights),
+        [("t".to_owned(), vec![0, 1 << 20], vec![])]
+    );
+}
+
 #[test]
 fn checkpoints_without_weights_say_what_they_hold() {
     let pickle = Pickle::proto(2)
@@ -282,6 +305,75 @@ fn unknown_objects_in_the_weights_are_skipped_and_reported() {
     assert_eq!(weights.unknown_globals, ["posix.system"]);
     let err = read_pth_bytes(&bytes, &options(true, None)).unwrap_err();
     assert!(err.to_string().contains("`posix.system`"), "{err}");
+}
+
+/// `os.system`, `builtins.eval` and `subprocess.Popen` in every spelling a pickle may use
+/// (protocol 2 writes `posix`, `__builtin__` and `commands`; protocols 3 and up the Python 3
+/// names, by `GLOBAL` or by `STACK_GLOBAL`), called beside the weights and in place of a weight:
+/// nothing runs, the payload yields no tensor, and strict mode refuses it by name.
+#[test]
+fn hostile_globals_in_every_spelling_run_nothing_and_yield_no_tensor() {
+    let marker = std::env::temp_dir().join(format!("idlevit_pwned_{}", std::process::id()));
+    let command = format!("touch {}", marker.display());
+    let globals = [
+        ("os", "system"),
+        ("posix", "system"),
+        ("nt", "system"),
+        ("builtins", "eval"),
+        ("__builtin__", "eval"),
+        ("builtins", "exec"),
+        ("subprocess", "Popen"),
+        ("commands", "Popen"),
+    ];
+    for (module, name) in globals {
+        let global = format!("{module}.{name}");
+        // `module.name(command)` by GLOBAL (protocol 2) or STACK_GLOBAL (protocol 4).
+        let call = |p: Pickle, stack: bool| {
+            let p = if stack {
+                p.str(module).str(name).raw(&[0x93])
+            } else {
+                p.global(module, name)
+            };
+            p.str(&command).raw(b"\x85R")
+        };
+        for stack in [false, true] {
+            let protocol = if stack { 4 } else { 2 };
+            let pickle = call(
+                call(
+                    Pickle::proto(protocol)
+                        .raw(b"}(")
+                        .str("model")
+                        .raw(b"}(")
+                        .str("w"),
+                    stack,
+                )
+                .str("b")
+                .tensor("FloatStorage", "0", 1, 0, &[1], &[1])
+                .raw(b"u")
+                .str("payload"),
+                stack,
+            )
+            .raw(b"u")
+            .stop();
+            let bytes = checkpoint(&pickle, &[("0", &f32_bytes([0.5]))]);
+            let weights = read_pth_bytes(&bytes, &lenient()).unwrap();
+            assert_eq!(summary(&weights), [("b".to_owned(), vec![1], vec![0.5])]);
+            assert_eq!(weights.skipped, ["w"], "{global}");
+            assert_eq!(weights.unknown_globals, [global.as_str()]);
+            let err = read_pth_bytes(&bytes, &options(false, Some("payload"))).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains(&format!("object of unknown global `{global}`")),
+                "{err}"
+            );
+            let err = read_pth_bytes(&bytes, &options(true, None)).unwrap_err();
+            assert!(
+                matches!(&err, PthError::UnknownGlobal { global: g, .. } if *g == global),
+                "{err}"
+            );
+        }
+    }
+    assert!(!marker.exists(), "a payload ran");
 }
 
 #[test]

@@ -1,0 +1,80 @@
+//! Training throughput: one optimiser step of a DeiT-T-sized model on 64x64 images
+//! (patch 8, 64 tokens), dense (cross entropy) and idle (masked form + cut loss), batch 32.
+//!
+//! Compare with PyTorch on the same machine and threads:
+//! `python benches/python/train_throughput.py --threads 2` (the dense step).
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use idlevit_cutloss::CutLoss;
+use idlevit_tensor::Tensor;
+use idlevit_train::{AdamW, Objective, smoothed_targets, train_step};
+use idlevit_zoo::{DeiT, DeiTConfig, PolicyKind, Schedule, TokenPolicy};
+use std::time::Duration;
+
+const BATCH: usize = 32;
+
+fn config() -> DeiTConfig {
+    DeiTConfig {
+        img_size: 64,
+        patch_size: 8,
+        num_classes: 10,
+        ..DeiTConfig::tiny()
+    }
+}
+
+fn bench_train(c: &mut Criterion) {
+    let n = BATCH * 3 * 64 * 64;
+    let images = Tensor::from_vec(
+        vec![BATCH, 3, 64, 64],
+        (0..n).map(|i| (i % 251) as f32 / 125.0 - 1.0).collect(),
+    )
+    .expect("images");
+    let labels: Vec<usize> = (0..BATCH).map(|i| i % 10).collect();
+    let targets = smoothed_targets(&labels, 10, 0.1).expect("targets");
+    let mut group = c.benchmark_group("train_deit_tiny_64px");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(15));
+    group.throughput(Throughput::Elements(BATCH as u64));
+    let variants = [
+        ("dense_ce", TokenPolicy::Dense, CutLoss::None),
+        (
+            "idle_r0.7_cut",
+            TokenPolicy::select(PolicyKind::Idle, Schedule::deit(0.7).expect("schedule")),
+            CutLoss::Both,
+        ),
+    ];
+    for (name, policy, cut_loss) in variants {
+        let mut model = DeiT::random(&config(), 0)
+            .expect("model")
+            .with_policy(policy)
+            .expect("policy");
+        let mut optimizer = AdamW::new(0.05);
+        let objective = Objective {
+            cut_loss,
+            cut_weight: 20.0,
+            distill_weight: 0.0,
+            smoothing: 0.1,
+        };
+        group.bench_function(BenchmarkId::new("step", name), |b| {
+            b.iter(|| {
+                train_step(
+                    &mut model,
+                    None,
+                    &mut optimizer,
+                    &objective,
+                    &images,
+                    &targets,
+                    1e-5,
+                    None,
+                )
+                .expect("step")
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_train);
+criterion_main!(benches);

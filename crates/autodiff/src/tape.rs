@@ -1,0 +1,482 @@
+//! The tape: a graph of recorded operations, and the values that point into it.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use idlevit_tensor::Tensor;
+
+use crate::backward::Op;
+use crate::gradients::GradStore;
+use crate::{AutodiffError, Gradients, Result, ops};
+
+/// Index of a node in its tape's graph; every operation's operands have smaller indices.
+pub(crate) type NodeId = usize;
+
+/// Distinguishes tapes, so that a value from one is never read as a node of another.
+static NEXT_TAPE: AtomicU64 = AtomicU64::new(0);
+
+/// One recorded value: the operation that made it (with what its backward needs) and its
+/// shape.
+pub(crate) struct Node {
+    pub(crate) op: Op,
+    pub(crate) shape: Vec<usize>,
+}
+
+#[derive(Default)]
+struct Graph {
+    nodes: Vec<Node>,
+    /// Every parameter leaf, in registration order.
+    leaves: Vec<(String, NodeId)>,
+    by_name: HashMap<String, NodeId>,
+    /// A name registered again with another shape (name, first shape, second shape);
+    /// reported by `backward`, since registering cannot fail.
+    conflict: Option<(String, Vec<usize>, Vec<usize>)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct NodeRef {
+    tape: u64,
+    id: NodeId,
+}
+
+/// A value computed on a [`Tape`]: its tensor, and the node that recorded it. Constants, and
+/// anything computed from constants only, have no node and cost the tape nothing. Cloning is
+/// cheap (the tensor's storage is shared).
+#[derive(Clone, Debug)]
+pub struct Var {
+    value: Tensor,
+    node: Option<NodeRef>,
+}
+
+impl Var {
+    /// The value.
+    pub fn value(&self) -> &Tensor {
+        &self.value
+    }
+
+    /// The shape of the value.
+    pub fn shape(&self) -> &[usize] {
+        self.value.shape()
+    }
+
+    /// Whether a gradient flows back through this value (it depends on a parameter).
+    pub fn requires_grad(&self) -> bool {
+        self.node.is_some()
+    }
+}
+
+/// Records operations on [`Var`]s for reverse-mode differentiation.
+///
+/// Each operation computes its result with [`ops`] (the same functions inference uses) and,
+/// when an operand depends on a parameter, records the operation with only what its backward
+/// pass needs. [`backward`](Self::backward) then walks the records in reverse, accumulating
+/// each node's gradient. Methods take `&self` (the graph sits in a `RefCell`) so that layers
+/// can share one tape while they run; a tape is meant for one thread.
+pub struct Tape {
+    id: u64,
+    graph: RefCell<Graph>,
+}
+
+impl Default for Tape {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Tape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tape")
+            .field("nodes", &self.num_nodes())
+            .finish()
+    }
+}
+
+impl Tape {
+    /// An empty tape.
+    pub fn new() -> Self {
+        Self {
+            id: NEXT_TAPE.fetch_add(1, Ordering::Relaxed),
+            graph: RefCell::default(),
+        }
+    }
+
+    /// The number of recorded nodes (parameters and operations that depend on them).
+    pub fn num_nodes(&self) -> usize {
+        self.graph.borrow().nodes.len()
+    }
+
+    /// A value that is data, not a parameter: no gradient flows into it.
+    pub fn constant(&self, value: Tensor) -> Var {
+        Var { value, node: None }
+    }
+
+    /// A learnable parameter called `name`; its gradient is reported under that name.
+    /// Registering a name again (with the same shape) returns another handle on the same
+    /// node, so the gradients of every use accumulate into one.
+    pub fn leaf(&self, name: &str, value: Tensor) -> Var {
+        let mut graph = self.graph.borrow_mut();
+        if let Some(&id) = graph.by_name.get(name) {
+            let first = &graph.nodes[id].shape;
+            if first == value.shape() {
+                return self.var(value, id);
+            }
+            if graph.conflict.is_none() {
+                graph.conflict = Some((name.to_string(), first.clone(), value.shape().to_vec()));
+            }
+        }
+        let id = graph.nodes.len();
+        graph.nodes.push(Node {
+            op: Op::Leaf,
+            shape: value.shape().to_vec(),
+        });
+        if !graph.by_name.contains_key(name) {
+            graph.by_name.insert(name.to_string(), id);
+            graph.leaves.push((name.to_string(), id));
+        }
+        self.var(value, id)
+    }
+
+    /// The value of `x`, detached from the tape.
+    pub fn to_tensor(&self, x: &Var) -> Tensor {
+        x.value.clone()
+    }
+
+    /// Differentiates `loss` (a value with one element, of any rank) with respect to every
+    /// parameter registered with [`leaf`](Self::leaf). A parameter the loss does not depend
+    /// on gets a zero gradient.
+    pub fn backward(&self, loss: &Var) -> Result<Gradients> {
+        if loss.value.numel() != 1 {
+            return Err(AutodiffError::NotScalar(loss.shape().to_vec()));
+        }
+        let root = self.id_of(loss, "backward")?;
+        let graph = self.graph.borrow();
+        if let Some((name, first, second)) = &graph.conflict {
+            return Err(AutodiffError::LeafShape {
+                name: name.clone(),
+                first: first.clone(),
+                second: second.clone(),
+            });
+        }
+        let mut store = GradStore::new(&graph.nodes);
+        if let Some(root) = root {
+            store.set(root, Tensor::full(loss.shape(), 1.0)?);
+            for id in (0..=root).rev() {
+                let node = &graph.nodes[id];
+                if matches!(node.op, Op::Leaf) {
+                    continue;
+                }
+                if let Some(g) = store.take(id) {
+                    node.op.backward(g, &mut store)?;
+                }
+            }
+        }
+        let mut grads = Gradients::default();
+        for (name, id) in &graph.leaves {
+            let grad = match store.take(*id) {
+                Some(g) => g.contiguous(),
+                None => Tensor::zeros(store.shape(*id))?,
+            };
+            grads.insert(name.clone(), grad);
+        }
+        Ok(grads)
+    }
+
+    /// `x W^T + b` over the last axis of `x`, with `W` of shape `(out, in)`.
+    pub fn linear(&self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
+        let [xi, wi, bi] = self.ids("linear", [Some(x), Some(w), b])?;
+        let y = ops::linear(&x.value, &w.value, b.map(|b| &b.value))?;
+        self.record(y, [xi, wi, bi], || Op::Linear {
+            x: xi,
+            w: wi,
+            b: bi,
+            x_value: wi.map(|_| x.value.clone()),
+            w_value: xi.map(|_| w.value.clone()),
+        })
+    }
+
+    /// Layer normalisation over the last axis with scale `gamma` and shift `beta`.
+    pub fn layer_norm(&self, x: &Var, gamma: &Var, beta: &Var, eps: f32) -> Result<Var> {
+        let ids = self.ids("layer_norm", [Some(x), Some(gamma), Some(beta)])?;
+        let y = ops::layer_norm(&x.value, &gamma.value, &beta.value, eps)?;
+        self.record(y, ids, || Op::LayerNorm {
+            x: ids[0],
+            gamma: ids[1],
+            beta: ids[2],
+            x_value: x.value.clone(),
+            gamma_value: gamma.value.clone(),
+            eps,
+        })
+    }
+
+    /// GELU with the exact erf.
+    pub fn gelu(&self, x: &Var) -> Result<Var> {
+        let [xi] = self.ids("gelu", [Some(x)])?;
+        let y = ops::gelu(&x.value)?;
+        self.record_unary(y, xi, |x_id| Op::Gelu {
+            x: x_id,
+            x_value: x.value.clone(),
+        })
+    }
+
+    /// `a + b`, with `b` broadcast to `a`'s shape.
+    pub fn add(&self, a: &Var, b: &Var) -> Result<Var> {
+        let [ai, bi] = self.ids("add", [Some(a), Some(b)])?;
+        let y = ops::add(&a.value, &b.value)?;
+        self.record(y, [ai, bi], || Op::Add { a: ai, b: bi })
+    }
+
+    /// `a - b`, with `b` broadcast to `a`'s shape.
+    pub fn sub(&self, a: &Var, b: &Var) -> Result<Var> {
+        let [ai, bi] = self.ids("sub", [Some(a), Some(b)])?;
+        let y = ops::sub(&a.value, &b.value)?;
+        self.record(y, [ai, bi], || Op::Sub { a: ai, b: bi })
+    }
+
+    /// `a * b` element-wise, with `b` broadcast to `a`'s shape.
+    pub fn mul(&self, a: &Var, b: &Var) -> Result<Var> {
+        let [ai, bi] = self.ids("mul", [Some(a), Some(b)])?;
+        let y = ops::mul(&a.value, &b.value)?;
+        self.record(y, [ai, bi], || Op::Mul {
+            a: ai,
+            b: bi,
+            a_value: bi.map(|_| a.value.clone()),
+            b_value: ai.map(|_| b.value.clone()),
+        })
+    }
+
+    /// `x * factor`.
+    pub fn scale(&self, x: &Var, factor: f32) -> Result<Var> {
+        let [xi] = self.ids("scale", [Some(x)])?;
+        let y = ops::scale(&x.value, factor)?;
+        self.record_unary(y, xi, |x| Op::Scale { x, factor })
+    }
+
+    /// Batched matrix product `(..., m, k) x (..., k, n) -> (..., m, n)`.
+    pub fn matmul(&self, a: &Var, b: &Var) -> Result<Var> {
+        let [ai, bi] = self.ids("matmul", [Some(a), Some(b)])?;
+        let y = ops::matmul(&a.value, &b.value)?;
+        self.record(y, [ai, bi], || Op::Matmul {
+            a: ai,
+            b: bi,
+            a_value: bi.map(|_| a.value.clone()),
+            b_value: ai.map(|_| b.value.clone()),
+        })
+    }
+
+    /// Softmax over the last axis.
+    pub fn softmax(&self, x: &Var) -> Result<Var> {
+        let [xi] = self.ids("softmax", [Some(x)])?;
+        let y = ops::softmax(&x.value)?;
+        let saved = y.clone();
+        self.record_unary(y, xi, |x| Op::Softmax { x, y: saved })
+    }
+
+    /// Log of the softmax over the last axis.
+    pub fn log_softmax(&self, x: &Var) -> Result<Var> {
+        let [xi] = self.ids("log_softmax", [Some(x)])?;
+        let y = ops::log_softmax(&x.value)?;
+        let saved = y.clone();
+        self.record_unary(y, xi, |x| Op::LogSoftmax { x, y: saved })
+    }
+
+    /// The same values under another shape.
+    pub fn reshape(&self, x: &Var, shape: &[usize]) -> Result<Var> {
+        let [xi] = self.ids("reshape", [Some(x)])?;
+        let y = ops::reshape(&x.value, shape)?;
+        self.record_unary(y, xi, |x| Op::Reshape { x })
+    }
+
+    /// Axes reordered: axis `i` of the result is axis `axes[i]` of `x`.
+    pub fn permute(&self, x: &Var, axes: &[usize]) -> Result<Var> {
+        let [xi] = self.ids("permute", [Some(x)])?;
+        let y = ops::permute(&x.value, axes)?;
+        self.record_unary(y, xi, |x| Op::Permute {
+            x,
+            axes: axes.to_vec(),
+        })
+    }
+
+    /// The range `start..end` of `axis`.
+    pub fn slice(&self, x: &Var, axis: usize, start: usize, end: usize) -> Result<Var> {
+        let [xi] = self.ids("slice", [Some(x)])?;
+        let y = ops::slice(&x.value, axis, start, end)?;
+        self.record_unary(y, xi, |x| Op::Slice {
+            x,
+            axis,
+            start,
+            end,
+        })
+    }
+
+    /// Index `index` of `axis`, with that axis removed.
+    pub fn select(&self, x: &Var, axis: usize, index: usize) -> Result<Var> {
+        let [xi] = self.ids("select", [Some(x)])?;
+        let y = ops::select(&x.value, axis, index)?;
+        self.record_unary(y, xi, |x| Op::Select { x, axis, index })
+    }
+
+    /// Repeats size-1 axes and adds leading axes to reach `shape`.
+    pub fn broadcast_to(&self, x: &Var, shape: &[usize]) -> Result<Var> {
+        let [xi] = self.ids("broadcast_to", [Some(x)])?;
+        let y = ops::broadcast_to(&x.value, shape)?;
+        self.record_unary(y, xi, |x| Op::BroadcastTo { x })
+    }
+
+    /// Joins values along `axis`; every other axis must agree.
+    pub fn concat(&self, xs: &[Var], axis: usize) -> Result<Var> {
+        let ids = xs
+            .iter()
+            .map(|x| self.id_of(x, "concat"))
+            .collect::<Result<Vec<_>>>()?;
+        let values: Vec<Tensor> = xs.iter().map(|x| x.value.clone()).collect();
+        let y = ops::concat(&values, axis)?;
+        if ids.iter().all(Option::is_none) {
+            return Ok(self.constant(y));
+        }
+        let sizes = values.iter().map(|v| v.shape()[axis]).collect();
+        Ok(self.push(
+            y,
+            Op::Concat {
+                xs: ids,
+                axis,
+                sizes,
+            },
+        ))
+    }
+
+    /// Rows of a `(batch, rows, width)` value picked per batch item:
+    /// `out[b, i] = x[b, indices[b][i]]`.
+    pub fn gather_rows(&self, x: &Var, indices: &[Vec<usize>]) -> Result<Var> {
+        let [xi] = self.ids("gather_rows", [Some(x)])?;
+        let y = ops::gather_rows(&x.value, indices)?;
+        self.record_unary(y, xi, |x| Op::GatherRows {
+            x,
+            indices: indices.to_vec(),
+        })
+    }
+
+    /// `x` with rows replaced per batch item: `out[b, indices[b][i]] = rows[b, i]`.
+    pub fn scatter_rows(&self, x: &Var, indices: &[Vec<usize>], rows: &Var) -> Result<Var> {
+        let [xi, ri] = self.ids("scatter_rows", [Some(x), Some(rows)])?;
+        let y = ops::scatter_rows(&x.value, indices, &rows.value)?;
+        self.record(y, [xi, ri], || Op::ScatterRows {
+            x: xi,
+            rows: ri,
+            indices: indices.to_vec(),
+        })
+    }
+
+    /// Sum over `axis`, kept as a size-1 axis when `keepdim`.
+    pub fn sum_axis(&self, x: &Var, axis: usize, keepdim: bool) -> Result<Var> {
+        let [xi] = self.ids("sum_axis", [Some(x)])?;
+        let y = ops::sum_axis(&x.value, axis, keepdim)?;
+        self.record_unary(y, xi, |x| Op::SumAxis { x, axis })
+    }
+
+    /// Sum of every element, as a rank-0 value.
+    pub fn sum_all(&self, x: &Var) -> Result<Var> {
+        let [xi] = self.ids("sum_all", [Some(x)])?;
+        let y = ops::sum_all(&x.value)?;
+        self.record_unary(y, xi, |x| Op::SumAll { x })
+    }
+
+    /// `|x|` (its gradient at 0 is taken as 0).
+    pub fn abs(&self, x: &Var) -> Result<Var> {
+        let [xi] = self.ids("abs", [Some(x)])?;
+        let y = ops::abs(&x.value)?;
+        self.record_unary(y, xi, |x_id| Op::Abs {
+            x: x_id,
+            x_value: x.value.clone(),
+        })
+    }
+
+    /// `x * x`.
+    pub fn square(&self, x: &Var) -> Result<Var> {
+        let [xi] = self.ids("square", [Some(x)])?;
+        let y = ops::square(&x.value)?;
+        self.record_unary(y, xi, |x_id| Op::Square {
+            x: x_id,
+            x_value: x.value.clone(),
+        })
+    }
+
+    /// Rows of the last axis divided by `max(||row||_2, eps)`.
+    pub fn l2_normalize(&self, x: &Var, eps: f32) -> Result<Var> {
+        let [xi] = self.ids("l2_normalize", [Some(x)])?;
+        let y = ops::l2_normalize(&x.value, eps)?;
+        self.record_unary(y, xi, |x_id| Op::L2Normalize {
+            x: x_id,
+            x_value: x.value.clone(),
+            eps,
+        })
+    }
+
+    /// The node of `x` on this tape (`None` for a constant).
+    fn id_of(&self, x: &Var, op: &'static str) -> Result<Option<NodeId>> {
+        match x.node {
+            None => Ok(None),
+            Some(NodeRef { tape, id }) if tape == self.id => Ok(Some(id)),
+            Some(_) => Err(AutodiffError::ForeignVar { op }),
+        }
+    }
+
+    /// The nodes of several (optional) operands.
+    fn ids<const N: usize>(
+        &self,
+        op: &'static str,
+        vars: [Option<&Var>; N],
+    ) -> Result<[Option<NodeId>; N]> {
+        let mut ids = [None; N];
+        for (slot, var) in ids.iter_mut().zip(vars) {
+            if let Some(var) = var {
+                *slot = self.id_of(var, op)?;
+            }
+        }
+        Ok(ids)
+    }
+
+    /// `value` as a recorded node made by `op()`, or as a constant when no operand is on
+    /// the tape (then `op` is never built and nothing is saved).
+    fn record<const N: usize>(
+        &self,
+        value: Tensor,
+        ids: [Option<NodeId>; N],
+        op: impl FnOnce() -> Op,
+    ) -> Result<Var> {
+        if ids.iter().all(Option::is_none) {
+            return Ok(self.constant(value));
+        }
+        Ok(self.push(value, op()))
+    }
+
+    /// [`record`](Self::record) for an operation of one operand.
+    fn record_unary(
+        &self,
+        value: Tensor,
+        id: Option<NodeId>,
+        op: impl FnOnce(NodeId) -> Op,
+    ) -> Result<Var> {
+        Ok(match id {
+            None => self.constant(value),
+            Some(id) => self.push(value, op(id)),
+        })
+    }
+
+    fn push(&self, value: Tensor, op: Op) -> Var {
+        let mut graph = self.graph.borrow_mut();
+        let id = graph.nodes.len();
+        graph.nodes.push(Node {
+            op,
+            shape: value.shape().to_vec(),
+        });
+        self.var(value, id)
+    }
+
+    fn var(&self, value: Tensor, id: NodeId) -> Var {
+        Var {
+            value,
+            node: Some(NodeRef { tape: self.id, id }),
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Image-folder data sets: one sub-folder per class, images inside.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use idlevit_tensor::Tensor;
+
+use crate::preprocess::{EvalTransform, load_image};
+
+/// File extensions read as images.
+const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff"];
+
+/// A labelled image set laid out as `DIR/<class>/<image>`; classes are the sub-folders in
+/// name order, so class `i` is the `i`-th folder name sorted.
+#[derive(Clone, Debug)]
+pub struct ImageFolder {
+    root: PathBuf,
+    classes: Vec<String>,
+    items: Vec<(PathBuf, usize)>,
+}
+
+fn is_image(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut entries = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read data directory {}", dir.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<Vec<_>>>()
+        .with_context(|| format!("cannot list {}", dir.display()))?;
+    entries.sort();
+    Ok(entries)
+}
+
+impl ImageFolder {
+    /// Scans `root`; an empty or unreadable directory, or a class folder with no images, is
+    /// an error naming it.
+    pub fn open(root: &Path) -> Result<Self> {
+        let class_dirs: Vec<PathBuf> = sorted_entries(root)?
+            .into_iter()
+            .filter(|p| p.is_dir())
+            .collect();
+        if class_dirs.is_empty() {
+            bail!(
+                "{} has no class sub-folders (expected DIR/<class>/<images>)",
+                root.display()
+            );
+        }
+        let mut classes = Vec::new();
+        let mut items = Vec::new();
+        for (label, dir) in class_dirs.iter().enumerate() {
+            let images: Vec<PathBuf> = sorted_entries(dir)?
+                .into_iter()
+                .filter(|p| p.is_file() && is_image(p))
+                .collect();
+            if images.is_empty() {
+                bail!(
+                    "class folder {} holds no images ({})",
+                    dir.display(),
+                    IMAGE_EXTENSIONS.join(", ")
+                );
+            }
+            classes.push(
+                dir.file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+            );
+            items.extend(images.into_iter().map(|p| (p, label)));
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+            classes,
+            items,
+        })
+    }
+
+    /// The folder the set was read from.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Class names, by label.
+    pub fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    /// The number of images.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether the set has no images (never true for an opened set).
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The images at `indices`, preprocessed into `(batch, 3, crop, crop)`, and their labels.
+    pub fn batch(
+        &self,
+        indices: &[usize],
+        transform: &EvalTransform,
+    ) -> Result<(Tensor, Vec<usize>)> {
+        let side = transform.crop as usize;
+        let mut pixels = Vec::with_capacity(indices.len() * 3 * side * side);
+        let mut labels = Vec::with_capacity(indices.len());
+        for &i in indices {
+            let (path, label) = self
+                .items
+                .get(i)
+                .with_context(|| format!("image {i} is out of range"))?;
+            pixels.extend(load_image(path, transform)?.into_vec());
+            labels.push(*label);
+        }
+        Ok((
+            Tensor::from_vec(vec![indices.len(), 3, side, side], pixels)?,
+            labels,
+        ))
+    }
+}
+
+/// A seeded permutation of `0..n` (Fisher–Yates over SplitMix64), for per-epoch shuffles
+/// that any run with the same seed repeats.
+pub fn shuffled(n: usize, seed: u64) -> Vec<usize> {
+    let mut state = seed;
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    order
+}

@@ -1,0 +1,189 @@
+//! The finetuning loop: masked-form student, frozen dense teacher, AdamW with a cosine
+//! schedule, a checkpoint per epoch (written atomically), resume, final validation.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use idlevit_checkpoint::Checkpoint;
+use idlevit_tensor::Tensor;
+use idlevit_train::{AdamW, CosineSchedule, Objective, smoothed_targets, train_step};
+use idlevit_zoo::DeiT;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::data::{ImageFolder, shuffled};
+use crate::evaluate::{Accuracy, evaluate};
+use crate::preprocess::EvalTransform;
+
+/// How to finetune.
+#[derive(Clone, Debug)]
+pub struct FinetuneOptions {
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Images per step.
+    pub batch: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Learning-rate floor of the cosine.
+    pub min_lr: f64,
+    /// Epochs of linear warm-up.
+    pub warmup_epochs: usize,
+    /// Decoupled weight decay (matrices only).
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this value.
+    pub clip_grad: Option<f64>,
+    /// The loss terms and their weights.
+    pub objective: Objective,
+    /// Seed of the per-epoch shuffles.
+    pub seed: u64,
+    /// Where checkpoints go (`checkpoint.safetensors`, replaced atomically each epoch).
+    pub out_dir: PathBuf,
+    /// Resume from this checkpoint (weights, optimiser state, epoch).
+    pub resume: Option<PathBuf>,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// What a finetuning run did.
+#[derive(Clone, Debug)]
+pub struct FinetuneReport {
+    /// The epoch the run started at (non-zero after a resume).
+    pub first_epoch: usize,
+    /// Mean training loss of each epoch run.
+    pub epoch_losses: Vec<f32>,
+    /// Accuracy on the validation set after the last epoch.
+    pub validation: Option<Accuracy>,
+}
+
+/// The checkpoint file inside `out_dir`.
+pub fn checkpoint_path(out_dir: &Path) -> PathBuf {
+    out_dir.join("checkpoint.safetensors")
+}
+
+/// Writes `ckpt` to `path` through a temporary file and a rename, so a crash never leaves
+/// a half-written checkpoint behind.
+fn save_atomically(ckpt: &Checkpoint, path: &Path) -> Result<()> {
+    let tmp = path.with_extension("safetensors.tmp");
+    ckpt.save_safetensors(&tmp)?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot move checkpoint into {}", path.display()))
+}
+
+fn save(student: &DeiT, optimizer: &AdamW, epoch: usize, path: &Path) -> Result<()> {
+    let mut ckpt = student.to_checkpoint()?;
+    for (name, tensor) in optimizer.state_tensors()? {
+        ckpt.insert(name, tensor);
+    }
+    ckpt.insert("train.epochs_done", Tensor::scalar(epoch as f32));
+    save_atomically(&ckpt, path)
+}
+
+/// Restores weights, optimiser state and the epoch count from a finetuning checkpoint.
+fn resume(student: &mut DeiT, optimizer: &mut AdamW, path: &Path) -> Result<usize> {
+    let mut ckpt = Checkpoint::load_safetensors(path)?;
+    let epochs_done = ckpt.remove("train.epochs_done").with_context(|| {
+        format!(
+            "{} is not a finetuning checkpoint (no train.epochs_done)",
+            path.display()
+        )
+    })?;
+    optimizer.load_state_tensors(&mut ckpt)?;
+    let config = student.config().clone();
+    let policy = student.policy().clone();
+    *student = DeiT::load(&config, ckpt)?.with_policy(policy)?;
+    Ok(epochs_done.to_vec().first().copied().unwrap_or(0.0) as usize)
+}
+
+/// Finetunes `student` on `train` (optionally distilling from `teacher`), validating on
+/// `val` at the end. A non-finite loss stops the run with an error; the last checkpoint
+/// written stays the last good one.
+pub fn finetune(
+    student: &mut DeiT,
+    teacher: Option<&DeiT>,
+    train: &ImageFolder,
+    val: Option<&ImageFolder>,
+    options: &FinetuneOptions,
+) -> Result<FinetuneReport> {
+    if options.batch == 0 || options.epochs == 0 {
+        bail!("--batch and --epochs must be at least 1");
+    }
+    let classes = student.config().num_classes;
+    if train.classes().len() > classes {
+        bail!(
+            "the data set has {} classes but the model only {classes}",
+            train.classes().len()
+        );
+    }
+    if let Some(teacher) = teacher
+        && (teacher.config().num_classes != classes
+            || teacher.config().img_size != student.config().img_size
+            || teacher.config().embed_dim != student.config().embed_dim)
+    {
+        bail!(
+            "teacher and student configs do not match (classes, image size and width must agree)"
+        );
+    }
+    std::fs::create_dir_all(&options.out_dir)
+        .with_context(|| format!("cannot create {}", options.out_dir.display()))?;
+    let mut optimizer = AdamW::new(options.weight_decay);
+    let first_epoch = match &options.resume {
+        Some(path) => resume(student, &mut optimizer, path)?,
+        None => 0,
+    };
+    let steps_per_epoch = train.len().div_ceil(options.batch);
+    let schedule = CosineSchedule {
+        base_lr: options.lr,
+        min_lr: options.min_lr,
+        warmup_lr: options.min_lr.min(options.lr),
+        warmup_steps: options.warmup_epochs * steps_per_epoch,
+        total_steps: options.epochs * steps_per_epoch,
+    };
+    let transform = EvalTransform::for_size(student.config().img_size);
+    let path = checkpoint_path(&options.out_dir);
+    let mut epoch_losses = Vec::new();
+    for epoch in first_epoch..options.epochs {
+        let bar = if options.progress {
+            ProgressBar::new(train.len() as u64)
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_style(
+            ProgressStyle::with_template("epoch {prefix} {bar:25} {pos}/{len}  {msg}  ETA {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_prefix(format!("{}/{}", epoch + 1, options.epochs));
+        let order = shuffled(train.len(), options.seed.wrapping_add(epoch as u64));
+        let (mut loss_sum, started) = (0.0f64, Instant::now());
+        for (step_in_epoch, chunk) in order.chunks(options.batch).enumerate() {
+            let step = epoch * steps_per_epoch + step_in_epoch;
+            let lr = schedule.lr(step);
+            let (images, labels) = train.batch(chunk, &transform)?;
+            let targets = smoothed_targets(&labels, classes, options.objective.smoothing)?;
+            let loss = train_step(
+                student,
+                teacher,
+                &mut optimizer,
+                &options.objective,
+                &images,
+                &targets,
+                lr,
+                options.clip_grad,
+            )?;
+            loss_sum += f64::from(loss);
+            bar.inc(chunk.len() as u64);
+            let rate = bar.position() as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!("loss {loss:.4}  lr {lr:.2e}  {rate:.1} img/s"));
+        }
+        bar.finish_and_clear();
+        epoch_losses.push((loss_sum / steps_per_epoch as f64) as f32);
+        save(student, &optimizer, epoch + 1, &path)?;
+    }
+    let validation = val
+        .map(|v| evaluate(student, v, options.batch, options.progress))
+        .transpose()?;
+    Ok(FinetuneReport {
+        first_epoch,
+        epoch_losses,
+        validation,
+    })
+}

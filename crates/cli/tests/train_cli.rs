@@ -1,0 +1,265 @@
+//! `idlevit finetune` / `eval` on a generated image folder, and their bad-input errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use idlevit_checkpoint::Checkpoint;
+use idlevit_zoo::{DeiT, DeiTConfig};
+
+fn idlevit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_idlevit"))
+        .args(args)
+        .output()
+        .expect("the idlevit binary runs")
+}
+
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("idlevit-train-cli-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+const CONFIG: &str = r#"{"img_size": 16, "patch_size": 8, "embed_dim": 16, "depth": 2, "num_heads": 2,
+    "mlp_ratio": 2.0, "num_classes": 3, "qkv_bias": true, "idle_layers": [1], "keep_ratios": [0.5]}"#;
+
+/// `dir/<class>/<i>.png`: class c is a bright square in corner c on a dark background.
+fn write_folder(dir: &Path, per_class: usize) {
+    for class in 0..3u32 {
+        let folder = dir.join(format!("class{class}"));
+        std::fs::create_dir_all(&folder).unwrap();
+        for i in 0..per_class as u32 {
+            let image = image::RgbImage::from_fn(20, 20, |x, y| {
+                let corner = (x < 10) as u32 + 2 * (y < 10) as u32;
+                let v = if corner == class {
+                    220
+                } else {
+                    30 + ((x * 7 + y * 3 + i * 11) % 40) as u8 as u32
+                };
+                image::Rgb([v as u8, v as u8, v as u8])
+            });
+            image.save(folder.join(format!("{i}.png"))).unwrap();
+        }
+    }
+}
+
+fn setup(test: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let dir = scratch(test);
+    let config = dir.join("config.json");
+    std::fs::write(&config, CONFIG).unwrap();
+    let model = DeiT::random(&DeiTConfig::from_json(CONFIG).unwrap(), 3).unwrap();
+    let weights = dir.join("weights.safetensors");
+    model
+        .to_checkpoint()
+        .unwrap()
+        .save_safetensors(&weights)
+        .unwrap();
+    write_folder(&dir.join("data/train"), 4);
+    write_folder(&dir.join("data/val"), 2);
+    (dir, config, weights)
+}
+
+#[test]
+fn finetune_checkpoints_resumes_and_validates_then_eval_reads_it() {
+    let (dir, config, weights) = setup("run");
+    let out = dir.join("out");
+    let data = dir.join("data");
+    let common = [
+        "--config",
+        s(&config),
+        "--weights",
+        s(&weights),
+        "--data",
+        s(&data),
+        "--batch",
+        "4",
+        "--lr",
+        "1e-3",
+        "--min-lr",
+        "1e-4",
+        "--distill-weight",
+        "1",
+        "--out",
+        s(&out),
+    ];
+    let run = idlevit(&[&["finetune", "--epochs", "1"][..], &common].concat());
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        stdout.contains("epoch 1 mean loss") && stdout.contains("validation top-1"),
+        "{stdout}"
+    );
+    let ckpt = out.join("checkpoint.safetensors");
+    let saved = Checkpoint::load_safetensors(&ckpt).unwrap();
+    assert_eq!(saved.get("train.epochs_done").unwrap().to_vec(), vec![1.0]);
+
+    let resumed = idlevit(
+        &[
+            &["finetune", "--epochs", "2", "--resume", s(&ckpt)][..],
+            &common,
+        ]
+        .concat(),
+    );
+    let stdout = String::from_utf8_lossy(&resumed.stdout);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert!(
+        stdout.contains("epoch 2 mean loss") && !stdout.contains("epoch 1 mean"),
+        "{stdout}"
+    );
+
+    // The finetuned weights (optimiser state stripped) evaluate dense and idle.
+    let mut weights_only = Checkpoint::load_safetensors(&ckpt).unwrap();
+    let names: Vec<String> = weights_only
+        .iter()
+        .map(|(n, _)| n.to_string())
+        .filter(|n| n.starts_with("adamw.") || n.starts_with("train."))
+        .collect();
+    names.iter().for_each(|n| drop(weights_only.remove(n)));
+    let finetuned = dir.join("finetuned.safetensors");
+    weights_only.save_safetensors(&finetuned).unwrap();
+    for mode in ["dense", "idle"] {
+        let eval = idlevit(&[
+            "eval",
+            "--config",
+            s(&config),
+            "--weights",
+            s(&finetuned),
+            "--data",
+            s(&dir.join("data/val")),
+            "--mode",
+            mode,
+        ]);
+        let stdout = String::from_utf8_lossy(&eval.stdout);
+        assert!(
+            eval.status.success() && stdout.contains("top-1") && stdout.contains("(6 images)"),
+            "{mode}: {stdout} {}",
+            String::from_utf8_lossy(&eval.stderr)
+        );
+    }
+}
+
+#[test]
+fn bad_data_and_configs_are_refused() {
+    let (dir, config, weights) = setup("bad");
+    let fails = |args: &[&str], needle: &str| {
+        let run = idlevit(args);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            !run.status.success() && stderr.contains(needle) && !stderr.contains("panicked"),
+            "{args:?}: {stderr}"
+        );
+    };
+    let base = |data: &Path| -> Vec<String> {
+        [
+            "finetune",
+            "--config",
+            s(&config),
+            "--weights",
+            s(&weights),
+            "--data",
+            s(data),
+            "--epochs",
+            "1",
+            "--batch",
+            "4",
+            "--out",
+            s(&dir.join("o")),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    };
+    fn as_str(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    fails(
+        &as_str(&base(&dir.join("missing"))),
+        "cannot read data directory",
+    );
+    std::fs::create_dir_all(dir.join("empty")).unwrap();
+    fails(&as_str(&base(&dir.join("empty"))), "no class sub-folders");
+    std::fs::create_dir_all(dir.join("hollow/cats")).unwrap();
+    std::fs::write(dir.join("hollow/cats/readme.txt"), "no images here").unwrap();
+    fails(&as_str(&base(&dir.join("hollow"))), "holds no images");
+    // A teacher of another width.
+    let other =
+        DeiTConfig::from_json(&CONFIG.replace("\"embed_dim\": 16", "\"embed_dim\": 8")).unwrap();
+    let teacher = dir.join("teacher.safetensors");
+    DeiT::random(&other, 1)
+        .unwrap()
+        .to_checkpoint()
+        .unwrap()
+        .save_safetensors(&teacher)
+        .unwrap();
+    let mut args = base(&dir.join("data"));
+    args.extend(["--teacher".to_string(), s(&teacher).to_string()]);
+    fails(&as_str(&args), "expected [16");
+}
+
+#[test]
+fn a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
+    let (dir, config, weights) = setup("nan");
+    let out = dir.join("out");
+    let common = |w: &Path| -> Vec<String> {
+        [
+            "finetune",
+            "--config",
+            s(&config),
+            "--weights",
+            s(w),
+            "--data",
+            s(&dir.join("data")),
+            "--batch",
+            "4",
+            "--out",
+            s(&out),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    };
+    let mut first = common(&weights);
+    first.extend(["--epochs".into(), "1".into()]);
+    assert!(
+        idlevit(&first.iter().map(String::as_str).collect::<Vec<_>>())
+            .status
+            .success()
+    );
+    let good = std::fs::read(out.join("checkpoint.safetensors")).unwrap();
+
+    let mut poisoned = Checkpoint::load_safetensors(&weights).unwrap();
+    let head = poisoned.get("head.bias").unwrap().map(|_| f32::NAN);
+    poisoned.insert("head.bias", head);
+    let bad_weights = dir.join("poisoned.safetensors");
+    poisoned.save_safetensors(&bad_weights).unwrap();
+    let mut second = common(&bad_weights);
+    second.extend([
+        "--epochs".into(),
+        "2".into(),
+        "--teacher".into(),
+        s(&weights).into(),
+    ]);
+    let run = idlevit(&second.iter().map(String::as_str).collect::<Vec<_>>());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        !run.status.success() && stderr.contains("not finite"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(out.join("checkpoint.safetensors")).unwrap(),
+        good,
+        "the good checkpoint was replaced"
+    );
+}

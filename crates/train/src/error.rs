@@ -1,0 +1,33 @@
+use thiserror::Error;
+
+/// Everything that can go wrong in a training step.
+#[derive(Debug, Error)]
+pub enum TrainError {
+    /// The loss is not a finite number: training must stop, the last good weights kept.
+    #[error("the loss became {0} (not finite); stopping before the weights are damaged")]
+    NonFinite(f32),
+    /// Inputs that do not fit together.
+    #[error("{0}")]
+    Invalid(String),
+    /// The model failed (boxed: model errors carry whole checkpoint diagnostics).
+    #[error(transparent)]
+    Zoo(Box<idlevit_zoo::ZooError>),
+    /// A layer operation failed.
+    #[error(transparent)]
+    Nn(#[from] idlevit_nn::NnError),
+    /// The cut loss failed.
+    #[error(transparent)]
+    CutLoss(#[from] idlevit_cutloss::CutLossError),
+    /// Backpropagation failed.
+    #[error(transparent)]
+    Autodiff(#[from] idlevit_autodiff::AutodiffError),
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Tensor(#[from] idlevit_tensor::TensorError),
+}
+
+impl From<idlevit_zoo::ZooError> for TrainError {
+    fn from(err: idlevit_zoo::ZooError) -> Self {
+        Self::Zoo(Box::new(err))
+    }
+}

@@ -1,0 +1,30 @@
+//! Finetuning an idle model: the objective of spec section 5, and the optimiser around it.
+//!
+//! [`Objective`] computes `CE + cut_weight * cut / L_idle + w * KL + 100 w * F` on the
+//! student's masked forward (any [`Backend`](idlevit_nn::Backend); on the
+//! [`Tape`](idlevit_autodiff::Tape) it yields gradients), [`AdamW`] updates a
+//! [`DeiT`](idlevit_zoo::DeiT) in place with decoupled weight decay, and [`CosineSchedule`]
+//! gives the learning rate of each step.
+//!
+//! ```
+//! use idlevit_train::CosineSchedule;
+//!
+//! let schedule = CosineSchedule { base_lr: 1e-3, min_lr: 1e-5, warmup_lr: 1e-6, warmup_steps: 10, total_steps: 100 };
+//! assert!((schedule.lr(10) - 1e-3).abs() < 1e-12);
+//! assert!((schedule.lr(100) - 1e-5).abs() < 1e-12);
+//! ```
+
+mod error;
+mod objective;
+mod optim;
+mod schedule;
+mod step;
+
+pub use error::TrainError;
+pub use objective::{LossParts, Objective, Teacher, smoothed_targets};
+pub use optim::{AdamW, clip_grad_norm, decays};
+pub use schedule::CosineSchedule;
+pub use step::{parameter_gradients, train_step};
+
+/// Result type of this crate.
+pub type Result<T, E = TrainError> = std::result::Result<T, E>;

@@ -1,0 +1,178 @@
+//! The finetuning objective of spec section 5.
+
+use idlevit_cutloss::{CutLoss, cut_loss};
+use idlevit_nn::Backend;
+use idlevit_tensor::Tensor;
+use idlevit_zoo::DeiT;
+
+use crate::{Result, TrainError};
+
+/// The weights of the objective's terms.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Objective {
+    /// Which cut-loss terms to use.
+    pub cut_loss: CutLoss,
+    /// Weight of the cut loss (averaged over idle layers); the release uses 20.
+    pub cut_weight: f32,
+    /// Distillation weight `w`: KL gets `w`, the feature term `100 w`; 0 disables the teacher.
+    pub distill_weight: f32,
+    /// Label smoothing of hard labels (0.1 in the release).
+    pub smoothing: f32,
+}
+
+impl Default for Objective {
+    fn default() -> Self {
+        Self {
+            cut_loss: CutLoss::Both,
+            cut_weight: 20.0,
+            distill_weight: 5.0,
+            smoothing: 0.1,
+        }
+    }
+}
+
+/// The frozen dense teacher's outputs for a batch.
+#[derive(Clone, Debug)]
+pub struct Teacher {
+    /// Logits `(batch, classes)`.
+    pub logits: Tensor,
+    /// Final normalised CLS features `(batch, dim)`.
+    pub features: Tensor,
+}
+
+impl Teacher {
+    /// Runs the teacher (its own policy, dense by default; no tape) on `images`.
+    pub fn run(teacher: &DeiT, images: &Tensor) -> Result<Self> {
+        let out = teacher.forward_traced(&idlevit_nn::Eager, images)?;
+        Ok(Self {
+            logits: out.logits,
+            features: out.features,
+        })
+    }
+}
+
+/// The objective's terms for one batch, each a rank-0 value.
+#[derive(Clone, Debug)]
+pub struct LossParts<V> {
+    /// Cross entropy against the (smoothed or soft) targets, batch mean.
+    pub ce: V,
+    /// The cut loss summed over idle layers, before weighting.
+    pub cut: V,
+    /// Per idle layer `(block index, cut loss)`.
+    pub cut_layers: Vec<(usize, V)>,
+    /// KL(teacher || student), batch mean; `None` without a teacher.
+    pub kl: Option<V>,
+    /// Feature distillation term; `None` without a teacher.
+    pub feature: Option<V>,
+    /// The weighted total the optimiser minimises.
+    pub total: V,
+}
+
+/// Soft targets for hard `labels`: `(1 - smoothing)` on the label plus `smoothing / classes`
+/// everywhere (timm's label-smoothing cross entropy in target form).
+pub fn smoothed_targets(labels: &[usize], classes: usize, smoothing: f32) -> Result<Tensor> {
+    if let Some(&bad) = labels.iter().find(|&&l| l >= classes) {
+        return Err(TrainError::Invalid(format!(
+            "label {bad} is out of range for {classes} classes"
+        )));
+    }
+    let mut targets = vec![smoothing / classes as f32; labels.len() * classes];
+    for (row, &label) in labels.iter().enumerate() {
+        targets[row * classes + label] += 1.0 - smoothing;
+    }
+    Ok(Tensor::from_vec(vec![labels.len(), classes], targets)?)
+}
+
+/// Row-wise log-softmax of a plain tensor (the teacher's log-probabilities).
+fn log_softmax_rows(x: &Tensor) -> Result<Tensor> {
+    let bk = idlevit_nn::Eager;
+    Ok(bk.log_softmax(x)?)
+}
+
+impl Objective {
+    /// The objective on `images` with soft `targets` `(batch, classes)`: the student runs its
+    /// masked (training) form on `bk`; `teacher` holds the frozen teacher's outputs when
+    /// distilling.
+    pub fn compute<B: Backend>(
+        &self,
+        bk: &B,
+        student: &DeiT,
+        images: &Tensor,
+        targets: &Tensor,
+        teacher: Option<&Teacher>,
+    ) -> Result<LossParts<B::Value>> {
+        let out = student.forward_masked(bk, &bk.constant(images.clone()))?;
+        let batch = bk.shape(&out.logits)[0];
+        if targets.shape() != bk.shape(&out.logits) {
+            return Err(TrainError::Invalid(format!(
+                "targets {:?} do not match the logits {:?}",
+                targets.shape(),
+                bk.shape(&out.logits)
+            )));
+        }
+        let per_item = 1.0 / batch as f32;
+        let log_probs = bk.log_softmax(&out.logits)?;
+        let ce = bk.scale(
+            &bk.sum_all(&bk.mul(&log_probs, &bk.constant(targets.clone()))?)?,
+            -per_item,
+        )?;
+
+        let mut cut_layers = Vec::new();
+        for (layer, masked) in &out.layers {
+            cut_layers.push((
+                *layer,
+                cut_loss(bk, &masked.logits, &masked.token_mask, self.cut_loss)?,
+            ));
+        }
+        let mut cut = bk.constant(Tensor::scalar(0.0));
+        for (_, value) in &cut_layers {
+            cut = bk.add(&cut, value)?;
+        }
+        let mut total = ce.clone();
+        if !cut_layers.is_empty() {
+            total = bk.add(
+                &total,
+                &bk.scale(&cut, self.cut_weight / cut_layers.len() as f32)?,
+            )?;
+        }
+
+        let (mut kl, mut feature) = (None, None);
+        if let Some(teacher) = teacher.filter(|_| self.distill_weight != 0.0) {
+            // KL(p_t || p_s) = sum p_t (log p_t - log p_s), batch mean.
+            let teacher_log = log_softmax_rows(&teacher.logits)?;
+            let teacher_probs = teacher_log.map(f32::exp);
+            let entropy_part: f32 = teacher_probs
+                .view()
+                .iter()
+                .zip(teacher_log.view().iter())
+                .map(|(p, l)| p * l)
+                .sum();
+            let cross = bk.sum_all(&bk.mul(&log_probs, &bk.constant(teacher_probs))?)?;
+            let kl_value = bk.scale(
+                &bk.sub(&bk.constant(Tensor::scalar(entropy_part)), &cross)?,
+                per_item,
+            )?;
+            let student_features = bk.l2_normalize(&out.features, 1e-12)?;
+            let teacher_features =
+                bk.l2_normalize(&bk.constant(teacher.features.clone()), 1e-12)?;
+            let diff = bk.sub(&student_features, &teacher_features)?;
+            let count = bk.shape(&diff).iter().product::<usize>().max(1);
+            let feature_value = bk.scale(&bk.sum_all(&bk.square(&diff)?)?, 1.0 / count as f32)?;
+            total = bk.add(&total, &bk.scale(&kl_value, self.distill_weight)?)?;
+            total = bk.add(
+                &total,
+                &bk.scale(&feature_value, 100.0 * self.distill_weight)?,
+            )?;
+            kl = Some(kl_value);
+            feature = Some(feature_value);
+        }
+        Ok(LossParts {
+            ce,
+            cut,
+            cut_layers,
+            kl,
+            feature,
+            total,
+        })
+    }
+}

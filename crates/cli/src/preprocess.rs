@@ -80,6 +80,7 @@ pub fn decode_image(bytes: &[u8]) -> Result<DynamicImage> {
 pub fn preprocess(image: &DynamicImage, transform: &EvalTransform) -> Result<Tensor> {
     let (w, h) = (image.width(), image.height());
     anyhow::ensure!(w > 0 && h > 0, "image has no pixels ({w}x{h})");
+    anyhow::ensure!(transform.crop > 0, "the crop must be at least one pixel");
     let short = w.min(h);
     // As torchvision's Resize(int): the shorter side becomes `resize`, the longer keeps the
     // aspect ratio (truncated), so both sides are at least the crop.

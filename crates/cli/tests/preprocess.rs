@@ -104,5 +104,6 @@ fn extreme_aspect_ratios_are_refused_before_resizing() {
     let long = DynamicImage::new_rgb8(1024, 1);
     let tensor = preprocess(&long, &EvalTransform { resize: 4, crop: 2 }).unwrap();
     assert_eq!(tensor.shape(), &[3, 2, 2]);
+    assert!(preprocess(&long, &EvalTransform { resize: 0, crop: 0 }).is_err());
     assert!(u64::from(256u32) * 256 * 1024 <= MAX_RESIZED_PIXELS);
 }

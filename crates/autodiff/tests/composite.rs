@@ -84,16 +84,20 @@ fn key_mask(rng: &mut Rng, batch: usize, tokens: usize) -> Tensor {
     Tensor::from_vec(vec![batch, 1, 1, tokens], values).unwrap()
 }
 
+/// Shapes of the composite checks. A layer norm over fewer than 4 features is nearly
+/// singular, and its f32 gradient cancels too much to compare with an f64 reference at 1e-4.
 fn dims() -> impl Strategy<Value = Dims> {
-    (1usize..3, 2usize..6, 1usize..3, 1usize..4, 1usize..7).prop_map(
-        |(batch, tokens, heads, head_dim, hidden)| Dims {
+    (1usize..3, 2usize..6, 1usize..3, 2usize..5, 1usize..7)
+        .prop_filter("width of at least 4", |&(_, _, heads, head_dim, _)| {
+            heads * head_dim >= 4
+        })
+        .prop_map(|(batch, tokens, heads, head_dim, hidden)| Dims {
             batch,
             tokens,
             heads,
             head_dim,
             hidden,
-        },
-    )
+        })
 }
 
 proptest! {

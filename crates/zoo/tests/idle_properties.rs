@@ -111,7 +111,12 @@ proptest! {
         let mut same = true;
         for (g, (layer, m)) in gathered.selections.iter().zip(&masked.layers) {
             prop_assert_eq!(g.layer, *layer);
-            if g.tokens != m.selection.indices() {
+            // Compare the selected sets: the order inside a set only follows score order, and
+            // attention does not depend on it.
+            let as_sets = |rows: &[Vec<usize>]| -> Vec<Vec<usize>> {
+                rows.iter().map(|r| { let mut r = r.clone(); r.sort_unstable(); r }).collect()
+            };
+            if as_sets(&g.tokens) != as_sets(m.selection.indices()) {
                 same = false;
                 // Only a near-tie may differ: find it in the masked form's own scores.
                 let scores = cls_scores(&m.logits).unwrap();
@@ -119,6 +124,9 @@ proptest! {
                 let width = scores.shape()[1];
                 let min_gap = scores.to_vec().chunks(width).map(|row| boundary_gap(row, keep)).fold(f32::INFINITY, f32::min);
                 prop_assert!(min_gap < 1e-4, "selections differ at layer {} with score gap {}", layer, min_gap);
+                // Once a near-tie flipped one token, later layers see different inputs and
+                // may legitimately choose differently: compare no further.
+                break;
             }
         }
         if same {

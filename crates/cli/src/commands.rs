@@ -9,7 +9,7 @@ use idlevit_nn::{Backend, Eager};
 use idlevit_tensor::Tensor;
 use idlevit_zoo::DeiT;
 
-use crate::preprocess::{EvalTransform, load_image};
+use crate::preprocess::{EvalTransform, batch_values, load_image};
 use crate::weights::read_checkpoint;
 
 /// What `logits` computed: the logits and, per selecting layer, the selected tokens.
@@ -22,14 +22,15 @@ pub struct LogitsRun {
 }
 
 /// Runs `model` on tensor `input` of `input_path` (masked form when `masked`) and writes
-/// tensor `logits` to `output_path`.
+/// tensor `logits` to `output_path`; `strict` as for [`read_checkpoint`].
 pub fn logits(
     model: &DeiT,
     masked: bool,
     input_path: &Path,
     output_path: &Path,
+    strict: bool,
 ) -> Result<LogitsRun> {
-    let inputs = read_checkpoint(input_path, false)?;
+    let inputs = read_checkpoint(input_path, strict)?;
     let input = inputs
         .require("input")
         .with_context(|| format!("{} has no tensor `input`", input_path.display()))?;
@@ -107,7 +108,7 @@ pub fn classify(model: &DeiT, images: &[PathBuf], top: usize) -> Result<Vec<Pred
     }
     let transform = EvalTransform::for_size(model.config().img_size);
     let side = model.config().img_size;
-    let mut batch = Vec::with_capacity(images.len() * 3 * side * side);
+    let mut batch = Vec::with_capacity(batch_values(images.len(), side)?);
     for path in images {
         batch.extend(load_image(path, &transform)?.into_vec());
     }
@@ -176,7 +177,7 @@ pub fn bench(models: &[&DeiT], batch: usize, warmup: usize, runs: usize) -> Resu
         bail!("nothing to benchmark");
     };
     let side = first.config().img_size;
-    let n = batch * 3 * side * side;
+    let n = batch_values(batch, side)?;
     let images = Tensor::from_vec(
         vec![batch, 3, side, side],
         (0..n)

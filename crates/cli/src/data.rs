@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use idlevit_tensor::Tensor;
 
-use crate::preprocess::{EvalTransform, load_image};
+use crate::preprocess::{EvalTransform, batch_values, load_image};
 
 /// File extensions read as images.
 const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff"];
@@ -103,7 +103,7 @@ impl ImageFolder {
         transform: &EvalTransform,
     ) -> Result<(Tensor, Vec<usize>)> {
         let side = transform.crop as usize;
-        let mut pixels = Vec::with_capacity(indices.len() * 3 * side * side);
+        let mut pixels = Vec::with_capacity(batch_values(indices.len(), side)?);
         let mut labels = Vec::with_capacity(indices.len());
         for &i in indices {
             let (path, label) = self

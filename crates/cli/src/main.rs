@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use idlevit_cli::commands;
-use idlevit_cli::policy::{Mode, resolve_policy};
+use idlevit_cli::policy::{Mode, policy_or_dense, resolve_policy};
 use idlevit_cli::weights::{load_model, resolve_config};
 use idlevit_zoo::{PolicyKind, TokenPolicy, macs};
 
@@ -17,6 +17,10 @@ struct Cli {
     /// Worker threads for the kernels (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Refuse `.pth` files whose pickle names globals other than those that rebuild tensors
+    /// (without it they are kept inert, never called, and named in a warning).
+    #[arg(long, global = true)]
+    strict: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -259,6 +263,7 @@ fn run(cli: Cli) -> Result<()> {
             .build_global()
             .context("cannot start the thread pool")?;
     }
+    let strict = cli.strict;
     match cli.command {
         Command::Logits {
             model,
@@ -271,8 +276,8 @@ fn run(cli: Cli) -> Result<()> {
             let config = resolve_config(model.config.as_deref(), model.model.as_deref())?;
             let mode = policy.mode;
             let token_policy = resolve_policy(&config, mode, policy.policy, policy.keep_rate)?;
-            let model = load_model(&config, Some(&weights))?.with_policy(token_policy)?;
-            let run = commands::logits(&model, mode == Mode::Masked, &input, &output)?;
+            let model = load_model(&config, Some(&weights), strict)?.with_policy(token_policy)?;
+            let run = commands::logits(&model, mode == Mode::Masked, &input, &output, strict)?;
             println!(
                 "wrote logits {:?} to {}",
                 run.logits.shape(),
@@ -296,7 +301,7 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let config = resolve_config(model.config.as_deref(), model.model.as_deref())?;
             let labels = labels.as_deref().map(commands::read_labels).transpose()?;
-            let model = load_model(&config, Some(&weights))?;
+            let model = load_model(&config, Some(&weights), strict)?;
             for prediction in commands::classify(&model, &images, top)? {
                 println!("{}", prediction.path.display());
                 for (class, prob) in prediction.top {
@@ -319,14 +324,9 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let name = model.model.clone().unwrap_or_else(|| "custom".into());
             let config = resolve_config(model.config.as_deref(), model.model.as_deref())?;
-            let dense = load_model(&config, weights.as_deref())?;
+            let dense = load_model(&config, weights.as_deref(), strict)?;
             let threads = rayon::current_num_threads();
-            let token_policy = match keep_rate {
-                Some(_) => resolve_policy(&config, Mode::Idle, policy, keep_rate)?,
-                None => config
-                    .schedule()?
-                    .map_or(TokenPolicy::Dense, |s| TokenPolicy::select(policy, s)),
-            };
+            let token_policy = policy_or_dense(&config, policy, keep_rate)?;
             if token_policy == TokenPolicy::Dense {
                 let report = commands::bench(&[&dense], batch, warmup, runs)?;
                 println!(
@@ -376,16 +376,16 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let config = resolve_config(model.config.as_deref(), model.model.as_deref())?;
             let token_policy = resolve_policy(&config, Mode::Masked, PolicyKind::Idle, keep_rate)?;
-            let student = load_model(&config, Some(&weights))?.with_policy(token_policy)?;
+            let student = load_model(&config, Some(&weights), strict)?.with_policy(token_policy)?;
             let teacher = teacher
                 .as_deref()
-                .map(|t| load_model(&config, Some(t)))
+                .map(|t| load_model(&config, Some(t), strict))
                 .transpose()?;
             let objective = objective.objective();
             if objective.distill_weight != 0.0 && teacher.is_none() {
                 anyhow::bail!("--distill-weight needs --teacher");
             }
-            let inputs = idlevit_cli::weights::read_checkpoint(&input, false)?;
+            let inputs = idlevit_cli::weights::read_checkpoint(&input, strict)?;
             let images = inputs
                 .require("input")
                 .with_context(|| format!("{} has no tensor `input`", input.display()))?;
@@ -404,7 +404,7 @@ fn run(cli: Cli) -> Result<()> {
                         objective.smoothing,
                     )?
                 }
-                (None, Some(path)) => idlevit_cli::weights::read_checkpoint(&path, false)?
+                (None, Some(path)) => idlevit_cli::weights::read_checkpoint(&path, strict)?
                     .require("targets")
                     .with_context(|| format!("{} has no tensor `targets`", path.display()))?
                     .clone(),
@@ -450,8 +450,13 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let config = resolve_config(model.config.as_deref(), model.model.as_deref())?;
             let token_policy = resolve_policy(&config, Mode::Masked, PolicyKind::Idle, keep_rate)?;
-            let mut student = load_model(&config, Some(&weights))?.with_policy(token_policy)?;
-            let teacher = load_model(&config, Some(teacher.as_deref().unwrap_or(&weights)))?;
+            let mut student =
+                load_model(&config, Some(&weights), strict)?.with_policy(token_policy)?;
+            let teacher = load_model(
+                &config,
+                Some(teacher.as_deref().unwrap_or(&weights)),
+                strict,
+            )?;
             let (train_dir, val_dir) = if data.join("train").is_dir() {
                 (
                     data.join("train"),
@@ -516,7 +521,7 @@ fn run(cli: Cli) -> Result<()> {
             );
             let token_policy =
                 resolve_policy(&config, policy.mode, policy.policy, policy.keep_rate)?;
-            let model = load_model(&config, Some(&weights))?.with_policy(token_policy)?;
+            let model = load_model(&config, Some(&weights), strict)?.with_policy(token_policy)?;
             let data = idlevit_cli::data::ImageFolder::open(&data)?;
             let acc = idlevit_cli::evaluate::evaluate(&model, &data, batch, true)?;
             println!(
@@ -534,12 +539,7 @@ fn run(cli: Cli) -> Result<()> {
             let name = model.model.clone().unwrap_or_else(|| "custom".into());
             let config = resolve_config(model.config.as_deref(), model.model.as_deref())?;
             let dense = macs(&config, &TokenPolicy::Dense)?;
-            let token_policy = match keep_rate {
-                Some(_) => resolve_policy(&config, Mode::Idle, policy, keep_rate)?,
-                None => config
-                    .schedule()?
-                    .map_or(TokenPolicy::Dense, |s| TokenPolicy::select(policy, s)),
-            };
+            let token_policy = policy_or_dense(&config, policy, keep_rate)?;
             println!("{name} dense: {:.2} GMACs", dense / 1e9);
             if token_policy != TokenPolicy::Dense {
                 let reduced = macs(&config, &token_policy)?;

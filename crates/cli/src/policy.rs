@@ -78,6 +78,21 @@ pub fn resolve_policy(
     Ok(policy)
 }
 
+/// The policy `bench` and `flops` compare against dense: `kind` at `keep_rate`, else at the
+/// config's own schedule lists, else dense (nothing to compare).
+pub fn policy_or_dense(
+    config: &DeiTConfig,
+    kind: PolicyKind,
+    keep_rate: Option<f64>,
+) -> Result<TokenPolicy> {
+    match keep_rate {
+        Some(_) => resolve_policy(config, Mode::Idle, kind, keep_rate),
+        None => Ok(config
+            .schedule()?
+            .map_or(TokenPolicy::Dense, |s| TokenPolicy::select(kind, s))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,6 +28,26 @@ pub const MAX_DECODE_BYTES: u64 = 512 << 20;
 /// being scaled up into gigabytes.
 pub const MAX_RESIZED_PIXELS: u64 = 1 << 26;
 
+/// Most values (`batch * 3 * side * side`) an image batch may hold: 2 Gi, 8 GiB of `f32`. A
+/// batch size typed by mistake is refused with an error instead of aborting on allocation.
+pub const MAX_BATCH_VALUES: usize = 1 << 31;
+
+/// Number of `f32` values in a `(batch, 3, side, side)` image batch, refused when it overflows
+/// or exceeds [`MAX_BATCH_VALUES`].
+pub fn batch_values(batch: usize, side: usize) -> Result<usize> {
+    batch
+        .checked_mul(3)
+        .and_then(|n| n.checked_mul(side))
+        .and_then(|n| n.checked_mul(side))
+        .filter(|&n| n <= MAX_BATCH_VALUES)
+        .with_context(|| {
+            format!(
+                "a batch of {batch} images of {side}x{side} is too large \
+                 (at most {MAX_BATCH_VALUES} values)"
+            )
+        })
+}
+
 /// The evaluation transform: shorter side to `resize`, then a `crop x crop` center crop.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct EvalTransform {
@@ -117,4 +137,19 @@ pub fn preprocess(image: &DynamicImage, transform: &EvalTransform) -> Result<Ten
         }
     }
     Ok(Tensor::from_vec(vec![3, side, side], data)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_values_are_checked() {
+        assert_eq!(batch_values(2, 224).unwrap(), 2 * 3 * 224 * 224);
+        assert!(batch_values(usize::MAX, 224).is_err());
+        assert!(batch_values(1, usize::MAX / 2).is_err());
+        assert!(batch_values(MAX_BATCH_VALUES / (3 * 64 * 64) + 1, 64).is_err());
+        let largest = MAX_BATCH_VALUES / (3 * 64 * 64);
+        assert_eq!(batch_values(largest, 64).unwrap(), largest * 3 * 64 * 64);
+    }
 }

@@ -7,41 +7,72 @@ use idlevit_checkpoint::{Checkpoint, pth};
 use idlevit_zoo::{DeiT, DeiTConfig};
 
 /// Reads named tensors from a safetensors file, or from a `.pth` zip checkpoint (read by the
-/// pickle interpreter, which executes nothing; `strict` refuses unknown pickle globals).
+/// pickle interpreter, which executes nothing; `strict` refuses unknown pickle globals, and
+/// without it they are named in a warning on stderr).
 pub fn read_checkpoint(path: &Path, strict: bool) -> Result<Checkpoint> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let pth_name = path.extension().is_some_and(|e| e == "pth" || e == "tar");
-    parse_checkpoint(&bytes, pth_name, strict).with_context(|| {
+    let parsed = parse_weights(&bytes, pth_name, strict).with_context(|| {
         if pth_name || bytes.starts_with(b"PK") {
             format!("cannot read PyTorch checkpoint {}", path.display())
         } else {
             format!("cannot read weights {}", path.display())
         }
-    })
+    })?;
+    if !parsed.unknown_globals.is_empty() {
+        eprintln!(
+            "warning: {} names pickle globals that were kept inert (never called): {}; \
+             --strict refuses such files",
+            path.display(),
+            parsed.unknown_globals.join(", ")
+        );
+    }
+    Ok(parsed.checkpoint)
+}
+
+/// A parsed weight file and the pickle globals it named that were kept inert.
+#[derive(Debug)]
+pub struct ParsedWeights {
+    /// The float tensors, by name.
+    pub checkpoint: Checkpoint,
+    /// Unknown pickle globals as `module.name` (always empty for safetensors).
+    pub unknown_globals: Vec<String>,
 }
 
 /// Parses the bytes of a weight file as [`read_checkpoint`] does: a `.pth` zip checkpoint when
 /// they start with `PK` or `pth_name` says the file is named `*.pth` / `*.tar`, safetensors
 /// otherwise.
 pub fn parse_checkpoint(bytes: &[u8], pth_name: bool, strict: bool) -> Result<Checkpoint> {
+    Ok(parse_weights(bytes, pth_name, strict)?.checkpoint)
+}
+
+/// [`parse_checkpoint`], also returning the unknown pickle globals that were kept inert.
+pub fn parse_weights(bytes: &[u8], pth_name: bool, strict: bool) -> Result<ParsedWeights> {
     // A zip archive starts with "PK"; torch.save's zip format is the only .pth we read.
     if bytes.starts_with(b"PK") || pth_name {
         let options = pth::PthOptions { strict, key: None };
         let weights = pth::read_pth_bytes(bytes, &options)?;
-        let mut ckpt = Checkpoint::default();
+        let mut checkpoint = Checkpoint::default();
         for (name, tensor) in weights.tensors {
-            ckpt.insert(name, tensor);
+            checkpoint.insert(name, tensor);
         }
-        return Ok(ckpt);
+        return Ok(ParsedWeights {
+            checkpoint,
+            unknown_globals: weights.unknown_globals,
+        });
     }
-    Ok(Checkpoint::from_safetensors_bytes(bytes)?)
+    Ok(ParsedWeights {
+        checkpoint: Checkpoint::from_safetensors_bytes(bytes)?,
+        unknown_globals: Vec::new(),
+    })
 }
 
-/// The model a command runs: from `weights` when given, else seeded random weights.
-pub fn load_model(config: &DeiTConfig, weights: Option<&Path>) -> Result<DeiT> {
+/// The model a command runs: from `weights` when given (`strict` as for [`read_checkpoint`]),
+/// else seeded random weights.
+pub fn load_model(config: &DeiTConfig, weights: Option<&Path>, strict: bool) -> Result<DeiT> {
     match weights {
         Some(path) => {
-            let ckpt = read_checkpoint(path, false)?;
+            let ckpt = read_checkpoint(path, strict)?;
             DeiT::load(config, ckpt)
                 .with_context(|| format!("weights {} do not fit the model", path.display()))
         }

@@ -181,6 +181,27 @@ fn empty_batch_and_wrong_image_size_are_refused() {
 }
 
 #[test]
+fn oversized_batches_are_refused_before_allocating() {
+    for batch in ["100000000000", "18446744073709551615"] {
+        let out = idlevit(&[
+            "bench",
+            "--model",
+            "deit_tiny",
+            "--batch",
+            batch,
+            "--runs",
+            "1",
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.starts_with("error: ") && stderr.contains("too large"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
 fn classify_prints_top_classes_and_refuses_non_images() {
     let image = fixtures().join("images/sample.png");
     let out = idlevit(&[

@@ -4,6 +4,7 @@
 //! tensor, and strict reading refuses the global by name.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use idlevit_cli::weights::{load_model, read_checkpoint};
 use idlevit_nn::{Backend, Eager};
@@ -31,7 +32,7 @@ fn payloads_run_nothing_and_strict_reading_names_them() {
         ("malicious_eval.pth", "__builtin__.eval"),
         ("malicious_popen.pth", "commands.Popen"),
     ] {
-        let model = load_model(&config, Some(&pth(file))).unwrap();
+        let model = load_model(&config, Some(&pth(file)), false).unwrap();
         let images = Eager.constant(Tensor::zeros(&[1, 3, 16, 16]).unwrap());
         let logits = model.forward(&Eager, &images).unwrap();
         assert_eq!(Eager.shape(&logits), &[1, 3]);
@@ -43,8 +44,48 @@ fn payloads_run_nothing_and_strict_reading_names_them() {
     assert_eq!(names, ["head.bias"]);
     let err = format!(
         "{:#}",
-        load_model(&config, Some(&pth("malicious_tensor.pth"))).unwrap_err()
+        load_model(&config, Some(&pth("malicious_tensor.pth")), false).unwrap_err()
     );
     assert!(err.contains("missing"), "{err}");
+    assert!(!Path::new(PWNED).exists(), "a payload ran");
+}
+
+/// `idlevit bench` on a payload checkpoint: it runs with a warning naming the inert global,
+/// and `--strict` refuses the file with an error naming it.
+#[test]
+fn cli_warns_about_inert_globals_and_strict_refuses_them() {
+    let dir = std::env::temp_dir().join(format!("idlevit-hostile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.json");
+    std::fs::write(&config, PTH_CONFIG).unwrap();
+    let weights = pth("malicious_os_system.pth");
+    let run = |strict: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_idlevit"));
+        command.args(["bench", "--batch", "1", "--runs", "1", "--warmup", "0"]);
+        command
+            .arg("--config")
+            .arg(&config)
+            .arg("--weights")
+            .arg(&weights);
+        if strict {
+            command.arg("--strict");
+        }
+        command.output().unwrap()
+    };
+    let lenient = run(false);
+    let stderr = String::from_utf8_lossy(&lenient.stderr);
+    assert!(lenient.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning") && stderr.contains("posix.system"),
+        "{stderr}"
+    );
+    let strict = run(true);
+    let stderr = String::from_utf8_lossy(&strict.stderr);
+    assert!(!strict.status.success());
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains("`posix.system`"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(!Path::new(PWNED).exists(), "a payload ran");
 }

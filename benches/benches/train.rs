@@ -7,7 +7,7 @@
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use idlevit_cutloss::CutLoss;
 use idlevit_tensor::Tensor;
-use idlevit_train::{AdamW, Objective, smoothed_targets, train_step};
+use idlevit_train::{AdamW, Objective, StepSettings, smoothed_targets, train_step};
 use idlevit_zoo::{DeiT, DeiTConfig, PolicyKind, Schedule, TokenPolicy};
 use std::time::Duration;
 
@@ -66,8 +66,11 @@ fn bench_train(c: &mut Criterion) {
                     &objective,
                     &images,
                     &targets,
-                    1e-5,
-                    None,
+                    &StepSettings {
+                        lr: 1e-5,
+                        clip_grad: None,
+                        seed: None,
+                    },
                 )
                 .expect("step")
             })

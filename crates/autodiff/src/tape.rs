@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use idlevit_tensor::Tensor;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
 
 use crate::backward::Op;
 use crate::gradients::GradStore;
@@ -76,6 +78,9 @@ impl Var {
 pub struct Tape {
     id: u64,
     graph: RefCell<Graph>,
+    /// The random stream of stochastic layers (drop path); `None` makes them the identity,
+    /// so an unseeded tape computes exactly what inference computes.
+    random: RefCell<Option<StdRng>>,
 }
 
 impl Default for Tape {
@@ -98,7 +103,24 @@ impl Tape {
         Self {
             id: NEXT_TAPE.fetch_add(1, Ordering::Relaxed),
             graph: RefCell::default(),
+            random: RefCell::new(None),
         }
+    }
+
+    /// An empty tape for a training step whose stochastic layers (drop path) draw from a
+    /// random stream seeded with `seed`, so that a step can be replayed exactly.
+    pub fn with_seed(seed: u64) -> Self {
+        let tape = Self::new();
+        *tape.random.borrow_mut() = Some(StdRng::seed_from_u64(seed));
+        tape
+    }
+
+    /// `count` draws uniform in [0, 1) from the tape's random stream, or `None` for a tape
+    /// made without a seed (stochastic layers are then the identity).
+    pub fn uniform(&self, count: usize) -> Option<Vec<f32>> {
+        let mut random = self.random.borrow_mut();
+        let rng = random.as_mut()?;
+        Some((0..count).map(|_| rng.random::<f32>()).collect())
     }
 
     /// The number of recorded nodes (parameters and operations that depend on them).

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use idlevit_tensor::Tensor;
 
-use crate::preprocess::{EvalTransform, batch_values, load_image};
+use crate::augment::TrainTransform;
+use crate::preprocess::{EvalTransform, batch_values, load_image, read_image};
 
 /// File extensions read as images.
 const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff"];
@@ -102,7 +103,35 @@ impl ImageFolder {
         indices: &[usize],
         transform: &EvalTransform,
     ) -> Result<(Tensor, Vec<usize>)> {
-        let side = transform.crop as usize;
+        self.load_batch(indices, transform.crop as usize, |path, _| {
+            load_image(path, transform)
+        })
+    }
+
+    /// The images at `indices` through the training augmentation, into
+    /// `(batch, 3, size, size)`, and their labels. Image `i` is augmented with a seed drawn
+    /// from `seed` and `i`, so an epoch's views repeat for the same seed.
+    pub fn train_batch(
+        &self,
+        indices: &[usize],
+        transform: &TrainTransform,
+        seed: u64,
+    ) -> Result<(Tensor, Vec<usize>)> {
+        self.load_batch(indices, transform.size as usize, |path, i| {
+            let image = read_image(path)?;
+            let image_seed = seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            transform
+                .apply(&image, image_seed)
+                .with_context(|| format!("cannot augment {}", path.display()))
+        })
+    }
+
+    fn load_batch(
+        &self,
+        indices: &[usize],
+        side: usize,
+        load: impl Fn(&Path, usize) -> Result<Tensor>,
+    ) -> Result<(Tensor, Vec<usize>)> {
         let mut pixels = Vec::with_capacity(batch_values(indices.len(), side)?);
         let mut labels = Vec::with_capacity(indices.len());
         for &i in indices {
@@ -110,7 +139,7 @@ impl ImageFolder {
                 .items
                 .get(i)
                 .with_context(|| format!("image {i} is out of range"))?;
-            pixels.extend(load_image(path, transform)?.into_vec());
+            pixels.extend(load(path, i)?.into_vec());
             labels.push(*label);
         }
         Ok((

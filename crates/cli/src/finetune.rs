@@ -7,10 +7,13 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use idlevit_checkpoint::Checkpoint;
 use idlevit_tensor::Tensor;
-use idlevit_train::{AdamW, CosineSchedule, Objective, smoothed_targets, train_step};
+use idlevit_train::{
+    AdamW, CosineSchedule, Mixup, Objective, StepSettings, smoothed_targets, train_step,
+};
 use idlevit_zoo::DeiT;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::augment::TrainTransform;
 use crate::data::{ImageFolder, shuffled};
 use crate::evaluate::{Accuracy, evaluate};
 use crate::preprocess::EvalTransform;
@@ -32,6 +35,12 @@ pub struct FinetuneOptions {
     pub weight_decay: f64,
     /// Clip the global gradient norm to this value.
     pub clip_grad: Option<f64>,
+    /// Stochastic depth of the last block (linear from 0 at the first); the release uses 0.1.
+    pub drop_path: f32,
+    /// Mixup / CutMix of each training batch (DeiT's recipe by default).
+    pub mixup: Mixup,
+    /// Train on random resized crops and flips; `false` uses the evaluation transform.
+    pub augment: bool,
     /// The loss terms and their weights.
     pub objective: Objective,
     /// Seed of the per-epoch shuffles.
@@ -76,6 +85,15 @@ fn save(student: &DeiT, optimizer: &AdamW, epoch: usize, path: &Path) -> Result<
     }
     ckpt.insert("train.epochs_done", Tensor::scalar(epoch as f32));
     save_atomically(&ckpt, path)
+}
+
+/// The seed of one training step's random choices (augmentation, mixup, drop path): a
+/// SplitMix64 finaliser of the run's seed and the step, so steps draw unrelated streams.
+fn step_seed(seed: u64, step: usize) -> u64 {
+    let mut z = seed.wrapping_add((step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// Restores weights, optimiser state and the epoch count from a finetuning checkpoint.
@@ -123,6 +141,7 @@ pub fn finetune(
             "teacher and student configs do not match (classes, image size and width must agree)"
         );
     }
+    options.mixup.validate()?;
     std::fs::create_dir_all(&options.out_dir)
         .with_context(|| format!("cannot create {}", options.out_dir.display()))?;
     let mut optimizer = AdamW::new(options.weight_decay);
@@ -130,6 +149,8 @@ pub fn finetune(
         Some(path) => resume(student, &mut optimizer, path)?,
         None => 0,
     };
+    // Drop path acts only on the seeded training tape, so the model keeps it after training.
+    *student = student.clone().with_drop_path(options.drop_path)?;
     let steps_per_epoch = train.len().div_ceil(options.batch);
     let schedule = CosineSchedule {
         base_lr: options.lr,
@@ -138,7 +159,8 @@ pub fn finetune(
         warmup_steps: options.warmup_epochs * steps_per_epoch,
         total_steps: options.epochs * steps_per_epoch,
     };
-    let transform = EvalTransform::for_size(student.config().img_size);
+    let eval_transform = EvalTransform::for_size(student.config().img_size);
+    let train_transform = TrainTransform::for_size(student.config().img_size);
     let path = checkpoint_path(&options.out_dir);
     let mut epoch_losses = Vec::new();
     for epoch in first_epoch..options.epochs {
@@ -157,8 +179,19 @@ pub fn finetune(
         for (step_in_epoch, chunk) in order.chunks(options.batch).enumerate() {
             let step = epoch * steps_per_epoch + step_in_epoch;
             let lr = schedule.lr(step);
-            let (images, labels) = train.batch(chunk, &transform)?;
+            let step_seed = step_seed(options.seed, step);
+            let (images, labels) = if options.augment {
+                train.train_batch(chunk, &train_transform, step_seed)?
+            } else {
+                train.batch(chunk, &eval_transform)?
+            };
             let targets = smoothed_targets(&labels, classes, options.objective.smoothing)?;
+            let (images, targets) = options.mixup.apply(&images, &targets, step_seed ^ 1)?;
+            let settings = StepSettings {
+                lr,
+                clip_grad: options.clip_grad,
+                seed: Some(step_seed ^ 2),
+            };
             let loss = train_step(
                 student,
                 teacher,
@@ -166,8 +199,7 @@ pub fn finetune(
                 &options.objective,
                 &images,
                 &targets,
-                lr,
-                options.clip_grad,
+                &settings,
             )?;
             loss_sum += f64::from(loss);
             bar.inc(chunk.len() as u64);

@@ -10,6 +10,7 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 
+pub mod augment;
 pub mod commands;
 pub mod data;
 pub mod evaluate;

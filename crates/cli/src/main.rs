@@ -83,6 +83,40 @@ impl ObjectiveArgs {
     }
 }
 
+/// Regularisation of finetuning: DeiT's recipe by default (as the IdleViT release).
+#[derive(Args)]
+struct RegularisationArgs {
+    /// Stochastic depth of the last block (linear from 0 at the first).
+    #[arg(long, default_value_t = 0.1)]
+    drop_path: f32,
+    /// Mixup alpha (0 disables mixup).
+    #[arg(long, default_value_t = 0.8)]
+    mixup: f32,
+    /// CutMix alpha (0 disables CutMix).
+    #[arg(long, default_value_t = 1.0)]
+    cutmix: f32,
+    /// Probability that a batch is mixed.
+    #[arg(long, default_value_t = 1.0)]
+    mixup_prob: f32,
+    /// Probability of CutMix rather than mixup when both are on.
+    #[arg(long, default_value_t = 0.5)]
+    mixup_switch_prob: f32,
+    /// Train on the evaluation transform instead of random resized crops and flips.
+    #[arg(long)]
+    no_augment: bool,
+}
+
+impl RegularisationArgs {
+    fn mixup(&self) -> idlevit_train::Mixup {
+        idlevit_train::Mixup {
+            mixup_alpha: self.mixup,
+            cutmix_alpha: self.cutmix,
+            prob: self.mixup_prob,
+            switch_prob: self.mixup_switch_prob,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the model on tensor `input` (B,3,H,W) of a safetensors file; write tensor `logits`.
@@ -210,6 +244,8 @@ enum Command {
         /// Clip the global gradient norm.
         #[arg(long, value_name = "NORM")]
         clip_grad: Option<f64>,
+        #[command(flatten)]
+        regularisation: RegularisationArgs,
         /// Base keep rate (DeiT schedule); or idle_layers/keep_ratios in the config.
         #[arg(long, value_name = "R")]
         keep_rate: Option<f64>,
@@ -442,6 +478,7 @@ fn run(cli: Cli) -> Result<()> {
             warmup_epochs,
             weight_decay,
             clip_grad,
+            regularisation,
             keep_rate,
             objective,
             seed,
@@ -478,6 +515,9 @@ fn run(cli: Cli) -> Result<()> {
                 warmup_epochs,
                 weight_decay,
                 clip_grad,
+                drop_path: regularisation.drop_path,
+                mixup: regularisation.mixup(),
+                augment: !regularisation.no_augment,
                 objective: objective.objective(),
                 seed,
                 out_dir: out.clone(),

@@ -9,7 +9,7 @@ use std::io::Cursor;
 use anyhow::{Context, Result};
 use idlevit_tensor::Tensor;
 use image::imageops::FilterType;
-use image::{DynamicImage, ImageReader, Limits};
+use image::{DynamicImage, ImageReader, Limits, RgbImage};
 
 /// ImageNet channel means (RGB), as timm's `IMAGENET_DEFAULT_MEAN`.
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -70,11 +70,15 @@ impl EvalTransform {
 
 /// Decodes an image file and preprocesses it into a `(3, crop, crop)` tensor.
 pub fn load_image(path: &std::path::Path, transform: &EvalTransform) -> Result<Tensor> {
+    let image = read_image(path)?;
+    preprocess(&image, transform).with_context(|| format!("cannot preprocess {}", path.display()))
+}
+
+/// Reads and decodes an image file under [`decode_limits`].
+pub fn read_image(path: &std::path::Path) -> Result<DynamicImage> {
     let bytes =
         std::fs::read(path).with_context(|| format!("cannot open image {}", path.display()))?;
-    let image = decode_image(&bytes)
-        .with_context(|| format!("{} is not a decodable image", path.display()))?;
-    preprocess(&image, transform).with_context(|| format!("cannot preprocess {}", path.display()))
+    decode_image(&bytes).with_context(|| format!("{} is not a decodable image", path.display()))
 }
 
 /// The limits every decode runs under: [`MAX_IMAGE_SIDE`] and [`MAX_DECODE_BYTES`].
@@ -125,11 +129,24 @@ pub fn preprocess(image: &DynamicImage, transform: &EvalTransform) -> Result<Ten
     // torchvision rounds the crop offset to the nearest pixel.
     let left = ((f64::from(nw - transform.crop)) / 2.0).round() as u32;
     let top = ((f64::from(nh - transform.crop)) / 2.0).round() as u32;
-    let side = transform.crop as usize;
+    normalized_crop(&resized, left, top, transform.crop)
+}
+
+/// The `side x side` square of `rgb` at (`left`, `top`), scaled to [0, 1] and normalised with
+/// the ImageNet mean and std, as a `(3, side, side)` tensor.
+pub fn normalized_crop(rgb: &RgbImage, left: u32, top: u32, side: u32) -> Result<Tensor> {
+    anyhow::ensure!(
+        u64::from(left) + u64::from(side) <= u64::from(rgb.width())
+            && u64::from(top) + u64::from(side) <= u64::from(rgb.height()),
+        "crop {side}x{side} at ({left}, {top}) lies outside the {}x{} image",
+        rgb.width(),
+        rgb.height()
+    );
+    let side = side as usize;
     let mut data = vec![0.0f32; 3 * side * side];
     for y in 0..side {
         for x in 0..side {
-            let pixel = resized.get_pixel(left + x as u32, top + y as u32);
+            let pixel = rgb.get_pixel(left + x as u32, top + y as u32);
             for c in 0..3 {
                 let value = f32::from(pixel[c]) / 255.0;
                 data[(c * side + y) * side + x] = (value - IMAGENET_MEAN[c]) / IMAGENET_STD[c];

@@ -263,3 +263,77 @@ fn a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
         "the good checkpoint was replaced"
     );
 }
+
+/// The full regularisation recipe (augmentation, mixup/CutMix, drop path) is seeded: the same
+/// seed gives the same weights, and switching the recipe off changes them. Out-of-range
+/// settings are refused before training.
+#[test]
+fn the_training_recipe_is_seeded_and_checked() {
+    let (dir, config, weights) = setup("recipe");
+    let data = dir.join("data");
+    let train = |out: &str, extra: &[&str]| {
+        let out = dir.join(out);
+        let mut args = vec![
+            "finetune",
+            "--config",
+            s(&config),
+            "--weights",
+            s(&weights),
+            "--data",
+            s(&data),
+            "--batch",
+            "4",
+            "--epochs",
+            "1",
+            "--lr",
+            "1e-3",
+            "--seed",
+            "7",
+            "--out",
+            s(&out),
+        ];
+        args.extend_from_slice(extra);
+        let run = idlevit(&args);
+        (run, out.join("checkpoint.safetensors"))
+    };
+    let tensors = |path: &Path| {
+        let ckpt = Checkpoint::load_safetensors(path).unwrap();
+        ckpt.iter()
+            .map(|(name, t)| (name.to_string(), t.to_vec()))
+            .collect::<Vec<_>>()
+    };
+    let (first, first_ckpt) = train("a", &[]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let (second, second_ckpt) = train("b", &[]);
+    assert!(second.status.success());
+    assert_eq!(tensors(&first_ckpt), tensors(&second_ckpt));
+    let plain = [
+        "--no-augment",
+        "--mixup",
+        "0",
+        "--cutmix",
+        "0",
+        "--drop-path",
+        "0",
+    ];
+    let (third, plain_ckpt) = train("c", &plain);
+    assert!(third.status.success());
+    assert_ne!(tensors(&first_ckpt), tensors(&plain_ckpt));
+    for bad in [
+        ["--mixup-prob", "1.5"],
+        ["--drop-path", "1"],
+        ["--mixup", "-1"],
+    ] {
+        let (run, _) = train("bad", &bad);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            !run.status.success() && stderr.starts_with("error: "),
+            "{bad:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

@@ -87,4 +87,12 @@ pub trait Backend {
     /// Each row of the last axis divided by `max(||row||_2, eps)`, as
     /// `torch.nn.functional.normalize`.
     fn l2_normalize(&self, x: &Self::Value, eps: f32) -> Result<Self::Value>;
+
+    /// Stochastic depth on a residual branch `(batch, ...)`: a training backend with a random
+    /// stream zeroes each sample's branch with probability `rate` and scales the kept ones by
+    /// `1 / (1 - rate)` (timm's `DropPath`); inference returns the branch unchanged.
+    fn drop_path(&self, branch: &Self::Value, rate: f32) -> Result<Self::Value> {
+        let _ = rate;
+        Ok(branch.clone())
+    }
 }

@@ -27,6 +27,7 @@ pub struct Block {
     attn: Attention,
     norm2: LayerNorm,
     mlp: Mlp,
+    drop_path: f32,
 }
 
 impl Block {
@@ -43,7 +44,36 @@ impl Block {
             )?,
             norm2: LayerNorm::load(reader, &format!("{prefix}.norm2"), cfg.dim, cfg.norm_eps)?,
             mlp: Mlp::load(reader, &format!("{prefix}.mlp"), cfg.dim, cfg.mlp_hidden)?,
+            drop_path: 0.0,
         })
+    }
+
+    /// Sets the stochastic-depth rate of both residual branches, in [0, 1). It acts only
+    /// on a training backend with a random stream ([`Backend::drop_path`]).
+    pub fn set_drop_path(&mut self, rate: f32) -> Result<()> {
+        if !(0.0..1.0).contains(&rate) {
+            return Err(crate::NnError::Config(format!(
+                "drop-path rate must be in [0, 1), got {rate}"
+            )));
+        }
+        self.drop_path = rate;
+        Ok(())
+    }
+
+    /// The stochastic-depth rate of the residual branches.
+    pub fn drop_path(&self) -> f32 {
+        self.drop_path
+    }
+
+    /// `x + branch`, the branch under this block's drop path: how every form of the block
+    /// (dense, idle, masked, pruned, fused) closes a residual.
+    pub fn residual<B: Backend>(
+        &self,
+        bk: &B,
+        x: &B::Value,
+        branch: &B::Value,
+    ) -> Result<B::Value> {
+        bk.add(x, &bk.drop_path(branch, self.drop_path)?)
     }
 
     /// Visits every parameter, in checkpoint order.
@@ -80,7 +110,7 @@ impl Block {
     /// The dense block over all tokens of `x` `(batch, tokens, dim)`.
     pub fn forward<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
         let attn = self.attn.forward(bk, &self.norm1.forward(bk, x)?)?;
-        let x = bk.add(x, &attn)?;
-        bk.add(&x, &self.mlp_branch(bk, &x)?)
+        let x = self.residual(bk, x, &attn)?;
+        self.residual(bk, &x, &self.mlp_branch(bk, &x)?)
     }
 }

@@ -119,4 +119,26 @@ impl Backend for Tape {
     fn l2_normalize(&self, x: &Var, eps: f32) -> Result<Var> {
         Ok(Tape::l2_normalize(self, x, eps)?)
     }
+
+    fn drop_path(&self, branch: &Var, rate: f32) -> Result<Var> {
+        if rate <= 0.0 {
+            return Ok(branch.clone());
+        }
+        let shape = branch.shape();
+        let batch = shape.first().copied().unwrap_or(1);
+        let Some(draws) = self.uniform(batch) else {
+            return Ok(branch.clone());
+        };
+        let keep = 1.0 - rate;
+        let factors = draws
+            .into_iter()
+            .map(|u| if u < keep { 1.0 / keep } else { 0.0 })
+            .collect();
+        let mut factor_shape = vec![1; shape.len()];
+        if let Some(first) = factor_shape.first_mut() {
+            *first = batch;
+        }
+        let factors = Tensor::from_vec(factor_shape, factors)?;
+        Ok(Tape::mul(self, branch, &Tape::constant(self, factors))?)
+    }
 }

@@ -31,8 +31,8 @@ fn compute_selected<B: Backend>(
     let q = attn.split_heads(bk, &attn.project(bk, &h_sel, QkvPart::Query)?)?;
     let k = attn.split_heads(bk, &bk.gather_rows(&keys, rows)?)?;
     let v = attn.split_heads(bk, &attn.project(bk, &h_sel, QkvPart::Value)?)?;
-    let y = bk.add(&x_sel, &attn.attend(bk, &attn.logits(bk, &q, &k)?, &v)?)?;
-    let y = bk.add(&y, &block.mlp_branch(bk, &y)?)?;
+    let y = block.residual(bk, &x_sel, &attn.attend(bk, &attn.logits(bk, &q, &k)?, &v)?)?;
+    let y = block.residual(bk, &y, &block.mlp_branch(bk, &y)?)?;
     Ok((y, selection))
 }
 
@@ -91,10 +91,10 @@ pub fn idle_masked<B: Backend>(
     let token_mask = selection.token_mask()?;
     let mask = bk.constant(token_mask.clone());
     let update = bk.mul(&attn.attend(bk, &masked_logits, &heads.v)?, &mask)?;
-    let x = bk.add(x, &update)?;
+    let x = block.residual(bk, x, &update)?;
     let update = bk.mul(&block.mlp_branch(bk, &x)?, &mask)?;
     Ok(MaskedLayer {
-        output: bk.add(&x, &update)?,
+        output: block.residual(bk, &x, &update)?,
         selection,
         token_mask,
         logits,
@@ -116,14 +116,14 @@ pub fn evit_fused<B: Backend>(
     let h = block.norm1().forward(bk, x)?;
     let heads = attn.heads(bk, &h)?;
     let weights = bk.softmax(&attn.logits(bk, &heads.q, &heads.k)?)?;
-    let x = bk.add(x, &attn.attend_weights(bk, &weights, &heads.v)?)?;
+    let x = block.residual(bk, x, &attn.attend_weights(bk, &weights, &heads.v)?)?;
     let &[batch, tokens, _] = bk.shape(&x) else {
         unreachable!("attention checked the token layout");
     };
     let keep = evit_keep_count(tokens - 1, rate)?;
     if keep == tokens - 1 {
         let mlp = block.mlp_branch(bk, &x)?;
-        return Ok((bk.add(&x, &mlp)?, None));
+        return Ok((block.residual(bk, &x, &mlp)?, None));
     }
     let selection = TokenSelection::from_scores(&cls_scores(&bk.to_tensor(&weights))?, keep)?;
     let complement = selection.complement();
@@ -141,5 +141,5 @@ pub fn evit_fused<B: Backend>(
     )?;
     let x = bk.concat(&[bk.gather_rows(&x, selection.indices())?, fused], 1)?;
     let mlp = block.mlp_branch(bk, &x)?;
-    Ok((bk.add(&x, &mlp)?, Some(selection)))
+    Ok((block.residual(bk, &x, &mlp)?, Some(selection)))
 }

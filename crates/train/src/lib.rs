@@ -15,16 +15,18 @@
 //! ```
 
 mod error;
+mod mixup;
 mod objective;
 mod optim;
 mod schedule;
 mod step;
 
 pub use error::TrainError;
+pub use mixup::{Mixing, Mixup};
 pub use objective::{LossParts, Objective, Teacher, smoothed_targets};
 pub use optim::{AdamW, clip_grad_norm, decays};
 pub use schedule::CosineSchedule;
-pub use step::{parameter_gradients, train_step};
+pub use step::{StepSettings, parameter_gradients, train_step};
 
 /// Result type of this crate.
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;

@@ -9,8 +9,19 @@ use idlevit_zoo::DeiT;
 
 use crate::{AdamW, Objective, Result, Teacher, TrainError, clip_grad_norm};
 
+/// The settings of one optimiser step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepSettings {
+    /// Learning rate of this step.
+    pub lr: f64,
+    /// Clip the global gradient norm to this value.
+    pub clip_grad: Option<f64>,
+    /// Seed of the step's random stream (drop path); `None` runs the student without
+    /// stochastic depth.
+    pub seed: Option<u64>,
+}
+
 /// One optimiser step on a batch; returns the loss before the step.
-#[allow(clippy::too_many_arguments)]
 pub fn train_step(
     student: &mut DeiT,
     teacher: Option<&DeiT>,
@@ -18,14 +29,13 @@ pub fn train_step(
     objective: &Objective,
     images: &Tensor,
     targets: &Tensor,
-    lr: f64,
-    clip_grad: Option<f64>,
+    settings: &StepSettings,
 ) -> Result<f32> {
     let teacher_out = match teacher {
         Some(t) if objective.distill_weight != 0.0 => Some(Teacher::run(t, images)?),
         _ => None,
     };
-    let tape = Tape::new();
+    let tape = settings.seed.map_or_else(Tape::new, Tape::with_seed);
     let parts = objective.compute(&tape, student, images, targets, teacher_out.as_ref())?;
     let loss = tape
         .to_tensor(&parts.total)
@@ -37,10 +47,10 @@ pub fn train_step(
         return Err(TrainError::NonFinite(loss));
     }
     let mut grads = parameter_gradients(&tape, &parts.total, student)?;
-    if let Some(max_norm) = clip_grad {
+    if let Some(max_norm) = settings.clip_grad {
         clip_grad_norm(&mut grads, max_norm);
     }
-    optimizer.step(student, &grads, lr)?;
+    optimizer.step(student, &grads, settings.lr)?;
     Ok(loss)
 }
 

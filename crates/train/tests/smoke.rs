@@ -2,7 +2,7 @@
 
 use idlevit_cutloss::CutLoss;
 use idlevit_tensor::Tensor;
-use idlevit_train::{AdamW, CosineSchedule, Objective, smoothed_targets, train_step};
+use idlevit_train::{AdamW, CosineSchedule, Objective, StepSettings, smoothed_targets, train_step};
 use idlevit_zoo::{DeiT, DeiTConfig, PolicyKind, Schedule, TokenPolicy};
 
 /// Images of 8x8 pixels whose class is where a bright 4x4 square sits (one of 4 quadrants),
@@ -81,8 +81,11 @@ fn a_tiny_idle_model_fits_a_generated_task() {
                 &objective,
                 &images,
                 &targets,
-                schedule.lr(step),
-                Some(1.0),
+                &StepSettings {
+                    lr: schedule.lr(step),
+                    clip_grad: Some(1.0),
+                    seed: None,
+                },
             )
             .unwrap()
         })

@@ -113,6 +113,17 @@ impl DeiT {
         Ok(self)
     }
 
+    /// The same model with stochastic depth for training: block `i` of `depth` drops its
+    /// residual branches at `rate * i / (depth - 1)`, timm's linear rule (the release
+    /// finetunes with 0.1). Only a seeded training tape applies it; inference is unchanged.
+    pub fn with_drop_path(mut self, rate: f32) -> Result<Self> {
+        let last = self.blocks.len().saturating_sub(1).max(1) as f32;
+        for (i, block) in self.blocks.iter_mut().enumerate() {
+            block.set_drop_path(rate * i as f32 / last)?;
+        }
+        Ok(self)
+    }
+
     /// Visits every parameter in checkpoint order.
     pub fn visit_params(&self, f: &mut ParamVisitor<'_>) {
         self.patch_embed.visit_params(f);

@@ -6,6 +6,9 @@ use std::collections::BTreeMap;
 use idlevit_nn::{Eager, Tape, Tensor};
 use idlevit_zoo::{DeiT, DeiTConfig, PolicyKind, Schedule, TokenPolicy};
 
+mod common;
+use common::{check_directional_derivatives, values};
+
 fn config() -> DeiTConfig {
     DeiTConfig {
         img_size: 32,
@@ -17,21 +20,6 @@ fn config() -> DeiTConfig {
         num_classes: 7,
         ..DeiTConfig::tiny()
     }
-}
-
-/// Deterministic values in [-1, 1).
-fn values(seed: u64, shape: &[usize]) -> Tensor {
-    let mut state = seed;
-    let n = shape.iter().product();
-    let data = (0..n)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect();
-    Tensor::from_vec(shape.to_vec(), data).unwrap()
 }
 
 /// `sum(logits * c)` on the tape, and the gradient of every parameter by name.
@@ -128,45 +116,5 @@ fn parameter_gradients_match_finite_differences() {
     let images = values(4, &[2, 3, 32, 32]);
     let c = values(6, &[2, 7]);
     let (_, grads) = loss_and_grads(&model, &images, &c);
-    const STEP: f32 = 1e-2;
-    let mut seed = 100;
-    for (name, grad) in &grads {
-        seed += 1;
-        let d = values(seed, grad.shape());
-        let norm = d.to_vec().iter().map(|v| v * v).sum::<f32>().sqrt();
-        let d = d.map(|v| v / norm);
-        let predicted: f64 = grad
-            .to_vec()
-            .iter()
-            .zip(d.to_vec())
-            .map(|(&g, d)| f64::from(g) * f64::from(d))
-            .sum();
-        let shifted = |sign: f32| {
-            let mut m = model.clone();
-            m.visit_params_mut(&mut |p| {
-                if p.name() == name {
-                    let moved: Vec<f32> = p
-                        .value()
-                        .to_vec()
-                        .iter()
-                        .zip(d.to_vec())
-                        .map(|(&v, d)| v + sign * STEP * d)
-                        .collect();
-                    *p.value_mut() = Tensor::from_vec(p.value().shape().to_vec(), moved).unwrap();
-                }
-            });
-            eager_loss(&m, &images, &c)
-        };
-        let numeric = (shifted(1.0) - shifted(-1.0)) / (2.0 * f64::from(STEP));
-        let scale = grad
-            .to_vec()
-            .iter()
-            .map(|&g| f64::from(g).powi(2))
-            .sum::<f64>()
-            .sqrt();
-        assert!(
-            (numeric - predicted).abs() <= 2e-3 * scale + 1e-4,
-            "{name}: finite difference {numeric}, gradient {predicted} (|grad| {scale})"
-        );
-    }
+    check_directional_derivatives(&model, &grads, |m| eager_loss(m, &images, &c), 2e-3, 1e-4);
 }

@@ -6,6 +6,7 @@ use idlevit_zoo::DeiT;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::data::ImageFolder;
+use crate::distributed::{ProcessGroup, SingleProcess, shard};
 use crate::preprocess::EvalTransform;
 
 /// Accuracy over a data set.
@@ -37,6 +38,19 @@ pub fn evaluate(
     batch: usize,
     progress: bool,
 ) -> Result<Accuracy> {
+    evaluate_in_group(model, data, batch, progress, &SingleProcess)
+}
+
+/// [`evaluate`] as one rank of `group`: each rank evaluates its contiguous part of the data
+/// set ([`shard`]) and the counts are summed, so every rank returns the accuracy over all of
+/// it, exactly what one process computes.
+pub fn evaluate_in_group(
+    model: &DeiT,
+    data: &ImageFolder,
+    batch: usize,
+    progress: bool,
+    group: &dyn ProcessGroup,
+) -> Result<Accuracy> {
     if batch == 0 {
         bail!("--batch must be at least 1");
     }
@@ -48,8 +62,10 @@ pub fn evaluate(
         );
     }
     let transform = EvalTransform::for_size(model.config().img_size);
-    let bar = if progress {
-        ProgressBar::new(data.len() as u64)
+    let indices: Vec<usize> = (0..data.len()).collect();
+    let mine = shard(&indices, group.rank(), group.size());
+    let bar = if progress && group.is_leader() {
+        ProgressBar::new(mine.len() as u64)
     } else {
         ProgressBar::hidden()
     };
@@ -60,8 +76,7 @@ pub fn evaluate(
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let (mut top1, mut top5) = (0usize, 0usize);
-    let indices: Vec<usize> = (0..data.len()).collect();
-    for chunk in indices.chunks(batch) {
+    for chunk in mine.chunks(batch) {
         let (images, labels) = data.batch(chunk, &transform)?;
         let logits = model.forward(&Eager, &images)?.to_vec();
         for (row, &label) in logits.chunks(classes).zip(&labels) {
@@ -75,10 +90,13 @@ pub fn evaluate(
         ));
     }
     bar.finish_and_clear();
+    // Counts below 2^53 are exact in f64, so the sum is the same on every rank.
+    let mut counts = [top1 as f64, top5 as f64];
+    group.sum_f64(&mut counts)?;
     let n = data.len() as f64;
     Ok(Accuracy {
         images: data.len(),
-        top1: top1 as f64 / n,
-        top5: top5 as f64 / n,
+        top1: counts[0] / n,
+        top5: counts[1] / n,
     })
 }

@@ -1,6 +1,7 @@
 //! The finetuning loop: masked-form student, frozen dense teacher, AdamW with a cosine
 //! schedule, a checkpoint per epoch (written atomically), resume, final validation.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -8,14 +9,16 @@ use anyhow::{Context, Result, bail};
 use idlevit_checkpoint::Checkpoint;
 use idlevit_tensor::Tensor;
 use idlevit_train::{
-    AdamW, CosineSchedule, Mixup, Objective, StepSettings, smoothed_targets, train_step,
+    AdamW, CosineSchedule, Mixup, Objective, StepSettings, TrainError, apply_gradients,
+    smoothed_targets, step_gradients,
 };
 use idlevit_zoo::DeiT;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::augment::TrainTransform;
 use crate::data::{ImageFolder, shuffled};
-use crate::evaluate::{Accuracy, evaluate};
+use crate::distributed::{ProcessGroup, SingleProcess, average_gradients, shard};
+use crate::evaluate::{Accuracy, evaluate_in_group};
 use crate::preprocess::EvalTransform;
 
 /// How to finetune.
@@ -96,6 +99,16 @@ fn step_seed(seed: u64, step: usize) -> u64 {
     z ^ (z >> 31)
 }
 
+/// A zero gradient for every parameter: the part of a rank that has no samples in a step.
+fn zero_gradients(model: &DeiT) -> BTreeMap<String, Tensor> {
+    let mut grads = BTreeMap::new();
+    model.visit_params(&mut |p| {
+        let zeros = Tensor::zeros(p.value().shape()).unwrap_or_else(|_| Tensor::scalar(0.0));
+        grads.insert(p.name().to_string(), zeros);
+    });
+    grads
+}
+
 /// Restores weights, optimiser state and the epoch count from a finetuning checkpoint.
 fn resume(student: &mut DeiT, optimizer: &mut AdamW, path: &Path) -> Result<usize> {
     let mut ckpt = Checkpoint::load_safetensors(path)?;
@@ -121,6 +134,22 @@ pub fn finetune(
     train: &ImageFolder,
     val: Option<&ImageFolder>,
     options: &FinetuneOptions,
+) -> Result<FinetuneReport> {
+    finetune_in_group(student, teacher, train, val, options, &SingleProcess)
+}
+
+/// [`finetune`] as one rank of `group`: every step's global batch of
+/// `options.batch * group.size()` images is split across the ranks ([`shard`]), each rank
+/// computes the gradients of its part, and the ranks average them (weighted by their share)
+/// before each takes the same optimiser step, so that all hold the same weights. Only the
+/// leader (rank 0) shows progress and writes checkpoints; validation is sharded too.
+pub fn finetune_in_group(
+    student: &mut DeiT,
+    teacher: Option<&DeiT>,
+    train: &ImageFolder,
+    val: Option<&ImageFolder>,
+    options: &FinetuneOptions,
+    group: &dyn ProcessGroup,
 ) -> Result<FinetuneReport> {
     if options.batch == 0 || options.epochs == 0 {
         bail!("--batch and --epochs must be at least 1");
@@ -151,7 +180,8 @@ pub fn finetune(
     };
     // Drop path acts only on the seeded training tape, so the model keeps it after training.
     *student = student.clone().with_drop_path(options.drop_path)?;
-    let steps_per_epoch = train.len().div_ceil(options.batch);
+    let global_batch = options.batch * group.size();
+    let steps_per_epoch = train.len().div_ceil(global_batch);
     let schedule = CosineSchedule {
         base_lr: options.lr,
         min_lr: options.min_lr,
@@ -163,8 +193,9 @@ pub fn finetune(
     let train_transform = TrainTransform::for_size(student.config().img_size);
     let path = checkpoint_path(&options.out_dir);
     let mut epoch_losses = Vec::new();
+    let rank_stream = (group.rank() as u64) << 32;
     for epoch in first_epoch..options.epochs {
-        let bar = if options.progress {
+        let bar = if options.progress && group.is_leader() {
             ProgressBar::new(train.len() as u64)
         } else {
             ProgressBar::hidden()
@@ -176,31 +207,48 @@ pub fn finetune(
         bar.set_prefix(format!("{}/{}", epoch + 1, options.epochs));
         let order = shuffled(train.len(), options.seed.wrapping_add(epoch as u64));
         let (mut loss_sum, started) = (0.0f64, Instant::now());
-        for (step_in_epoch, chunk) in order.chunks(options.batch).enumerate() {
+        for (step_in_epoch, chunk) in order.chunks(global_batch).enumerate() {
             let step = epoch * steps_per_epoch + step_in_epoch;
             let lr = schedule.lr(step);
             let step_seed = step_seed(options.seed, step);
-            let (images, labels) = if options.augment {
-                train.train_batch(chunk, &train_transform, step_seed)?
+            let mine = shard(chunk, group.rank(), group.size());
+            let (local_loss, mut grads) = if mine.is_empty() {
+                (0.0, zero_gradients(student))
             } else {
-                train.batch(chunk, &eval_transform)?
+                let (images, labels) = if options.augment {
+                    train.train_batch(mine, &train_transform, step_seed)?
+                } else {
+                    train.batch(mine, &eval_transform)?
+                };
+                let targets = smoothed_targets(&labels, classes, options.objective.smoothing)?;
+                let (images, targets) =
+                    options
+                        .mixup
+                        .apply(&images, &targets, step_seed ^ 1 ^ rank_stream)?;
+                step_gradients(
+                    student,
+                    teacher,
+                    &options.objective,
+                    &images,
+                    &targets,
+                    Some(step_seed ^ 2 ^ rank_stream),
+                )?
             };
-            let targets = smoothed_targets(&labels, classes, options.objective.smoothing)?;
-            let (images, targets) = options.mixup.apply(&images, &targets, step_seed ^ 1)?;
+            // The batch-mean loss over all ranks; a non-finite loss anywhere makes the sum
+            // non-finite, so every rank stops at the same step.
+            let mut loss_total = [f64::from(local_loss) * mine.len() as f64];
+            group.sum_f64(&mut loss_total)?;
+            let loss = (loss_total[0] / chunk.len() as f64) as f32;
+            if !loss.is_finite() {
+                return Err(TrainError::NonFinite(loss).into());
+            }
+            average_gradients(group, &mut grads, mine.len(), chunk.len())?;
             let settings = StepSettings {
                 lr,
                 clip_grad: options.clip_grad,
-                seed: Some(step_seed ^ 2),
+                seed: None,
             };
-            let loss = train_step(
-                student,
-                teacher,
-                &mut optimizer,
-                &options.objective,
-                &images,
-                &targets,
-                &settings,
-            )?;
+            apply_gradients(student, &mut optimizer, grads, &settings)?;
             loss_sum += f64::from(loss);
             bar.inc(chunk.len() as u64);
             let rate = bar.position() as f64 / started.elapsed().as_secs_f64().max(1e-9);
@@ -208,10 +256,12 @@ pub fn finetune(
         }
         bar.finish_and_clear();
         epoch_losses.push((loss_sum / steps_per_epoch as f64) as f32);
-        save(student, &optimizer, epoch + 1, &path)?;
+        if group.is_leader() {
+            save(student, &optimizer, epoch + 1, &path)?;
+        }
     }
     let validation = val
-        .map(|v| evaluate(student, v, options.batch, options.progress))
+        .map(|v| evaluate_in_group(student, v, options.batch, options.progress, group))
         .transpose()?;
     Ok(FinetuneReport {
         first_epoch,

@@ -13,6 +13,7 @@
 pub mod augment;
 pub mod commands;
 pub mod data;
+pub mod distributed;
 pub mod evaluate;
 pub mod finetune;
 pub mod policy;

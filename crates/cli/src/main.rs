@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use idlevit_cli::commands;
+use idlevit_cli::distributed::{ProcessGroup, SingleProcess};
 use idlevit_cli::policy::{Mode, policy_or_dense, resolve_policy};
 use idlevit_cli::weights::{load_model, resolve_config};
 use idlevit_zoo::{PolicyKind, TokenPolicy, macs};
@@ -291,7 +292,7 @@ enum Command {
     },
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
     if let Some(threads) = cli.threads {
         anyhow::ensure!(threads >= 1, "--threads must be at least 1");
         rayon::ThreadPoolBuilder::new()
@@ -524,13 +525,28 @@ fn run(cli: Cli) -> Result<()> {
                 resume,
                 progress: true,
             };
-            let report = idlevit_cli::finetune::finetune(
+            let options = idlevit_cli::finetune::FinetuneOptions {
+                progress: group.is_leader(),
+                ..options
+            };
+            let report = idlevit_cli::finetune::finetune_in_group(
                 &mut student,
                 Some(&teacher),
                 &train,
                 val.as_ref(),
                 &options,
+                group,
             )?;
+            if !group.is_leader() {
+                return Ok(());
+            }
+            if group.size() > 1 {
+                println!(
+                    "{} ranks, global batch {}",
+                    group.size(),
+                    batch * group.size()
+                );
+            }
             for (i, loss) in report.epoch_losses.iter().enumerate() {
                 println!("epoch {} mean loss {loss:.4}", report.first_epoch + i + 1);
             }
@@ -563,7 +579,16 @@ fn run(cli: Cli) -> Result<()> {
                 resolve_policy(&config, policy.mode, policy.policy, policy.keep_rate)?;
             let model = load_model(&config, Some(&weights), strict)?.with_policy(token_policy)?;
             let data = idlevit_cli::data::ImageFolder::open(&data)?;
-            let acc = idlevit_cli::evaluate::evaluate(&model, &data, batch, true)?;
+            let acc = idlevit_cli::evaluate::evaluate_in_group(
+                &model,
+                &data,
+                batch,
+                group.is_leader(),
+                group,
+            )?;
+            if !group.is_leader() {
+                return Ok(());
+            }
             println!(
                 "top-1 {:.2}%  top-5 {:.2}%  ({} images)",
                 100.0 * acc.top1,
@@ -597,7 +622,26 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    #[cfg(feature = "mpi")]
+    if idlevit_cli::distributed::mpi_group::launched_by_mpi() {
+        let group = match idlevit_cli::distributed::mpi_group::MpiGroup::init() {
+            Ok(group) => group,
+            Err(err) => {
+                eprintln!("error: cannot join the MPI job: {err:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        return match run(cli, &group) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("error (rank {} of {}): {err:#}", group.rank(), group.size());
+                // The other ranks may be waiting in a collective this rank will never join.
+                group.abort(1)
+            }
+        };
+    }
+    match run(cli, &SingleProcess) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");

@@ -1,9 +1,12 @@
 //! `idlevit finetune` / `eval` on a generated image folder, and their bad-input errors.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use idlevit_checkpoint::Checkpoint;
+
+mod common;
+use common::{CONFIG, finetune_args, s, setup};
 use idlevit_zoo::{DeiT, DeiTConfig};
 
 fn idlevit(args: &[&str]) -> Output {
@@ -11,56 +14,6 @@ fn idlevit(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("the idlevit binary runs")
-}
-
-fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("idlevit-train-cli-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 path")
-}
-
-const CONFIG: &str = r#"{"img_size": 16, "patch_size": 8, "embed_dim": 16, "depth": 2, "num_heads": 2,
-    "mlp_ratio": 2.0, "num_classes": 3, "qkv_bias": true, "idle_layers": [1], "keep_ratios": [0.5]}"#;
-
-/// `dir/<class>/<i>.png`: class c is a bright square in corner c on a dark background.
-fn write_folder(dir: &Path, per_class: usize) {
-    for class in 0..3u32 {
-        let folder = dir.join(format!("class{class}"));
-        std::fs::create_dir_all(&folder).unwrap();
-        for i in 0..per_class as u32 {
-            let image = image::RgbImage::from_fn(20, 20, |x, y| {
-                let corner = (x < 10) as u32 + 2 * (y < 10) as u32;
-                let v = if corner == class {
-                    220
-                } else {
-                    30 + ((x * 7 + y * 3 + i * 11) % 40) as u8 as u32
-                };
-                image::Rgb([v as u8, v as u8, v as u8])
-            });
-            image.save(folder.join(format!("{i}.png"))).unwrap();
-        }
-    }
-}
-
-fn setup(test: &str) -> (PathBuf, PathBuf, PathBuf) {
-    let dir = scratch(test);
-    let config = dir.join("config.json");
-    std::fs::write(&config, CONFIG).unwrap();
-    let model = DeiT::random(&DeiTConfig::from_json(CONFIG).unwrap(), 3).unwrap();
-    let weights = dir.join("weights.safetensors");
-    model
-        .to_checkpoint()
-        .unwrap()
-        .save_safetensors(&weights)
-        .unwrap();
-    write_folder(&dir.join("data/train"), 4);
-    write_folder(&dir.join("data/val"), 2);
-    (dir, config, weights)
 }
 
 #[test]
@@ -274,25 +227,11 @@ fn the_training_recipe_is_seeded_and_checked() {
     let train = |out: &str, extra: &[&str]| {
         let out = dir.join(out);
         let mut args = vec![
-            "finetune",
-            "--config",
-            s(&config),
-            "--weights",
-            s(&weights),
-            "--data",
-            s(&data),
-            "--batch",
-            "4",
-            "--epochs",
-            "1",
-            "--lr",
-            "1e-3",
-            "--seed",
-            "7",
-            "--out",
-            s(&out),
+            "--batch", "4", "--epochs", "1", "--lr", "1e-3", "--seed", "7",
         ];
         args.extend_from_slice(extra);
+        let args = finetune_args(&config, &weights, &data, &out, &args);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let run = idlevit(&args);
         (run, out.join("checkpoint.safetensors"))
     };

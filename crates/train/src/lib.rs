@@ -26,7 +26,7 @@ pub use mixup::{Mixing, Mixup};
 pub use objective::{LossParts, Objective, Teacher, smoothed_targets};
 pub use optim::{AdamW, clip_grad_norm, decays};
 pub use schedule::CosineSchedule;
-pub use step::{StepSettings, parameter_gradients, train_step};
+pub use step::{StepSettings, apply_gradients, parameter_gradients, step_gradients, train_step};
 
 /// Result type of this crate.
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;

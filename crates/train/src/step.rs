@@ -31,11 +31,31 @@ pub fn train_step(
     targets: &Tensor,
     settings: &StepSettings,
 ) -> Result<f32> {
+    let (loss, grads) =
+        step_gradients(student, teacher, objective, images, targets, settings.seed)?;
+    if !loss.is_finite() {
+        return Err(TrainError::NonFinite(loss));
+    }
+    apply_gradients(student, optimizer, grads, settings)?;
+    Ok(loss)
+}
+
+/// The loss of a batch and the gradient of every parameter, without updating anything (what
+/// each rank of a data-parallel step computes before the gradients are averaged). `seed`
+/// drives the step's stochastic layers, as in [`StepSettings::seed`].
+pub fn step_gradients(
+    student: &DeiT,
+    teacher: Option<&DeiT>,
+    objective: &Objective,
+    images: &Tensor,
+    targets: &Tensor,
+    seed: Option<u64>,
+) -> Result<(f32, BTreeMap<String, Tensor>)> {
     let teacher_out = match teacher {
         Some(t) if objective.distill_weight != 0.0 => Some(Teacher::run(t, images)?),
         _ => None,
     };
-    let tape = settings.seed.map_or_else(Tape::new, Tape::with_seed);
+    let tape = seed.map_or_else(Tape::new, Tape::with_seed);
     let parts = objective.compute(&tape, student, images, targets, teacher_out.as_ref())?;
     let loss = tape
         .to_tensor(&parts.total)
@@ -43,15 +63,21 @@ pub fn train_step(
         .first()
         .copied()
         .unwrap_or(f32::NAN);
-    if !loss.is_finite() {
-        return Err(TrainError::NonFinite(loss));
-    }
-    let mut grads = parameter_gradients(&tape, &parts.total, student)?;
+    let grads = parameter_gradients(&tape, &parts.total, student)?;
+    Ok((loss, grads))
+}
+
+/// Clips `grads` as `settings` ask and takes one optimiser step with them.
+pub fn apply_gradients(
+    student: &mut DeiT,
+    optimizer: &mut AdamW,
+    mut grads: BTreeMap<String, Tensor>,
+    settings: &StepSettings,
+) -> Result<()> {
     if let Some(max_norm) = settings.clip_grad {
         clip_grad_norm(&mut grads, max_norm);
     }
-    optimizer.step(student, &grads, settings.lr)?;
-    Ok(loss)
+    optimizer.step(student, &grads, settings.lr)
 }
 
 /// Backpropagates `total` and returns the gradient of every parameter of `model`, by name,

@@ -1,0 +1,74 @@
+//! A generated image-folder task shared by the finetuning and evaluation tests.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use idlevit_zoo::{DeiT, DeiTConfig};
+
+pub fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("idlevit-train-cli-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+pub const CONFIG: &str = r#"{"img_size": 16, "patch_size": 8, "embed_dim": 16, "depth": 2, "num_heads": 2,
+    "mlp_ratio": 2.0, "num_classes": 3, "qkv_bias": true, "idle_layers": [1], "keep_ratios": [0.5]}"#;
+
+/// `dir/<class>/<i>.png`: class c is a bright square in corner c on a dark background.
+pub fn write_folder(dir: &Path, per_class: usize) {
+    for class in 0..3u32 {
+        let folder = dir.join(format!("class{class}"));
+        std::fs::create_dir_all(&folder).unwrap();
+        for i in 0..per_class as u32 {
+            let image = image::RgbImage::from_fn(20, 20, |x, y| {
+                let corner = (x < 10) as u32 + 2 * (y < 10) as u32;
+                let v = if corner == class {
+                    220
+                } else {
+                    30 + ((x * 7 + y * 3 + i * 11) % 40) as u8 as u32
+                };
+                image::Rgb([v as u8, v as u8, v as u8])
+            });
+            image.save(folder.join(format!("{i}.png"))).unwrap();
+        }
+    }
+}
+
+pub fn setup(test: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let dir = scratch(test);
+    let config = dir.join("config.json");
+    std::fs::write(&config, CONFIG).unwrap();
+    let model = DeiT::random(&DeiTConfig::from_json(CONFIG).unwrap(), 3).unwrap();
+    let weights = dir.join("weights.safetensors");
+    model
+        .to_checkpoint()
+        .unwrap()
+        .save_safetensors(&weights)
+        .unwrap();
+    write_folder(&dir.join("data/train"), 4);
+    write_folder(&dir.join("data/val"), 2);
+    (dir, config, weights)
+}
+
+/// `finetune --config C --weights W --data D --out O` followed by `extra`.
+pub fn finetune_args(
+    config: &Path,
+    weights: &Path,
+    data: &Path,
+    out: &Path,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut args: Vec<String> = ["finetune", "--config", s(config), "--weights", s(weights)]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    args.extend(["--data", s(data), "--out", s(out)].map(String::from));
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}

@@ -1,5 +1,6 @@
 //! The operations a layer's maths is written in.
 
+use idlevit_autodiff::ops::Conv2dSpec;
 use idlevit_tensor::Tensor;
 
 use crate::{Param, Result};
@@ -87,4 +88,17 @@ pub trait Backend {
     /// Each row of the last axis divided by `max(||row||_2, eps)`, as
     /// `torch.nn.functional.normalize`.
     fn l2_normalize(&self, x: &Self::Value, eps: f32) -> Result<Self::Value>;
+    /// 2-D convolution of `x` `(batch, in, H, W)` with `w` `(out, in / groups, kh, kw)` and
+    /// an optional bias `(out)`, as `torch.nn.functional.conv2d`.
+    fn conv2d(
+        &self,
+        x: &Self::Value,
+        w: &Self::Value,
+        b: Option<&Self::Value>,
+        spec: Conv2dSpec,
+    ) -> Result<Self::Value>;
+    /// `max(x, 0)`.
+    fn relu(&self, x: &Self::Value) -> Result<Self::Value>;
+    /// Maximum over `axis`, which is removed.
+    fn max_axis(&self, x: &Self::Value, axis: usize) -> Result<Self::Value>;
 }

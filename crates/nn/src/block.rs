@@ -18,6 +18,9 @@ pub struct BlockConfig {
     pub qkv_bias: bool,
     /// Layer-norm epsilon.
     pub norm_eps: f32,
+    /// Every residual branch is divided by this before it is added (LV-ViT's `skip_lam`;
+    /// 1 for timm's ViT).
+    pub skip_lam: f32,
 }
 
 /// `x + attn(norm1(x))`, then `x + mlp(norm2(x))`, as timm's `Block`.
@@ -27,11 +30,18 @@ pub struct Block {
     attn: Attention,
     norm2: LayerNorm,
     mlp: Mlp,
+    skip_lam: f32,
 }
 
 impl Block {
     /// Reads the block's weights under `prefix` (e.g. `blocks.3`).
     pub fn load(reader: &mut WeightReader, prefix: &str, cfg: &BlockConfig) -> Result<Self> {
+        if !(cfg.skip_lam.is_finite() && cfg.skip_lam > 0.0) {
+            return Err(crate::NnError::Config(format!(
+                "skip_lam must be a positive number, found {}",
+                cfg.skip_lam
+            )));
+        }
         Ok(Self {
             norm1: LayerNorm::load(reader, &format!("{prefix}.norm1"), cfg.dim, cfg.norm_eps)?,
             attn: Attention::load(
@@ -43,6 +53,7 @@ impl Block {
             )?,
             norm2: LayerNorm::load(reader, &format!("{prefix}.norm2"), cfg.dim, cfg.norm_eps)?,
             mlp: Mlp::load(reader, &format!("{prefix}.mlp"), cfg.dim, cfg.mlp_hidden)?,
+            skip_lam: cfg.skip_lam,
         })
     }
 
@@ -72,15 +83,25 @@ impl Block {
         &self.norm1
     }
 
-    /// The residual branch of the MLP half: `mlp(norm2(x))`.
+    /// A residual branch's output as it is added: divided by `skip_lam` (nothing is
+    /// computed when that is 1).
+    pub fn residual<B: Backend>(&self, bk: &B, branch: B::Value) -> Result<B::Value> {
+        if self.skip_lam == 1.0 {
+            Ok(branch)
+        } else {
+            bk.scale(&branch, 1.0 / self.skip_lam)
+        }
+    }
+
+    /// The residual branch of the MLP half as it is added: `mlp(norm2(x)) / skip_lam`.
     pub fn mlp_branch<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
-        self.mlp.forward(bk, &self.norm2.forward(bk, x)?)
+        self.residual(bk, self.mlp.forward(bk, &self.norm2.forward(bk, x)?)?)
     }
 
     /// The dense block over all tokens of `x` `(batch, tokens, dim)`.
     pub fn forward<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
         let attn = self.attn.forward(bk, &self.norm1.forward(bk, x)?)?;
-        let x = bk.add(x, &attn)?;
+        let x = bk.add(x, &self.residual(bk, attn)?)?;
         bk.add(&x, &self.mlp_branch(bk, &x)?)
     }
 }

@@ -31,7 +31,8 @@ fn compute_selected<B: Backend>(
     let q = attn.split_heads(bk, &attn.project(bk, &h_sel, QkvPart::Query)?)?;
     let k = attn.split_heads(bk, &bk.gather_rows(&keys, rows)?)?;
     let v = attn.split_heads(bk, &attn.project(bk, &h_sel, QkvPart::Value)?)?;
-    let y = bk.add(&x_sel, &attn.attend(bk, &attn.logits(bk, &q, &k)?, &v)?)?;
+    let attended = attn.attend(bk, &attn.logits(bk, &q, &k)?, &v)?;
+    let y = bk.add(&x_sel, &block.residual(bk, attended)?)?;
     let y = bk.add(&y, &block.mlp_branch(bk, &y)?)?;
     Ok((y, selection))
 }
@@ -90,7 +91,8 @@ pub fn idle_masked<B: Backend>(
     let masked_logits = bk.add(&logits, &bk.constant(selection.key_mask()?))?;
     let token_mask = selection.token_mask()?;
     let mask = bk.constant(token_mask.clone());
-    let update = bk.mul(&attn.attend(bk, &masked_logits, &heads.v)?, &mask)?;
+    let attended = block.residual(bk, attn.attend(bk, &masked_logits, &heads.v)?)?;
+    let update = bk.mul(&attended, &mask)?;
     let x = bk.add(x, &update)?;
     let update = bk.mul(&block.mlp_branch(bk, &x)?, &mask)?;
     Ok(MaskedLayer {
@@ -116,7 +118,10 @@ pub fn evit_fused<B: Backend>(
     let h = block.norm1().forward(bk, x)?;
     let heads = attn.heads(bk, &h)?;
     let weights = bk.softmax(&attn.logits(bk, &heads.q, &heads.k)?)?;
-    let x = bk.add(x, &attn.attend_weights(bk, &weights, &heads.v)?)?;
+    let x = bk.add(
+        x,
+        &block.residual(bk, attn.attend_weights(bk, &weights, &heads.v)?)?,
+    )?;
     let &[batch, tokens, _] = bk.shape(&x) else {
         unreachable!("attention checked the token layout");
     };

@@ -84,6 +84,7 @@ impl DeiT {
             mlp_hidden: config.mlp_hidden(),
             qkv_bias: config.qkv_bias,
             norm_eps: NORM_EPS,
+            skip_lam: 1.0,
         };
         let blocks = (0..config.depth)
             .map(|i| Block::load(&mut reader, &format!("blocks.{i}"), &block_config))

@@ -29,7 +29,7 @@ struct ModelArgs {
     #[arg(long, value_name = "CFG.json")]
     config: Option<PathBuf>,
     /// A named model instead of --config: deit_tiny, deit_small, deit_base; `flops` and
-    /// `bench` also take lvvit_s, lvvit_m.
+    /// `bench` also take lvvit_s, lvvit_m, pvt_v2_b0, pvt_v2_b1, pvt_v2_b2.
     #[arg(long, value_name = "NAME")]
     model: Option<String>,
 }

@@ -82,7 +82,10 @@ pub fn load_zoo_model(config: &ZooConfig, weights: Option<&Path>) -> Result<ZooM
         (ZooConfig::DeiT(c), weights) => Ok(ZooModel::DeiT(Box::new(load_model(c, weights)?))),
         (config, None) => Ok(ZooModel::random(config, 0)?),
         (config, Some(path)) => {
-            let ckpt = LvVit::adapt(read_checkpoint(path, false)?);
+            let mut ckpt = read_checkpoint(path, false)?;
+            if matches!(config, ZooConfig::LvVit(_)) {
+                ckpt = LvVit::adapt(ckpt);
+            }
             ZooModel::load(config, ckpt)
                 .with_context(|| format!("weights {} do not fit the model", path.display()))
         }

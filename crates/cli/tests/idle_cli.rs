@@ -243,6 +243,9 @@ fn flops_knows_every_model() {
         ("deit_base", "17.56", 17.6),
         ("lvvit_s", "6.55", 6.6),
         ("lvvit_m", "12.68", 12.7),
+        ("pvt_v2_b0", "0.57", 0.6),
+        ("pvt_v2_b1", "2.11", 2.1),
+        ("pvt_v2_b2", "4.03", 4.0),
     ] {
         let run = idlevit(&["flops", "--model", name, "--keep-rate", "0.7"]);
         let stdout = String::from_utf8_lossy(&run.stdout);

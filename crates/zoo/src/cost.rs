@@ -6,7 +6,7 @@
 
 use idlevit_selector::{PolicyKind, TokenPolicy, evit_keep_count, keep_count};
 
-use crate::{DeiTConfig, LvVitConfig, Result};
+use crate::{DeiTConfig, LvVitConfig, PvtConfig, Result};
 
 /// MACs of one dense block over `tokens` tokens: `4 T C^2 + 2 T hidden C + 2 T^2 C`.
 fn dense_block(tokens: f64, c: f64, hidden: f64) -> f64 {
@@ -58,6 +58,62 @@ pub fn lvvit_macs(config: &LvVitConfig, policy: &TokenPolicy) -> Result<f64> {
     )?;
     let heads = tokens as f64 * c * config.num_classes as f64;
     Ok(stem + proj + body + heads)
+}
+
+/// Total MACs of one image through a PVT-v2 under `policy` (dense, or idle layers as
+/// `docs/pvt-idle.md` derives): the patch embeddings, every block, the head.
+pub fn pvt_macs(config: &PvtConfig, policy: &TokenPolicy) -> Result<f64> {
+    config.validate()?;
+    if let TokenPolicy::Select { schedule, .. } = policy {
+        config.validate_schedule(schedule)?;
+    }
+    let sides = config.grid_sides();
+    let dims = &config.embed_dims;
+    let mut total = (sides[0] * sides[0] * 3 * 49 * dims[0]) as f64;
+    let mut layer = 0;
+    for (i, &side) in sides.iter().enumerate() {
+        let (c, hidden, sr) = (
+            dims[i] as f64,
+            config.mlp_hidden(i) as f64,
+            config.sr_ratios[i],
+        );
+        let n = side * side;
+        if i > 0 {
+            total += (n * 9 * dims[i - 1] * dims[i]) as f64;
+        }
+        let reduced_side = (side - sr) / sr + 1;
+        let nr = (reduced_side * reduced_side) as f64;
+        // The reduction convolution (every output sees sr^2 positions of C channels) and kv.
+        let keys_values = if sr > 1 {
+            nr * c * c * (sr * sr) as f64
+        } else {
+            0.0
+        } + 2.0 * nr * c * c;
+        let n = n as f64;
+        for _ in 0..config.depths[i] {
+            // fc1 and the depthwise convolution always run on the whole grid.
+            let grid_mlp = n * c * hidden + 9.0 * n * hidden;
+            total += keys_values
+                + grid_mlp
+                + match policy.at(layer) {
+                    None => 2.0 * n * c * c + 2.0 * n * nr * c + n * c * hidden,
+                    Some((_, ratio)) => {
+                        let k = keep_count(side * side, ratio)? as f64;
+                        // Virtual CLS query and its scores, full-resolution keys when the
+                        // attention's own are reduced, then q, attention, proj and fc2 on K.
+                        let extra_keys = if sr > 1 { n * c * c } else { 0.0 };
+                        c * c
+                            + n * c
+                            + extra_keys
+                            + 2.0 * k * c * c
+                            + 2.0 * k * nr * c
+                            + k * c * hidden
+                    }
+                };
+            layer += 1;
+        }
+    }
+    Ok(total + (dims[dims.len() - 1] * config.num_classes) as f64)
 }
 
 /// MACs of `depth` blocks of width `c` and MLP width `hidden` over `n` image tokens plus CLS

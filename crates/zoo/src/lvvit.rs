@@ -4,7 +4,7 @@
 use idlevit_checkpoint::{Checkpoint, WeightReader};
 use idlevit_nn::{
     Backend, Block, BlockConfig, Conv2d, Conv2dSpec, ConvBatchNorm, ConvShape, LayerNorm, Linear,
-    NnError, Param, ParamVisitor, ParamVisitorMut,
+    Param, ParamVisitor, ParamVisitorMut,
 };
 use idlevit_selector::{Schedule, TokenPolicy};
 use serde::{Deserialize, Serialize};
@@ -76,19 +76,13 @@ impl LvVitConfig {
         match name {
             "lvvit_s" => Ok(Self::small()),
             "lvvit_m" => Ok(Self::medium()),
-            _ => Err(ZooError::UnknownModel {
-                name: name.to_string(),
-                known: LVVIT_MODELS.join(", "),
-            }),
+            _ => Err(crate::config::unknown_model(name, LVVIT_MODELS)),
         }
     }
 
     /// Parses and validates a JSON config; unknown keys are an error.
     pub fn from_json(text: &str) -> Result<Self> {
-        let config: Self =
-            serde_json::from_str(text).map_err(|e| ZooError::Config(e.to_string()))?;
-        config.validate()?;
-        Ok(config)
+        crate::config::parse_json(text, Self::validate)
     }
 
     /// The release's idle schedule at base rate `r` for the model's depth: S (16 blocks)
@@ -367,16 +361,8 @@ impl LvVit {
 
     /// Tokens entering the first block: `[CLS; stem patches] + pos_embed`, `(batch, N+1, C)`.
     pub fn embed<B: Backend>(&self, bk: &B, images: &B::Value) -> Result<B::Value> {
-        let s = self.config.img_size;
         let shape = bk.shape(images);
-        if shape.len() != 4 || shape[1..] != [3, s, s] || shape[0] == 0 {
-            return Err(NnError::shape(
-                "input images",
-                format!("(batch >= 1, 3, {s}, {s})"),
-                shape,
-            )
-            .into());
-        }
+        crate::model::check_images(shape, self.config.img_size)?;
         let batch = shape[0];
         let mut x = images.clone();
         for layer in &self.stem {

@@ -1,5 +1,8 @@
 //! Properties of the idle layer forms on random models (spec section 3's equivalence).
 
+mod common;
+
+use common::images;
 use idlevit_nn::Eager;
 use idlevit_selector::{cls_scores, idle_gathered, keep_count};
 use idlevit_tensor::Tensor;
@@ -102,21 +105,6 @@ fn lvvit_config() -> impl Strategy<Value = ZooConfig> {
         )
 }
 
-fn images(config: &ZooConfig, batch: usize, seed: u64) -> Tensor {
-    let side = config.img_size();
-    let n = batch * 3 * side * side;
-    let mut state = seed | 1;
-    let values = (0..n)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-        })
-        .collect();
-    Tensor::from_vec(vec![batch, 3, side, side], values).unwrap()
-}
-
 fn schedule(case: &Case) -> Schedule {
     let (layers, ratios): (Vec<usize>, Vec<f64>) = case
         .ratios
@@ -152,7 +140,7 @@ proptest! {
     fn gathered_and_masked_forms_agree(case in case()) {
         let model = ZooModel::random(&case.config, case.seed).unwrap();
         let model = model.with_policy(TokenPolicy::select(PolicyKind::Idle, schedule(&case))).unwrap();
-        let x = images(&case.config, case.batch, case.seed);
+        let x = images(case.batch, case.config.img_size(), case.seed);
         let gathered = model.forward_traced(&Eager, &x).unwrap();
         let masked = model.forward_masked(&Eager, &x).unwrap();
         prop_assert_eq!(gathered.selections.len(), masked.layers.len());
@@ -190,7 +178,7 @@ proptest! {
         let depth = case.config.depth();
         let all = Schedule::new((0..depth).collect(), vec![1.0; depth]).unwrap();
         let idle = dense.clone().with_policy(TokenPolicy::select(PolicyKind::Idle, all)).unwrap();
-        let x = images(&case.config, case.batch, case.seed);
+        let x = images(case.batch, case.config.img_size(), case.seed);
         let diff = relative_diff(&idle.forward(&Eager, &x).unwrap(), &dense.forward(&Eager, &x).unwrap());
         prop_assert!(diff <= 1e-5, "keep ratio 1 differs from dense by {} relative", diff);
     }
@@ -200,7 +188,7 @@ proptest! {
     fn idle_rows_pass_through_unchanged(case in deit_case(), ratio in 0.01f64..=1.0) {
         let ZooConfig::DeiT(config) = &case.config else { unreachable!("a DeiT case") };
         let model = DeiT::random(config, case.seed).unwrap();
-        let x = model.embed(&Eager, &images(&case.config, case.batch, case.seed)).unwrap();
+        let x = model.embed(&Eager, &images(case.batch, case.config.img_size(), case.seed)).unwrap();
         let tokens = config.num_patches();
         let keep = keep_count(tokens, ratio).unwrap_or(1);
         let (y, selection) = idle_gathered(&Eager, &model.blocks()[0], &x, keep).unwrap();

@@ -1,16 +1,19 @@
-//! The same `forward` of every family (DeiT, LV-ViT) on the inference backend and on the
-//! autodiff tape: identical logits, and gradients for every parameter (LV-ViT's conv stem and
-//! folded batch norms included) that agree with finite differences.
+//! The same `forward` of every family (DeiT, LV-ViT, PVT-v2) on the inference backend and on
+//! the autodiff tape: identical logits, and gradients for every parameter (LV-ViT's conv stem
+//! and folded batch norms, PVT's strided, reducing and depthwise convolutions included) that
+//! agree with finite differences.
 
 use std::collections::BTreeMap;
 
 use idlevit_nn::{Eager, Tape, Tensor};
 use idlevit_zoo::{
-    DeiTConfig, LvVitConfig, PolicyKind, Schedule, TokenPolicy, ZooConfig, ZooModel,
+    DeiTConfig, LvVitConfig, PolicyKind, PvtConfig, Schedule, TokenPolicy, ZooConfig, ZooModel,
 };
 
-/// A small model of each family: 32x32 images, 16 tokens, 3 blocks of width 24, 7 classes.
-fn configs() -> [ZooConfig; 2] {
+/// A small model of each family with 7 classes: DeiT and LV-ViT on 32x32 images with 16
+/// tokens and 3 blocks of width 24; PVT-v2 on 48x48 images with four one-block stages on
+/// 12x12 to 2x2 grids (a 1x1 grid would attend to its one token whatever the query).
+fn configs() -> [ZooConfig; 3] {
     [
         ZooConfig::DeiT(DeiTConfig {
             img_size: 32,
@@ -32,6 +35,15 @@ fn configs() -> [ZooConfig; 2] {
             mlp_ratio: 2.0,
             num_classes: 7,
             skip_lam: 2.0,
+        }),
+        ZooConfig::Pvt(PvtConfig {
+            img_size: 48,
+            embed_dims: vec![8, 8, 12, 16],
+            depths: vec![1, 1, 1, 1],
+            num_heads: vec![1, 2, 2, 4],
+            sr_ratios: vec![4, 2, 1, 1],
+            mlp_ratios: vec![2.0; 4],
+            num_classes: 7,
         }),
     ]
 }
@@ -82,7 +94,7 @@ fn eager_loss(model: &ZooModel, images: &Tensor, c: &Tensor) -> f64 {
 #[test]
 fn tape_and_eager_give_identical_logits() {
     for config in configs() {
-        let images = values(3, &[2, 3, 32, 32]);
+        let images = values(3, &[2, 3, config.img_size(), config.img_size()]);
         let dense = ZooModel::random(&config, 11).unwrap();
         let idle = dense
             .clone()
@@ -105,14 +117,23 @@ fn tape_and_eager_give_identical_logits() {
                 model.policy()
             );
 
-            let masked_eager = model.forward_masked(&Eager, &images).unwrap();
-            let masked_tape = model
-                .forward_masked(&tape, &tape.constant(images.clone()))
-                .unwrap();
-            assert_eq!(
-                tape.to_tensor(&masked_tape.logits).to_vec(),
-                masked_eager.logits.to_vec()
-            );
+            let (masked_eager, masked_tape) = match model {
+                ZooModel::Pvt(m) => (
+                    m.forward_masked(&Eager, &images).unwrap().logits,
+                    m.forward_masked(&tape, &tape.constant(images.clone()))
+                        .unwrap()
+                        .logits,
+                ),
+                _ => (
+                    model.forward_masked(&Eager, &images).unwrap().logits,
+                    model
+                        .forward_masked(&tape, &tape.constant(images.clone()))
+                        .unwrap()
+                        .logits,
+                ),
+            };
+            assert!(masked_tape.requires_grad());
+            assert_eq!(tape.to_tensor(&masked_tape).to_vec(), masked_eager.to_vec());
         }
     }
 }
@@ -127,7 +148,7 @@ fn backward_gives_every_parameter_a_gradient() {
                 Schedule::new(vec![1], vec![0.5]).unwrap(),
             ))
             .unwrap();
-        let images = values(8, &[2, 3, 32, 32]);
+        let images = values(8, &[2, 3, config.img_size(), config.img_size()]);
         let c = values(9, &[2, 7]);
         let (_, grads) = loss_and_grads(&model, &images, &c);
         let mut names = Vec::new();
@@ -159,8 +180,8 @@ fn parameter_gradients_match_finite_differences() {
         // 3% instead of 0.2%; a wrong or missing gradient term is off by far more. The
         // autodiff crate checks the folded batch norm, ReLU and max exactly, in f64.
         let tolerance = match config {
-            ZooConfig::DeiT(_) => 2e-3,
             ZooConfig::LvVit(_) => 3e-2,
+            _ => 2e-3,
         };
         model.visit_params_mut(&mut |p| {
             if p.name().starts_with("patch_embed.bn") && p.name().ends_with(".bias") {
@@ -168,7 +189,7 @@ fn parameter_gradients_match_finite_differences() {
             }
         });
         let model = model;
-        let images = values(4, &[2, 3, 32, 32]);
+        let images = values(4, &[2, 3, config.img_size(), config.img_size()]);
         let c = values(6, &[2, 7]);
         let (_, grads) = loss_and_grads(&model, &images, &c);
         const STEP: f32 = 1e-2;

@@ -38,3 +38,17 @@ pub struct Case {
     /// The keep ratio of each.
     pub keep_ratios: Vec<f64>,
 }
+
+/// Deterministic images `(batch, 3, side, side)` with values in [-2, 2).
+pub fn images(batch: usize, side: usize, seed: u64) -> idlevit_tensor::Tensor {
+    let mut state = seed | 1;
+    let values = (0..batch * 3 * side * side)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        })
+        .collect();
+    idlevit_tensor::Tensor::from_vec(vec![batch, 3, side, side], values).unwrap()
+}

@@ -141,25 +141,95 @@ impl ConvGeometry {
         (y < self.height && x < self.width).then_some(y * self.width + x)
     }
 
+    /// The output columns `lo..hi` whose kernel column `j` falls inside the image (the
+    /// others read padding).
+    pub(crate) fn inside_columns(&self, j: usize) -> (usize, usize) {
+        let (s, p) = (self.spec.stride, self.spec.padding);
+        // ox * s + j >= p, and ox * s + j - p < width.
+        let lo = p.saturating_sub(j).div_ceil(s).min(self.out_w);
+        let hi = (self.width + p)
+            .checked_sub(j)
+            .map_or(0, |limit| limit.div_ceil(s))
+            .clamp(lo, self.out_w);
+        (lo, hi)
+    }
+
     pub(crate) fn output_shape(&self) -> Vec<usize> {
         vec![self.batch, self.out_channels, self.out_h, self.out_w]
     }
 }
 
 /// The im2col matrix of `channels` (`group_in` planes of `H x W`): row `(c, i, j)`, column
-/// `(oy, ox)` holds `x[c, oy s - p + i, ox s - p + j]`, zero outside the image.
+/// `(oy, ox)` holds `x[c, oy s - p + i, ox s - p + j]`, zero outside the image. Each output row
+/// is a strided run of one input row, found once per `(i, j, oy)` rather than per element.
 pub(crate) fn im2col(geo: &ConvGeometry, channels: &[f32], col: &mut [f32]) {
     let plane = geo.height * geo.width;
     let out_len = geo.out_len();
+    let (stride, pad) = (geo.spec.stride, geo.spec.padding);
     for c in 0..geo.group_in() {
         let src = &channels[c * plane..(c + 1) * plane];
         for i in 0..geo.kh {
             for j in 0..geo.kw {
                 let row = ((c * geo.kh + i) * geo.kw + j) * out_len;
-                let dst = &mut col[row..row + out_len];
-                for oy in 0..geo.out_h {
-                    for ox in 0..geo.out_w {
-                        dst[oy * geo.out_w + ox] = geo.source(oy, ox, i, j).map_or(0.0, |s| src[s]);
+                let (lo, hi) = geo.inside_columns(j);
+                for (oy, dst) in col[row..row + out_len]
+                    .chunks_exact_mut(geo.out_w)
+                    .enumerate()
+                {
+                    let Some(y) = (oy * stride + i)
+                        .checked_sub(pad)
+                        .filter(|&y| y < geo.height)
+                    else {
+                        dst.fill(0.0);
+                        continue;
+                    };
+                    let line = &src[y * geo.width..(y + 1) * geo.width];
+                    dst[..lo].fill(0.0);
+                    dst[hi..].fill(0.0);
+                    let first = lo * stride + j - pad;
+                    if stride == 1 {
+                        dst[lo..hi].copy_from_slice(&line[first..first + (hi - lo)]);
+                    } else {
+                        for (d, &v) in dst[lo..hi]
+                            .iter_mut()
+                            .zip(line[first..].iter().step_by(stride))
+                        {
+                            *d = v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One channel of a depthwise convolution: `out = b + sum over taps of w[tap] x[shifted]`,
+/// each tap a scaled, strided run of input rows added onto output rows.
+fn depthwise_plane(geo: &ConvGeometry, src: &[f32], kernel: &[f32], b: f32, out: &mut [f32]) {
+    let (stride, pad) = (geo.spec.stride, geo.spec.padding);
+    out.fill(b);
+    for i in 0..geo.kh {
+        for j in 0..geo.kw {
+            let wv = kernel[i * geo.kw + j];
+            let (lo, hi) = geo.inside_columns(j);
+            for (oy, dst) in out.chunks_exact_mut(geo.out_w).enumerate() {
+                let Some(y) = (oy * stride + i)
+                    .checked_sub(pad)
+                    .filter(|&y| y < geo.height)
+                else {
+                    continue;
+                };
+                let line = &src[y * geo.width..(y + 1) * geo.width];
+                let first = lo * stride + j - pad;
+                if stride == 1 {
+                    let run = &line[first..first + (hi - lo)];
+                    for (d, &v) in dst[lo..hi].iter_mut().zip(run) {
+                        *d += wv * v;
+                    }
+                } else {
+                    let run = line[first..].iter().step_by(stride);
+                    for (d, &v) in dst[lo..hi].iter_mut().zip(run) {
+                        *d += wv * v;
                     }
                 }
             }
@@ -231,24 +301,14 @@ fn convolve_image(
     let (plane, out_len) = (geo.height * geo.width, geo.out_len());
     let taps = geo.kh * geo.kw;
     if geo.is_depthwise() {
-        for (c, out) in y.chunks_exact_mut(out_len).enumerate() {
-            let src = &image[c * plane..(c + 1) * plane];
-            let kernel = &w[c * taps..(c + 1) * taps];
-            let b = bias.map_or(0.0, |b| b[c]);
-            for oy in 0..geo.out_h {
-                for ox in 0..geo.out_w {
-                    let mut acc = b;
-                    for i in 0..geo.kh {
-                        for j in 0..geo.kw {
-                            if let Some(s) = geo.source(oy, ox, i, j) {
-                                acc += kernel[i * geo.kw + j] * src[s];
-                            }
-                        }
-                    }
-                    out[oy * geo.out_w + ox] = acc;
-                }
-            }
-        }
+        // Channels in parallel: each is a few 3x3 passes over a plane.
+        y.par_chunks_mut(out_len.max(1))
+            .enumerate()
+            .for_each(|(c, out)| {
+                let src = &image[c * plane..(c + 1) * plane];
+                let kernel = &w[c * taps..(c + 1) * taps];
+                depthwise_plane(geo, src, kernel, bias.map_or(0.0, |b| b[c]), out);
+            });
         return Ok(());
     }
     let (k, cog) = (geo.patch_len(), geo.group_out());

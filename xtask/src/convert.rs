@@ -4,6 +4,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use idlevit_checkpoint::{Checkpoint, pth};
+use idlevit_zoo::LvVit;
 
 /// How to read the PyTorch checkpoint.
 #[derive(Clone, Debug, Default)]
@@ -13,6 +14,27 @@ pub struct ConvertOptions {
     /// The entry of the checkpoint's top-level dict holding the weights (default: `model`,
     /// then `state_dict`, then the top level itself).
     pub key: Option<String>,
+    /// The model family whose release names to adapt to the zoo's (`lvvit`); none keeps the
+    /// names as they are (timm's, for DeiT).
+    pub family: Option<Family>,
+}
+
+/// A model family with its own checkpoint conventions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// The official LV-ViT release (`module.` prefixes from distributed training).
+    LvVit,
+}
+
+impl std::str::FromStr for Family {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "lvvit" => Ok(Self::LvVit),
+            other => Err(format!("unknown model family `{other}`; expected lvvit")),
+        }
+    }
 }
 
 /// What a conversion found.
@@ -38,6 +60,9 @@ pub fn convert(input: &Path, output: &Path, options: &ConvertOptions) -> Result<
     let tensors = weights.tensors.len();
     for (name, tensor) in weights.tensors {
         ckpt.insert(name, tensor);
+    }
+    if options.family == Some(Family::LvVit) {
+        ckpt = LvVit::adapt(ckpt);
     }
     ckpt.save_safetensors(output)
         .with_context(|| format!("cannot write {}", output.display()))?;

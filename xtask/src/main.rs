@@ -30,6 +30,10 @@ enum Task {
         /// the whole dict).
         #[arg(long)]
         key: Option<String>,
+        /// Adapt a family's release names to the zoo's: `lvvit` (the official LV-ViT
+        /// `.pth.tar`, nested under `state_dict` or `model`, possibly `module.`-prefixed).
+        #[arg(long)]
+        family: Option<xtask::convert::Family>,
     },
 }
 
@@ -41,7 +45,17 @@ fn main() -> ExitCode {
             output,
             strict,
             key,
-        } => convert(&input, &output, &ConvertOptions { strict, key }).map(|report| {
+            family,
+        } => convert(
+            &input,
+            &output,
+            &ConvertOptions {
+                strict,
+                key,
+                family,
+            },
+        )
+        .map(|report| {
             println!("wrote {} tensors to {}", report.tensors, output.display());
             if !report.skipped.is_empty() {
                 println!(

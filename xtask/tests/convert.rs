@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use idlevit_checkpoint::Checkpoint;
-use idlevit_nn::Eager;
-use idlevit_zoo::{DeiT, DeiTConfig};
+use idlevit_nn::{Eager, Tensor};
+use idlevit_zoo::{DeiT, DeiTConfig, LvVit, LvVitConfig};
 use xtask::convert::{ConvertOptions, convert};
 
 fn fixtures() -> PathBuf {
@@ -17,6 +17,17 @@ fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("idlevit-xtask-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir.join(name)
+}
+
+/// `forward` on the fixture's `input.safetensors` gives its `logits.safetensors` (<= 1e-4).
+fn assert_reference_logits(dir: &Path, forward: impl Fn(&Tensor) -> Tensor) {
+    let input = Checkpoint::load_safetensors(dir.join("input.safetensors")).unwrap();
+    let logits = forward(input.require("input").unwrap());
+    let expected = Checkpoint::load_safetensors(dir.join("logits.safetensors")).unwrap();
+    let diff = logits
+        .max_abs_diff(expected.require("logits").unwrap())
+        .unwrap();
+    assert!(diff <= 1e-4, "{}: {diff:e}", dir.display());
 }
 
 #[test]
@@ -36,15 +47,7 @@ fn converted_checkpoints_give_timm_logits() {
         );
         let config = DeiTConfig::from_file(dir.join("config.json")).unwrap();
         let model = DeiT::load(&config, Checkpoint::load_safetensors(&out).unwrap()).unwrap();
-        let input = Checkpoint::load_safetensors(dir.join("input.safetensors")).unwrap();
-        let logits = model
-            .forward(&Eager, input.require("input").unwrap())
-            .unwrap();
-        let expected = Checkpoint::load_safetensors(dir.join("logits.safetensors")).unwrap();
-        let diff = logits
-            .max_abs_diff(expected.require("logits").unwrap())
-            .unwrap();
-        assert!(diff <= 1e-4, "{name}: {diff:e}");
+        assert_reference_logits(&dir, |x| model.forward(&Eager, x).unwrap());
     }
 }
 
@@ -67,7 +70,7 @@ fn strict_refuses_unknown_globals_and_nothing_ever_runs() {
         assert!(!Checkpoint::load_safetensors(&out).unwrap().is_empty());
         let strict = ConvertOptions {
             strict: true,
-            key: None,
+            ..ConvertOptions::default()
         };
         let err = format!("{:#}", convert(&input, &out, &strict).unwrap_err());
         assert!(err.contains(global), "{file}: {err}");
@@ -135,4 +138,50 @@ fn the_binary_reports_errors_and_exits_non_zero() {
         "{}",
         String::from_utf8_lossy(&keyed.stderr)
     );
+}
+
+/// The LV-ViT release's checkpoint layout (`state_dict` nesting, `module.` prefixes, integer
+/// batch-norm counters) converts through the binary's `--family lvvit` to weights that give
+/// the reference's logits; without the adapter the names do not fit.
+#[test]
+fn lvvit_release_checkpoints_convert_with_the_family_adapter() {
+    let dir = fixtures().join("lvvit");
+    let input = dir.join("checkpoint.pth.tar");
+    let out = scratch("lvvit.safetensors");
+    let config =
+        LvVitConfig::from_json(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let plain = convert(&input, &out, &ConvertOptions::default()).unwrap();
+    assert_eq!(plain.skipped.len(), 3, "{:?}", plain.skipped);
+    assert!(
+        plain
+            .skipped
+            .iter()
+            .all(|n| n.ends_with("num_batches_tracked"))
+    );
+    let err = LvVit::load(&config, Checkpoint::load_safetensors(&out).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("module.patch_embed"), "{err}");
+
+    let status = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["convert", "--family", "lvvit"])
+        .arg(&input)
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let model = LvVit::load(&config, Checkpoint::load_safetensors(&out).unwrap()).unwrap();
+    let input = Checkpoint::load_safetensors(dir.join("input.safetensors")).unwrap();
+    let logits = model
+        .forward(&Eager, input.require("input").unwrap())
+        .unwrap();
+    let expected = Checkpoint::load_safetensors(dir.join("logits.safetensors")).unwrap();
+    let diff = logits
+        .max_abs_diff(expected.require("logits").unwrap())
+        .unwrap();
+    assert!(diff <= 1e-4, "{diff:e}");
 }

@@ -434,6 +434,37 @@ impl Tape {
         })
     }
 
+    /// 2-D convolution of `x` `(batch, in, H, W)` with `w` `(out, in / groups, kh, kw)` and
+    /// an optional bias `(out)`.
+    pub fn conv2d(&self, x: &Var, w: &Var, b: Option<&Var>, spec: ops::Conv2dSpec) -> Result<Var> {
+        let [xi, wi, bi] = self.ids("conv2d", [Some(x), Some(w), b])?;
+        let y = ops::conv2d(&x.value, &w.value, b.map(|b| &b.value), spec)?;
+        let geo = ops::ConvGeometry::of(x.shape(), w.shape(), spec)?;
+        self.record(y, [xi, wi, bi], || Op::Conv2d {
+            x: xi,
+            w: wi,
+            b: bi,
+            x_value: wi.map(|_| x.value.clone()),
+            w_value: xi.map(|_| w.value.clone()),
+            geo,
+        })
+    }
+
+    /// `max(x, 0)` (its gradient at 0 is taken as 0).
+    pub fn relu(&self, x: &Var) -> Result<Var> {
+        let [xi] = self.ids("relu", [Some(x)])?;
+        let y = ops::relu(&x.value)?;
+        let saved = y.clone();
+        self.record_unary(y, xi, |x| Op::Relu { x, y: saved })
+    }
+
+    /// Maximum over `axis`, which is removed; the gradient goes to the first maximum.
+    pub fn max_axis(&self, x: &Var, axis: usize) -> Result<Var> {
+        let [xi] = self.ids("max_axis", [Some(x)])?;
+        let (y, index) = ops::max_axis_with_index(&x.value, axis)?;
+        self.record_unary(y, xi, |x| Op::MaxAxis { x, axis, index })
+    }
+
     /// The node of `x` on this tape (`None` for a constant).
     fn id_of(&self, x: &Var, op: &'static str) -> Result<Option<NodeId>> {
         match x.node {

@@ -4,6 +4,7 @@ mod common;
 
 use common::{Ops, Rng};
 use idlevit_autodiff::Tensor;
+use idlevit_autodiff::ops::Conv2dSpec;
 use proptest::prelude::*;
 
 /// A shape of `rank` axes, each of size 1 to 4.
@@ -248,5 +249,78 @@ proptest! {
         let eps = if clamped { largest * 1.5 + 1e-3 } else { 1e-12 };
         prop_assume!(clamped || smallest > 1e-3);
         check!("l2_normalize", [x], [true], seed, |o, x| o.l2_normalize(&x[0], eps))?;
+    }
+
+    /// Convolutions of every kind the zoo uses: strided stems, padded 3x3, grouped and
+    /// depthwise, with and without bias, with the input a parameter or data.
+    #[test]
+    fn conv2d(batch in 1usize..3, group_in in 1usize..3, group_out in 1usize..3, groups in 1usize..4,
+              size in 3usize..7, k in 1usize..4, stride in 1usize..3, padding in 0usize..2,
+              bias in any::<bool>(), x_leaf in any::<bool>(), seed in any::<u64>()) {
+        let mut rng = Rng(seed);
+        let spec = Conv2dSpec::new(stride, padding).with_groups(groups);
+        let (cin, cout) = (group_in * groups, group_out * groups);
+        let mut inputs = vec![rng.tensor(&[batch, cin, size, size + 1], 1.0), rng.tensor(&[cout, group_in, k, k], 1.0)];
+        let mut leaves = vec![x_leaf, true];
+        if bias {
+            inputs.push(rng.tensor(&[cout], 1.0));
+            leaves.push(true);
+        }
+        check!("conv2d", inputs, leaves, seed, |o, x| o.conv2d(&x[0], &x[1], x.get(2), spec))?;
+    }
+
+    /// Depthwise 3x3 with padding 1, as PVT-v2's MLP runs it, on a non-square map.
+    #[test]
+    fn depthwise_conv2d(channels in 1usize..5, h in 1usize..5, w in 1usize..5, seed in any::<u64>()) {
+        let mut rng = Rng(seed);
+        let spec = Conv2dSpec::new(1, 1).with_groups(channels);
+        let inputs = vec![rng.tensor(&[2, channels, h, w], 1.0), rng.tensor(&[channels, 1, 3, 3], 1.0), rng.tensor(&[channels], 1.0)];
+        check!("depthwise conv2d", inputs, [true, true, true], seed, |o, x| o.conv2d(&x[0], &x[1], Some(&x[2]), spec))?;
+    }
+
+    /// A convolution with eval-mode batch norm folded into it, then ReLU: the folded weight
+    /// `W gamma / sqrt(var + eps)` and bias `beta - mean gamma / sqrt(var + eps)` are built
+    /// on the tape, so gamma and beta get gradients; the running statistics are data.
+    #[test]
+    fn conv_with_folded_batch_norm(cin in 1usize..4, cout in 1usize..4, seed in any::<u64>()) {
+        let mut rng = Rng(seed);
+        let inv_std = rng.tensor(&[cout, 1, 1, 1], 0.5).map(|v| 1.0 / (v.abs() + 0.5 + 1e-5).sqrt());
+        let inputs = vec![
+            rng.tensor(&[2, cin, 5, 5], 1.0),
+            rng.tensor(&[cout, cin, 3, 3], 1.0),
+            rng.tensor(&[cout, 1, 1, 1], 1.0),
+            rng.tensor(&[cout], 1.0),
+            rng.tensor(&[cout], 1.0),
+            inv_std,
+        ];
+        let spec = Conv2dSpec::new(2, 1);
+        check!("conv + folded batch norm + relu", inputs, [true, true, true, true, false, false], seed, |o, x| {
+            let scale = o.mul(&x[2], &x[5]);
+            let w = o.mul(&x[1], &scale);
+            let flat = o.reshape(&scale, &[x[3].shape()[0]]);
+            let b = o.sub(&x[3], &o.mul(&x[4], &flat));
+            o.relu(&o.conv2d(&x[0], &w, Some(&b), spec))
+        })?;
+    }
+
+    /// ReLU away from its kink.
+    #[test]
+    fn relu(s in shape(1..=3), seed in any::<u64>()) {
+        let x = Rng(seed).tensor(&s, 1.0).map(|v| v.signum() * (0.05 + v.abs()));
+        check!("relu", [x], [true], seed, |o, x| o.relu(&x[0]))?;
+    }
+
+    /// Maximum over an axis with distinct values (ties have no derivative).
+    #[test]
+    fn max_axis(s in shape(1..=3), pick in any::<u64>(), seed in any::<u64>()) {
+        let axis = Rng(pick).below(s.len());
+        let n: usize = s.iter().product();
+        let mut order: Vec<usize> = (0..n).collect();
+        let mut rng = Rng(seed);
+        for i in (1..n).rev() {
+            order.swap(i, rng.below(i + 1));
+        }
+        let x = Tensor::from_vec(s.clone(), order.iter().map(|&v| v as f32 * 0.1).collect()).unwrap();
+        check!("max_axis", [x], [true], seed, |o, x| o.max_axis(&x[0], axis))?;
     }
 }

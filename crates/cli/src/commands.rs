@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use idlevit_checkpoint::Checkpoint;
 use idlevit_nn::{Backend, Eager};
 use idlevit_tensor::Tensor;
-use idlevit_zoo::DeiT;
+use idlevit_zoo::{DeiT, ZooModel};
 
 use crate::preprocess::{EvalTransform, batch_values, load_image};
 use crate::weights::read_checkpoint;
@@ -166,17 +166,22 @@ impl BenchReport {
     }
 }
 
-/// Times forward passes of each of `models` on the same random images, interleaved run by
+/// Times forward passes of each of `models` on the same `side x side` images, interleaved run by
 /// run so that every model sees the same machine conditions, after `warmup` untimed passes
 /// of each.
-pub fn bench(models: &[&DeiT], batch: usize, warmup: usize, runs: usize) -> Result<BenchReport> {
+pub fn bench(
+    models: &[&ZooModel],
+    side: usize,
+    batch: usize,
+    warmup: usize,
+    runs: usize,
+) -> Result<BenchReport> {
     if batch == 0 || runs == 0 {
         bail!("--batch and --runs must be at least 1");
     }
-    let Some(first) = models.first() else {
+    if models.is_empty() {
         bail!("nothing to benchmark");
-    };
-    let side = first.config().img_size;
+    }
     let n = batch_values(batch, side)?;
     let images = Tensor::from_vec(
         vec![batch, 3, side, side],

@@ -7,9 +7,9 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use idlevit_cli::commands;
 use idlevit_cli::distributed::{ProcessGroup, SingleProcess};
-use idlevit_cli::policy::{Mode, policy_or_dense, resolve_policy};
-use idlevit_cli::weights::{load_model, resolve_config};
-use idlevit_zoo::{PolicyKind, TokenPolicy, macs};
+use idlevit_cli::policy::{Mode, compared_policy, resolve_policy};
+use idlevit_cli::weights::{load_model, load_zoo_model, resolve_config, resolve_zoo_config};
+use idlevit_zoo::{PolicyKind, TokenPolicy};
 
 /// Vision Transformers on CPU: dense inference today, token idling (IdleViT) next.
 #[derive(Parser)]
@@ -33,7 +33,8 @@ struct ModelArgs {
     /// mlp_ratio, num_classes, qkv_bias (unknown keys are an error).
     #[arg(long, value_name = "CFG.json")]
     config: Option<PathBuf>,
-    /// A named model instead of --config: deit_tiny, deit_small, deit_base.
+    /// A named model instead of --config: deit_tiny, deit_small, deit_base; `flops` and
+    /// `bench` also take lvvit_s, lvvit_m, pvt_v2_b0, pvt_v2_b1, pvt_v2_b2.
     #[arg(long, value_name = "NAME")]
     model: Option<String>,
 }
@@ -360,23 +361,23 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
             keep_rate,
         } => {
             let name = model.model.clone().unwrap_or_else(|| "custom".into());
-            let config = resolve_config(model.config.as_deref(), model.model.as_deref())?;
-            let dense = load_model(&config, weights.as_deref(), strict)?;
+            let config = resolve_zoo_config(model.config.as_deref(), model.model.as_deref())?;
+            let dense = load_zoo_model(&config, weights.as_deref(), strict)?;
             let threads = rayon::current_num_threads();
-            let token_policy = policy_or_dense(&config, policy, keep_rate)?;
+            let token_policy = compared_policy(&config, policy, keep_rate)?;
+            let side = config.img_size();
             if token_policy == TokenPolicy::Dense {
-                let report = commands::bench(&[&dense], batch, warmup, runs)?;
+                let report = commands::bench(&[&dense], side, batch, warmup, runs)?;
                 println!(
                     "{name} dense batch {batch} threads {threads}: {:.2} images/s (median of {runs})",
                     report.images_per_second(0)
                 );
             } else {
                 let selecting = dense.clone().with_policy(token_policy.clone())?;
-                let report = commands::bench(&[&dense, &selecting], batch, warmup, runs)?;
+                let report = commands::bench(&[&dense, &selecting], side, batch, warmup, runs)?;
                 let (dense_ips, policy_ips) =
                     (report.images_per_second(0), report.images_per_second(1));
-                let macs_ratio =
-                    macs(&config, &TokenPolicy::Dense)? / macs(&config, &token_policy)?;
+                let macs_ratio = config.macs(&TokenPolicy::Dense)? / config.macs(&token_policy)?;
                 let label = format!(
                     "{policy:?} r={}",
                     keep_rate.map_or("config".into(), |r| r.to_string())
@@ -602,12 +603,12 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
             keep_rate,
         } => {
             let name = model.model.clone().unwrap_or_else(|| "custom".into());
-            let config = resolve_config(model.config.as_deref(), model.model.as_deref())?;
-            let dense = macs(&config, &TokenPolicy::Dense)?;
-            let token_policy = policy_or_dense(&config, policy, keep_rate)?;
+            let config = resolve_zoo_config(model.config.as_deref(), model.model.as_deref())?;
+            let dense = config.macs(&TokenPolicy::Dense)?;
+            let token_policy = compared_policy(&config, policy, keep_rate)?;
             println!("{name} dense: {:.2} GMACs", dense / 1e9);
             if token_policy != TokenPolicy::Dense {
-                let reduced = macs(&config, &token_policy)?;
+                let reduced = config.macs(&token_policy)?;
                 let label = keep_rate.map_or("config schedule".into(), |r| format!("r={r}"));
                 println!(
                     "{name} {} {label}: {:.2} GMACs ({:.3}x fewer than dense)",

@@ -2,7 +2,7 @@
 //! into the token policy a model is built with.
 
 use anyhow::{Result, bail};
-use idlevit_zoo::{DeiTConfig, PolicyKind, Schedule, TokenPolicy};
+use idlevit_zoo::{DeiTConfig, PolicyKind, Schedule, TokenPolicy, ZooConfig};
 
 /// Which form of the model runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,18 +78,25 @@ pub fn resolve_policy(
     Ok(policy)
 }
 
-/// The policy `bench` and `flops` compare against dense: `kind` at `keep_rate`, else at the
-/// config's own schedule lists, else dense (nothing to compare).
-pub fn policy_or_dense(
-    config: &DeiTConfig,
+/// The policy `flops` and `bench` compare with dense: the release's schedule of `kind` at
+/// `keep_rate` for the model's family, or a DeiT config's own schedule lists when no rate is
+/// given; dense when neither.
+pub fn compared_policy(
+    config: &ZooConfig,
     kind: PolicyKind,
     keep_rate: Option<f64>,
 ) -> Result<TokenPolicy> {
-    match keep_rate {
-        Some(_) => resolve_policy(config, Mode::Idle, kind, keep_rate),
-        None => Ok(config
+    match (config, keep_rate) {
+        (ZooConfig::DeiT(c), Some(_)) => resolve_policy(c, Mode::Idle, kind, keep_rate),
+        (ZooConfig::DeiT(c), None) => Ok(c
             .schedule()?
             .map_or(TokenPolicy::Dense, |s| TokenPolicy::select(kind, s))),
+        (_, None) => Ok(TokenPolicy::Dense),
+        (config, Some(rate)) => {
+            let policy = TokenPolicy::select(kind, config.schedule(kind, rate)?);
+            policy.validate(config.depth(), config.num_patches())?;
+            Ok(policy)
+        }
     }
 }
 

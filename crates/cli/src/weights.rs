@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use idlevit_checkpoint::{Checkpoint, pth};
-use idlevit_zoo::{DeiT, DeiTConfig};
+use idlevit_zoo::{DeiT, DeiTConfig, LvVit, ZooConfig, ZooModel};
 
 /// Reads named tensors from a safetensors file, or from a `.pth` zip checkpoint (read by the
 /// pickle interpreter, which executes nothing; `strict` refuses unknown pickle globals, and
@@ -84,8 +84,47 @@ pub fn load_model(config: &DeiTConfig, weights: Option<&Path>, strict: bool) -> 
 pub fn resolve_config(config: Option<&Path>, model: Option<&str>) -> Result<DeiTConfig> {
     match (config, model) {
         (Some(path), None) => Ok(DeiTConfig::from_file(path)?),
-        (None, Some(name)) => Ok(DeiTConfig::named(name)?),
+        (None, Some(name)) => match DeiTConfig::named(name) {
+            Ok(config) => Ok(config),
+            Err(_) if ZooConfig::named(name).is_ok() => anyhow::bail!(
+                "`{name}` runs with `idlevit flops` and `idlevit bench`; this command takes \
+                 DeiT models ({})",
+                idlevit_zoo::model_names()[..3].join(", ")
+            ),
+            Err(e) => Err(e.into()),
+        },
         (Some(_), Some(_)) => anyhow::bail!("give either --config or --model, not both"),
         (None, None) => anyhow::bail!("give --config CFG.json or --model NAME"),
+    }
+}
+
+/// The config of any zoo family: `--model NAME` (DeiT, LV-ViT) or a DeiT `--config FILE`.
+pub fn resolve_zoo_config(config: Option<&Path>, model: Option<&str>) -> Result<ZooConfig> {
+    match (config, model) {
+        (None, Some(name)) => Ok(ZooConfig::named(name)?),
+        _ => Ok(ZooConfig::DeiT(resolve_config(config, model)?)),
+    }
+}
+
+/// A model of any family: from `weights` when given (LV-ViT release checkpoints adapted to
+/// the zoo's names), else seeded random weights.
+pub fn load_zoo_model(
+    config: &ZooConfig,
+    weights: Option<&Path>,
+    strict: bool,
+) -> Result<ZooModel> {
+    match (config, weights) {
+        (ZooConfig::DeiT(c), weights) => {
+            Ok(ZooModel::DeiT(Box::new(load_model(c, weights, strict)?)))
+        }
+        (config, None) => Ok(ZooModel::random(config, 0)?),
+        (config, Some(path)) => {
+            let mut ckpt = read_checkpoint(path, strict)?;
+            if matches!(config, ZooConfig::LvVit(_)) {
+                ckpt = LvVit::adapt(ckpt);
+            }
+            ZooModel::load(config, ckpt)
+                .with_context(|| format!("weights {} do not fit the model", path.display()))
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! The operations a layer's maths is written in.
 
+use idlevit_autodiff::ops::Conv2dSpec;
 use idlevit_tensor::Tensor;
 
 use crate::{Param, Result};
@@ -95,4 +96,17 @@ pub trait Backend {
         let _ = rate;
         Ok(branch.clone())
     }
+    /// 2-D convolution of `x` `(batch, in, H, W)` with `w` `(out, in / groups, kh, kw)` and
+    /// an optional bias `(out)`, as `torch.nn.functional.conv2d`.
+    fn conv2d(
+        &self,
+        x: &Self::Value,
+        w: &Self::Value,
+        b: Option<&Self::Value>,
+        spec: Conv2dSpec,
+    ) -> Result<Self::Value>;
+    /// `max(x, 0)`.
+    fn relu(&self, x: &Self::Value) -> Result<Self::Value>;
+    /// Maximum over `axis`, which is removed.
+    fn max_axis(&self, x: &Self::Value, axis: usize) -> Result<Self::Value>;
 }

@@ -18,6 +18,9 @@ pub struct BlockConfig {
     pub qkv_bias: bool,
     /// Layer-norm epsilon.
     pub norm_eps: f32,
+    /// Every residual branch is divided by this before it is added (LV-ViT's `skip_lam`;
+    /// 1 for timm's ViT).
+    pub skip_lam: f32,
 }
 
 /// `x + attn(norm1(x))`, then `x + mlp(norm2(x))`, as timm's `Block`.
@@ -27,12 +30,19 @@ pub struct Block {
     attn: Attention,
     norm2: LayerNorm,
     mlp: Mlp,
+    skip_lam: f32,
     drop_path: f32,
 }
 
 impl Block {
     /// Reads the block's weights under `prefix` (e.g. `blocks.3`).
     pub fn load(reader: &mut WeightReader, prefix: &str, cfg: &BlockConfig) -> Result<Self> {
+        if !(cfg.skip_lam.is_finite() && cfg.skip_lam > 0.0) {
+            return Err(crate::NnError::Config(format!(
+                "skip_lam must be a positive number, found {}",
+                cfg.skip_lam
+            )));
+        }
         Ok(Self {
             norm1: LayerNorm::load(reader, &format!("{prefix}.norm1"), cfg.dim, cfg.norm_eps)?,
             attn: Attention::load(
@@ -44,6 +54,7 @@ impl Block {
             )?,
             norm2: LayerNorm::load(reader, &format!("{prefix}.norm2"), cfg.dim, cfg.norm_eps)?,
             mlp: Mlp::load(reader, &format!("{prefix}.mlp"), cfg.dim, cfg.mlp_hidden)?,
+            skip_lam: cfg.skip_lam,
             drop_path: 0.0,
         })
     }
@@ -65,15 +76,21 @@ impl Block {
         self.drop_path
     }
 
-    /// `x + branch`, the branch under this block's drop path: how every form of the block
-    /// (dense, idle, masked, pruned, fused) closes a residual.
+    /// `x + drop_path(branch) / skip_lam`: how every form of the block (dense, idle,
+    /// masked, pruned, fused) closes a residual. LV-ViT divides each branch by `skip_lam`
+    /// (nothing is computed when that is 1); drop path acts only on a seeded training tape.
     pub fn residual<B: Backend>(
         &self,
         bk: &B,
         x: &B::Value,
         branch: &B::Value,
     ) -> Result<B::Value> {
-        bk.add(x, &bk.drop_path(branch, self.drop_path)?)
+        let branch = bk.drop_path(branch, self.drop_path)?;
+        if self.skip_lam == 1.0 {
+            bk.add(x, &branch)
+        } else {
+            bk.add(x, &bk.scale(&branch, 1.0 / self.skip_lam)?)
+        }
     }
 
     /// Visits every parameter, in checkpoint order.

@@ -1,6 +1,6 @@
 //! The inference backend: each operation computes its result at once on plain tensors.
 
-use idlevit_autodiff::ops;
+use idlevit_autodiff::ops::{self, Conv2dSpec};
 use idlevit_tensor::Tensor;
 
 use crate::{Backend, Param, Result};
@@ -119,5 +119,23 @@ impl Backend for Eager {
 
     fn l2_normalize(&self, x: &Tensor, eps: f32) -> Result<Tensor> {
         Ok(ops::l2_normalize(x, eps)?)
+    }
+
+    fn conv2d(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        spec: Conv2dSpec,
+    ) -> Result<Tensor> {
+        Ok(ops::conv2d(x, w, b, spec)?)
+    }
+
+    fn relu(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(ops::relu(x)?)
+    }
+
+    fn max_axis(&self, x: &Tensor, axis: usize) -> Result<Tensor> {
+        Ok(ops::max_axis(x, axis)?)
     }
 }

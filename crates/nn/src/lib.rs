@@ -24,6 +24,7 @@
 mod attention;
 mod backend;
 mod block;
+mod conv;
 mod eager;
 mod error;
 mod linear;
@@ -37,8 +38,10 @@ pub use attention::Attention;
 pub use attention::{Heads, QkvPart};
 pub use backend::Backend;
 pub use block::{Block, BlockConfig};
+pub use conv::{Conv2d, ConvBatchNorm, ConvShape};
 pub use eager::Eager;
 pub use error::NnError;
+pub use idlevit_autodiff::ops::Conv2dSpec;
 pub use idlevit_autodiff::{Gradients, Tape, Var};
 pub use idlevit_tensor::Tensor;
 pub use linear::Linear;

@@ -84,18 +84,12 @@ impl Linear {
 
     /// Visits the weight and the bias.
     pub fn visit_params(&self, f: &mut ParamVisitor<'_>) {
-        f(&self.weight);
-        if let Some(b) = &self.bias {
-            f(b);
-        }
+        crate::param::visit_weight_bias(&self.weight, self.bias.as_ref(), f);
     }
 
     /// Visits the weight and the bias mutably.
     pub fn visit_params_mut(&mut self, f: &mut ParamVisitorMut<'_>) {
-        f(&mut self.weight);
-        if let Some(b) = &mut self.bias {
-            f(b);
-        }
+        crate::param::visit_weight_bias_mut(&mut self.weight, self.bias.as_mut(), f);
     }
 
     /// Applies only output features `start..end` of the layer (a slice of the weight rows, no

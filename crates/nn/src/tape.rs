@@ -1,6 +1,7 @@
 //! The training backend: layers run on an [`idlevit_autodiff::Tape`], which records every
 //! operation for the backward pass.
 
+use idlevit_autodiff::ops::Conv2dSpec;
 use idlevit_autodiff::{Tape, Var};
 use idlevit_tensor::Tensor;
 
@@ -140,5 +141,17 @@ impl Backend for Tape {
         }
         let factors = Tensor::from_vec(factor_shape, factors)?;
         Ok(Tape::mul(self, branch, &Tape::constant(self, factors))?)
+    }
+
+    fn conv2d(&self, x: &Var, w: &Var, b: Option<&Var>, spec: Conv2dSpec) -> Result<Var> {
+        Ok(Tape::conv2d(self, x, w, b, spec)?)
+    }
+
+    fn relu(&self, x: &Var) -> Result<Var> {
+        Ok(Tape::relu(self, x)?)
+    }
+
+    fn max_axis(&self, x: &Var, axis: usize) -> Result<Var> {
+        Ok(Tape::max_axis(self, x, axis)?)
     }
 }

@@ -86,19 +86,13 @@ impl DeiTConfig {
             "deit_tiny" => Ok(Self::tiny()),
             "deit_small" => Ok(Self::small()),
             "deit_base" => Ok(Self::base()),
-            _ => Err(ZooError::UnknownModel {
-                name: name.to_string(),
-                known: NAMED_MODELS.join(", "),
-            }),
+            _ => Err(unknown_model(name, NAMED_MODELS)),
         }
     }
 
     /// Parses and validates a JSON config; unknown keys are an error.
     pub fn from_json(text: &str) -> Result<Self> {
-        let config: Self =
-            serde_json::from_str(text).map_err(|e| ZooError::Config(e.to_string()))?;
-        config.validate()?;
-        Ok(config)
+        parse_json(text, Self::validate)
     }
 
     /// Reads, parses and validates a JSON config file.
@@ -231,6 +225,24 @@ impl DeiTConfig {
     /// The MLP hidden width, `int(embed_dim * mlp_ratio)` as timm computes it.
     pub fn mlp_hidden(&self) -> usize {
         (self.embed_dim as f64 * self.mlp_ratio) as usize
+    }
+}
+
+/// A config of any family from JSON text, checked by `validate`.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
+    text: &str,
+    validate: impl Fn(&T) -> Result<()>,
+) -> Result<T> {
+    let config: T = serde_json::from_str(text).map_err(|e| ZooError::Config(e.to_string()))?;
+    validate(&config)?;
+    Ok(config)
+}
+
+/// The error for a model name outside `known`.
+pub(crate) fn unknown_model(name: &str, known: &[&str]) -> ZooError {
+    ZooError::UnknownModel {
+        name: name.to_string(),
+        known: known.join(", "),
     }
 }
 

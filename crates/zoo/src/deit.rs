@@ -5,11 +5,9 @@ use idlevit_nn::{
     Backend, Block, BlockConfig, LayerNorm, Linear, Param, ParamVisitor, ParamVisitorMut,
     PatchEmbed,
 };
-use idlevit_selector::{
-    MaskedLayer, PolicyKind, TokenPolicy, evit_fused, idle_gathered, idle_masked, keep_count,
-    prune_gathered,
-};
+use idlevit_selector::{MaskedLayer, TokenPolicy};
 
+use crate::stack::{masked, traced};
 use crate::{DeiTConfig, Result, random_checkpoint};
 
 /// timm's ViT layer-norm epsilon.
@@ -84,6 +82,7 @@ impl DeiT {
             mlp_hidden: config.mlp_hidden(),
             qkv_bias: config.qkv_bias,
             norm_eps: NORM_EPS,
+            skip_lam: 1.0,
         };
         let blocks = (0..config.depth)
             .map(|i| Block::load(&mut reader, &format!("blocks.{i}"), &block_config))
@@ -229,42 +228,9 @@ impl DeiT {
         bk: &B,
         images: &B::Value,
     ) -> Result<Traced<B::Value>> {
-        let mut x = self.embed(bk, images)?;
-        let batch = bk.shape(&x)[0];
-        let image_tokens = self.config.num_patches();
-        // Row -> original token index, which pruning changes.
-        let mut positions: Vec<Vec<usize>> = vec![(0..=image_tokens).collect(); batch];
-        let mut selections = Vec::new();
-        for (layer, block) in self.blocks.iter().enumerate() {
-            x = match self.policy.at(layer) {
-                None => block.forward(bk, &x)?,
-                Some((PolicyKind::Idle, ratio)) => {
-                    let (y, selection) =
-                        idle_gathered(bk, block, &x, keep_count(image_tokens, ratio)?)?;
-                    selections.push(LayerSelection {
-                        layer,
-                        tokens: selection.indices().to_vec(),
-                    });
-                    y
-                }
-                Some((PolicyKind::Prune, ratio)) => {
-                    let (y, selection) =
-                        prune_gathered(bk, block, &x, keep_count(image_tokens, ratio)?)?;
-                    positions = selection.map_positions(&positions);
-                    selections.push(LayerSelection {
-                        layer,
-                        tokens: positions.clone(),
-                    });
-                    y
-                }
-                Some((PolicyKind::Evit, rate)) => evit_fused(bk, block, &x, rate)?.0,
-            };
-        }
-        let (features, logits) = self.features_and_logits(bk, &x)?;
-        Ok(Traced {
-            logits,
-            features,
-            selections,
+        let x = self.embed(bk, images)?;
+        traced(bk, &self.blocks, &self.policy, x, |x| {
+            self.features_and_logits(bk, x)
         })
     }
 
@@ -276,32 +242,9 @@ impl DeiT {
         bk: &B,
         images: &B::Value,
     ) -> Result<MaskedForward<B::Value>> {
-        if let TokenPolicy::Select { kind, .. } = &self.policy
-            && *kind != PolicyKind::Idle
-        {
-            return Err(crate::ZooError::Config(format!(
-                "the masked form exists for the idle policy only, not {kind:?}"
-            )));
-        }
-        let mut x = self.embed(bk, images)?;
-        let mut layers = Vec::new();
-        for (layer, block) in self.blocks.iter().enumerate() {
-            x = match self.policy.at(layer) {
-                None => block.forward(bk, &x)?,
-                Some((_, ratio)) => {
-                    let masked =
-                        idle_masked(bk, block, &x, keep_count(self.config.num_patches(), ratio)?)?;
-                    let out = masked.output.clone();
-                    layers.push((layer, masked));
-                    out
-                }
-            };
-        }
-        let (features, logits) = self.features_and_logits(bk, &x)?;
-        Ok(MaskedForward {
-            logits,
-            features,
-            layers,
+        let x = self.embed(bk, images)?;
+        masked(bk, &self.blocks, &self.policy, x, |x| {
+            self.features_and_logits(bk, x)
         })
     }
 }

@@ -1,8 +1,10 @@
 //! The model zoo: Vision Transformer families that load timm-named weights.
 //!
 //! [`DeiT`] is built from a [`DeiTConfig`] (named constructors for the published sizes, or a
-//! free-form config read from JSON) and a checkpoint. Its `forward` is generic over the
-//! [`Backend`](idlevit_nn::Backend), so the same model serves inference and training.
+//! free-form config read from JSON) and a checkpoint; [`LvVit`] and [`PvtV2`] likewise from
+//! an [`LvVitConfig`] and a [`PvtConfig`]. Their `forward` is generic over the [`Backend`](idlevit_nn::Backend), so
+//! the same model serves inference and training. [`ZooConfig`] and [`ZooModel`] hold a model
+//! of any family, by name.
 //!
 //! ```
 //! use idlevit_nn::{Backend, Eager};
@@ -22,13 +24,20 @@ mod config;
 mod cost;
 mod deit;
 mod error;
+mod lvvit;
+mod model;
+mod pvt;
 mod random;
+mod stack;
 
 pub use config::{DeiTConfig, MAX_DEPTH, MAX_PARAMETERS, MAX_PATCHES};
-pub use cost::macs;
+pub use cost::{lvvit_macs, macs, pvt_macs};
 pub use deit::{DeiT, LayerSelection, MaskedForward, Traced};
 pub use error::ZooError;
 pub use idlevit_selector::{PolicyKind, Schedule, TokenPolicy};
+pub use lvvit::{LVVIT_MODELS, LvVit, LvVitConfig};
+pub use model::{ZooConfig, ZooModel, model_names};
+pub use pvt::{PVT_MODELS, PvtConfig, PvtV2};
 pub use random::random_checkpoint;
 
 /// Result type of this crate.

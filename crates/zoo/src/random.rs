@@ -94,3 +94,81 @@ pub fn random_checkpoint(config: &DeiTConfig, seed: u64) -> Result<Checkpoint> {
     );
     Ok(ckpt)
 }
+
+/// Seeded random weights drawn tensor by tensor under the names a family gives them (the
+/// families after DeiT build their checkpoints with this).
+pub(crate) struct RandomWeights {
+    rng: SplitMix,
+    ckpt: Checkpoint,
+}
+
+impl RandomWeights {
+    /// An empty checkpoint and a generator seeded with `seed`.
+    pub(crate) fn new(seed: u64) -> Self {
+        Self {
+            rng: SplitMix(seed),
+            ckpt: Checkpoint::default(),
+        }
+    }
+
+    /// `name` of `shape`, normal with `mean` and `std`.
+    pub(crate) fn tensor(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        std: f32,
+        mean: f32,
+    ) -> Result<()> {
+        let t = self.rng.tensor(shape, std, mean)?;
+        self.ckpt.insert(name, t);
+        Ok(())
+    }
+
+    /// A weight of `shape` whose first axis is the output (linear or convolution), with std
+    /// `fan_in^-1/2` so activations keep unit scale, and a small bias `(out)` if `bias`.
+    pub(crate) fn layer(&mut self, prefix: &str, shape: &[usize], bias: bool) -> Result<()> {
+        let fan_in: usize = shape[1..].iter().product();
+        let std = (fan_in.max(1) as f32).powf(-0.5);
+        self.tensor(&format!("{prefix}.weight"), shape, std, 0.0)?;
+        if bias {
+            self.tensor(&format!("{prefix}.bias"), &shape[..1], 0.02, 0.0)?;
+        }
+        Ok(())
+    }
+
+    /// A layer norm near the identity.
+    pub(crate) fn norm(&mut self, prefix: &str, c: usize) -> Result<()> {
+        self.tensor(&format!("{prefix}.weight"), &[c], 0.05, 1.0)?;
+        self.tensor(&format!("{prefix}.bias"), &[c], 0.05, 0.0)
+    }
+
+    /// A batch norm near the identity, with running statistics (variances near 1).
+    pub(crate) fn batch_norm(&mut self, prefix: &str, c: usize) -> Result<()> {
+        self.norm(prefix, c)?;
+        self.tensor(&format!("{prefix}.running_mean"), &[c], 0.05, 0.0)?;
+        let var = self.rng.tensor(&[c], 0.1, 0.0)?.map(|v| 1.0 + v.abs());
+        self.ckpt.insert(format!("{prefix}.running_var"), var);
+        Ok(())
+    }
+
+    /// A timm ViT block under `prefix`: norms, fused qkv, projection, two-layer MLP.
+    pub(crate) fn vit_block(
+        &mut self,
+        prefix: &str,
+        c: usize,
+        hidden: usize,
+        qkv_bias: bool,
+    ) -> Result<()> {
+        self.norm(&format!("{prefix}.norm1"), c)?;
+        self.layer(&format!("{prefix}.attn.qkv"), &[3 * c, c], qkv_bias)?;
+        self.layer(&format!("{prefix}.attn.proj"), &[c, c], true)?;
+        self.norm(&format!("{prefix}.norm2"), c)?;
+        self.layer(&format!("{prefix}.mlp.fc1"), &[hidden, c], true)?;
+        self.layer(&format!("{prefix}.mlp.fc2"), &[c, hidden], true)
+    }
+
+    /// The weights drawn so far.
+    pub(crate) fn finish(self) -> Checkpoint {
+        self.ckpt
+    }
+}

@@ -1,43 +1,16 @@
 //! Idle, masked, top-k pruning and EViT against the PyTorch reference of the spec
 //! (`fixtures/idle/*`, written by `fixtures/idle_reference.py`): logits and every selection.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+mod common;
 
+use std::collections::BTreeMap;
+
+use common::{Case, fixtures, stored_selection};
 use idlevit_checkpoint::Checkpoint;
 use idlevit_nn::Eager;
 use idlevit_zoo::{DeiT, DeiTConfig, PolicyKind, Schedule, TokenPolicy};
-use safetensors::SafeTensors;
-use serde::Deserialize;
 
 const FIXTURES: [&str; 3] = ["p8_i32_d2", "p16_i64_d4", "p8_i64_d6"];
-
-#[derive(Deserialize)]
-struct Case {
-    policy: String,
-    idle_layers: Vec<usize>,
-    keep_ratios: Vec<f64>,
-}
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
-
-/// The selections stored as I64 `selected.layer{i}` tensors `(batch, K + 1)`.
-fn stored_selection(bytes: &[u8], layer: usize) -> Vec<Vec<usize>> {
-    let file = SafeTensors::deserialize(bytes).unwrap();
-    let view = file.tensor(&format!("selected.layer{layer}")).unwrap();
-    assert_eq!(view.dtype(), safetensors::Dtype::I64);
-    let values: Vec<usize> = view
-        .data()
-        .chunks_exact(8)
-        .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as usize)
-        .collect();
-    values
-        .chunks(view.shape()[1])
-        .map(<[usize]>::to_vec)
-        .collect()
-}
 
 #[test]
 fn every_policy_matches_the_reference() {

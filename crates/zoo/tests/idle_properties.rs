@@ -1,52 +1,46 @@
 //! Properties of the idle layer forms on random models (spec section 3's equivalence).
 
+mod common;
+
+use common::images;
 use idlevit_nn::Eager;
 use idlevit_selector::{cls_scores, idle_gathered, keep_count};
 use idlevit_tensor::Tensor;
-use idlevit_zoo::{DeiT, DeiTConfig, PolicyKind, Schedule, TokenPolicy};
+use idlevit_zoo::{
+    DeiT, DeiTConfig, LvVitConfig, PolicyKind, Schedule, TokenPolicy, ZooConfig, ZooModel,
+};
 use proptest::prelude::*;
 
-/// A random small model shape and an idle schedule for it.
+/// A random small model shape (DeiT or LV-ViT) and an idle schedule for it.
 #[derive(Clone, Debug)]
 struct Case {
-    config: DeiTConfig,
+    config: ZooConfig,
     batch: usize,
     ratios: Vec<Option<f64>>,
     seed: u64,
 }
 
+/// Ratios for `depth` layers, each idle (keeping at least one of `tokens`) or dense.
+fn ratios(depth: usize, tokens: usize) -> impl Strategy<Value = Vec<Option<f64>>> {
+    let min_ratio = 1.0 / tokens as f64;
+    proptest::collection::vec(proptest::option::of(min_ratio..=1.0f64), depth)
+}
+
 fn case() -> impl Strategy<Value = Case> {
-    (
-        1usize..4,
-        1usize..4,
-        2usize..7,
-        2usize..5,
-        2usize..4,
-        1usize..4,
-        1usize..4,
-        any::<bool>(),
-        any::<u64>(),
-    )
-        .prop_flat_map(
-            |(depth, heads, head_dim, grid, patch, mlp, batch, qkv_bias, seed)| {
-                let config = DeiTConfig {
-                    img_size: grid * patch,
-                    patch_size: patch,
-                    embed_dim: heads * head_dim,
-                    depth,
-                    num_heads: heads,
-                    mlp_ratio: mlp as f64,
-                    num_classes: 3,
-                    qkv_bias,
-                    idle_layers: None,
-                    keep_ratios: None,
-                };
-                let min_ratio = 1.0 / (grid * grid) as f64;
-                let ratios =
-                    proptest::collection::vec(proptest::option::of(min_ratio..=1.0f64), depth);
-                (Just(config), Just(batch), ratios, Just(seed))
-            },
-        )
+    with_schedule(prop_oneof![deit_config(), lvvit_config()])
+}
+
+fn deit_case() -> impl Strategy<Value = Case> {
+    with_schedule(deit_config())
+}
+
+/// A batch, a seed and a random idle schedule for each config.
+fn with_schedule(configs: impl Strategy<Value = ZooConfig>) -> impl Strategy<Value = Case> {
+    (configs, 1usize..4, any::<u64>())
+        .prop_flat_map(|(config, batch, seed)| {
+            let ratios = ratios(config.depth(), config.num_patches());
+            (Just(config), Just(batch), ratios, Just(seed))
+        })
         .prop_map(|(config, batch, ratios, seed)| Case {
             config,
             batch,
@@ -55,18 +49,60 @@ fn case() -> impl Strategy<Value = Case> {
         })
 }
 
-fn images(config: &DeiTConfig, batch: usize, seed: u64) -> Tensor {
-    let n = batch * 3 * config.img_size * config.img_size;
-    let mut state = seed | 1;
-    let values = (0..n)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+/// Depth 1-3, 1-3 heads of width 2-6, a grid of 2-4 patches a side, MLP ratio 1-3.
+fn deit_config() -> impl Strategy<Value = ZooConfig> {
+    (
+        1usize..4,
+        1usize..4,
+        2usize..7,
+        2usize..5,
+        2usize..4,
+        1usize..4,
+        any::<bool>(),
+    )
+        .prop_map(|(depth, heads, head_dim, grid, patch, mlp, qkv_bias)| {
+            ZooConfig::DeiT(DeiTConfig {
+                img_size: grid * patch,
+                patch_size: patch,
+                embed_dim: heads * head_dim,
+                depth,
+                num_heads: heads,
+                mlp_ratio: mlp as f64,
+                num_classes: 3,
+                qkv_bias,
+                idle_layers: None,
+                keep_ratios: None,
+            })
         })
-        .collect();
-    Tensor::from_vec(vec![batch, 3, config.img_size, config.img_size], values).unwrap()
+}
+
+/// As [`deit_config`], with a stem of 1-3 channels and skip_lam 1-3.
+fn lvvit_config() -> impl Strategy<Value = ZooConfig> {
+    (
+        1usize..4,
+        1usize..4,
+        2usize..6,
+        2usize..5,
+        1usize..3,
+        1usize..4,
+        1usize..4,
+        1usize..4,
+    )
+        .prop_map(
+            |(depth, heads, head_dim, grid, half_patch, stem, mlp, lam)| {
+                ZooConfig::LvVit(LvVitConfig {
+                    img_size: grid * 2 * half_patch,
+                    patch_size: 2 * half_patch,
+                    stem_channels: stem,
+                    embed_dim: heads * head_dim,
+                    depth,
+                    num_heads: heads,
+                    mlp_ratio: mlp as f64,
+                    num_classes: 3,
+                    skip_lam: lam as f32,
+                })
+            },
+        )
 }
 
 fn schedule(case: &Case) -> Schedule {
@@ -102,9 +138,9 @@ proptest! {
     /// the same logits, unless a selection sits on a near-tie that rounding may flip.
     #[test]
     fn gathered_and_masked_forms_agree(case in case()) {
-        let model = DeiT::random(&case.config, case.seed).unwrap();
+        let model = ZooModel::random(&case.config, case.seed).unwrap();
         let model = model.with_policy(TokenPolicy::select(PolicyKind::Idle, schedule(&case))).unwrap();
-        let x = images(&case.config, case.batch, case.seed);
+        let x = images(case.batch, case.config.img_size(), case.seed);
         let gathered = model.forward_traced(&Eager, &x).unwrap();
         let masked = model.forward_masked(&Eager, &x).unwrap();
         prop_assert_eq!(gathered.selections.len(), masked.layers.len());
@@ -138,20 +174,22 @@ proptest! {
     /// Keeping every token is the dense model.
     #[test]
     fn keep_ratio_one_is_dense(case in case()) {
-        let dense = DeiT::random(&case.config, case.seed).unwrap();
-        let all = Schedule::new((0..case.config.depth).collect(), vec![1.0; case.config.depth]).unwrap();
+        let dense = ZooModel::random(&case.config, case.seed).unwrap();
+        let depth = case.config.depth();
+        let all = Schedule::new((0..depth).collect(), vec![1.0; depth]).unwrap();
         let idle = dense.clone().with_policy(TokenPolicy::select(PolicyKind::Idle, all)).unwrap();
-        let x = images(&case.config, case.batch, case.seed);
+        let x = images(case.batch, case.config.img_size(), case.seed);
         let diff = relative_diff(&idle.forward(&Eager, &x).unwrap(), &dense.forward(&Eager, &x).unwrap());
         prop_assert!(diff <= 1e-5, "keep ratio 1 differs from dense by {} relative", diff);
     }
 
     /// Rows an idle layer does not select leave it bit for bit as they entered.
     #[test]
-    fn idle_rows_pass_through_unchanged(case in case(), ratio in 0.01f64..=1.0) {
-        let model = DeiT::random(&case.config, case.seed).unwrap();
-        let x = model.embed(&Eager, &images(&case.config, case.batch, case.seed)).unwrap();
-        let tokens = case.config.num_patches();
+    fn idle_rows_pass_through_unchanged(case in deit_case(), ratio in 0.01f64..=1.0) {
+        let ZooConfig::DeiT(config) = &case.config else { unreachable!("a DeiT case") };
+        let model = DeiT::random(config, case.seed).unwrap();
+        let x = model.embed(&Eager, &images(case.batch, case.config.img_size(), case.seed)).unwrap();
+        let tokens = config.num_patches();
         let keep = keep_count(tokens, ratio).unwrap_or(1);
         let (y, selection) = idle_gathered(&Eager, &model.blocks()[0], &x, keep).unwrap();
         prop_assert_eq!(selection.selected(), keep + 1);

@@ -1,6 +1,7 @@
 //! What each operation records, and its backward pass: given the gradient of the result,
 //! add the gradient of every recorded operand to the store.
 
+mod conv;
 mod linalg;
 mod movement;
 mod pointwise;
@@ -10,7 +11,7 @@ use idlevit_tensor::Tensor;
 
 use crate::Result;
 use crate::gradients::GradStore;
-use crate::ops::{self, reduce_to_shape};
+use crate::ops::{self, ConvGeometry, reduce_to_shape};
 use crate::tape::NodeId;
 
 /// A recorded operation. Operand ids are `None` for constants (no gradient is computed for
@@ -129,6 +130,26 @@ pub(crate) enum Op {
         x: NodeId,
         x_value: Tensor,
         eps: f32,
+    },
+    /// Convolution: the weight gradient needs `x`, the input gradient needs `W`.
+    Conv2d {
+        x: Option<NodeId>,
+        w: Option<NodeId>,
+        b: Option<NodeId>,
+        x_value: Option<Tensor>,
+        w_value: Option<Tensor>,
+        geo: ConvGeometry,
+    },
+    /// ReLU; its backward needs only the sign of the output.
+    Relu {
+        x: NodeId,
+        y: Tensor,
+    },
+    /// Maximum over an axis: the gradient goes to the (first) maximum of each slice.
+    MaxAxis {
+        x: NodeId,
+        axis: usize,
+        index: Vec<usize>,
     },
 }
 
@@ -251,6 +272,25 @@ impl Op {
             Op::L2Normalize { x, x_value, eps } => {
                 store.add(*x, rows::l2_normalize(x_value, &g, *eps)?)
             }
+            Op::Conv2d {
+                x,
+                w,
+                b,
+                x_value,
+                w_value,
+                geo,
+            } => conv::conv2d(
+                &g,
+                conv::ConvOperands {
+                    x: (*x).zip(w_value.as_ref()),
+                    w: (*w).zip(x_value.as_ref()),
+                    b: *b,
+                    geo,
+                },
+                store,
+            ),
+            Op::Relu { x, y } => store.add(*x, pointwise::relu(y, &g)?),
+            Op::MaxAxis { x, axis, index } => movement::add_to_max(store, *x, *axis, index, &g),
         }
     }
 }

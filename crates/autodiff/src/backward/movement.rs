@@ -138,3 +138,27 @@ fn index_error(index: usize, rows: usize) -> AutodiffError {
     }
     .into()
 }
+
+/// `y = max over axis of x`: each `dy` goes to the position `index` recorded for it.
+pub(super) fn add_to_max(
+    store: &mut GradStore<'_>,
+    x: NodeId,
+    axis: usize,
+    index: &[usize],
+    g: &Tensor,
+) -> Result<()> {
+    let shape = store.shape(x);
+    let size = shape[axis];
+    let inner: usize = shape[axis + 1..].iter().product();
+    let g = g.contiguous();
+    let dx = store.buffer(x)?;
+    for (flat, (&best, &dy)) in index
+        .iter()
+        .zip(g.as_slice().unwrap_or_default())
+        .enumerate()
+    {
+        let (o, i) = (flat / inner.max(1), flat % inner.max(1));
+        dx[(o * size + best) * inner + i] += dy;
+    }
+    Ok(())
+}

@@ -61,3 +61,8 @@ pub(super) fn abs(x: &Tensor, g: &Tensor) -> Result<Tensor> {
 pub(super) fn square(x: &Tensor, g: &Tensor) -> Result<Tensor> {
     zip_map(x, g, |x, g| 2.0 * x * g)
 }
+
+/// ReLU from its output `y`: the gradient passes where `y > 0` (0 at the kink, as torch).
+pub(super) fn relu(y: &Tensor, g: &Tensor) -> Result<Tensor> {
+    zip_map(y, g, |y, g| if y > 0.0 { g } else { 0.0 })
+}

@@ -75,3 +75,8 @@ pub fn abs(x: &Tensor) -> Result<Tensor> {
 pub fn square(x: &Tensor) -> Result<Tensor> {
     Ok(x.map(|v| v * v))
 }
+
+/// `max(x, 0)`.
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    Ok(x.map(|v| v.max(0.0)))
+}

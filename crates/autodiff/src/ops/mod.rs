@@ -10,20 +10,23 @@
 //! Shapes follow PyTorch: leading axes are batch axes, the last axis is the feature axis, and
 //! a binary operation's second operand may broadcast to the first one's shape.
 
+mod conv;
 mod elementwise;
 mod linalg;
 mod reduce;
 mod rows;
 mod shape;
 
-pub use elementwise::{abs, add, gelu, mul, scale, square, sub};
+pub use conv::{Conv2dSpec, conv2d};
+pub use elementwise::{abs, add, gelu, mul, relu, scale, square, sub};
 pub use linalg::{linear, matmul};
-pub use reduce::{sum_all, sum_axis};
+pub use reduce::{max_axis, sum_all, sum_axis};
 pub use rows::{l2_normalize, layer_norm, log_softmax, softmax};
 pub use shape::{broadcast_to, concat, gather_rows, permute, reshape, scatter_rows, select, slice};
 
+pub(crate) use conv::{ConvGeometry, col2im, im2col};
 pub(crate) use linalg::{MatStack, batched_matmul, stack_offsets};
-pub(crate) use reduce::reduce_to_shape;
+pub(crate) use reduce::{max_axis_with_index, reduce_to_shape};
 pub(crate) use rows::row_norm;
 
 use idlevit_tensor::Tensor;

@@ -48,6 +48,50 @@ pub fn sum_axis(x: &Tensor, axis: usize, keepdim: bool) -> Result<Tensor> {
     Ok(Tensor::from_vec(shape, out)?)
 }
 
+/// Maximum over `axis`, which is removed (as `torch.max(x, dim)[0]`); NaN propagates.
+pub fn max_axis(x: &Tensor, axis: usize) -> Result<Tensor> {
+    Ok(max_axis_with_index(x, axis)?.0)
+}
+
+/// [`max_axis`] and, per output element, the index along `axis` of its (first) maximum.
+pub(crate) fn max_axis_with_index(x: &Tensor, axis: usize) -> Result<(Tensor, Vec<usize>)> {
+    let size = match x.shape().get(axis) {
+        Some(&size) if size > 0 => size,
+        _ => {
+            return Err(AutodiffError::shape(
+                "max_axis",
+                format!("a non-empty axis {axis}"),
+                x.shape(),
+            ));
+        }
+    };
+    let inner: usize = x.shape()[axis + 1..].iter().product();
+    let outer: usize = x.shape()[..axis].iter().product();
+    let x = x.contiguous();
+    let src = x.as_slice().unwrap_or_default();
+    let mut values = Vec::with_capacity(outer * inner);
+    let mut index = Vec::with_capacity(outer * inner);
+    for o in 0..outer {
+        for i in 0..inner {
+            let at = |s: usize| src[(o * size + s) * inner + i];
+            let best = (1..size).fold(0, |best, s| {
+                // A NaN, once found, stays the maximum, so that it propagates as in torch.
+                let (cand, cur) = (at(s), at(best));
+                if !cur.is_nan() && (cand.is_nan() || cand > cur) {
+                    s
+                } else {
+                    best
+                }
+            });
+            values.push(at(best));
+            index.push(best);
+        }
+    }
+    let mut shape = x.shape().to_vec();
+    shape.remove(axis);
+    Ok((Tensor::from_vec(shape, values)?, index))
+}
+
 /// Sum of every element, as a rank-0 tensor; accumulated in f64.
 pub fn sum_all(x: &Tensor) -> Result<Tensor> {
     let total: f64 = match x.as_slice() {

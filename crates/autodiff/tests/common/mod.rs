@@ -9,6 +9,7 @@
 
 #![allow(dead_code)]
 
+use idlevit_autodiff::ops::Conv2dSpec;
 use idlevit_autodiff::{Tape, Tensor, Var};
 use ndarray::{ArrayD, Axis, Ix2, IxDyn, Slice};
 use proptest::prelude::*;
@@ -73,6 +74,9 @@ pub trait Ops {
     fn abs(&self, x: &Self::V) -> Self::V;
     fn square(&self, x: &Self::V) -> Self::V;
     fn l2_normalize(&self, x: &Self::V, eps: f32) -> Self::V;
+    fn conv2d(&self, x: &Self::V, w: &Self::V, b: Option<&Self::V>, spec: Conv2dSpec) -> Self::V;
+    fn relu(&self, x: &Self::V) -> Self::V;
+    fn max_axis(&self, x: &Self::V, axis: usize) -> Self::V;
 }
 
 /// The tape, seen through [`Ops`] (a wrapper, since `Tape`'s own methods return `Result`).
@@ -151,6 +155,15 @@ impl Ops for OnTape<'_> {
     }
     fn l2_normalize(&self, x: &Var, eps: f32) -> Var {
         self.0.l2_normalize(x, eps).unwrap()
+    }
+    fn conv2d(&self, x: &Var, w: &Var, b: Option<&Var>, spec: Conv2dSpec) -> Var {
+        self.0.conv2d(x, w, b, spec).unwrap()
+    }
+    fn relu(&self, x: &Var) -> Var {
+        self.0.relu(x).unwrap()
+    }
+    fn max_axis(&self, x: &Var, axis: usize) -> Var {
+        self.0.max_axis(x, axis).unwrap()
     }
 }
 
@@ -340,6 +353,49 @@ impl Ops for Ref {
             let norm = row.iter().map(|v| v * v).sum::<f64>().sqrt();
             let d = norm.max(eps as f64);
             row.iter().map(|v| v / d).collect()
+        })
+    }
+    /// The convolution sum written out: every output, every tap, zero padding by skipping.
+    fn conv2d(&self, x: &Arr, w: &Arr, b: Option<&Arr>, spec: Conv2dSpec) -> Arr {
+        let (batch, cin, h, wd) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
+        let (cout, cig, kh, kw) = (w.shape()[0], w.shape()[1], w.shape()[2], w.shape()[3]);
+        let (s, p, g) = (spec.stride, spec.padding as isize, spec.groups);
+        let oh = (h + 2 * spec.padding - kh) / s + 1;
+        let ow = (wd + 2 * spec.padding - kw) / s + 1;
+        let cog = cout / g;
+        assert_eq!(cig * g, cin);
+        let mut out = ArrayD::zeros(IxDyn(&[batch, cout, oh, ow]));
+        for n in 0..batch {
+            for o in 0..cout {
+                let grp = o / cog;
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut acc = b.map_or(0.0, |b| b[[o]]);
+                        for c in 0..cig {
+                            for i in 0..kh {
+                                for j in 0..kw {
+                                    let y = (oy * s + i) as isize - p;
+                                    let xx = (ox * s + j) as isize - p;
+                                    if y >= 0 && xx >= 0 && (y as usize) < h && (xx as usize) < wd {
+                                        acc += w[[o, c, i, j]]
+                                            * x[[n, grp * cig + c, y as usize, xx as usize]];
+                                    }
+                                }
+                            }
+                        }
+                        out[[n, o, oy, ox]] = acc;
+                    }
+                }
+            }
+        }
+        out
+    }
+    fn relu(&self, x: &Arr) -> Arr {
+        x.mapv(|v| v.max(0.0))
+    }
+    fn max_axis(&self, x: &Arr, axis: usize) -> Arr {
+        x.map_axis(Axis(axis), |lane| {
+            lane.iter().copied().fold(f64::NEG_INFINITY, f64::max)
         })
     }
 }

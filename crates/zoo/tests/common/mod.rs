@@ -1,12 +1,60 @@
-//! Helpers shared by the zoo's gradient tests.
+//! Reading the golden fixtures the zoo's tests share.
 
-use std::collections::BTreeMap;
+#![allow(dead_code)]
 
-use idlevit_nn::Tensor;
-use idlevit_zoo::DeiT;
+use std::path::PathBuf;
+
+use safetensors::SafeTensors;
+use serde::Deserialize;
+
+/// The repository's `fixtures/` directory.
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+/// The selections stored as I64 `selected.layer{i}` tensors `(batch, K + 1)`.
+pub fn stored_selection(bytes: &[u8], layer: usize) -> Vec<Vec<usize>> {
+    let file = SafeTensors::deserialize(bytes).unwrap();
+    let view = file.tensor(&format!("selected.layer{layer}")).unwrap();
+    assert_eq!(view.dtype(), safetensors::Dtype::I64);
+    let values: Vec<usize> = view
+        .data()
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as usize)
+        .collect();
+    values
+        .chunks(view.shape()[1])
+        .map(<[usize]>::to_vec)
+        .collect()
+}
+
+/// One entry of a fixture's `schedules.json`: a policy and its schedule.
+#[derive(Deserialize)]
+pub struct Case {
+    /// `idle`, `masked`, `prune` or `evit`.
+    pub policy: String,
+    /// The selecting layers.
+    pub idle_layers: Vec<usize>,
+    /// The keep ratio of each.
+    pub keep_ratios: Vec<f64>,
+}
+
+/// Deterministic images `(batch, 3, side, side)` with values in [-2, 2).
+pub fn images(batch: usize, side: usize, seed: u64) -> idlevit_tensor::Tensor {
+    let mut state = seed | 1;
+    let values = (0..batch * 3 * side * side)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        })
+        .collect();
+    idlevit_tensor::Tensor::from_vec(vec![batch, 3, side, side], values).unwrap()
+}
 
 /// Deterministic values in [-1, 1).
-pub fn values(seed: u64, shape: &[usize]) -> Tensor {
+pub fn values(seed: u64, shape: &[usize]) -> idlevit_nn::Tensor {
     let mut state = seed;
     let data = (0..shape.iter().product())
         .map(|_| {
@@ -16,16 +64,16 @@ pub fn values(seed: u64, shape: &[usize]) -> Tensor {
             (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
         })
         .collect();
-    Tensor::from_vec(shape.to_vec(), data).unwrap()
+    idlevit_nn::Tensor::from_vec(shape.to_vec(), data).unwrap()
 }
 
 /// For each parameter of `grads`, the derivative of `loss` along a seeded random unit
 /// direction by central differences (step `1e-2`), against `<grad, d>`; the two must agree
 /// within `relative * |grad| + absolute`.
 pub fn check_directional_derivatives(
-    model: &DeiT,
-    grads: &BTreeMap<String, Tensor>,
-    loss: impl Fn(&DeiT) -> f64,
+    model: &idlevit_zoo::DeiT,
+    grads: &std::collections::BTreeMap<String, idlevit_nn::Tensor>,
+    loss: impl Fn(&idlevit_zoo::DeiT) -> f64,
     relative: f64,
     absolute: f64,
 ) {
@@ -51,7 +99,8 @@ pub fn check_directional_derivatives(
                         .zip(d.to_vec())
                         .map(|(&v, d)| v + sign * STEP * d)
                         .collect();
-                    *p.value_mut() = Tensor::from_vec(p.value().shape().to_vec(), values).unwrap();
+                    *p.value_mut() =
+                        idlevit_nn::Tensor::from_vec(p.value().shape().to_vec(), values).unwrap();
                 }
             });
             loss(&moved)

@@ -1,0 +1,424 @@
+//! LV-ViT (Jiang et al., "All Tokens Matter: Token Labeling for Training Better Vision
+//! Transformers"), with the weight names of its official release (`lvvit_s`, `lvvit_m`).
+
+use idlevit_checkpoint::{Checkpoint, WeightReader};
+use idlevit_nn::{
+    Backend, Block, BlockConfig, Conv2d, Conv2dSpec, ConvBatchNorm, ConvShape, LayerNorm, Linear,
+    Param, ParamVisitor, ParamVisitorMut,
+};
+use idlevit_selector::{Schedule, TokenPolicy};
+use serde::{Deserialize, Serialize};
+
+use crate::random::RandomWeights;
+use crate::stack::{masked, traced};
+use crate::{MAX_DEPTH, MAX_PATCHES, MaskedForward, Result, Traced, ZooError};
+
+/// torch's LayerNorm epsilon, which LV-ViT keeps.
+const NORM_EPS: f32 = 1e-5;
+
+/// Weight of the aux head's token maximum in the prediction.
+const AUX_WEIGHT: f32 = 0.5;
+
+/// The shape of an LV-ViT, with the keys of its `config.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LvVitConfig {
+    /// Input image side in pixels (square images).
+    pub img_size: usize,
+    /// Pixels per token side: the stem halves the image, the patch conv takes `patch / 2`.
+    pub patch_size: usize,
+    /// Channels of the convolutional stem (64 in the release's S and M).
+    pub stem_channels: usize,
+    /// Token width `C`.
+    pub embed_dim: usize,
+    /// Number of transformer blocks.
+    pub depth: usize,
+    /// Attention heads per block.
+    pub num_heads: usize,
+    /// MLP hidden width as a multiple of `embed_dim`.
+    pub mlp_ratio: f64,
+    /// Classifier outputs of the head and of the aux head.
+    pub num_classes: usize,
+    /// Divisor of every residual branch.
+    pub skip_lam: f32,
+}
+
+/// Names accepted by [`LvVitConfig::named`].
+pub const LVVIT_MODELS: &[&str] = &["lvvit_s", "lvvit_m"];
+
+impl LvVitConfig {
+    /// LV-ViT-S: C = 384, 6 heads, depth 16 (the release's `lvvit_s`).
+    pub fn small() -> Self {
+        Self::imagenet(384, 6, 16)
+    }
+
+    /// LV-ViT-M: C = 512, 8 heads, depth 20 (the release's `lvvit_m`).
+    pub fn medium() -> Self {
+        Self::imagenet(512, 8, 20)
+    }
+
+    fn imagenet(embed_dim: usize, num_heads: usize, depth: usize) -> Self {
+        Self {
+            img_size: 224,
+            patch_size: 16,
+            stem_channels: 64,
+            embed_dim,
+            depth,
+            num_heads,
+            mlp_ratio: 3.0,
+            num_classes: 1000,
+            skip_lam: 2.0,
+        }
+    }
+
+    /// A published size by name: `lvvit_s` or `lvvit_m`.
+    pub fn named(name: &str) -> Result<Self> {
+        match name {
+            "lvvit_s" => Ok(Self::small()),
+            "lvvit_m" => Ok(Self::medium()),
+            _ => Err(crate::config::unknown_model(name, LVVIT_MODELS)),
+        }
+    }
+
+    /// Parses and validates a JSON config; unknown keys are an error.
+    pub fn from_json(text: &str) -> Result<Self> {
+        crate::config::parse_json(text, Self::validate)
+    }
+
+    /// The release's idle schedule at base rate `r` for the model's depth: S (16 blocks)
+    /// idles layers 4..15, M (20 blocks) layers 5..19 (spec section 1).
+    pub fn idle_schedule(&self, rate: f64) -> Result<Schedule> {
+        match self.depth {
+            16 => Ok(Schedule::lvvit_s(rate)?),
+            20 => Ok(Schedule::lvvit_m(rate)?),
+            depth => Err(ZooError::Config(format!(
+                "LV-ViT idle schedules exist for depth 16 (S) and 20 (M), not {depth}"
+            ))),
+        }
+    }
+
+    /// Checks that the numbers describe a model that can run.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |msg: String| Err(ZooError::Config(msg));
+        if self.depth == 0 || self.depth > MAX_DEPTH {
+            return fail(format!("depth {} is outside 1..={MAX_DEPTH}", self.depth));
+        }
+        if self.embed_dim == 0
+            || self.num_heads == 0
+            || !self.embed_dim.is_multiple_of(self.num_heads)
+        {
+            return fail(format!(
+                "embed_dim {} must be a positive multiple of num_heads {}",
+                self.embed_dim, self.num_heads
+            ));
+        }
+        if self.patch_size < 2
+            || !self.patch_size.is_multiple_of(2)
+            || !self.img_size.is_multiple_of(self.patch_size)
+            || self.img_size == 0
+        {
+            return fail(format!(
+                "img_size {} must be a positive multiple of patch_size {}, which must be even",
+                self.img_size, self.patch_size
+            ));
+        }
+        if self.num_patches() > MAX_PATCHES {
+            return fail(format!(
+                "{} patches exceed the limit of {MAX_PATCHES}",
+                self.num_patches()
+            ));
+        }
+        if self.stem_channels == 0 || self.stem_channels > 4096 {
+            return fail(format!(
+                "stem_channels {} is outside 1..=4096",
+                self.stem_channels
+            ));
+        }
+        if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0 && self.mlp_ratio <= 64.0)
+            || self.mlp_hidden() == 0
+        {
+            return fail(format!(
+                "mlp_ratio {} gives no hidden units",
+                self.mlp_ratio
+            ));
+        }
+        if self.num_classes == 0 || self.num_classes > 1 << 20 {
+            return fail(format!(
+                "num_classes {} is outside 1..=1048576 (LV-ViT predicts with its heads)",
+                self.num_classes
+            ));
+        }
+        if !(self.skip_lam.is_finite() && self.skip_lam > 0.0) {
+            return fail(format!("skip_lam {} must be positive", self.skip_lam));
+        }
+        Ok(())
+    }
+
+    /// The number of image tokens `N`.
+    pub fn num_patches(&self) -> usize {
+        self.img_size
+            .checked_div(self.patch_size)
+            .unwrap_or(0)
+            .saturating_pow(2)
+    }
+
+    /// The MLP hidden width, `int(embed_dim * mlp_ratio)`.
+    pub fn mlp_hidden(&self) -> usize {
+        (self.embed_dim as f64 * self.mlp_ratio) as usize
+    }
+
+    /// Side of the patch convolution's kernel and stride.
+    fn proj_kernel(&self) -> usize {
+        self.patch_size / 2
+    }
+
+    /// The stem's three convolutions and the patch convolution, in order.
+    fn stem_shapes(&self) -> [ConvShape; 4] {
+        let s = self.stem_channels;
+        let conv = |in_channels, out_channels, kernel, stride, padding| ConvShape {
+            in_channels,
+            out_channels,
+            kernel,
+            spec: Conv2dSpec::new(stride, padding),
+        };
+        let k = self.proj_kernel();
+        [
+            conv(3, s, 7, 2, 3),
+            conv(s, s, 3, 1, 1),
+            conv(s, s, 3, 1, 1),
+            conv(s, self.embed_dim, k, k, 0),
+        ]
+    }
+}
+
+/// An LV-ViT: convolutional stem (three conv + eval batch norm + ReLU), patch convolution,
+/// CLS token and position embedding, blocks with residuals divided by `skip_lam`, final norm,
+/// and the combined prediction `head(x_cls) + 0.5 max_tokens aux_head(x_patches)`.
+#[derive(Clone, Debug)]
+pub struct LvVit {
+    config: LvVitConfig,
+    stem: [ConvBatchNorm; 3],
+    proj: Conv2d,
+    cls_token: Param,
+    pos_embed: Param,
+    blocks: Vec<Block>,
+    norm: LayerNorm,
+    head: Linear,
+    aux_head: Linear,
+    policy: TokenPolicy,
+}
+
+impl LvVit {
+    /// Builds the model from weights under the release's names (see [`Self::adapt`] for
+    /// the release's checkpoint files); every tensor must be present with its exact shape,
+    /// and a tensor the model does not use is an error.
+    pub fn load(config: &LvVitConfig, checkpoint: Checkpoint) -> Result<Self> {
+        config.validate()?;
+        let c = config.embed_dim;
+        let mut reader = WeightReader::new(checkpoint);
+        let [s1, s2, s3, proj] = config.stem_shapes();
+        let stem_layer = |reader: &mut WeightReader, i: usize, shape| {
+            ConvBatchNorm::load(
+                reader,
+                &format!("patch_embed.conv{i}"),
+                &format!("patch_embed.bn{i}"),
+                shape,
+            )
+        };
+        let stem = [
+            stem_layer(&mut reader, 1, s1)?,
+            stem_layer(&mut reader, 2, s2)?,
+            stem_layer(&mut reader, 3, s3)?,
+        ];
+        let proj = Conv2d::load(&mut reader, "patch_embed.proj", proj, true)?;
+        let cls_token = Param::load(&mut reader, "cls_token", &[1, 1, c])?;
+        let pos_embed = Param::load(&mut reader, "pos_embed", &[1, config.num_patches() + 1, c])?;
+        let block_config = BlockConfig {
+            dim: c,
+            num_heads: config.num_heads,
+            mlp_hidden: config.mlp_hidden(),
+            qkv_bias: false,
+            norm_eps: NORM_EPS,
+            skip_lam: config.skip_lam,
+        };
+        let blocks = (0..config.depth)
+            .map(|i| Block::load(&mut reader, &format!("blocks.{i}"), &block_config))
+            .collect::<std::result::Result<_, _>>()?;
+        let norm = LayerNorm::load(&mut reader, "norm", c, NORM_EPS)?;
+        let head = Linear::load(&mut reader, "head", c, config.num_classes, true)?;
+        let aux_head = Linear::load(&mut reader, "aux_head", c, config.num_classes, true)?;
+        reader.finish()?;
+        Ok(Self {
+            config: config.clone(),
+            stem,
+            proj,
+            cls_token,
+            pos_embed,
+            blocks,
+            norm,
+            head,
+            aux_head,
+            policy: TokenPolicy::Dense,
+        })
+    }
+
+    /// The release's checkpoint quirks, undone: weights saved from `DistributedDataParallel`
+    /// carry a `module.` prefix, which is dropped. (The `state_dict` / `model` nesting and the
+    /// integer `num_batches_tracked` counters are left behind by the `.pth` reader.)
+    pub fn adapt(checkpoint: Checkpoint) -> Checkpoint {
+        let mut adapted = Checkpoint::default();
+        for (name, tensor) in checkpoint.iter() {
+            adapted.insert(name.strip_prefix("module.").unwrap_or(name), tensor.clone());
+        }
+        adapted
+    }
+
+    /// A model with seeded random weights (for benchmarks and tests).
+    pub fn random(config: &LvVitConfig, seed: u64) -> Result<Self> {
+        config.validate()?;
+        let mut w = RandomWeights::new(seed);
+        let c = config.embed_dim;
+        let [s1, s2, s3, proj] = config.stem_shapes();
+        let kernel = |s: ConvShape| [s.out_channels, s.in_channels, s.kernel, s.kernel];
+        for (i, shape) in [s1, s2, s3].into_iter().enumerate() {
+            w.layer(&format!("patch_embed.conv{}", i + 1), &kernel(shape), false)?;
+            w.batch_norm(&format!("patch_embed.bn{}", i + 1), shape.out_channels)?;
+        }
+        w.layer("patch_embed.proj", &kernel(proj), true)?;
+        w.tensor("cls_token", &[1, 1, c], 0.5, 0.0)?;
+        w.tensor("pos_embed", &[1, config.num_patches() + 1, c], 0.5, 0.0)?;
+        for i in 0..config.depth {
+            w.vit_block(&format!("blocks.{i}"), c, config.mlp_hidden(), false)?;
+        }
+        w.norm("norm", c)?;
+        w.layer("head", &[config.num_classes, c], true)?;
+        w.layer("aux_head", &[config.num_classes, c], true)?;
+        Self::load(config, w.finish())
+    }
+
+    /// The same model running `policy` at its selection layers.
+    pub fn with_policy(mut self, policy: TokenPolicy) -> Result<Self> {
+        policy.validate(self.config.depth, self.config.num_patches())?;
+        self.policy = policy;
+        Ok(self)
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &LvVitConfig {
+        &self.config
+    }
+
+    /// The token policy the model runs.
+    pub fn policy(&self) -> &TokenPolicy {
+        &self.policy
+    }
+
+    /// The transformer blocks, in order.
+    pub fn blocks(&self) -> &[Block] {
+        &self.blocks
+    }
+
+    /// Visits every learnable parameter in checkpoint order (the batch norms' running
+    /// statistics are not learnable in eval mode and are left out).
+    pub fn visit_params(&self, f: &mut ParamVisitor<'_>) {
+        self.stem.iter().for_each(|s| s.visit_params(f));
+        self.proj.visit_params(f);
+        f(&self.cls_token);
+        f(&self.pos_embed);
+        self.blocks.iter().for_each(|b| b.visit_params(f));
+        self.norm.visit_params(f);
+        self.head.visit_params(f);
+        self.aux_head.visit_params(f);
+    }
+
+    /// Visits every learnable parameter mutably (an optimiser step).
+    pub fn visit_params_mut(&mut self, f: &mut ParamVisitorMut<'_>) {
+        self.stem.iter_mut().for_each(|s| s.visit_params_mut(f));
+        self.proj.visit_params_mut(f);
+        f(&mut self.cls_token);
+        f(&mut self.pos_embed);
+        self.blocks.iter_mut().for_each(|b| b.visit_params_mut(f));
+        self.norm.visit_params_mut(f);
+        self.head.visit_params_mut(f);
+        self.aux_head.visit_params_mut(f);
+    }
+
+    /// Every weight and running statistic under the release's names, ready to save.
+    pub fn to_checkpoint(&self) -> Result<Checkpoint> {
+        let mut ckpt = Checkpoint::default();
+        let mut failure = None;
+        let mut save = |p: &Param| match p.stored_value() {
+            Ok(value) => ckpt.insert(p.name(), value),
+            Err(e) => failure = Some(e),
+        };
+        self.visit_params(&mut save);
+        self.stem.iter().for_each(|s| s.visit_buffers(&mut save));
+        match failure {
+            Some(e) => Err(e.into()),
+            None => Ok(ckpt),
+        }
+    }
+
+    /// Tokens entering the first block: `[CLS; stem patches] + pos_embed`, `(batch, N+1, C)`.
+    pub fn embed<B: Backend>(&self, bk: &B, images: &B::Value) -> Result<B::Value> {
+        let shape = bk.shape(images);
+        crate::model::check_images(shape, self.config.img_size)?;
+        let batch = shape[0];
+        let mut x = images.clone();
+        for layer in &self.stem {
+            x = bk.relu(&layer.forward(bk, &x)?)?;
+        }
+        let x = self.proj.forward(bk, &x)?;
+        let (c, n) = (self.config.embed_dim, self.config.num_patches());
+        let patches = bk.permute(&bk.reshape(&x, &[batch, c, n])?, &[0, 2, 1])?;
+        let cls = bk.broadcast_to(&bk.param(&self.cls_token), &[batch, 1, c])?;
+        let tokens = bk.concat(&[cls, patches], 1)?;
+        Ok(bk.add(&tokens, &bk.param(&self.pos_embed))?)
+    }
+
+    /// The final normalised CLS features `(batch, dim)` and the combined prediction
+    /// `head(cls) + 0.5 max over the other tokens of aux_head` (idle tokens included).
+    pub fn features_and_logits<B: Backend>(
+        &self,
+        bk: &B,
+        tokens: &B::Value,
+    ) -> Result<(B::Value, B::Value)> {
+        let normed = self.norm.forward(bk, tokens)?;
+        let rows = bk.shape(&normed)[1];
+        let cls = bk.select(&normed, 1, 0)?;
+        let aux = self.aux_head.forward(bk, &bk.slice(&normed, 1, 1, rows)?)?;
+        let aux = bk.scale(&bk.max_axis(&aux, 1)?, AUX_WEIGHT)?;
+        let logits = bk.add(&self.head.forward(bk, &cls)?, &aux)?;
+        Ok((cls, logits))
+    }
+
+    /// Forward pass under the model's policy (idle layers gathered): images
+    /// `(batch, 3, img, img)` to logits `(batch, classes)`.
+    pub fn forward<B: Backend>(&self, bk: &B, images: &B::Value) -> Result<B::Value> {
+        Ok(self.forward_traced(bk, images)?.logits)
+    }
+
+    /// [`forward`](Self::forward), also returning each selecting layer's choice.
+    pub fn forward_traced<B: Backend>(
+        &self,
+        bk: &B,
+        images: &B::Value,
+    ) -> Result<Traced<B::Value>> {
+        let x = self.embed(bk, images)?;
+        traced(bk, &self.blocks, &self.policy, x, |x| {
+            self.features_and_logits(bk, x)
+        })
+    }
+
+    /// The training form: idle layers masked, with what the cut loss needs per idle layer.
+    pub fn forward_masked<B: Backend>(
+        &self,
+        bk: &B,
+        images: &B::Value,
+    ) -> Result<MaskedForward<B::Value>> {
+        let x = self.embed(bk, images)?;
+        masked(bk, &self.blocks, &self.policy, x, |x| {
+            self.features_and_logits(bk, x)
+        })
+    }
+}

@@ -1,0 +1,218 @@
+//! Any model of the zoo behind one type, for the code that serves every family alike (the
+//! CLI's `--model`, benchmarks, cost counts, family-independent tests).
+
+use idlevit_checkpoint::Checkpoint;
+use idlevit_nn::{Backend, ParamVisitor, ParamVisitorMut};
+use idlevit_selector::{PolicyKind, Schedule, TokenPolicy};
+
+use crate::{
+    DeiT, DeiTConfig, LVVIT_MODELS, LvVit, LvVitConfig, MaskedForward, PVT_MODELS, PvtConfig,
+    PvtV2, Result, Traced, ZooError, cost,
+};
+
+/// Checks that images are `(batch >= 1, 3, side, side)`.
+pub(crate) fn check_images(shape: &[usize], side: usize) -> Result<()> {
+    if shape.len() != 4 || shape[1..] != [3, side, side] || shape[0] == 0 {
+        return Err(idlevit_nn::NnError::shape(
+            "input images",
+            format!("(batch >= 1, 3, {side}, {side})"),
+            shape,
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// The configuration of a model of any family.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ZooConfig {
+    /// A DeiT / ViT.
+    DeiT(DeiTConfig),
+    /// An LV-ViT.
+    LvVit(LvVitConfig),
+    /// A PVT-v2.
+    Pvt(PvtConfig),
+}
+
+/// Every name [`ZooConfig::named`] accepts.
+pub fn model_names() -> Vec<&'static str> {
+    let mut names = crate::config::NAMED_MODELS.to_vec();
+    names.extend_from_slice(LVVIT_MODELS);
+    names.extend_from_slice(PVT_MODELS);
+    names
+}
+
+impl ZooConfig {
+    /// A published model by name: `deit_{tiny,small,base}` (or timm's full DeiT names),
+    /// `lvvit_{s,m}`, `pvt_v2_b{0,1,2}`.
+    pub fn named(name: &str) -> Result<Self> {
+        if let Ok(config) = DeiTConfig::named(name) {
+            return Ok(Self::DeiT(config));
+        }
+        if let Ok(config) = LvVitConfig::named(name) {
+            return Ok(Self::LvVit(config));
+        }
+        if let Ok(config) = PvtConfig::named(name) {
+            return Ok(Self::Pvt(config));
+        }
+        Err(crate::config::unknown_model(name, &model_names()))
+    }
+
+    /// The number of blocks.
+    pub fn depth(&self) -> usize {
+        match self {
+            Self::DeiT(c) => c.depth,
+            Self::LvVit(c) => c.depth,
+            Self::Pvt(c) => c.depth(),
+        }
+    }
+
+    /// The number of image tokens at the model input (PVT: of its first stage).
+    pub fn num_patches(&self) -> usize {
+        match self {
+            Self::DeiT(c) => c.num_patches(),
+            Self::LvVit(c) => c.num_patches(),
+            Self::Pvt(c) => c.stage_tokens(0),
+        }
+    }
+
+    /// Input image side in pixels.
+    pub fn img_size(&self) -> usize {
+        match self {
+            Self::DeiT(c) => c.img_size,
+            Self::LvVit(c) => c.img_size,
+            Self::Pvt(c) => c.img_size,
+        }
+    }
+
+    /// The release's schedule of `kind` at base rate `rate` for this model: the DeiT and
+    /// LV-ViT idle schedules of spec section 1 (pruning shares them), EViT's layers 3, 6, 9;
+    /// PVT-v2's stages 2-4 (idle only).
+    pub fn schedule(&self, kind: PolicyKind, rate: f64) -> Result<Schedule> {
+        match (self, kind) {
+            (Self::Pvt(c), PolicyKind::Idle) => c.idle_schedule(rate),
+            (Self::Pvt(_), kind) => Err(ZooError::Config(format!(
+                "PVT-v2 runs the idle policy only, not {kind:?}"
+            ))),
+            (_, PolicyKind::Evit) => Ok(Schedule::evit_deit(rate)?),
+            (Self::DeiT(_), _) => Ok(Schedule::deit(rate)?),
+            (Self::LvVit(c), _) => c.idle_schedule(rate),
+        }
+    }
+
+    /// Multiply-accumulates of one image under `policy`.
+    pub fn macs(&self, policy: &TokenPolicy) -> Result<f64> {
+        match self {
+            Self::DeiT(c) => cost::macs(c, policy),
+            Self::LvVit(c) => cost::lvvit_macs(c, policy),
+            Self::Pvt(c) => cost::pvt_macs(c, policy),
+        }
+    }
+}
+
+/// A model of any family.
+#[derive(Clone, Debug)]
+pub enum ZooModel {
+    /// A DeiT / ViT (boxed: the families differ much in size).
+    DeiT(Box<DeiT>),
+    /// An LV-ViT.
+    LvVit(Box<LvVit>),
+    /// A PVT-v2.
+    Pvt(Box<PvtV2>),
+}
+
+impl ZooModel {
+    /// Builds the model from its family's weight names.
+    pub fn load(config: &ZooConfig, checkpoint: Checkpoint) -> Result<Self> {
+        Ok(match config {
+            ZooConfig::DeiT(c) => Self::DeiT(Box::new(DeiT::load(c, checkpoint)?)),
+            ZooConfig::LvVit(c) => Self::LvVit(Box::new(LvVit::load(c, checkpoint)?)),
+            ZooConfig::Pvt(c) => Self::Pvt(Box::new(PvtV2::load(c, checkpoint)?)),
+        })
+    }
+
+    /// A model with seeded random weights.
+    pub fn random(config: &ZooConfig, seed: u64) -> Result<Self> {
+        Ok(match config {
+            ZooConfig::DeiT(c) => Self::DeiT(Box::new(DeiT::random(c, seed)?)),
+            ZooConfig::LvVit(c) => Self::LvVit(Box::new(LvVit::random(c, seed)?)),
+            ZooConfig::Pvt(c) => Self::Pvt(Box::new(PvtV2::random(c, seed)?)),
+        })
+    }
+
+    /// The same model running `policy`.
+    pub fn with_policy(self, policy: TokenPolicy) -> Result<Self> {
+        Ok(match self {
+            Self::DeiT(m) => Self::DeiT(Box::new(m.with_policy(policy)?)),
+            Self::LvVit(m) => Self::LvVit(Box::new(m.with_policy(policy)?)),
+            Self::Pvt(m) => Self::Pvt(Box::new(m.with_policy(policy)?)),
+        })
+    }
+
+    /// The token policy the model runs.
+    pub fn policy(&self) -> &TokenPolicy {
+        match self {
+            Self::DeiT(m) => m.policy(),
+            Self::LvVit(m) => m.policy(),
+            Self::Pvt(m) => m.policy(),
+        }
+    }
+
+    /// Images `(batch, 3, img, img)` to logits `(batch, classes)` under the model's policy.
+    pub fn forward<B: Backend>(&self, bk: &B, images: &B::Value) -> Result<B::Value> {
+        match self {
+            Self::DeiT(m) => m.forward(bk, images),
+            Self::LvVit(m) => m.forward(bk, images),
+            Self::Pvt(m) => m.forward(bk, images),
+        }
+    }
+
+    /// [`forward`](Self::forward), also returning each selecting layer's choice.
+    pub fn forward_traced<B: Backend>(
+        &self,
+        bk: &B,
+        images: &B::Value,
+    ) -> Result<Traced<B::Value>> {
+        match self {
+            Self::DeiT(m) => m.forward_traced(bk, images),
+            Self::LvVit(m) => m.forward_traced(bk, images),
+            Self::Pvt(m) => m.forward_traced(bk, images),
+        }
+    }
+
+    /// The training form (idle layers masked) with what the cut loss needs; PVT-v2 has no
+    /// CLS attention for a cut loss (its masked form is [`PvtV2::forward_masked`]).
+    pub fn forward_masked<B: Backend>(
+        &self,
+        bk: &B,
+        images: &B::Value,
+    ) -> Result<MaskedForward<B::Value>> {
+        match self {
+            Self::DeiT(m) => m.forward_masked(bk, images),
+            Self::LvVit(m) => m.forward_masked(bk, images),
+            Self::Pvt(_) => Err(ZooError::Config(
+                "PVT-v2 has no CLS attention, hence no cut-loss outputs; its masked form is \
+                 PvtV2::forward_masked"
+                    .into(),
+            )),
+        }
+    }
+
+    /// Visits every learnable parameter.
+    pub fn visit_params(&self, f: &mut ParamVisitor<'_>) {
+        match self {
+            Self::DeiT(m) => m.visit_params(f),
+            Self::LvVit(m) => m.visit_params(f),
+            Self::Pvt(m) => m.visit_params(f),
+        }
+    }
+
+    /// Visits every learnable parameter mutably.
+    pub fn visit_params_mut(&mut self, f: &mut ParamVisitorMut<'_>) {
+        match self {
+            Self::DeiT(m) => m.visit_params_mut(f),
+            Self::LvVit(m) => m.visit_params_mut(f),
+            Self::Pvt(m) => m.visit_params_mut(f),
+        }
+    }
+}

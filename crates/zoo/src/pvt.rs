@@ -1,0 +1,803 @@
+//! PVT-v2 (Wang et al., "PVT v2: Improved Baselines with Pyramid Vision Transformer"), as
+//! timm's `pvt_v2_b*`, with token idling in its later stages (design in `docs/pvt-idle.md`).
+
+use idlevit_checkpoint::{Checkpoint, WeightReader};
+use idlevit_nn::{
+    Backend, Conv2d, Conv2dSpec, ConvShape, LayerNorm, Linear, NnError, ParamVisitor,
+    ParamVisitorMut,
+};
+use idlevit_selector::{PolicyKind, Schedule, TokenPolicy, TokenSelection, keep_count};
+use idlevit_tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::random::RandomWeights;
+use crate::{LayerSelection, MAX_PATCHES, Result, Traced, ZooError};
+
+/// Epsilon of timm's `LayerNorm` (block and stage norms).
+const BLOCK_NORM_EPS: f32 = 1e-6;
+/// Epsilon of torch's `nn.LayerNorm` (patch-embedding and spatial-reduction norms).
+const TORCH_NORM_EPS: f32 = 1e-5;
+
+/// The shape of a PVT-v2, with the keys of its `config.json`; every list has one entry per
+/// stage.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PvtConfig {
+    /// Input image side in pixels (square images).
+    pub img_size: usize,
+    /// Token width of each stage.
+    pub embed_dims: Vec<usize>,
+    /// Blocks per stage.
+    pub depths: Vec<usize>,
+    /// Attention heads per stage.
+    pub num_heads: Vec<usize>,
+    /// Spatial-reduction ratio per stage: keys and values come from a map shrunk by a
+    /// convolution of kernel and stride `sr` (1: the full map).
+    pub sr_ratios: Vec<usize>,
+    /// MLP hidden width as a multiple of the stage's width.
+    pub mlp_ratios: Vec<f64>,
+    /// Classifier outputs.
+    pub num_classes: usize,
+}
+
+/// Names accepted by [`PvtConfig::named`].
+pub const PVT_MODELS: &[&str] = &["pvt_v2_b0", "pvt_v2_b1", "pvt_v2_b2"];
+
+impl PvtConfig {
+    /// timm's `pvt_v2_b0`.
+    pub fn b0() -> Self {
+        Self::imagenet(vec![32, 64, 160, 256], vec![2, 2, 2, 2])
+    }
+
+    /// timm's `pvt_v2_b1`.
+    pub fn b1() -> Self {
+        Self::imagenet(vec![64, 128, 320, 512], vec![2, 2, 2, 2])
+    }
+
+    /// timm's `pvt_v2_b2`.
+    pub fn b2() -> Self {
+        Self::imagenet(vec![64, 128, 320, 512], vec![3, 4, 6, 3])
+    }
+
+    fn imagenet(embed_dims: Vec<usize>, depths: Vec<usize>) -> Self {
+        Self {
+            img_size: 224,
+            embed_dims,
+            depths,
+            num_heads: vec![1, 2, 5, 8],
+            sr_ratios: vec![8, 4, 2, 1],
+            mlp_ratios: vec![8.0, 8.0, 4.0, 4.0],
+            num_classes: 1000,
+        }
+    }
+
+    /// A published size by timm name.
+    pub fn named(name: &str) -> Result<Self> {
+        match name {
+            "pvt_v2_b0" => Ok(Self::b0()),
+            "pvt_v2_b1" => Ok(Self::b1()),
+            "pvt_v2_b2" => Ok(Self::b2()),
+            _ => Err(crate::config::unknown_model(name, PVT_MODELS)),
+        }
+    }
+
+    /// Parses and validates a JSON config; unknown keys are an error.
+    pub fn from_json(text: &str) -> Result<Self> {
+        crate::config::parse_json(text, Self::validate)
+    }
+
+    /// The number of stages.
+    pub fn num_stages(&self) -> usize {
+        self.depths.len()
+    }
+
+    /// The number of blocks over all stages.
+    pub fn depth(&self) -> usize {
+        self.depths.iter().sum()
+    }
+
+    /// Side of each stage's token grid: the stem convolution (7x7, stride 4, padding 3),
+    /// then a 3x3 stride-2 convolution (padding 1) before every later stage.
+    pub fn grid_sides(&self) -> Vec<usize> {
+        let conv = |side: usize, k: usize, s: usize| (side + 2 * (k / 2)).saturating_sub(k) / s + 1;
+        let mut side = conv(self.img_size, 7, 4);
+        (0..self.num_stages())
+            .map(|i| {
+                if i > 0 {
+                    side = conv(side, 3, 2);
+                }
+                side
+            })
+            .collect()
+    }
+
+    /// The number of tokens of stage `i`.
+    pub fn stage_tokens(&self, i: usize) -> usize {
+        self.grid_sides().get(i).map_or(0, |s| s * s)
+    }
+
+    /// MLP hidden width of stage `i`, `int(dim * ratio)`.
+    pub fn mlp_hidden(&self, i: usize) -> usize {
+        (self.embed_dims[i] as f64 * self.mlp_ratios[i]) as usize
+    }
+
+    /// The stage of global block index `layer` and the block's index inside it.
+    pub fn stage_of(&self, layer: usize) -> Option<(usize, usize)> {
+        let mut start = 0;
+        for (i, &d) in self.depths.iter().enumerate() {
+            if layer < start + d {
+                return Some((i, layer - start));
+            }
+            start += d;
+        }
+        None
+    }
+
+    /// The idle schedule of base rate `r`: every block of stages 2, 3 and 4 idles, keeping
+    /// `r`, `r^2` and `r^3` of its stage's tokens (the release's three-stage schedule, one
+    /// pyramid stage per schedule stage). Needs four stages.
+    pub fn idle_schedule(&self, rate: f64) -> Result<Schedule> {
+        if self.num_stages() != 4 {
+            return Err(ZooError::Config(format!(
+                "the PVT idle schedule needs 4 stages, found {}",
+                self.num_stages()
+            )));
+        }
+        let mut layers = Vec::new();
+        let mut ratios = Vec::new();
+        let mut ratio = 1.0;
+        let mut start = self.depths[0];
+        for &d in &self.depths[1..] {
+            ratio *= rate;
+            layers.extend(start..start + d);
+            ratios.extend(std::iter::repeat_n(ratio, d));
+            start += d;
+        }
+        Ok(Schedule::new(layers, ratios)?)
+    }
+
+    /// Checks `schedule` against the stages: every idle layer exists, is outside stage 1
+    /// (whose 56x56 grid is what later stages downsample; see `docs/pvt-idle.md`), and keeps
+    /// at least one token of its stage.
+    pub fn validate_schedule(&self, schedule: &Schedule) -> Result<()> {
+        for (&layer, &ratio) in schedule.idle_layers().iter().zip(schedule.keep_ratios()) {
+            let Some((stage, _)) = self.stage_of(layer) else {
+                return Err(ZooError::Config(format!(
+                    "idle layer {layer} does not exist in a model of {} blocks",
+                    self.depth()
+                )));
+            };
+            if stage == 0 {
+                return Err(ZooError::Config(format!(
+                    "idle layer {layer} is in stage 1; PVT idles stages 2 and later"
+                )));
+            }
+            keep_count(self.stage_tokens(stage), ratio)?;
+        }
+        Ok(())
+    }
+
+    /// Checks that the numbers describe a model that can run.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |msg: String| Err(ZooError::Config(msg));
+        let n = self.num_stages();
+        if n == 0
+            || n > 8
+            || [
+                self.embed_dims.len(),
+                self.num_heads.len(),
+                self.sr_ratios.len(),
+                self.mlp_ratios.len(),
+            ]
+            .iter()
+            .any(|&l| l != n)
+        {
+            return fail(format!(
+                "embed_dims, depths, num_heads, sr_ratios and mlp_ratios need one entry per \
+                 stage (1 to 8 stages); found lengths {}, {n}, {}, {}, {}",
+                self.embed_dims.len(),
+                self.num_heads.len(),
+                self.sr_ratios.len(),
+                self.mlp_ratios.len()
+            ));
+        }
+        if self.img_size == 0 || self.img_size.saturating_mul(self.img_size) > 16 * MAX_PATCHES {
+            return fail(format!("img_size {} is out of range", self.img_size));
+        }
+        for i in 0..n {
+            let (c, h) = (self.embed_dims[i], self.num_heads[i]);
+            if c == 0 || c > 8192 || h == 0 || !c.is_multiple_of(h) {
+                return fail(format!(
+                    "stage {}: width {c} must be in 1..=8192 and a multiple of {h} heads",
+                    i + 1
+                ));
+            }
+            if self.depths[i] == 0 || self.depths[i] > 64 {
+                return fail(format!(
+                    "stage {}: depth {} is outside 1..=64",
+                    i + 1,
+                    self.depths[i]
+                ));
+            }
+            let side = self.grid_sides()[i];
+            let sr = self.sr_ratios[i];
+            if sr == 0 || sr > side {
+                return fail(format!(
+                    "stage {}: sr_ratio {sr} must be in 1..={side} (the stage's grid side)",
+                    i + 1
+                ));
+            }
+            let r = self.mlp_ratios[i];
+            if !(r.is_finite() && r > 0.0 && r <= 64.0) || self.mlp_hidden(i) == 0 {
+                return fail(format!(
+                    "stage {}: mlp_ratio {r} gives no hidden units",
+                    i + 1
+                ));
+            }
+        }
+        if self.num_classes == 0 || self.num_classes > 1 << 20 {
+            return fail(format!(
+                "num_classes {} is outside 1..=1048576",
+                self.num_classes
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `(batch, tokens, C)` as a `(batch, C, side, side)` feature map.
+fn to_grid<B: Backend>(bk: &B, x: &B::Value, side: usize) -> Result<B::Value> {
+    let &[batch, _, c] = bk.shape(x) else {
+        return Err(NnError::shape("PVT tokens", "(batch, tokens, dim)", bk.shape(x)).into());
+    };
+    Ok(bk.reshape(&bk.permute(x, &[0, 2, 1])?, &[batch, c, side, side])?)
+}
+
+/// A `(batch, C, h, w)` feature map as `(batch, h w, C)` tokens.
+fn from_grid<B: Backend>(bk: &B, x: &B::Value) -> Result<B::Value> {
+    let &[batch, c, h, w] = bk.shape(x) else {
+        return Err(NnError::shape("PVT feature map", "(batch, C, h, w)", bk.shape(x)).into());
+    };
+    Ok(bk.permute(&bk.reshape(x, &[batch, c, h * w])?, &[0, 2, 1])?)
+}
+
+/// `(batch, tokens, C)` to `(batch, heads, tokens, C / heads)`.
+fn split_heads<B: Backend>(bk: &B, x: &B::Value, heads: usize) -> Result<B::Value> {
+    let &[batch, tokens, c] = bk.shape(x) else {
+        return Err(NnError::shape("attention tokens", "(batch, tokens, dim)", bk.shape(x)).into());
+    };
+    let x = bk.reshape(x, &[batch, tokens, heads, c / heads])?;
+    Ok(bk.permute(&x, &[0, 2, 1, 3])?)
+}
+
+/// An overlapping patch embedding: a `k x k` convolution of stride `s` and padding `k / 2`,
+/// then a layer norm over the channels.
+#[derive(Clone, Debug)]
+struct PatchEmbed {
+    proj: Conv2d,
+    norm: LayerNorm,
+}
+
+impl PatchEmbed {
+    fn load(reader: &mut WeightReader, prefix: &str, shape: ConvShape) -> Result<Self> {
+        Ok(Self {
+            proj: Conv2d::load(reader, &format!("{prefix}.proj"), shape, true)?,
+            norm: LayerNorm::load(
+                reader,
+                &format!("{prefix}.norm"),
+                shape.out_channels,
+                TORCH_NORM_EPS,
+            )?,
+        })
+    }
+
+    /// A feature map to normalised tokens `(batch, side^2, C)`.
+    fn forward<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
+        let tokens = from_grid(bk, &self.proj.forward(bk, x)?)?;
+        Ok(self.norm.forward(bk, &tokens)?)
+    }
+
+    fn visit_params(&self, f: &mut ParamVisitor<'_>) {
+        self.proj.visit_params(f);
+        self.norm.visit_params(f);
+    }
+
+    fn visit_params_mut(&mut self, f: &mut ParamVisitorMut<'_>) {
+        self.proj.visit_params_mut(f);
+        self.norm.visit_params_mut(f);
+    }
+}
+
+/// A PVT-v2 block: spatial-reduction attention and the MLP with a depthwise convolution,
+/// each a pre-norm residual branch.
+#[derive(Clone, Debug)]
+struct PvtBlock {
+    norm1: LayerNorm,
+    q: Linear,
+    kv: Linear,
+    /// The spatial reduction (convolution of kernel and stride `sr`, then a norm), if sr > 1.
+    sr: Option<(Conv2d, LayerNorm)>,
+    proj: Linear,
+    norm2: LayerNorm,
+    fc1: Linear,
+    dwconv: Conv2d,
+    fc2: Linear,
+    heads: usize,
+    side: usize,
+}
+
+/// An idle layer's keys, values and selected tokens per batch item.
+type KeysValuesSelection<V> = (V, V, Vec<Vec<usize>>);
+
+/// Stage hyper-parameters a block needs.
+struct StageShape {
+    dim: usize,
+    heads: usize,
+    sr: usize,
+    hidden: usize,
+    side: usize,
+}
+
+impl PvtBlock {
+    fn load(reader: &mut WeightReader, p: &str, s: &StageShape) -> Result<Self> {
+        let c = s.dim;
+        let sr = (s.sr > 1)
+            .then(|| -> Result<_> {
+                let shape = ConvShape {
+                    in_channels: c,
+                    out_channels: c,
+                    kernel: s.sr,
+                    spec: Conv2dSpec::new(s.sr, 0),
+                };
+                Ok((
+                    Conv2d::load(reader, &format!("{p}.attn.sr"), shape, true)?,
+                    LayerNorm::load(reader, &format!("{p}.attn.norm"), c, TORCH_NORM_EPS)?,
+                ))
+            })
+            .transpose()?;
+        let dw = ConvShape {
+            in_channels: s.hidden,
+            out_channels: s.hidden,
+            kernel: 3,
+            spec: Conv2dSpec::new(1, 1).with_groups(s.hidden),
+        };
+        Ok(Self {
+            norm1: LayerNorm::load(reader, &format!("{p}.norm1"), c, BLOCK_NORM_EPS)?,
+            q: Linear::load(reader, &format!("{p}.attn.q"), c, c, true)?,
+            kv: Linear::load(reader, &format!("{p}.attn.kv"), c, 2 * c, true)?,
+            sr,
+            proj: Linear::load(reader, &format!("{p}.attn.proj"), c, c, true)?,
+            norm2: LayerNorm::load(reader, &format!("{p}.norm2"), c, BLOCK_NORM_EPS)?,
+            fc1: Linear::load(reader, &format!("{p}.mlp.fc1"), c, s.hidden, true)?,
+            dwconv: Conv2d::load(reader, &format!("{p}.mlp.dwconv"), dw, true)?,
+            fc2: Linear::load(reader, &format!("{p}.mlp.fc2"), s.hidden, c, true)?,
+            heads: s.heads,
+            side: s.side,
+        })
+    }
+
+    fn visit_params(&self, f: &mut ParamVisitor<'_>) {
+        self.norm1.visit_params(f);
+        self.q.visit_params(f);
+        self.kv.visit_params(f);
+        if let Some((conv, norm)) = &self.sr {
+            conv.visit_params(f);
+            norm.visit_params(f);
+        }
+        self.proj.visit_params(f);
+        self.norm2.visit_params(f);
+        self.fc1.visit_params(f);
+        self.dwconv.visit_params(f);
+        self.fc2.visit_params(f);
+    }
+
+    fn visit_params_mut(&mut self, f: &mut ParamVisitorMut<'_>) {
+        self.norm1.visit_params_mut(f);
+        self.q.visit_params_mut(f);
+        self.kv.visit_params_mut(f);
+        if let Some((conv, norm)) = &mut self.sr {
+            conv.visit_params_mut(f);
+            norm.visit_params_mut(f);
+        }
+        self.proj.visit_params_mut(f);
+        self.norm2.visit_params_mut(f);
+        self.fc1.visit_params_mut(f);
+        self.dwconv.visit_params_mut(f);
+        self.fc2.visit_params_mut(f);
+    }
+
+    fn scale(&self) -> f32 {
+        ((self.q.out_features() / self.heads) as f32).powf(-0.5)
+    }
+
+    /// Keys and values `(batch, heads, reduced tokens, head_dim)` from the (reduced) map of
+    /// the normalised tokens `h`.
+    fn keys_values<B: Backend>(&self, bk: &B, h: &B::Value) -> Result<(B::Value, B::Value)> {
+        let reduced = match &self.sr {
+            Some((conv, norm)) => {
+                let map = conv.forward(bk, &to_grid(bk, h, self.side)?)?;
+                norm.forward(bk, &from_grid(bk, &map)?)?
+            }
+            None => h.clone(),
+        };
+        let c = self.q.out_features();
+        let k = self.kv.forward_outputs(bk, &reduced, 0, c)?;
+        let v = self.kv.forward_outputs(bk, &reduced, c, 2 * c)?;
+        Ok((
+            split_heads(bk, &k, self.heads)?,
+            split_heads(bk, &v, self.heads)?,
+        ))
+    }
+
+    /// `proj(softmax(s q k^T) v)` for the queries of the tokens `h_rows` `(batch, M, C)`.
+    fn attend<B: Backend>(
+        &self,
+        bk: &B,
+        h_rows: &B::Value,
+        k: &B::Value,
+        v: &B::Value,
+    ) -> Result<B::Value> {
+        let q = split_heads(bk, &self.q.forward(bk, h_rows)?, self.heads)?;
+        let logits = bk.matmul(&bk.scale(&q, self.scale())?, &bk.permute(k, &[0, 1, 3, 2])?)?;
+        let out = bk.matmul(&bk.softmax(&logits)?, v)?;
+        let &[batch, heads, rows, d] = bk.shape(&out) else {
+            unreachable!("a batched product of rank-4 operands");
+        };
+        let out = bk.reshape(&bk.permute(&out, &[0, 2, 1, 3])?, &[batch, rows, heads * d])?;
+        Ok(self.proj.forward(bk, &out)?)
+    }
+
+    /// The MLP's hidden features after the depthwise convolution and GELU, for every token
+    /// of the grid `x` `(batch, side^2, C)`.
+    fn mlp_hidden<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
+        let hidden = self.fc1.forward(bk, &self.norm2.forward(bk, x)?)?;
+        let mixed = self.dwconv.forward(bk, &to_grid(bk, &hidden, self.side)?)?;
+        Ok(bk.gelu(&from_grid(bk, &mixed)?)?)
+    }
+
+    /// The dense block over every token.
+    fn forward<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
+        let h = self.norm1.forward(bk, x)?;
+        let (k, v) = self.keys_values(bk, &h)?;
+        let x = bk.add(x, &self.attend(bk, &h, &k, &v)?)?;
+        let mlp = self.fc2.forward(bk, &self.mlp_hidden(bk, &x)?)?;
+        Ok(bk.add(&x, &mlp)?)
+    }
+
+    /// Scores every token against the virtual CLS query (the mean normalised token through
+    /// the query projection) with full-resolution keys, and keeps the `keep` best: per batch
+    /// item, token indices in descending score order (ties: lower index first). `keys` are
+    /// the attention's keys when they are full resolution (no spatial reduction); otherwise
+    /// the key projection runs on every token. Detached: the choice carries no gradient.
+    fn select(&self, h: &Tensor, keys: Option<&Tensor>, keep: usize) -> Result<Vec<Vec<usize>>> {
+        let eager = idlevit_nn::Eager;
+        let tokens = h.shape()[1];
+        let mean = eager.scale(&eager.sum_axis(h, 1, true)?, 1.0 / tokens as f32)?;
+        let q = split_heads(&eager, &self.q.forward(&eager, &mean)?, self.heads)?;
+        let keys = match keys {
+            Some(k) => k.clone(),
+            None => {
+                let c = self.q.out_features();
+                split_heads(
+                    &eager,
+                    &self.kv.forward_outputs(&eager, h, 0, c)?,
+                    self.heads,
+                )?
+            }
+        };
+        let logits = eager.matmul(
+            &eager.scale(&q, self.scale())?,
+            &eager.permute(&keys, &[0, 1, 3, 2])?,
+        )?;
+        // The virtual CLS row averaged over heads: (batch, tokens).
+        let row = eager.select(&logits, 2, 0)?;
+        let scores = eager.scale(&eager.sum_axis(&row, 1, false)?, 1.0 / self.heads as f32)?;
+        let selection = TokenSelection::from_scores(&scores, keep)?;
+        Ok(selection
+            .indices()
+            .iter()
+            .map(|rows| rows[1..].iter().map(|&r| r - 1).collect())
+            .collect())
+    }
+
+    /// Keys, values and the selection of an idle layer on normalised tokens `h`.
+    fn keys_values_and_selection<B: Backend>(
+        &self,
+        bk: &B,
+        h: &B::Value,
+        keep: usize,
+    ) -> Result<KeysValuesSelection<B::Value>> {
+        let (k, v) = self.keys_values(bk, h)?;
+        let full_keys = self.sr.is_none().then(|| bk.to_tensor(&k));
+        let rows = self.select(&bk.to_tensor(h), full_keys.as_ref(), keep)?;
+        Ok((k, v, rows))
+    }
+
+    /// The idle layer's inference form: the selected tokens' queries attend over the full
+    /// reduced keys and values, then the MLP, whose depthwise convolution runs on the grid
+    /// where idle tokens hold their input values; only selected rows change.
+    fn forward_idle<B: Backend>(
+        &self,
+        bk: &B,
+        x: &B::Value,
+        keep: usize,
+    ) -> Result<(B::Value, Vec<Vec<usize>>)> {
+        let h = self.norm1.forward(bk, x)?;
+        let (k, v, rows) = self.keys_values_and_selection(bk, &h, keep)?;
+        let attended = self.attend(bk, &bk.gather_rows(&h, &rows)?, &k, &v)?;
+        let y = bk.add(&bk.gather_rows(x, &rows)?, &attended)?;
+        let x = bk.scatter_rows(x, &rows, &y)?;
+        let hidden = bk.gather_rows(&self.mlp_hidden(bk, &x)?, &rows)?;
+        let y = bk.add(&y, &self.fc2.forward(bk, &hidden)?)?;
+        Ok((bk.scatter_rows(&x, &rows, &y)?, rows))
+    }
+
+    /// The idle layer's training form: every token computed, both residual updates
+    /// multiplied by the 0/1 mask of the selected tokens.
+    fn forward_masked<B: Backend>(
+        &self,
+        bk: &B,
+        x: &B::Value,
+        keep: usize,
+    ) -> Result<(B::Value, Vec<Vec<usize>>)> {
+        let h = self.norm1.forward(bk, x)?;
+        let (k, v, rows) = self.keys_values_and_selection(bk, &h, keep)?;
+        let &[batch, tokens, _] = bk.shape(x) else {
+            unreachable!("norm1 checked the token layout");
+        };
+        let mut mask = vec![0.0; batch * tokens];
+        for (b, item) in rows.iter().enumerate() {
+            item.iter().for_each(|&t| mask[b * tokens + t] = 1.0);
+        }
+        let mask = bk.constant(Tensor::from_vec(vec![batch, tokens, 1], mask)?);
+        let x = bk.add(x, &bk.mul(&self.attend(bk, &h, &k, &v)?, &mask)?)?;
+        let mlp = self.fc2.forward(bk, &self.mlp_hidden(bk, &x)?)?;
+        Ok((bk.add(&x, &bk.mul(&mlp, &mask)?)?, rows))
+    }
+}
+
+/// One pyramid stage: an optional downsampling patch embedding, blocks, a final norm.
+#[derive(Clone, Debug)]
+struct Stage {
+    downsample: Option<PatchEmbed>,
+    blocks: Vec<PvtBlock>,
+    norm: LayerNorm,
+}
+
+/// A PVT-v2: an overlapping patch embedding (7x7, stride 4), stages of spatial-reduction
+/// attention blocks with depthwise-convolution MLPs, each later stage downsampling (3x3,
+/// stride 2), and a linear head on the mean of the last stage's tokens.
+#[derive(Clone, Debug)]
+pub struct PvtV2 {
+    config: PvtConfig,
+    patch_embed: PatchEmbed,
+    stages: Vec<Stage>,
+    head: Linear,
+    policy: TokenPolicy,
+}
+
+impl PvtV2 {
+    /// Builds the model from timm-named weights (`pvt_v2_b*`); every tensor must be present
+    /// with its exact shape, and a tensor the model does not use is an error.
+    pub fn load(config: &PvtConfig, checkpoint: Checkpoint) -> Result<Self> {
+        config.validate()?;
+        let mut reader = WeightReader::new(checkpoint);
+        let sides = config.grid_sides();
+        let embed = |in_channels, out_channels, kernel, stride| ConvShape {
+            in_channels,
+            out_channels,
+            kernel,
+            spec: Conv2dSpec::new(stride, kernel / 2),
+        };
+        let patch_embed = PatchEmbed::load(
+            &mut reader,
+            "patch_embed",
+            embed(3, config.embed_dims[0], 7, 4),
+        )?;
+        let mut stages = Vec::with_capacity(config.num_stages());
+        for (i, &side) in sides.iter().enumerate() {
+            let p = format!("stages.{i}");
+            let dim = config.embed_dims[i];
+            let downsample = (i > 0)
+                .then(|| {
+                    let shape = embed(config.embed_dims[i - 1], dim, 3, 2);
+                    PatchEmbed::load(&mut reader, &format!("{p}.downsample"), shape)
+                })
+                .transpose()?;
+            let shape = StageShape {
+                dim,
+                heads: config.num_heads[i],
+                sr: config.sr_ratios[i],
+                hidden: config.mlp_hidden(i),
+                side,
+            };
+            let blocks = (0..config.depths[i])
+                .map(|j| PvtBlock::load(&mut reader, &format!("{p}.blocks.{j}"), &shape))
+                .collect::<Result<_>>()?;
+            let norm = LayerNorm::load(&mut reader, &format!("{p}.norm"), dim, BLOCK_NORM_EPS)?;
+            stages.push(Stage {
+                downsample,
+                blocks,
+                norm,
+            });
+        }
+        let last = config.embed_dims[config.num_stages() - 1];
+        let head = Linear::load(&mut reader, "head", last, config.num_classes, true)?;
+        reader.finish()?;
+        Ok(Self {
+            config: config.clone(),
+            patch_embed,
+            stages,
+            head,
+            policy: TokenPolicy::Dense,
+        })
+    }
+
+    /// A model with seeded random weights (for benchmarks and tests).
+    pub fn random(config: &PvtConfig, seed: u64) -> Result<Self> {
+        config.validate()?;
+        let mut w = RandomWeights::new(seed);
+        let embed = |w: &mut RandomWeights, p: &str, cin: usize, cout: usize, k: usize| {
+            w.layer(&format!("{p}.proj"), &[cout, cin, k, k], true)?;
+            w.norm(&format!("{p}.norm"), cout)
+        };
+        embed(&mut w, "patch_embed", 3, config.embed_dims[0], 7)?;
+        for i in 0..config.num_stages() {
+            let (c, hidden, sr) = (
+                config.embed_dims[i],
+                config.mlp_hidden(i),
+                config.sr_ratios[i],
+            );
+            if i > 0 {
+                embed(
+                    &mut w,
+                    &format!("stages.{i}.downsample"),
+                    config.embed_dims[i - 1],
+                    c,
+                    3,
+                )?;
+            }
+            for j in 0..config.depths[i] {
+                let p = format!("stages.{i}.blocks.{j}");
+                w.norm(&format!("{p}.norm1"), c)?;
+                w.layer(&format!("{p}.attn.q"), &[c, c], true)?;
+                w.layer(&format!("{p}.attn.kv"), &[2 * c, c], true)?;
+                if sr > 1 {
+                    w.layer(&format!("{p}.attn.sr"), &[c, c, sr, sr], true)?;
+                    w.norm(&format!("{p}.attn.norm"), c)?;
+                }
+                w.layer(&format!("{p}.attn.proj"), &[c, c], true)?;
+                w.norm(&format!("{p}.norm2"), c)?;
+                w.layer(&format!("{p}.mlp.fc1"), &[hidden, c], true)?;
+                w.layer(&format!("{p}.mlp.dwconv"), &[hidden, 1, 3, 3], true)?;
+                w.layer(&format!("{p}.mlp.fc2"), &[c, hidden], true)?;
+            }
+            w.norm(&format!("stages.{i}.norm"), c)?;
+        }
+        let last = config.embed_dims[config.num_stages() - 1];
+        w.layer("head", &[config.num_classes, last], true)?;
+        Self::load(config, w.finish())
+    }
+
+    /// The same model running `policy`: dense, or idle layers (stages 2 and later; top-k
+    /// pruning and EViT have no pyramid form).
+    pub fn with_policy(mut self, policy: TokenPolicy) -> Result<Self> {
+        if let TokenPolicy::Select { kind, schedule } = &policy {
+            if *kind != PolicyKind::Idle {
+                return Err(ZooError::Config(format!(
+                    "PVT-v2 runs the idle policy only, not {kind:?}: its grids keep every token"
+                )));
+            }
+            self.config.validate_schedule(schedule)?;
+        }
+        self.policy = policy;
+        Ok(self)
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &PvtConfig {
+        &self.config
+    }
+
+    /// The token policy the model runs.
+    pub fn policy(&self) -> &TokenPolicy {
+        &self.policy
+    }
+
+    /// Visits every parameter in checkpoint order.
+    pub fn visit_params(&self, f: &mut ParamVisitor<'_>) {
+        self.patch_embed.visit_params(f);
+        for stage in &self.stages {
+            if let Some(d) = &stage.downsample {
+                d.visit_params(f);
+            }
+            stage.blocks.iter().for_each(|b| b.visit_params(f));
+            stage.norm.visit_params(f);
+        }
+        self.head.visit_params(f);
+    }
+
+    /// Visits every parameter mutably (an optimiser step).
+    pub fn visit_params_mut(&mut self, f: &mut ParamVisitorMut<'_>) {
+        self.patch_embed.visit_params_mut(f);
+        for stage in &mut self.stages {
+            if let Some(d) = &mut stage.downsample {
+                d.visit_params_mut(f);
+            }
+            stage.blocks.iter_mut().for_each(|b| b.visit_params_mut(f));
+            stage.norm.visit_params_mut(f);
+        }
+        self.head.visit_params_mut(f);
+    }
+
+    /// The weights under timm's names and shapes, ready to save.
+    pub fn to_checkpoint(&self) -> Result<Checkpoint> {
+        let mut ckpt = Checkpoint::default();
+        self.visit_params(&mut |p| ckpt.insert(p.name(), p.value().clone()));
+        Ok(ckpt)
+    }
+
+    /// Images `(batch, 3, img, img)` to logits `(batch, classes)`, idle layers gathered.
+    pub fn forward<B: Backend>(&self, bk: &B, images: &B::Value) -> Result<B::Value> {
+        Ok(self.run(bk, images, false)?.logits)
+    }
+
+    /// [`forward`](Self::forward), also returning each idle layer's selected tokens (token
+    /// indices of its stage's grid, row-major, in descending score order) and the pooled
+    /// features.
+    pub fn forward_traced<B: Backend>(
+        &self,
+        bk: &B,
+        images: &B::Value,
+    ) -> Result<Traced<B::Value>> {
+        self.run(bk, images, false)
+    }
+
+    /// The training form: idle layers compute every token and mask their updates (PVT has
+    /// no CLS attention, hence no cut loss: the selections are all it reports).
+    pub fn forward_masked<B: Backend>(
+        &self,
+        bk: &B,
+        images: &B::Value,
+    ) -> Result<Traced<B::Value>> {
+        self.run(bk, images, true)
+    }
+
+    fn run<B: Backend>(&self, bk: &B, images: &B::Value, masked: bool) -> Result<Traced<B::Value>> {
+        let shape = bk.shape(images);
+        crate::model::check_images(shape, self.config.img_size)?;
+        let sides = self.config.grid_sides();
+        let mut x = self.patch_embed.forward(bk, images)?;
+        let mut selections = Vec::new();
+        let mut layer = 0;
+        for (i, stage) in self.stages.iter().enumerate() {
+            if let Some(d) = &stage.downsample {
+                x = d.forward(bk, &to_grid(bk, &x, sides[i - 1])?)?;
+            }
+            for block in &stage.blocks {
+                x = match self.policy.at(layer).map(|(_, r)| r) {
+                    None => block.forward(bk, &x)?,
+                    Some(r) => {
+                        let keep = keep_count(sides[i] * sides[i], r)?;
+                        let (y, tokens) = if masked {
+                            block.forward_masked(bk, &x, keep)?
+                        } else {
+                            block.forward_idle(bk, &x, keep)?
+                        };
+                        selections.push(LayerSelection { layer, tokens });
+                        y
+                    }
+                };
+                layer += 1;
+            }
+            x = stage.norm.forward(bk, &x)?;
+        }
+        let tokens = bk.shape(&x)[1];
+        let features = bk.scale(&bk.sum_axis(&x, 1, false)?, 1.0 / tokens as f32)?;
+        Ok(Traced {
+            logits: self.head.forward(bk, &features)?,
+            features,
+            selections,
+        })
+    }
+}

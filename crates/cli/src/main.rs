@@ -622,7 +622,19 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
     Ok(())
 }
 
+/// Restores the default action of SIGPIPE (Rust ignores it), so that `idlevit ... | head`
+/// ends quietly when the reader goes away instead of panicking on the failed write.
+#[cfg(unix)]
+fn quit_quietly_on_closed_pipes() {
+    // SAFETY: called once at start-up, before any thread exists; SIG_DFL is always valid.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    #[cfg(unix)]
+    quit_quietly_on_closed_pipes();
     let cli = Cli::parse();
     #[cfg(feature = "mpi")]
     if idlevit_cli::distributed::mpi_group::launched_by_mpi() {

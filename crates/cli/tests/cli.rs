@@ -238,3 +238,17 @@ fn classify_prints_top_classes_and_refuses_non_images() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_closed_pipe_ends_output_quietly() {
+    // As `idlevit flops ... | head -0`, with the reader gone before the command writes.
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_idlevit"))
+        .args(["flops", "--model", "deit_small", "--keep-rate", "0.7"])
+        .stdout(writer)
+        .output()
+        .expect("the idlevit binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -157,6 +157,32 @@ pub struct BenchReport {
     pub batch: usize,
     /// Seconds per timed pass of each model benchmarked, in the order given.
     pub seconds: Vec<Vec<f64>>,
+    /// Memory of the process, where the platform reports it (Linux).
+    pub memory: Option<MemoryReport>,
+}
+
+/// Resident memory around the timed runs, in bytes: the peak shows what a batch costs, and
+/// the two samples show whether repeated runs grow the process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryReport {
+    /// Resident set after the warm-up passes.
+    pub after_warmup: u64,
+    /// Resident set after all timed passes.
+    pub after_runs: u64,
+    /// Peak resident set of the process so far.
+    pub peak: u64,
+}
+
+/// The `VmRSS` and `VmHWM` (peak) lines of `/proc/self/status`, in bytes; `None` where the
+/// file does not exist or does not say.
+pub fn resident_memory() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
 impl BenchReport {
@@ -194,6 +220,7 @@ pub fn bench(
             model.forward(&Eager, &images)?;
         }
     }
+    let after_warmup = resident_memory();
     let mut seconds = vec![Vec::with_capacity(runs); models.len()];
     for _ in 0..runs {
         for (model, times) in models.iter().zip(&mut seconds) {
@@ -202,7 +229,19 @@ pub fn bench(
             times.push(start.elapsed().as_secs_f64());
         }
     }
-    Ok(BenchReport { batch, seconds })
+    let memory =
+        after_warmup
+            .zip(resident_memory())
+            .map(|((after_warmup, _), (after_runs, peak))| MemoryReport {
+                after_warmup,
+                after_runs,
+                peak,
+            });
+    Ok(BenchReport {
+        batch,
+        seconds,
+        memory,
+    })
 }
 
 /// Throughput measured on a 2-core CPU with PyTorch eager, fp32, 2 threads (spec section 9):

@@ -372,6 +372,7 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
                     "{name} dense batch {batch} threads {threads}: {:.2} images/s (median of {runs})",
                     report.images_per_second(0)
                 );
+                print_memory(&report);
             } else {
                 let selecting = dense.clone().with_policy(token_policy.clone())?;
                 let report = commands::bench(&[&dense, &selecting], side, batch, warmup, runs)?;
@@ -393,6 +394,7 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
                     "  speed-up {speedup:.3}x over dense; GMAC ratio {macs_ratio:.3}x; speed-up / GMAC ratio {:.3}",
                     speedup / macs_ratio
                 );
+                print_memory(&report);
             }
             println!(
                 "reference rows, measured elsewhere (spec section 9; PyTorch eager, fp32, 2 threads):"
@@ -620,6 +622,20 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Prints the peak memory of a benchmark and its resident memory before and after the timed
+/// runs (equal when repeated runs do not grow the process).
+fn print_memory(report: &commands::BenchReport) {
+    if let Some(memory) = report.memory {
+        let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+        println!(
+            "memory: peak {:.1} MiB; resident {:.1} MiB after warm-up, {:.1} MiB after the runs",
+            mib(memory.peak),
+            mib(memory.after_warmup),
+            mib(memory.after_runs)
+        );
+    }
 }
 
 /// Restores the default action of SIGPIPE (Rust ignores it), so that `idlevit ... | head`

@@ -12,6 +12,7 @@
 
 pub mod commands;
 pub mod data;
+pub mod digits;
 pub mod evaluate;
 pub mod finetune;
 pub mod policy;

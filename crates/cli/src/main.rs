@@ -176,10 +176,14 @@ enum Command {
     Finetune {
         #[command(flatten)]
         model: ModelArgs,
-        /// Starting weights of the student.
+        /// Starting weights of the student (absent: seeded random weights from --init-seed,
+        /// to train from scratch).
         #[arg(long, value_name = "W")]
-        weights: PathBuf,
-        /// Frozen dense teacher weights (default: the starting weights).
+        weights: Option<PathBuf>,
+        /// Seed of the random starting weights when --weights is absent.
+        #[arg(long, default_value_t = 0, conflicts_with = "weights")]
+        init_seed: u64,
+        /// Frozen dense teacher weights (default: the starting weights, if given).
         #[arg(long, value_name = "W")]
         teacher: Option<PathBuf>,
         /// The data set folder.
@@ -206,7 +210,8 @@ enum Command {
         /// Clip the global gradient norm.
         #[arg(long, value_name = "NORM")]
         clip_grad: Option<f64>,
-        /// Base keep rate (DeiT schedule); or idle_layers/keep_ratios in the config.
+        /// Base keep rate (DeiT schedule); or idle_layers/keep_ratios in the config; with
+        /// neither, the model trains dense.
         #[arg(long, value_name = "R")]
         keep_rate: Option<f64>,
         #[command(flatten)]
@@ -236,6 +241,19 @@ enum Command {
         batch: usize,
         #[command(flatten)]
         policy: PolicyArgs,
+    },
+    /// Write the digits task (UCI digits on cluttered 64x64 canvases, seeded) as an image
+    /// folder DIR/{train,val}/<digit>/*.png for `finetune --data DIR` and `eval`.
+    Digits {
+        /// The folder to create.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Seed of the split, placements and clutter.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Canvases per training digit.
+        #[arg(long, default_value_t = 2)]
+        train_copies: usize,
     },
     /// Multiply-accumulates per image (GMACs) by spec section 2's formula, dense and under a
     /// policy.
@@ -433,6 +451,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Finetune {
             model,
             weights,
+            init_seed,
             teacher,
             data,
             epochs,
@@ -449,9 +468,25 @@ fn run(cli: Cli) -> Result<()> {
             resume,
         } => {
             let config = resolve_config(model.config.as_deref(), model.model.as_deref())?;
-            let token_policy = resolve_policy(&config, Mode::Masked, PolicyKind::Idle, keep_rate)?;
-            let mut student = load_model(&config, Some(&weights))?.with_policy(token_policy)?;
-            let teacher = load_model(&config, Some(teacher.as_deref().unwrap_or(&weights)))?;
+            let token_policy = if keep_rate.is_none() && config.schedule()?.is_none() {
+                TokenPolicy::Dense
+            } else {
+                resolve_policy(&config, Mode::Masked, PolicyKind::Idle, keep_rate)?
+            };
+            let mut student = match &weights {
+                Some(w) => load_model(&config, Some(w))?,
+                None => idlevit_zoo::DeiT::random(&config, init_seed)?,
+            }
+            .with_policy(token_policy)?;
+            let teacher = teacher
+                .as_deref()
+                .or(weights.as_deref())
+                .map(|t| load_model(&config, Some(t)))
+                .transpose()?;
+            anyhow::ensure!(
+                teacher.is_some() || objective.distill_weight == 0.0,
+                "--distill-weight needs a teacher: give --teacher or --weights"
+            );
             let (train_dir, val_dir) = if data.join("train").is_dir() {
                 (
                     data.join("train"),
@@ -481,7 +516,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             let report = idlevit_cli::finetune::finetune(
                 &mut student,
-                Some(&teacher),
+                teacher.as_ref(),
                 &train,
                 val.as_ref(),
                 &options,
@@ -524,6 +559,25 @@ fn run(cli: Cli) -> Result<()> {
                 100.0 * acc.top1,
                 100.0 * acc.top5,
                 acc.images
+            );
+        }
+        Command::Digits {
+            out,
+            seed,
+            train_copies,
+        } => {
+            let options = idlevit_cli::digits::DigitsOptions {
+                seed,
+                train_copies,
+                ..Default::default()
+            };
+            let split = idlevit_cli::digits::embedded_split(&options)?;
+            idlevit_cli::digits::write_image_folder(&split, &out)?;
+            println!(
+                "wrote {} training and {} validation canvases to {}",
+                split.train.len(),
+                split.val.len(),
+                out.display()
             );
         }
         Command::Flops {

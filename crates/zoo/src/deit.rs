@@ -258,8 +258,9 @@ impl DeiT {
     }
 
     /// The training form: dense layers as usual, idle layers masked (all tokens kept in the
-    /// tensors), returning the masks and attention logits the cut loss needs. Only the idle
-    /// policy (or dense) has a masked form.
+    /// tensors), returning the masks and attention logits the cut loss needs. Pruning and
+    /// EViT have no masked form: they train in their gathered form (gradients flow through
+    /// the kept and fused tokens, as in the EViT release) and return no idle layers.
     pub fn forward_masked<B: Backend>(
         &self,
         bk: &B,
@@ -268,9 +269,12 @@ impl DeiT {
         if let TokenPolicy::Select { kind, .. } = &self.policy
             && *kind != PolicyKind::Idle
         {
-            return Err(crate::ZooError::Config(format!(
-                "the masked form exists for the idle policy only, not {kind:?}"
-            )));
+            let traced = self.forward_traced(bk, images)?;
+            return Ok(MaskedForward {
+                logits: traced.logits,
+                features: traced.features,
+                layers: Vec::new(),
+            });
         }
         let mut x = self.embed(bk, images)?;
         let mut layers = Vec::new();

@@ -12,6 +12,7 @@
 
 pub mod commands;
 pub mod data;
+pub mod default_model;
 pub mod digits;
 pub mod evaluate;
 pub mod finetune;

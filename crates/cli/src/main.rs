@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use idlevit_cli::commands;
 use idlevit_cli::policy::{Mode, resolve_policy};
 use idlevit_cli::weights::{load_model, resolve_config};
+use idlevit_cli::{commands, default_model};
 use idlevit_zoo::{PolicyKind, TokenPolicy, macs};
 
 /// Vision Transformers on CPU: dense inference today, token idling (IdleViT) next.
@@ -101,13 +101,17 @@ enum Command {
         #[arg(long, value_name = "F.safetensors")]
         selected_out: Option<PathBuf>,
     },
-    /// Classify image files (resize 256 bicubic, center-crop 224, ImageNet normalisation).
+    /// Classify image files (shorter side to img/0.875 bicubic, e.g. 256 for 224, center crop,
+    /// ImageNet normalisation).
+    /// Without --weights: the embedded default model, a small DeiT trained on the digits task
+    /// (64x64 inputs, classes 0..9).
     Classify {
         #[command(flatten)]
         model: ModelArgs,
-        /// Weights: safetensors with timm names, or a PyTorch .pth checkpoint.
+        /// Weights: safetensors with timm names, or a PyTorch .pth checkpoint (absent: the
+        /// embedded digits model).
         #[arg(long, value_name = "W")]
-        weights: PathBuf,
+        weights: Option<PathBuf>,
         /// Class names, one per line, printed beside the indices.
         #[arg(long, value_name = "FILE")]
         labels: Option<PathBuf>,
@@ -225,6 +229,9 @@ enum Command {
         /// Resume from a checkpoint written by an earlier run.
         #[arg(long, value_name = "CKPT")]
         resume: Option<PathBuf>,
+        /// Also write the final weights alone (no optimiser state) to this safetensors file.
+        #[arg(long, value_name = "W")]
+        weights_out: Option<PathBuf>,
     },
     /// Top-1 / top-5 accuracy on an image folder (DIR/<class>/*), dense or idle.
     Eval {
@@ -312,9 +319,25 @@ fn run(cli: Cli) -> Result<()> {
             top,
             images,
         } => {
-            let config = resolve_config(model.config.as_deref(), model.model.as_deref())?;
-            let labels = labels.as_deref().map(commands::read_labels).transpose()?;
-            let model = load_model(&config, Some(&weights))?;
+            let (model, labels) = match weights {
+                Some(weights) => {
+                    let config = resolve_config(model.config.as_deref(), model.model.as_deref())?;
+                    let labels = labels.as_deref().map(commands::read_labels).transpose()?;
+                    (load_model(&config, Some(&weights))?, labels)
+                }
+                None => {
+                    anyhow::ensure!(
+                        model.config.is_none() && model.model.is_none(),
+                        "--config/--model need --weights (without both, the embedded digits \
+                         model runs)"
+                    );
+                    let labels = match labels {
+                        Some(path) => Some(commands::read_labels(&path)?),
+                        None => Some(default_model::DEFAULT_LABELS.map(String::from).to_vec()),
+                    };
+                    (default_model::default_model()?, labels)
+                }
+            };
             for prediction in commands::classify(&model, &images, top)? {
                 println!("{}", prediction.path.display());
                 for (class, prob) in prediction.top {
@@ -466,6 +489,7 @@ fn run(cli: Cli) -> Result<()> {
             seed,
             out,
             resume,
+            weights_out,
         } => {
             let config = resolve_config(model.config.as_deref(), model.model.as_deref())?;
             let token_policy = if keep_rate.is_none() && config.schedule()?.is_none() {
@@ -528,6 +552,10 @@ fn run(cli: Cli) -> Result<()> {
                 "checkpoint: {}",
                 idlevit_cli::finetune::checkpoint_path(&out).display()
             );
+            if let Some(path) = weights_out {
+                student.to_checkpoint()?.save_safetensors(&path)?;
+                println!("weights: {}", path.display());
+            }
             if let Some(acc) = report.validation {
                 println!(
                     "validation top-1 {:.2}%  top-5 {:.2}%  ({} images)",

@@ -159,3 +159,27 @@ fn charts_are_written_as_png_and_svg() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_timm_column_parses_the_script_output() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch("timm");
+    // A stand-in interpreter: prints what the script prints, whatever it is asked.
+    let python = dir.join("python");
+    std::fs::write(
+        &python,
+        "#!/bin/sh\necho '{\"torch\": \"2.15.0\", \"timm\": \"1.0.31\"}'\n\
+         echo '{\"model\": \"deit_small\", \"batch\": 32, \"images_per_second\": 17.5}'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = xtask::repro::run_timm(&python, &["deit_small".into()], &[32], 1, &dir).unwrap();
+    assert_eq!(run.versions, "torch 2.15.0, timm 1.0.31");
+    assert_eq!(run.rows, vec![("deit_small".to_string(), 32, 17.5)]);
+    // The script itself is written beside, for the interpreter to run.
+    assert!(dir.join("timm_throughput.py").is_file());
+    std::fs::write(&python, "#!/bin/sh\necho broken >&2\nexit 3\n").unwrap();
+    let err = xtask::repro::run_timm(&python, &["deit_small".into()], &[32], 1, &dir).unwrap_err();
+    assert!(format!("{err:#}").contains("broken"), "{err:#}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

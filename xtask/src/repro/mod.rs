@@ -25,6 +25,7 @@ pub use imagenet::ImagenetOptions;
 pub use plots::{Chart, Series, write_chart};
 pub use speed::SpeedOptions;
 pub use table::Table;
+pub use timm::{TimmRun, run_timm};
 
 /// Everything a run does.
 #[derive(Clone, Debug)]

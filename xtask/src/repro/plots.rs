@@ -56,6 +56,31 @@ fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
+/// The corner whose legend-sized box (40% wide, 35% tall) covers the fewest points.
+fn emptiest_corner(chart: &Chart, x: (f64, f64), y: (f64, f64)) -> SeriesLabelPosition {
+    let corners = [
+        (SeriesLabelPosition::LowerRight, true, false),
+        (SeriesLabelPosition::LowerLeft, false, false),
+        (SeriesLabelPosition::UpperRight, true, true),
+        (SeriesLabelPosition::UpperLeft, false, true),
+    ];
+    let covered = |right: bool, upper: bool| {
+        chart
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter())
+            .filter(|p| {
+                let (u, v) = ((p.0 - x.0) / (x.1 - x.0), (p.1 - y.0) / (y.1 - y.0));
+                (if right { u > 0.6 } else { u < 0.4 }) && (if upper { v > 0.65 } else { v < 0.35 })
+            })
+            .count()
+    };
+    corners
+        .into_iter()
+        .min_by_key(|&(_, right, upper)| covered(right, upper))
+        .map_or(SeriesLabelPosition::LowerRight, |c| c.0)
+}
+
 fn draw<DB: DrawingBackend>(chart: &Chart, area: DrawingArea<DB, Shift>) -> Result<()>
 where
     DB::ErrorType: 'static,
@@ -107,7 +132,7 @@ where
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 14))
-        .position(SeriesLabelPosition::LowerRight)
+        .position(emptiest_corner(chart, (x0, x1), (y0, y1)))
         .draw()
         .map_err(err)?;
     area.present().map_err(err)?;
@@ -125,4 +150,30 @@ pub fn write_chart(chart: &Chart, stem: &Path) -> Result<[PathBuf; 2]> {
     )?;
     draw(chart, SVGBackend::new(&svg, (800, 520)).into_drawing_area())?;
     Ok([png, svg])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_legend_goes_where_the_points_are_not() {
+        let chart = |points: Vec<(f64, f64, f64)>| Chart {
+            title: String::new(),
+            x_label: String::new(),
+            y_label: String::new(),
+            series: vec![Series {
+                name: "s".into(),
+                points,
+            }],
+        };
+        // Points along the falling diagonal leave the lower-left and upper-right free; the
+        // lower-right has one, so it is not chosen.
+        let falling = chart(vec![(0.0, 1.0, 0.0), (0.5, 0.5, 0.0), (0.95, 0.05, 0.0)]);
+        let corner = emptiest_corner(&falling, (0.0, 1.0), (0.0, 1.0));
+        assert!(matches!(corner, SeriesLabelPosition::LowerLeft), "{corner:?}");
+        let rising = chart(vec![(0.05, 0.05, 0.0), (0.2, 0.1, 0.0), (0.95, 0.95, 0.0)]);
+        let corner = emptiest_corner(&rising, (0.0, 1.0), (0.0, 1.0));
+        assert!(matches!(corner, SeriesLabelPosition::LowerRight), "{corner:?}");
+    }
 }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use xtask::convert::{ConvertOptions, convert};
+use xtask::repro::{ImagenetOptions, ReproOptions};
 
 /// Project tasks for idlevit.
 #[derive(Parser)]
@@ -35,11 +36,95 @@ enum Task {
         #[arg(long)]
         family: Option<xtask::convert::Family>,
     },
+    /// Reproduce the paper's claims on this machine: cost, speed, accuracy on the embedded
+    /// digits task, token selection; writes OUT/REPORT.md with PNG/SVG plots and prints the
+    /// tables. The default run takes under 15 minutes on 2 cores.
+    Repro {
+        /// The longer run: every keep rate 0.9..0.5 timed, five seeds, three epochs.
+        #[arg(long)]
+        full: bool,
+        /// Where the report, plots, data set and runs go.
+        #[arg(long, default_value = "repro")]
+        out: PathBuf,
+        /// Skip the speed section (DeiT-T/S throughput).
+        #[arg(long)]
+        no_speed: bool,
+        /// Also evaluate --weights on this ImageNet-style folder (DIR/<class>/*), dense and
+        /// under each policy.
+        #[arg(long, value_name = "DIR", requires = "weights")]
+        imagenet: Option<PathBuf>,
+        /// The checkpoint for --imagenet (safetensors or .pth).
+        #[arg(long, value_name = "W", requires = "imagenet")]
+        weights: Option<PathBuf>,
+        /// The model of --weights.
+        #[arg(long, default_value = "deit_small", value_name = "NAME")]
+        model: String,
+        /// Images per forward pass for --imagenet.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+}
+
+fn repro(
+    full: bool,
+    out: PathBuf,
+    no_speed: bool,
+    imagenet: Option<(PathBuf, PathBuf)>,
+    model: String,
+    batch: usize,
+    threads: Option<usize>,
+) -> anyhow::Result<()> {
+    if let Some(threads) = threads {
+        anyhow::ensure!(threads >= 1, "--threads must be at least 1");
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()?;
+    }
+    let mut options = if full {
+        ReproOptions::full_run(out)?
+    } else {
+        ReproOptions::default_run(out)?
+    };
+    if no_speed {
+        options.speed = None;
+    }
+    options.python = std::env::var_os("IDLEVIT_PYTHON").map(PathBuf::from);
+    options.imagenet = imagenet.map(|(dir, weights)| ImagenetOptions {
+        dir,
+        weights,
+        model: Some(model),
+        config: None,
+        rates: options.accuracy.rates.clone(),
+        batch,
+    });
+    xtask::repro::run(&options, &mut |line| println!("{line}"))?;
+    Ok(())
 }
 
 fn main() -> ExitCode {
     let Cli { task } = Cli::parse();
     let result = match task {
+        Task::Repro {
+            full,
+            out,
+            no_speed,
+            imagenet,
+            weights,
+            model,
+            batch,
+            threads,
+        } => repro(
+            full,
+            out,
+            no_speed,
+            imagenet.zip(weights),
+            model,
+            batch,
+            threads,
+        ),
         Task::Convert {
             input,
             output,

@@ -13,6 +13,8 @@
 pub mod augment;
 pub mod commands;
 pub mod data;
+pub mod default_model;
+pub mod digits;
 pub mod distributed;
 pub mod evaluate;
 pub mod finetune;

@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use idlevit_cli::commands;
 use idlevit_cli::distributed::{ProcessGroup, SingleProcess};
 use idlevit_cli::policy::{Mode, compared_policy, resolve_policy};
 use idlevit_cli::weights::{load_model, load_zoo_model, resolve_config, resolve_zoo_config};
+use idlevit_cli::{commands, default_model};
 use idlevit_zoo::{PolicyKind, TokenPolicy};
 
 /// Vision Transformers on CPU: dense inference today, token idling (IdleViT) next.
@@ -141,13 +141,17 @@ enum Command {
         #[arg(long, value_name = "F.safetensors")]
         selected_out: Option<PathBuf>,
     },
-    /// Classify image files (resize 256 bicubic, center-crop 224, ImageNet normalisation).
+    /// Classify image files (shorter side to img/0.875 bicubic, e.g. 256 for 224, center crop,
+    /// ImageNet normalisation).
+    /// Without --weights: the embedded default model, a small DeiT trained on the digits task
+    /// (64x64 inputs, classes 0..9).
     Classify {
         #[command(flatten)]
         model: ModelArgs,
-        /// Weights: safetensors with timm names, or a PyTorch .pth checkpoint.
+        /// Weights: safetensors with timm names, or a PyTorch .pth checkpoint (absent: the
+        /// embedded digits model).
         #[arg(long, value_name = "W")]
-        weights: PathBuf,
+        weights: Option<PathBuf>,
         /// Class names, one per line, printed beside the indices.
         #[arg(long, value_name = "FILE")]
         labels: Option<PathBuf>,
@@ -216,10 +220,14 @@ enum Command {
     Finetune {
         #[command(flatten)]
         model: ModelArgs,
-        /// Starting weights of the student.
+        /// Starting weights of the student (absent: seeded random weights from --init-seed,
+        /// to train from scratch).
         #[arg(long, value_name = "W")]
-        weights: PathBuf,
-        /// Frozen dense teacher weights (default: the starting weights).
+        weights: Option<PathBuf>,
+        /// Seed of the random starting weights when --weights is absent.
+        #[arg(long, default_value_t = 0, conflicts_with = "weights")]
+        init_seed: u64,
+        /// Frozen dense teacher weights (default: the starting weights, if given).
         #[arg(long, value_name = "W")]
         teacher: Option<PathBuf>,
         /// The data set folder.
@@ -248,7 +256,8 @@ enum Command {
         clip_grad: Option<f64>,
         #[command(flatten)]
         regularisation: RegularisationArgs,
-        /// Base keep rate (DeiT schedule); or idle_layers/keep_ratios in the config.
+        /// Base keep rate (DeiT schedule); or idle_layers/keep_ratios in the config; with
+        /// neither, the model trains dense.
         #[arg(long, value_name = "R")]
         keep_rate: Option<f64>,
         #[command(flatten)]
@@ -262,6 +271,9 @@ enum Command {
         /// Resume from a checkpoint written by an earlier run.
         #[arg(long, value_name = "CKPT")]
         resume: Option<PathBuf>,
+        /// Also write the final weights alone (no optimiser state) to this safetensors file.
+        #[arg(long, value_name = "W")]
+        weights_out: Option<PathBuf>,
     },
     /// Top-1 / top-5 accuracy on an image folder (DIR/<class>/*), dense or idle.
     Eval {
@@ -278,6 +290,19 @@ enum Command {
         batch: usize,
         #[command(flatten)]
         policy: PolicyArgs,
+    },
+    /// Write the digits task (UCI digits on cluttered 64x64 canvases, seeded) as an image
+    /// folder DIR/{train,val}/<digit>/*.png for `finetune --data DIR` and `eval`.
+    Digits {
+        /// The folder to create.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Seed of the split, placements and clutter.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Canvases per training digit.
+        #[arg(long, default_value_t = 2)]
+        train_copies: usize,
     },
     /// Multiply-accumulates per image (GMACs) by spec section 2's formula, dense and under a
     /// policy.
@@ -337,9 +362,25 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
             top,
             images,
         } => {
-            let config = resolve_config(model.config.as_deref(), model.model.as_deref())?;
-            let labels = labels.as_deref().map(commands::read_labels).transpose()?;
-            let model = load_model(&config, Some(&weights), strict)?;
+            let (model, labels) = match weights {
+                Some(weights) => {
+                    let config = resolve_config(model.config.as_deref(), model.model.as_deref())?;
+                    let labels = labels.as_deref().map(commands::read_labels).transpose()?;
+                    (load_model(&config, Some(&weights), strict)?, labels)
+                }
+                None => {
+                    anyhow::ensure!(
+                        model.config.is_none() && model.model.is_none(),
+                        "--config/--model need --weights (without both, the embedded digits \
+                         model runs)"
+                    );
+                    let labels = match labels {
+                        Some(path) => Some(commands::read_labels(&path)?),
+                        None => Some(default_model::DEFAULT_LABELS.map(String::from).to_vec()),
+                    };
+                    (default_model::default_model()?, labels)
+                }
+            };
             for prediction in commands::classify(&model, &images, top)? {
                 println!("{}", prediction.path.display());
                 for (class, prob) in prediction.top {
@@ -473,6 +514,7 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
         Command::Finetune {
             model,
             weights,
+            init_seed,
             teacher,
             data,
             epochs,
@@ -488,16 +530,28 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
             seed,
             out,
             resume,
+            weights_out,
         } => {
             let config = resolve_config(model.config.as_deref(), model.model.as_deref())?;
-            let token_policy = resolve_policy(&config, Mode::Masked, PolicyKind::Idle, keep_rate)?;
-            let mut student =
-                load_model(&config, Some(&weights), strict)?.with_policy(token_policy)?;
-            let teacher = load_model(
-                &config,
-                Some(teacher.as_deref().unwrap_or(&weights)),
-                strict,
-            )?;
+            let token_policy = if keep_rate.is_none() && config.schedule()?.is_none() {
+                TokenPolicy::Dense
+            } else {
+                resolve_policy(&config, Mode::Masked, PolicyKind::Idle, keep_rate)?
+            };
+            let mut student = match &weights {
+                Some(w) => load_model(&config, Some(w), strict)?,
+                None => idlevit_zoo::DeiT::random(&config, init_seed)?,
+            }
+            .with_policy(token_policy)?;
+            let teacher = teacher
+                .as_deref()
+                .or(weights.as_deref())
+                .map(|t| load_model(&config, Some(t), strict))
+                .transpose()?;
+            anyhow::ensure!(
+                teacher.is_some() || objective.distill_weight == 0.0,
+                "--distill-weight needs a teacher: give --teacher or --weights"
+            );
             let (train_dir, val_dir) = if data.join("train").is_dir() {
                 (
                     data.join("train"),
@@ -534,7 +588,7 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
             };
             let report = idlevit_cli::finetune::finetune_in_group(
                 &mut student,
-                Some(&teacher),
+                teacher.as_ref(),
                 &train,
                 val.as_ref(),
                 &options,
@@ -557,6 +611,10 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
                 "checkpoint: {}",
                 idlevit_cli::finetune::checkpoint_path(&out).display()
             );
+            if let Some(path) = weights_out {
+                student.to_checkpoint()?.save_safetensors(&path)?;
+                println!("weights: {}", path.display());
+            }
             if let Some(acc) = report.validation {
                 println!(
                     "validation top-1 {:.2}%  top-5 {:.2}%  ({} images)",
@@ -597,6 +655,25 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
                 100.0 * acc.top1,
                 100.0 * acc.top5,
                 acc.images
+            );
+        }
+        Command::Digits {
+            out,
+            seed,
+            train_copies,
+        } => {
+            let options = idlevit_cli::digits::DigitsOptions {
+                seed,
+                train_copies,
+                ..Default::default()
+            };
+            let split = idlevit_cli::digits::embedded_split(&options)?;
+            idlevit_cli::digits::write_image_folder(&split, &out)?;
+            println!(
+                "wrote {} training and {} validation canvases to {}",
+                split.train.len(),
+                split.val.len(),
+                out.display()
             );
         }
         Command::Flops {

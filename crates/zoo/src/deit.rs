@@ -235,8 +235,9 @@ impl DeiT {
     }
 
     /// The training form: dense layers as usual, idle layers masked (all tokens kept in the
-    /// tensors), returning the masks and attention logits the cut loss needs. Only the idle
-    /// policy (or dense) has a masked form.
+    /// tensors), returning the masks and attention logits the cut loss needs. Pruning and
+    /// EViT have no masked form: they train in their gathered form (gradients flow through
+    /// the kept and fused tokens, as in the EViT release) and return no idle layers.
     pub fn forward_masked<B: Backend>(
         &self,
         bk: &B,

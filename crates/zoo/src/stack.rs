@@ -28,7 +28,8 @@ pub(crate) fn traced<B: Backend>(
     })
 }
 
-/// [`traced`] with idle layers in their masked (training) form.
+/// [`traced`] with idle layers in their masked (training) form; prune and EViT layers in
+/// their gathered form, which is how they train.
 pub(crate) fn masked<B: Backend>(
     bk: &B,
     blocks: &[Block],
@@ -37,6 +38,19 @@ pub(crate) fn masked<B: Backend>(
     head: impl FnOnce(&B::Value) -> Result<(B::Value, B::Value)>,
 ) -> Result<MaskedForward<B::Value>> {
     let image_tokens = bk.shape(&x)[1] - 1;
+    // Pruning and EViT have no masked form: they train in their gathered form, gradients
+    // flowing through the kept (and fused) tokens, as the EViT release trains.
+    if let TokenPolicy::Select { kind, .. } = policy
+        && *kind != PolicyKind::Idle
+    {
+        let (x, _) = run_blocks(bk, blocks, policy, x, image_tokens)?;
+        let (features, logits) = head(&x)?;
+        return Ok(MaskedForward {
+            logits,
+            features,
+            layers: Vec::new(),
+        });
+    }
     let (x, layers) = run_blocks_masked(bk, blocks, policy, x, image_tokens)?;
     let (features, logits) = head(&x)?;
     Ok(MaskedForward {

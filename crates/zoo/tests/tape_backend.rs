@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 
 use idlevit_nn::{Eager, Tape, Tensor};
 use idlevit_zoo::{
-    DeiTConfig, LvVitConfig, PolicyKind, PvtConfig, Schedule, TokenPolicy, ZooConfig, ZooModel,
+    DeiT, DeiTConfig, LvVitConfig, PolicyKind, PvtConfig, Schedule, TokenPolicy, ZooConfig,
+    ZooModel,
 };
 
 /// A small model of each family with 7 classes: DeiT and LV-ViT on 32x32 images with 16
@@ -234,5 +235,80 @@ fn parameter_gradients_match_finite_differences() {
                 "{name}: finite difference {numeric}, gradient {predicted} (|grad| {scale})"
             );
         }
+    }
+}
+
+// Pruning and EViT train in their gathered form: `forward_masked` gives the inference
+// logits, no idle layers, and tape gradients that agree with finite differences.
+
+const STEP: f32 = 1e-4;
+
+#[test]
+fn pruning_and_evit_train_through_their_gathered_form() {
+    let images = values(1, &[2, 3, 32, 32]);
+    let c = values(2, &[2, 7]);
+    let policies = [
+        TokenPolicy::select(
+            PolicyKind::Prune,
+            Schedule::new(vec![1, 2], vec![0.5, 0.25]).unwrap(),
+        ),
+        TokenPolicy::select(PolicyKind::Evit, Schedule::new(vec![1], vec![0.5]).unwrap()),
+    ];
+    let ZooConfig::DeiT(config) = &configs()[0] else {
+        unreachable!("the first config is DeiT's");
+    };
+    for policy in policies {
+        let model = DeiT::random(config, 3)
+            .unwrap()
+            .with_policy(policy.clone())
+            .unwrap();
+        let inference = model.forward(&Eager, &images).unwrap();
+        let training = model.forward_masked(&Eager, &images).unwrap();
+        assert_eq!(training.logits.to_vec(), inference.to_vec(), "{policy:?}");
+        assert!(training.layers.is_empty());
+
+        let tape = Tape::new();
+        let out = model
+            .forward_masked(&tape, &tape.constant(images.clone()))
+            .unwrap();
+        let loss = tape
+            .sum_all(&tape.mul(&out.logits, &tape.constant(c.clone())).unwrap())
+            .unwrap();
+        let grads = tape.backward(&loss).unwrap().into_map();
+        // The first block's MLP lies before any selection: its gradient flows through the
+        // kept (and, for EViT, fused) tokens only. Central differences along a direction.
+        let name = "blocks.0.mlp.fc1.weight";
+        let grad = &grads[name];
+        let d = values(7, grad.shape());
+        let predicted: f64 = grad
+            .to_vec()
+            .iter()
+            .zip(d.to_vec())
+            .map(|(&g, d)| f64::from(g) * f64::from(d))
+            .sum();
+        let shifted = |sign: f32| {
+            let mut ckpt = model.to_checkpoint().unwrap();
+            let w = ckpt.require(name).unwrap().clone();
+            let moved = Tensor::from_vec(
+                w.shape().to_vec(),
+                w.to_vec()
+                    .iter()
+                    .zip(d.to_vec())
+                    .map(|(&w, d)| w + sign * STEP * d)
+                    .collect(),
+            )
+            .unwrap();
+            ckpt.insert(name, moved);
+            let m = DeiT::load(model.config(), ckpt)
+                .unwrap()
+                .with_policy(policy.clone())
+                .unwrap();
+            eager_loss(&ZooModel::DeiT(Box::new(m)), &images, &c)
+        };
+        let numeric = (shifted(1.0) - shifted(-1.0)) / (2.0 * f64::from(STEP));
+        assert!(
+            (numeric - predicted).abs() < 2e-2 * predicted.abs().max(1.0),
+            "{policy:?}: numeric {numeric} vs tape {predicted}"
+        );
     }
 }

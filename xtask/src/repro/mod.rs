@@ -1,0 +1,540 @@
+//! `cargo xtask repro`: the paper's claims, measured end to end on this machine — cost,
+//! speed, accuracy on the embedded digits task, token selection — written to
+//! `repro/REPORT.md` with plots. Every number in the report comes from the run that wrote
+//! it, except the paper's own figures, which are labelled as such.
+
+mod accuracy;
+mod cost;
+mod imagenet;
+mod plots;
+mod speed;
+mod table;
+mod timm;
+mod tokens;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use idlevit_cli::default_model::default_model;
+use idlevit_zoo::DeiTConfig;
+
+pub use accuracy::{AccuracyOptions, AccuracyRun, Method, MethodResult, mean_std};
+pub use imagenet::ImagenetOptions;
+pub use plots::{Chart, Series, write_chart};
+pub use speed::SpeedOptions;
+pub use table::Table;
+pub use timm::{TimmRun, run_timm};
+
+/// Everything a run does.
+#[derive(Clone, Debug)]
+pub struct ReproOptions {
+    /// Where `REPORT.md`, the plots, the data set and the runs go.
+    pub out_dir: PathBuf,
+    /// Name of the setting in the report (`default`, `full`, ...).
+    pub setting: String,
+    /// The speed section (`None`: skipped).
+    pub speed: Option<SpeedOptions>,
+    /// The accuracy section.
+    pub accuracy: AccuracyOptions,
+    /// Validation canvases for the token statistics, and how many appear in the picture.
+    pub token_images: (usize, usize),
+    /// The ImageNet section, when asked for.
+    pub imagenet: Option<ImagenetOptions>,
+    /// A Python with torch and timm, for the timm column.
+    pub python: Option<PathBuf>,
+}
+
+fn named(names: &[&str]) -> Result<Vec<(String, DeiTConfig)>> {
+    names
+        .iter()
+        .map(|&n| Ok((n.to_string(), DeiTConfig::named(n)?)))
+        .collect()
+}
+
+impl ReproOptions {
+    /// The default run: under 15 minutes on 2 cores.
+    pub fn default_run(out_dir: PathBuf) -> Result<Self> {
+        Ok(Self {
+            out_dir,
+            setting: "default".into(),
+            speed: Some(SpeedOptions {
+                models: named(&["deit_tiny", "deit_small"])?,
+                rates: vec![0.9, 0.7, 0.5],
+                batches: vec![1, 32],
+                warmup: 1,
+                runs: 3,
+            }),
+            accuracy: AccuracyOptions {
+                rates: vec![0.7, 0.5],
+                seeds: vec![0, 1, 2],
+                train_copies: 1,
+                per_class_limit: (None, None),
+                epochs: 1,
+                batch: 32,
+                lr: 2e-4,
+                distill_weight: 5.0,
+                speed_runs: 5,
+            },
+            token_images: (128, 4),
+            imagenet: None,
+            python: None,
+        })
+    }
+
+    /// The longer run: every rate 0.9..0.5 in the speed section with more runs, five seeds,
+    /// three epochs over twice as many training canvases.
+    pub fn full_run(out_dir: PathBuf) -> Result<Self> {
+        let mut options = Self::default_run(out_dir)?;
+        options.setting = "full".into();
+        if let Some(speed) = &mut options.speed {
+            speed.rates = cost::RATES.to_vec();
+            speed.runs = 5;
+            speed.warmup = 2;
+        }
+        options.accuracy.seeds = vec![0, 1, 2, 3, 4];
+        options.accuracy.train_copies = 2;
+        options.accuracy.epochs = 3;
+        options.token_images = (449, 6);
+        Ok(options)
+    }
+
+    /// A seconds-long setting for tests: a few canvases per class, two seeds, a narrow
+    /// model for the speed section.
+    pub fn tiny(out_dir: PathBuf) -> Self {
+        let narrow = DeiTConfig {
+            img_size: 32,
+            patch_size: 8,
+            embed_dim: 16,
+            num_heads: 2,
+            num_classes: 10,
+            ..DeiTConfig::tiny()
+        };
+        Self {
+            out_dir,
+            setting: "tiny (test)".into(),
+            speed: Some(SpeedOptions {
+                models: vec![("narrow".into(), narrow)],
+                rates: vec![0.7, 0.5],
+                batches: vec![1, 4],
+                warmup: 0,
+                runs: 1,
+            }),
+            accuracy: AccuracyOptions {
+                rates: vec![0.7, 0.5],
+                seeds: vec![0, 1],
+                train_copies: 1,
+                per_class_limit: (Some(2), Some(2)),
+                epochs: 1,
+                batch: 10,
+                lr: 2e-4,
+                distill_weight: 5.0,
+                speed_runs: 1,
+            },
+            token_images: (20, 2),
+            imagenet: None,
+            python: None,
+        }
+    }
+}
+
+/// What a run wrote.
+#[derive(Clone, Debug)]
+pub struct ReproOutcome {
+    /// `REPORT.md`.
+    pub report: PathBuf,
+    /// Every table, in report order.
+    pub tables: Vec<Table>,
+    /// Every image written (PNG and SVG).
+    pub images: Vec<PathBuf>,
+    /// Wall time of the whole run, seconds.
+    pub seconds: f64,
+}
+
+fn pct(v: f64) -> String {
+    format!("{:.2}", 100.0 * v)
+}
+
+/// One claim, stated as measured: `a` against `b` over the seeds.
+fn claim(what: &str, a: &MethodResult, b: &MethodResult) -> String {
+    let ((ma, sa), (mb, sb)) = (a.mean_std(), b.mean_std());
+    let n = a.finetuned.len().min(b.finetuned.len()).max(1) as f64;
+    let diff = 100.0 * (ma - mb);
+    let noise = 100.0 * 2.0 * ((sa * sa + sb * sb) / n).sqrt();
+    let verdict = if diff > noise && diff > 0.0 {
+        "holds here"
+    } else if diff > 0.0 {
+        "points the same way, but within twice the standard error of the seeds: not resolved here"
+    } else {
+        "does not hold here"
+    };
+    format!(
+        "- {what}, r={}: {} {}±{} % vs {} {}±{} % ({} seeds): difference {diff:+.2} points \
+         (2 standard errors: {noise:.2}) — {verdict}.",
+        a.rate,
+        a.method.name(),
+        pct(ma),
+        pct(sa),
+        b.method.name(),
+        pct(mb),
+        pct(sb),
+        a.finetuned.len()
+    )
+}
+
+fn find(run: &AccuracyRun, method: Method, rate: f64) -> Option<&MethodResult> {
+    run.results
+        .iter()
+        .find(|r| r.method == method && r.rate == rate)
+}
+
+/// Runs every section and writes the report; `log` receives progress lines.
+pub fn run(options: &ReproOptions, log: &mut dyn FnMut(String)) -> Result<ReproOutcome> {
+    let started = Instant::now();
+    let out = &options.out_dir;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let dense = default_model()?;
+    let threads = rayon::current_num_threads();
+    let mut md = String::new();
+    let mut tables = Vec::new();
+    let mut images = Vec::new();
+    let mut timings = Vec::new();
+
+    // 1. Cost.
+    let section = Instant::now();
+    let cost_tables = cost::cost_tables(dense.config())?;
+    md += "## 1. Cost\n\nMultiply-accumulates per image by spec section 2's count (patch embed, \
+           every block's products, head), dense and with IdleViT's DeiT schedule (layers 4..11 \
+           keep r, r^2, r^3), beside the paper's dense figures. Computed by this run, not \
+           measured.\n\n";
+    for t in &cost_tables {
+        md += &t.markdown();
+        md += "\n";
+        log(t.markdown());
+    }
+    tables.extend(cost_tables);
+    timings.push(("cost", section.elapsed().as_secs_f64()));
+
+    // 2. Speed.
+    if let Some(speed) = &options.speed {
+        let section = Instant::now();
+        log(format!(
+            "speed: {} models x batches {:?} x rates {:?}, {} runs each ...",
+            speed.models.len(),
+            speed.batches,
+            speed.rates,
+            speed.runs
+        ));
+        let rows = speed::measure(speed)?;
+        let timm = match &options.python {
+            Some(python) => {
+                let names: Vec<String> = speed.models.iter().map(|m| m.0.clone()).collect();
+                match timm::run_timm(python, &names, &speed.batches, speed.runs, out) {
+                    Ok(run) => Some(run),
+                    Err(e) => {
+                        log(format!("timm column skipped: {e:#}"));
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let speed_tables =
+            speed::speed_tables(&rows, timm.as_ref().map_or(&[], |t| t.rows.as_slice()));
+        let _ = write!(
+            md,
+            "## 2. Speed\n\nImages/s on this machine ({threads} threads, f32, seeded random \
+             weights), median of {} timed passes after {} warm-up, every form of a model timed \
+             interleaved in one run; in brackets the speed-up over our dense model{}.\n\n",
+            speed.runs,
+            speed.warmup,
+            match &timm {
+                Some(t) => format!(
+                    " and over timm's dense model ({}, same threads)",
+                    t.versions
+                ),
+                None => " (set IDLEVIT_PYTHON to a Python with torch and timm for a timm column)"
+                    .to_string(),
+            }
+        );
+        for t in &speed_tables {
+            md += &t.markdown();
+            md += "\n";
+            log(t.markdown());
+        }
+        let biggest = speed.batches.iter().copied().max().unwrap_or(1);
+        let mut series = Vec::new();
+        for (name, _) in &speed.models {
+            for kind in speed::POLICIES {
+                let points = rows
+                    .iter()
+                    .filter(|r| r.model == *name && r.batch == biggest)
+                    .filter_map(|r| {
+                        r.policy
+                            .filter(|p| p.0 == kind)
+                            .map(|p| (p.1, r.images_per_second / r.dense_images_per_second, 0.0))
+                    })
+                    .collect();
+                series.push(Series {
+                    name: format!("{name} {}", speed::policy_name(kind)),
+                    points,
+                });
+            }
+            let config = &speed.models.iter().find(|m| m.0 == *name).map(|m| &m.1);
+            if let Some(config) = config {
+                let dense_gmacs = cost::gmacs(config, idlevit_zoo::PolicyKind::Idle, None)?;
+                let points = speed
+                    .rates
+                    .iter()
+                    .map(|&r| {
+                        let g = cost::gmacs(config, idlevit_zoo::PolicyKind::Idle, Some(r))?;
+                        Ok((r, dense_gmacs / g, 0.0))
+                    })
+                    .collect::<Result<_>>()?;
+                series.push(Series {
+                    name: format!("{name} idle GMAC ratio"),
+                    points,
+                });
+            }
+        }
+        let chart = Chart {
+            title: format!("Speed-up over dense, batch {biggest}"),
+            x_label: "keep rate r".into(),
+            y_label: "speed-up (x)".into(),
+            series,
+        };
+        images.extend(write_chart(&chart, &out.join("speed"))?);
+        md += "![speed-up over dense](speed.png)\n\n";
+        tables.extend(speed_tables);
+        timings.push(("speed", section.elapsed().as_secs_f64()));
+    }
+
+    // 3. Accuracy.
+    let section = Instant::now();
+    let acc = accuracy::run_accuracy(&dense, &options.accuracy, out, log)?;
+    let a = &options.accuracy;
+    let _ = write!(
+        md,
+        "## 3. Accuracy on the digits task\n\nThe task: UCI handwritten digits drawn 18..26 px \
+         tall at random places on cluttered 64x64 canvases (most 8x8 patches are background; \
+         `fixtures/digits/README.md`), {} training and {} validation canvases. Start and \
+         teacher: the embedded dense model (DeiT, width 64, depth 12, 4 heads, patch 8), \
+         top-1 **{}%** dense, {:.1} images/s at batch 64, {:.4} GMACs. Each method finetunes \
+         it for {} epoch(s), batch {}, AdamW lr {:.0e} (cosine to 1e-6), distillation weight \
+         {} (KL + 100 x feature term), label smoothing 0.1; the cut loss (both terms, weight \
+         20) only for IdleViT + cut loss. Seeds {:?} set the shuffle order. Throughput: the \
+         inference form of each policy at batch 64 on this machine.\n\n",
+        acc.images.0,
+        acc.images.1,
+        pct(acc.dense_top1),
+        acc.dense_images_per_second,
+        acc.dense_gmacs,
+        a.epochs,
+        a.batch,
+        a.lr,
+        a.distill_weight,
+        a.seeds
+    );
+    let mut acc_table = Table::new(
+        "Top-1 (%) on the digits validation canvases",
+        &[
+            "method",
+            "r",
+            "GMACs",
+            "images/s",
+            "before finetuning",
+            "finetuned mean ± std",
+            "per seed",
+        ],
+    );
+    acc_table.push(vec![
+        "dense".into(),
+        "1".into(),
+        format!("{:.4}", acc.dense_gmacs),
+        format!("{:.1}", acc.dense_images_per_second),
+        pct(acc.dense_top1),
+        "–".into(),
+        "–".into(),
+    ]);
+    for r in &acc.results {
+        let (m, s) = r.mean_std();
+        acc_table.push(vec![
+            r.method.name().into(),
+            format!("{}", r.rate),
+            format!("{:.4}", r.gmacs),
+            format!("{:.1}", r.images_per_second),
+            pct(r.off_the_shelf),
+            format!("{} ± {}", pct(m), pct(s)),
+            r.finetuned
+                .iter()
+                .map(|f| pct(f.1))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ]);
+    }
+    md += &acc_table.markdown();
+    log(acc_table.markdown());
+    md += "\nThe paper's two claims, as measured here:\n\n";
+    let mut claims = String::new();
+    for &rate in &a.rates {
+        let pairs = [
+            (
+                "Idling beats pruning at the same keep ratio",
+                Method::IdleCut,
+                Method::Prune,
+            ),
+            ("The cut loss helps", Method::IdleCut, Method::IdleNoCut),
+            (
+                "IdleViT beats EViT (the paper: +0.5 points on DeiT-S at r=0.5)",
+                Method::IdleCut,
+                Method::Evit,
+            ),
+        ];
+        for (what, x, y) in pairs {
+            if let (Some(x), Some(y)) = (find(&acc, x, rate), find(&acc, y, rate)) {
+                claims += &claim(what, x, y);
+                claims += "\n";
+            }
+        }
+    }
+    md += &claims;
+    log(claims);
+    let series = Method::ALL
+        .iter()
+        .map(|&method| Series {
+            name: method.name().into(),
+            points: acc
+                .results
+                .iter()
+                .filter(|r| r.method == method)
+                .map(|r| {
+                    let (m, s) = r.mean_std();
+                    (r.images_per_second, 100.0 * m, 100.0 * s)
+                })
+                .collect(),
+        })
+        .chain([Series {
+            name: "dense".into(),
+            points: vec![(acc.dense_images_per_second, 100.0 * acc.dense_top1, 0.0)],
+        }])
+        .collect();
+    let chart = Chart {
+        title: "Digits task: top-1 vs throughput (batch 64)".into(),
+        x_label: "images/s".into(),
+        y_label: "top-1 (%), mean ± std over seeds".into(),
+        series,
+    };
+    images.extend(write_chart(&chart, &out.join("accuracy_vs_throughput"))?);
+    md += "\n![top-1 vs throughput](accuracy_vs_throughput.png)\n\n";
+    tables.push(acc_table);
+    timings.push(("accuracy", section.elapsed().as_secs_f64()));
+
+    // 4. Token selection.
+    let section = Instant::now();
+    md += "## 4. Token selection\n\n";
+    let (count, shown) = options.token_images;
+    let canvases = &acc.val[..count.min(acc.val.len())];
+    let mut token_table = Table::new(
+        "Idled tokens picked again, and selections on the digit",
+        &[
+            "model",
+            "r",
+            "re-selected at the next idle layer, per layer (%)",
+            "re-selected at any later idle layer (%)",
+            "selected tokens on the digit, per layer (%)",
+            "patches on the digit (%)",
+        ],
+    );
+    for (method, rate, model) in &acc.idle_models {
+        let (stats, selected) = tokens::token_stats(model, canvases)?;
+        let join = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{:.0}", 100.0 * x))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        token_table.push(vec![
+            method.name().into(),
+            format!("{rate}"),
+            join(&stats.reselected),
+            pct(stats.reselected_later),
+            join(&stats.on_digit),
+            pct(stats.digit_share),
+        ]);
+        if *method == Method::IdleCut && Some(rate) == a.rates.last() {
+            let shown = &canvases[..shown.min(canvases.len())];
+            let tensor = tokens::canvases_tensor(shown, model.config().img_size)?;
+            let picked: Vec<Vec<Vec<usize>>> = selected
+                .iter()
+                .map(|per_image| per_image[..shown.len()].to_vec())
+                .collect();
+            let path = out.join("token_selection.png");
+            tokens::selection_picture(&tensor, &picked, model.config().patch_size, 2, &path)?;
+            let _ = write!(
+                md,
+                "![token selection](token_selection.png)\n\nIdleViT + cut loss at r={rate} \
+                 (seed {}): each row one validation canvas; the input, then idle layers {:?} \
+                 left to right. Idle tokens are dimmed blue; the rest are the layer's \
+                 selection.\n\n",
+                a.seeds[0], stats.layers
+            );
+            images.push(path);
+        }
+    }
+    let _ = write!(
+        md,
+        "Over {} validation canvases (seed {} models). Re-selection: of the image tokens one \
+         idle layer leaves idle, the share the next idle layer computes again (the freedom \
+         pruning lacks).\n\n",
+        canvases.len(),
+        a.seeds[0]
+    );
+    md += &token_table.markdown();
+    log(token_table.markdown());
+    tables.push(token_table);
+    timings.push(("tokens", section.elapsed().as_secs_f64()));
+
+    // 5. ImageNet.
+    if let Some(imagenet) = &options.imagenet {
+        let section = Instant::now();
+        let table = imagenet::imagenet_table(imagenet)?;
+        md += "\n## 5. ImageNet\n\nThe given checkpoint, evaluated as-is under each policy \
+               (no finetuning here), beside the paper's dense figure.\n\n";
+        md += &table.markdown();
+        log(table.markdown());
+        tables.push(table);
+        timings.push(("imagenet", section.elapsed().as_secs_f64()));
+    }
+
+    let seconds = started.elapsed().as_secs_f64();
+    let timing_line = timings
+        .iter()
+        .map(|(n, s)| format!("{n} {s:.0} s"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let header = format!(
+        "# IdleViT, reproduced on this machine\n\nWritten by `cargo xtask repro` (setting: \
+         {}), {threads} threads. Wall time {seconds:.0} s ({timing_line}). Every number below \
+         was produced by this run, except those marked as the paper's.\n\n",
+        options.setting
+    );
+    let report = out.join("REPORT.md");
+    std::fs::write(&report, header + &md)
+        .with_context(|| format!("cannot write {}", report.display()))?;
+    log(format!(
+        "wall time {seconds:.0} s; report: {}",
+        report.display()
+    ));
+    Ok(ReproOutcome {
+        report,
+        tables,
+        images,
+        seconds,
+    })
+}
+
+/// Where the report goes by default: `repro/` under the current directory.
+pub fn default_out_dir() -> &'static Path {
+    Path::new("repro")
+}

@@ -6,6 +6,9 @@
 use std::collections::BTreeMap;
 
 use idlevit_nn::{Eager, Tape, Tensor};
+mod common;
+use common::check_directional_derivatives;
+
 use idlevit_zoo::{
     DeiT, DeiTConfig, LvVitConfig, PolicyKind, PvtConfig, Schedule, TokenPolicy, ZooConfig,
     ZooModel,
@@ -193,55 +196,18 @@ fn parameter_gradients_match_finite_differences() {
         let images = values(4, &[2, 3, config.img_size(), config.img_size()]);
         let c = values(6, &[2, 7]);
         let (_, grads) = loss_and_grads(&model, &images, &c);
-        const STEP: f32 = 1e-2;
-        let mut seed = 100;
-        for (name, grad) in &grads {
-            seed += 1;
-            let d = values(seed, grad.shape());
-            let norm = d.to_vec().iter().map(|v| v * v).sum::<f32>().sqrt();
-            let d = d.map(|v| v / norm);
-            let predicted: f64 = grad
-                .to_vec()
-                .iter()
-                .zip(d.to_vec())
-                .map(|(&g, d)| f64::from(g) * f64::from(d))
-                .sum();
-            let shifted = |sign: f32| {
-                let mut m = model.clone();
-                m.visit_params_mut(&mut |p| {
-                    if p.name() == name {
-                        let moved: Vec<f32> = p
-                            .value()
-                            .to_vec()
-                            .iter()
-                            .zip(d.to_vec())
-                            .map(|(&v, d)| v + sign * STEP * d)
-                            .collect();
-                        *p.value_mut() =
-                            Tensor::from_vec(p.value().shape().to_vec(), moved).unwrap();
-                    }
-                });
-                eager_loss(&m, &images, &c)
-            };
-            let numeric = (shifted(1.0) - shifted(-1.0)) / (2.0 * f64::from(STEP));
-            let scale = grad
-                .to_vec()
-                .iter()
-                .map(|&g| f64::from(g).powi(2))
-                .sum::<f64>()
-                .sqrt();
-            assert!(
-                (numeric - predicted).abs() <= tolerance * scale + 1e-4,
-                "{name}: finite difference {numeric}, gradient {predicted} (|grad| {scale})"
-            );
-        }
+        check_directional_derivatives(
+            &model,
+            &grads,
+            |m| eager_loss(m, &images, &c),
+            1e-2,
+            (tolerance, 1e-4),
+        );
     }
 }
 
 // Pruning and EViT train in their gathered form: `forward_masked` gives the inference
 // logits, no idle layers, and tape gradients that agree with finite differences.
-
-const STEP: f32 = 1e-4;
 
 #[test]
 fn pruning_and_evit_train_through_their_gathered_form() {
@@ -278,37 +244,13 @@ fn pruning_and_evit_train_through_their_gathered_form() {
         // The first block's MLP lies before any selection: its gradient flows through the
         // kept (and, for EViT, fused) tokens only. Central differences along a direction.
         let name = "blocks.0.mlp.fc1.weight";
-        let grad = &grads[name];
-        let d = values(7, grad.shape());
-        let predicted: f64 = grad
-            .to_vec()
-            .iter()
-            .zip(d.to_vec())
-            .map(|(&g, d)| f64::from(g) * f64::from(d))
-            .sum();
-        let shifted = |sign: f32| {
-            let mut ckpt = model.to_checkpoint().unwrap();
-            let w = ckpt.require(name).unwrap().clone();
-            let moved = Tensor::from_vec(
-                w.shape().to_vec(),
-                w.to_vec()
-                    .iter()
-                    .zip(d.to_vec())
-                    .map(|(&w, d)| w + sign * STEP * d)
-                    .collect(),
-            )
-            .unwrap();
-            ckpt.insert(name, moved);
-            let m = DeiT::load(model.config(), ckpt)
-                .unwrap()
-                .with_policy(policy.clone())
-                .unwrap();
-            eager_loss(&ZooModel::DeiT(Box::new(m)), &images, &c)
-        };
-        let numeric = (shifted(1.0) - shifted(-1.0)) / (2.0 * f64::from(STEP));
-        assert!(
-            (numeric - predicted).abs() < 2e-2 * predicted.abs().max(1.0),
-            "{policy:?}: numeric {numeric} vs tape {predicted}"
+        let one: BTreeMap<String, Tensor> = grads.into_iter().filter(|(n, _)| n == name).collect();
+        check_directional_derivatives(
+            &model,
+            &one,
+            |m| eager_loss(&ZooModel::DeiT(Box::new(m.clone())), &images, &c),
+            1e-4,
+            (2e-2, 2e-2),
         );
     }
 }

@@ -67,17 +67,34 @@ pub fn values(seed: u64, shape: &[usize]) -> idlevit_nn::Tensor {
     idlevit_nn::Tensor::from_vec(shape.to_vec(), data).unwrap()
 }
 
+/// A model whose parameters the finite-difference check can move.
+pub trait Tunable: Clone {
+    /// Visits every parameter mutably.
+    fn visit_mut(&mut self, f: &mut idlevit_nn::ParamVisitorMut<'_>);
+}
+
+impl Tunable for idlevit_zoo::DeiT {
+    fn visit_mut(&mut self, f: &mut idlevit_nn::ParamVisitorMut<'_>) {
+        self.visit_params_mut(f);
+    }
+}
+
+impl Tunable for idlevit_zoo::ZooModel {
+    fn visit_mut(&mut self, f: &mut idlevit_nn::ParamVisitorMut<'_>) {
+        self.visit_params_mut(f);
+    }
+}
+
 /// For each parameter of `grads`, the derivative of `loss` along a seeded random unit
-/// direction by central differences (step `1e-2`), against `<grad, d>`; the two must agree
+/// direction by central differences of size `step`, against `<grad, d>`; the two must agree
 /// within `relative * |grad| + absolute`.
-pub fn check_directional_derivatives(
-    model: &idlevit_zoo::DeiT,
+pub fn check_directional_derivatives<M: Tunable>(
+    model: &M,
     grads: &std::collections::BTreeMap<String, idlevit_nn::Tensor>,
-    loss: impl Fn(&idlevit_zoo::DeiT) -> f64,
-    relative: f64,
-    absolute: f64,
+    loss: impl Fn(&M) -> f64,
+    step: f32,
+    (relative, absolute): (f64, f64),
 ) {
-    const STEP: f32 = 1e-2;
     for (i, (name, grad)) in grads.iter().enumerate() {
         let d = values(101 + i as u64, grad.shape());
         let norm = d.to_vec().iter().map(|v| v * v).sum::<f32>().sqrt();
@@ -90,14 +107,14 @@ pub fn check_directional_derivatives(
             .sum();
         let shifted = |sign: f32| {
             let mut moved = model.clone();
-            moved.visit_params_mut(&mut |p| {
+            moved.visit_mut(&mut |p| {
                 if p.name() == name {
                     let values = p
                         .value()
                         .to_vec()
                         .iter()
                         .zip(d.to_vec())
-                        .map(|(&v, d)| v + sign * STEP * d)
+                        .map(|(&v, d)| v + sign * step * d)
                         .collect();
                     *p.value_mut() =
                         idlevit_nn::Tensor::from_vec(p.value().shape().to_vec(), values).unwrap();
@@ -105,7 +122,7 @@ pub fn check_directional_derivatives(
             });
             loss(&moved)
         };
-        let numeric = (shifted(1.0) - shifted(-1.0)) / (2.0 * f64::from(STEP));
+        let numeric = (shifted(1.0) - shifted(-1.0)) / (2.0 * f64::from(step));
         let scale = grad
             .to_vec()
             .iter()

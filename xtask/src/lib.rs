@@ -12,5 +12,6 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 
+pub mod bench;
 pub mod convert;
 pub mod repro;

@@ -17,6 +17,29 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
+    /// Time dense, IdleViT, EViT and top-k pruning and print one markdown table; with
+    /// IDLEVIT_PYTHON naming a Python with torch and timm, timm's dense images/s measured in
+    /// the same run and the ratio of ours to it.
+    Bench {
+        /// Named DeiT models, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "deit_small")]
+        models: Vec<String>,
+        /// Base keep rates, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "0.7,0.5")]
+        rates: Vec<f64>,
+        /// Batch sizes, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,32")]
+        batches: Vec<usize>,
+        /// Untimed passes of each form first.
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        /// Timed passes of each form (medians reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// Convert a PyTorch checkpoint (.pth, zip + pickle) to safetensors with f32 tensors.
     /// Nothing in the pickle is executed; unknown globals stay inert placeholders.
     Convert {
@@ -68,6 +91,37 @@ enum Task {
     },
 }
 
+fn bench(options: &xtask::bench::BenchOptions, threads: Option<usize>) -> anyhow::Result<()> {
+    set_threads(threads)?;
+    let python = std::env::var_os("IDLEVIT_PYTHON").map(PathBuf::from);
+    let scratch = std::env::temp_dir().join(format!("idlevit-bench-{}", std::process::id()));
+    let (table, versions) = xtask::bench::run(options, python.as_deref(), &scratch)?;
+    let _ = std::fs::remove_dir_all(&scratch);
+    println!(
+        "{} threads, f32, seeded random weights; medians of {} runs, every form of a model \
+         timed interleaved in one run{}\n",
+        rayon::current_num_threads(),
+        options.runs,
+        if versions.is_empty() {
+            " (set IDLEVIT_PYTHON to a Python with torch and timm for the timm columns)".into()
+        } else {
+            format!("; timm: {versions}, same threads")
+        }
+    );
+    print!("{}", table.markdown());
+    Ok(())
+}
+
+fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
+    if let Some(threads) = threads {
+        anyhow::ensure!(threads >= 1, "--threads must be at least 1");
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()?;
+    }
+    Ok(())
+}
+
 fn repro(
     full: bool,
     out: PathBuf,
@@ -77,12 +131,7 @@ fn repro(
     batch: usize,
     threads: Option<usize>,
 ) -> anyhow::Result<()> {
-    if let Some(threads) = threads {
-        anyhow::ensure!(threads >= 1, "--threads must be at least 1");
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build_global()?;
-    }
+    set_threads(threads)?;
     let mut options = if full {
         ReproOptions::full_run(out)?
     } else {
@@ -107,6 +156,23 @@ fn repro(
 fn main() -> ExitCode {
     let Cli { task } = Cli::parse();
     let result = match task {
+        Task::Bench {
+            models,
+            rates,
+            batches,
+            warmup,
+            runs,
+            threads,
+        } => bench(
+            &xtask::bench::BenchOptions {
+                models,
+                rates,
+                batches,
+                warmup,
+                runs,
+            },
+            threads,
+        ),
         Task::Repro {
             full,
             out,

@@ -7,7 +7,7 @@ mod accuracy;
 mod cost;
 mod imagenet;
 mod plots;
-mod speed;
+pub mod speed;
 mod table;
 mod timm;
 mod tokens;

@@ -16,5 +16,6 @@ pub mod data;
 pub mod evaluate;
 pub mod finetune;
 pub mod policy;
+pub mod precision;
 pub mod preprocess;
 pub mod weights;

@@ -123,6 +123,9 @@ enum Command {
     Logits {
         #[command(flatten)]
         model: ModelArgs,
+        /// Run the linear layers in bfloat16 (f32 accumulation); see docs/bf16.md.
+        #[arg(long)]
+        bf16: bool,
         /// Weights: safetensors with timm names, or a PyTorch .pth checkpoint.
         #[arg(long, value_name = "W")]
         weights: PathBuf,
@@ -143,6 +146,9 @@ enum Command {
     Classify {
         #[command(flatten)]
         model: ModelArgs,
+        /// Run the linear layers in bfloat16 (f32 accumulation); see docs/bf16.md.
+        #[arg(long)]
+        bf16: bool,
         /// Weights: safetensors with timm names, or a PyTorch .pth checkpoint.
         #[arg(long, value_name = "W")]
         weights: PathBuf,
@@ -161,6 +167,9 @@ enum Command {
     Bench {
         #[command(flatten)]
         model: ModelArgs,
+        /// Run the linear layers in bfloat16 (f32 accumulation); see docs/bf16.md.
+        #[arg(long)]
+        bf16: bool,
         /// Selection policy to compare against dense (idle, prune or evit).
         #[arg(long, default_value = "idle", value_name = "POLICY")]
         policy: PolicyKind,
@@ -265,6 +274,9 @@ enum Command {
     Eval {
         #[command(flatten)]
         model: ModelArgs,
+        /// Run the linear layers in bfloat16 (f32 accumulation); see docs/bf16.md.
+        #[arg(long)]
+        bf16: bool,
         /// Weights.
         #[arg(long, value_name = "W")]
         weights: PathBuf,
@@ -303,6 +315,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Logits {
             model,
+            bf16,
             weights,
             input,
             output,
@@ -312,7 +325,9 @@ fn run(cli: Cli) -> Result<()> {
             let config = resolve_config(model.config.as_deref(), model.model.as_deref())?;
             let mode = policy.mode;
             let token_policy = resolve_policy(&config, mode, policy.policy, policy.keep_rate)?;
-            let model = load_model(&config, Some(&weights), strict)?.with_policy(token_policy)?;
+            let model = load_model(&config, Some(&weights), strict)?
+                .with_precision(idlevit_cli::precision::from_flag(bf16))?
+                .with_policy(token_policy)?;
             let run = commands::logits(&model, mode == Mode::Masked, &input, &output, strict)?;
             println!(
                 "wrote logits {:?} to {}",
@@ -330,6 +345,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Classify {
             model,
+            bf16,
             weights,
             labels,
             top,
@@ -337,7 +353,8 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let config = resolve_config(model.config.as_deref(), model.model.as_deref())?;
             let labels = labels.as_deref().map(commands::read_labels).transpose()?;
-            let model = load_model(&config, Some(&weights), strict)?;
+            let model = load_model(&config, Some(&weights), strict)?
+                .with_precision(idlevit_cli::precision::from_flag(bf16))?;
             for prediction in commands::classify(&model, &images, top)? {
                 println!("{}", prediction.path.display());
                 for (class, prob) in prediction.top {
@@ -351,6 +368,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench {
             model,
+            bf16,
             weights,
             batch,
             warmup,
@@ -363,7 +381,25 @@ fn run(cli: Cli) -> Result<()> {
             let dense = load_model(&config, weights.as_deref(), strict)?;
             let threads = rayon::current_num_threads();
             let token_policy = policy_or_dense(&config, policy, keep_rate)?;
-            if token_policy == TokenPolicy::Dense {
+            let label = format!(
+                "{policy:?} r={}",
+                keep_rate.map_or("config".into(), |r| r.to_string())
+            )
+            .to_lowercase();
+            if bf16 {
+                let report = idlevit_cli::precision::bench(
+                    &dense,
+                    &token_policy,
+                    &label,
+                    batch,
+                    warmup,
+                    runs,
+                )?;
+                println!(
+                    "{name} batch {batch} threads {threads}, medians of {runs} interleaved runs:"
+                );
+                report.lines().iter().for_each(|line| println!("{line}"));
+            } else if token_policy == TokenPolicy::Dense {
                 let report = commands::bench(&[&dense], batch, warmup, runs)?;
                 println!(
                     "{name} dense batch {batch} threads {threads}: {:.2} images/s (median of {runs})",
@@ -376,11 +412,6 @@ fn run(cli: Cli) -> Result<()> {
                     (report.images_per_second(0), report.images_per_second(1));
                 let macs_ratio =
                     macs(&config, &TokenPolicy::Dense)? / macs(&config, &token_policy)?;
-                let label = format!(
-                    "{policy:?} r={}",
-                    keep_rate.map_or("config".into(), |r| r.to_string())
-                )
-                .to_lowercase();
                 println!(
                     "{name} batch {batch} threads {threads}, medians of {runs} interleaved runs:"
                 );
@@ -549,6 +580,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Eval {
             model,
+            bf16,
             weights,
             data,
             batch,
@@ -561,7 +593,9 @@ fn run(cli: Cli) -> Result<()> {
             );
             let token_policy =
                 resolve_policy(&config, policy.mode, policy.policy, policy.keep_rate)?;
-            let model = load_model(&config, Some(&weights), strict)?.with_policy(token_policy)?;
+            let model = load_model(&config, Some(&weights), strict)?
+                .with_precision(idlevit_cli::precision::from_flag(bf16))?
+                .with_policy(token_policy)?;
             let data = idlevit_cli::data::ImageFolder::open(&data)?;
             let acc = idlevit_cli::evaluate::evaluate(&model, &data, batch, true)?;
             println!(

@@ -2,6 +2,9 @@
 
 use idlevit_tensor::Tensor;
 
+use idlevit_kernels::PackedBf16;
+use std::ops::Range;
+
 use crate::{Param, Result};
 
 /// The operations a layer's `forward` uses, so that one definition of the maths serves
@@ -94,5 +97,20 @@ pub trait Backend {
     fn drop_path(&self, branch: &Self::Value, rate: f32) -> Result<Self::Value> {
         let _ = rate;
         Ok(branch.clone())
+    }
+
+    /// `x W[cols]^T + b` where the weight also has a packed bf16 copy `packed`: an inference
+    /// backend may run the bf16 product; the default (and any training backend) runs the f32
+    /// [`linear`](Self::linear) on `w`, the f32 weight rows `cols`, with `b` already sliced.
+    fn linear_packed(
+        &self,
+        x: &Self::Value,
+        packed: &PackedBf16,
+        cols: Range<usize>,
+        w: &Self::Value,
+        b: Option<&Self::Value>,
+    ) -> Result<Self::Value> {
+        let _ = (packed, cols);
+        self.linear(x, w, b)
     }
 }

@@ -3,6 +3,10 @@
 use idlevit_autodiff::ops;
 use idlevit_tensor::Tensor;
 
+use idlevit_kernels::PackedBf16;
+use std::ops::Range;
+
+use crate::precision::linear_bf16_tensor;
 use crate::{Backend, Param, Result};
 
 /// Runs layer maths directly on [`Tensor`]s with the operations of
@@ -119,5 +123,16 @@ impl Backend for Eager {
 
     fn l2_normalize(&self, x: &Tensor, eps: f32) -> Result<Tensor> {
         Ok(ops::l2_normalize(x, eps)?)
+    }
+
+    fn linear_packed(
+        &self,
+        x: &Tensor,
+        packed: &PackedBf16,
+        cols: Range<usize>,
+        _w: &Tensor,
+        b: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        linear_bf16_tensor(x, packed, cols, b)
     }
 }

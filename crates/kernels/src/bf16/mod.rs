@@ -284,30 +284,28 @@ impl Call<'_> {
     ) {
         let n = self.cols.len();
         let col0 = panel * PANEL;
-        let full = rows.len() == MR && col0 >= self.cols.start && col0 + PANEL <= self.cols.end;
         // Column of the output where this panel's column 0 would land.
         let out_col0 = col0 as isize - self.cols.start as isize;
         #[cfg(target_arch = "x86_64")]
-        if self.kernel == Bf16Kernel::Avx512Bf16 && full {
-            let bias = self
-                .bias
-                .map(|b| &b[out_col0 as usize..out_col0 as usize + PANEL]);
-            // SAFETY: the kernel was checked to run on this CPU (`run`); the tile is full, so
-            // rows `rows` and output columns `out_col0..out_col0 + PANEL` lie inside the
-            // checked `m x n` output, and no other task writes them (see `OutPtr`).
-            unsafe {
-                let c = self.y.0.add(rows.start * n + out_col0 as usize);
-                x86::tile_full(a, b, pairs, c, n, bias, first);
-            }
+        if self.kernel == Bf16Kernel::Avx512Bf16 {
+            let valid = |j: usize| (0..n as isize).contains(&(out_col0 + j as isize));
+            let cols = (0..PANEL)
+                .filter(|&j| valid(j))
+                .fold(0u32, |m, j| m | (1 << j));
+            let c = self
+                .y
+                .0
+                .wrapping_offset(rows.start as isize * n as isize + out_col0);
+            let bias = self.bias.map(|b| b.as_ptr().wrapping_offset(out_col0));
+            // SAFETY: the kernel was checked to run on this CPU (`run`); the set bits of `cols`
+            // are exactly the panel columns inside the output, rows `rows` lie inside it, so
+            // every element touched is inside the checked `m x n` output (and its bias), in
+            // this task's tile, which no other task writes (see `OutPtr`).
+            unsafe { x86::tile_store(a, b, pairs, c, n, rows.len(), cols, bias, first) };
             return;
         }
         let mut acc = [[0.0f32; PANEL]; MR];
-        match self.kernel {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: checked in `run` that this CPU has the kernel's features.
-            Bf16Kernel::Avx512Bf16 => unsafe { x86::tile_acc(a, b, pairs, &mut acc) },
-            _ => portable_acc(a, b, pairs, &mut acc),
-        }
+        portable_acc(a, b, pairs, &mut acc);
         for (r, row) in rows.clone().enumerate() {
             for (j, &v) in acc[r].iter().enumerate() {
                 let col = out_col0 + j as isize;

@@ -84,17 +84,46 @@ impl PackedBf16 {
                 found: w.len(),
             });
         }
+        Self::pack_strided(w, n, k, k, 1)
+    }
+
+    /// Packs an `(n, k)` weight whose element `(j, p)` is `w[j * row_stride + p * col_stride]`
+    /// (a `(k, n)` row-major matrix is its own transpose with strides `(1, n)`).
+    pub fn pack_strided(
+        w: &[f32],
+        n: usize,
+        k: usize,
+        row_stride: usize,
+        col_stride: usize,
+    ) -> Result<Self, KernelError> {
+        let needed = crate::matrix::extent(n, k, row_stride, col_stride);
+        if needed.is_none_or(|needed| needed > w.len()) {
+            return Err(KernelError::OutOfBounds {
+                op: "PackedBf16::pack",
+                operand: "w",
+                rows: n,
+                cols: k,
+                row_stride,
+                col_stride,
+                needed: needed.unwrap_or(usize::MAX),
+                found: w.len(),
+            });
+        }
         let pairs = k.div_ceil(2);
-        let panels = n.div_ceil(PANEL);
         let mut data = AlignedWords::default();
-        let words = data.resize(panels * pairs * PANEL);
-        let mut row = vec![0u32; pairs];
-        for (j, w_row) in w.chunks_exact(k.max(1)).take(n).enumerate() {
-            convert_pairs(&mut row, w_row);
-            let (panel, lane) = (j / PANEL, j % PANEL);
-            let base = panel * pairs * PANEL + lane;
-            for (s, &v) in row.iter().enumerate() {
-                words[base + s * PANEL] = v;
+        let words = data.resize(n.div_ceil(PANEL) * pairs * PANEL);
+        // Pair-major, so a weight stored column-wise (row_stride 1) is read in order too.
+        for s in 0..pairs {
+            let (p0, p1) = (2 * s * col_stride, (2 * s + 1) * col_stride);
+            let odd_tail = 2 * s + 1 == k;
+            for j in 0..n {
+                let lo = w[j * row_stride + p0];
+                let hi = if odd_tail {
+                    0.0
+                } else {
+                    w[j * row_stride + p1]
+                };
+                words[(j / PANEL) * pairs * PANEL + s * PANEL + j % PANEL] = pair(lo, hi);
             }
         }
         Ok(Self { n, k, data })

@@ -152,3 +152,20 @@ fn empty_inner_dimension_gives_the_bias() {
     linear_bf16(&mut y, &[], &packed, Some(&[1.0, 2.0]), 3).unwrap();
     assert_eq!(y, [1.0, 2.0, 1.0, 2.0, 1.0, 2.0]);
 }
+
+#[test]
+fn strided_packing_equals_packing_a_copy() {
+    // A (k, n) row-major matrix packed as its (n, k) transpose, as attention's `weights · v`.
+    let (m, k, n) = (19, 37, 45);
+    let kn = f32_vec(3, k * n);
+    let transposed: Vec<f32> = (0..n * k).map(|i| kn[(i % k) * n + i / k]).collect();
+    let strided = PackedBf16::pack_strided(&kn, n, k, 1, n).unwrap();
+    let copied = PackedBf16::pack(&transposed, n, k).unwrap();
+    let x = f32_vec(4, m * k);
+    let (mut a, mut b) = (vec![0.0; m * n], vec![0.0; m * n]);
+    linear_bf16(&mut a, &x, &strided, None, m).unwrap();
+    linear_bf16(&mut b, &x, &copied, None, m).unwrap();
+    assert_eq!(a, b);
+    let err = PackedBf16::pack_strided(&kn[1..], n, k, 1, n).unwrap_err();
+    assert!(err.to_string().contains("needs"), "{err}");
+}

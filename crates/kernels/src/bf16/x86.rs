@@ -34,58 +34,54 @@ unsafe fn accumulate(a: &[u32], b: &[u32], pairs: usize) -> [[__m512; 2]; MR] {
     acc
 }
 
-/// The tile's sums into `acc` (for edge tiles, which the caller stores element by element).
+/// A tile straight into the output, rows `0..rows` and the panel columns whose bit is set in
+/// `cols`: `c[r * ldc + j] = bias[j] + sum` when `first`, else `c[r * ldc + j] += sum`.
+/// Masked-off columns are neither read nor written.
 ///
 /// # Safety
-/// As for [`accumulate`].
+/// As for [`accumulate`], and `rows <= MR`; for every row `r < rows` and set bit `j`,
+/// `c + r * ldc + j` must be valid for reads and writes, written by no one else meanwhile,
+/// and `bias + j` (if given) valid for reads.
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bf16")]
-pub(super) unsafe fn tile_acc(a: &[u32], b: &[u32], pairs: usize, acc: &mut [[f32; PANEL]; MR]) {
-    // SAFETY: forwarded contract.
-    let sums = unsafe { accumulate(a, b, pairs) };
-    for (out, v) in acc.iter_mut().zip(&sums) {
-        // SAFETY: each half of `out` is 16 f32s.
-        unsafe {
-            _mm512_storeu_ps(out.as_mut_ptr(), v[0]);
-            _mm512_storeu_ps(out.as_mut_ptr().add(16), v[1]);
-        }
-    }
-}
-
-/// A full tile straight into the output: `c[r * ldc + j] = bias[j] + sum` when `first`, else
-/// `c[r * ldc + j] += sum`, for `r < MR`, `j < PANEL`.
-///
-/// # Safety
-/// As for [`accumulate`], and `c` must be valid for reads and writes of `MR` rows of `PANEL`
-/// floats `ldc` apart, written by no one else meanwhile; `bias`, if any, has `PANEL` entries.
-#[target_feature(enable = "avx512f,avx512bf16")]
-pub(super) unsafe fn tile_full(
+pub(super) unsafe fn tile_store(
     a: &[u32],
     b: &[u32],
     pairs: usize,
     c: *mut f32,
     ldc: usize,
-    bias: Option<&[f32]>,
+    rows: usize,
+    cols: u32,
+    bias: Option<*const f32>,
     first: bool,
 ) {
     // SAFETY: forwarded contract.
     let sums = unsafe { accumulate(a, b, pairs) };
+    let masks = [cols as u16, (cols >> 16) as u16];
     let start = match (first, bias) {
-        // SAFETY: `bias` has PANEL = 32 entries.
+        // SAFETY: only the set lanes of `bias` are read.
         (true, Some(bias)) => unsafe {
             [
-                _mm512_loadu_ps(bias.as_ptr()),
-                _mm512_loadu_ps(bias.as_ptr().add(16)),
+                _mm512_maskz_loadu_ps(masks[0], bias),
+                _mm512_maskz_loadu_ps(masks[1], bias.wrapping_add(16)),
             ]
         },
         _ => [_mm512_setzero_ps(); 2],
     };
     for (r, v) in sums.iter().enumerate() {
+        if r >= rows {
+            break;
+        }
         for h in 0..2 {
-            // SAFETY: row r < MR and columns 16h..16h + 16 < PANEL are in the caller's tile.
+            // SAFETY: only the set lanes of row r < rows are read and written.
             unsafe {
-                let p = c.add(r * ldc + 16 * h);
-                let base = if first { start[h] } else { _mm512_loadu_ps(p) };
-                _mm512_storeu_ps(p, _mm512_add_ps(base, v[h]));
+                let p = c.wrapping_add(r * ldc + 16 * h);
+                let base = if first {
+                    start[h]
+                } else {
+                    _mm512_maskz_loadu_ps(masks[h], p)
+                };
+                _mm512_mask_storeu_ps(p, masks[h], _mm512_add_ps(base, v[h]));
             }
         }
     }

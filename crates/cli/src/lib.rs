@@ -19,5 +19,6 @@ pub mod distributed;
 pub mod evaluate;
 pub mod finetune;
 pub mod policy;
+pub mod precision;
 pub mod preprocess;
 pub mod weights;

@@ -9,7 +9,7 @@ use idlevit_cli::distributed::{ProcessGroup, SingleProcess};
 use idlevit_cli::policy::{Mode, compared_policy, resolve_policy};
 use idlevit_cli::weights::{load_model, load_zoo_model, resolve_config, resolve_zoo_config};
 use idlevit_cli::{commands, default_model};
-use idlevit_zoo::{PolicyKind, TokenPolicy};
+use idlevit_zoo::{PolicyKind, TokenPolicy, ZooModel};
 
 /// Vision Transformers on CPU: dense inference today, token idling (IdleViT) next.
 #[derive(Parser)]
@@ -125,6 +125,9 @@ enum Command {
     Logits {
         #[command(flatten)]
         model: ModelArgs,
+        /// Run the linear layers in bfloat16 (f32 accumulation); see docs/bf16.md.
+        #[arg(long)]
+        bf16: bool,
         /// Weights: safetensors with timm names, or a PyTorch .pth checkpoint.
         #[arg(long, value_name = "W")]
         weights: PathBuf,
@@ -148,6 +151,9 @@ enum Command {
     Classify {
         #[command(flatten)]
         model: ModelArgs,
+        /// Run the linear layers in bfloat16 (f32 accumulation); see docs/bf16.md.
+        #[arg(long)]
+        bf16: bool,
         /// Weights: safetensors with timm names, or a PyTorch .pth checkpoint (absent: the
         /// embedded digits model).
         #[arg(long, value_name = "W")]
@@ -167,6 +173,9 @@ enum Command {
     Bench {
         #[command(flatten)]
         model: ModelArgs,
+        /// Run the linear layers in bfloat16 (f32 accumulation); see docs/bf16.md.
+        #[arg(long)]
+        bf16: bool,
         /// Selection policy to compare against dense (idle, prune or evit).
         #[arg(long, default_value = "idle", value_name = "POLICY")]
         policy: PolicyKind,
@@ -279,6 +288,9 @@ enum Command {
     Eval {
         #[command(flatten)]
         model: ModelArgs,
+        /// Run the linear layers in bfloat16 (f32 accumulation); see docs/bf16.md.
+        #[arg(long)]
+        bf16: bool,
         /// Weights.
         #[arg(long, value_name = "W")]
         weights: PathBuf,
@@ -330,6 +342,7 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
     match cli.command {
         Command::Logits {
             model,
+            bf16,
             weights,
             input,
             output,
@@ -339,7 +352,9 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
             let config = resolve_config(model.config.as_deref(), model.model.as_deref())?;
             let mode = policy.mode;
             let token_policy = resolve_policy(&config, mode, policy.policy, policy.keep_rate)?;
-            let model = load_model(&config, Some(&weights), strict)?.with_policy(token_policy)?;
+            let model = load_model(&config, Some(&weights), strict)?
+                .with_precision(idlevit_cli::precision::from_flag(bf16))?
+                .with_policy(token_policy)?;
             let run = commands::logits(&model, mode == Mode::Masked, &input, &output, strict)?;
             println!(
                 "wrote logits {:?} to {}",
@@ -357,6 +372,7 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
         }
         Command::Classify {
             model,
+            bf16,
             weights,
             labels,
             top,
@@ -366,7 +382,11 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
                 Some(weights) => {
                     let config = resolve_config(model.config.as_deref(), model.model.as_deref())?;
                     let labels = labels.as_deref().map(commands::read_labels).transpose()?;
-                    (load_model(&config, Some(&weights), strict)?, labels)
+                    (
+                        load_model(&config, Some(&weights), strict)?
+                            .with_precision(idlevit_cli::precision::from_flag(bf16))?,
+                        labels,
+                    )
                 }
                 None => {
                     anyhow::ensure!(
@@ -378,7 +398,11 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
                         Some(path) => Some(commands::read_labels(&path)?),
                         None => Some(default_model::DEFAULT_LABELS.map(String::from).to_vec()),
                     };
-                    (default_model::default_model()?, labels)
+                    (
+                        default_model::default_model()?
+                            .with_precision(idlevit_cli::precision::from_flag(bf16))?,
+                        labels,
+                    )
                 }
             };
             for prediction in commands::classify(&model, &images, top)? {
@@ -394,6 +418,7 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
         }
         Command::Bench {
             model,
+            bf16,
             weights,
             batch,
             warmup,
@@ -407,7 +432,28 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
             let threads = rayon::current_num_threads();
             let token_policy = compared_policy(&config, policy, keep_rate)?;
             let side = config.img_size();
-            if token_policy == TokenPolicy::Dense {
+            let label = format!(
+                "{policy:?} r={}",
+                keep_rate.map_or("config".into(), |r| r.to_string())
+            )
+            .to_lowercase();
+            if bf16 {
+                let ZooModel::DeiT(dense) = &dense else {
+                    anyhow::bail!("--bf16 runs the DeiT models (deit_tiny, deit_small, deit_base)");
+                };
+                let report = idlevit_cli::precision::bench(
+                    dense,
+                    &token_policy,
+                    &label,
+                    batch,
+                    warmup,
+                    runs,
+                )?;
+                println!(
+                    "{name} batch {batch} threads {threads}, medians of {runs} interleaved runs:"
+                );
+                report.lines().iter().for_each(|line| println!("{line}"));
+            } else if token_policy == TokenPolicy::Dense {
                 let report = commands::bench(&[&dense], side, batch, warmup, runs)?;
                 println!(
                     "{name} dense batch {batch} threads {threads}: {:.2} images/s (median of {runs})",
@@ -420,11 +466,6 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
                 let (dense_ips, policy_ips) =
                     (report.images_per_second(0), report.images_per_second(1));
                 let macs_ratio = config.macs(&TokenPolicy::Dense)? / config.macs(&token_policy)?;
-                let label = format!(
-                    "{policy:?} r={}",
-                    keep_rate.map_or("config".into(), |r| r.to_string())
-                )
-                .to_lowercase();
                 println!(
                     "{name} batch {batch} threads {threads}, medians of {runs} interleaved runs:"
                 );
@@ -626,6 +667,7 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
         }
         Command::Eval {
             model,
+            bf16,
             weights,
             data,
             batch,
@@ -638,7 +680,9 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
             );
             let token_policy =
                 resolve_policy(&config, policy.mode, policy.policy, policy.keep_rate)?;
-            let model = load_model(&config, Some(&weights), strict)?.with_policy(token_policy)?;
+            let model = load_model(&config, Some(&weights), strict)?
+                .with_precision(idlevit_cli::precision::from_flag(bf16))?
+                .with_policy(token_policy)?;
             let data = idlevit_cli::data::ImageFolder::open(&data)?;
             let acc = idlevit_cli::evaluate::evaluate_in_group(
                 &model,

@@ -6,6 +6,9 @@
 //!
 //! - GEMM ([`matmul`], [`linear`]) runs on the `gemm` crate's AVX-512 kernels or on
 //!   `matrixmultiply`, chosen per shape from measurements (see the `gemm` module source).
+//! - [`linear_bf16`] is the optional bfloat16 projection: a weight packed once
+//!   ([`PackedBf16`]), activations rounded to bf16 as they are packed, f32 accumulation, on
+//!   AVX-512 BF16 where the CPU has it and a portable kernel with the same rounding elsewhere.
 //! - The row-wise kernels ([`softmax_rows`], [`layer_norm_rows`], [`gelu`]) are written once and
 //!   compiled for AVX-512, AVX2 + FMA and the portable target; [`Isa::detected`] picks one at
 //!   run time, once.
@@ -31,6 +34,7 @@
 //! ```
 
 mod activation;
+mod bf16;
 mod elementwise;
 mod error;
 mod gemm;
@@ -47,6 +51,10 @@ mod testutil;
 mod top_k;
 
 pub use activation::{gelu, gelu_with};
+pub use bf16::{
+    PANEL as BF16_PANEL, PackedBf16, bf16_hardware, from_bf16, linear_bf16, linear_bf16_columns,
+    to_bf16,
+};
 pub use elementwise::{add_assign, add_bias_rows, scale};
 pub use error::KernelError;
 pub use gemm::{linear, linear_strided, matmul, padded_row_stride};

@@ -95,3 +95,26 @@ pub fn top_k(values: &[f32], k: usize) -> Vec<usize> {
     order.truncate(k);
     order
 }
+
+/// `nn.Linear` on bf16-rounded operands, `y[M,N] = bf16(x) · bf16(w)^T + bias` with `w`
+/// stored `(N, K)`, summed in f64: what [`crate::linear_bf16`] approximates.
+pub fn linear_bf16(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    m: usize,
+    k: usize,
+    n: usize,
+) -> Vec<f32> {
+    let round = |v: f32| crate::from_bf16(crate::to_bf16(v)) as f64;
+    let mut y = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let dot: f64 = (0..k)
+                .map(|p| round(x[i * k + p]) * round(w[j * k + p]))
+                .sum();
+            y[i * n + j] = (dot + bias.map_or(0.0, |b| b[j] as f64)) as f32;
+        }
+    }
+    y
+}

@@ -3,6 +3,9 @@
 use idlevit_autodiff::ops::Conv2dSpec;
 use idlevit_tensor::Tensor;
 
+use idlevit_kernels::PackedBf16;
+use std::ops::Range;
+
 use crate::{Param, Result};
 
 /// The operations a layer's `forward` uses, so that one definition of the maths serves
@@ -109,4 +112,19 @@ pub trait Backend {
     fn relu(&self, x: &Self::Value) -> Result<Self::Value>;
     /// Maximum over `axis`, which is removed.
     fn max_axis(&self, x: &Self::Value, axis: usize) -> Result<Self::Value>;
+
+    /// `x W[cols]^T + b` where the weight also has a packed bf16 copy `packed`: an inference
+    /// backend may run the bf16 product; the default (and any training backend) runs the f32
+    /// [`linear`](Self::linear) on `w`, the f32 weight rows `cols`, with `b` already sliced.
+    fn linear_packed(
+        &self,
+        x: &Self::Value,
+        packed: &PackedBf16,
+        cols: Range<usize>,
+        w: &Self::Value,
+        b: Option<&Self::Value>,
+    ) -> Result<Self::Value> {
+        let _ = (packed, cols);
+        self.linear(x, w, b)
+    }
 }

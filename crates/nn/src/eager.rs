@@ -3,6 +3,10 @@
 use idlevit_autodiff::ops::{self, Conv2dSpec};
 use idlevit_tensor::Tensor;
 
+use idlevit_kernels::PackedBf16;
+use std::ops::Range;
+
+use crate::precision::linear_bf16_tensor;
 use crate::{Backend, Param, Result};
 
 /// Runs layer maths directly on [`Tensor`]s with the operations of
@@ -137,5 +141,16 @@ impl Backend for Eager {
 
     fn max_axis(&self, x: &Tensor, axis: usize) -> Result<Tensor> {
         Ok(ops::max_axis(x, axis)?)
+    }
+
+    fn linear_packed(
+        &self,
+        x: &Tensor,
+        packed: &PackedBf16,
+        cols: Range<usize>,
+        _w: &Tensor,
+        b: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        linear_bf16_tensor(x, packed, cols, b)
     }
 }

@@ -32,6 +32,7 @@ mod mlp;
 mod norm;
 mod param;
 mod patch_embed;
+mod precision;
 mod tape;
 
 pub use attention::Attention;
@@ -49,6 +50,7 @@ pub use mlp::Mlp;
 pub use norm::LayerNorm;
 pub use param::{Param, ParamVisitor, ParamVisitorMut};
 pub use patch_embed::PatchEmbed;
+pub use precision::{Precision, set_linear_precision};
 
 /// Result type of this crate.
 pub type Result<T, E = NnError> = std::result::Result<T, E>;

@@ -106,13 +106,19 @@ impl Linear {
             Some(b) => Some(bk.slice(&bk.param(b), 0, start, end)?),
             None => None,
         };
-        bk.linear(x, &w, b.as_ref())
+        match self.weight.packed_bf16() {
+            Some(packed) => bk.linear_packed(x, packed, start..end, &w, b.as_ref()),
+            None => bk.linear(x, &w, b.as_ref()),
+        }
     }
 
     /// Applies the layer to the last axis of `x`.
     pub fn forward<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
         let w = bk.param(&self.weight);
         let b = self.bias.as_ref().map(|b| bk.param(b));
-        bk.linear(x, &w, b.as_ref())
+        match self.weight.packed_bf16() {
+            Some(packed) => bk.linear_packed(x, packed, 0..self.out_features(), &w, b.as_ref()),
+            None => bk.linear(x, &w, b.as_ref()),
+        }
     }
 }

@@ -3,7 +3,9 @@
 use idlevit_checkpoint::WeightReader;
 use idlevit_tensor::Tensor;
 
-use crate::Result;
+use crate::precision::PackedCopy;
+use crate::{Precision, Result};
+use idlevit_kernels::PackedBf16;
 
 /// A learnable tensor together with its checkpoint (timm) name, so that gradients and
 /// saved weights can be reported under the names users know.
@@ -12,6 +14,7 @@ pub struct Param {
     name: String,
     value: Tensor,
     stored_shape: Option<Vec<usize>>,
+    bf16: PackedCopy,
 }
 
 /// A visitor over a layer's parameters, for optimisers and exports.
@@ -27,6 +30,7 @@ impl Param {
             name: name.into(),
             value,
             stored_shape: None,
+            bf16: PackedCopy::default(),
         }
     }
 
@@ -68,9 +72,25 @@ impl Param {
         &self.value
     }
 
-    /// The value, for an optimiser step.
+    /// The value, for an optimiser step; drops the packed bf16 copy, which would go stale.
     pub fn value_mut(&mut self) -> &mut Tensor {
+        self.bf16 = PackedCopy::default();
         &mut self.value
+    }
+
+    /// Keeps a packed bf16 copy of this `(out, in)` weight for inference ([`Precision::Bf16`]),
+    /// or drops it ([`Precision::F32`]).
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        self.bf16 = match precision {
+            Precision::F32 => PackedCopy::default(),
+            Precision::Bf16 => PackedCopy::pack(&self.value)?,
+        };
+        Ok(())
+    }
+
+    /// The packed bf16 copy, if [`set_precision`](Self::set_precision) made one.
+    pub fn packed_bf16(&self) -> Option<&PackedBf16> {
+        self.bf16.0.as_deref()
     }
 }
 

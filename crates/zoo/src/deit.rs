@@ -3,7 +3,7 @@
 use idlevit_checkpoint::{Checkpoint, WeightReader};
 use idlevit_nn::{
     Backend, Block, BlockConfig, LayerNorm, Linear, Param, ParamVisitor, ParamVisitorMut,
-    PatchEmbed,
+    PatchEmbed, Precision, set_linear_precision,
 };
 use idlevit_selector::{MaskedLayer, TokenPolicy};
 
@@ -120,6 +120,14 @@ impl DeiT {
         for (i, block) in self.blocks.iter_mut().enumerate() {
             block.set_drop_path(rate * i as f32 / last)?;
         }
+        Ok(self)
+    }
+
+    /// The same model running its linear layers in `precision` for inference (the `Eager`
+    /// backend): with bf16 every linear weight is rounded and packed now, once. Training tapes
+    /// always compute in f32, and an optimiser step drops the bf16 copy of what it changes.
+    pub fn with_precision(mut self, precision: Precision) -> Result<Self> {
+        set_linear_precision(precision, |f| self.visit_params_mut(f))?;
         Ok(self)
     }
 

@@ -122,27 +122,7 @@ pub fn linear_strided(
     k: usize,
     n: usize,
 ) -> Result<(), KernelError> {
-    let len = |a: usize, b: usize| a.saturating_mul(b);
-    for (operand, expected, found) in [("y", len(m, n), y.len()), ("x", len(m, k), x.len())] {
-        if expected != found {
-            return Err(KernelError::BufferLength {
-                op: "linear",
-                operand,
-                expected,
-                found,
-            });
-        }
-    }
-    if let Some(bias) = bias
-        && bias.len() != n
-    {
-        return Err(KernelError::BufferLength {
-            op: "linear",
-            operand: "bias",
-            expected: n,
-            found: bias.len(),
-        });
-    }
+    check_linear_buffers("linear", y, x, bias, m, k, n)?;
     let needed = extent(n, k, w_row_stride, 1);
     if needed.is_none_or(|needed| needed > w.len()) {
         return Err(KernelError::OutOfBounds {
@@ -176,6 +156,32 @@ pub fn linear_strided(
         _ => 0.0,
     };
     matmul(MatMut::row_major(y, m, n), a, b, 1.0, beta)
+}
+
+/// Checks that `y` is `m x n`, `x` is `m x k` and `bias` (if any) has `n` entries.
+pub(crate) fn check_linear_buffers(
+    op: &'static str,
+    y: &[f32],
+    x: &[f32],
+    bias: Option<&[f32]>,
+    m: usize,
+    k: usize,
+    n: usize,
+) -> Result<(), KernelError> {
+    let len = |a: usize, b: usize| a.saturating_mul(b);
+    let bias = bias.map(|b| ("bias", n, b.len()));
+    let checks = [("y", len(m, n), y.len()), ("x", len(m, k), x.len())];
+    for (operand, expected, found) in checks.into_iter().chain(bias) {
+        if expected != found {
+            return Err(KernelError::BufferLength {
+                op,
+                operand,
+                expected,
+                found,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A row stride for a `(N, K)` weight that avoids the aliasing described in the module docs:

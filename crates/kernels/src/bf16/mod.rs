@@ -1,0 +1,345 @@
+//! `linear` in bfloat16: weights and activations rounded to bf16, products accumulated in f32.
+//!
+//! The weight is converted and packed once ([`PackedBf16`]); each call converts the
+//! activations while packing them. Inputs and outputs stay f32, so a model switches precision
+//! per layer without touching the rest of its maths.
+//!
+//! Layout, chosen for AVX-512 BF16's `vdpbf16ps`, which multiplies 16 pairs of adjacent bf16
+//! values and adds both products of a pair into one f32 lane:
+//! - the weight is cut into panels of [`PANEL`] output columns (N padded with zero columns);
+//!   within a panel, for each pair of input features `(2p, 2p + 1)`, the 32 columns' pairs lie
+//!   side by side as 32-bit words (the lower feature in the low half), so one pair-step of a
+//!   panel is two 64-byte vector loads;
+//! - activations are packed per block of [`MR`] rows and [`KC`] features as one row of
+//!   pairs per token, so the micro-kernel broadcasts one 32-bit pair per row and step.
+//!
+//! Blocking (Goto's scheme with the weight pre-packed): a task owns [`MC`] rows and a range of
+//! panels; for each block of `KC` features it runs every panel over every group of `MR` rows,
+//! so a panel's `KC x 32` slice (16 KiB) stays in L1 while the `MC x KC` activation block
+//! (72 KiB) stays in L2. Tasks run on rayon's current pool, one level deep.
+//!
+//! The AVX-512 BF16 micro-kernel keeps a 12 x 32 tile in 24 registers. Without the feature, a
+//! portable kernel does the same sums in plain f32 (both products of a pair are exact in f32,
+//! so only the accumulation order can differ). Rounding from f32 is round-to-nearest-even in
+//! software for both kernels; NaN stays NaN. The hardware treats bf16 subnormals (below
+//! 1.2e-38) as zero, the portable kernel does not.
+
+mod pack;
+#[cfg(test)]
+mod tests;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use std::cell::RefCell;
+use std::ops::Range;
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use crate::KernelError;
+use crate::gemm::check_linear_buffers;
+pub use pack::PackedBf16;
+use pack::{AlignedWords, pack_rows};
+
+/// Output columns per weight panel (two 16-lane f32 vectors).
+pub const PANEL: usize = 32;
+/// Rows per micro-kernel tile: 12 x 2 accumulators leave room for two weight vectors and one
+/// broadcast in the 32 vector registers.
+pub(crate) const MR: usize = 12;
+/// Input features per cache block (even, so pairs never straddle two blocks).
+pub(crate) const KC: usize = 256;
+/// Feature pairs per cache block: the row stride of a packed activation block.
+pub(crate) const KCP: usize = KC / 2;
+/// Rows per task and per packed activation block.
+pub(crate) const MC: usize = 12 * MR;
+
+/// Work (M·N·K) below which a call stays on the calling thread (as for the f32 GEMM).
+const PAR_MIN_WORK: usize = 1 << 24;
+
+/// Rounds `x` to the nearest bf16 (ties to even), as the raw 16 bits; NaN stays a (quiet) NaN.
+#[inline(always)]
+pub fn to_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let rounded = bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) >> 16;
+    if x.is_nan() {
+        ((bits >> 16) | 0x40) as u16
+    } else {
+        rounded as u16
+    }
+}
+
+/// The f32 value of a bf16 given as raw bits (exact).
+#[inline(always)]
+pub fn from_bf16(h: u16) -> f32 {
+    f32::from_bits(u32::from(h) << 16)
+}
+
+/// Which micro-kernel runs the products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Bf16Kernel {
+    /// Plain f32 arithmetic on the bf16 values.
+    Portable,
+    /// `vdpbf16ps` on 512-bit registers.
+    Avx512Bf16,
+}
+
+impl Bf16Kernel {
+    /// The fastest kernel this CPU runs; detected once.
+    pub(crate) fn detected() -> Self {
+        static BEST: OnceLock<Bf16Kernel> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            if Self::Avx512Bf16.is_supported() {
+                Self::Avx512Bf16
+            } else {
+                Self::Portable
+            }
+        })
+    }
+
+    /// Whether this CPU can run `self`.
+    pub(crate) fn is_supported(self) -> bool {
+        match self {
+            Self::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512Bf16 => {
+                is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            Self::Avx512Bf16 => false,
+        }
+    }
+}
+
+/// Whether this CPU has the AVX-512 BF16 instructions the fast kernel uses (otherwise
+/// [`linear_bf16`] runs a portable kernel with the same rounding).
+pub fn bf16_hardware() -> bool {
+    Bf16Kernel::detected() == Bf16Kernel::Avx512Bf16
+}
+
+/// `y[M,N] = bf16(x)[M,K] · bf16(w)[N,K]^T + bias[N]` with f32 accumulation; `x` and `y`
+/// contiguous row-major f32, `w` packed by [`PackedBf16::pack`].
+pub fn linear_bf16(
+    y: &mut [f32],
+    x: &[f32],
+    w: &PackedBf16,
+    bias: Option<&[f32]>,
+    m: usize,
+) -> Result<(), KernelError> {
+    linear_bf16_columns(y, x, w, 0..w.out_features(), bias, m)
+}
+
+/// [`linear_bf16`] for output features `cols` of the packed weight only (a slice of its rows,
+/// such as the key third of a fused qkv projection): `y` is `M x cols.len()` and `bias`, if
+/// any, has `cols.len()` entries.
+pub fn linear_bf16_columns(
+    y: &mut [f32],
+    x: &[f32],
+    w: &PackedBf16,
+    cols: Range<usize>,
+    bias: Option<&[f32]>,
+    m: usize,
+) -> Result<(), KernelError> {
+    let k = w.in_features();
+    if cols.start > cols.end || cols.end > w.out_features() {
+        return Err(KernelError::BufferLength {
+            op: "linear_bf16",
+            operand: "column range end",
+            expected: w.out_features(),
+            found: cols.end.max(cols.start),
+        });
+    }
+    let n = cols.len();
+    check_linear_buffers("linear_bf16", y, x, bias, m, k, n)?;
+    let threads = if m.saturating_mul(n).saturating_mul(k) >= PAR_MIN_WORK {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    run(Bf16Kernel::detected(), threads, y, x, w, cols, bias, m);
+    Ok(())
+}
+
+/// The output of a checked call as a raw pointer, so tasks can write disjoint tiles of it.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+
+// SAFETY: `run` hands each task a disjoint set of (row block, column range) tiles of `y`,
+// whose mutable borrow outlives every task; no element is written by two tasks.
+unsafe impl Send for OutPtr {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for OutPtr {}
+
+/// One call's fixed operands, shared by its tasks.
+struct Call<'a> {
+    kernel: Bf16Kernel,
+    x: &'a [f32],
+    w: &'a PackedBf16,
+    cols: Range<usize>,
+    bias: Option<&'a [f32]>,
+    y: OutPtr,
+}
+
+/// Runs a checked call on up to `threads` tasks of rayon's current pool.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run(
+    kernel: Bf16Kernel,
+    threads: usize,
+    y: &mut [f32],
+    x: &[f32],
+    w: &PackedBf16,
+    cols: Range<usize>,
+    bias: Option<&[f32]>,
+    m: usize,
+) {
+    let n = cols.len();
+    if m == 0 || n == 0 {
+        return;
+    }
+    if w.in_features() == 0 {
+        for row in y.chunks_exact_mut(n) {
+            match bias {
+                Some(b) => row.copy_from_slice(b),
+                None => row.fill(0.0),
+            }
+        }
+        return;
+    }
+    let kernel = if kernel.is_supported() {
+        kernel
+    } else {
+        Bf16Kernel::Portable
+    };
+    let call = Call {
+        kernel,
+        x,
+        w,
+        bias,
+        y: OutPtr(y.as_mut_ptr()),
+        cols: cols.clone(),
+    };
+    let first_panel = cols.start / PANEL;
+    let last_panel = cols.end.div_ceil(PANEL);
+    let panels = last_panel - first_panel;
+    let row_blocks = m.div_ceil(MC);
+    // Enough tasks for every thread to have two; cut columns only when rows run short.
+    let col_chunks = if threads <= 1 || row_blocks >= 2 * threads {
+        1
+    } else {
+        (2 * threads).div_ceil(row_blocks).min(panels)
+    };
+    let tasks = row_blocks * col_chunks;
+    let task = |t: usize| {
+        let (rb, cc) = (t / col_chunks, t % col_chunks);
+        let p0 = first_panel + panels * cc / col_chunks;
+        let p1 = first_panel + panels * (cc + 1) / col_chunks;
+        let r0 = rb * MC;
+        call.block(r0..(r0 + MC).min(m), p0..p1);
+    };
+    if threads <= 1 || tasks == 1 {
+        (0..tasks).for_each(task);
+    } else {
+        (0..tasks).into_par_iter().for_each(task);
+    }
+}
+
+thread_local! {
+    /// Each worker's packed activation block, reused across calls.
+    static A_BLOCK: RefCell<AlignedWords> = RefCell::new(AlignedWords::default());
+}
+
+impl Call<'_> {
+    /// Computes rows `rows` of the output for weight panels `panels`.
+    fn block(&self, rows: Range<usize>, panels: Range<usize>) {
+        let k = self.w.in_features();
+        let k_blocks = k.div_ceil(KC);
+        A_BLOCK.with_borrow_mut(|a| {
+            let row_groups = rows.len().div_ceil(MR);
+            let a = a.resize(row_groups * k_blocks * MR * KCP);
+            pack_rows(a, self.x, k, rows.clone());
+            for kb in 0..k_blocks {
+                let pairs = (k - kb * KC).min(KC).div_ceil(2);
+                for panel in panels.clone() {
+                    let b = self.w.panel(panel, kb * KCP, pairs);
+                    for g in 0..row_groups {
+                        let at = (g * k_blocks + kb) * MR * KCP;
+                        let tile_rows =
+                            (rows.start + g * MR)..(rows.start + g * MR + MR).min(rows.end);
+                        self.tile(&a[at..at + MR * KCP], b, pairs, tile_rows, panel, kb == 0);
+                    }
+                }
+            }
+        });
+    }
+
+    /// One `MR x PANEL` tile over `pairs` feature pairs; the first feature block writes
+    /// `bias + acc`, later ones add `acc` to what is there.
+    fn tile(
+        &self,
+        a: &[u32],
+        b: &[u32],
+        pairs: usize,
+        rows: Range<usize>,
+        panel: usize,
+        first: bool,
+    ) {
+        let n = self.cols.len();
+        let col0 = panel * PANEL;
+        // Column of the output where this panel's column 0 would land.
+        let out_col0 = col0 as isize - self.cols.start as isize;
+        #[cfg(target_arch = "x86_64")]
+        if self.kernel == Bf16Kernel::Avx512Bf16 {
+            let valid = |j: usize| (0..n as isize).contains(&(out_col0 + j as isize));
+            let cols = (0..PANEL)
+                .filter(|&j| valid(j))
+                .fold(0u32, |m, j| m | (1 << j));
+            let c = self
+                .y
+                .0
+                .wrapping_offset(rows.start as isize * n as isize + out_col0);
+            let bias = self.bias.map(|b| b.as_ptr().wrapping_offset(out_col0));
+            // SAFETY: the kernel was checked to run on this CPU (`run`); the set bits of `cols`
+            // are exactly the panel columns inside the output, rows `rows` lie inside it, so
+            // every element touched is inside the checked `m x n` output (and its bias), in
+            // this task's tile, which no other task writes (see `OutPtr`).
+            unsafe { x86::tile_store(a, b, pairs, c, n, rows.len(), cols, bias, first) };
+            return;
+        }
+        let mut acc = [[0.0f32; PANEL]; MR];
+        portable_acc(a, b, pairs, &mut acc);
+        for (r, row) in rows.clone().enumerate() {
+            for (j, &v) in acc[r].iter().enumerate() {
+                let col = out_col0 + j as isize;
+                if col < 0 || col as usize >= n {
+                    continue;
+                }
+                let col = col as usize;
+                // SAFETY: `row < m` and `col < n` index the checked output, inside this task's
+                // tile, which no other task writes.
+                unsafe {
+                    let slot = self.y.0.add(row * n + col);
+                    *slot = if first {
+                        v + self.bias.map_or(0.0, |b| b[col])
+                    } else {
+                        *slot + v
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// The portable micro-kernel: `acc[r][j] += sum over pairs of a·b`, both products of a pair
+/// added in order (each is exact in f32).
+fn portable_acc(a: &[u32], b: &[u32], pairs: usize, acc: &mut [[f32; PANEL]; MR]) {
+    for p in 0..pairs {
+        let bp = &b[p * PANEL..(p + 1) * PANEL];
+        for (r, acc_row) in acc.iter_mut().enumerate() {
+            let av = a[r * KCP + p];
+            let (a0, a1) = (from_bf16(av as u16), from_bf16((av >> 16) as u16));
+            for (s, &bv) in acc_row.iter_mut().zip(bp) {
+                let (b0, b1) = (from_bf16(bv as u16), from_bf16((bv >> 16) as u16));
+                *s = (*s + a0 * b0) + a1 * b1;
+            }
+        }
+    }
+}

@@ -167,7 +167,9 @@ proptest! {
         }
         if same {
             let diff = relative_diff(&gathered.logits, &masked.logits);
-            prop_assert!(diff <= 1e-5, "logits differ by {} relative", diff);
+            // The forms sum in different orders; widths as small as 3 let layer norm amplify
+            // that rounding to a few 1e-5 (a wrong form is off by far more).
+            prop_assert!(diff <= 1e-4, "logits differ by {} relative", diff);
         }
     }
 
@@ -180,7 +182,9 @@ proptest! {
         let idle = dense.clone().with_policy(TokenPolicy::select(PolicyKind::Idle, all)).unwrap();
         let x = images(case.batch, case.config.img_size(), case.seed);
         let diff = relative_diff(&idle.forward(&Eager, &x).unwrap(), &dense.forward(&Eager, &x).unwrap());
-        prop_assert!(diff <= 1e-5, "keep ratio 1 differs from dense by {} relative", diff);
+        // Gathered rows are in score order, so attention sums its keys in another order; see
+        // the tolerance above.
+        prop_assert!(diff <= 1e-4, "keep ratio 1 differs from dense by {} relative", diff);
     }
 
     /// Rows an idle layer does not select leave it bit for bit as they entered.

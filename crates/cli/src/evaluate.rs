@@ -2,7 +2,8 @@
 
 use anyhow::{Result, bail};
 use idlevit_nn::Eager;
-use idlevit_zoo::DeiT;
+use idlevit_tensor::Tensor;
+use idlevit_zoo::{DeiT, ZooModel};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::data::ImageFolder;
@@ -31,9 +32,47 @@ fn in_top(row: &[f32], label: usize, k: usize) -> bool {
     better < k
 }
 
+/// A model `eval` can score: any zoo model, or a DeiT on its own.
+pub trait Classifier {
+    /// Side of the square input image.
+    fn img_size(&self) -> usize;
+    /// Number of classes.
+    fn num_classes(&self) -> usize;
+    /// Logits `(batch, classes)` of images `(batch, 3, side, side)`, under the model's policy.
+    fn logits(&self, images: &Tensor) -> Result<Tensor>;
+}
+
+impl Classifier for DeiT {
+    fn img_size(&self) -> usize {
+        self.config().img_size
+    }
+
+    fn num_classes(&self) -> usize {
+        self.config().num_classes
+    }
+
+    fn logits(&self, images: &Tensor) -> Result<Tensor> {
+        Ok(self.forward(&Eager, images)?)
+    }
+}
+
+impl Classifier for ZooModel {
+    fn img_size(&self) -> usize {
+        ZooModel::img_size(self)
+    }
+
+    fn num_classes(&self) -> usize {
+        ZooModel::num_classes(self)
+    }
+
+    fn logits(&self, images: &Tensor) -> Result<Tensor> {
+        Ok(self.forward(&Eager, images)?)
+    }
+}
+
 /// Evaluates `model` (under its own policy) on every image of `data`, `batch` at a time.
 pub fn evaluate(
-    model: &DeiT,
+    model: &impl Classifier,
     data: &ImageFolder,
     batch: usize,
     progress: bool,
@@ -45,7 +84,7 @@ pub fn evaluate(
 /// set ([`shard`]) and the counts are summed, so every rank returns the accuracy over all of
 /// it, exactly what one process computes.
 pub fn evaluate_in_group(
-    model: &DeiT,
+    model: &impl Classifier,
     data: &ImageFolder,
     batch: usize,
     progress: bool,
@@ -54,14 +93,14 @@ pub fn evaluate_in_group(
     if batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let classes = model.config().num_classes;
+    let classes = model.num_classes();
     if data.classes().len() > classes {
         bail!(
             "the data set has {} classes but the model only {classes}",
             data.classes().len()
         );
     }
-    let transform = EvalTransform::for_size(model.config().img_size);
+    let transform = EvalTransform::for_size(model.img_size());
     let indices: Vec<usize> = (0..data.len()).collect();
     let mine = shard(&indices, group.rank(), group.size());
     let bar = if progress && group.is_leader() {
@@ -78,7 +117,7 @@ pub fn evaluate_in_group(
     let (mut top1, mut top5) = (0usize, 0usize);
     for chunk in mine.chunks(batch) {
         let (images, labels) = data.batch(chunk, &transform)?;
-        let logits = model.forward(&Eager, &images)?.to_vec();
+        let logits = model.logits(&images)?.to_vec();
         for (row, &label) in logits.chunks(classes).zip(&labels) {
             top1 += usize::from(in_top(row, label, 1));
             top5 += usize::from(in_top(row, label, 5));

@@ -9,7 +9,7 @@ use idlevit_cli::distributed::{ProcessGroup, SingleProcess};
 use idlevit_cli::policy::{Mode, compared_policy, resolve_policy};
 use idlevit_cli::weights::{load_model, load_zoo_model, resolve_config, resolve_zoo_config};
 use idlevit_cli::{commands, default_model};
-use idlevit_zoo::{PolicyKind, TokenPolicy, ZooModel};
+use idlevit_zoo::{PolicyKind, TokenPolicy, ZooConfig, ZooModel};
 
 /// Vision Transformers on CPU: dense inference today, token idling (IdleViT) next.
 #[derive(Parser)]
@@ -33,8 +33,8 @@ struct ModelArgs {
     /// mlp_ratio, num_classes, qkv_bias (unknown keys are an error).
     #[arg(long, value_name = "CFG.json")]
     config: Option<PathBuf>,
-    /// A named model instead of --config: deit_tiny, deit_small, deit_base; `flops` and
-    /// `bench` also take lvvit_s, lvvit_m, pvt_v2_b0, pvt_v2_b1, pvt_v2_b2.
+    /// A named model instead of --config: deit_tiny, deit_small, deit_base; `flops`,
+    /// `bench` and `eval` also take lvvit_s, lvvit_m, pvt_v2_b0, pvt_v2_b1, pvt_v2_b2.
     #[arg(long, value_name = "NAME")]
     model: Option<String>,
 }
@@ -673,16 +673,42 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
             batch,
             policy,
         } => {
-            let config = resolve_config(model.config.as_deref(), model.model.as_deref())?;
             anyhow::ensure!(
                 policy.mode != Mode::Masked,
                 "eval runs the dense or idle (gathered) form; use --mode idle"
             );
-            let token_policy =
-                resolve_policy(&config, policy.mode, policy.policy, policy.keep_rate)?;
-            let model = load_model(&config, Some(&weights), strict)?
-                .with_precision(idlevit_cli::precision::from_flag(bf16))?
-                .with_policy(token_policy)?;
+            let config = resolve_zoo_config(model.config.as_deref(), model.model.as_deref())?;
+            let model = match &config {
+                ZooConfig::DeiT(config) => {
+                    let token_policy =
+                        resolve_policy(config, policy.mode, policy.policy, policy.keep_rate)?;
+                    let model = load_model(config, Some(&weights), strict)?
+                        .with_precision(idlevit_cli::precision::from_flag(bf16))?
+                        .with_policy(token_policy)?;
+                    ZooModel::DeiT(Box::new(model))
+                }
+                family => {
+                    anyhow::ensure!(!bf16, "--bf16 runs the DeiT models");
+                    let token_policy = match policy.mode {
+                        Mode::Dense => {
+                            anyhow::ensure!(
+                                policy.keep_rate.is_none(),
+                                "--keep-rate needs --mode idle"
+                            );
+                            TokenPolicy::Dense
+                        }
+                        _ => {
+                            anyhow::ensure!(
+                                policy.keep_rate.is_some(),
+                                "--mode idle on {} needs --keep-rate",
+                                model.model.as_deref().unwrap_or("this model")
+                            );
+                            compared_policy(family, policy.policy, policy.keep_rate)?
+                        }
+                    };
+                    load_zoo_model(family, Some(&weights), strict)?.with_policy(token_policy)?
+                }
+            };
             let data = idlevit_cli::data::ImageFolder::open(&data)?;
             let acc = idlevit_cli::evaluate::evaluate_in_group(
                 &model,

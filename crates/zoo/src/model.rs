@@ -149,6 +149,24 @@ impl ZooModel {
         })
     }
 
+    /// Side of the square input image.
+    pub fn img_size(&self) -> usize {
+        match self {
+            Self::DeiT(m) => m.config().img_size,
+            Self::LvVit(m) => m.config().img_size,
+            Self::Pvt(m) => m.config().img_size,
+        }
+    }
+
+    /// Number of classes the head predicts.
+    pub fn num_classes(&self) -> usize {
+        match self {
+            Self::DeiT(m) => m.config().num_classes,
+            Self::LvVit(m) => m.config().num_classes,
+            Self::Pvt(m) => m.config().num_classes,
+        }
+    }
+
     /// The token policy the model runs.
     pub fn policy(&self) -> &TokenPolicy {
         match self {

@@ -24,7 +24,7 @@ pub struct LogitsRun {
 /// Runs `model` on tensor `input` of `input_path` (masked form when `masked`) and writes
 /// tensor `logits` to `output_path`; `strict` as for [`read_checkpoint`].
 pub fn logits(
-    model: &DeiT,
+    model: &ZooModel,
     masked: bool,
     input_path: &Path,
     output_path: &Path,

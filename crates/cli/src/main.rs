@@ -33,8 +33,8 @@ struct ModelArgs {
     /// mlp_ratio, num_classes, qkv_bias (unknown keys are an error).
     #[arg(long, value_name = "CFG.json")]
     config: Option<PathBuf>,
-    /// A named model instead of --config: deit_tiny, deit_small, deit_base; `flops`,
-    /// `bench` and `eval` also take lvvit_s, lvvit_m, pvt_v2_b0, pvt_v2_b1, pvt_v2_b2.
+    /// A named model instead of --config: deit_tiny, deit_small, deit_base; `flops`, `bench`,
+    /// `logits` and `eval` also take lvvit_s, lvvit_m, pvt_v2_b0, pvt_v2_b1, pvt_v2_b2.
     #[arg(long, value_name = "NAME")]
     model: Option<String>,
 }
@@ -330,6 +330,41 @@ enum Command {
     },
 }
 
+/// The model `logits` and `eval` run: any zoo family from `weights`, under the token policy
+/// the flags ask for (a DeiT config's own schedule lists included), in bf16 when asked.
+fn zoo_model(
+    model: &ModelArgs,
+    policy: &PolicyArgs,
+    weights: &std::path::Path,
+    bf16: bool,
+    strict: bool,
+) -> Result<ZooModel> {
+    let config = resolve_zoo_config(model.config.as_deref(), model.model.as_deref())?;
+    if let ZooConfig::DeiT(config) = &config {
+        let token_policy = resolve_policy(config, policy.mode, policy.policy, policy.keep_rate)?;
+        let model = load_model(config, Some(weights), strict)?
+            .with_precision(idlevit_cli::precision::from_flag(bf16))?
+            .with_policy(token_policy)?;
+        return Ok(ZooModel::DeiT(Box::new(model)));
+    }
+    anyhow::ensure!(!bf16, "--bf16 runs the DeiT models");
+    let token_policy = match policy.mode {
+        Mode::Dense => {
+            anyhow::ensure!(policy.keep_rate.is_none(), "--keep-rate needs --mode idle");
+            TokenPolicy::Dense
+        }
+        Mode::Idle | Mode::Masked => {
+            anyhow::ensure!(
+                policy.keep_rate.is_some(),
+                "--mode idle or masked on {} needs --keep-rate",
+                model.model.as_deref().unwrap_or("this model")
+            );
+            compared_policy(&config, policy.policy, policy.keep_rate)?
+        }
+    };
+    Ok(load_zoo_model(&config, Some(weights), strict)?.with_policy(token_policy)?)
+}
+
 fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
     if let Some(threads) = cli.threads {
         anyhow::ensure!(threads >= 1, "--threads must be at least 1");
@@ -349,12 +384,8 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
             policy,
             selected_out,
         } => {
-            let config = resolve_config(model.config.as_deref(), model.model.as_deref())?;
             let mode = policy.mode;
-            let token_policy = resolve_policy(&config, mode, policy.policy, policy.keep_rate)?;
-            let model = load_model(&config, Some(&weights), strict)?
-                .with_precision(idlevit_cli::precision::from_flag(bf16))?
-                .with_policy(token_policy)?;
+            let model = zoo_model(&model, &policy, &weights, bf16, strict)?;
             let run = commands::logits(&model, mode == Mode::Masked, &input, &output, strict)?;
             println!(
                 "wrote logits {:?} to {}",
@@ -677,38 +708,7 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
                 policy.mode != Mode::Masked,
                 "eval runs the dense or idle (gathered) form; use --mode idle"
             );
-            let config = resolve_zoo_config(model.config.as_deref(), model.model.as_deref())?;
-            let model = match &config {
-                ZooConfig::DeiT(config) => {
-                    let token_policy =
-                        resolve_policy(config, policy.mode, policy.policy, policy.keep_rate)?;
-                    let model = load_model(config, Some(&weights), strict)?
-                        .with_precision(idlevit_cli::precision::from_flag(bf16))?
-                        .with_policy(token_policy)?;
-                    ZooModel::DeiT(Box::new(model))
-                }
-                family => {
-                    anyhow::ensure!(!bf16, "--bf16 runs the DeiT models");
-                    let token_policy = match policy.mode {
-                        Mode::Dense => {
-                            anyhow::ensure!(
-                                policy.keep_rate.is_none(),
-                                "--keep-rate needs --mode idle"
-                            );
-                            TokenPolicy::Dense
-                        }
-                        _ => {
-                            anyhow::ensure!(
-                                policy.keep_rate.is_some(),
-                                "--mode idle on {} needs --keep-rate",
-                                model.model.as_deref().unwrap_or("this model")
-                            );
-                            compared_policy(family, policy.policy, policy.keep_rate)?
-                        }
-                    };
-                    load_zoo_model(family, Some(&weights), strict)?.with_policy(token_policy)?
-                }
-            };
+            let model = zoo_model(&model, &policy, &weights, bf16, strict)?;
             let data = idlevit_cli::data::ImageFolder::open(&data)?;
             let acc = idlevit_cli::evaluate::evaluate_in_group(
                 &model,

@@ -87,8 +87,8 @@ pub fn resolve_config(config: Option<&Path>, model: Option<&str>) -> Result<DeiT
         (None, Some(name)) => match DeiTConfig::named(name) {
             Ok(config) => Ok(config),
             Err(_) if ZooConfig::named(name).is_ok() => anyhow::bail!(
-                "`{name}` runs with `idlevit flops` and `idlevit bench`; this command takes \
-                 DeiT models ({})",
+                "`{name}` runs with `idlevit flops`, `bench`, `logits` and `eval`; this command \
+                 takes DeiT models ({})",
                 idlevit_zoo::model_names()[..3].join(", ")
             ),
             Err(e) => Err(e.into()),

@@ -262,20 +262,10 @@ fn flops_knows_every_model() {
     }
     let run = idlevit(&["flops", "--model", "lvvit_s", "--keep-rate", "0.7"]);
     assert!(String::from_utf8_lossy(&run.stdout).contains("idle r=0.7: 4.77 GMACs"));
-    let run = idlevit(&[
-        "logits",
-        "--model",
-        "lvvit_m",
-        "--weights",
-        "w",
-        "--input",
-        "x",
-        "--output",
-        "y",
-    ]);
+    let run = idlevit(&["classify", "--model", "lvvit_m", "--weights", "w", "x.png"]);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(
-        !run.status.success() && stderr.contains("idlevit bench"),
+        !run.status.success() && stderr.contains("`logits` and `eval`"),
         "{stderr}"
     );
 }

@@ -49,12 +49,14 @@ fn with_schedule(configs: impl Strategy<Value = ZooConfig>) -> impl Strategy<Val
         })
 }
 
-/// Depth 1-3, 1-3 heads of width 2-6, a grid of 2-4 patches a side, MLP ratio 1-3.
+/// Depth 1-3, 1-3 heads of width 4-6, a grid of 2-4 patches a side, MLP ratio 1-3. Widths
+/// stay at 4 or more: layer norm over 2 or 3 features is nearly discontinuous (over 2 it
+/// outputs only +-1), so rounding alone would part the forms being compared.
 fn deit_config() -> impl Strategy<Value = ZooConfig> {
     (
         1usize..4,
         1usize..4,
-        2usize..7,
+        4usize..7,
         2usize..5,
         2usize..4,
         1usize..4,
@@ -81,7 +83,7 @@ fn lvvit_config() -> impl Strategy<Value = ZooConfig> {
     (
         1usize..4,
         1usize..4,
-        2usize..6,
+        4usize..6,
         2usize..5,
         1usize..3,
         1usize..4,
@@ -167,9 +169,7 @@ proptest! {
         }
         if same {
             let diff = relative_diff(&gathered.logits, &masked.logits);
-            // The forms sum in different orders; widths as small as 3 let layer norm amplify
-            // that rounding to a few 1e-5 (a wrong form is off by far more).
-            prop_assert!(diff <= 1e-4, "logits differ by {} relative", diff);
+            prop_assert!(diff <= 1e-5, "logits differ by {} relative", diff);
         }
     }
 
@@ -182,9 +182,7 @@ proptest! {
         let idle = dense.clone().with_policy(TokenPolicy::select(PolicyKind::Idle, all)).unwrap();
         let x = images(case.batch, case.config.img_size(), case.seed);
         let diff = relative_diff(&idle.forward(&Eager, &x).unwrap(), &dense.forward(&Eager, &x).unwrap());
-        // Gathered rows are in score order, so attention sums its keys in another order; see
-        // the tolerance above.
-        prop_assert!(diff <= 1e-4, "keep ratio 1 differs from dense by {} relative", diff);
+        prop_assert!(diff <= 1e-5, "keep ratio 1 differs from dense by {} relative", diff);
     }
 
     /// Rows an idle layer does not select leave it bit for bit as they entered.

@@ -76,9 +76,8 @@ pub fn average_gradients(
         bail!("a step with no samples on any rank");
     }
     let weight = local as f32 / global as f32;
-    let mut names: Vec<&String> = grads.keys().collect();
-    names.sort();
-    let names: Vec<String> = names.into_iter().cloned().collect();
+    // A BTreeMap iterates in name order, the same on every rank.
+    let names: Vec<String> = grads.keys().cloned().collect();
     let mut bucket: Vec<f32> = Vec::with_capacity(BUCKET_VALUES);
     let mut members: Vec<(String, Vec<usize>)> = Vec::new();
     let flush = |bucket: &mut Vec<f32>,

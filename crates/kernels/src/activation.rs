@@ -19,8 +19,8 @@ pub fn gelu_with(isa: Isa, x: &mut [f32]) {
     parallel::for_row_blocks(x, 1, |block| simd::dispatch(isa, Gelu { x: block }));
 }
 
-struct Gelu<'a> {
-    x: &'a mut [f32],
+pub(crate) struct Gelu<'a> {
+    pub(crate) x: &'a mut [f32],
 }
 
 impl SimdKernel for Gelu<'_> {

@@ -52,12 +52,12 @@ pub fn layer_norm_rows_with(
     });
 }
 
-struct LayerNorm<'a> {
-    out: &'a mut [f32],
-    x: &'a [f32],
-    gamma: &'a [f32],
-    beta: &'a [f32],
-    eps: f32,
+pub(crate) struct LayerNorm<'a> {
+    pub(crate) out: &'a mut [f32],
+    pub(crate) x: &'a [f32],
+    pub(crate) gamma: &'a [f32],
+    pub(crate) beta: &'a [f32],
+    pub(crate) eps: f32,
 }
 
 impl SimdKernel for LayerNorm<'_> {

@@ -12,6 +12,9 @@
 //! - The row-wise kernels ([`softmax_rows`], [`layer_norm_rows`], [`gelu`]) are written once and
 //!   compiled for AVX-512, AVX2 + FMA and the portable target; [`Isa::detected`] picks one at
 //!   run time, once.
+//! - The fused inference kernels ([`mlp_half_in_place`], [`attention`]) run a block's MLP
+//!   half in cache-sized row chunks and attention per (image, head), without storing the MLP
+//!   activations or the attention map.
 //! - Large calls split their work across rayon's *current* pool, so the caller's pool size
 //!   (the CLI's `--threads`) is the thread count; small calls stay on the calling thread.
 //!
@@ -37,6 +40,7 @@ mod activation;
 mod bf16;
 mod elementwise;
 mod error;
+mod fused;
 mod gemm;
 mod layer_norm;
 mod math;
@@ -57,6 +61,7 @@ pub use bf16::{
 };
 pub use elementwise::{add_assign, add_bias_rows, scale};
 pub use error::KernelError;
+pub use fused::{AttentionShape, HeadsRef, MlpHalf, attention, mlp_half_in_place};
 pub use gemm::{linear, linear_strided, matmul, padded_row_stride};
 pub use layer_norm::{layer_norm_rows, layer_norm_rows_with};
 pub use matrix::{MatMut, MatRef};

@@ -25,9 +25,9 @@ pub fn softmax_rows_with(isa: Isa, x: &mut [f32], row_len: usize) {
     });
 }
 
-struct Softmax<'a> {
-    x: &'a mut [f32],
-    row_len: usize,
+pub(crate) struct Softmax<'a> {
+    pub(crate) x: &'a mut [f32],
+    pub(crate) row_len: usize,
 }
 
 impl SimdKernel for Softmax<'_> {

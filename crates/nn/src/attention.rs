@@ -159,6 +159,21 @@ impl Attention {
         self.proj.forward(bk, &out)
     }
 
+    /// `proj(softmax(s q k^T) v)` for per-head queries, keys and values: what [`forward`]
+    /// and the selected rows of an idle layer compute, through [`Backend::attention`] (fused
+    /// in inference, where the attention map is never stored).
+    ///
+    /// [`forward`]: Self::forward
+    pub fn attend_heads<B: Backend>(
+        &self,
+        bk: &B,
+        q: &B::Value,
+        k: &B::Value,
+        v: &B::Value,
+    ) -> Result<B::Value> {
+        self.proj.forward(bk, &bk.attention(q, k, v, self.scale())?)
+    }
+
     /// `proj(softmax(logits) v)`.
     pub fn attend<B: Backend>(&self, bk: &B, logits: &B::Value, v: &B::Value) -> Result<B::Value> {
         self.attend_weights(bk, &bk.softmax(logits)?, v)
@@ -167,7 +182,6 @@ impl Attention {
     /// Full self-attention of `x` `(batch, tokens, dim)`.
     pub fn forward<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
         let Heads { q, k, v } = self.heads(bk, x)?;
-        let logits = self.logits(bk, &q, &k)?;
-        self.attend(bk, &logits, &v)
+        self.attend_heads(bk, &q, &k, &v)
     }
 }

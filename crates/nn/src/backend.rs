@@ -6,7 +6,30 @@ use idlevit_tensor::Tensor;
 use idlevit_kernels::PackedBf16;
 use std::ops::Range;
 
-use crate::{Param, Result};
+use crate::{NnError, Param, Result};
+
+/// The parameters of [`Backend::mlp_half`], each a value of the backend.
+#[derive(Clone, Copy, Debug)]
+pub struct MlpHalfParams<'a, V> {
+    /// Layer-norm scale `(dim)`.
+    pub norm_gamma: &'a V,
+    /// Layer-norm shift `(dim)`.
+    pub norm_beta: &'a V,
+    /// Layer-norm epsilon.
+    pub norm_eps: f32,
+    /// `fc1` weight `(hidden, dim)`.
+    pub fc1_weight: &'a V,
+    /// `fc1` bias `(hidden)`.
+    pub fc1_bias: Option<&'a V>,
+    /// `fc2` weight `(dim, hidden)`.
+    pub fc2_weight: &'a V,
+    /// `fc2` bias `(dim)`.
+    pub fc2_bias: Option<&'a V>,
+    /// Factor on the branch before it is added (LV-ViT's `1 / skip_lam`).
+    pub branch_scale: f32,
+    /// Stochastic-depth rate of the branch ([`Backend::drop_path`]; inference ignores it).
+    pub drop_path: f32,
+}
 
 /// The operations a layer's `forward` uses, so that one definition of the maths serves
 /// inference ([`Eager`](crate::Eager)) and training (a backend that records a tape).
@@ -112,6 +135,48 @@ pub trait Backend {
     fn relu(&self, x: &Self::Value) -> Result<Self::Value>;
     /// Maximum over `axis`, which is removed.
     fn max_axis(&self, x: &Self::Value, axis: usize) -> Result<Self::Value>;
+
+    /// Scaled dot-product attention with the heads merged: queries `q`
+    /// `(batch, heads, nq, d)` over keys and values `(batch, heads, nk, d)` give
+    /// `softmax(scale q k^T) v` as `(batch, nq, heads * d)`, ready for the output projection.
+    ///
+    /// The default composes the primitive operations (what a training backend records); an
+    /// inference backend may fuse it and never store the attention map.
+    fn attention(
+        &self,
+        q: &Self::Value,
+        k: &Self::Value,
+        v: &Self::Value,
+        scale: f32,
+    ) -> Result<Self::Value> {
+        let logits = self.matmul(&self.scale(q, scale)?, &self.permute(k, &[0, 1, 3, 2])?)?;
+        let out = self.matmul(&self.softmax(&logits)?, v)?;
+        let &[batch, heads, tokens, head_dim] = self.shape(&out) else {
+            return Err(NnError::shape(
+                "attention output",
+                "(batch, heads, tokens, head_dim)",
+                self.shape(&out),
+            ));
+        };
+        let out = self.permute(&out, &[0, 2, 1, 3])?;
+        self.reshape(&out, &[batch, tokens, heads * head_dim])
+    }
+
+    /// `x + branch_scale * drop_path(fc2(gelu(fc1(layer_norm(x)))))`: the MLP half of a
+    /// pre-norm block, residual included, over the last axis of `x`.
+    ///
+    /// The default composes the primitive operations; an inference backend may fuse it.
+    fn mlp_half(&self, x: &Self::Value, p: &MlpHalfParams<'_, Self::Value>) -> Result<Self::Value> {
+        let h = self.layer_norm(x, p.norm_gamma, p.norm_beta, p.norm_eps)?;
+        let hidden = self.gelu(&self.linear(&h, p.fc1_weight, p.fc1_bias)?)?;
+        let branch = self.linear(&hidden, p.fc2_weight, p.fc2_bias)?;
+        let branch = self.drop_path(&branch, p.drop_path)?;
+        if p.branch_scale == 1.0 {
+            self.add(x, &branch)
+        } else {
+            self.add(x, &self.scale(&branch, p.branch_scale)?)
+        }
+    }
 
     /// `x W[cols]^T + b` where the weight also has a packed bf16 copy `packed`: an inference
     /// backend may run the bf16 product; the default (and any training backend) runs the f32

@@ -3,7 +3,7 @@
 use idlevit_checkpoint::WeightReader;
 
 use crate::param::{ParamVisitor, ParamVisitorMut};
-use crate::{Attention, Backend, LayerNorm, Mlp, Result};
+use crate::{Attention, Backend, LayerNorm, Mlp, MlpHalfParams, Result};
 
 /// Hyper-parameters of one transformer block.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -124,10 +124,39 @@ impl Block {
         self.mlp.forward(bk, &self.norm2.forward(bk, x)?)
     }
 
+    /// `x + mlp(norm2(x))`, the block's second half, through [`Backend::mlp_half`] (fused in
+    /// inference). With packed bf16 weights it runs the layers one by one, as the bf16
+    /// product replaces each projection.
+    pub fn mlp_residual<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
+        let (fc1, fc2) = (self.mlp.fc1(), self.mlp.fc2());
+        let packed = fc1.weight().packed_bf16().is_some() || fc2.weight().packed_bf16().is_some();
+        if packed {
+            return self.residual(bk, x, &self.mlp_branch(bk, x)?);
+        }
+        let param = |p: &crate::Param| bk.param(p);
+        let (gamma, beta) = (param(self.norm2.weight()), param(self.norm2.bias()));
+        let (w1, w2) = (param(fc1.weight()), param(fc2.weight()));
+        let (b1, b2) = (fc1.bias().map(param), fc2.bias().map(param));
+        bk.mlp_half(
+            x,
+            &MlpHalfParams {
+                norm_gamma: &gamma,
+                norm_beta: &beta,
+                norm_eps: self.norm2.eps(),
+                fc1_weight: &w1,
+                fc1_bias: b1.as_ref(),
+                fc2_weight: &w2,
+                fc2_bias: b2.as_ref(),
+                branch_scale: 1.0 / self.skip_lam,
+                drop_path: self.drop_path,
+            },
+        )
+    }
+
     /// The dense block over all tokens of `x` `(batch, tokens, dim)`.
     pub fn forward<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
         let attn = self.attn.forward(bk, &self.norm1.forward(bk, x)?)?;
         let x = self.residual(bk, x, &attn)?;
-        self.residual(bk, &x, &self.mlp_branch(bk, &x)?)
+        self.mlp_residual(bk, &x)
     }
 }

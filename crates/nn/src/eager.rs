@@ -1,13 +1,14 @@
 //! The inference backend: each operation computes its result at once on plain tensors.
 
 use idlevit_autodiff::ops::{self, Conv2dSpec};
+use idlevit_kernels as kernels;
 use idlevit_tensor::Tensor;
 
 use idlevit_kernels::PackedBf16;
 use std::ops::Range;
 
 use crate::precision::linear_bf16_tensor;
-use crate::{Backend, Param, Result};
+use crate::{Backend, MlpHalfParams, NnError, Param, Result};
 
 /// Runs layer maths directly on [`Tensor`]s with the operations of
 /// [`idlevit_autodiff::ops`] (the same functions a tape records); records nothing.
@@ -152,5 +153,102 @@ impl Backend for Eager {
         b: Option<&Tensor>,
     ) -> Result<Tensor> {
         linear_bf16_tensor(x, packed, cols, b)
+    }
+
+    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
+        let layout = |t: &Tensor, what: &str| match (t.shape(), t.strides()) {
+            (&[batch, heads, tokens, head_dim], &[sb, sh, st, sd]) => {
+                Ok(([batch, heads, head_dim], tokens, [sb, sh, st, sd]))
+            }
+            _ => Err(NnError::shape(
+                what,
+                "(batch, heads, tokens, head_dim)",
+                t.shape(),
+            )),
+        };
+        let (q_dims, nq, q_strides) = layout(q, "attention queries")?;
+        let (k_dims, nk, k_strides) = layout(k, "attention keys")?;
+        let (v_dims, nv, v_strides) = layout(v, "attention values")?;
+        if k_dims != q_dims || v_dims != q_dims || nv != nk {
+            return Err(NnError::shape(
+                "attention keys and values",
+                format!(
+                    "(batch, heads, tokens, head_dim) matching the queries {:?}",
+                    q.shape()
+                ),
+                if k_dims != q_dims {
+                    k.shape()
+                } else {
+                    v.shape()
+                },
+            ));
+        }
+        let [batch, heads, head_dim] = q_dims;
+        let mut out = vec![0.0; batch * nq * heads * head_dim];
+        kernels::attention(
+            &mut out,
+            heads_ref(q, nq, q_strides),
+            heads_ref(k, nk, k_strides),
+            heads_ref(v, nv, v_strides),
+            kernels::AttentionShape {
+                batch,
+                heads,
+                head_dim,
+            },
+            scale,
+        )?;
+        Ok(Tensor::from_vec(vec![batch, nq, heads * head_dim], out)?)
+    }
+
+    fn mlp_half(&self, x: &Tensor, p: &MlpHalfParams<'_, Tensor>) -> Result<Tensor> {
+        let dim = x.shape().last().copied().unwrap_or(0);
+        let hidden = p.fc1_weight.shape().first().copied().unwrap_or(0);
+        let expect = |t: &Tensor, what: &str, shape: &[usize]| {
+            if t.shape() == shape {
+                Ok(t.contiguous())
+            } else {
+                Err(NnError::shape(what, format!("{shape:?}"), t.shape()))
+            }
+        };
+        let gamma = expect(p.norm_gamma, "mlp norm scale", &[dim])?;
+        let beta = expect(p.norm_beta, "mlp norm shift", &[dim])?;
+        let w1 = expect(p.fc1_weight, "mlp fc1 weight", &[hidden, dim])?;
+        let w2 = expect(p.fc2_weight, "mlp fc2 weight", &[dim, hidden])?;
+        let b1 = p
+            .fc1_bias
+            .map(|b| expect(b, "mlp fc1 bias", &[hidden]))
+            .transpose()?;
+        let b2 = p
+            .fc2_bias
+            .map(|b| expect(b, "mlp fc2 bias", &[dim]))
+            .transpose()?;
+        let mut y = x.contiguous();
+        kernels::mlp_half_in_place(
+            y.as_mut_slice(),
+            &kernels::MlpHalf {
+                norm_gamma: gamma.as_slice().unwrap_or_default(),
+                norm_beta: beta.as_slice().unwrap_or_default(),
+                norm_eps: p.norm_eps,
+                fc1_weight: w1.as_slice().unwrap_or_default(),
+                fc1_bias: b1.as_ref().and_then(Tensor::as_slice),
+                fc2_weight: w2.as_slice().unwrap_or_default(),
+                fc2_bias: b2.as_ref().and_then(Tensor::as_slice),
+                dim,
+                hidden,
+                branch_scale: p.branch_scale,
+            },
+        )?;
+        Ok(y)
+    }
+}
+
+/// The kernel's view of a `(batch, heads, tokens, head_dim)` tensor with the given strides.
+fn heads_ref(t: &Tensor, tokens: usize, strides: [usize; 4]) -> kernels::HeadsRef<'_> {
+    let (data, offset) = t.storage();
+    kernels::HeadsRef {
+        data,
+        offset,
+        tokens,
+        strides,
     }
 }

@@ -38,6 +38,16 @@ impl Mlp {
         self.fc2.visit_params_mut(f);
     }
 
+    /// The expanding projection.
+    pub fn fc1(&self) -> &Linear {
+        &self.fc1
+    }
+
+    /// The contracting projection.
+    pub fn fc2(&self) -> &Linear {
+        &self.fc2
+    }
+
     /// Applies the block to the last axis of `x`.
     pub fn forward<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
         let hidden = bk.gelu(&self.fc1.forward(bk, x)?)?;

@@ -35,6 +35,21 @@ impl LayerNorm {
         f(&mut self.bias);
     }
 
+    /// The learned scale, `(dim)`.
+    pub fn weight(&self) -> &Param {
+        &self.weight
+    }
+
+    /// The learned shift, `(dim)`.
+    pub fn bias(&self) -> &Param {
+        &self.bias
+    }
+
+    /// The epsilon added to the variance.
+    pub fn eps(&self) -> f32 {
+        self.eps
+    }
+
     /// Normalises the last axis of `x`.
     pub fn forward<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
         bk.layer_norm(x, &bk.param(&self.weight), &bk.param(&self.bias), self.eps)

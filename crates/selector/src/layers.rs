@@ -31,8 +31,8 @@ fn compute_selected<B: Backend>(
     let q = attn.split_heads(bk, &attn.project(bk, &h_sel, QkvPart::Query)?)?;
     let k = attn.split_heads(bk, &bk.gather_rows(&keys, rows)?)?;
     let v = attn.split_heads(bk, &attn.project(bk, &h_sel, QkvPart::Value)?)?;
-    let y = block.residual(bk, &x_sel, &attn.attend(bk, &attn.logits(bk, &q, &k)?, &v)?)?;
-    let y = block.residual(bk, &y, &block.mlp_branch(bk, &y)?)?;
+    let y = block.residual(bk, &x_sel, &attn.attend_heads(bk, &q, &k, &v)?)?;
+    let y = block.mlp_residual(bk, &y)?;
     Ok((y, selection))
 }
 
@@ -122,8 +122,7 @@ pub fn evit_fused<B: Backend>(
     };
     let keep = evit_keep_count(tokens - 1, rate)?;
     if keep == tokens - 1 {
-        let mlp = block.mlp_branch(bk, &x)?;
-        return Ok((block.residual(bk, &x, &mlp)?, None));
+        return Ok((block.mlp_residual(bk, &x)?, None));
     }
     let selection = TokenSelection::from_scores(&cls_scores(&bk.to_tensor(&weights))?, keep)?;
     let complement = selection.complement();
@@ -140,6 +139,5 @@ pub fn evit_fused<B: Backend>(
         &bk.gather_rows(&x, &complement)?,
     )?;
     let x = bk.concat(&[bk.gather_rows(&x, selection.indices())?, fused], 1)?;
-    let mlp = block.mlp_branch(bk, &x)?;
-    Ok((block.residual(bk, &x, &mlp)?, Some(selection)))
+    Ok((block.mlp_residual(bk, &x)?, Some(selection)))
 }

@@ -438,12 +438,7 @@ impl PvtBlock {
         v: &B::Value,
     ) -> Result<B::Value> {
         let q = split_heads(bk, &self.q.forward(bk, h_rows)?, self.heads)?;
-        let logits = bk.matmul(&bk.scale(&q, self.scale())?, &bk.permute(k, &[0, 1, 3, 2])?)?;
-        let out = bk.matmul(&bk.softmax(&logits)?, v)?;
-        let &[batch, heads, rows, d] = bk.shape(&out) else {
-            unreachable!("a batched product of rank-4 operands");
-        };
-        let out = bk.reshape(&bk.permute(&out, &[0, 2, 1, 3])?, &[batch, rows, heads * d])?;
+        let out = bk.attention(&q, k, v, self.scale())?;
         Ok(self.proj.forward(bk, &out)?)
     }
 

@@ -131,8 +131,11 @@ fn training_tapes_stay_f32() {
     for (name, g) in &f32_grads {
         assert_eq!(g.to_vec(), bf16_grads[name].to_vec(), "{name}");
     }
+    // Eager inference runs the fused kernels, which sum in another order: equal to rounding.
     let eager = f32_model.forward(&Eager, &images).unwrap();
-    assert_eq!(eager.to_vec(), f32_logits);
+    for (e, t) in eager.to_vec().iter().zip(&f32_logits) {
+        assert!((e - t).abs() <= 1e-5 * (1.0 + t.abs()), "{e} against {t}");
+    }
 }
 
 #[test]

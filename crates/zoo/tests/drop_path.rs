@@ -56,7 +56,10 @@ fn inference_and_unseeded_tapes_ignore_drop_path() {
     let recorded = dropping
         .forward(&tape, &tape.constant(images.clone()))
         .unwrap();
-    assert_eq!(recorded.value().to_vec(), expected);
+    // The tape runs the unfused layers: equal to the fused inference up to rounding.
+    for (r, e) in recorded.value().to_vec().iter().zip(&expected) {
+        assert!((r - e).abs() <= 1e-5 * (1.0 + e.abs()), "{r} against {e}");
+    }
     assert!(
         DeiT::random(&config(), 3)
             .unwrap()

@@ -95,8 +95,21 @@ fn eager_loss(model: &ZooModel, images: &Tensor, c: &Tensor) -> f64 {
         .sum()
 }
 
+/// Eager inference runs the fused attention and MLP kernels, which sum in another order than
+/// the recorded primitives: the two agree up to rounding.
+fn assert_rounding_close(recorded: &[f32], eager: &[f32], model: &ZooModel) {
+    assert_eq!(recorded.len(), eager.len());
+    for (r, e) in recorded.iter().zip(eager) {
+        assert!(
+            (r - e).abs() <= 1e-5 * (1.0 + e.abs()),
+            "{:?}: {r} against {e}",
+            model.policy()
+        );
+    }
+}
+
 #[test]
-fn tape_and_eager_give_identical_logits() {
+fn tape_and_eager_give_the_same_logits() {
     for config in configs() {
         let images = values(3, &[2, 3, config.img_size(), config.img_size()]);
         let dense = ZooModel::random(&config, 11).unwrap();
@@ -114,12 +127,7 @@ fn tape_and_eager_give_identical_logits() {
                 .forward(&tape, &tape.constant(images.clone()))
                 .unwrap();
             assert!(recorded.requires_grad());
-            assert_eq!(
-                recorded.value().to_vec(),
-                eager.to_vec(),
-                "{:?}",
-                model.policy()
-            );
+            assert_rounding_close(&recorded.value().to_vec(), &eager.to_vec(), model);
 
             let (masked_eager, masked_tape) = match model {
                 ZooModel::Pvt(m) => (
@@ -137,7 +145,8 @@ fn tape_and_eager_give_identical_logits() {
                 ),
             };
             assert!(masked_tape.requires_grad());
-            assert_eq!(tape.to_tensor(&masked_tape).to_vec(), masked_eager.to_vec());
+            let masked_tape = tape.to_tensor(&masked_tape).to_vec();
+            assert_rounding_close(&masked_tape, &masked_eager.to_vec(), model);
         }
     }
 }

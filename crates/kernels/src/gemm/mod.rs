@@ -83,6 +83,20 @@ pub fn matmul(
     Ok(())
 }
 
+/// [`matmul`] on the calling thread whatever the size: for callers that already run one
+/// product per rayon task.
+pub(crate) fn matmul_serial(
+    c: MatMut<'_>,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    alpha: f32,
+    beta: f32,
+) -> Result<(), KernelError> {
+    check_product("matmul", &c, &a, &b)?;
+    run_checked(choose_backend(a.rows, &b), 1, c, a, b, alpha, beta);
+    Ok(())
+}
+
 /// `y[M,N] = x[M,K] · w[N,K]^T + bias[N]`: `nn.Linear` with its row-major `(out, in)` weight;
 /// `y` and `x` are contiguous row-major.
 pub fn linear(

@@ -1,0 +1,240 @@
+use super::*;
+use crate::reference;
+use crate::testutil::{f32_vec, pool};
+use proptest::prelude::*;
+
+/// `x + scale * fc2(gelu(fc1(norm(x))))` by the f64 reference kernels.
+fn reference_mlp_half(x: &[f32], mlp: &MlpHalf<'_>) -> Vec<f32> {
+    let (dim, hidden) = (mlp.dim, mlp.hidden);
+    let rows = x.len() / dim;
+    let mut normed = vec![0.0; x.len()];
+    let (gamma, beta, eps) = (mlp.norm_gamma, mlp.norm_beta, mlp.norm_eps);
+    reference::layer_norm_rows(&mut normed, x, gamma, beta, eps, dim);
+    let mut act = vec![0.0; rows * hidden];
+    let w1 = MatRef::row_major(mlp.fc1_weight, hidden, dim).t();
+    let normed = MatRef::row_major(&normed, rows, dim);
+    reference::matmul(
+        MatMut::row_major(&mut act, rows, hidden),
+        normed,
+        w1,
+        1.0,
+        0.0,
+    )
+    .unwrap();
+    if let Some(b1) = mlp.fc1_bias {
+        act.chunks_exact_mut(hidden)
+            .for_each(|row| row.iter_mut().zip(b1).for_each(|(v, b)| *v += b));
+    }
+    reference::gelu(&mut act);
+    let mut branch = vec![0.0; x.len()];
+    let w2 = MatRef::row_major(mlp.fc2_weight, dim, hidden).t();
+    let act = MatRef::row_major(&act, rows, hidden);
+    reference::matmul(MatMut::row_major(&mut branch, rows, dim), act, w2, 1.0, 0.0).unwrap();
+    let bias = mlp.fc2_bias;
+    x.iter()
+        .zip(&branch)
+        .enumerate()
+        .map(|(i, (x, f))| x + mlp.branch_scale * (f + bias.map_or(0.0, |b| b[i % dim])))
+        .collect()
+}
+
+fn assert_close(found: &[f32], expected: &[f32], tol: f32) {
+    assert_eq!(found.len(), expected.len());
+    for (i, (f, e)) in found.iter().zip(expected).enumerate() {
+        assert!(
+            (f - e).abs() <= tol * (1.0 + e.abs()),
+            "element {i}: {f} against {e}"
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Any number of rows (across the chunk size), widths, biases and thread counts give the
+    /// unfused layers' result.
+    #[test]
+    fn mlp_half_matches_the_unfused_layers(
+        rows in 1usize..600,
+        dim in 1usize..24,
+        hidden in 1usize..40,
+        biases in (any::<bool>(), any::<bool>()),
+        lam_two in any::<bool>(),
+        threads in 1usize..4,
+        seed in any::<u64>(),
+    ) {
+        let x = f32_vec(seed, rows * dim);
+        let gamma = f32_vec(seed ^ 1, dim);
+        let beta = f32_vec(seed ^ 2, dim);
+        let w1 = f32_vec(seed ^ 3, hidden * dim);
+        let b1 = f32_vec(seed ^ 4, hidden);
+        let w2 = f32_vec(seed ^ 5, dim * hidden);
+        let b2 = f32_vec(seed ^ 6, dim);
+        let mlp = MlpHalf {
+            norm_gamma: &gamma,
+            norm_beta: &beta,
+            norm_eps: 1e-6,
+            fc1_weight: &w1,
+            fc1_bias: biases.0.then_some(&b1[..]),
+            fc2_weight: &w2,
+            fc2_bias: biases.1.then_some(&b2[..]),
+            dim,
+            hidden,
+            branch_scale: if lam_two { 0.5 } else { 1.0 },
+        };
+        let expected = reference_mlp_half(&x, &mlp);
+        let mut found = x.clone();
+        pool(threads).install(|| mlp_half_in_place(&mut found, &mlp)).unwrap();
+        assert_close(&found, &expected, 2e-5);
+    }
+}
+
+#[test]
+fn mlp_half_refuses_mismatched_buffers() {
+    let ones = vec![1.0; 64];
+    let mlp = MlpHalf {
+        norm_gamma: &ones[..4],
+        norm_beta: &ones[..4],
+        norm_eps: 1e-6,
+        fc1_weight: &ones[..32],
+        fc1_bias: Some(&ones[..8]),
+        fc2_weight: &ones[..32],
+        fc2_bias: Some(&ones[..4]),
+        dim: 4,
+        hidden: 8,
+        branch_scale: 1.0,
+    };
+    let mut x = vec![0.5; 12];
+    assert!(mlp_half_in_place(&mut x, &mlp).is_ok());
+    let cases = [
+        ("x", MlpHalf { ..mlp }, 10),
+        (
+            "fc2 weight",
+            MlpHalf {
+                fc2_weight: &ones[..31],
+                ..mlp
+            },
+            12,
+        ),
+        (
+            "fc1 bias",
+            MlpHalf {
+                fc1_bias: Some(&ones[..7]),
+                ..mlp
+            },
+            12,
+        ),
+        (
+            "norm gamma",
+            MlpHalf {
+                norm_gamma: &ones[..5],
+                ..mlp
+            },
+            12,
+        ),
+        ("norm gamma", MlpHalf { dim: 0, ..mlp }, 12),
+    ];
+    for (operand, bad, len) in cases {
+        let mut x = vec![0.5; len];
+        let err = mlp_half_in_place(&mut x, &bad).unwrap_err();
+        assert!(err.to_string().contains(operand), "{operand}: {err}");
+        assert!(x.iter().all(|&v| v == 0.5), "{operand}: x was written");
+    }
+}
+
+/// Attention of image `b`, head `h` by the f64 reference kernels, `(nq, d)` row-major.
+fn reference_head(q: MatRef<'_>, k: MatRef<'_>, v: MatRef<'_>, scale: f32) -> Vec<f32> {
+    let (nq, nk, d) = (q.rows, k.rows, v.cols);
+    let mut scores = vec![0.0; nq * nk];
+    reference::matmul(MatMut::row_major(&mut scores, nq, nk), q, k.t(), scale, 0.0).unwrap();
+    reference::softmax_rows(&mut scores, nk);
+    let mut out = vec![0.0; nq * d];
+    let scores = MatRef::row_major(&scores, nq, nk);
+    reference::matmul(MatMut::row_major(&mut out, nq, d), scores, v, 1.0, 0.0).unwrap();
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// q, k and v as thirds of a fused qkv tensor `(batch, tokens, 3, heads, d)`, or (for
+    /// fewer queries than keys) q from its own row-major `(batch, nq, heads * d)` tensor.
+    #[test]
+    fn attention_matches_the_reference_per_head(
+        batch in 1usize..4,
+        heads in 1usize..4,
+        head_dim in 1usize..9,
+        tokens in 1usize..40,
+        queries in proptest::option::of(1usize..40),
+        threads in 1usize..4,
+        seed in any::<u64>(),
+    ) {
+        let width = heads * head_dim;
+        let qkv = f32_vec(seed, batch * tokens * 3 * width);
+        let fused = |part: usize| HeadsRef {
+            data: &qkv,
+            offset: part * width,
+            tokens,
+            strides: [tokens * 3 * width, head_dim, 3 * width, 1],
+        };
+        let own_q = queries.map(|nq| f32_vec(seed ^ 7, batch * nq * width));
+        let q = match (&own_q, queries) {
+            (Some(data), Some(nq)) => HeadsRef {
+                data,
+                offset: 0,
+                tokens: nq,
+                strides: [nq * width, head_dim, width, 1],
+            },
+            _ => fused(0),
+        };
+        let (k, v) = (fused(1), fused(2));
+        let shape = AttentionShape { batch, heads, head_dim };
+        let scale = (head_dim as f32).powf(-0.5);
+        let mut out = vec![f32::NAN; batch * q.tokens * width];
+        pool(threads).install(|| attention(&mut out, q, k, v, shape, scale)).unwrap();
+        for b in 0..batch {
+            for h in 0..heads {
+                let expected = reference_head(
+                    q.matrix(b, h, head_dim),
+                    k.matrix(b, h, head_dim),
+                    v.matrix(b, h, head_dim),
+                    scale,
+                );
+                for i in 0..q.tokens {
+                    let start = (b * q.tokens + i) * width + h * head_dim;
+                    let found = &out[start..start + head_dim];
+                    assert_close(found, &expected[i * head_dim..(i + 1) * head_dim], 1e-5);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn attention_refuses_views_past_their_slice_and_wrong_outputs() {
+    let data = vec![0.25; 2 * 5 * 8];
+    let view = HeadsRef {
+        data: &data,
+        offset: 0,
+        tokens: 5,
+        strides: [40, 4, 8, 1],
+    };
+    let shape = AttentionShape {
+        batch: 2,
+        heads: 2,
+        head_dim: 4,
+    };
+    let mut out = vec![0.0; 2 * 5 * 8];
+    assert!(attention(&mut out, view, view, view, shape, 0.5).is_ok());
+    assert!((out[0] - 0.25).abs() < 1e-6);
+    let short = HeadsRef {
+        data: &data[..70],
+        ..view
+    };
+    assert!(attention(&mut out, view, short, view, shape, 0.5).is_err());
+    let mut wrong = vec![0.0; 79];
+    let err = attention(&mut wrong, view, view, view, shape, 0.5).unwrap_err();
+    assert!(err.to_string().contains("out"), "{err}");
+    let fewer = HeadsRef { tokens: 4, ..view };
+    assert!(attention(&mut out, view, view, fewer, shape, 0.5).is_err());
+}

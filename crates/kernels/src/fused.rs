@@ -315,38 +315,57 @@ pub fn attention(
         return Ok(());
     }
     let isa = Isa::detected();
-    // Each (image, head) result goes to its own contiguous block first: blocks of `out` for
-    // different heads interleave column-wise and could not be handed to threads as slices.
+    // One (image, head) on the calling thread: scores in scratch, the result into `out`.
+    let head = |b: usize, h: usize, out: MatMut<'_>| -> Result<(), KernelError> {
+        let (qm, km, vm) = (
+            q.matrix(b, h, head_dim),
+            k.matrix(b, h, head_dim),
+            v.matrix(b, h, head_dim),
+        );
+        with_scratch(nq * nk, |scores| {
+            matmul_serial(MatMut::row_major(scores, nq, nk), qm, km.t(), scale, 0.0)?;
+            if nk > 0 {
+                simd::dispatch(
+                    isa,
+                    Softmax {
+                        x: scores,
+                        row_len: nk,
+                    },
+                );
+            }
+            matmul_serial(out, MatRef::row_major(scores, nq, nk), vm, 1.0, 0.0)
+        })
+    };
+    if batch >= rayon::current_num_threads() {
+        // An image per task, its heads one after another straight into their columns.
+        return out
+            .par_chunks_mut(nq * width)
+            .enumerate()
+            .try_for_each(|(b, image)| {
+                (0..heads).try_for_each(|h| {
+                    let columns = MatMut {
+                        data: &mut image[h * head_dim..],
+                        rows: nq,
+                        cols: head_dim,
+                        row_stride: width,
+                        col_stride: 1,
+                    };
+                    head(b, h, columns)
+                })
+            });
+    }
+    // Fewer images than threads (batch 1): a task per head. Heads interleave column-wise in
+    // `out` and cannot be handed to threads as slices, so each writes its own block first.
     let mut per_head = vec![0.0; expected];
     per_head
         .par_chunks_mut(nq * head_dim)
         .enumerate()
         .try_for_each(|(job, block)| {
-            let (b, h) = (job / heads, job % heads);
-            let (qm, km, vm) = (
-                q.matrix(b, h, head_dim),
-                k.matrix(b, h, head_dim),
-                v.matrix(b, h, head_dim),
-            );
-            with_scratch(nq * nk, |scores| {
-                matmul_serial(MatMut::row_major(scores, nq, nk), qm, km.t(), scale, 0.0)?;
-                if nk > 0 {
-                    simd::dispatch(
-                        isa,
-                        Softmax {
-                            x: scores,
-                            row_len: nk,
-                        },
-                    );
-                }
-                matmul_serial(
-                    MatMut::row_major(block, nq, head_dim),
-                    MatRef::row_major(scores, nq, nk),
-                    vm,
-                    1.0,
-                    0.0,
-                )
-            })
+            head(
+                job / heads,
+                job % heads,
+                MatMut::row_major(block, nq, head_dim),
+            )
         })?;
     out.par_chunks_mut(nq * width)
         .zip(per_head.par_chunks(heads * nq * head_dim))

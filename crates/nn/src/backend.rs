@@ -103,6 +103,16 @@ pub trait Backend {
         indices: &[Vec<usize>],
         rows: &Self::Value,
     ) -> Result<Self::Value>;
+    /// [`scatter_rows`](Self::scatter_rows) that consumes `x`: an inference backend writes the
+    /// rows into `x`'s own storage when nothing else shares it, instead of copying it first.
+    fn scatter_rows_into(
+        &self,
+        x: Self::Value,
+        indices: &[Vec<usize>],
+        rows: &Self::Value,
+    ) -> Result<Self::Value> {
+        self.scatter_rows(&x, indices, rows)
+    }
     /// Sum over `axis`, kept as a size-1 axis when `keepdim`, removed otherwise.
     fn sum_axis(&self, x: &Self::Value, axis: usize, keepdim: bool) -> Result<Self::Value>;
     /// Sum of every element, as a rank-0 value.

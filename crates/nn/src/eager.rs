@@ -106,6 +106,16 @@ impl Backend for Eager {
         Ok(ops::scatter_rows(x, indices, rows)?)
     }
 
+    fn scatter_rows_into(
+        &self,
+        mut x: Tensor,
+        indices: &[Vec<usize>],
+        rows: &Tensor,
+    ) -> Result<Tensor> {
+        x.scatter_rows(indices, rows)?;
+        Ok(x)
+    }
+
     fn sum_axis(&self, x: &Tensor, axis: usize, keepdim: bool) -> Result<Tensor> {
         Ok(ops::sum_axis(x, axis, keepdim)?)
     }

@@ -37,15 +37,17 @@ fn compute_selected<B: Backend>(
 }
 
 /// An IdleViT layer in its inference form: only the CLS token and the `keep` selected image
-/// tokens are computed; every other row of the output is the input row, untouched.
+/// tokens are computed; every other row of the output is the input row, untouched. Takes `x`
+/// by value so that, when nothing else holds it, the selected rows are scattered into it in
+/// place.
 pub fn idle_gathered<B: Backend>(
     bk: &B,
     block: &Block,
-    x: &B::Value,
+    x: B::Value,
     keep: usize,
 ) -> Result<(B::Value, TokenSelection)> {
-    let (y, selection) = compute_selected(bk, block, x, keep)?;
-    Ok((bk.scatter_rows(x, selection.indices(), &y)?, selection))
+    let (y, selection) = compute_selected(bk, block, &x, keep)?;
+    Ok((bk.scatter_rows_into(x, selection.indices(), &y)?, selection))
 }
 
 /// A top-k pruning layer: like [`idle_gathered`], but the output holds only the selected

@@ -78,8 +78,7 @@ fn run_blocks<B: Backend>(
         x = match policy.at(layer) {
             None => block.forward(bk, &x)?,
             Some((PolicyKind::Idle, ratio)) => {
-                let (y, selection) =
-                    idle_gathered(bk, block, &x, keep_count(image_tokens, ratio)?)?;
+                let (y, selection) = idle_gathered(bk, block, x, keep_count(image_tokens, ratio)?)?;
                 selections.push(LayerSelection {
                     layer,
                     tokens: selection.indices().to_vec(),

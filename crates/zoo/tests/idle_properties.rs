@@ -193,7 +193,7 @@ proptest! {
         let x = model.embed(&Eager, &images(case.batch, case.config.img_size(), case.seed)).unwrap();
         let tokens = config.num_patches();
         let keep = keep_count(tokens, ratio).unwrap_or(1);
-        let (y, selection) = idle_gathered(&Eager, &model.blocks()[0], &x, keep).unwrap();
+        let (y, selection) = idle_gathered(&Eager, &model.blocks()[0], x.clone(), keep).unwrap();
         prop_assert_eq!(selection.selected(), keep + 1);
         let complement = selection.complement();
         prop_assert_eq!(complement[0].len(), tokens - keep);

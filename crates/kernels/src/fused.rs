@@ -12,6 +12,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use crate::activation::Gelu;
+use crate::bf16::{Bf16Kernel, PackedBf16};
 use crate::gemm::matmul_serial;
 use crate::layer_norm::LayerNorm;
 use crate::simd::{self, Isa};
@@ -48,6 +49,40 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 /// still run near full speed.
 const MLP_CHUNK_ROWS: usize = 256;
 
+/// A projection weight of the MLP: f32 in timm's `(out, in)` layout, or its packed bf16 copy
+/// (the [`linear_bf16`](crate::linear_bf16) product).
+#[derive(Clone, Copy, Debug)]
+pub enum MlpWeight<'a> {
+    /// Row-major `(out, in)`.
+    F32(&'a [f32]),
+    /// Packed once by [`PackedBf16::pack`].
+    Bf16(&'a PackedBf16),
+}
+
+impl MlpWeight<'_> {
+    /// `(rows, cols)` of the weight as `(out, in)`, when it is packed; f32 weights are checked
+    /// by length only.
+    fn check(&self, name: &'static str, out: usize, input: usize) -> Result<(), KernelError> {
+        let (expected, found) = match self {
+            MlpWeight::F32(w) => (out.saturating_mul(input), w.len()),
+            MlpWeight::Bf16(w) => (
+                out.saturating_mul(input),
+                w.out_features().saturating_mul(w.in_features()),
+            ),
+        };
+        let shape_differs = matches!(self, MlpWeight::Bf16(w) if w.out_features() != out || w.in_features() != input);
+        if expected != found || shape_differs {
+            return Err(KernelError::BufferLength {
+                op: "mlp_half",
+                operand: name,
+                expected,
+                found,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// The parameters of a pre-norm MLP half-block, `x + branch_scale * fc2(gelu(fc1(norm(x))))`,
 /// with timm's `(out, in)` weight layout.
 #[derive(Clone, Copy, Debug)]
@@ -59,11 +94,11 @@ pub struct MlpHalf<'a> {
     /// Layer-norm epsilon.
     pub norm_eps: f32,
     /// `fc1` weight, `(hidden, dim)`.
-    pub fc1_weight: &'a [f32],
+    pub fc1_weight: MlpWeight<'a>,
     /// `fc1` bias, `hidden` entries.
     pub fc1_bias: Option<&'a [f32]>,
     /// `fc2` weight, `(dim, hidden)`.
-    pub fc2_weight: &'a [f32],
+    pub fc2_weight: MlpWeight<'a>,
     /// `fc2` bias, `dim` entries.
     pub fc2_bias: Option<&'a [f32]>,
     /// Token width.
@@ -78,7 +113,8 @@ impl MlpHalf<'_> {
     /// Checks every buffer against `dim` and `hidden`, and `x` against whole rows.
     fn check(&self, x_len: usize) -> Result<(), KernelError> {
         let (dim, hidden) = (self.dim, self.hidden);
-        let weights = dim.saturating_mul(hidden);
+        self.fc1_weight.check("fc1 weight", hidden, dim)?;
+        self.fc2_weight.check("fc2 weight", dim, hidden)?;
         let biases = [
             ("fc1 bias", hidden, self.fc1_bias.map(<[f32]>::len)),
             ("fc2 bias", dim, self.fc2_bias.map(<[f32]>::len)),
@@ -86,8 +122,6 @@ impl MlpHalf<'_> {
         let checks = [
             ("norm gamma", dim, self.norm_gamma.len()),
             ("norm beta", dim, self.norm_beta.len()),
-            ("fc1 weight", weights, self.fc1_weight.len()),
-            ("fc2 weight", weights, self.fc2_weight.len()),
             (
                 "x",
                 if dim == 0 {
@@ -185,35 +219,73 @@ fn mlp_rows(
                 eps: mlp.norm_eps,
             },
         );
-        let fc1_beta = fill_rows(activations, mlp.fc1_bias, 1.0);
-        product(
-            threads,
-            MatMut::row_major(activations, rows, hidden),
-            MatRef::row_major(normed, rows, dim),
-            MatRef::row_major(mlp.fc1_weight, hidden, dim).t(),
-            1.0,
-            fc1_beta,
-        )?;
+        match mlp.fc1_weight {
+            MlpWeight::F32(w1) => {
+                let fc1_beta = fill_rows(activations, mlp.fc1_bias, 1.0);
+                product(
+                    threads,
+                    MatMut::row_major(activations, rows, hidden),
+                    MatRef::row_major(normed, rows, dim),
+                    MatRef::row_major(w1, hidden, dim).t(),
+                    1.0,
+                    fc1_beta,
+                )?;
+            }
+            MlpWeight::Bf16(w1) => {
+                bf16_product(threads, activations, normed, w1, mlp.fc1_bias, rows);
+            }
+        }
         match threads {
             Threads::One => simd::dispatch(isa, Gelu { x: activations }),
             Threads::Shared => crate::gelu_with(isa, activations),
         }
-        if let Some(bias) = mlp.fc2_bias {
-            for row in x.chunks_exact_mut(dim) {
-                for (v, b) in row.iter_mut().zip(bias) {
+        match mlp.fc2_weight {
+            MlpWeight::F32(w2) => {
+                if let Some(bias) = mlp.fc2_bias {
+                    for row in x.chunks_exact_mut(dim) {
+                        for (v, b) in row.iter_mut().zip(bias) {
+                            *v += mlp.branch_scale * b;
+                        }
+                    }
+                }
+                product(
+                    threads,
+                    MatMut::row_major(x, rows, dim),
+                    MatRef::row_major(activations, rows, hidden),
+                    MatRef::row_major(w2, dim, hidden).t(),
+                    mlp.branch_scale,
+                    1.0,
+                )
+            }
+            MlpWeight::Bf16(w2) => {
+                // The bf16 product has no accumulating form: the branch goes to the normalised
+                // input's buffer (no longer needed), then onto x.
+                let branch = normed;
+                bf16_product(threads, branch, activations, w2, mlp.fc2_bias, rows);
+                for (v, b) in x.iter_mut().zip(branch.iter()) {
                     *v += mlp.branch_scale * b;
                 }
+                Ok(())
             }
         }
-        product(
-            threads,
-            MatMut::row_major(x, rows, dim),
-            MatRef::row_major(activations, rows, hidden),
-            MatRef::row_major(mlp.fc2_weight, dim, hidden).t(),
-            mlp.branch_scale,
-            1.0,
-        )
     })
+}
+
+/// `y = bf16(x) · w^T + bias` for `rows` rows whose shapes [`MlpHalf::check`] accepted.
+fn bf16_product(
+    threads: Threads,
+    y: &mut [f32],
+    x: &[f32],
+    w: &PackedBf16,
+    bias: Option<&[f32]>,
+    rows: usize,
+) {
+    let threads = match threads {
+        Threads::One => 1,
+        Threads::Shared => rayon::current_num_threads(),
+    };
+    let cols = 0..w.out_features();
+    crate::bf16::run(Bf16Kernel::detected(), threads, y, x, w, cols, bias, rows);
 }
 
 /// Writes `scale * bias` into every row of `out` and returns 1 (the GEMM then accumulates

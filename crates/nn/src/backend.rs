@@ -25,6 +25,10 @@ pub struct MlpHalfParams<'a, V> {
     pub fc2_weight: &'a V,
     /// `fc2` bias `(dim)`.
     pub fc2_bias: Option<&'a V>,
+    /// The packed bf16 copy of `fc1`'s weight, when the model runs in bf16.
+    pub fc1_packed: Option<&'a PackedBf16>,
+    /// The packed bf16 copy of `fc2`'s weight, when the model runs in bf16.
+    pub fc2_packed: Option<&'a PackedBf16>,
     /// Factor on the branch before it is added (LV-ViT's `1 / skip_lam`).
     pub branch_scale: f32,
     /// Stochastic-depth rate of the branch ([`Backend::drop_path`]; inference ignores it).
@@ -177,9 +181,13 @@ pub trait Backend {
     ///
     /// The default composes the primitive operations; an inference backend may fuse it.
     fn mlp_half(&self, x: &Self::Value, p: &MlpHalfParams<'_, Self::Value>) -> Result<Self::Value> {
+        let project = |x: &Self::Value, w, b, packed: Option<&PackedBf16>| match packed {
+            Some(packed) => self.linear_packed(x, packed, 0..packed.out_features(), w, b),
+            None => self.linear(x, w, b),
+        };
         let h = self.layer_norm(x, p.norm_gamma, p.norm_beta, p.norm_eps)?;
-        let hidden = self.gelu(&self.linear(&h, p.fc1_weight, p.fc1_bias)?)?;
-        let branch = self.linear(&hidden, p.fc2_weight, p.fc2_bias)?;
+        let hidden = self.gelu(&project(&h, p.fc1_weight, p.fc1_bias, p.fc1_packed)?)?;
+        let branch = project(&hidden, p.fc2_weight, p.fc2_bias, p.fc2_packed)?;
         let branch = self.drop_path(&branch, p.drop_path)?;
         if p.branch_scale == 1.0 {
             self.add(x, &branch)

@@ -125,14 +125,9 @@ impl Block {
     }
 
     /// `x + mlp(norm2(x))`, the block's second half, through [`Backend::mlp_half`] (fused in
-    /// inference). With packed bf16 weights it runs the layers one by one, as the bf16
-    /// product replaces each projection.
+    /// inference, in bf16 when the weights have packed bf16 copies).
     pub fn mlp_residual<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
         let (fc1, fc2) = (self.mlp.fc1(), self.mlp.fc2());
-        let packed = fc1.weight().packed_bf16().is_some() || fc2.weight().packed_bf16().is_some();
-        if packed {
-            return self.residual(bk, x, &self.mlp_branch(bk, x)?);
-        }
         let param = |p: &crate::Param| bk.param(p);
         let (gamma, beta) = (param(self.norm2.weight()), param(self.norm2.bias()));
         let (w1, w2) = (param(fc1.weight()), param(fc2.weight()));
@@ -147,6 +142,8 @@ impl Block {
                 fc1_bias: b1.as_ref(),
                 fc2_weight: &w2,
                 fc2_bias: b2.as_ref(),
+                fc1_packed: fc1.weight().packed_bf16(),
+                fc2_packed: fc2.weight().packed_bf16(),
                 branch_scale: 1.0 / self.skip_lam,
                 drop_path: self.drop_path,
             },

@@ -239,9 +239,9 @@ impl Backend for Eager {
                 norm_gamma: gamma.as_slice().unwrap_or_default(),
                 norm_beta: beta.as_slice().unwrap_or_default(),
                 norm_eps: p.norm_eps,
-                fc1_weight: w1.as_slice().unwrap_or_default(),
+                fc1_weight: mlp_weight(&w1, p.fc1_packed),
                 fc1_bias: b1.as_ref().and_then(Tensor::as_slice),
-                fc2_weight: w2.as_slice().unwrap_or_default(),
+                fc2_weight: mlp_weight(&w2, p.fc2_packed),
                 fc2_bias: b2.as_ref().and_then(Tensor::as_slice),
                 dim,
                 hidden,
@@ -260,5 +260,13 @@ fn heads_ref(t: &Tensor, tokens: usize, strides: [usize; 4]) -> kernels::HeadsRe
         offset,
         tokens,
         strides,
+    }
+}
+
+/// The fused MLP's view of a projection weight: its packed bf16 copy when there is one.
+fn mlp_weight<'a>(w: &'a Tensor, packed: Option<&'a PackedBf16>) -> kernels::MlpWeight<'a> {
+    match packed {
+        Some(packed) => kernels::MlpWeight::Bf16(packed),
+        None => kernels::MlpWeight::F32(w.as_slice().unwrap_or_default()),
     }
 }

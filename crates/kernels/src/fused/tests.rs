@@ -11,7 +11,10 @@ fn reference_mlp_half(x: &[f32], mlp: &MlpHalf<'_>) -> Vec<f32> {
     let (gamma, beta, eps) = (mlp.norm_gamma, mlp.norm_beta, mlp.norm_eps);
     reference::layer_norm_rows(&mut normed, x, gamma, beta, eps, dim);
     let mut act = vec![0.0; rows * hidden];
-    let w1 = MatRef::row_major(mlp.fc1_weight, hidden, dim).t();
+    let (MlpWeight::F32(w1), MlpWeight::F32(w2)) = (mlp.fc1_weight, mlp.fc2_weight) else {
+        panic!("the reference takes f32 weights");
+    };
+    let w1 = MatRef::row_major(w1, hidden, dim).t();
     let normed = MatRef::row_major(&normed, rows, dim);
     reference::matmul(
         MatMut::row_major(&mut act, rows, hidden),
@@ -27,7 +30,7 @@ fn reference_mlp_half(x: &[f32], mlp: &MlpHalf<'_>) -> Vec<f32> {
     }
     reference::gelu(&mut act);
     let mut branch = vec![0.0; x.len()];
-    let w2 = MatRef::row_major(mlp.fc2_weight, dim, hidden).t();
+    let w2 = MatRef::row_major(w2, dim, hidden).t();
     let act = MatRef::row_major(&act, rows, hidden);
     reference::matmul(MatMut::row_major(&mut branch, rows, dim), act, w2, 1.0, 0.0).unwrap();
     let bias = mlp.fc2_bias;
@@ -74,9 +77,9 @@ proptest! {
             norm_gamma: &gamma,
             norm_beta: &beta,
             norm_eps: 1e-6,
-            fc1_weight: &w1,
+            fc1_weight: MlpWeight::F32(&w1),
             fc1_bias: biases.0.then_some(&b1[..]),
-            fc2_weight: &w2,
+            fc2_weight: MlpWeight::F32(&w2),
             fc2_bias: biases.1.then_some(&b2[..]),
             dim,
             hidden,
@@ -89,6 +92,53 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// With packed bf16 weights the fused half equals the bf16 layers run one by one.
+    #[test]
+    fn bf16_mlp_half_matches_the_bf16_layers(
+        rows in 1usize..600,
+        dim in 1usize..24,
+        hidden in 1usize..40,
+        threads in 1usize..4,
+        seed in any::<u64>(),
+    ) {
+        let x = f32_vec(seed, rows * dim);
+        let gamma = f32_vec(seed ^ 1, dim);
+        let beta = f32_vec(seed ^ 2, dim);
+        let w1 = f32_vec(seed ^ 3, hidden * dim);
+        let b1 = f32_vec(seed ^ 4, hidden);
+        let w2 = f32_vec(seed ^ 5, dim * hidden);
+        let b2 = f32_vec(seed ^ 6, dim);
+        let packed1 = PackedBf16::pack(&w1, hidden, dim).unwrap();
+        let packed2 = PackedBf16::pack(&w2, dim, hidden).unwrap();
+        let mlp = MlpHalf {
+            norm_gamma: &gamma,
+            norm_beta: &beta,
+            norm_eps: 1e-5,
+            fc1_weight: MlpWeight::Bf16(&packed1),
+            fc1_bias: Some(&b1),
+            fc2_weight: MlpWeight::Bf16(&packed2),
+            fc2_bias: Some(&b2),
+            dim,
+            hidden,
+            branch_scale: 0.5,
+        };
+        let mut normed = vec![0.0; rows * dim];
+        crate::layer_norm_rows(&mut normed, &x, &gamma, &beta, 1e-5, dim);
+        let mut act = vec![0.0; rows * hidden];
+        crate::linear_bf16(&mut act, &normed, &packed1, Some(&b1), rows).unwrap();
+        crate::gelu(&mut act);
+        let mut branch = vec![0.0; rows * dim];
+        crate::linear_bf16(&mut branch, &act, &packed2, Some(&b2), rows).unwrap();
+        let expected: Vec<f32> = x.iter().zip(&branch).map(|(x, f)| x + 0.5 * f).collect();
+        let mut found = x.clone();
+        pool(threads).install(|| mlp_half_in_place(&mut found, &mlp)).unwrap();
+        assert_close(&found, &expected, 1e-5);
+    }
+}
+
 #[test]
 fn mlp_half_refuses_mismatched_buffers() {
     let ones = vec![1.0; 64];
@@ -96,9 +146,9 @@ fn mlp_half_refuses_mismatched_buffers() {
         norm_gamma: &ones[..4],
         norm_beta: &ones[..4],
         norm_eps: 1e-6,
-        fc1_weight: &ones[..32],
+        fc1_weight: MlpWeight::F32(&ones[..32]),
         fc1_bias: Some(&ones[..8]),
-        fc2_weight: &ones[..32],
+        fc2_weight: MlpWeight::F32(&ones[..32]),
         fc2_bias: Some(&ones[..4]),
         dim: 4,
         hidden: 8,
@@ -111,7 +161,7 @@ fn mlp_half_refuses_mismatched_buffers() {
         (
             "fc2 weight",
             MlpHalf {
-                fc2_weight: &ones[..31],
+                fc2_weight: MlpWeight::F32(&ones[..31]),
                 ..mlp
             },
             12,
@@ -132,7 +182,7 @@ fn mlp_half_refuses_mismatched_buffers() {
             },
             12,
         ),
-        ("norm gamma", MlpHalf { dim: 0, ..mlp }, 12),
+        ("fc1 weight", MlpHalf { dim: 0, ..mlp }, 12),
     ];
     for (operand, bad, len) in cases {
         let mut x = vec![0.5; len];

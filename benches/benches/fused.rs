@@ -1,0 +1,151 @@
+//! The fused inference kernels against the unfused layer sequence they replace, at DeiT-S
+//! batch 32 (6304 tokens): the MLP half (layer norm, fc1, GELU, fc2, residual) and attention
+//! with the heads merged.
+//!
+//! The unfused side allocates its intermediates per call, as the layer-by-layer path did
+//! (`Vec` of the full hidden tensor or attention map), so the ratio includes what the fused
+//! kernels save in page faults and memory traffic.
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use idlevit_kernels::{
+    AttentionShape, HeadsRef, MatMut, MatRef, MlpHalf, MlpWeight, attention, gelu, layer_norm_rows,
+    linear, matmul, mlp_half_in_place, softmax_rows,
+};
+use rayon::prelude::*;
+use std::hint::black_box;
+use std::time::Duration;
+
+const TOKENS: usize = 197;
+const WIDTH: usize = 384;
+const HIDDEN: usize = 1536;
+const HEADS: usize = 6;
+const HEAD_DIM: usize = WIDTH / HEADS;
+const BATCH: usize = 32;
+
+fn filled(len: usize, seed: u32) -> Vec<f32> {
+    (0..len as u32)
+        .map(|i| ((i.wrapping_mul(2_654_435_761) ^ seed) % 1000) as f32 / 25_000.0 - 0.02)
+        .collect()
+}
+
+fn bench_mlp(c: &mut Criterion) {
+    let rows = TOKENS * BATCH;
+    let x = filled(rows * WIDTH, 1);
+    let (gamma, beta) = (filled(WIDTH, 2), filled(WIDTH, 3));
+    let (w1, b1) = (filled(HIDDEN * WIDTH, 4), filled(HIDDEN, 5));
+    let (w2, b2) = (filled(WIDTH * HIDDEN, 6), filled(WIDTH, 7));
+    let mlp = MlpHalf {
+        norm_gamma: &gamma,
+        norm_beta: &beta,
+        norm_eps: 1e-6,
+        fc1_weight: MlpWeight::F32(&w1),
+        fc1_bias: Some(&b1),
+        fc2_weight: MlpWeight::F32(&w2),
+        fc2_bias: Some(&b2),
+        dim: WIDTH,
+        hidden: HIDDEN,
+        branch_scale: 1.0,
+    };
+    let mut group = c.benchmark_group("mlp_half_6304x384x1536");
+    group.throughput(Throughput::Elements(rows as u64));
+    let mut fused_x = x.clone();
+    group.bench_function("fused", |b| {
+        b.iter(|| {
+            fused_x.copy_from_slice(&x);
+            mlp_half_in_place(black_box(&mut fused_x), &mlp).expect("shapes fit")
+        })
+    });
+    group.bench_function("layer_by_layer", |b| {
+        b.iter(|| {
+            let mut h = vec![0.0; rows * WIDTH];
+            layer_norm_rows(&mut h, black_box(&x), &gamma, &beta, 1e-6, WIDTH);
+            let mut hidden = vec![0.0; rows * HIDDEN];
+            linear(&mut hidden, &h, &w1, Some(&b1), rows, WIDTH, HIDDEN).expect("shapes fit");
+            gelu(&mut hidden);
+            let mut branch = vec![0.0; rows * WIDTH];
+            linear(&mut branch, &hidden, &w2, Some(&b2), rows, HIDDEN, WIDTH).expect("fit");
+            let mut y = x.clone();
+            idlevit_kernels::add_assign(&mut y, &branch);
+            y
+        })
+    });
+    group.finish();
+}
+
+fn bench_attention(c: &mut Criterion) {
+    let qkv = filled(BATCH * TOKENS * 3 * WIDTH, 8);
+    let third = |part: usize| HeadsRef {
+        data: &qkv,
+        offset: part * WIDTH,
+        tokens: TOKENS,
+        strides: [TOKENS * 3 * WIDTH, HEAD_DIM, 3 * WIDTH, 1],
+    };
+    let shape = AttentionShape {
+        batch: BATCH,
+        heads: HEADS,
+        head_dim: HEAD_DIM,
+    };
+    let scale = (HEAD_DIM as f32).powf(-0.5);
+    let mut group = c.benchmark_group("attention_32x6x197x64");
+    group.throughput(Throughput::Elements((BATCH * HEADS) as u64));
+    let mut out = vec![0.0; BATCH * TOKENS * WIDTH];
+    group.bench_function("fused", |b| {
+        b.iter(|| {
+            attention(&mut out, third(0), third(1), third(2), shape, scale).expect("shapes fit")
+        })
+    });
+    group.bench_function("stored_map", |b| {
+        b.iter(|| {
+            let matrix = |part: usize, job: usize| {
+                let (batch, head) = (job / HEADS, job % HEADS);
+                let start = batch * TOKENS * 3 * WIDTH + part * WIDTH + head * HEAD_DIM;
+                MatRef {
+                    data: &qkv[start..],
+                    rows: TOKENS,
+                    cols: HEAD_DIM,
+                    row_stride: 3 * WIDTH,
+                    col_stride: 1,
+                }
+            };
+            let mut logits = vec![0.0; BATCH * HEADS * TOKENS * TOKENS];
+            logits
+                .par_chunks_mut(TOKENS * TOKENS)
+                .enumerate()
+                .for_each(|(job, map)| {
+                    let c = MatMut::row_major(map, TOKENS, TOKENS);
+                    matmul(c, matrix(0, job), matrix(1, job).t(), scale, 0.0).expect("fit");
+                });
+            softmax_rows(&mut logits, TOKENS);
+            let mut heads = vec![0.0; BATCH * HEADS * TOKENS * HEAD_DIM];
+            heads
+                .par_chunks_mut(TOKENS * HEAD_DIM)
+                .zip(logits.par_chunks(TOKENS * TOKENS))
+                .enumerate()
+                .for_each(|(job, (o, map))| {
+                    let c = MatMut::row_major(o, TOKENS, HEAD_DIM);
+                    let a = MatRef::row_major(map, TOKENS, TOKENS);
+                    matmul(c, a, matrix(2, job), 1.0, 0.0).expect("fit");
+                });
+            let mut merged = vec![0.0; BATCH * TOKENS * WIDTH];
+            for (job, head) in heads.chunks_exact(TOKENS * HEAD_DIM).enumerate() {
+                let (batch, h) = (job / HEADS, job % HEADS);
+                for (t, row) in head.chunks_exact(HEAD_DIM).enumerate() {
+                    let at = (batch * TOKENS + t) * WIDTH + h * HEAD_DIM;
+                    merged[at..at + HEAD_DIM].copy_from_slice(row);
+                }
+            }
+            merged
+        })
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
+    targets = bench_mlp, bench_attention
+}
+criterion_main!(benches);

@@ -41,6 +41,20 @@ fn reference_mlp_half(x: &[f32], mlp: &MlpHalf<'_>) -> Vec<f32> {
         .collect()
 }
 
+/// Seeded `[x, gamma, beta, w1, b1, w2, b2]` for an MLP half of `rows x dim` tokens.
+fn mlp_values(seed: u64, rows: usize, dim: usize, hidden: usize) -> [Vec<f32>; 7] {
+    let lens = [
+        rows * dim,
+        dim,
+        dim,
+        hidden * dim,
+        hidden,
+        dim * hidden,
+        dim,
+    ];
+    std::array::from_fn(|i| f32_vec(seed ^ i as u64, lens[i]))
+}
+
 fn assert_close(found: &[f32], expected: &[f32], tol: f32) {
     assert_eq!(found.len(), expected.len());
     for (i, (f, e)) in found.iter().zip(expected).enumerate() {
@@ -66,13 +80,7 @@ proptest! {
         threads in 1usize..4,
         seed in any::<u64>(),
     ) {
-        let x = f32_vec(seed, rows * dim);
-        let gamma = f32_vec(seed ^ 1, dim);
-        let beta = f32_vec(seed ^ 2, dim);
-        let w1 = f32_vec(seed ^ 3, hidden * dim);
-        let b1 = f32_vec(seed ^ 4, hidden);
-        let w2 = f32_vec(seed ^ 5, dim * hidden);
-        let b2 = f32_vec(seed ^ 6, dim);
+        let [x, gamma, beta, w1, b1, w2, b2] = mlp_values(seed, rows, dim, hidden);
         let mlp = MlpHalf {
             norm_gamma: &gamma,
             norm_beta: &beta,
@@ -104,13 +112,7 @@ proptest! {
         threads in 1usize..4,
         seed in any::<u64>(),
     ) {
-        let x = f32_vec(seed, rows * dim);
-        let gamma = f32_vec(seed ^ 1, dim);
-        let beta = f32_vec(seed ^ 2, dim);
-        let w1 = f32_vec(seed ^ 3, hidden * dim);
-        let b1 = f32_vec(seed ^ 4, hidden);
-        let w2 = f32_vec(seed ^ 5, dim * hidden);
-        let b2 = f32_vec(seed ^ 6, dim);
+        let [x, gamma, beta, w1, b1, w2, b2] = mlp_values(seed, rows, dim, hidden);
         let packed1 = PackedBf16::pack(&w1, hidden, dim).unwrap();
         let packed2 = PackedBf16::pack(&w2, dim, hidden).unwrap();
         let mlp = MlpHalf {

@@ -174,6 +174,33 @@ impl Attention {
         self.proj.forward(bk, &bk.attention(q, k, v, self.scale())?)
     }
 
+    /// `x + branch_scale * drop_path(proj(softmax(s q k^T) v))`: attention closing its
+    /// residual, through [`Backend::linear_residual`] (the projection accumulates onto `x` in
+    /// inference). A bf16 projection runs [`attend_heads`](Self::attend_heads) and adds.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attend_heads_residual<B: Backend>(
+        &self,
+        bk: &B,
+        x: &B::Value,
+        q: &B::Value,
+        k: &B::Value,
+        v: &B::Value,
+        branch_scale: f32,
+        drop_path: f32,
+    ) -> Result<B::Value> {
+        let out = bk.attention(q, k, v, self.scale())?;
+        let (w, b) = (self.proj.weight(), self.proj.bias());
+        if w.packed_bf16().is_some() {
+            let branch = bk.drop_path(&self.proj.forward(bk, &out)?, drop_path)?;
+            if branch_scale == 1.0 {
+                return bk.add(x, &branch);
+            }
+            return bk.add(x, &bk.scale(&branch, branch_scale)?);
+        }
+        let b = b.map(|b| bk.param(b));
+        bk.linear_residual(x, &out, &bk.param(w), b.as_ref(), branch_scale, drop_path)
+    }
+
     /// `proj(softmax(logits) v)`.
     pub fn attend<B: Backend>(&self, bk: &B, logits: &B::Value, v: &B::Value) -> Result<B::Value> {
         self.attend_weights(bk, &bk.softmax(logits)?, v)

@@ -176,6 +176,26 @@ pub trait Backend {
         self.reshape(&out, &[batch, tokens, heads * head_dim])
     }
 
+    /// `x + branch_scale * drop_path(input W^T + b)`: a projection closing a residual (the
+    /// attention's output projection). The default composes the primitive operations; an
+    /// inference backend may accumulate the product straight onto a copy of `x`.
+    fn linear_residual(
+        &self,
+        x: &Self::Value,
+        input: &Self::Value,
+        w: &Self::Value,
+        b: Option<&Self::Value>,
+        branch_scale: f32,
+        drop_path: f32,
+    ) -> Result<Self::Value> {
+        let branch = self.drop_path(&self.linear(input, w, b)?, drop_path)?;
+        if branch_scale == 1.0 {
+            self.add(x, &branch)
+        } else {
+            self.add(x, &self.scale(&branch, branch_scale)?)
+        }
+    }
+
     /// `x + branch_scale * drop_path(fc2(gelu(fc1(layer_norm(x)))))`: the MLP half of a
     /// pre-norm block, residual included, over the last axis of `x`.
     ///

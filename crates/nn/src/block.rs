@@ -150,10 +150,24 @@ impl Block {
         )
     }
 
+    /// `x + attn(q, k, v)`, the block's first half given the heads of `norm1` of the rows it
+    /// updates, through [`Attention::attend_heads_residual`].
+    pub fn attention_residual<B: Backend>(
+        &self,
+        bk: &B,
+        x: &B::Value,
+        heads: &crate::Heads<B::Value>,
+    ) -> Result<B::Value> {
+        let (q, k, v) = (&heads.q, &heads.k, &heads.v);
+        let scale = 1.0 / self.skip_lam;
+        self.attn
+            .attend_heads_residual(bk, x, q, k, v, scale, self.drop_path)
+    }
+
     /// The dense block over all tokens of `x` `(batch, tokens, dim)`.
     pub fn forward<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
-        let attn = self.attn.forward(bk, &self.norm1.forward(bk, x)?)?;
-        let x = self.residual(bk, x, &attn)?;
+        let heads = self.attn.heads(bk, &self.norm1.forward(bk, x)?)?;
+        let x = self.attention_residual(bk, x, &heads)?;
         self.mlp_residual(bk, &x)
     }
 }

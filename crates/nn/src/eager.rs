@@ -210,6 +210,66 @@ impl Backend for Eager {
         Ok(Tensor::from_vec(vec![batch, nq, heads * head_dim], out)?)
     }
 
+    fn linear_residual(
+        &self,
+        x: &Tensor,
+        input: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        branch_scale: f32,
+        _drop_path: f32,
+    ) -> Result<Tensor> {
+        let (dim, rows) = (
+            x.shape().last().copied().unwrap_or(0),
+            x.numel() / x.shape().last().copied().unwrap_or(1).max(1),
+        );
+        let in_features = input.shape().last().copied().unwrap_or(0);
+        let mut input_shape = x.shape().to_vec();
+        if let Some(last) = input_shape.last_mut() {
+            *last = in_features;
+        }
+        if input.shape() != input_shape.as_slice() || w.shape() != [dim, in_features] {
+            return Err(NnError::shape(
+                "residual projection",
+                format!("input {input_shape:?} and weight [{dim}, {in_features}]"),
+                input.shape(),
+            ));
+        }
+        let b = b
+            .map(|b| {
+                if b.shape() == [dim] {
+                    Ok(b.contiguous())
+                } else {
+                    Err(NnError::shape(
+                        "residual projection bias",
+                        format!("[{dim}]"),
+                        b.shape(),
+                    ))
+                }
+            })
+            .transpose()?;
+        let (input, w) = (input.contiguous(), w.contiguous());
+        let mut y = x.contiguous();
+        let out = y.as_mut_slice();
+        if let Some(bias) = b.as_ref().and_then(Tensor::as_slice) {
+            for row in out.chunks_exact_mut(dim.max(1)) {
+                for (v, b) in row.iter_mut().zip(bias) {
+                    *v += branch_scale * b;
+                }
+            }
+        }
+        let input = input.as_slice().unwrap_or_default();
+        let w = w.as_slice().unwrap_or_default();
+        kernels::matmul(
+            kernels::MatMut::row_major(out, rows, dim),
+            kernels::MatRef::row_major(input, rows, in_features),
+            kernels::MatRef::row_major(w, dim, in_features).t(),
+            branch_scale,
+            1.0,
+        )?;
+        Ok(y)
+    }
+
     fn mlp_half(&self, x: &Tensor, p: &MlpHalfParams<'_, Tensor>) -> Result<Tensor> {
         let dim = x.shape().last().copied().unwrap_or(0);
         let hidden = p.fc1_weight.shape().first().copied().unwrap_or(0);

@@ -31,7 +31,7 @@ fn compute_selected<B: Backend>(
     let q = attn.split_heads(bk, &attn.project(bk, &h_sel, QkvPart::Query)?)?;
     let k = attn.split_heads(bk, &bk.gather_rows(&keys, rows)?)?;
     let v = attn.split_heads(bk, &attn.project(bk, &h_sel, QkvPart::Value)?)?;
-    let y = block.residual(bk, &x_sel, &attn.attend_heads(bk, &q, &k, &v)?)?;
+    let y = block.attention_residual(bk, &x_sel, &idlevit_nn::Heads { q, k, v })?;
     let y = block.mlp_residual(bk, &y)?;
     Ok((y, selection))
 }

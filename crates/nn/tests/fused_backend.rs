@@ -1,0 +1,108 @@
+//! The eager backend's fused operations (attention, the MLP half, a projection closing a
+//! residual) against the tape, which runs the trait's compositions of primitive operations.
+
+use idlevit_nn::{Backend, Eager, MlpHalfParams, Tape, Tensor};
+
+fn values(seed: u32, shape: &[usize]) -> Tensor {
+    let n: usize = shape.iter().product();
+    let data = (0..n as u32)
+        .map(|i| ((i.wrapping_mul(2_654_435_761) ^ seed) % 2000) as f32 / 1000.0 - 1.0)
+        .collect();
+    Tensor::from_vec(shape.to_vec(), data).unwrap()
+}
+
+fn assert_close(eager: &Tensor, composed: &Tensor) {
+    assert_eq!(eager.shape(), composed.shape());
+    for (e, c) in eager.to_vec().iter().zip(composed.to_vec()) {
+        assert!((e - c).abs() <= 1e-5 * (1.0 + c.abs()), "{e} against {c}");
+    }
+}
+
+#[test]
+fn fused_attention_equals_the_composition_on_strided_heads() {
+    // q, k and v as thirds of a fused qkv output, heads split by views (as Attention does).
+    let (batch, tokens, heads, head_dim) = (3, 11, 2, 5);
+    let qkv = values(1, &[batch, tokens, 3, heads, head_dim])
+        .permute(&[2, 0, 3, 1, 4])
+        .unwrap();
+    let [q, k, v] = [0, 1, 2].map(|i| qkv.select(0, i).unwrap());
+    let eager = Eager.attention(&q, &k, &v, 0.4).unwrap();
+    let tape = Tape::new();
+    let [tq, tk, tv] = [&q, &k, &v].map(|t| tape.constant(t.clone()));
+    let composed = tape.attention(&tq, &tk, &tv, 0.4).unwrap();
+    assert_eq!(eager.shape(), &[batch, tokens, heads * head_dim]);
+    assert_close(&eager, composed.value());
+    // Fewer queries than keys: the first 4 tokens ask.
+    let q4 = q.slice_axis(2, 0, 4).unwrap();
+    let eager = Eager.attention(&q4, &k, &v, 0.4).unwrap();
+    let composed = tape.attention(&tape.constant(q4), &tk, &tv, 0.4).unwrap();
+    assert_close(&eager, composed.value());
+    let short_v = v.slice_axis(2, 0, 10).unwrap();
+    assert!(Eager.attention(&q, &k, &short_v, 0.4).is_err());
+}
+
+/// The MLP half's parameters from `[gamma, beta, w1, b1, w2, b2]`, branch scaled by 1/2.
+fn make<V>(p: &[V]) -> MlpHalfParams<'_, V> {
+    MlpHalfParams {
+        norm_gamma: &p[0],
+        norm_beta: &p[1],
+        norm_eps: 1e-5,
+        fc1_weight: &p[2],
+        fc1_bias: Some(&p[3]),
+        fc2_weight: &p[4],
+        fc2_bias: Some(&p[5]),
+        fc1_packed: None,
+        fc2_packed: None,
+        branch_scale: 0.5,
+        drop_path: 0.0,
+    }
+}
+
+#[test]
+fn fused_mlp_half_and_residual_projection_equal_the_composition() {
+    let (rows, dim, hidden) = (37, 6, 10);
+    let x = values(2, &[1, rows, dim]);
+    let params = [
+        values(3, &[dim]),
+        values(4, &[dim]),
+        values(5, &[hidden, dim]),
+        values(6, &[hidden]),
+        values(7, &[dim, hidden]),
+        values(8, &[dim]),
+    ];
+    let tape = Tape::new();
+    let tp: Vec<_> = params.iter().map(|t| tape.constant(t.clone())).collect();
+    let eager = Eager.mlp_half(&x, &make(&params)).unwrap();
+    let composed = tape
+        .mlp_half(&tape.constant(x.clone()), &make(&tp))
+        .unwrap();
+    assert_close(&eager, composed.value());
+    let swapped = MlpHalfParams {
+        fc1_weight: &params[4],
+        ..make(&params)
+    };
+    assert!(Eager.mlp_half(&x, &swapped).is_err());
+
+    let input = values(9, &[1, rows, hidden]);
+    let (w, b) = (&params[4], &params[5]);
+    let eager = Eager
+        .linear_residual(&x, &input, w, Some(b), 0.5, 0.0)
+        .unwrap();
+    let composed = tape
+        .linear_residual(
+            &tape.constant(x.clone()),
+            &tape.constant(input.clone()),
+            &tp[4],
+            Some(&tp[5]),
+            0.5,
+            0.0,
+        )
+        .unwrap();
+    assert_close(&eager, composed.value());
+    assert!(
+        Eager
+            .linear_residual(&x, &input, &params[2], Some(b), 0.5, 0.0)
+            .is_err()
+    );
+    assert!(Eager.linear_residual(&x, &x, w, Some(b), 0.5, 0.0).is_err());
+}

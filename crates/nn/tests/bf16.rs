@@ -4,13 +4,8 @@
 use idlevit_kernels::{from_bf16, to_bf16};
 use idlevit_nn::{Eager, Linear, Param, Precision, Tape, Tensor};
 
-fn values(seed: u32, shape: &[usize]) -> Tensor {
-    let n: usize = shape.iter().product();
-    let data = (0..n as u32)
-        .map(|i| ((i.wrapping_mul(2_654_435_761) ^ seed) % 2000) as f32 / 1000.0 - 1.0)
-        .collect();
-    Tensor::from_vec(shape.to_vec(), data).unwrap()
-}
+mod common;
+use common::values;
 
 /// `x W^T + b` over bf16-rounded x and W, summed in f64, for output features `cols`.
 fn reference(x: &Tensor, w: &Tensor, b: &Tensor, cols: std::ops::Range<usize>) -> Vec<f32> {

@@ -3,13 +3,8 @@
 
 use idlevit_nn::{Backend, Eager, MlpHalfParams, Tape, Tensor};
 
-fn values(seed: u32, shape: &[usize]) -> Tensor {
-    let n: usize = shape.iter().product();
-    let data = (0..n as u32)
-        .map(|i| ((i.wrapping_mul(2_654_435_761) ^ seed) % 2000) as f32 / 1000.0 - 1.0)
-        .collect();
-    Tensor::from_vec(shape.to_vec(), data).unwrap()
-}
+mod common;
+use common::values;
 
 fn assert_close(eager: &Tensor, composed: &Tensor) {
     assert_eq!(eager.shape(), composed.shape());

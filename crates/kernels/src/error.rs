@@ -85,4 +85,12 @@ pub enum KernelError {
         /// Length given.
         found: usize,
     },
+    /// The kernel needs an instruction set this CPU lacks.
+    #[error("{op} needs {needs}, which this CPU lacks")]
+    Unsupported {
+        /// Operation that failed.
+        op: &'static str,
+        /// The instruction set it needs.
+        needs: &'static str,
+    },
 }

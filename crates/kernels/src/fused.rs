@@ -15,6 +15,7 @@ use crate::activation::Gelu;
 use crate::bf16::{Bf16Kernel, PackedBf16};
 use crate::gemm::matmul_serial;
 use crate::layer_norm::LayerNorm;
+use crate::packed::{PackedF32, linear_packed_f32_on};
 use crate::simd::{self, Isa};
 use crate::softmax::Softmax;
 use crate::{KernelError, MatMut, MatRef};
@@ -57,20 +58,26 @@ pub enum MlpWeight<'a> {
     F32(&'a [f32]),
     /// Packed once by [`PackedBf16::pack`].
     Bf16(&'a PackedBf16),
+    /// f32, packed once by [`PackedF32::pack`] (CPUs with AVX-512F).
+    PackedF32(&'a PackedF32),
 }
 
 impl MlpWeight<'_> {
     /// `(rows, cols)` of the weight as `(out, in)`, when it is packed; f32 weights are checked
     /// by length only.
     fn check(&self, name: &'static str, out: usize, input: usize) -> Result<(), KernelError> {
-        let (expected, found) = match self {
-            MlpWeight::F32(w) => (out.saturating_mul(input), w.len()),
+        let expected = out.saturating_mul(input);
+        let (found, shape_differs) = match self {
+            MlpWeight::F32(w) => (w.len(), false),
             MlpWeight::Bf16(w) => (
-                out.saturating_mul(input),
                 w.out_features().saturating_mul(w.in_features()),
+                w.out_features() != out || w.in_features() != input,
+            ),
+            MlpWeight::PackedF32(w) => (
+                w.out_features().saturating_mul(w.in_features()),
+                w.out_features() != out || w.in_features() != input,
             ),
         };
-        let shape_differs = matches!(self, MlpWeight::Bf16(w) if w.out_features() != out || w.in_features() != input);
         if expected != found || shape_differs {
             return Err(KernelError::BufferLength {
                 op: "mlp_half",
@@ -183,6 +190,16 @@ enum Threads {
     Shared,
 }
 
+impl Threads {
+    /// How many tasks a product may use.
+    fn count(self) -> usize {
+        match self {
+            Threads::One => 1,
+            Threads::Shared => rayon::current_num_threads(),
+        }
+    }
+}
+
 /// `c = alpha a·b + beta c` on one thread or on the pool.
 fn product(
     threads: Threads,
@@ -234,6 +251,11 @@ fn mlp_rows(
             MlpWeight::Bf16(w1) => {
                 bf16_product(threads, activations, normed, w1, mlp.fc1_bias, rows);
             }
+            MlpWeight::PackedF32(w1) => {
+                let (threads, cols) = (threads.count(), 0..w1.out_features());
+                let bias = mlp.fc1_bias;
+                linear_packed_f32_on(threads, activations, normed, w1, cols, bias, rows, false)?;
+            }
         }
         match threads {
             Threads::One => simd::dispatch(isa, Gelu { x: activations }),
@@ -256,6 +278,21 @@ fn mlp_rows(
                     mlp.branch_scale,
                     1.0,
                 )
+            }
+            MlpWeight::PackedF32(w2) if mlp.branch_scale == 1.0 => {
+                let (threads, cols) = (threads.count(), 0..w2.out_features());
+                linear_packed_f32_on(threads, x, activations, w2, cols, mlp.fc2_bias, rows, true)
+            }
+            MlpWeight::PackedF32(w2) => {
+                // A scaled branch (LV-ViT) goes to the normalised input's buffer first.
+                let branch = normed;
+                let (threads, cols) = (threads.count(), 0..w2.out_features());
+                let bias = mlp.fc2_bias;
+                linear_packed_f32_on(threads, branch, activations, w2, cols, bias, rows, false)?;
+                for (v, b) in x.iter_mut().zip(branch.iter()) {
+                    *v += mlp.branch_scale * b;
+                }
+                Ok(())
             }
             MlpWeight::Bf16(w2) => {
                 // The bf16 product has no accumulating form: the branch goes to the normalised
@@ -280,10 +317,7 @@ fn bf16_product(
     bias: Option<&[f32]>,
     rows: usize,
 ) {
-    let threads = match threads {
-        Threads::One => 1,
-        Threads::Shared => rayon::current_num_threads(),
-    };
+    let threads = threads.count();
     let cols = 0..w.out_features();
     crate::bf16::run(Bf16Kernel::detected(), threads, y, x, w, cols, bias, rows);
 }

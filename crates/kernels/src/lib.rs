@@ -45,6 +45,7 @@ mod gemm;
 mod layer_norm;
 mod math;
 mod matrix;
+mod packed;
 mod parallel;
 #[doc(hidden)]
 pub mod reference;
@@ -52,6 +53,7 @@ mod simd;
 mod softmax;
 #[cfg(test)]
 mod testutil;
+mod tiles;
 mod top_k;
 
 pub use activation::{gelu, gelu_with};
@@ -65,6 +67,7 @@ pub use fused::{AttentionShape, HeadsRef, MlpHalf, MlpWeight, attention, mlp_hal
 pub use gemm::{linear, linear_strided, matmul, padded_row_stride};
 pub use layer_norm::{layer_norm_rows, layer_norm_rows_with};
 pub use matrix::{MatMut, MatRef};
+pub use packed::{PackedF32, linear_packed_f32, packed_f32_available};
 pub use simd::Isa;
 pub use softmax::{softmax_rows, softmax_rows_with};
 pub use top_k::top_k;

@@ -198,7 +198,9 @@ impl Attention {
             return bk.add(x, &bk.scale(&branch, branch_scale)?);
         }
         let b = b.map(|b| bk.param(b));
-        bk.linear_residual(x, &out, &bk.param(w), b.as_ref(), branch_scale, drop_path)
+        let packed = bk.packs_weights().then(|| w.packed_f32()).flatten();
+        let w = bk.param(w);
+        bk.linear_residual(x, &out, &w, b.as_ref(), packed, branch_scale, drop_path)
     }
 
     /// `proj(softmax(logits) v)`.

@@ -3,7 +3,7 @@
 use idlevit_autodiff::ops::Conv2dSpec;
 use idlevit_tensor::Tensor;
 
-use idlevit_kernels::PackedBf16;
+use idlevit_kernels::{PackedBf16, PackedF32};
 use std::ops::Range;
 
 use crate::{NnError, Param, Result};
@@ -29,6 +29,11 @@ pub struct MlpHalfParams<'a, V> {
     pub fc1_packed: Option<&'a PackedBf16>,
     /// The packed bf16 copy of `fc2`'s weight, when the model runs in bf16.
     pub fc2_packed: Option<&'a PackedBf16>,
+    /// The packed f32 copy of `fc1`'s weight, for a backend that [packs
+    /// weights](Backend::packs_weights).
+    pub fc1_packed_f32: Option<&'a PackedF32>,
+    /// The packed f32 copy of `fc2`'s weight, likewise.
+    pub fc2_packed_f32: Option<&'a PackedF32>,
     /// Factor on the branch before it is added (LV-ViT's `1 / skip_lam`).
     pub branch_scale: f32,
     /// Stochastic-depth rate of the branch ([`Backend::drop_path`]; inference ignores it).
@@ -176,18 +181,43 @@ pub trait Backend {
         self.reshape(&out, &[batch, tokens, heads * head_dim])
     }
 
+    /// Whether this backend runs products on weights packed once ([`Param::packed_f32`]);
+    /// layers then pass the packed copies, which are made on first use.
+    fn packs_weights(&self) -> bool {
+        false
+    }
+
+    /// `x W[cols]^T + b` where the weight has a packed f32 copy `packed`; the default runs
+    /// the f32 [`linear`](Self::linear) on `w`, the weight rows `cols`, with `b` already
+    /// sliced.
+    fn linear_packed_f32(
+        &self,
+        x: &Self::Value,
+        packed: &PackedF32,
+        cols: Range<usize>,
+        w: &Self::Value,
+        b: Option<&Self::Value>,
+    ) -> Result<Self::Value> {
+        let _ = (packed, cols);
+        self.linear(x, w, b)
+    }
+
     /// `x + branch_scale * drop_path(input W^T + b)`: a projection closing a residual (the
-    /// attention's output projection). The default composes the primitive operations; an
-    /// inference backend may accumulate the product straight onto a copy of `x`.
+    /// attention's output projection), `packed` the weight's packed f32 copy when the backend
+    /// [packs weights](Self::packs_weights). The default composes the primitive operations;
+    /// an inference backend may accumulate the product straight onto a copy of `x`.
+    #[allow(clippy::too_many_arguments)]
     fn linear_residual(
         &self,
         x: &Self::Value,
         input: &Self::Value,
         w: &Self::Value,
         b: Option<&Self::Value>,
+        packed: Option<&PackedF32>,
         branch_scale: f32,
         drop_path: f32,
     ) -> Result<Self::Value> {
+        let _ = packed;
         let branch = self.drop_path(&self.linear(input, w, b)?, drop_path)?;
         if branch_scale == 1.0 {
             self.add(x, &branch)

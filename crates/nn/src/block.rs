@@ -144,6 +144,14 @@ impl Block {
                 fc2_bias: b2.as_ref(),
                 fc1_packed: fc1.weight().packed_bf16(),
                 fc2_packed: fc2.weight().packed_bf16(),
+                fc1_packed_f32: bk
+                    .packs_weights()
+                    .then(|| fc1.weight().packed_f32())
+                    .flatten(),
+                fc2_packed_f32: bk
+                    .packs_weights()
+                    .then(|| fc2.weight().packed_f32())
+                    .flatten(),
                 branch_scale: 1.0 / self.skip_lam,
                 drop_path: self.drop_path,
             },

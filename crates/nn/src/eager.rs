@@ -4,10 +4,10 @@ use idlevit_autodiff::ops::{self, Conv2dSpec};
 use idlevit_kernels as kernels;
 use idlevit_tensor::Tensor;
 
-use idlevit_kernels::PackedBf16;
+use idlevit_kernels::{PackedBf16, PackedF32};
 use std::ops::Range;
 
-use crate::precision::linear_bf16_tensor;
+use crate::precision::{linear_bf16_tensor, linear_packed_f32_tensor};
 use crate::{Backend, MlpHalfParams, NnError, Param, Result};
 
 /// Runs layer maths directly on [`Tensor`]s with the operations of
@@ -165,6 +165,21 @@ impl Backend for Eager {
         linear_bf16_tensor(x, packed, cols, b)
     }
 
+    fn packs_weights(&self) -> bool {
+        kernels::packed_f32_available()
+    }
+
+    fn linear_packed_f32(
+        &self,
+        x: &Tensor,
+        packed: &PackedF32,
+        cols: Range<usize>,
+        _w: &Tensor,
+        b: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        linear_packed_f32_tensor(x, packed, cols, b)
+    }
+
     fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
         let layout = |t: &Tensor, what: &str| match (t.shape(), t.strides()) {
             (&[batch, heads, tokens, head_dim], &[sb, sh, st, sd]) => {
@@ -216,6 +231,7 @@ impl Backend for Eager {
         input: &Tensor,
         w: &Tensor,
         b: Option<&Tensor>,
+        packed: Option<&PackedF32>,
         branch_scale: f32,
         _drop_path: f32,
     ) -> Result<Tensor> {
@@ -251,6 +267,12 @@ impl Backend for Eager {
         let (input, w) = (input.contiguous(), w.contiguous());
         let mut y = x.contiguous();
         let out = y.as_mut_slice();
+        if let Some(packed) = packed.filter(|p| p.out_features() == dim && branch_scale == 1.0) {
+            let bias = b.as_ref().and_then(Tensor::as_slice);
+            let input = input.as_slice().unwrap_or_default();
+            kernels::linear_packed_f32(out, input, packed, 0..dim, bias, rows, true)?;
+            return Ok(y);
+        }
         if let Some(bias) = b.as_ref().and_then(Tensor::as_slice) {
             for row in out.chunks_exact_mut(dim.max(1)) {
                 for (v, b) in row.iter_mut().zip(bias) {
@@ -299,9 +321,9 @@ impl Backend for Eager {
                 norm_gamma: gamma.as_slice().unwrap_or_default(),
                 norm_beta: beta.as_slice().unwrap_or_default(),
                 norm_eps: p.norm_eps,
-                fc1_weight: mlp_weight(&w1, p.fc1_packed),
+                fc1_weight: mlp_weight(&w1, p.fc1_packed, p.fc1_packed_f32),
                 fc1_bias: b1.as_ref().and_then(Tensor::as_slice),
-                fc2_weight: mlp_weight(&w2, p.fc2_packed),
+                fc2_weight: mlp_weight(&w2, p.fc2_packed, p.fc2_packed_f32),
                 fc2_bias: b2.as_ref().and_then(Tensor::as_slice),
                 dim,
                 hidden,
@@ -323,10 +345,16 @@ fn heads_ref(t: &Tensor, tokens: usize, strides: [usize; 4]) -> kernels::HeadsRe
     }
 }
 
-/// The fused MLP's view of a projection weight: its packed bf16 copy when there is one.
-fn mlp_weight<'a>(w: &'a Tensor, packed: Option<&'a PackedBf16>) -> kernels::MlpWeight<'a> {
-    match packed {
-        Some(packed) => kernels::MlpWeight::Bf16(packed),
-        None => kernels::MlpWeight::F32(w.as_slice().unwrap_or_default()),
+/// The fused MLP's view of a projection weight: its packed bf16 copy when there is one, else
+/// its packed f32 copy, else the weight itself.
+fn mlp_weight<'a>(
+    w: &'a Tensor,
+    bf16: Option<&'a PackedBf16>,
+    f32_packed: Option<&'a PackedF32>,
+) -> kernels::MlpWeight<'a> {
+    match (bf16, f32_packed) {
+        (Some(packed), _) => kernels::MlpWeight::Bf16(packed),
+        (None, Some(packed)) => kernels::MlpWeight::PackedF32(packed),
+        (None, None) => kernels::MlpWeight::F32(w.as_slice().unwrap_or_default()),
     }
 }

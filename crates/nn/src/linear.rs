@@ -106,19 +106,35 @@ impl Linear {
             Some(b) => Some(bk.slice(&bk.param(b), 0, start, end)?),
             None => None,
         };
-        match self.weight.packed_bf16() {
-            Some(packed) => bk.linear_packed(x, packed, start..end, &w, b.as_ref()),
-            None => bk.linear(x, &w, b.as_ref()),
-        }
+        self.project(bk, x, start..end, &w, b.as_ref())
     }
 
     /// Applies the layer to the last axis of `x`.
     pub fn forward<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
         let w = bk.param(&self.weight);
         let b = self.bias.as_ref().map(|b| bk.param(b));
-        match self.weight.packed_bf16() {
-            Some(packed) => bk.linear_packed(x, packed, 0..self.out_features(), &w, b.as_ref()),
-            None => bk.linear(x, &w, b.as_ref()),
+        self.project(bk, x, 0..self.out_features(), &w, b.as_ref())
+    }
+
+    /// Output features `cols` of `x`, `w` and `b` the matching slices of the parameters: on
+    /// the packed bf16 copy when the layer has one, else on the packed f32 copy when the
+    /// backend packs weights, else on `w`.
+    fn project<B: Backend>(
+        &self,
+        bk: &B,
+        x: &B::Value,
+        cols: std::ops::Range<usize>,
+        w: &B::Value,
+        b: Option<&B::Value>,
+    ) -> Result<B::Value> {
+        if let Some(packed) = self.weight.packed_bf16() {
+            return bk.linear_packed(x, packed, cols, w, b);
         }
+        if bk.packs_weights()
+            && let Some(packed) = self.weight.packed_f32()
+        {
+            return bk.linear_packed_f32(x, packed, cols, w, b);
+        }
+        bk.linear(x, w, b)
     }
 }

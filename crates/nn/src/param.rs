@@ -3,9 +3,9 @@
 use idlevit_checkpoint::WeightReader;
 use idlevit_tensor::Tensor;
 
-use crate::precision::PackedCopy;
+use crate::precision::{PackedCopy, PackedF32Copy};
 use crate::{Precision, Result};
-use idlevit_kernels::PackedBf16;
+use idlevit_kernels::{PackedBf16, PackedF32};
 
 /// A learnable tensor together with its checkpoint (timm) name, so that gradients and
 /// saved weights can be reported under the names users know.
@@ -15,6 +15,7 @@ pub struct Param {
     value: Tensor,
     stored_shape: Option<Vec<usize>>,
     bf16: PackedCopy,
+    f32_packed: PackedF32Copy,
 }
 
 /// A visitor over a layer's parameters, for optimisers and exports.
@@ -31,6 +32,7 @@ impl Param {
             value,
             stored_shape: None,
             bf16: PackedCopy::default(),
+            f32_packed: PackedF32Copy::default(),
         }
     }
 
@@ -72,9 +74,10 @@ impl Param {
         &self.value
     }
 
-    /// The value, for an optimiser step; drops the packed bf16 copy, which would go stale.
+    /// The value, for an optimiser step; drops the packed copies, which would go stale.
     pub fn value_mut(&mut self) -> &mut Tensor {
         self.bf16 = PackedCopy::default();
+        self.f32_packed = PackedF32Copy::default();
         &mut self.value
     }
 
@@ -86,6 +89,13 @@ impl Param {
             Precision::Bf16 => PackedCopy::pack(&self.value)?,
         };
         Ok(())
+    }
+
+    /// The f32 copy of this `(out, in)` weight packed for the packed GEMM kernel, made on
+    /// the first call (inference backends ask for it; training never does); `None` when the
+    /// CPU lacks AVX-512F or the value is not a matrix.
+    pub fn packed_f32(&self) -> Option<&PackedF32> {
+        self.f32_packed.get(&self.value)
     }
 
     /// The packed bf16 copy, if [`set_precision`](Self::set_precision) made one.

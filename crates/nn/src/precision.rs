@@ -3,9 +3,9 @@
 use std::fmt;
 use std::ops::Range;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use idlevit_kernels::{PackedBf16, linear_bf16_columns};
+use idlevit_kernels::{KernelError, PackedBf16, PackedF32, linear_bf16_columns, linear_packed_f32};
 use idlevit_tensor::Tensor;
 
 use crate::{NnError, Result};
@@ -67,6 +67,53 @@ impl PackedCopy {
     }
 }
 
+/// A parameter's f32 copy packed for [`linear_packed_f32`], made on first use by an inference
+/// backend and shared between clones; `None` inside when the CPU lacks the kernel or the
+/// value is not a matrix.
+///
+/// It is derived from the parameter's value, so it takes no part in comparisons.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PackedF32Copy(pub(crate) OnceLock<Option<Arc<PackedF32>>>);
+
+impl PartialEq for PackedF32Copy {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl PackedF32Copy {
+    /// The packed copy of `value`, packing it on the first call.
+    pub(crate) fn get(&self, value: &Tensor) -> Option<&PackedF32> {
+        self.0
+            .get_or_init(|| {
+                let &[out, input] = value.shape() else {
+                    return None;
+                };
+                if !idlevit_kernels::packed_f32_available() {
+                    return None;
+                }
+                let value = value.contiguous();
+                PackedF32::pack(value.as_slice()?, out, input)
+                    .ok()
+                    .map(Arc::new)
+            })
+            .as_deref()
+    }
+}
+
+/// `x W[cols]^T + b` over the last axis of `x`, with `W` the packed f32 weight and `b` already
+/// restricted to `cols`.
+pub(crate) fn linear_packed_f32_tensor(
+    x: &Tensor,
+    w: &PackedF32,
+    cols: Range<usize>,
+    b: Option<&Tensor>,
+) -> Result<Tensor> {
+    packed_product(x, w.in_features(), cols.len(), b, |out, x, bias, rows| {
+        linear_packed_f32(out, x, w, cols.clone(), bias, rows, false)
+    })
+}
+
 /// `x W[cols]^T + b` over the last axis of `x`, with `W` the packed weight and `b` already
 /// restricted to `cols`.
 pub(crate) fn linear_bf16_tensor(
@@ -75,7 +122,20 @@ pub(crate) fn linear_bf16_tensor(
     cols: Range<usize>,
     b: Option<&Tensor>,
 ) -> Result<Tensor> {
-    let input = w.in_features();
+    packed_product(x, w.in_features(), cols.len(), b, |out, x, bias, rows| {
+        linear_bf16_columns(out, x, w, cols.clone(), bias, rows)
+    })
+}
+
+/// The tensor plumbing of a product on a packed weight: checks `x`'s last axis against
+/// `input`, then calls `kernel(out, x, bias, rows)` on contiguous slices for `outputs` features.
+fn packed_product(
+    x: &Tensor,
+    input: usize,
+    outputs: usize,
+    b: Option<&Tensor>,
+    kernel: impl Fn(&mut [f32], &[f32], Option<&[f32]>, usize) -> Result<(), KernelError>,
+) -> Result<Tensor> {
     if x.shape().last() != Some(&input) {
         return Err(NnError::shape(
             "linear input",
@@ -86,19 +146,13 @@ pub(crate) fn linear_bf16_tensor(
     let x = x.contiguous();
     let rows = x.numel() / input.max(1);
     let b = b.map(Tensor::contiguous);
-    let mut out = vec![0.0; rows * cols.len()];
+    let mut out = vec![0.0; rows * outputs];
     let mut shape = x.shape().to_vec();
     if let Some(last) = shape.last_mut() {
-        *last = cols.len();
+        *last = outputs;
     }
-    linear_bf16_columns(
-        &mut out,
-        x.as_slice().unwrap_or_default(),
-        w,
-        cols,
-        b.as_ref().and_then(|b| b.as_slice()),
-        rows,
-    )?;
+    let bias = b.as_ref().and_then(|b| b.as_slice());
+    kernel(&mut out, x.as_slice().unwrap_or_default(), bias, rows)?;
     Ok(Tensor::from_vec(shape, out)?)
 }
 

@@ -1,6 +1,7 @@
 //! The eager backend's fused operations (attention, the MLP half, a projection closing a
 //! residual) against the tape, which runs the trait's compositions of primitive operations.
 
+use idlevit_kernels::PackedF32;
 use idlevit_nn::{Backend, Eager, MlpHalfParams, Tape, Tensor};
 
 mod common;
@@ -48,6 +49,8 @@ fn make<V>(p: &[V]) -> MlpHalfParams<'_, V> {
         fc2_bias: Some(&p[5]),
         fc1_packed: None,
         fc2_packed: None,
+        fc1_packed_f32: None,
+        fc2_packed_f32: None,
         branch_scale: 0.5,
         drop_path: 0.0,
     }
@@ -81,23 +84,91 @@ fn fused_mlp_half_and_residual_projection_equal_the_composition() {
     let input = values(9, &[1, rows, hidden]);
     let (w, b) = (&params[4], &params[5]);
     let eager = Eager
-        .linear_residual(&x, &input, w, Some(b), 0.5, 0.0)
+        .linear_residual(&x, &input, w, Some(b), None, 0.5, 0.0)
         .unwrap();
-    let composed = tape
-        .linear_residual(
+    let composed_residual = |scale| {
+        tape.linear_residual(
             &tape.constant(x.clone()),
             &tape.constant(input.clone()),
             &tp[4],
             Some(&tp[5]),
-            0.5,
+            None,
+            scale,
             0.0,
         )
-        .unwrap();
+        .unwrap()
+    };
+    let composed = composed_residual(0.5);
     assert_close(&eager, composed.value());
     assert!(
         Eager
-            .linear_residual(&x, &input, &params[2], Some(b), 0.5, 0.0)
+            .linear_residual(&x, &input, &params[2], Some(b), None, 0.5, 0.0)
             .is_err()
     );
-    assert!(Eager.linear_residual(&x, &x, w, Some(b), 0.5, 0.0).is_err());
+    // The packed f32 kernel (where the CPU runs it) accumulates onto the residual directly.
+    if idlevit_kernels::packed_f32_available() {
+        let packed = PackedF32::pack(&w.to_vec(), dim, hidden).unwrap();
+        let eager = Eager
+            .linear_residual(&x, &input, w, Some(b), Some(&packed), 1.0, 0.0)
+            .unwrap();
+        let composed = composed_residual(1.0);
+        assert_close(&eager, composed.value());
+        let packed = [&params[2], &params[4]].map(|w| {
+            let &[out, input] = w.shape() else {
+                unreachable!()
+            };
+            PackedF32::pack(&w.to_vec(), out, input).unwrap()
+        });
+        let with_packed = MlpHalfParams {
+            fc1_packed_f32: Some(&packed[0]),
+            fc2_packed_f32: Some(&packed[1]),
+            ..make(&params)
+        };
+        let eager = Eager.mlp_half(&x, &with_packed).unwrap();
+        let composed = tape
+            .mlp_half(&tape.constant(x.clone()), &make(&tp))
+            .unwrap();
+        assert_close(&eager, composed.value());
+    }
+    assert!(
+        Eager
+            .linear_residual(&x, &x, w, Some(b), None, 0.5, 0.0)
+            .is_err()
+    );
+}
+
+#[test]
+fn an_optimiser_step_drops_the_stale_packed_f32_copy() {
+    if !idlevit_kernels::packed_f32_available() {
+        return;
+    }
+    let mut p = idlevit_nn::Param::new("w", values(11, &[3, 4]));
+    let product = |p: &idlevit_nn::Param| {
+        let mut y = vec![0.0; 3];
+        let packed = p.packed_f32().expect("a matrix on an AVX-512 CPU");
+        idlevit_kernels::linear_packed_f32(&mut y, &[1.0; 4], packed, 0..3, None, 1, false)
+            .unwrap();
+        y
+    };
+    let sums = |p: &idlevit_nn::Param| -> Vec<f32> {
+        p.value()
+            .to_vec()
+            .chunks(4)
+            .map(|row| row.iter().sum())
+            .collect()
+    };
+    assert_close_vec(&product(&p), &sums(&p));
+    p.value_mut().as_mut_slice()[0] += 1.0;
+    assert_close_vec(&product(&p), &sums(&p));
+    assert!(
+        idlevit_nn::Param::new("b", values(1, &[3]))
+            .packed_f32()
+            .is_none()
+    );
+}
+
+fn assert_close_vec(found: &[f32], expected: &[f32]) {
+    for (f, e) in found.iter().zip(expected) {
+        assert!((f - e).abs() <= 1e-5 * (1.0 + e.abs()), "{f} against {e}");
+    }
 }

@@ -34,10 +34,9 @@ use std::cell::RefCell;
 use std::ops::Range;
 use std::sync::OnceLock;
 
-use rayon::prelude::*;
-
 use crate::KernelError;
 use crate::gemm::check_linear_buffers;
+use crate::tiles::{OutPtr, Tiling, for_each_tile};
 pub use pack::PackedBf16;
 use pack::{AlignedWords, pack_rows};
 
@@ -159,16 +158,6 @@ pub fn linear_bf16_columns(
     Ok(())
 }
 
-/// The output of a checked call as a raw pointer, so tasks can write disjoint tiles of it.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-
-// SAFETY: `run` hands each task a disjoint set of (row block, column range) tiles of `y`,
-// whose mutable borrow outlives every task; no element is written by two tasks.
-unsafe impl Send for OutPtr {}
-// SAFETY: as for `Send`.
-unsafe impl Sync for OutPtr {}
-
 /// One call's fixed operands, shared by its tasks.
 struct Call<'a> {
     kernel: Bf16Kernel,
@@ -218,8 +207,7 @@ pub(crate) fn run(
         cols: cols.clone(),
     };
     let first_panel = cols.start / PANEL;
-    let last_panel = cols.end.div_ceil(PANEL);
-    let panels = last_panel - first_panel;
+    let panels = cols.end.div_ceil(PANEL) - first_panel;
     let row_blocks = m.div_ceil(MC);
     // Enough tasks for every thread to have two; cut columns only when rows run short.
     let col_chunks = if threads <= 1 || row_blocks >= 2 * threads {
@@ -227,19 +215,14 @@ pub(crate) fn run(
     } else {
         (2 * threads).div_ceil(row_blocks).min(panels)
     };
-    let tasks = row_blocks * col_chunks;
-    let task = |t: usize| {
-        let (rb, cc) = (t / col_chunks, t % col_chunks);
-        let p0 = first_panel + panels * cc / col_chunks;
-        let p1 = first_panel + panels * (cc + 1) / col_chunks;
-        let r0 = rb * MC;
-        call.block(r0..(r0 + MC).min(m), p0..p1);
+    let tiling = Tiling {
+        rows: m,
+        row_block: MC,
+        first_panel,
+        panels,
+        col_chunks,
     };
-    if threads <= 1 || tasks == 1 {
-        (0..tasks).for_each(task);
-    } else {
-        (0..tasks).into_par_iter().for_each(task);
-    }
+    for_each_tile(threads, tiling, |rows, panels| call.block(rows, panels));
 }
 
 thread_local! {

@@ -77,6 +77,7 @@ proptest! {
         hidden in 1usize..40,
         biases in (any::<bool>(), any::<bool>()),
         lam_two in any::<bool>(),
+        packed in any::<bool>(),
         threads in 1usize..4,
         seed in any::<u64>(),
     ) {
@@ -94,8 +95,16 @@ proptest! {
             branch_scale: if lam_two { 0.5 } else { 1.0 },
         };
         let expected = reference_mlp_half(&x, &mlp);
+        // The same weights packed once for the f32 kernel, where the CPU runs it.
+        let packed = packed && crate::packed_f32_available();
+        let (p1, p2) = (PackedF32::pack(&w1, hidden, dim).unwrap(), PackedF32::pack(&w2, dim, hidden).unwrap());
+        let run = if packed {
+            MlpHalf { fc1_weight: MlpWeight::PackedF32(&p1), fc2_weight: MlpWeight::PackedF32(&p2), ..mlp }
+        } else {
+            mlp
+        };
         let mut found = x.clone();
-        pool(threads).install(|| mlp_half_in_place(&mut found, &mlp)).unwrap();
+        pool(threads).install(|| mlp_half_in_place(&mut found, &run)).unwrap();
         assert_close(&found, &expected, 2e-5);
     }
 }

@@ -1,0 +1,299 @@
+//! `linear` on an f32 weight packed once, so no call re-packs it.
+//!
+//! The libraries behind [`linear`](crate::linear) pack the weight into cache-friendly panels on
+//! every call. At batch 1 that packing is a tenth of DeiT-S's time in the profile (197 rows
+//! reuse each packed panel too few times to hide it). Here the weight is cut into panels of
+//! [`PANEL`] output columns once; within a panel, step `k` holds the 32 columns' weights for
+//! input feature `k`, side by side (zero beyond N). The AVX-512 micro-kernel keeps a
+//! [`MR`] x 32 tile in 24 registers: per input feature it loads the panel's two vectors and
+//! broadcasts one activation per row from the row-major input, which is read in place.
+//!
+//! Blocking: a task owns a block of rows (up to [`MC`] when there are many; all of them,
+//! with the panels cut into one range per thread, when there are few) and, for each block of
+//! [`KC`] features, runs every panel over every group of `MR` rows, so a panel's `KC x 32`
+//! slice (16 KiB) stays in L1 while the rows' block stays in L2. Only CPUs with AVX-512F
+//! run it ([`packed_f32_available`]); elsewhere callers keep the libraries' GEMM.
+
+#[cfg(test)]
+mod tests;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use std::cell::RefCell;
+use std::ops::Range;
+use std::sync::OnceLock;
+
+use crate::KernelError;
+use crate::gemm::check_linear_buffers;
+use crate::tiles::{OutPtr, Tiling, for_each_tile};
+
+/// Output columns per weight panel (two 16-lane vectors).
+pub const PANEL: usize = 32;
+/// Rows per micro-kernel tile.
+const MR: usize = 12;
+/// Input features per cache block.
+const KC: usize = 128;
+/// Rows per task block.
+const MC: usize = 8 * MR;
+/// Work (M·N·K) below which a call stays on the calling thread.
+const PAR_MIN_WORK: usize = 1 << 24;
+
+/// Whether this CPU runs the packed f32 kernel (AVX-512F).
+pub fn packed_f32_available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            is_x86_feature_detected!("avx512f")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
+/// A `(N, K)` f32 weight packed once for [`linear_packed_f32`].
+#[derive(Clone, Debug)]
+pub struct PackedF32 {
+    n: usize,
+    k: usize,
+    data: Vec<f32>,
+}
+
+impl PackedF32 {
+    /// Packs a row-major `(n, k)` weight (`nn.Linear`'s `(out, in)`).
+    pub fn pack(w: &[f32], n: usize, k: usize) -> Result<Self, KernelError> {
+        let expected = n.saturating_mul(k);
+        if w.len() != expected {
+            return Err(KernelError::BufferLength {
+                op: "PackedF32::pack",
+                operand: "w",
+                expected,
+                found: w.len(),
+            });
+        }
+        let panels = n.div_ceil(PANEL);
+        let mut data = vec![0.0; panels * k * PANEL];
+        for (p, panel) in data.chunks_exact_mut((k * PANEL).max(1)).enumerate() {
+            for (j, row) in w
+                .chunks_exact(k.max(1))
+                .skip(p * PANEL)
+                .take(PANEL)
+                .enumerate()
+            {
+                for (step, &v) in row.iter().enumerate() {
+                    panel[step * PANEL + j] = v;
+                }
+            }
+        }
+        Ok(Self { n, k, data })
+    }
+
+    /// Output features (N).
+    pub fn out_features(&self) -> usize {
+        self.n
+    }
+
+    /// Input features (K).
+    pub fn in_features(&self) -> usize {
+        self.k
+    }
+
+    /// Steps `k0..k0 + len` of panel `p`.
+    fn panel(&self, p: usize, k0: usize, len: usize) -> &[f32] {
+        let start = (p * self.k + k0) * PANEL;
+        &self.data[start..start + len * PANEL]
+    }
+}
+
+/// `y[M, cols] = x[M, K] · w[cols, K]^T + bias` (or, with `accumulate`, `y += ...`) for
+/// output features `cols` of a packed weight; `x` and `y` contiguous row-major, `bias` (if
+/// any) with `cols.len()` entries. Runs on rayon's current pool when large.
+///
+/// Fails if this CPU lacks AVX-512F ([`packed_f32_available`]) or a buffer does not fit.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_packed_f32(
+    y: &mut [f32],
+    x: &[f32],
+    w: &PackedF32,
+    cols: Range<usize>,
+    bias: Option<&[f32]>,
+    m: usize,
+    accumulate: bool,
+) -> Result<(), KernelError> {
+    let threads = if m.saturating_mul(cols.len()).saturating_mul(w.k) >= PAR_MIN_WORK {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    linear_packed_f32_on(threads, y, x, w, cols, bias, m, accumulate)
+}
+
+/// [`linear_packed_f32`] on up to `threads` tasks (1: the calling thread only).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn linear_packed_f32_on(
+    threads: usize,
+    y: &mut [f32],
+    x: &[f32],
+    w: &PackedF32,
+    cols: Range<usize>,
+    bias: Option<&[f32]>,
+    m: usize,
+    accumulate: bool,
+) -> Result<(), KernelError> {
+    if !packed_f32_available() {
+        return Err(KernelError::Unsupported {
+            op: "linear_packed_f32",
+            needs: "AVX-512F",
+        });
+    }
+    if cols.start > cols.end || cols.end > w.n {
+        return Err(KernelError::BufferLength {
+            op: "linear_packed_f32",
+            operand: "column range end",
+            expected: w.n,
+            found: cols.end.max(cols.start),
+        });
+    }
+    let (k, n) = (w.k, cols.len());
+    check_linear_buffers("linear_packed_f32", y, x, bias, m, k, n)?;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        for row in y.chunks_exact_mut(n) {
+            for (j, v) in row.iter_mut().enumerate() {
+                let b = bias.map_or(0.0, |b| b[j]);
+                *v = if accumulate { *v + b } else { b };
+            }
+        }
+        return Ok(());
+    }
+    let call = Call {
+        x,
+        w,
+        bias,
+        y: OutPtr(y.as_mut_ptr()),
+        cols: cols.clone(),
+        m,
+        accumulate,
+    };
+    let first_panel = cols.start / PANEL;
+    let panels = cols.end.div_ceil(PANEL) - first_panel;
+    // Many rows: blocks of MC rows, every panel each. Few rows (a batch of one image): every
+    // row in each task, the panels cut into one range per thread, which balances exactly.
+    let (row_block, col_chunks) = if m >= 4 * MC * threads.max(1) {
+        (MC, 1)
+    } else {
+        (m, threads.clamp(1, panels))
+    };
+    let tiling = Tiling {
+        rows: m,
+        row_block,
+        first_panel,
+        panels,
+        col_chunks,
+    };
+    for_each_tile(threads, tiling, |rows, panels| call.block(rows, panels));
+    Ok(())
+}
+
+/// One checked call's operands, shared by its tasks.
+struct Call<'a> {
+    x: &'a [f32],
+    w: &'a PackedF32,
+    bias: Option<&'a [f32]>,
+    y: OutPtr,
+    cols: Range<usize>,
+    m: usize,
+    accumulate: bool,
+}
+
+thread_local! {
+    /// Each worker's zero-padded copy of a partial row group.
+    static TAIL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Call<'_> {
+    /// Computes rows `rows` of the output for weight panels `panels`.
+    fn block(&self, rows: Range<usize>, panels: Range<usize>) {
+        let k = self.w.k;
+        let mut tail = TAIL.with(RefCell::take);
+        for kb in (0..k).step_by(KC) {
+            let kk = (k - kb).min(KC);
+            for panel in panels.clone() {
+                let b = self.w.panel(panel, kb, kk);
+                for r0 in rows.clone().step_by(MR) {
+                    let group = r0..(r0 + MR).min(rows.end);
+                    let (a, lda) = if group.len() == MR {
+                        (&self.x[r0 * k + kb..], k)
+                    } else {
+                        // Fewer than MR rows: the kernel reads MR, so they go to a padded copy.
+                        tail.clear();
+                        tail.resize(MR * kk, 0.0);
+                        for (i, row) in group.clone().enumerate() {
+                            let src = &self.x[row * k + kb..row * k + kb + kk];
+                            tail[i * kk..(i + 1) * kk].copy_from_slice(src);
+                        }
+                        (&tail[..], kk)
+                    };
+                    self.tile(a, lda, b, kk, group, panel, kb == 0);
+                }
+            }
+        }
+        TAIL.with(|slot| *slot.borrow_mut() = tail);
+    }
+
+    /// One `MR x PANEL` tile over `kk` features: rows `a[r * lda..]`, panel steps `b`.
+    #[allow(clippy::too_many_arguments)]
+    fn tile(
+        &self,
+        a: &[f32],
+        lda: usize,
+        b: &[f32],
+        kk: usize,
+        rows: Range<usize>,
+        panel: usize,
+        first_block: bool,
+    ) {
+        let n = self.cols.len();
+        let out_col0 = (panel * PANEL) as isize - self.cols.start as isize;
+        let valid = |j: usize| (0..n as isize).contains(&(out_col0 + j as isize));
+        let cols = (0..PANEL)
+            .filter(|&j| valid(j))
+            .fold(0u32, |mask, j| mask | (1 << j));
+        debug_assert!(rows.end <= self.m && a.len() >= (MR - 1) * lda + kk);
+        let c = self
+            .y
+            .0
+            .wrapping_offset(rows.start as isize * n as isize + out_col0);
+        let bias = self.bias.map(|b| b.as_ptr().wrapping_offset(out_col0));
+        // The first feature block writes `bias + acc` (or adds it, accumulating); later
+        // blocks add their sums.
+        let overwrite = first_block && !self.accumulate;
+        let with_bias = first_block;
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `linear_packed_f32_on` checked that the CPU has AVX-512F and that the output
+        // is `m x n`; the set bits of `cols` are exactly the panel columns inside it, rows
+        // `rows` lie inside it, so every element touched is in the output (and its bias), in
+        // this task's tile, which no other task writes (see `OutPtr`). `a` holds MR rows of
+        // `kk` features at stride `lda` and `b` holds `kk` panel steps.
+        unsafe {
+            x86::tile(
+                a,
+                lda,
+                b,
+                kk,
+                c,
+                n,
+                rows.len(),
+                cols,
+                bias.filter(|_| with_bias),
+                overwrite,
+            );
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (a, lda, b, kk, c, bias, overwrite, with_bias);
+    }
+}

@@ -52,8 +52,9 @@ struct PolicyArgs {
     #[arg(long, default_value = "idle", value_name = "POLICY")]
     policy: PolicyKind,
     /// Base keep rate r in (0, 1]: DeiT idle/prune layers 4..11 keep r, r^2, r^3 of the
-    /// tokens; EViT layers 3, 6, 9 keep r of those present. Not needed when the config
-    /// lists idle_layers and keep_ratios.
+    /// tokens (LV-ViT-S 4..15, LV-ViT-M 5..19; PVT-v2 idles stages 2-4); EViT layers 3, 6, 9
+    /// keep r of those present. Not needed when a DeiT config lists idle_layers and
+    /// keep_ratios.
     #[arg(long, value_name = "R")]
     keep_rate: Option<f64>,
 }

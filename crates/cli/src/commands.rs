@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use idlevit_checkpoint::Checkpoint;
 use idlevit_nn::{Backend, Eager};
 use idlevit_tensor::Tensor;
-use idlevit_zoo::{DeiT, ZooModel};
+use idlevit_zoo::ZooModel;
 
 use crate::preprocess::{EvalTransform, batch_values, load_image};
 use crate::weights::read_checkpoint;
@@ -102,12 +102,12 @@ pub struct Prediction {
 }
 
 /// Classifies image files: preprocess, run the model, softmax, keep the `top` best classes.
-pub fn classify(model: &DeiT, images: &[PathBuf], top: usize) -> Result<Vec<Prediction>> {
+pub fn classify(model: &ZooModel, images: &[PathBuf], top: usize) -> Result<Vec<Prediction>> {
     if images.is_empty() {
         bail!("no images given");
     }
-    let transform = EvalTransform::for_size(model.config().img_size);
-    let side = model.config().img_size;
+    let side = model.img_size();
+    let transform = EvalTransform::for_size(side);
     let mut batch = Vec::with_capacity(batch_values(images.len(), side)?);
     for path in images {
         batch.extend(load_image(path, &transform)?.into_vec());
@@ -280,8 +280,8 @@ fn scalar(t: &Tensor) -> f32 {
 /// Evaluates the finetuning objective of `student` (masked form) on `images` and soft
 /// `targets`, with gradients when `with_grads`.
 pub fn loss(
-    student: &DeiT,
-    teacher: Option<&DeiT>,
+    student: &ZooModel,
+    teacher: Option<&ZooModel>,
     images: &Tensor,
     targets: &Tensor,
     objective: &idlevit_train::Objective,

@@ -12,7 +12,7 @@ use idlevit_train::{
     AdamW, CosineSchedule, Mixup, Objective, StepSettings, TrainError, apply_gradients,
     smoothed_targets, step_gradients,
 };
-use idlevit_zoo::DeiT;
+use idlevit_zoo::{ZooConfig, ZooModel};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::augment::TrainTransform;
@@ -81,7 +81,7 @@ fn save_atomically(ckpt: &Checkpoint, path: &Path) -> Result<()> {
         .with_context(|| format!("cannot move checkpoint into {}", path.display()))
 }
 
-fn save(student: &DeiT, optimizer: &AdamW, epoch: usize, path: &Path) -> Result<()> {
+fn save(student: &ZooModel, optimizer: &AdamW, epoch: usize, path: &Path) -> Result<()> {
     let mut ckpt = student.to_checkpoint()?;
     for (name, tensor) in optimizer.state_tensors()? {
         ckpt.insert(name, tensor);
@@ -100,7 +100,7 @@ fn step_seed(seed: u64, step: usize) -> u64 {
 }
 
 /// A zero gradient for every parameter: the part of a rank that has no samples in a step.
-fn zero_gradients(model: &DeiT) -> BTreeMap<String, Tensor> {
+fn zero_gradients(model: &ZooModel) -> BTreeMap<String, Tensor> {
     let mut grads = BTreeMap::new();
     model.visit_params(&mut |p| {
         let zeros = Tensor::zeros(p.value().shape()).unwrap_or_else(|_| Tensor::scalar(0.0));
@@ -110,7 +110,7 @@ fn zero_gradients(model: &DeiT) -> BTreeMap<String, Tensor> {
 }
 
 /// Restores weights, optimiser state and the epoch count from a finetuning checkpoint.
-fn resume(student: &mut DeiT, optimizer: &mut AdamW, path: &Path) -> Result<usize> {
+fn resume(student: &mut ZooModel, optimizer: &mut AdamW, path: &Path) -> Result<usize> {
     let mut ckpt = Checkpoint::load_safetensors(path)?;
     let epochs_done = ckpt.remove("train.epochs_done").with_context(|| {
         format!(
@@ -119,18 +119,41 @@ fn resume(student: &mut DeiT, optimizer: &mut AdamW, path: &Path) -> Result<usiz
         )
     })?;
     optimizer.load_state_tensors(&mut ckpt)?;
-    let config = student.config().clone();
     let policy = student.policy().clone();
-    *student = DeiT::load(&config, ckpt)?.with_policy(policy)?;
+    *student = ZooModel::load(&student.config(), ckpt)
+        .with_context(|| format!("{} does not fit the model", path.display()))?
+        .with_policy(policy)?;
     Ok(epochs_done.to_vec().first().copied().unwrap_or(0.0) as usize)
+}
+
+/// Checks that a teacher can distil into the student: the same family, classes, image size
+/// and feature width (the width is what the feature term compares).
+fn check_teacher(student: &ZooConfig, teacher: &ZooConfig) -> Result<()> {
+    let describe = |config: &ZooConfig| {
+        format!(
+            "{} with {} classes, {} px, width {}",
+            config.family(),
+            config.num_classes(),
+            config.img_size(),
+            config.feature_dim()
+        )
+    };
+    if describe(student) != describe(teacher) {
+        bail!(
+            "teacher and student do not match: expected a teacher like the student ({}), found {}",
+            describe(student),
+            describe(teacher)
+        );
+    }
+    Ok(())
 }
 
 /// Finetunes `student` on `train` (optionally distilling from `teacher`), validating on
 /// `val` at the end. A non-finite loss stops the run with an error; the last checkpoint
 /// written stays the last good one.
 pub fn finetune(
-    student: &mut DeiT,
-    teacher: Option<&DeiT>,
+    student: &mut ZooModel,
+    teacher: Option<&ZooModel>,
     train: &ImageFolder,
     val: Option<&ImageFolder>,
     options: &FinetuneOptions,
@@ -144,8 +167,8 @@ pub fn finetune(
 /// before each takes the same optimiser step, so that all hold the same weights. Only the
 /// leader (rank 0) shows progress and writes checkpoints; validation is sharded too.
 pub fn finetune_in_group(
-    student: &mut DeiT,
-    teacher: Option<&DeiT>,
+    student: &mut ZooModel,
+    teacher: Option<&ZooModel>,
     train: &ImageFolder,
     val: Option<&ImageFolder>,
     options: &FinetuneOptions,
@@ -154,23 +177,18 @@ pub fn finetune_in_group(
     if options.batch == 0 || options.epochs == 0 {
         bail!("--batch and --epochs must be at least 1");
     }
-    let classes = student.config().num_classes;
+    let classes = student.num_classes();
     if train.classes().len() > classes {
         bail!(
             "the data set has {} classes but the model only {classes}",
             train.classes().len()
         );
     }
-    if let Some(teacher) = teacher
-        && (teacher.config().num_classes != classes
-            || teacher.config().img_size != student.config().img_size
-            || teacher.config().embed_dim != student.config().embed_dim)
-    {
-        bail!(
-            "teacher and student configs do not match (classes, image size and width must agree)"
-        );
+    if let Some(teacher) = teacher {
+        check_teacher(&student.config(), &teacher.config())?;
     }
     options.mixup.validate()?;
+    options.objective.check(student)?;
     std::fs::create_dir_all(&options.out_dir)
         .with_context(|| format!("cannot create {}", options.out_dir.display()))?;
     let mut optimizer = AdamW::new(options.weight_decay);
@@ -189,8 +207,8 @@ pub fn finetune_in_group(
         warmup_steps: options.warmup_epochs * steps_per_epoch,
         total_steps: options.epochs * steps_per_epoch,
     };
-    let eval_transform = EvalTransform::for_size(student.config().img_size);
-    let train_transform = TrainTransform::for_size(student.config().img_size);
+    let eval_transform = EvalTransform::for_size(student.img_size());
+    let train_transform = TrainTransform::for_size(student.img_size());
     let path = checkpoint_path(&options.out_dir);
     let mut epoch_losses = Vec::new();
     let rank_stream = (group.rank() as u64) << 32;

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use idlevit_cli::distributed::{ProcessGroup, SingleProcess};
 use idlevit_cli::policy::{Mode, compared_policy, resolve_policy};
-use idlevit_cli::weights::{load_model, load_zoo_model, resolve_config, resolve_zoo_config};
+use idlevit_cli::weights::{load_model, load_zoo_model, resolve_zoo_config};
 use idlevit_cli::{commands, default_model};
 use idlevit_zoo::{PolicyKind, TokenPolicy, ZooConfig, ZooModel};
 
@@ -29,12 +29,13 @@ struct Cli {
 /// Which model to run: a named size or a JSON config.
 #[derive(Args)]
 struct ModelArgs {
-    /// Model config JSON with keys img_size, patch_size, embed_dim, depth, num_heads,
-    /// mlp_ratio, num_classes, qkv_bias (unknown keys are an error).
+    /// Model config JSON. A DeiT's keys: img_size, patch_size, embed_dim, depth, num_heads,
+    /// mlp_ratio, num_classes, qkv_bias (optional idle_layers, keep_ratios). With "family":
+    /// "lvvit" or "pvt_v2", that family's keys (see the README); unknown keys are an error.
     #[arg(long, value_name = "CFG.json")]
     config: Option<PathBuf>,
-    /// A named model instead of --config: deit_tiny, deit_small, deit_base; `flops`, `bench`,
-    /// `logits` and `eval` also take lvvit_s, lvvit_m, pvt_v2_b0, pvt_v2_b1, pvt_v2_b2.
+    /// A named model instead of --config: deit_tiny, deit_small, deit_base, lvvit_s,
+    /// lvvit_m, pvt_v2_b0, pvt_v2_b1, pvt_v2_b2 (every command takes every family).
     #[arg(long, value_name = "NAME")]
     model: Option<String>,
 }
@@ -51,8 +52,9 @@ struct PolicyArgs {
     #[arg(long, default_value = "idle", value_name = "POLICY")]
     policy: PolicyKind,
     /// Base keep rate r in (0, 1]: DeiT idle/prune layers 4..11 keep r, r^2, r^3 of the
-    /// tokens; EViT layers 3, 6, 9 keep r of those present. Not needed when the config
-    /// lists idle_layers and keep_ratios.
+    /// tokens (LV-ViT-S 4..15, LV-ViT-M 5..19; PVT-v2 idles stages 2-4); EViT layers 3, 6, 9
+    /// keep r of those present. Not needed when a DeiT config lists idle_layers and
+    /// keep_ratios.
     #[arg(long, value_name = "R")]
     keep_rate: Option<f64>,
 }
@@ -63,9 +65,11 @@ struct ObjectiveArgs {
     /// Cut-loss terms: both, inter, intra or none.
     #[arg(long, default_value = "both")]
     cut_loss: idlevit_cutloss::CutLoss,
-    /// Weight of the cut loss (averaged over idle layers).
-    #[arg(long, default_value_t = 20.0)]
-    cut_weight: f32,
+    /// Weight of the cut loss (averaged over idle layers) [default: 20; 0 for PVT-v2, whose
+    /// spatial-reduction attention has no CLS row and hence no cut loss: a non-zero weight
+    /// on an idle PVT-v2 is an error, see docs/pvt-idle.md].
+    #[arg(long, value_name = "W")]
+    cut_weight: Option<f32>,
     /// Distillation weight w (KL gets w, the feature term 100 w); needs a teacher.
     #[arg(long, default_value_t = 0.0)]
     distill_weight: f32,
@@ -75,10 +79,16 @@ struct ObjectiveArgs {
 }
 
 impl ObjectiveArgs {
-    fn objective(&self) -> idlevit_train::Objective {
+    /// The objective for a student of `family`: the cut weight defaults to the release's 20,
+    /// or to 0 where the family has no cut loss.
+    fn objective(&self, family: &ZooConfig) -> idlevit_train::Objective {
+        let default_cut = match family {
+            ZooConfig::Pvt(_) => 0.0,
+            _ => idlevit_train::Objective::default().cut_weight,
+        };
         idlevit_train::Objective {
             cut_loss: self.cut_loss,
-            cut_weight: self.cut_weight,
+            cut_weight: self.cut_weight.unwrap_or(default_cut),
             distill_weight: self.distill_weight,
             smoothing: self.smoothing,
         }
@@ -212,20 +222,22 @@ enum Command {
         /// Soft targets instead of labels: safetensors with tensor `targets` (batch, classes).
         #[arg(long, value_name = "T.safetensors")]
         targets: Option<PathBuf>,
-        /// Base keep rate (DeiT schedule); or idle_layers/keep_ratios in the config.
+        /// Base keep rate r of the family's idle schedule (DeiT layers 4..11, LV-ViT-S 4..15,
+        /// LV-ViT-M 5..19 at r, r^2, r^3; PVT-v2 stages 2-4); or idle_layers/keep_ratios in
+        /// a DeiT config.
         #[arg(long, value_name = "R")]
         keep_rate: Option<f64>,
         #[command(flatten)]
         objective: ObjectiveArgs,
-        /// Frozen dense teacher weights, for the distillation terms.
+        /// Frozen dense teacher weights (same family and size), for the distillation terms.
         #[arg(long, value_name = "W")]
         teacher: Option<PathBuf>,
         /// Write d(total)/d(parameter) for every parameter under its timm name.
         #[arg(long, value_name = "G.safetensors")]
         grads_out: Option<PathBuf>,
     },
-    /// Finetune an idle model on an image folder (DIR/train/<class>/*, DIR/val/<class>/*;
-    /// or DIR/<class>/* for training only), with a frozen dense teacher.
+    /// Finetune an idle model of any family on an image folder (DIR/train/<class>/*,
+    /// DIR/val/<class>/*; or DIR/<class>/* for training only), with a frozen dense teacher.
     Finetune {
         #[command(flatten)]
         model: ModelArgs,
@@ -236,7 +248,8 @@ enum Command {
         /// Seed of the random starting weights when --weights is absent.
         #[arg(long, default_value_t = 0, conflicts_with = "weights")]
         init_seed: u64,
-        /// Frozen dense teacher weights (default: the starting weights, if given).
+        /// Frozen dense teacher weights of the same family and size (default: the starting
+        /// weights, if given).
         #[arg(long, value_name = "W")]
         teacher: Option<PathBuf>,
         /// The data set folder.
@@ -265,8 +278,8 @@ enum Command {
         clip_grad: Option<f64>,
         #[command(flatten)]
         regularisation: RegularisationArgs,
-        /// Base keep rate (DeiT schedule); or idle_layers/keep_ratios in the config; with
-        /// neither, the model trains dense.
+        /// Base keep rate r of the family's idle schedule (as for `loss`); or
+        /// idle_layers/keep_ratios in a DeiT config; with neither, the model trains dense.
         #[arg(long, value_name = "R")]
         keep_rate: Option<f64>,
         #[command(flatten)]
@@ -340,14 +353,11 @@ fn zoo_model(
     strict: bool,
 ) -> Result<ZooModel> {
     let config = resolve_zoo_config(model.config.as_deref(), model.model.as_deref())?;
+    let loaded = inference_model(&config, weights, bf16, strict)?;
     if let ZooConfig::DeiT(config) = &config {
         let token_policy = resolve_policy(config, policy.mode, policy.policy, policy.keep_rate)?;
-        let model = load_model(config, Some(weights), strict)?
-            .with_precision(idlevit_cli::precision::from_flag(bf16))?
-            .with_policy(token_policy)?;
-        return Ok(ZooModel::DeiT(Box::new(model)));
+        return Ok(loaded.with_policy(token_policy)?);
     }
-    anyhow::ensure!(!bf16, "--bf16 runs the DeiT models");
     let token_policy = match policy.mode {
         Mode::Dense => {
             anyhow::ensure!(policy.keep_rate.is_none(), "--keep-rate needs --mode idle");
@@ -362,7 +372,34 @@ fn zoo_model(
             compared_policy(&config, policy.policy, policy.keep_rate)?
         }
     };
-    Ok(load_zoo_model(&config, Some(weights), strict)?.with_policy(token_policy)?)
+    Ok(loaded.with_policy(token_policy)?)
+}
+
+/// A model of any family from `weights`, dense, its linear layers in bf16 when asked (DeiT
+/// only).
+fn inference_model(
+    config: &ZooConfig,
+    weights: &std::path::Path,
+    bf16: bool,
+    strict: bool,
+) -> Result<ZooModel> {
+    if let ZooConfig::DeiT(config) = config {
+        let model = load_model(config, Some(weights), strict)?
+            .with_precision(idlevit_cli::precision::from_flag(bf16))?;
+        return Ok(ZooModel::DeiT(Box::new(model)));
+    }
+    anyhow::ensure!(
+        !bf16,
+        "--bf16 runs the DeiT models, not the {} model given",
+        config.family()
+    );
+    load_zoo_model(config, Some(weights), strict)
+}
+
+/// The idle policy a student trains under: the family's schedule at `keep_rate`, or a DeiT
+/// config's own lists; dense when neither is given.
+fn training_policy(config: &ZooConfig, keep_rate: Option<f64>) -> Result<TokenPolicy> {
+    compared_policy(config, PolicyKind::Idle, keep_rate)
 }
 
 fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
@@ -411,13 +448,10 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
         } => {
             let (model, labels) = match weights {
                 Some(weights) => {
-                    let config = resolve_config(model.config.as_deref(), model.model.as_deref())?;
+                    let config =
+                        resolve_zoo_config(model.config.as_deref(), model.model.as_deref())?;
                     let labels = labels.as_deref().map(commands::read_labels).transpose()?;
-                    (
-                        load_model(&config, Some(&weights), strict)?
-                            .with_precision(idlevit_cli::precision::from_flag(bf16))?,
-                        labels,
-                    )
+                    (inference_model(&config, &weights, bf16, strict)?, labels)
                 }
                 None => {
                     anyhow::ensure!(
@@ -429,11 +463,9 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
                         Some(path) => Some(commands::read_labels(&path)?),
                         None => Some(default_model::DEFAULT_LABELS.map(String::from).to_vec()),
                     };
-                    (
-                        default_model::default_model()?
-                            .with_precision(idlevit_cli::precision::from_flag(bf16))?,
-                        labels,
-                    )
+                    let model = default_model::default_model()?
+                        .with_precision(idlevit_cli::precision::from_flag(bf16))?;
+                    (ZooModel::DeiT(Box::new(model)), labels)
                 }
             };
             for prediction in commands::classify(&model, &images, top)? {
@@ -527,14 +559,20 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
             teacher,
             grads_out,
         } => {
-            let config = resolve_config(model.config.as_deref(), model.model.as_deref())?;
-            let token_policy = resolve_policy(&config, Mode::Masked, PolicyKind::Idle, keep_rate)?;
-            let student = load_model(&config, Some(&weights), strict)?.with_policy(token_policy)?;
+            let config = resolve_zoo_config(model.config.as_deref(), model.model.as_deref())?;
+            let token_policy = training_policy(&config, keep_rate)?;
+            anyhow::ensure!(
+                token_policy != TokenPolicy::Dense,
+                "give --keep-rate r, or idle_layers and keep_ratios in a DeiT config"
+            );
+            let objective = objective.objective(&config);
+            let student =
+                load_zoo_model(&config, Some(&weights), strict)?.with_policy(token_policy)?;
+            objective.check(&student)?;
             let teacher = teacher
                 .as_deref()
-                .map(|t| load_model(&config, Some(t), strict))
+                .map(|t| load_zoo_model(&config, Some(t), strict))
                 .transpose()?;
-            let objective = objective.objective();
             if objective.distill_weight != 0.0 && teacher.is_none() {
                 anyhow::bail!("--distill-weight needs --teacher");
             }
@@ -553,7 +591,7 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
                     );
                     idlevit_train::smoothed_targets(
                         &labels,
-                        config.num_classes,
+                        student.num_classes(),
                         objective.smoothing,
                     )?
                 }
@@ -604,21 +642,19 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
             resume,
             weights_out,
         } => {
-            let config = resolve_config(model.config.as_deref(), model.model.as_deref())?;
-            let token_policy = if keep_rate.is_none() && config.schedule()?.is_none() {
-                TokenPolicy::Dense
-            } else {
-                resolve_policy(&config, Mode::Masked, PolicyKind::Idle, keep_rate)?
-            };
+            let config = resolve_zoo_config(model.config.as_deref(), model.model.as_deref())?;
+            let token_policy = training_policy(&config, keep_rate)?;
+            let objective = objective.objective(&config);
             let mut student = match &weights {
-                Some(w) => load_model(&config, Some(w), strict)?,
-                None => idlevit_zoo::DeiT::random(&config, init_seed)?,
+                Some(w) => load_zoo_model(&config, Some(w), strict)?,
+                None => ZooModel::random(&config, init_seed)?,
             }
             .with_policy(token_policy)?;
+            objective.check(&student)?;
             let teacher = teacher
                 .as_deref()
                 .or(weights.as_deref())
-                .map(|t| load_model(&config, Some(t), strict))
+                .map(|t| load_zoo_model(&config, Some(t), strict))
                 .transpose()?;
             anyhow::ensure!(
                 teacher.is_some() || objective.distill_weight == 0.0,
@@ -648,7 +684,7 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
                 drop_path: regularisation.drop_path,
                 mixup: regularisation.mixup(),
                 augment: !regularisation.no_augment,
-                objective: objective.objective(),
+                objective,
                 seed,
                 out_dir: out.clone(),
                 resume,

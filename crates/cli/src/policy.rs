@@ -78,7 +78,8 @@ pub fn resolve_policy(
     Ok(policy)
 }
 
-/// The policy `flops` and `bench` compare with dense: the release's schedule of `kind` at
+/// The policy `flops` and `bench` compare with dense, and `loss` and `finetune` train
+/// under (with `kind` idle): the release's schedule of `kind` at
 /// `keep_rate` for the model's family, or a DeiT config's own schedule lists when no rate is
 /// given; dense when neither.
 pub fn compared_policy(

@@ -80,29 +80,27 @@ pub fn load_model(config: &DeiTConfig, weights: Option<&Path>, strict: bool) -> 
     }
 }
 
-/// The config from `--config FILE` or `--model NAME` (exactly one must be given).
+/// A DeiT config from `--config FILE` or `--model NAME` (exactly one must be given), for
+/// the code that runs DeiT alone (bf16 inference, the ImageNet report).
 pub fn resolve_config(config: Option<&Path>, model: Option<&str>) -> Result<DeiTConfig> {
-    match (config, model) {
-        (Some(path), None) => Ok(DeiTConfig::from_file(path)?),
-        (None, Some(name)) => match DeiTConfig::named(name) {
-            Ok(config) => Ok(config),
-            Err(_) if ZooConfig::named(name).is_ok() => anyhow::bail!(
-                "`{name}` runs with `idlevit flops`, `bench`, `logits` and `eval`; this command \
-                 takes DeiT models ({})",
-                idlevit_zoo::model_names()[..3].join(", ")
-            ),
-            Err(e) => Err(e.into()),
-        },
-        (Some(_), Some(_)) => anyhow::bail!("give either --config or --model, not both"),
-        (None, None) => anyhow::bail!("give --config CFG.json or --model NAME"),
+    match resolve_zoo_config(config, model)? {
+        ZooConfig::DeiT(config) => Ok(config),
+        other => anyhow::bail!(
+            "this runs DeiT models ({}), not the {} model given",
+            idlevit_zoo::model_names()[..3].join(", "),
+            other.family()
+        ),
     }
 }
 
-/// The config of any zoo family: `--model NAME` (DeiT, LV-ViT) or a DeiT `--config FILE`.
+/// The config of any zoo family from `--config FILE` (its `family` key picks the family; a
+/// DeiT's without it) or `--model NAME` (exactly one must be given).
 pub fn resolve_zoo_config(config: Option<&Path>, model: Option<&str>) -> Result<ZooConfig> {
     match (config, model) {
+        (Some(path), None) => Ok(ZooConfig::from_file(path)?),
         (None, Some(name)) => Ok(ZooConfig::named(name)?),
-        _ => Ok(ZooConfig::DeiT(resolve_config(config, model)?)),
+        (Some(_), Some(_)) => anyhow::bail!("give either --config or --model, not both"),
+        (None, None) => anyhow::bail!("give --config CFG.json or --model NAME"),
     }
 }
 

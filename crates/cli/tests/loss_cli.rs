@@ -7,21 +7,15 @@ use std::process::Command;
 use idlevit_checkpoint::Checkpoint;
 use serde_json::Value;
 
+mod common;
+use common::printed;
+
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/loss")
 }
 
 fn s(p: &Path) -> String {
     p.to_str().expect("UTF-8 path").to_string()
-}
-
-/// `name value` lines of the command's output.
-fn printed(stdout: &str, name: &str) -> f32 {
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no `{name}` line in {stdout}"))
 }
 
 #[test]

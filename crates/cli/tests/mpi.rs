@@ -11,10 +11,10 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use idlevit_checkpoint::Checkpoint;
-use idlevit_zoo::{DeiT, DeiTConfig};
+use idlevit_zoo::{DeiT, DeiTConfig, ZooConfig, ZooModel};
 
 mod common;
-use common::{CONFIG, finetune_args, s, setup};
+use common::{CONFIG, PVT, finetune_args, s, setup};
 
 /// `mpirun -np ranks idlevit --threads 1 ARGS`, allowed to run as root and to put two ranks
 /// on a machine with fewer cores.
@@ -72,8 +72,33 @@ fn relative(a: &[f32], b: &[f32]) -> f64 {
 #[test]
 fn one_step_on_two_ranks_equals_one_process_at_twice_the_batch() {
     let (dir, config, weights) = setup("mpi-step");
+    two_ranks_take_the_step_of_one_process(&dir, &config, &weights, &[]);
+    // PVT-v2 (idle stages 2-4, its conv stem and depthwise convolutions) likewise.
+    let pvt_config = dir.join("pvt.json");
+    std::fs::write(&pvt_config, PVT).unwrap();
+    let pvt = ZooModel::random(&ZooConfig::from_json(PVT).unwrap(), 5).unwrap();
+    let pvt_weights = dir.join("pvt.safetensors");
+    pvt.to_checkpoint()
+        .unwrap()
+        .save_safetensors(&pvt_weights)
+        .unwrap();
+    two_ranks_take_the_step_of_one_process(
+        &dir,
+        &pvt_config,
+        &pvt_weights,
+        &["--keep-rate", "0.7"],
+    );
+}
+
+/// Finetunes `weights` for one step over the 12 training images of `dir/data`: one step of
+/// 12 in one process, or 6 per rank on two; both take the same update.
+fn two_ranks_take_the_step_of_one_process(
+    dir: &Path,
+    config: &Path,
+    weights: &Path,
+    family_args: &[&str],
+) {
     let data = dir.join("data");
-    // 12 training images: one step of 12 in one process, or 6 per rank on two.
     let run = |out: &str, batch: &str| {
         let extra = [
             "--epochs",
@@ -94,7 +119,8 @@ fn one_step_on_two_ranks_equals_one_process_at_twice_the_batch() {
             "--drop-path",
             "0",
         ];
-        finetune_args(&config, &weights, &data, &dir.join(out), &extra)
+        let extra = [&extra[..], family_args].concat();
+        finetune_args(config, weights, &data, &dir.join(out), &extra)
     };
     let one = run("one", "12");
     succeeded(&single(&one.iter().map(String::as_str).collect::<Vec<_>>()));
@@ -111,7 +137,7 @@ fn one_step_on_two_ranks_equals_one_process_at_twice_the_batch() {
         "rank 0 alone prints"
     );
 
-    let before = tensors(&weights);
+    let before = tensors(weights);
     let one = tensors(&dir.join("one/checkpoint.safetensors"));
     let two = tensors(&dir.join("two/checkpoint.safetensors"));
     assert_eq!(

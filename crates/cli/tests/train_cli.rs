@@ -1,20 +1,12 @@
 //! `idlevit finetune` / `eval` on a generated image folder, and their bad-input errors.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use idlevit_checkpoint::Checkpoint;
 
 mod common;
-use common::{CONFIG, finetune_args, s, setup};
+use common::{CONFIG, finetune_args, idlevit, s, setup};
 use idlevit_zoo::{DeiT, DeiTConfig};
-
-fn idlevit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_idlevit"))
-        .args(args)
-        .output()
-        .expect("the idlevit binary runs")
-}
 
 #[test]
 fn finetune_checkpoints_resumes_and_validates_then_eval_reads_it() {

@@ -2,9 +2,11 @@
 //!
 //! [`Objective`] computes `CE + cut_weight * cut / L_idle + w * KL + 100 w * F` on the
 //! student's masked forward (any [`Backend`](idlevit_nn::Backend); on the
-//! [`Tape`](idlevit_autodiff::Tape) it yields gradients), [`AdamW`] updates a
-//! [`DeiT`](idlevit_zoo::DeiT) in place with decoupled weight decay, and [`CosineSchedule`]
-//! gives the learning rate of each step.
+//! [`Tape`](idlevit_autodiff::Tape) it yields gradients), [`AdamW`] updates a model in place
+//! with decoupled weight decay, and [`CosineSchedule`] gives the learning rate of each step.
+//! Every zoo family trains: the functions take any [`Trainable`] model (DeiT, LV-ViT,
+//! PVT-v2, or a [`ZooModel`](idlevit_zoo::ZooModel)). The cut loss needs a CLS attention map,
+//! so an idle PVT-v2 trains with a cut weight of 0 ([`Objective::check`]).
 //!
 //! ```
 //! use idlevit_train::CosineSchedule;
@@ -20,6 +22,7 @@ mod objective;
 mod optim;
 mod schedule;
 mod step;
+mod trainable;
 
 pub use error::TrainError;
 pub use mixup::{Mixing, Mixup};
@@ -27,6 +30,7 @@ pub use objective::{LossParts, Objective, Teacher, smoothed_targets};
 pub use optim::{AdamW, clip_grad_norm, decays};
 pub use schedule::CosineSchedule;
 pub use step::{StepSettings, apply_gradients, parameter_gradients, step_gradients, train_step};
+pub use trainable::Trainable;
 
 /// Result type of this crate.
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;

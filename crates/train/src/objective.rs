@@ -3,9 +3,9 @@
 use idlevit_cutloss::{CutLoss, cut_loss};
 use idlevit_nn::Backend;
 use idlevit_tensor::Tensor;
-use idlevit_zoo::DeiT;
+use idlevit_zoo::TokenPolicy;
 
-use crate::{Result, TrainError};
+use crate::{Result, TrainError, Trainable};
 
 /// The weights of the objective's terms.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -36,14 +36,16 @@ impl Default for Objective {
 pub struct Teacher {
     /// Logits `(batch, classes)`.
     pub logits: Tensor,
-    /// Final normalised CLS features `(batch, dim)`.
+    /// The features distillation compares, `(batch, dim)`: the final normalised CLS token
+    /// (DeiT, LV-ViT) or the pooled last stage (PVT-v2).
     pub features: Tensor,
 }
 
 impl Teacher {
-    /// Runs the teacher (its own policy, dense by default; no tape) on `images`.
-    pub fn run(teacher: &DeiT, images: &Tensor) -> Result<Self> {
-        let out = teacher.forward_traced(&idlevit_nn::Eager, images)?;
+    /// Runs the teacher (its own policy, dense by default; no tape) on `images`; it should
+    /// be of the student's family, so that the features compare like with like.
+    pub fn run<M: Trainable>(teacher: &M, images: &Tensor) -> Result<Self> {
+        let out = teacher.forward_frozen(images)?;
         Ok(Self {
             logits: out.logits,
             features: out.features,
@@ -90,18 +92,36 @@ fn log_softmax_rows(x: &Tensor) -> Result<Tensor> {
 }
 
 impl Objective {
+    /// Checks that the objective's terms exist for `student`: a cut loss needs a CLS
+    /// attention map in the idle layers, which PVT-v2 does not have (docs/pvt-idle.md), so
+    /// an idle PVT-v2 trains with a cut weight of 0 (or no cut terms).
+    pub fn check<M: Trainable>(&self, student: &M) -> Result<()> {
+        let cut_on = self.cut_weight != 0.0 && self.cut_loss != CutLoss::None;
+        if cut_on && !student.has_cut_graph() && *student.policy() != TokenPolicy::Dense {
+            return Err(TrainError::Invalid(format!(
+                "{} has no CLS attention map in its idle layers, hence no cut loss: expected \
+                 a cut weight of 0 (or cut-loss terms `none`), found weight {} with terms {:?}",
+                student.family(),
+                self.cut_weight,
+                self.cut_loss
+            )));
+        }
+        Ok(())
+    }
+
     /// The objective on `images` with soft `targets` `(batch, classes)`: the student runs its
     /// masked (training) form on `bk`; `teacher` holds the frozen teacher's outputs when
-    /// distilling.
-    pub fn compute<B: Backend>(
+    /// distilling. Fails as [`check`](Self::check) does.
+    pub fn compute<B: Backend, M: Trainable>(
         &self,
         bk: &B,
-        student: &DeiT,
+        student: &M,
         images: &Tensor,
         targets: &Tensor,
         teacher: Option<&Teacher>,
     ) -> Result<LossParts<B::Value>> {
-        let out = student.forward_masked(bk, &bk.constant(images.clone()))?;
+        self.check(student)?;
+        let out = student.forward_training(bk, &bk.constant(images.clone()))?;
         let batch = bk.shape(&out.logits)[0];
         if targets.shape() != bk.shape(&out.logits) {
             return Err(TrainError::Invalid(format!(
@@ -138,6 +158,18 @@ impl Objective {
 
         let (mut kl, mut feature) = (None, None);
         if let Some(teacher) = teacher.filter(|_| self.distill_weight != 0.0) {
+            if teacher.logits.shape() != bk.shape(&out.logits)
+                || teacher.features.shape() != bk.shape(&out.features)
+            {
+                return Err(TrainError::Invalid(format!(
+                    "the teacher's logits {:?} and features {:?} do not match the student's \
+                     {:?} and {:?} (the teacher must be of the student's family and size)",
+                    teacher.logits.shape(),
+                    teacher.features.shape(),
+                    bk.shape(&out.logits),
+                    bk.shape(&out.features)
+                )));
+            }
             // KL(p_t || p_s) = sum p_t (log p_t - log p_s), batch mean.
             let teacher_log = log_softmax_rows(&teacher.logits)?;
             let teacher_probs = teacher_log.map(f32::exp);

@@ -4,9 +4,8 @@ use std::collections::BTreeMap;
 
 use idlevit_nn::Param;
 use idlevit_tensor::Tensor;
-use idlevit_zoo::DeiT;
 
-use crate::{Result, TrainError};
+use crate::{Result, TrainError, Trainable};
 
 /// Whether `param` gets weight decay: matrices and convs do; biases, norms, the position
 /// embedding and the CLS token do not (timm's parameter groups).
@@ -132,9 +131,9 @@ impl AdamW {
 
     /// Applies one update with learning rate `lr` to every parameter of `model` that has a
     /// gradient in `grads` (keyed by parameter name).
-    pub fn step(
+    pub fn step<M: Trainable>(
         &mut self,
-        model: &mut DeiT,
+        model: &mut M,
         grads: &BTreeMap<String, Tensor>,
         lr: f64,
     ) -> Result<()> {

@@ -5,9 +5,8 @@ use std::collections::BTreeMap;
 use idlevit_autodiff::Tape;
 use idlevit_nn::Backend;
 use idlevit_tensor::Tensor;
-use idlevit_zoo::DeiT;
 
-use crate::{AdamW, Objective, Result, Teacher, TrainError, clip_grad_norm};
+use crate::{AdamW, Objective, Result, Teacher, TrainError, Trainable, clip_grad_norm};
 
 /// The settings of one optimiser step.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -22,9 +21,9 @@ pub struct StepSettings {
 }
 
 /// One optimiser step on a batch; returns the loss before the step.
-pub fn train_step(
-    student: &mut DeiT,
-    teacher: Option<&DeiT>,
+pub fn train_step<M: Trainable>(
+    student: &mut M,
+    teacher: Option<&M>,
     optimizer: &mut AdamW,
     objective: &Objective,
     images: &Tensor,
@@ -43,9 +42,9 @@ pub fn train_step(
 /// The loss of a batch and the gradient of every parameter, without updating anything (what
 /// each rank of a data-parallel step computes before the gradients are averaged). `seed`
 /// drives the step's stochastic layers, as in [`StepSettings::seed`].
-pub fn step_gradients(
-    student: &DeiT,
-    teacher: Option<&DeiT>,
+pub fn step_gradients<M: Trainable>(
+    student: &M,
+    teacher: Option<&M>,
     objective: &Objective,
     images: &Tensor,
     targets: &Tensor,
@@ -68,8 +67,8 @@ pub fn step_gradients(
 }
 
 /// Clips `grads` as `settings` ask and takes one optimiser step with them.
-pub fn apply_gradients(
-    student: &mut DeiT,
+pub fn apply_gradients<M: Trainable>(
+    student: &mut M,
     optimizer: &mut AdamW,
     mut grads: BTreeMap<String, Tensor>,
     settings: &StepSettings,
@@ -82,10 +81,10 @@ pub fn apply_gradients(
 
 /// Backpropagates `total` and returns the gradient of every parameter of `model`, by name,
 /// in the parameter's own (compute) shape.
-pub fn parameter_gradients(
+pub fn parameter_gradients<M: Trainable>(
     tape: &Tape,
     total: &<Tape as Backend>::Value,
-    model: &DeiT,
+    model: &M,
 ) -> Result<BTreeMap<String, Tensor>> {
     let gradients = tape.backward(total)?;
     let mut grads = BTreeMap::new();

@@ -97,13 +97,7 @@ impl DeiTConfig {
 
     /// Reads, parses and validates a JSON config file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let located = |message: String| ZooError::ConfigFile {
-            path: path.display().to_string(),
-            message,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| located(e.to_string()))?;
-        Self::from_json(&text).map_err(|e| located(e.to_string()))
+        read_config_file(path.as_ref(), Self::from_json)
     }
 
     /// Checks that the numbers describe a model that can run.
@@ -236,6 +230,16 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
     let config: T = serde_json::from_str(text).map_err(|e| ZooError::Config(e.to_string()))?;
     validate(&config)?;
     Ok(config)
+}
+
+/// Reads the config file `path` and parses its text with `parse`; errors name the file.
+pub(crate) fn read_config_file<T>(path: &Path, parse: impl Fn(&str) -> Result<T>) -> Result<T> {
+    let located = |message: String| ZooError::ConfigFile {
+        path: path.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| located(e.to_string()))?;
+    parse(&text).map_err(|e| located(e.to_string()))
 }
 
 /// The error for a model name outside `known`.

@@ -7,7 +7,7 @@ use idlevit_nn::{
 };
 use idlevit_selector::{MaskedLayer, TokenPolicy};
 
-use crate::stack::{masked, traced};
+use crate::stack::{masked, set_linear_drop_path, traced};
 use crate::{DeiTConfig, Result, random_checkpoint};
 
 /// timm's ViT layer-norm epsilon.
@@ -116,10 +116,7 @@ impl DeiT {
     /// residual branches at `rate * i / (depth - 1)`, timm's linear rule (the release
     /// finetunes with 0.1). Only a seeded training tape applies it; inference is unchanged.
     pub fn with_drop_path(mut self, rate: f32) -> Result<Self> {
-        let last = self.blocks.len().saturating_sub(1).max(1) as f32;
-        for (i, block) in self.blocks.iter_mut().enumerate() {
-            block.set_drop_path(rate * i as f32 / last)?;
-        }
+        set_linear_drop_path(self.blocks.iter_mut(), rate)?;
         Ok(self)
     }
 

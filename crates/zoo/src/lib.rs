@@ -36,7 +36,7 @@ pub use deit::{DeiT, LayerSelection, MaskedForward, Traced};
 pub use error::ZooError;
 pub use idlevit_selector::{PolicyKind, Schedule, TokenPolicy};
 pub use lvvit::{LVVIT_MODELS, LvVit, LvVitConfig};
-pub use model::{ZooConfig, ZooModel, model_names};
+pub use model::{FAMILIES, ZooConfig, ZooModel, model_names};
 pub use pvt::{PVT_MODELS, PvtConfig, PvtV2};
 pub use random::random_checkpoint;
 

@@ -10,7 +10,7 @@ use idlevit_selector::{Schedule, TokenPolicy};
 use serde::{Deserialize, Serialize};
 
 use crate::random::RandomWeights;
-use crate::stack::{masked, traced};
+use crate::stack::{masked, set_linear_drop_path, traced};
 use crate::{MAX_DEPTH, MAX_PATCHES, MaskedForward, Result, Traced, ZooError};
 
 /// torch's LayerNorm epsilon, which LV-ViT keeps.
@@ -300,6 +300,14 @@ impl LvVit {
     pub fn with_policy(mut self, policy: TokenPolicy) -> Result<Self> {
         policy.validate(self.config.depth, self.config.num_patches())?;
         self.policy = policy;
+        Ok(self)
+    }
+
+    /// The same model with stochastic depth for training, by DeiT's linear rule
+    /// ([`DeiT::with_drop_path`](crate::DeiT::with_drop_path)); only a seeded training tape
+    /// applies it.
+    pub fn with_drop_path(mut self, rate: f32) -> Result<Self> {
+        set_linear_drop_path(self.blocks.iter_mut(), rate)?;
         Ok(self)
     }
 

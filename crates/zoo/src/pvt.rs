@@ -324,6 +324,8 @@ struct PvtBlock {
     fc2: Linear,
     heads: usize,
     side: usize,
+    /// Stochastic-depth rate of both residual branches (a seeded training tape only).
+    drop_path: f32,
 }
 
 /// An idle layer's keys, values and selected tokens per batch item.
@@ -373,6 +375,7 @@ impl PvtBlock {
             fc2: Linear::load(reader, &format!("{p}.mlp.fc2"), s.hidden, c, true)?,
             heads: s.heads,
             side: s.side,
+            drop_path: 0.0,
         })
     }
 
@@ -450,13 +453,18 @@ impl PvtBlock {
         Ok(bk.gelu(&from_grid(bk, &mixed)?)?)
     }
 
+    /// `x + drop_path(branch)`: how every form of the block closes a residual.
+    fn residual<B: Backend>(&self, bk: &B, x: &B::Value, branch: &B::Value) -> Result<B::Value> {
+        Ok(bk.add(x, &bk.drop_path(branch, self.drop_path)?)?)
+    }
+
     /// The dense block over every token.
     fn forward<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
         let h = self.norm1.forward(bk, x)?;
         let (k, v) = self.keys_values(bk, &h)?;
-        let x = bk.add(x, &self.attend(bk, &h, &k, &v)?)?;
+        let x = self.residual(bk, x, &self.attend(bk, &h, &k, &v)?)?;
         let mlp = self.fc2.forward(bk, &self.mlp_hidden(bk, &x)?)?;
-        Ok(bk.add(&x, &mlp)?)
+        self.residual(bk, &x, &mlp)
     }
 
     /// Scores every token against the virtual CLS query (the mean normalised token through
@@ -520,10 +528,10 @@ impl PvtBlock {
         let h = self.norm1.forward(bk, x)?;
         let (k, v, rows) = self.keys_values_and_selection(bk, &h, keep)?;
         let attended = self.attend(bk, &bk.gather_rows(&h, &rows)?, &k, &v)?;
-        let y = bk.add(&bk.gather_rows(x, &rows)?, &attended)?;
+        let y = self.residual(bk, &bk.gather_rows(x, &rows)?, &attended)?;
         let x = bk.scatter_rows(x, &rows, &y)?;
         let hidden = bk.gather_rows(&self.mlp_hidden(bk, &x)?, &rows)?;
-        let y = bk.add(&y, &self.fc2.forward(bk, &hidden)?)?;
+        let y = self.residual(bk, &y, &self.fc2.forward(bk, &hidden)?)?;
         Ok((bk.scatter_rows(&x, &rows, &y)?, rows))
     }
 
@@ -545,9 +553,9 @@ impl PvtBlock {
             item.iter().for_each(|&t| mask[b * tokens + t] = 1.0);
         }
         let mask = bk.constant(Tensor::from_vec(vec![batch, tokens, 1], mask)?);
-        let x = bk.add(x, &bk.mul(&self.attend(bk, &h, &k, &v)?, &mask)?)?;
+        let x = self.residual(bk, x, &bk.mul(&self.attend(bk, &h, &k, &v)?, &mask)?)?;
         let mlp = self.fc2.forward(bk, &self.mlp_hidden(bk, &x)?)?;
-        Ok((bk.add(&x, &bk.mul(&mlp, &mask)?)?, rows))
+        Ok((self.residual(bk, &x, &bk.mul(&mlp, &mask)?)?, rows))
     }
 }
 
@@ -686,6 +694,23 @@ impl PvtV2 {
             self.config.validate_schedule(schedule)?;
         }
         self.policy = policy;
+        Ok(self)
+    }
+
+    /// The same model with stochastic depth for training: block `i` of all `n` blocks (every
+    /// stage in order) drops its residual branches at `rate * i / (n - 1)`, timm's PVT-v2
+    /// rule. Only a seeded training tape applies it; inference is unchanged.
+    pub fn with_drop_path(mut self, rate: f32) -> Result<Self> {
+        if !(0.0..1.0).contains(&rate) {
+            return Err(ZooError::Config(format!(
+                "drop-path rate must be in [0, 1), got {rate}"
+            )));
+        }
+        let last = self.config.depth().saturating_sub(1).max(1) as f32;
+        let blocks = self.stages.iter_mut().flat_map(|s| s.blocks.iter_mut());
+        for (i, block) in blocks.enumerate() {
+            block.drop_path = rate * i as f32 / last;
+        }
         Ok(self)
     }
 

@@ -133,3 +133,16 @@ fn run_blocks_masked<B: Backend>(
     }
     Ok((x, layers))
 }
+
+/// Sets timm's linear stochastic-depth rule on `blocks`: block `i` of `n` drops its residual
+/// branches at `rate * i / (n - 1)` (the release finetunes with 0.1).
+pub(crate) fn set_linear_drop_path<'a>(
+    blocks: impl ExactSizeIterator<Item = &'a mut Block>,
+    rate: f32,
+) -> Result<()> {
+    let last = blocks.len().saturating_sub(1).max(1) as f32;
+    for (i, block) in blocks.enumerate() {
+        block.set_drop_path(rate * i as f32 / last)?;
+    }
+    Ok(())
+}

@@ -120,3 +120,69 @@ fn gradients_through_dropped_paths_match_finite_differences() {
     };
     check_directional_derivatives(&model, &grads, replay, 1e-2, (5e-3, 1e-3));
 }
+
+/// LV-ViT and PVT-v2 (all blocks of all stages, by timm's linear rule) drop paths on a
+/// seeded tape only, in the dense, idle and masked forms alike.
+#[test]
+fn lvvit_and_pvt_drop_paths_on_seeded_tapes_only() {
+    let configs = [
+        r#"{"family": "lvvit", "img_size": 16, "patch_size": 8, "stem_channels": 2,
+            "embed_dim": 8, "depth": 3, "num_heads": 2, "mlp_ratio": 2.0, "num_classes": 3,
+            "skip_lam": 2.0}"#,
+        r#"{"family": "pvt_v2", "img_size": 32, "embed_dims": [4, 4, 8, 8],
+            "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], "sr_ratios": [2, 1, 1, 1],
+            "mlp_ratios": [2.0, 2.0, 2.0, 2.0], "num_classes": 3}"#,
+    ];
+    for text in configs {
+        let config = idlevit_zoo::ZooConfig::from_json(text).unwrap();
+        let side = config.img_size();
+        let images = values(7, &[4, 3, side, side]);
+        let idle = TokenPolicy::select(
+            PolicyKind::Idle,
+            Schedule::new(vec![1, 2], vec![0.5, 0.5]).unwrap(),
+        );
+        let dense = idlevit_zoo::ZooModel::random(&config, 2).unwrap();
+        assert!(dense.clone().with_drop_path(1.0).is_err());
+        for model in [dense.clone(), dense.clone().with_policy(idle).unwrap()] {
+            let dropping = model.clone().with_drop_path(0.5).unwrap();
+            let expected = model.forward(&Eager, &images).unwrap().to_vec();
+            let on = |tape: &Tape| {
+                let logits = dropping.forward(tape, &tape.constant(images.clone()));
+                logits.unwrap().value().to_vec()
+            };
+            assert_eq!(
+                dropping.forward(&Eager, &images).unwrap().to_vec(),
+                expected
+            );
+            // The unseeded tape runs the unfused layers: equal to inference up to rounding.
+            for (r, e) in on(&Tape::new()).iter().zip(&expected) {
+                assert!((r - e).abs() <= 1e-5 * (1.0 + e.abs()), "{r} against {e}");
+            }
+            let seeded = on(&Tape::with_seed(5));
+            assert_ne!(seeded, expected, "{}: a seeded tape drops", config.family());
+            assert_eq!(on(&Tape::with_seed(5)), seeded, "the same seed replays");
+        }
+        // The masked (training) form drops paths too.
+        let masked = |model: &idlevit_zoo::ZooModel, tape: &Tape| match model {
+            idlevit_zoo::ZooModel::Pvt(m) => {
+                let out = m.forward_masked(tape, &tape.constant(images.clone()));
+                out.unwrap().logits.value().to_vec()
+            }
+            _ => {
+                let out = model.forward_masked(tape, &tape.constant(images.clone()));
+                out.unwrap().logits.value().to_vec()
+            }
+        };
+        let idle_model = dense
+            .with_policy(TokenPolicy::select(
+                PolicyKind::Idle,
+                Schedule::new(vec![1, 2], vec![0.5, 0.5]).unwrap(),
+            ))
+            .unwrap();
+        let dropping = idle_model.clone().with_drop_path(0.5).unwrap();
+        assert_ne!(
+            masked(&dropping, &Tape::with_seed(5)),
+            masked(&idle_model, &Tape::with_seed(5))
+        );
+    }
+}

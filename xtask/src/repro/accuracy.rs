@@ -208,6 +208,7 @@ pub fn run_accuracy(
         timing.images_per_second(1 + 3 * rate_index + k)
     };
 
+    let teacher = ZooModel::DeiT(Box::new(dense.clone()));
     let mut results = Vec::new();
     let mut idle_models = Vec::new();
     for (ri, &rate) in options.rates.iter().enumerate() {
@@ -218,7 +219,7 @@ pub fn run_accuracy(
             let mut finetuned = Vec::new();
             for &seed in &options.seeds {
                 let started = Instant::now();
-                let mut student = student.clone();
+                let mut trained = ZooModel::DeiT(Box::new(student.clone()));
                 let objective = Objective {
                     cut_loss: if method == Method::IdleCut {
                         idlevit_cutloss::CutLoss::Both
@@ -251,8 +252,11 @@ pub fn run_accuracy(
                     resume: None,
                     progress: false,
                 };
-                let report = finetune(&mut student, Some(dense), &train, Some(&val), &ft)
+                let report = finetune(&mut trained, Some(&teacher), &train, Some(&val), &ft)
                     .with_context(|| format!("finetuning {} at r={rate}", method.name()))?;
+                let ZooModel::DeiT(student) = trained else {
+                    anyhow::bail!("finetuning changed the model's family");
+                };
                 // The model stays in memory; its checkpoint (with optimiser state) is not needed.
                 let _ = std::fs::remove_dir_all(&run_dir);
                 let top1 = report.validation.map_or(f64::NAN, |a| a.top1);
@@ -265,7 +269,7 @@ pub fn run_accuracy(
                 ));
                 finetuned.push((seed, top1));
                 if seed == options.seeds[0] && method.kind() == PolicyKind::Idle {
-                    idle_models.push((method, rate, student));
+                    idle_models.push((method, rate, *student));
                 }
             }
             results.push(MethodResult {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use idlevit_zoo::{DeiT, DeiTConfig};
 
@@ -19,6 +20,17 @@ pub fn s(p: &Path) -> &str {
 
 pub const CONFIG: &str = r#"{"img_size": 16, "patch_size": 8, "embed_dim": 16, "depth": 2, "num_heads": 2,
     "mlp_ratio": 2.0, "num_classes": 3, "qkv_bias": true, "idle_layers": [1], "keep_ratios": [0.5]}"#;
+
+/// A tiny LV-ViT: 16 blocks (the release's S schedule) of width 8 over 4 tokens of 32x32
+/// images, 3 classes.
+pub const LVVIT: &str = r#"{"family": "lvvit", "img_size": 32, "patch_size": 16, "stem_channels": 4,
+    "embed_dim": 8, "depth": 16, "num_heads": 2, "mlp_ratio": 3.0, "num_classes": 3,
+    "skip_lam": 2.0}"#;
+
+/// A tiny PVT-v2: four one-block stages on 16x16 to 2x2 grids of 64x64 images, 3 classes.
+pub const PVT: &str = r#"{"family": "pvt_v2", "img_size": 64, "embed_dims": [4, 4, 8, 8],
+    "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], "sr_ratios": [4, 2, 1, 1],
+    "mlp_ratios": [2.0, 2.0, 2.0, 2.0], "num_classes": 3}"#;
 
 /// `dir/<class>/<i>.png`: class c is a bright square in corner c on a dark background.
 pub fn write_folder(dir: &Path, per_class: usize) {
@@ -71,4 +83,41 @@ pub fn finetune_args(
     args.extend(["--data", s(data), "--out", s(out)].map(String::from));
     args.extend(extra.iter().map(|a| a.to_string()));
     args
+}
+
+/// Runs the `idlevit` binary with `args`.
+pub fn idlevit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_idlevit"))
+        .args(args)
+        .output()
+        .expect("the idlevit binary runs")
+}
+
+/// The standard output of a run that must have succeeded.
+pub fn success(run: &Output) -> String {
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    String::from_utf8_lossy(&run.stdout).into_owned()
+}
+
+/// The standard error of a run that must have failed.
+pub fn failure(run: &Output) -> String {
+    assert!(
+        !run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stdout)
+    );
+    String::from_utf8_lossy(&run.stderr).into_owned()
+}
+
+/// The value on the `name value` line of `stdout`.
+pub fn printed(stdout: &str, name: &str) -> f32 {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no `{name}` line in {stdout}"))
 }

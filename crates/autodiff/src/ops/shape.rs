@@ -30,16 +30,46 @@ pub fn broadcast_to(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
 }
 
 /// Joins tensors along `axis`; every other axis must agree.
+///
+/// Each input is made contiguous once and copied as whole runs (one per index of the axes
+/// before `axis`), which is what the patch embedding's CLS concat needs at batch 32.
 pub fn concat(xs: &[Tensor], axis: usize) -> Result<Tensor> {
-    let views: Vec<_> = xs.iter().map(Tensor::view).collect();
-    let joined = ndarray::concatenate(ndarray::Axis(axis), &views).map_err(|_| {
+    let mismatch = || {
         AutodiffError::shape(
             "concat",
             format!("tensors agreeing on every axis but {axis}"),
             xs.first().map_or(&[][..], Tensor::shape),
         )
-    })?;
-    Ok(Tensor::from_array(joined))
+    };
+    let first = xs.first().ok_or_else(mismatch)?.shape();
+    if axis >= first.len() {
+        return Err(mismatch());
+    }
+    let agrees = |shape: &[usize]| {
+        shape.len() == first.len()
+            && shape
+                .iter()
+                .zip(first)
+                .enumerate()
+                .all(|(i, (a, b))| i == axis || a == b)
+    };
+    if !xs.iter().all(|x| agrees(x.shape())) {
+        return Err(mismatch());
+    }
+    let outer: usize = first[..axis].iter().product();
+    let parts: Vec<Tensor> = xs.iter().map(Tensor::contiguous).collect();
+    let total: usize = parts.iter().map(Tensor::numel).sum();
+    let mut out = Vec::with_capacity(total);
+    for o in 0..outer {
+        for part in &parts {
+            let run = part.numel() / outer.max(1);
+            let data = part.as_slice().unwrap_or_default();
+            out.extend_from_slice(&data[o * run..(o + 1) * run]);
+        }
+    }
+    let mut shape = first.to_vec();
+    shape[axis] = xs.iter().map(|x| x.shape()[axis]).sum();
+    Ok(Tensor::from_vec(shape, out)?)
 }
 
 /// Rows of a `(batch, rows, width)` tensor picked per batch item:

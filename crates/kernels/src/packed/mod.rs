@@ -35,8 +35,11 @@ const MR: usize = 12;
 const KC: usize = 128;
 /// Rows per task block.
 const MC: usize = 8 * MR;
-/// Work (M·N·K) below which a call stays on the calling thread.
-const PAR_MIN_WORK: usize = 1 << 24;
+/// Work (M·N·K) below which a call stays on the calling thread: 2^20 multiply-adds are about
+/// 20 µs of one thread here, a few times what handing half the panels to a second worker
+/// costs. (An idle layer at batch 1 projects 25 to 138 rows; at the libraries' threshold of
+/// 2^24 most of those ran on one thread.)
+const PAR_MIN_WORK: usize = 1 << 20;
 
 /// Whether this CPU runs the packed f32 kernel (AVX-512F).
 pub fn packed_f32_available() -> bool {

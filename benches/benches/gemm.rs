@@ -52,6 +52,21 @@ fn bench_gemm(c: &mut Criterion) {
                     })
                 },
             );
+            if idlevit_kernels::packed_f32_available() {
+                let packed = idlevit_kernels::PackedF32::pack(&w, n, k).expect("pack");
+                let packed_product = |y: &mut [f32]| {
+                    let x = black_box(&x);
+                    idlevit_kernels::linear_packed_f32(y, x, &packed, 0..n, Some(&bias), m, false)
+                        .expect("packed")
+                };
+                group.bench_function(BenchmarkId::new("packed_1t", &shape), |bench| {
+                    bench.iter(|| one.install(|| packed_product(&mut y)))
+                });
+                group.bench_function(
+                    BenchmarkId::new(format!("packed_{threads}t"), &shape),
+                    |bench| bench.iter(|| packed_product(&mut y)),
+                );
+            }
             group.bench_function(BenchmarkId::new("matrixmultiply_1t", &shape), |bench| {
                 bench.iter(|| {
                     // SAFETY: x is m x k row-major, w is n x k row-major read as its k x n

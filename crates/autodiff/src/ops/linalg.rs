@@ -168,6 +168,9 @@ pub(crate) fn stack_offsets(t: &Tensor) -> Vec<usize> {
     offsets
 }
 
+/// Multiply-adds below which a stack of products runs on the calling thread (about 20 µs).
+const SERIAL_STACK_WORK: usize = 1 << 20;
+
 /// `out[i] = a[i] · b[i]` for every matrix of the stacks, written row-major into `out`; the
 /// matrices run in parallel on rayon's current pool.
 pub(crate) fn batched_matmul(out: &mut [f32], a: MatStack<'_>, b: MatStack<'_>) -> Result<()> {
@@ -175,10 +178,20 @@ pub(crate) fn batched_matmul(out: &mut [f32], a: MatStack<'_>, b: MatStack<'_>) 
     if m * n == 0 {
         return Ok(());
     }
-    out.par_chunks_mut(m * n)
-        .zip(a.offsets.par_iter().zip(b.offsets))
-        .try_for_each(|(c, (&ao, &bo))| {
-            kernels::matmul(MatMut::row_major(c, m, n), a.at(ao), b.at(bo), 1.0, 0.0)
-        })?;
+    let product = |(c, (&ao, &bo)): (&mut [f32], (&usize, &usize))| {
+        kernels::matmul(MatMut::row_major(c, m, n), a.at(ao), b.at(bo), 1.0, 0.0)
+    };
+    // A stack of tiny products (the CLS query against every key, per head, at batch 1) is
+    // done before a second worker would have woken up.
+    let work = m * n * a.cols * a.offsets.len();
+    if work < SERIAL_STACK_WORK {
+        out.chunks_mut(m * n)
+            .zip(a.offsets.iter().zip(b.offsets))
+            .try_for_each(product)?;
+    } else {
+        out.par_chunks_mut(m * n)
+            .zip(a.offsets.par_iter().zip(b.offsets))
+            .try_for_each(product)?;
+    }
     Ok(())
 }

@@ -31,6 +31,8 @@ use crate::tiles::{OutPtr, Tiling, for_each_tile};
 pub const PANEL: usize = 32;
 /// Rows per micro-kernel tile.
 const MR: usize = 12;
+/// Rows per tile for the last rows of a block, so that (say) 25 rows compute 28, not 36.
+const SHORT: usize = 4;
 /// Input features per cache block.
 const KC: usize = 128;
 /// Rows per task block.
@@ -229,28 +231,36 @@ impl Call<'_> {
                 let b = self.w.panel(panel, kb, kk);
                 for r0 in rows.clone().step_by(MR) {
                     let group = r0..(r0 + MR).min(rows.end);
-                    let (a, lda) = if group.len() == MR {
-                        (&self.x[r0 * k + kb..], k)
-                    } else {
-                        // Fewer than MR rows: the kernel reads MR, so they go to a padded copy.
+                    if group.len() == MR {
+                        let a = &self.x[r0 * k + kb..];
+                        self.tile::<MR>(a, k, b, kk, group, panel, kb == 0);
+                        continue;
+                    }
+                    for s0 in group.clone().step_by(SHORT) {
+                        let short = s0..(s0 + SHORT).min(group.end);
+                        if short.len() == SHORT {
+                            let a = &self.x[s0 * k + kb..];
+                            self.tile::<SHORT>(a, k, b, kk, short, panel, kb == 0);
+                            continue;
+                        }
+                        // The kernel reads SHORT rows: the last few go to a zero-padded copy.
                         tail.clear();
-                        tail.resize(MR * kk, 0.0);
-                        for (i, row) in group.clone().enumerate() {
+                        tail.resize(SHORT * kk, 0.0);
+                        for (i, row) in short.clone().enumerate() {
                             let src = &self.x[row * k + kb..row * k + kb + kk];
                             tail[i * kk..(i + 1) * kk].copy_from_slice(src);
                         }
-                        (&tail[..], kk)
-                    };
-                    self.tile(a, lda, b, kk, group, panel, kb == 0);
+                        self.tile::<SHORT>(&tail, kk, b, kk, short, panel, kb == 0);
+                    }
                 }
             }
         }
         TAIL.with(|slot| *slot.borrow_mut() = tail);
     }
 
-    /// One `MR x PANEL` tile over `kk` features: rows `a[r * lda..]`, panel steps `b`.
+    /// One `R x PANEL` tile over `kk` features: rows `a[r * lda..]`, panel steps `b`.
     #[allow(clippy::too_many_arguments)]
-    fn tile(
+    fn tile<const R: usize>(
         &self,
         a: &[f32],
         lda: usize,
@@ -266,7 +276,7 @@ impl Call<'_> {
         let cols = (0..PANEL)
             .filter(|&j| valid(j))
             .fold(0u32, |mask, j| mask | (1 << j));
-        debug_assert!(rows.end <= self.m && a.len() >= (MR - 1) * lda + kk);
+        debug_assert!(rows.end <= self.m && a.len() >= (R - 1) * lda + kk);
         let c = self
             .y
             .0
@@ -280,10 +290,10 @@ impl Call<'_> {
         // SAFETY: `linear_packed_f32_on` checked that the CPU has AVX-512F and that the output
         // is `m x n`; the set bits of `cols` are exactly the panel columns inside it, rows
         // `rows` lie inside it, so every element touched is in the output (and its bias), in
-        // this task's tile, which no other task writes (see `OutPtr`). `a` holds MR rows of
+        // this task's tile, which no other task writes (see `OutPtr`). `a` holds R rows of
         // `kk` features at stride `lda` and `b` holds `kk` panel steps.
         unsafe {
-            x86::tile(
+            x86::tile::<R>(
                 a,
                 lda,
                 b,

@@ -1,20 +1,26 @@
-//! The AVX-512F micro-kernel: a 12 x 32 f32 tile in 24 zmm registers, one broadcast and two
-//! fused multiply-adds per row and input feature.
+//! The AVX-512F micro-kernel: an `R x 32` f32 tile (12 rows in 24 zmm registers, or 4 for
+//! the last rows of a block), one broadcast and two fused multiply-adds per row and input
+//! feature.
 
-use super::{MR, PANEL};
+use super::PANEL;
 use std::arch::x86_64::*;
 
-/// The tile's sums over `kk` features: row `r`'s feature `s` is `a[r * lda + s]`, the panel's
-/// step `s` is `b[s * PANEL..(s + 1) * PANEL]`.
+/// The sums of an `R x PANEL` tile over `kk` features: row `r`'s feature `s` is
+/// `a[r * lda + s]`, the panel's step `s` is `b[s * PANEL..(s + 1) * PANEL]`.
 ///
 /// # Safety
-/// The CPU must have AVX-512F; `a` must hold `(MR - 1) * lda + kk` values and `b`
+/// The CPU must have AVX-512F; `a` must hold `(R - 1) * lda + kk` values and `b`
 /// `kk * PANEL`.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn accumulate(a: &[f32], lda: usize, b: &[f32], kk: usize) -> [[__m512; 2]; MR] {
-    debug_assert!(a.len() >= (MR - 1) * lda + kk && b.len() >= kk * PANEL);
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+unsafe fn accumulate<const R: usize>(
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    kk: usize,
+) -> [[__m512; 2]; R] {
+    debug_assert!(a.len() >= (R - 1) * lda + kk && b.len() >= kk * PANEL);
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
     let (a, b) = (a.as_ptr(), b.as_ptr());
     for s in 0..kk {
         // SAFETY: `s < kk` keeps both loads inside `b` and every broadcast inside `a`
@@ -37,12 +43,12 @@ unsafe fn accumulate(a: &[f32], lda: usize, b: &[f32], kk: usize) -> [[__m512; 2
 /// (no bias when `bias` is `None`). Masked-off columns are neither read nor written.
 ///
 /// # Safety
-/// As for [`accumulate`], and `rows <= MR`; for every row `r < rows` and set bit `j`,
+/// As for [`accumulate`] with `R` rows, and `rows <= R`; for every row `r < rows` and set bit `j`,
 /// `c + r * ldc + j` must be valid for reads and writes, written by no one else meanwhile,
 /// and `bias + j` (if given) valid for reads.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn tile(
+pub(super) unsafe fn tile<const R: usize>(
     a: &[f32],
     lda: usize,
     b: &[f32],
@@ -55,7 +61,7 @@ pub(super) unsafe fn tile(
     overwrite: bool,
 ) {
     // SAFETY: forwarded contract.
-    let sums = unsafe { accumulate(a, lda, b, kk) };
+    let sums = unsafe { accumulate::<R>(a, lda, b, kk) };
     let masks = [cols as u16, (cols >> 16) as u16];
     let start = match bias {
         // SAFETY: only the set lanes of `bias` are read.

@@ -68,12 +68,14 @@ impl PackedCopy {
 }
 
 /// A parameter's f32 copy packed for [`linear_packed_f32`], made on first use by an inference
-/// backend and shared between clones; `None` inside when the CPU lacks the kernel or the
-/// value is not a matrix.
+/// backend; `None` inside when the CPU lacks the kernel or the value is not a matrix.
 ///
+/// Clones share the cell itself, so models cloned before their first forward pass (a dense
+/// model and its idle twin) pack each weight once between them; changing the value
+/// ([`Param::value_mut`](crate::Param::value_mut)) gives that parameter a cell of its own.
 /// It is derived from the parameter's value, so it takes no part in comparisons.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct PackedF32Copy(pub(crate) OnceLock<Option<Arc<PackedF32>>>);
+pub(crate) struct PackedF32Copy(pub(crate) Arc<OnceLock<Option<Arc<PackedF32>>>>);
 
 impl PartialEq for PackedF32Copy {
     fn eq(&self, _: &Self) -> bool {

@@ -138,7 +138,7 @@ fn fused_mlp_half_and_residual_projection_equal_the_composition() {
 }
 
 #[test]
-fn an_optimiser_step_drops_the_stale_packed_f32_copy() {
+fn an_optimiser_step_drops_the_stale_packed_f32_copy_and_clones_share_it() {
     if !idlevit_kernels::packed_f32_available() {
         return;
     }
@@ -157,9 +157,16 @@ fn an_optimiser_step_drops_the_stale_packed_f32_copy() {
             .map(|row| row.iter().sum())
             .collect()
     };
+    // A clone made before the first use shares the one packed copy.
+    let twin = p.clone();
     assert_close_vec(&product(&p), &sums(&p));
+    let (ours, theirs) = (p.packed_f32().unwrap(), twin.packed_f32().unwrap());
+    assert!(std::ptr::eq(ours, theirs));
     p.value_mut().as_mut_slice()[0] += 1.0;
     assert_close_vec(&product(&p), &sums(&p));
+    // The twin keeps its own, unchanged value and the copy packed from it.
+    assert_close_vec(&product(&twin), &sums(&twin));
+    assert_ne!(sums(&p), sums(&twin));
     assert!(
         idlevit_nn::Param::new("b", values(1, &[3]))
             .packed_f32()

@@ -63,20 +63,15 @@ pub enum MlpWeight<'a> {
 }
 
 impl MlpWeight<'_> {
-    /// `(rows, cols)` of the weight as `(out, in)`, when it is packed; f32 weights are checked
-    /// by length only.
+    /// Checks the weight against `(out, in)`: packed weights by their shape, f32 weights by
+    /// length only.
     fn check(&self, name: &'static str, out: usize, input: usize) -> Result<(), KernelError> {
         let expected = out.saturating_mul(input);
+        let packed = |n: usize, k: usize| (n.saturating_mul(k), (n, k) != (out, input));
         let (found, shape_differs) = match self {
             MlpWeight::F32(w) => (w.len(), false),
-            MlpWeight::Bf16(w) => (
-                w.out_features().saturating_mul(w.in_features()),
-                w.out_features() != out || w.in_features() != input,
-            ),
-            MlpWeight::PackedF32(w) => (
-                w.out_features().saturating_mul(w.in_features()),
-                w.out_features() != out || w.in_features() != input,
-            ),
+            MlpWeight::Bf16(w) => packed(w.out_features(), w.in_features()),
+            MlpWeight::PackedF32(w) => packed(w.out_features(), w.in_features()),
         };
         if expected != found || shape_differs {
             return Err(KernelError::BufferLength {
@@ -283,29 +278,29 @@ fn mlp_rows(
                 let (threads, cols) = (threads.count(), 0..w2.out_features());
                 linear_packed_f32_on(threads, x, activations, w2, cols, mlp.fc2_bias, rows, true)
             }
+            // A scaled packed branch (LV-ViT) and the bf16 product (which has no accumulating
+            // form) go to the normalised input's buffer, no longer needed, then onto x.
             MlpWeight::PackedF32(w2) => {
-                // A scaled branch (LV-ViT) goes to the normalised input's buffer first.
-                let branch = normed;
                 let (threads, cols) = (threads.count(), 0..w2.out_features());
                 let bias = mlp.fc2_bias;
-                linear_packed_f32_on(threads, branch, activations, w2, cols, bias, rows, false)?;
-                for (v, b) in x.iter_mut().zip(branch.iter()) {
-                    *v += mlp.branch_scale * b;
-                }
+                linear_packed_f32_on(threads, normed, activations, w2, cols, bias, rows, false)?;
+                add_scaled(x, normed, mlp.branch_scale);
                 Ok(())
             }
             MlpWeight::Bf16(w2) => {
-                // The bf16 product has no accumulating form: the branch goes to the normalised
-                // input's buffer (no longer needed), then onto x.
-                let branch = normed;
-                bf16_product(threads, branch, activations, w2, mlp.fc2_bias, rows);
-                for (v, b) in x.iter_mut().zip(branch.iter()) {
-                    *v += mlp.branch_scale * b;
-                }
+                bf16_product(threads, normed, activations, w2, mlp.fc2_bias, rows);
+                add_scaled(x, normed, mlp.branch_scale);
                 Ok(())
             }
         }
     })
+}
+
+/// `x += scale * branch`, element by element.
+fn add_scaled(x: &mut [f32], branch: &[f32], scale: f32) {
+    for (v, b) in x.iter_mut().zip(branch) {
+        *v += scale * b;
+    }
 }
 
 /// `y = bf16(x) · w^T + bias` for `rows` rows whose shapes [`MlpHalf::check`] accepted.

@@ -191,11 +191,8 @@ impl Attention {
         let out = bk.attention(q, k, v, self.scale())?;
         let (w, b) = (self.proj.weight(), self.proj.bias());
         if w.packed_bf16().is_some() {
-            let branch = bk.drop_path(&self.proj.forward(bk, &out)?, drop_path)?;
-            if branch_scale == 1.0 {
-                return bk.add(x, &branch);
-            }
-            return bk.add(x, &bk.scale(&branch, branch_scale)?);
+            let branch = self.proj.forward(bk, &out)?;
+            return crate::backend::add_branch(bk, x, &branch, branch_scale, drop_path);
         }
         let b = b.map(|b| bk.param(b));
         let packed = bk.packs_weights().then(|| w.packed_f32()).flatten();

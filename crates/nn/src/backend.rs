@@ -218,12 +218,7 @@ pub trait Backend {
         drop_path: f32,
     ) -> Result<Self::Value> {
         let _ = packed;
-        let branch = self.drop_path(&self.linear(input, w, b)?, drop_path)?;
-        if branch_scale == 1.0 {
-            self.add(x, &branch)
-        } else {
-            self.add(x, &self.scale(&branch, branch_scale)?)
-        }
+        add_branch(self, x, &self.linear(input, w, b)?, branch_scale, drop_path)
     }
 
     /// `x + branch_scale * drop_path(fc2(gelu(fc1(layer_norm(x)))))`: the MLP half of a
@@ -238,12 +233,7 @@ pub trait Backend {
         let h = self.layer_norm(x, p.norm_gamma, p.norm_beta, p.norm_eps)?;
         let hidden = self.gelu(&project(&h, p.fc1_weight, p.fc1_bias, p.fc1_packed)?)?;
         let branch = project(&hidden, p.fc2_weight, p.fc2_bias, p.fc2_packed)?;
-        let branch = self.drop_path(&branch, p.drop_path)?;
-        if p.branch_scale == 1.0 {
-            self.add(x, &branch)
-        } else {
-            self.add(x, &self.scale(&branch, p.branch_scale)?)
-        }
+        add_branch(self, x, &branch, p.branch_scale, p.drop_path)
     }
 
     /// `x W[cols]^T + b` where the weight also has a packed bf16 copy `packed`: an inference
@@ -259,5 +249,22 @@ pub trait Backend {
     ) -> Result<Self::Value> {
         let _ = (packed, cols);
         self.linear(x, w, b)
+    }
+}
+
+/// `x + branch_scale * drop_path(branch)`: how every residual branch closes (the scale is
+/// LV-ViT's `1 / skip_lam`; nothing is scaled when it is 1).
+pub(crate) fn add_branch<B: Backend + ?Sized>(
+    bk: &B,
+    x: &B::Value,
+    branch: &B::Value,
+    branch_scale: f32,
+    drop_path: f32,
+) -> Result<B::Value> {
+    let branch = bk.drop_path(branch, drop_path)?;
+    if branch_scale == 1.0 {
+        bk.add(x, &branch)
+    } else {
+        bk.add(x, &bk.scale(&branch, branch_scale)?)
     }
 }

@@ -85,12 +85,7 @@ impl Block {
         x: &B::Value,
         branch: &B::Value,
     ) -> Result<B::Value> {
-        let branch = bk.drop_path(branch, self.drop_path)?;
-        if self.skip_lam == 1.0 {
-            bk.add(x, &branch)
-        } else {
-            bk.add(x, &bk.scale(&branch, 1.0 / self.skip_lam)?)
-        }
+        crate::backend::add_branch(bk, x, branch, 1.0 / self.skip_lam, self.drop_path)
     }
 
     /// Visits every parameter, in checkpoint order.

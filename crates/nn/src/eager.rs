@@ -264,7 +264,7 @@ impl Backend for Eager {
                 }
             })
             .transpose()?;
-        let (input, w) = (input.contiguous(), w.contiguous());
+        let input = input.contiguous();
         let mut y = x.contiguous();
         let out = y.as_mut_slice();
         if let Some(packed) = packed.filter(|p| p.out_features() == dim && branch_scale == 1.0) {
@@ -281,6 +281,7 @@ impl Backend for Eager {
             }
         }
         let input = input.as_slice().unwrap_or_default();
+        let w = w.contiguous();
         let w = w.as_slice().unwrap_or_default();
         kernels::matmul(
             kernels::MatMut::row_major(out, rows, dim),

@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use crate::activation::Gelu;
-use crate::bf16::{Bf16Kernel, PackedBf16};
+use crate::bf16::{Bf16Call, Bf16Kernel, PackedBf16};
 use crate::gemm::matmul_serial;
 use crate::layer_norm::LayerNorm;
 use crate::packed::{PackedF32, linear_packed_f32_on};
@@ -244,7 +244,7 @@ fn mlp_rows(
                 )?;
             }
             MlpWeight::Bf16(w1) => {
-                bf16_product(threads, activations, normed, w1, mlp.fc1_bias, rows);
+                bf16_product(threads, activations, normed, w1, mlp.fc1_bias, rows, false);
             }
             MlpWeight::PackedF32(w1) => {
                 let (threads, cols) = (threads.count(), 0..w1.out_features());
@@ -278,8 +278,12 @@ fn mlp_rows(
                 let (threads, cols) = (threads.count(), 0..w2.out_features());
                 linear_packed_f32_on(threads, x, activations, w2, cols, mlp.fc2_bias, rows, true)
             }
-            // A scaled packed branch (LV-ViT) and the bf16 product (which has no accumulating
-            // form) go to the normalised input's buffer, no longer needed, then onto x.
+            MlpWeight::Bf16(w2) if mlp.branch_scale == 1.0 => {
+                bf16_product(threads, x, activations, w2, mlp.fc2_bias, rows, true);
+                Ok(())
+            }
+            // A scaled packed branch (LV-ViT) goes to the normalised input's buffer, no longer
+            // needed, then onto x.
             MlpWeight::PackedF32(w2) => {
                 let (threads, cols) = (threads.count(), 0..w2.out_features());
                 let bias = mlp.fc2_bias;
@@ -288,7 +292,7 @@ fn mlp_rows(
                 Ok(())
             }
             MlpWeight::Bf16(w2) => {
-                bf16_product(threads, normed, activations, w2, mlp.fc2_bias, rows);
+                bf16_product(threads, normed, activations, w2, mlp.fc2_bias, rows, false);
                 add_scaled(x, normed, mlp.branch_scale);
                 Ok(())
             }
@@ -303,7 +307,8 @@ fn add_scaled(x: &mut [f32], branch: &[f32], scale: f32) {
     }
 }
 
-/// `y = bf16(x) · w^T + bias` for `rows` rows whose shapes [`MlpHalf::check`] accepted.
+/// `y = bf16(x) · w^T + bias` (or `y += ...`, accumulating) for `rows` rows whose shapes
+/// [`MlpHalf::check`] accepted.
 fn bf16_product(
     threads: Threads,
     y: &mut [f32],
@@ -311,10 +316,15 @@ fn bf16_product(
     w: &PackedBf16,
     bias: Option<&[f32]>,
     rows: usize,
+    accumulate: bool,
 ) {
-    let threads = threads.count();
-    let cols = 0..w.out_features();
-    crate::bf16::run(Bf16Kernel::detected(), threads, y, x, w, cols, bias, rows);
+    let call = Bf16Call {
+        cols: 0..w.out_features(),
+        bias,
+        m: rows,
+        accumulate,
+    };
+    crate::bf16::run(Bf16Kernel::detected(), threads.count(), y, x, w, call);
 }
 
 /// Writes `scale * bias` into every row of `out` and returns 1 (the GEMM then accumulates

@@ -58,8 +58,8 @@ mod top_k;
 
 pub use activation::{gelu, gelu_with};
 pub use bf16::{
-    PANEL as BF16_PANEL, PackedBf16, bf16_hardware, from_bf16, linear_bf16, linear_bf16_columns,
-    to_bf16,
+    PANEL as BF16_PANEL, PackedBf16, bf16_hardware, from_bf16, linear_bf16, linear_bf16_accumulate,
+    linear_bf16_columns, to_bf16,
 };
 pub use elementwise::{add_assign, add_bias_rows, scale};
 pub use error::KernelError;

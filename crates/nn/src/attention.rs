@@ -3,7 +3,7 @@
 use idlevit_checkpoint::WeightReader;
 
 use crate::param::{ParamVisitor, ParamVisitorMut};
-use crate::{Backend, Linear, NnError, Result};
+use crate::{Backend, Linear, NnError, PackedWeight, Result};
 
 /// Multi-head self-attention as timm's `Attention`: one `qkv` linear whose output rows are
 /// `[q; k; v]` (heads contiguous inside each), scaled dot-product attention, then `proj`.
@@ -176,7 +176,7 @@ impl Attention {
 
     /// `x + branch_scale * drop_path(proj(softmax(s q k^T) v))`: attention closing its
     /// residual, through [`Backend::linear_residual`] (the projection accumulates onto `x` in
-    /// inference). A bf16 projection runs [`attend_heads`](Self::attend_heads) and adds.
+    /// inference, in f32 or bf16).
     #[allow(clippy::too_many_arguments)]
     pub fn attend_heads_residual<B: Backend>(
         &self,
@@ -190,12 +190,8 @@ impl Attention {
     ) -> Result<B::Value> {
         let out = bk.attention(q, k, v, self.scale())?;
         let (w, b) = (self.proj.weight(), self.proj.bias());
-        if w.packed_bf16().is_some() {
-            let branch = self.proj.forward(bk, &out)?;
-            return crate::backend::add_branch(bk, x, &branch, branch_scale, drop_path);
-        }
         let b = b.map(|b| bk.param(b));
-        let packed = bk.packs_weights().then(|| w.packed_f32()).flatten();
+        let packed = PackedWeight::of(bk, w);
         let w = bk.param(w);
         bk.linear_residual(x, &out, &w, b.as_ref(), packed, branch_scale, drop_path)
     }

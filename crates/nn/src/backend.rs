@@ -8,6 +8,30 @@ use std::ops::Range;
 
 use crate::{NnError, Param, Result};
 
+/// A weight's packed copy, for an inference backend's product on it.
+#[derive(Clone, Copy, Debug)]
+pub enum PackedWeight<'a> {
+    /// f32, packed for [`linear_packed_f32`](idlevit_kernels::linear_packed_f32).
+    F32(&'a PackedF32),
+    /// bf16, packed for [`linear_bf16`](idlevit_kernels::linear_bf16): the model runs in bf16.
+    Bf16(&'a PackedBf16),
+}
+
+impl<'a> PackedWeight<'a> {
+    /// The copy a backend runs `p`'s product on: its bf16 copy when the model runs in bf16,
+    /// else its packed f32 copy when `bk` [packs weights](Backend::packs_weights).
+    pub fn of<B: Backend + ?Sized>(bk: &B, p: &'a Param) -> Option<Self> {
+        match p.packed_bf16() {
+            Some(bf16) => Some(Self::Bf16(bf16)),
+            None => bk
+                .packs_weights()
+                .then(|| p.packed_f32())
+                .flatten()
+                .map(Self::F32),
+        }
+    }
+}
+
 /// The parameters of [`Backend::mlp_half`], each a value of the backend.
 #[derive(Clone, Copy, Debug)]
 pub struct MlpHalfParams<'a, V> {
@@ -203,9 +227,10 @@ pub trait Backend {
     }
 
     /// `x + branch_scale * drop_path(input W^T + b)`: a projection closing a residual (the
-    /// attention's output projection), `packed` the weight's packed f32 copy when the backend
-    /// [packs weights](Self::packs_weights). The default composes the primitive operations;
-    /// an inference backend may accumulate the product straight onto a copy of `x`.
+    /// attention's output projection), `packed` the weight's packed copy
+    /// ([`PackedWeight::of`]). The default composes the primitive operations (the bf16
+    /// product through [`linear_packed`](Self::linear_packed)); an inference backend may
+    /// accumulate the product straight onto a copy of `x`.
     #[allow(clippy::too_many_arguments)]
     fn linear_residual(
         &self,
@@ -213,12 +238,17 @@ pub trait Backend {
         input: &Self::Value,
         w: &Self::Value,
         b: Option<&Self::Value>,
-        packed: Option<&PackedF32>,
+        packed: Option<PackedWeight<'_>>,
         branch_scale: f32,
         drop_path: f32,
     ) -> Result<Self::Value> {
-        let _ = packed;
-        add_branch(self, x, &self.linear(input, w, b)?, branch_scale, drop_path)
+        let branch = match packed {
+            Some(PackedWeight::Bf16(p)) => {
+                self.linear_packed(input, p, 0..p.out_features(), w, b)?
+            }
+            _ => self.linear(input, w, b)?,
+        };
+        add_branch(self, x, &branch, branch_scale, drop_path)
     }
 
     /// `x + branch_scale * drop_path(fc2(gelu(fc1(layer_norm(x)))))`: the MLP half of a

@@ -8,7 +8,7 @@ use idlevit_kernels::{PackedBf16, PackedF32};
 use std::ops::Range;
 
 use crate::precision::{linear_bf16_tensor, linear_packed_f32_tensor};
-use crate::{Backend, MlpHalfParams, NnError, Param, Result};
+use crate::{Backend, MlpHalfParams, NnError, PackedWeight, Param, Result};
 
 /// Runs layer maths directly on [`Tensor`]s with the operations of
 /// [`idlevit_autodiff::ops`] (the same functions a tape records); records nothing.
@@ -231,7 +231,7 @@ impl Backend for Eager {
         input: &Tensor,
         w: &Tensor,
         b: Option<&Tensor>,
-        packed: Option<&PackedF32>,
+        packed: Option<PackedWeight<'_>>,
         branch_scale: f32,
         _drop_path: f32,
     ) -> Result<Tensor> {
@@ -267,13 +267,25 @@ impl Backend for Eager {
         let input = input.contiguous();
         let mut y = x.contiguous();
         let out = y.as_mut_slice();
-        if let Some(packed) = packed.filter(|p| p.out_features() == dim && branch_scale == 1.0) {
-            let bias = b.as_ref().and_then(Tensor::as_slice);
-            let input = input.as_slice().unwrap_or_default();
-            kernels::linear_packed_f32(out, input, packed, 0..dim, bias, rows, true)?;
-            return Ok(y);
+        let bias = b.as_ref().and_then(Tensor::as_slice);
+        match packed {
+            Some(PackedWeight::F32(p)) if p.out_features() == dim && branch_scale == 1.0 => {
+                let input = input.as_slice().unwrap_or_default();
+                kernels::linear_packed_f32(out, input, p, 0..dim, bias, rows, true)?;
+                return Ok(y);
+            }
+            Some(PackedWeight::Bf16(p)) if p.out_features() == dim && branch_scale == 1.0 => {
+                let input = input.as_slice().unwrap_or_default();
+                kernels::linear_bf16_accumulate(out, input, p, 0..dim, bias, rows)?;
+                return Ok(y);
+            }
+            Some(PackedWeight::Bf16(p)) => {
+                let branch = linear_bf16_tensor(&input, p, 0..p.out_features(), b.as_ref())?;
+                return crate::backend::add_branch(self, x, &branch, branch_scale, 0.0);
+            }
+            _ => {}
         }
-        if let Some(bias) = b.as_ref().and_then(Tensor::as_slice) {
+        if let Some(bias) = bias {
             for row in out.chunks_exact_mut(dim.max(1)) {
                 for (v, b) in row.iter_mut().zip(bias) {
                     *v += branch_scale * b;

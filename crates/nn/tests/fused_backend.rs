@@ -1,8 +1,8 @@
 //! The eager backend's fused operations (attention, the MLP half, a projection closing a
 //! residual) against the tape, which runs the trait's compositions of primitive operations.
 
-use idlevit_kernels::PackedF32;
-use idlevit_nn::{Backend, Eager, MlpHalfParams, Tape, Tensor};
+use idlevit_kernels::{PackedBf16, PackedF32};
+use idlevit_nn::{Backend, Eager, MlpHalfParams, PackedWeight, Tape, Tensor};
 
 mod common;
 use common::values;
@@ -109,7 +109,15 @@ fn fused_mlp_half_and_residual_projection_equal_the_composition() {
     if idlevit_kernels::packed_f32_available() {
         let packed = PackedF32::pack(&w.to_vec(), dim, hidden).unwrap();
         let eager = Eager
-            .linear_residual(&x, &input, w, Some(b), Some(&packed), 1.0, 0.0)
+            .linear_residual(
+                &x,
+                &input,
+                w,
+                Some(b),
+                Some(PackedWeight::F32(&packed)),
+                1.0,
+                0.0,
+            )
             .unwrap();
         let composed = composed_residual(1.0);
         assert_close(&eager, composed.value());
@@ -129,6 +137,29 @@ fn fused_mlp_half_and_residual_projection_equal_the_composition() {
             .mlp_half(&tape.constant(x.clone()), &make(&tp))
             .unwrap();
         assert_close(&eager, composed.value());
+    }
+    // The bf16 projection equals the bf16 product added by hand, accumulated onto the
+    // residual (scale 1) or added scaled.
+    let packed = PackedBf16::pack(&w.to_vec(), dim, hidden).unwrap();
+    let branch = Eager
+        .linear_packed(&input, &packed, 0..dim, w, Some(b))
+        .unwrap();
+    for scale in [1.0, 0.5] {
+        let eager = Eager
+            .linear_residual(
+                &x,
+                &input,
+                w,
+                Some(b),
+                Some(PackedWeight::Bf16(&packed)),
+                scale,
+                0.0,
+            )
+            .unwrap();
+        let by_hand = Eager
+            .add(&x, &Eager.scale(&branch, scale).unwrap())
+            .unwrap();
+        assert_close(&eager, &by_hand);
     }
     assert!(
         Eager

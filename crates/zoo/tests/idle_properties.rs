@@ -182,7 +182,10 @@ proptest! {
         let idle = dense.clone().with_policy(TokenPolicy::select(PolicyKind::Idle, all)).unwrap();
         let x = images(case.batch, case.config.img_size(), case.seed);
         let diff = relative_diff(&idle.forward(&Eager, &x).unwrap(), &dense.forward(&Eager, &x).unwrap());
-        prop_assert!(diff <= 1e-5, "keep ratio 1 differs from dense by {} relative", diff);
+        // The idle form keeps every token but reorders them by score, so attention sums its
+        // keys in another order; through layer norms over 4 features that rounding reaches
+        // 1.4e-5 (a saved case). A wrong token or a lost residual is off by far more.
+        prop_assert!(diff <= 5e-5, "keep ratio 1 differs from dense by {} relative", diff);
     }
 
     /// Rows an idle layer does not select leave it bit for bit as they entered.

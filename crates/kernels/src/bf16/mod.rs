@@ -138,6 +138,32 @@ pub fn linear_bf16_columns(
     bias: Option<&[f32]>,
     m: usize,
 ) -> Result<(), KernelError> {
+    bf16_checked(y, x, w, cols, bias, m, false)
+}
+
+/// `y += bf16(x) · bf16(w[cols])^T + bias`: [`linear_bf16_columns`] added onto what `y`
+/// holds, such as a projection closing a residual, with no temporary for the product.
+pub fn linear_bf16_accumulate(
+    y: &mut [f32],
+    x: &[f32],
+    w: &PackedBf16,
+    cols: Range<usize>,
+    bias: Option<&[f32]>,
+    m: usize,
+) -> Result<(), KernelError> {
+    bf16_checked(y, x, w, cols, bias, m, true)
+}
+
+/// Checks a call's buffers and column range, then runs it on the pool when it is large.
+fn bf16_checked(
+    y: &mut [f32],
+    x: &[f32],
+    w: &PackedBf16,
+    cols: Range<usize>,
+    bias: Option<&[f32]>,
+    m: usize,
+    accumulate: bool,
+) -> Result<(), KernelError> {
     let k = w.in_features();
     if cols.start > cols.end || cols.end > w.out_features() {
         return Err(KernelError::BufferLength {
@@ -154,8 +180,28 @@ pub fn linear_bf16_columns(
     } else {
         1
     };
-    run(Bf16Kernel::detected(), threads, y, x, w, cols, bias, m);
+    let call = Bf16Call {
+        cols,
+        bias,
+        m,
+        accumulate,
+    };
+    run(Bf16Kernel::detected(), threads, y, x, w, call);
     Ok(())
+}
+
+/// What a product computes besides its operands: which weight rows, the bias, how many
+/// activation rows, and whether it adds onto the output instead of overwriting it.
+#[derive(Clone, Debug)]
+pub(crate) struct Bf16Call<'a> {
+    /// Output features (rows of the packed weight).
+    pub(crate) cols: Range<usize>,
+    /// Bias, `cols.len()` entries.
+    pub(crate) bias: Option<&'a [f32]>,
+    /// Activation rows.
+    pub(crate) m: usize,
+    /// `y += ...` instead of `y = ...`.
+    pub(crate) accumulate: bool,
 }
 
 /// One call's fixed operands, shared by its tasks.
@@ -166,29 +212,33 @@ struct Call<'a> {
     cols: Range<usize>,
     bias: Option<&'a [f32]>,
     y: OutPtr,
+    accumulate: bool,
 }
 
 /// Runs a checked call on up to `threads` tasks of rayon's current pool.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn run(
     kernel: Bf16Kernel,
     threads: usize,
     y: &mut [f32],
     x: &[f32],
     w: &PackedBf16,
-    cols: Range<usize>,
-    bias: Option<&[f32]>,
-    m: usize,
+    call: Bf16Call<'_>,
 ) {
+    let Bf16Call {
+        cols,
+        bias,
+        m,
+        accumulate,
+    } = call;
     let n = cols.len();
     if m == 0 || n == 0 {
         return;
     }
     if w.in_features() == 0 {
         for row in y.chunks_exact_mut(n) {
-            match bias {
-                Some(b) => row.copy_from_slice(b),
-                None => row.fill(0.0),
+            for (j, v) in row.iter_mut().enumerate() {
+                let b = bias.map_or(0.0, |b| b[j]);
+                *v = if accumulate { *v + b } else { b };
             }
         }
         return;
@@ -205,6 +255,7 @@ pub(crate) fn run(
         bias,
         y: OutPtr(y.as_mut_ptr()),
         cols: cols.clone(),
+        accumulate,
     };
     let first_panel = cols.start / PANEL;
     let panels = cols.end.div_ceil(PANEL) - first_panel;
@@ -255,7 +306,7 @@ impl Call<'_> {
     }
 
     /// One `MR x PANEL` tile over `pairs` feature pairs; the first feature block writes
-    /// `bias + acc`, later ones add `acc` to what is there.
+    /// `bias + acc` (or adds it, accumulating), later ones add `acc` to what is there.
     fn tile(
         &self,
         a: &[u32],
@@ -263,8 +314,9 @@ impl Call<'_> {
         pairs: usize,
         rows: Range<usize>,
         panel: usize,
-        first: bool,
+        first_block: bool,
     ) {
+        let overwrite = first_block && !self.accumulate;
         let n = self.cols.len();
         let col0 = panel * PANEL;
         // Column of the output where this panel's column 0 would land.
@@ -279,12 +331,15 @@ impl Call<'_> {
                 .y
                 .0
                 .wrapping_offset(rows.start as isize * n as isize + out_col0);
-            let bias = self.bias.map(|b| b.as_ptr().wrapping_offset(out_col0));
+            let bias = self
+                .bias
+                .filter(|_| first_block)
+                .map(|b| b.as_ptr().wrapping_offset(out_col0));
             // SAFETY: the kernel was checked to run on this CPU (`run`); the set bits of `cols`
             // are exactly the panel columns inside the output, rows `rows` lie inside it, so
             // every element touched is inside the checked `m x n` output (and its bias), in
             // this task's tile, which no other task writes (see `OutPtr`).
-            unsafe { x86::tile_store(a, b, pairs, c, n, rows.len(), cols, bias, first) };
+            unsafe { x86::tile_store(a, b, pairs, c, n, rows.len(), cols, bias, overwrite) };
             return;
         }
         let mut acc = [[0.0f32; PANEL]; MR];
@@ -300,11 +355,12 @@ impl Call<'_> {
                 // tile, which no other task writes.
                 unsafe {
                     let slot = self.y.0.add(row * n + col);
-                    *slot = if first {
-                        v + self.bias.map_or(0.0, |b| b[col])
-                    } else {
-                        *slot + v
+                    let bias = match self.bias {
+                        Some(b) if first_block => b[col],
+                        _ => 0.0,
                     };
+                    let base = if overwrite { 0.0 } else { *slot };
+                    *slot = base + (v + bias);
                 }
             }
         }

@@ -33,6 +33,7 @@ fn check(
     n: usize,
     cols: Range<usize>,
     with_bias: bool,
+    accumulate: bool,
     seed: u64,
 ) -> Result<(), TestCaseError> {
     let x = f32_vec(seed, m * k);
@@ -40,14 +41,31 @@ fn check(
     let bias = with_bias.then(|| f32_vec(seed ^ 11, n));
     let packed = PackedBf16::pack(&w, n, k).unwrap();
     let width = cols.len();
-    let mut y = vec![f32::NAN; m * width];
+    // Overwriting must ignore what is there (NaN would show); accumulating must add to it.
+    let start = if accumulate {
+        f32_vec(seed ^ 13, m * width)
+    } else {
+        vec![f32::NAN; m * width]
+    };
+    let mut y = start.clone();
     let b = bias.as_ref().map(|b| &b[cols.clone()]);
-    pool(threads).install(|| run(kernel, threads, &mut y, &x, &packed, cols.clone(), b, m));
+    let call = Bf16Call {
+        cols: cols.clone(),
+        bias: b,
+        m,
+        accumulate,
+    };
+    pool(threads).install(|| run(kernel, threads, &mut y, &x, &packed, call));
     let expected = reference::linear_bf16(&x, &w, bias.as_deref(), m, k, n);
     for i in 0..m {
         for (jj, j) in cols.clone().enumerate() {
-            let (got, want) = (y[i * width + jj], expected[i * n + j]);
-            let tol = bound(&x, &w, bias.as_deref(), i, j, k);
+            let before = if accumulate {
+                start[i * width + jj]
+            } else {
+                0.0
+            };
+            let (got, want) = (y[i * width + jj], before + expected[i * n + j]);
+            let tol = bound(&x, &w, bias.as_deref(), i, j, k) + 4.0 * f32::EPSILON * want.abs();
             prop_assert!(
                 (got - want).abs() <= tol,
                 "{kernel:?} {threads}t m={m} k={k} n={n} cols={cols:?}: y[{i},{j}] = {got}, \
@@ -81,14 +99,15 @@ proptest! {
         start_frac in 0.0f64..1.0,
         len_frac in 0.0f64..=1.0,
         with_bias in any::<bool>(),
+        accumulate in any::<bool>(),
         threads in 1usize..=2,
         seed in any::<u64>(),
     ) {
         let start = ((n as f64 * start_frac) as usize).min(n - 1);
         let end = start + ((n - start) as f64 * len_frac).ceil().max(1.0) as usize;
         for kernel in kernels() {
-            check(kernel, threads, m, k, n, 0..n, with_bias, seed)?;
-            check(kernel, threads, m, k, n, start..end.min(n), with_bias, seed)?;
+            check(kernel, threads, m, k, n, 0..n, with_bias, accumulate, seed)?;
+            check(kernel, threads, m, k, n, start..end.min(n), with_bias, accumulate, seed)?;
         }
     }
 }
@@ -100,8 +119,9 @@ fn matches_reference_across_cache_blocks_and_tasks() {
     let (m, k, n) = (2 * MC + 17, 2 * KC + 9, 3 * PANEL + 5);
     for kernel in kernels() {
         for threads in [1, 2] {
-            check(kernel, threads, m, k, n, 0..n, true, 5).unwrap();
-            check(kernel, threads, m, k, n, 40..n - 3, false, 6).unwrap();
+            check(kernel, threads, m, k, n, 0..n, true, false, 5).unwrap();
+            check(kernel, threads, m, k, n, 40..n - 3, false, false, 6).unwrap();
+            check(kernel, threads, m, k, n, 7..n, true, true, 7).unwrap();
         }
     }
 }
@@ -115,7 +135,13 @@ fn kernels_agree_closely() {
         .into_iter()
         .map(|kernel| {
             let mut y = vec![0.0; m * n];
-            run(kernel, 1, &mut y, &x, &packed, 0..n, None, m);
+            let call = Bf16Call {
+                cols: 0..n,
+                bias: None,
+                m,
+                accumulate: false,
+            };
+            run(kernel, 1, &mut y, &x, &packed, call);
             y
         })
         .collect();

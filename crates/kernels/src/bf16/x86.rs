@@ -35,8 +35,8 @@ unsafe fn accumulate(a: &[u32], b: &[u32], pairs: usize) -> [[__m512; 2]; MR] {
 }
 
 /// A tile straight into the output, rows `0..rows` and the panel columns whose bit is set in
-/// `cols`: `c[r * ldc + j] = bias[j] + sum` when `first`, else `c[r * ldc + j] += sum`.
-/// Masked-off columns are neither read nor written.
+/// `cols`: `c[r * ldc + j] = bias[j] + sum` when `overwrite`, else `c[r * ldc + j] += bias[j]
+/// + sum` (no bias when `bias` is `None`). Masked-off columns are neither read nor written.
 ///
 /// # Safety
 /// As for [`accumulate`], and `rows <= MR`; for every row `r < rows` and set bit `j`,
@@ -53,20 +53,20 @@ pub(super) unsafe fn tile_store(
     rows: usize,
     cols: u32,
     bias: Option<*const f32>,
-    first: bool,
+    overwrite: bool,
 ) {
     // SAFETY: forwarded contract.
     let sums = unsafe { accumulate(a, b, pairs) };
     let masks = [cols as u16, (cols >> 16) as u16];
-    let start = match (first, bias) {
+    let start = match bias {
         // SAFETY: only the set lanes of `bias` are read.
-        (true, Some(bias)) => unsafe {
+        Some(bias) => unsafe {
             [
                 _mm512_maskz_loadu_ps(masks[0], bias),
                 _mm512_maskz_loadu_ps(masks[1], bias.wrapping_add(16)),
             ]
         },
-        _ => [_mm512_setzero_ps(); 2],
+        None => [_mm512_setzero_ps(); 2],
     };
     for (r, v) in sums.iter().enumerate() {
         if r >= rows {
@@ -76,10 +76,10 @@ pub(super) unsafe fn tile_store(
             // SAFETY: only the set lanes of row r < rows are read and written.
             unsafe {
                 let p = c.wrapping_add(r * ldc + 16 * h);
-                let base = if first {
+                let base = if overwrite {
                     start[h]
                 } else {
-                    _mm512_maskz_loadu_ps(masks[h], p)
+                    _mm512_add_ps(_mm512_maskz_loadu_ps(masks[h], p), start[h])
                 };
                 _mm512_mask_storeu_ps(p, masks[h], _mm512_add_ps(base, v[h]));
             }

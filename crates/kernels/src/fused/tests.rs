@@ -112,13 +112,15 @@ proptest! {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
-    /// With packed bf16 weights the fused half equals the bf16 layers run one by one.
+    /// With packed bf16 weights the fused half equals the bf16 layers run one by one, with
+    /// an unscaled branch (fc2 accumulates onto x) and a scaled one (LV-ViT's).
     #[test]
     fn bf16_mlp_half_matches_the_bf16_layers(
         rows in 1usize..600,
         dim in 1usize..24,
         hidden in 1usize..40,
         threads in 1usize..4,
+        branch_scale in prop_oneof![Just(1.0f32), Just(0.5f32)],
         seed in any::<u64>(),
     ) {
         let [x, gamma, beta, w1, b1, w2, b2] = mlp_values(seed, rows, dim, hidden);
@@ -134,7 +136,7 @@ proptest! {
             fc2_bias: Some(&b2),
             dim,
             hidden,
-            branch_scale: 0.5,
+            branch_scale,
         };
         let mut normed = vec![0.0; rows * dim];
         crate::layer_norm_rows(&mut normed, &x, &gamma, &beta, 1e-5, dim);
@@ -143,7 +145,8 @@ proptest! {
         crate::gelu(&mut act);
         let mut branch = vec![0.0; rows * dim];
         crate::linear_bf16(&mut branch, &act, &packed2, Some(&b2), rows).unwrap();
-        let expected: Vec<f32> = x.iter().zip(&branch).map(|(x, f)| x + 0.5 * f).collect();
+        let expected: Vec<f32> =
+            x.iter().zip(&branch).map(|(x, f)| x + branch_scale * f).collect();
         let mut found = x.clone();
         pool(threads).install(|| mlp_half_in_place(&mut found, &mlp)).unwrap();
         assert_close(&found, &expected, 1e-5);

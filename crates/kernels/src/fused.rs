@@ -372,6 +372,24 @@ impl<'a> HeadsRef<'a> {
     }
 }
 
+/// Checks that a view's last element lies inside its storage.
+fn check_view(m: &MatRef<'_>) -> Result<(), KernelError> {
+    let needed = crate::matrix::extent(m.rows, m.cols, m.row_stride, m.col_stride);
+    if needed.is_none_or(|needed| needed > m.data.len()) {
+        return Err(KernelError::OutOfBounds {
+            op: "attention_bf16",
+            operand: "q, k or v",
+            rows: m.rows,
+            cols: m.cols,
+            row_stride: m.row_stride,
+            col_stride: m.col_stride,
+            needed: needed.unwrap_or(usize::MAX),
+            found: m.data.len(),
+        });
+    }
+    Ok(())
+}
+
 /// The shape of an attention call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttentionShape {
@@ -397,6 +415,34 @@ pub fn attention(
     v: HeadsRef<'_>,
     shape: AttentionShape,
     scale: f32,
+) -> Result<(), KernelError> {
+    attention_in(out, q, k, v, shape, scale, None)
+}
+
+/// [`attention`] with both products in bf16: `scale · q`, `k`, `v` and the attention weights
+/// are rounded to bf16 and every sum is accumulated in f32 (softmax stays f32), on the same
+/// micro-kernel as [`linear_bf16`](crate::linear_bf16).
+pub fn attention_bf16(
+    out: &mut [f32],
+    q: HeadsRef<'_>,
+    k: HeadsRef<'_>,
+    v: HeadsRef<'_>,
+    shape: AttentionShape,
+    scale: f32,
+) -> Result<(), KernelError> {
+    attention_in(out, q, k, v, shape, scale, Some(Bf16Kernel::detected()))
+}
+
+/// [`attention`], its products in f32 or (given a kernel) in bf16.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention_in(
+    out: &mut [f32],
+    q: HeadsRef<'_>,
+    k: HeadsRef<'_>,
+    v: HeadsRef<'_>,
+    shape: AttentionShape,
+    scale: f32,
+    bf16: Option<Bf16Kernel>,
 ) -> Result<(), KernelError> {
     let AttentionShape {
         batch,
@@ -434,6 +480,13 @@ pub fn attention(
             v.matrix(b, h, head_dim),
         );
         with_scratch(nq * nk, |scores| {
+            if let Some(kernel) = bf16 {
+                check_view(&qm)?;
+                check_view(&km)?;
+                check_view(&vm)?;
+                crate::bf16::attention::head(kernel, isa, qm, km, vm, scale, scores, out);
+                return Ok(());
+            }
             matmul_serial(MatMut::row_major(scores, nq, nk), qm, km.t(), scale, 0.0)?;
             if nk > 0 {
                 simd::dispatch(

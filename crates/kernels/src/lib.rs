@@ -63,7 +63,9 @@ pub use bf16::{
 };
 pub use elementwise::{add_assign, add_bias_rows, scale};
 pub use error::KernelError;
-pub use fused::{AttentionShape, HeadsRef, MlpHalf, MlpWeight, attention, mlp_half_in_place};
+pub use fused::{
+    AttentionShape, HeadsRef, MlpHalf, MlpWeight, attention, attention_bf16, mlp_half_in_place,
+};
 pub use gemm::{linear, linear_strided, matmul, padded_row_stride};
 pub use layer_norm::{layer_norm_rows, layer_norm_rows_with};
 pub use matrix::{MatMut, MatRef};

@@ -171,7 +171,23 @@ impl Attention {
         k: &B::Value,
         v: &B::Value,
     ) -> Result<B::Value> {
-        self.proj.forward(bk, &bk.attention(q, k, v, self.scale())?)
+        self.proj.forward(bk, &self.attention(bk, q, k, v)?)
+    }
+
+    /// `softmax(s q k^T) v` with the heads merged, in bf16 when this layer's weights run in
+    /// bf16 ([`Backend::attention_bf16`]).
+    fn attention<B: Backend>(
+        &self,
+        bk: &B,
+        q: &B::Value,
+        k: &B::Value,
+        v: &B::Value,
+    ) -> Result<B::Value> {
+        if self.qkv.weight().packed_bf16().is_some() {
+            bk.attention_bf16(q, k, v, self.scale())
+        } else {
+            bk.attention(q, k, v, self.scale())
+        }
     }
 
     /// `x + branch_scale * drop_path(proj(softmax(s q k^T) v))`: attention closing its
@@ -188,7 +204,7 @@ impl Attention {
         branch_scale: f32,
         drop_path: f32,
     ) -> Result<B::Value> {
-        let out = bk.attention(q, k, v, self.scale())?;
+        let out = self.attention(bk, q, k, v)?;
         let (w, b) = (self.proj.weight(), self.proj.bias());
         let b = b.map(|b| bk.param(b));
         let packed = PackedWeight::of(bk, w);

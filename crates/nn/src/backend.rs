@@ -205,6 +205,20 @@ pub trait Backend {
         self.reshape(&out, &[batch, tokens, heads * head_dim])
     }
 
+    /// [`attention`](Self::attention) with its two products in bf16, for a model whose
+    /// linear layers run in bf16 ([`Precision::Bf16`](crate::Precision::Bf16)): an inference
+    /// backend rounds `scale q`, `k`, `v` and the attention weights to bf16 and accumulates
+    /// in f32; the default (and any training backend) is the f32 attention.
+    fn attention_bf16(
+        &self,
+        q: &Self::Value,
+        k: &Self::Value,
+        v: &Self::Value,
+        scale: f32,
+    ) -> Result<Self::Value> {
+        self.attention(q, k, v, scale)
+    }
+
     /// Whether this backend runs products on weights packed once ([`Param::packed_f32`]);
     /// layers then pass the packed copies, which are made on first use.
     fn packs_weights(&self) -> bool {

@@ -8,6 +8,16 @@ use idlevit_kernels::{PackedBf16, PackedF32};
 use std::ops::Range;
 
 use crate::precision::{linear_bf16_tensor, linear_packed_f32_tensor};
+
+/// A fused attention kernel's signature.
+type AttentionKernel = fn(
+    &mut [f32],
+    kernels::HeadsRef<'_>,
+    kernels::HeadsRef<'_>,
+    kernels::HeadsRef<'_>,
+    kernels::AttentionShape,
+    f32,
+) -> std::result::Result<(), kernels::KernelError>;
 use crate::{Backend, MlpHalfParams, NnError, PackedWeight, Param, Result};
 
 /// Runs layer maths directly on [`Tensor`]s with the operations of
@@ -181,48 +191,11 @@ impl Backend for Eager {
     }
 
     fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
-        let layout = |t: &Tensor, what: &str| match (t.shape(), t.strides()) {
-            (&[batch, heads, tokens, head_dim], &[sb, sh, st, sd]) => {
-                Ok(([batch, heads, head_dim], tokens, [sb, sh, st, sd]))
-            }
-            _ => Err(NnError::shape(
-                what,
-                "(batch, heads, tokens, head_dim)",
-                t.shape(),
-            )),
-        };
-        let (q_dims, nq, q_strides) = layout(q, "attention queries")?;
-        let (k_dims, nk, k_strides) = layout(k, "attention keys")?;
-        let (v_dims, nv, v_strides) = layout(v, "attention values")?;
-        if k_dims != q_dims || v_dims != q_dims || nv != nk {
-            return Err(NnError::shape(
-                "attention keys and values",
-                format!(
-                    "(batch, heads, tokens, head_dim) matching the queries {:?}",
-                    q.shape()
-                ),
-                if k_dims != q_dims {
-                    k.shape()
-                } else {
-                    v.shape()
-                },
-            ));
-        }
-        let [batch, heads, head_dim] = q_dims;
-        let mut out = vec![0.0; batch * nq * heads * head_dim];
-        kernels::attention(
-            &mut out,
-            heads_ref(q, nq, q_strides),
-            heads_ref(k, nk, k_strides),
-            heads_ref(v, nv, v_strides),
-            kernels::AttentionShape {
-                batch,
-                heads,
-                head_dim,
-            },
-            scale,
-        )?;
-        Ok(Tensor::from_vec(vec![batch, nq, heads * head_dim], out)?)
+        fused_attention(q, k, v, scale, kernels::attention)
+    }
+
+    fn attention_bf16(&self, q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
+        fused_attention(q, k, v, scale, kernels::attention_bf16)
     }
 
     fn linear_residual(
@@ -370,4 +343,57 @@ fn mlp_weight<'a>(
         (None, Some(packed)) => kernels::MlpWeight::PackedF32(packed),
         (None, None) => kernels::MlpWeight::F32(w.as_slice().unwrap_or_default()),
     }
+}
+
+/// The tensor plumbing of a fused attention kernel (`kernels::attention` or its bf16 form):
+/// checks the per-head views and runs `kernel` into a fresh `(batch, nq, heads * d)` tensor.
+fn fused_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f32,
+    kernel: AttentionKernel,
+) -> Result<Tensor> {
+    let layout = |t: &Tensor, what: &str| match (t.shape(), t.strides()) {
+        (&[batch, heads, tokens, head_dim], &[sb, sh, st, sd]) => {
+            Ok(([batch, heads, head_dim], tokens, [sb, sh, st, sd]))
+        }
+        _ => Err(NnError::shape(
+            what,
+            "(batch, heads, tokens, head_dim)",
+            t.shape(),
+        )),
+    };
+    let (q_dims, nq, q_strides) = layout(q, "attention queries")?;
+    let (k_dims, nk, k_strides) = layout(k, "attention keys")?;
+    let (v_dims, nv, v_strides) = layout(v, "attention values")?;
+    if k_dims != q_dims || v_dims != q_dims || nv != nk {
+        return Err(NnError::shape(
+            "attention keys and values",
+            format!(
+                "(batch, heads, tokens, head_dim) matching the queries {:?}",
+                q.shape()
+            ),
+            if k_dims != q_dims {
+                k.shape()
+            } else {
+                v.shape()
+            },
+        ));
+    }
+    let [batch, heads, head_dim] = q_dims;
+    let mut out = vec![0.0; batch * nq * heads * head_dim];
+    kernel(
+        &mut out,
+        heads_ref(q, nq, q_strides),
+        heads_ref(k, nk, k_strides),
+        heads_ref(v, nv, v_strides),
+        kernels::AttentionShape {
+            batch,
+            heads,
+            head_dim,
+        },
+        scale,
+    )?;
+    Ok(Tensor::from_vec(vec![batch, nq, heads * head_dim], out)?)
 }

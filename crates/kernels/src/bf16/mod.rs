@@ -24,6 +24,7 @@
 //! software for both kernels; NaN stays NaN. The hardware treats bf16 subnormals (below
 //! 1.2e-38) as zero, the portable kernel does not.
 
+pub(crate) mod attention;
 mod pack;
 #[cfg(test)]
 mod tests;
@@ -289,7 +290,7 @@ impl Call<'_> {
         A_BLOCK.with_borrow_mut(|a| {
             let row_groups = rows.len().div_ceil(MR);
             let a = a.resize(row_groups * k_blocks * MR * KCP);
-            pack_rows(a, self.x, k, rows.clone());
+            pack_rows(self.kernel, a, self.x, k, rows.clone());
             for kb in 0..k_blocks {
                 let pairs = (k - kb * KC).min(KC).div_ceil(2);
                 for panel in panels.clone() {
@@ -316,49 +317,84 @@ impl Call<'_> {
         panel: usize,
         first_block: bool,
     ) {
-        let overwrite = first_block && !self.accumulate;
         let n = self.cols.len();
-        let col0 = panel * PANEL;
         // Column of the output where this panel's column 0 would land.
-        let out_col0 = col0 as isize - self.cols.start as isize;
+        let out_col0 = (panel * PANEL) as isize - self.cols.start as isize;
+        let cols = (0..PANEL)
+            .filter(|&j| (0..n as isize).contains(&(out_col0 + j as isize)))
+            .fold(0u32, |m, j| m | (1 << j));
+        let c = self
+            .y
+            .0
+            .wrapping_offset(rows.start as isize * n as isize + out_col0);
+        let bias = self
+            .bias
+            .filter(|_| first_block)
+            .map(|b| b.as_ptr().wrapping_offset(out_col0));
+        let tile = Tile {
+            a,
+            lda: KCP,
+            b,
+            pairs,
+            rows: rows.len(),
+            cols,
+        };
+        // SAFETY: the set bits of `cols` are exactly the panel columns inside the checked
+        // `m x n` output (and its bias), rows `rows` lie inside it, and that tile belongs to
+        // this task alone (see `OutPtr`); `a` holds MR rows of KCP words.
+        unsafe { tile.store(self.kernel, c, n, bias, first_block && !self.accumulate) };
+    }
+}
+
+/// One micro-kernel tile's operands: `MR` rows of `pairs` activation pairs at stride `lda`
+/// words (rows past `rows` are read but not stored), a panel's `pairs` steps, and the panel
+/// columns to store (bit `j` of `cols`).
+pub(crate) struct Tile<'a> {
+    pub(crate) a: &'a [u32],
+    pub(crate) lda: usize,
+    pub(crate) b: &'a [u32],
+    pub(crate) pairs: usize,
+    pub(crate) rows: usize,
+    pub(crate) cols: u32,
+}
+
+impl Tile<'_> {
+    /// Stores the tile's sums at `c` (row stride `ldc`): `c = bias + sum` when `overwrite`,
+    /// else `c += bias + sum` (no bias when `None`). Masked-off columns are not touched.
+    ///
+    /// # Safety
+    /// `kernel` must run on this CPU; `a` must hold `(MR - 1) * lda + pairs` words and `b`
+    /// `pairs * PANEL`; for every row `r < rows` and set bit `j` of `cols`, `c + r * ldc + j`
+    /// must be valid for reads and writes by this thread alone, and `bias + j` for reads.
+    pub(crate) unsafe fn store(
+        &self,
+        kernel: Bf16Kernel,
+        c: *mut f32,
+        ldc: usize,
+        bias: Option<*const f32>,
+        overwrite: bool,
+    ) {
+        debug_assert!(self.rows <= MR && self.a.len() >= (MR - 1) * self.lda + self.pairs);
+        debug_assert!(self.b.len() >= self.pairs * PANEL);
         #[cfg(target_arch = "x86_64")]
-        if self.kernel == Bf16Kernel::Avx512Bf16 {
-            let valid = |j: usize| (0..n as isize).contains(&(out_col0 + j as isize));
-            let cols = (0..PANEL)
-                .filter(|&j| valid(j))
-                .fold(0u32, |m, j| m | (1 << j));
-            let c = self
-                .y
-                .0
-                .wrapping_offset(rows.start as isize * n as isize + out_col0);
-            let bias = self
-                .bias
-                .filter(|_| first_block)
-                .map(|b| b.as_ptr().wrapping_offset(out_col0));
-            // SAFETY: the kernel was checked to run on this CPU (`run`); the set bits of `cols`
-            // are exactly the panel columns inside the output, rows `rows` lie inside it, so
-            // every element touched is inside the checked `m x n` output (and its bias), in
-            // this task's tile, which no other task writes (see `OutPtr`).
-            unsafe { x86::tile_store(a, b, pairs, c, n, rows.len(), cols, bias, overwrite) };
+        if kernel == Bf16Kernel::Avx512Bf16 {
+            // SAFETY: forwarded contract.
+            unsafe { x86::tile_store(self, c, ldc, bias, overwrite) };
             return;
         }
+        let _ = kernel;
         let mut acc = [[0.0f32; PANEL]; MR];
-        portable_acc(a, b, pairs, &mut acc);
-        for (r, row) in rows.clone().enumerate() {
-            for (j, &v) in acc[r].iter().enumerate() {
-                let col = out_col0 + j as isize;
-                if col < 0 || col as usize >= n {
+        portable_acc(self.a, self.lda, self.b, self.pairs, &mut acc);
+        for (r, row) in acc.iter().enumerate().take(self.rows) {
+            for (j, &v) in row.iter().enumerate() {
+                if self.cols & (1 << j) == 0 {
                     continue;
                 }
-                let col = col as usize;
-                // SAFETY: `row < m` and `col < n` index the checked output, inside this task's
-                // tile, which no other task writes.
+                // SAFETY: row `r < rows` and a set column bit: inside the caller's output and
+                // bias.
                 unsafe {
-                    let slot = self.y.0.add(row * n + col);
-                    let bias = match self.bias {
-                        Some(b) if first_block => b[col],
-                        _ => 0.0,
-                    };
+                    let slot = c.add(r * ldc + j);
+                    let bias = bias.map_or(0.0, |b| *b.add(j));
                     let base = if overwrite { 0.0 } else { *slot };
                     *slot = base + (v + bias);
                 }
@@ -367,13 +403,13 @@ impl Call<'_> {
     }
 }
 
-/// The portable micro-kernel: `acc[r][j] += sum over pairs of a·b`, both products of a pair
-/// added in order (each is exact in f32).
-fn portable_acc(a: &[u32], b: &[u32], pairs: usize, acc: &mut [[f32; PANEL]; MR]) {
+/// The portable micro-kernel: `acc[r][j] += sum over pairs of a·b` (row `r`'s pairs at
+/// `a[r * lda..]`), both products of a pair added in order (each is exact in f32).
+fn portable_acc(a: &[u32], lda: usize, b: &[u32], pairs: usize, acc: &mut [[f32; PANEL]; MR]) {
     for p in 0..pairs {
         let bp = &b[p * PANEL..(p + 1) * PANEL];
         for (r, acc_row) in acc.iter_mut().enumerate() {
-            let av = a[r * KCP + p];
+            let av = a[r * lda + p];
             let (a0, a1) = (from_bf16(av as u16), from_bf16((av >> 16) as u16));
             for (s, &bv) in acc_row.iter_mut().zip(bp) {
                 let (b0, b1) = (from_bf16(bv as u16), from_bf16((bv >> 16) as u16));

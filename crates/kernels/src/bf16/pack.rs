@@ -1,6 +1,6 @@
 //! Converting f32 operands to bf16 pairs in the layouts the micro-kernels read.
 
-use super::{KC, KCP, MR, PANEL, to_bf16};
+use super::{Bf16Kernel, KC, KCP, MR, PANEL, to_bf16};
 use crate::KernelError;
 use crate::simd::{Isa, SimdKernel, dispatch};
 use std::ops::Range;
@@ -44,14 +44,14 @@ impl Clone for AlignedWords {
 
 /// Two bf16 values as one 32-bit word, `lo` in the low half (the order `vdpbf16ps` pairs them).
 #[inline(always)]
-fn pair(lo: f32, hi: f32) -> u32 {
+pub(crate) fn pair(lo: f32, hi: f32) -> u32 {
     u32::from(to_bf16(lo)) | (u32::from(to_bf16(hi)) << 16)
 }
 
 /// Converts `src` to pairs in `dst` (`dst.len() == src.len().div_ceil(2)`), the odd last value
 /// paired with zero.
 #[inline(always)]
-fn convert_pairs(dst: &mut [u32], src: &[f32]) {
+pub(crate) fn convert_pairs(dst: &mut [u32], src: &[f32]) {
     let mut chunks = src.chunks_exact(2);
     for (d, c) in dst.iter_mut().zip(&mut chunks) {
         *d = pair(c[0], c[1]);
@@ -150,7 +150,20 @@ impl PackedBf16 {
 
 /// Packs rows `rows` of the row-major `x` (`k` columns) into `a`: for each group of `MR` rows
 /// and each `KC` block of features, `MR` rows of `KCP` pairs (rows past the end are zero).
-pub(crate) fn pack_rows(a: &mut [u32], x: &[f32], k: usize, rows: Range<usize>) {
+pub(crate) fn pack_rows(
+    kernel: Bf16Kernel,
+    a: &mut [u32],
+    x: &[f32],
+    k: usize,
+    rows: Range<usize>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Bf16Kernel::Avx512Bf16 {
+        // SAFETY: the caller's kernel runs on this CPU.
+        unsafe { super::x86::pack_rows(a, x, k, rows) };
+        return;
+    }
+    let _ = kernel;
     dispatch(Isa::detected(), PackRows { a, x, k, rows });
 }
 

@@ -195,3 +195,33 @@ fn strided_packing_equals_packing_a_copy() {
     let err = PackedBf16::pack_strided(&kn[1..], n, k, 1, n).unwrap_err();
     assert!(err.to_string().contains("needs"), "{err}");
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// The hardware's conversion packs the same words as the software rounding, except that
+    /// it flushes subnormal inputs to zero; NaN stays NaN either way.
+    #[test]
+    fn hardware_packing_matches_software_rounding(
+        bits in proptest::collection::vec(any::<u32>(), 1..300),
+        rows in 1usize..15,
+    ) {
+        prop_assume!(Bf16Kernel::Avx512Bf16.is_supported());
+        let k = bits.len().div_ceil(rows);
+        let x: Vec<f32> = (0..rows * k).map(|i| f32::from_bits(bits[i % bits.len()])).collect();
+        let words = MR.max(rows).div_ceil(MR) * k.div_ceil(KC) * MR * KCP;
+        let (mut hw, mut sw) = (vec![7u32; words], vec![7u32; words]);
+        pack::pack_rows(Bf16Kernel::Avx512Bf16, &mut hw, &x, k, 0..rows);
+        pack::pack_rows(Bf16Kernel::Portable, &mut sw, &x, k, 0..rows);
+        let halves = |w: u32| [w as u16, (w >> 16) as u16];
+        for (i, (&h, &s)) in hw.iter().zip(&sw).enumerate() {
+            for (a, b) in halves(h).into_iter().zip(halves(s)) {
+                let (a, b) = (from_bf16(a), from_bf16(b));
+                let same = a.to_bits() == b.to_bits()
+                    || (a.is_nan() && b.is_nan())
+                    || (a == 0.0 && b.abs() < f32::MIN_POSITIVE);
+                prop_assert!(same, "word {i}: hardware {a:e}, software {b:e}");
+            }
+        }
+    }
+}

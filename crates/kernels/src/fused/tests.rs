@@ -206,6 +206,50 @@ fn mlp_half_refuses_mismatched_buffers() {
     }
 }
 
+/// Random attention operands: q, k and v as thirds of a fused qkv tensor
+/// `(batch, tokens, 3, heads, d)`, or (for fewer queries than keys) q from its own row-major
+/// `(batch, nq, heads * d)` tensor.
+struct AttentionOperands {
+    shape: AttentionShape,
+    tokens: usize,
+    qkv: Vec<f32>,
+    own_q: Option<(usize, Vec<f32>)>,
+}
+
+impl AttentionOperands {
+    fn random(shape: AttentionShape, tokens: usize, queries: Option<usize>, seed: u64) -> Self {
+        let width = shape.heads * shape.head_dim;
+        Self {
+            shape,
+            tokens,
+            qkv: f32_vec(seed, shape.batch * tokens * 3 * width),
+            own_q: queries.map(|nq| (nq, f32_vec(seed ^ 7, shape.batch * nq * width))),
+        }
+    }
+
+    /// q, k and v as strided per-head views.
+    fn views(&self) -> [HeadsRef<'_>; 3] {
+        let (d, tokens) = (self.shape.head_dim, self.tokens);
+        let width = self.shape.heads * d;
+        let fused = |part: usize| HeadsRef {
+            data: &self.qkv,
+            offset: part * width,
+            tokens,
+            strides: [tokens * 3 * width, d, 3 * width, 1],
+        };
+        let q = match &self.own_q {
+            Some((nq, data)) => HeadsRef {
+                data,
+                offset: 0,
+                tokens: *nq,
+                strides: [nq * width, d, width, 1],
+            },
+            None => fused(0),
+        };
+        [q, fused(1), fused(2)]
+    }
+}
+
 /// Attention of image `b`, head `h` by the f64 reference kernels, `(nq, d)` row-major.
 fn reference_head(q: MatRef<'_>, k: MatRef<'_>, v: MatRef<'_>, scale: f32) -> Vec<f32> {
     let (nq, nk, d) = (q.rows, k.rows, v.cols);
@@ -233,26 +277,10 @@ proptest! {
         threads in 1usize..4,
         seed in any::<u64>(),
     ) {
-        let width = heads * head_dim;
-        let qkv = f32_vec(seed, batch * tokens * 3 * width);
-        let fused = |part: usize| HeadsRef {
-            data: &qkv,
-            offset: part * width,
-            tokens,
-            strides: [tokens * 3 * width, head_dim, 3 * width, 1],
-        };
-        let own_q = queries.map(|nq| f32_vec(seed ^ 7, batch * nq * width));
-        let q = match (&own_q, queries) {
-            (Some(data), Some(nq)) => HeadsRef {
-                data,
-                offset: 0,
-                tokens: nq,
-                strides: [nq * width, head_dim, width, 1],
-            },
-            _ => fused(0),
-        };
-        let (k, v) = (fused(1), fused(2));
         let shape = AttentionShape { batch, heads, head_dim };
+        let operands = AttentionOperands::random(shape, tokens, queries, seed);
+        let [q, k, v] = operands.views();
+        let width = heads * head_dim;
         let scale = (head_dim as f32).powf(-0.5);
         let mut out = vec![f32::NAN; batch * q.tokens * width];
         pool(threads).install(|| attention(&mut out, q, k, v, shape, scale)).unwrap();
@@ -301,4 +329,123 @@ fn attention_refuses_views_past_their_slice_and_wrong_outputs() {
     assert!(err.to_string().contains("out"), "{err}");
     let fewer = HeadsRef { tokens: 4, ..view };
     assert!(attention(&mut out, view, view, fewer, shape, 0.5).is_err());
+}
+
+/// Element `(r, c)` of a view.
+fn at(m: MatRef<'_>, r: usize, c: usize) -> f32 {
+    m.data[r * m.row_stride + c * m.col_stride]
+}
+
+/// One head in f64 on the operands bf16 attention sees (`scale · q`, `k`, `v` and the
+/// softmax weights rounded to bf16): the output `(nq, d)` and, per output, `Σ_j p_ij |v_jc|`,
+/// the size its rounding error scales with.
+fn reference_head_bf16(
+    q: MatRef<'_>,
+    k: MatRef<'_>,
+    v: MatRef<'_>,
+    scale: f32,
+) -> (Vec<f64>, Vec<f64>) {
+    let round = |x: f32| f64::from(crate::from_bf16(crate::to_bf16(x)));
+    let (nq, nk, d) = (q.rows, k.rows, q.cols);
+    let (mut out, mut size) = (vec![0.0; nq * d], vec![0.0; nq * d]);
+    for i in 0..nq {
+        let scores: Vec<f64> = (0..nk)
+            .map(|j| {
+                (0..d)
+                    .map(|c| round(scale * at(q, i, c)) * round(at(k, j, c)))
+                    .sum()
+            })
+            .collect();
+        let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let exps: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+        let total: f64 = exps.iter().sum();
+        for (j, e) in exps.iter().enumerate() {
+            let p = e / total;
+            for c in 0..d {
+                let value = round(at(v, j, c));
+                out[i * d + c] += round(p as f32) * value;
+                size[i * d + c] += p * value.abs();
+            }
+        }
+    }
+    (out, size)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// bf16 attention, with every kernel this CPU runs, equals attention on the rounded
+    /// operands within one bf16 step of each weight; shapes cover several key panels and
+    /// row groups, odd widths, fewer queries than keys and strided heads.
+    #[test]
+    fn bf16_attention_matches_the_rounded_reference(
+        batch in 1usize..3,
+        heads in 1usize..3,
+        head_dim in 1usize..70,
+        tokens in 1usize..80,
+        queries in proptest::option::of(1usize..40),
+        threads in 1usize..3,
+        seed in any::<u64>(),
+    ) {
+        let shape = AttentionShape { batch, heads, head_dim };
+        let operands = AttentionOperands::random(shape, tokens, queries, seed);
+        let [q, k, v] = operands.views();
+        let width = heads * head_dim;
+        let scale = (head_dim as f32).powf(-0.5);
+        for kernel in [Bf16Kernel::Portable, Bf16Kernel::Avx512Bf16] {
+            if !kernel.is_supported() {
+                continue;
+            }
+            let mut out = vec![f32::NAN; batch * q.tokens * width];
+            pool(threads)
+                .install(|| attention_in(&mut out, q, k, v, shape, scale, Some(kernel)))
+                .unwrap();
+            for b in 0..batch {
+                for h in 0..heads {
+                    let (expected, size) = reference_head_bf16(
+                        q.matrix(b, h, head_dim),
+                        k.matrix(b, h, head_dim),
+                        v.matrix(b, h, head_dim),
+                        scale,
+                    );
+                    for i in 0..q.tokens {
+                        for c in 0..head_dim {
+                            let found = f64::from(out[(b * q.tokens + i) * width + h * head_dim + c]);
+                            let (want, size) = (expected[i * head_dim + c], size[i * head_dim + c]);
+                            let tol = size / 128.0 + 1e-6;
+                            prop_assert!(
+                                (found - want).abs() <= tol,
+                                "{kernel:?} b{b} h{h} ({i}, {c}): {found} against {want} (tolerance {tol})"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn bf16_attention_refuses_views_past_their_slice() {
+    let data = vec![0.25; 2 * 5 * 8];
+    let view = HeadsRef {
+        data: &data,
+        offset: 0,
+        tokens: 5,
+        strides: [40, 4, 8, 1],
+    };
+    let shape = AttentionShape {
+        batch: 2,
+        heads: 2,
+        head_dim: 4,
+    };
+    let mut out = vec![0.0; 2 * 5 * 8];
+    assert!(attention_bf16(&mut out, view, view, view, shape, 0.5).is_ok());
+    // Five weights of bf16(0.2) sum to 0.99976.
+    assert!((out[0] - 0.25).abs() < 1e-3, "{}", out[0]);
+    let short = HeadsRef {
+        data: &data[..70],
+        ..view
+    };
+    assert!(attention_bf16(&mut out, view, short, view, shape, 0.5).is_err());
 }

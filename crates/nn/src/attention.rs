@@ -3,7 +3,7 @@
 use idlevit_checkpoint::WeightReader;
 
 use crate::param::{ParamVisitor, ParamVisitorMut};
-use crate::{Backend, Linear, NnError, PackedWeight, Result};
+use crate::{Backend, Eager, Linear, NnError, PackedWeight, Result, Tensor};
 
 /// Multi-head self-attention as timm's `Attention`: one `qkv` linear whose output rows are
 /// `[q; k; v]` (heads contiguous inside each), scaled dot-product attention, then `proj`.
@@ -87,6 +87,59 @@ impl Attention {
     /// The softmax temperature `head_dim^-1/2`.
     pub fn scale(&self) -> f32 {
         (self.head_dim() as f32).powf(-0.5)
+    }
+
+    /// The fused `[q; k; v]` projection.
+    pub fn qkv(&self) -> &Linear {
+        &self.qkv
+    }
+
+    /// The output projection.
+    pub fn proj(&self) -> &Linear {
+        &self.proj
+    }
+
+    /// Spec section 2's idle-layer scores of every token of the normalised input `h`
+    /// `(batch, tokens, dim)`: `S[j]`, the mean over heads of the CLS query's scaled logit
+    /// `s q_cls,h · k_h[j]`, as `(batch, tokens)` (token 0 is CLS itself).
+    ///
+    /// The logit is linear in the key, so no key is computed: with `q = q_cls`, the mean over
+    /// heads is `S[j] = h_j · u + c` for `u = (s / H) W_k^T q` and `c = (s / H) q · b_k`. That
+    /// costs `(N + 1) C + 3 C^2` multiply-adds per image instead of the `(N + 1) C^2` of
+    /// projecting every token's key. Selection carries no gradient, so this runs on plain
+    /// values.
+    pub fn cls_key_scores(&self, h: &Tensor) -> Result<Tensor> {
+        let bk = Eager;
+        let &[batch, tokens, dim] = h.shape() else {
+            return Err(NnError::shape(
+                "scored tokens",
+                "(batch, tokens, dim)",
+                h.shape(),
+            ));
+        };
+        if dim != self.dim() || tokens == 0 {
+            return Err(NnError::shape(
+                "scored tokens",
+                format!("(batch, tokens >= 1, {})", self.dim()),
+                h.shape(),
+            ));
+        }
+        let q = self.project(&bk, &h.slice_axis(1, 0, 1)?, QkvPart::Query)?;
+        let q = q.reshape(&[batch, dim])?;
+        let factor = self.scale() / self.num_heads as f32;
+        let key_rows = |t: &Tensor| t.slice_axis(0, dim, 2 * dim);
+        let w_k = key_rows(self.qkv.weight().value())?;
+        let u = bk.scale(&bk.matmul(&q, &w_k)?, factor)?;
+        let scores = bk.matmul(h, &u.reshape(&[batch, dim, 1])?)?;
+        let scores = scores.reshape(&[batch, tokens])?;
+        match self.qkv.bias() {
+            Some(b) => {
+                let b_k = key_rows(b.value())?.reshape(&[dim, 1])?;
+                let c = bk.scale(&bk.matmul(&q, &b_k)?, factor)?;
+                bk.add(&scores, &c)
+            }
+            None => Ok(scores),
+        }
     }
 
     /// One of q, k or v for the tokens of `h` `(batch, tokens, dim)`, heads not yet split.

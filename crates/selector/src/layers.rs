@@ -1,38 +1,38 @@
 //! The selection forms of a transformer block, written over the [`Backend`] trait.
 
-use idlevit_nn::{Backend, Block, QkvPart};
+use idlevit_nn::{Backend, Block, Eager};
 use idlevit_tensor::Tensor;
 
 use crate::{Result, TokenSelection, cls_scores, evit_keep_count};
 
-/// Selects the `keep` best image tokens of `x` by the CLS query's attention logits, computing
-/// keys for every token but a query for CLS alone, then runs the block on the selected rows
-/// with attention over the selected keys only (spec section 2, steps 1–4). Returns the
-/// updated selected rows `(batch, keep + 1, dim)` and the selection.
+/// Selects the `keep` best image tokens of `x` by the CLS query's attention logits, then runs
+/// the block on the selected rows alone, attention over the selected keys only (spec section
+/// 2, steps 1-4). Returns the updated selected rows `(batch, keep + 1, dim)` and the selection.
+///
+/// Nothing beyond the selected rows is computed or copied: the scores come from the
+/// normalised input and `q_cls` without any key ([`Attention::cls_key_scores`]), `x` is
+/// gathered once, and the block (layer norm, q, k and v, attention, MLP) runs on the
+/// `keep + 1` gathered rows. Layer norm works row by row, so the rows it normalises again
+/// equal the gathered rows of the full `h`.
+///
+/// [`Attention::cls_key_scores`]: idlevit_nn::Attention::cls_key_scores
 fn compute_selected<B: Backend>(
     bk: &B,
     block: &Block,
     x: &B::Value,
     keep: usize,
 ) -> Result<(B::Value, TokenSelection)> {
-    let attn = block.attn();
-    let h = block.norm1().forward(bk, x)?;
-    let keys = attn.project(bk, &h, QkvPart::Key)?;
-    let q_cls = attn.project(bk, &bk.slice(&h, 1, 0, 1)?, QkvPart::Query)?;
-    let cls_logits = attn.logits(
-        bk,
-        &attn.split_heads(bk, &q_cls)?,
-        &attn.split_heads(bk, &keys)?,
-    )?;
-    let selection = TokenSelection::from_scores(&cls_scores(&bk.to_tensor(&cls_logits))?, keep)?;
-    let rows = selection.indices();
-    let x_sel = bk.gather_rows(x, rows)?;
-    let h_sel = bk.gather_rows(&h, rows)?;
-    let q = attn.split_heads(bk, &attn.project(bk, &h_sel, QkvPart::Query)?)?;
-    let k = attn.split_heads(bk, &bk.gather_rows(&keys, rows)?)?;
-    let v = attn.split_heads(bk, &attn.project(bk, &h_sel, QkvPart::Value)?)?;
-    let y = block.attention_residual(bk, &x_sel, &idlevit_nn::Heads { q, k, v })?;
-    let y = block.mlp_residual(bk, &y)?;
+    let h = block.norm1().forward(&Eager, &bk.to_tensor(x))?;
+    let scores = block.attn().cls_key_scores(&h)?;
+    let tokens = scores.shape()[1];
+    if tokens < 2 {
+        return Err(crate::SelectorError::Schedule(format!(
+            "a layer of {tokens} token(s) has no image token to select"
+        )));
+    }
+    let image_scores = scores.slice_axis(1, 1, tokens)?.contiguous();
+    let selection = TokenSelection::from_scores(&image_scores, keep)?;
+    let y = block.forward(bk, &bk.gather_rows(x, selection.indices())?)?;
     Ok((y, selection))
 }
 

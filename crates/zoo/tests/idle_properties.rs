@@ -3,7 +3,7 @@
 mod common;
 
 use common::images;
-use idlevit_nn::Eager;
+use idlevit_nn::{Eager, QkvPart};
 use idlevit_selector::{cls_scores, idle_gathered, keep_count};
 use idlevit_tensor::Tensor;
 use idlevit_zoo::{
@@ -203,5 +203,28 @@ proptest! {
         prop_assert_eq!(x.gather_rows(&complement).unwrap().to_vec(), y.gather_rows(&complement).unwrap().to_vec());
         // The selected rows did change (the layer is not the identity).
         prop_assert_ne!(x.gather_rows(selection.indices()).unwrap().to_vec(), y.gather_rows(selection.indices()).unwrap().to_vec());
+    }
+
+    /// The key-free scores equal the spec's: the mean over heads of the CLS query's scaled
+    /// logits against every token's key (with and without a qkv bias).
+    #[test]
+    fn key_free_scores_equal_the_logit_means(case in deit_case(), qkv_bias in any::<bool>()) {
+        let ZooConfig::DeiT(config) = &case.config else { unreachable!("a DeiT case") };
+        let config = DeiTConfig { qkv_bias, ..config.clone() };
+        let model = DeiT::random(&config, case.seed).unwrap();
+        let x = model.embed(&Eager, &images(case.batch, config.img_size, case.seed)).unwrap();
+        let block = &model.blocks()[0];
+        let attn = block.attn();
+        let h = block.norm1().forward(&Eager, &x).unwrap();
+        let q_cls = attn.project(&Eager, &h.slice_axis(1, 0, 1).unwrap(), QkvPart::Query).unwrap();
+        let keys = attn.project(&Eager, &h, QkvPart::Key).unwrap();
+        let split = |t: &Tensor| attn.split_heads(&Eager, t).unwrap();
+        let logits = attn.logits(&Eager, &split(&q_cls), &split(&keys)).unwrap();
+        let expected = cls_scores(&logits).unwrap();
+        let found = attn.cls_key_scores(&h).unwrap();
+        let tokens = found.shape()[1];
+        let found = found.slice_axis(1, 1, tokens).unwrap().contiguous();
+        let diff = relative_diff(&found, &expected);
+        prop_assert!(diff <= 1e-5, "scores differ by {} relative", diff);
     }
 }

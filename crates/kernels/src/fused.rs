@@ -65,7 +65,13 @@ pub enum MlpWeight<'a> {
 impl MlpWeight<'_> {
     /// Checks the weight against `(out, in)`: packed weights by their shape, f32 weights by
     /// length only.
-    fn check(&self, name: &'static str, out: usize, input: usize) -> Result<(), KernelError> {
+    fn check(
+        &self,
+        op: &'static str,
+        name: &'static str,
+        out: usize,
+        input: usize,
+    ) -> Result<(), KernelError> {
         let expected = out.saturating_mul(input);
         let packed = |n: usize, k: usize| (n.saturating_mul(k), (n, k) != (out, input));
         let (found, shape_differs) = match self {
@@ -75,7 +81,7 @@ impl MlpWeight<'_> {
         };
         if expected != found || shape_differs {
             return Err(KernelError::BufferLength {
-                op: "mlp_half",
+                op,
                 operand: name,
                 expected,
                 found,
@@ -115,8 +121,10 @@ impl MlpHalf<'_> {
     /// Checks every buffer against `dim` and `hidden`, and `x` against whole rows.
     fn check(&self, x_len: usize) -> Result<(), KernelError> {
         let (dim, hidden) = (self.dim, self.hidden);
-        self.fc1_weight.check("fc1 weight", hidden, dim)?;
-        self.fc2_weight.check("fc2 weight", dim, hidden)?;
+        self.fc1_weight
+            .check("mlp_half", "fc1 weight", hidden, dim)?;
+        self.fc2_weight
+            .check("mlp_half", "fc2 weight", dim, hidden)?;
         let biases = [
             ("fc1 bias", hidden, self.fc1_bias.map(<[f32]>::len)),
             ("fc2 bias", dim, self.fc2_bias.map(<[f32]>::len)),
@@ -231,27 +239,15 @@ fn mlp_rows(
                 eps: mlp.norm_eps,
             },
         );
-        match mlp.fc1_weight {
-            MlpWeight::F32(w1) => {
-                let fc1_beta = fill_rows(activations, mlp.fc1_bias, 1.0);
-                product(
-                    threads,
-                    MatMut::row_major(activations, rows, hidden),
-                    MatRef::row_major(normed, rows, dim),
-                    MatRef::row_major(w1, hidden, dim).t(),
-                    1.0,
-                    fc1_beta,
-                )?;
-            }
-            MlpWeight::Bf16(w1) => {
-                bf16_product(threads, activations, normed, w1, mlp.fc1_bias, rows, false);
-            }
-            MlpWeight::PackedF32(w1) => {
-                let (threads, cols) = (threads.count(), 0..w1.out_features());
-                let bias = mlp.fc1_bias;
-                linear_packed_f32_on(threads, activations, normed, w1, cols, bias, rows, false)?;
-            }
-        }
+        let shape = (rows, dim, hidden);
+        project(
+            threads,
+            activations,
+            normed,
+            mlp.fc1_weight,
+            mlp.fc1_bias,
+            shape,
+        )?;
         match threads {
             Threads::One => simd::dispatch(isa, Gelu { x: activations }),
             Threads::Shared => crate::gelu_with(isa, activations),
@@ -297,6 +293,123 @@ fn mlp_rows(
                 Ok(())
             }
         }
+    })
+}
+
+/// `out = input · w^T + bias` for `(rows, in, out)` shapes already checked, on one thread or
+/// on the pool.
+fn project(
+    threads: Threads,
+    out: &mut [f32],
+    input: &[f32],
+    weight: MlpWeight<'_>,
+    bias: Option<&[f32]>,
+    (rows, inputs, outputs): (usize, usize, usize),
+) -> Result<(), KernelError> {
+    match weight {
+        MlpWeight::F32(w) => {
+            let beta = fill_rows(out, bias, 1.0);
+            product(
+                threads,
+                MatMut::row_major(out, rows, outputs),
+                MatRef::row_major(input, rows, inputs),
+                MatRef::row_major(w, outputs, inputs).t(),
+                1.0,
+                beta,
+            )
+        }
+        MlpWeight::Bf16(w) => {
+            bf16_product(threads, out, input, w, bias, rows, false);
+            Ok(())
+        }
+        MlpWeight::PackedF32(w) => {
+            let (threads, cols) = (threads.count(), 0..w.out_features());
+            linear_packed_f32_on(threads, out, input, w, cols, bias, rows, false)
+        }
+    }
+}
+
+/// A pre-norm projection `y = layer_norm(x) W^T + b` (attention's qkv after `norm1`), with
+/// timm's `(out, in)` weight layout.
+#[derive(Clone, Copy, Debug)]
+pub struct NormLinear<'a> {
+    /// Layer-norm scale, `dim` entries.
+    pub norm_gamma: &'a [f32],
+    /// Layer-norm shift, `dim` entries.
+    pub norm_beta: &'a [f32],
+    /// Layer-norm epsilon.
+    pub norm_eps: f32,
+    /// The weight, `(out, dim)`.
+    pub weight: MlpWeight<'a>,
+    /// The bias, `out` entries.
+    pub bias: Option<&'a [f32]>,
+    /// Input width.
+    pub dim: usize,
+    /// Output width.
+    pub out: usize,
+}
+
+/// `y = layer_norm(x) W^T + b` on every row of `x` (`rows x dim`, row-major) into `y`
+/// (`rows x out`).
+///
+/// Chunks of rows run in parallel on rayon's current pool, each normalised into the calling
+/// thread's scratch buffer and projected while it is in cache, so the normalised input is
+/// never stored whole. Buffers that do not fit are an error and nothing is written.
+pub fn norm_linear(y: &mut [f32], x: &[f32], p: &NormLinear<'_>) -> Result<(), KernelError> {
+    let (dim, out) = (p.dim, p.out);
+    p.weight.check("norm_linear", "weight", out, dim)?;
+    let rows = x.len().checked_div(dim).unwrap_or(0);
+    let checks = [
+        ("norm gamma", dim, p.norm_gamma.len()),
+        ("norm beta", dim, p.norm_beta.len()),
+        ("x", rows * dim, x.len()),
+        ("y", rows * out, y.len()),
+        ("bias", out, p.bias.map_or(out, <[f32]>::len)),
+    ];
+    for (operand, expected, found) in checks {
+        if expected != found {
+            return Err(KernelError::BufferLength {
+                op: "norm_linear",
+                operand,
+                expected,
+                found,
+            });
+        }
+    }
+    if y.is_empty() {
+        return Ok(());
+    }
+    let threads = rayon::current_num_threads().max(1);
+    let isa = Isa::detected();
+    if threads > 1 && rows < threads * MLP_CHUNK_ROWS {
+        return norm_linear_rows(isa, y, x, p, Threads::Shared);
+    }
+    y.par_chunks_mut(MLP_CHUNK_ROWS * out)
+        .zip(x.par_chunks(MLP_CHUNK_ROWS * dim))
+        .try_for_each(|(y, x)| norm_linear_rows(isa, y, x, p, Threads::One))
+}
+
+/// [`norm_linear`] on the rows of `x`, normalised in the calling thread's scratch.
+fn norm_linear_rows(
+    isa: Isa,
+    y: &mut [f32],
+    x: &[f32],
+    p: &NormLinear<'_>,
+    threads: Threads,
+) -> Result<(), KernelError> {
+    let rows = x.len() / p.dim;
+    with_scratch(x.len(), |normed| {
+        simd::dispatch(
+            isa,
+            LayerNorm {
+                out: normed,
+                x,
+                gamma: p.norm_gamma,
+                beta: p.norm_beta,
+                eps: p.norm_eps,
+            },
+        );
+        project(threads, y, normed, p.weight, p.bias, (rows, p.dim, p.out))
     })
 }
 

@@ -3,7 +3,9 @@
 use idlevit_checkpoint::WeightReader;
 
 use crate::param::{ParamVisitor, ParamVisitorMut};
-use crate::{Backend, Eager, Linear, NnError, PackedWeight, Result, Tensor};
+use crate::{
+    Backend, Eager, LayerNorm, Linear, NnError, NormLinearParams, PackedWeight, Result, Tensor,
+};
 
 /// Multi-head self-attention as timm's `Attention`: one `qkv` linear whose output rows are
 /// `[q; k; v]` (heads contiguous inside each), scaled dot-product attention, then `proj`.
@@ -165,6 +167,38 @@ impl Attention {
     /// Projects `x` `(batch, tokens, dim)` to per-head queries, keys and values with one
     /// fused product.
     pub fn heads<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<Heads<B::Value>> {
+        self.split_qkv(bk, x, &self.qkv.forward(bk, x)?)
+    }
+
+    /// [`heads`](Self::heads) of `norm(x)`, through [`Backend::norm_linear`] (in inference
+    /// the normalised rows are projected in cache-sized chunks and never stored whole).
+    pub fn norm_heads<B: Backend>(
+        &self,
+        bk: &B,
+        norm: &LayerNorm,
+        x: &B::Value,
+    ) -> Result<Heads<B::Value>> {
+        let param = |p: &crate::Param| bk.param(p);
+        let (gamma, beta) = (param(norm.weight()), param(norm.bias()));
+        let (weight, bias) = (param(self.qkv.weight()), self.qkv.bias().map(param));
+        let params = NormLinearParams {
+            norm_gamma: &gamma,
+            norm_beta: &beta,
+            norm_eps: norm.eps(),
+            weight: &weight,
+            bias: bias.as_ref(),
+            packed: PackedWeight::of(bk, self.qkv.weight()),
+        };
+        self.split_qkv(bk, x, &bk.norm_linear(x, &params)?)
+    }
+
+    /// The fused projection `qkv` of the tokens of `x` split into per-head q, k and v.
+    fn split_qkv<B: Backend>(
+        &self,
+        bk: &B,
+        x: &B::Value,
+        qkv: &B::Value,
+    ) -> Result<Heads<B::Value>> {
         let &[batch, tokens, dim] = bk.shape(x) else {
             return Err(NnError::shape(
                 "attention input",
@@ -172,9 +206,8 @@ impl Attention {
                 bk.shape(x),
             ));
         };
-        let qkv = self.qkv.forward(bk, x)?;
         let qkv = bk.reshape(
-            &qkv,
+            qkv,
             &[batch, tokens, 3, self.num_heads, dim / self.num_heads],
         )?;
         let qkv = bk.permute(&qkv, &[2, 0, 3, 1, 4])?;

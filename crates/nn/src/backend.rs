@@ -32,6 +32,23 @@ impl<'a> PackedWeight<'a> {
     }
 }
 
+/// The parameters of [`Backend::norm_linear`], each a value of the backend.
+#[derive(Clone, Copy, Debug)]
+pub struct NormLinearParams<'a, V> {
+    /// Layer-norm scale `(dim)`.
+    pub norm_gamma: &'a V,
+    /// Layer-norm shift `(dim)`.
+    pub norm_beta: &'a V,
+    /// Layer-norm epsilon.
+    pub norm_eps: f32,
+    /// The weight `(out, dim)`.
+    pub weight: &'a V,
+    /// The bias `(out)`.
+    pub bias: Option<&'a V>,
+    /// The weight's packed copy ([`PackedWeight::of`]).
+    pub packed: Option<PackedWeight<'a>>,
+}
+
 /// The parameters of [`Backend::mlp_half`], each a value of the backend.
 #[derive(Clone, Copy, Debug)]
 pub struct MlpHalfParams<'a, V> {
@@ -263,6 +280,24 @@ pub trait Backend {
             _ => self.linear(input, w, b)?,
         };
         add_branch(self, x, &branch, branch_scale, drop_path)
+    }
+
+    /// `layer_norm(x) W^T + b` over the last axis of `x`: a pre-norm projection (attention's
+    /// qkv after `norm1`). The default composes the primitive operations (the bf16 product
+    /// through [`linear_packed`](Self::linear_packed)); an inference backend may normalise
+    /// rows in cache-sized chunks right before projecting them.
+    fn norm_linear(
+        &self,
+        x: &Self::Value,
+        p: &NormLinearParams<'_, Self::Value>,
+    ) -> Result<Self::Value> {
+        let h = self.layer_norm(x, p.norm_gamma, p.norm_beta, p.norm_eps)?;
+        match p.packed {
+            Some(PackedWeight::Bf16(packed)) => {
+                self.linear_packed(&h, packed, 0..packed.out_features(), p.weight, p.bias)
+            }
+            _ => self.linear(&h, p.weight, p.bias),
+        }
     }
 
     /// `x + branch_scale * drop_path(fc2(gelu(fc1(layer_norm(x)))))`: the MLP half of a

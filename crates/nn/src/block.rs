@@ -169,7 +169,7 @@ impl Block {
 
     /// The dense block over all tokens of `x` `(batch, tokens, dim)`.
     pub fn forward<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
-        let heads = self.attn.heads(bk, &self.norm1.forward(bk, x)?)?;
+        let heads = self.attn.norm_heads(bk, &self.norm1, x)?;
         let x = self.attention_residual(bk, x, &heads)?;
         self.mlp_residual(bk, &x)
     }

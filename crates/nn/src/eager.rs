@@ -18,7 +18,7 @@ type AttentionKernel = fn(
     kernels::AttentionShape,
     f32,
 ) -> std::result::Result<(), kernels::KernelError>;
-use crate::{Backend, MlpHalfParams, NnError, PackedWeight, Param, Result};
+use crate::{Backend, MlpHalfParams, NnError, NormLinearParams, PackedWeight, Param, Result};
 
 /// Runs layer maths directly on [`Tensor`]s with the operations of
 /// [`idlevit_autodiff::ops`] (the same functions a tape records); records nothing.
@@ -278,27 +278,58 @@ impl Backend for Eager {
         Ok(y)
     }
 
+    fn norm_linear(&self, x: &Tensor, p: &NormLinearParams<'_, Tensor>) -> Result<Tensor> {
+        let dim = x.shape().last().copied().unwrap_or(0);
+        let out = p.weight.shape().first().copied().unwrap_or(0);
+        let gamma = expect_shape(p.norm_gamma, "norm scale", &[dim])?;
+        let beta = expect_shape(p.norm_beta, "norm shift", &[dim])?;
+        let w = expect_shape(p.weight, "pre-norm projection weight", &[out, dim])?;
+        let b = p
+            .bias
+            .map(|b| expect_shape(b, "pre-norm projection bias", &[out]))
+            .transpose()?;
+        let (bf16, f32_packed) = match p.packed {
+            Some(PackedWeight::Bf16(packed)) => (Some(packed), None),
+            Some(PackedWeight::F32(packed)) => (None, Some(packed)),
+            None => (None, None),
+        };
+        let x = x.contiguous();
+        let rows = x.numel() / dim.max(1);
+        let mut shape = x.shape().to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = out;
+        }
+        let mut y = vec![0.0; rows * out];
+        kernels::norm_linear(
+            &mut y,
+            x.as_slice().unwrap_or_default(),
+            &kernels::NormLinear {
+                norm_gamma: gamma.as_slice().unwrap_or_default(),
+                norm_beta: beta.as_slice().unwrap_or_default(),
+                norm_eps: p.norm_eps,
+                weight: mlp_weight(&w, bf16, f32_packed),
+                bias: b.as_ref().and_then(Tensor::as_slice),
+                dim,
+                out,
+            },
+        )?;
+        Ok(Tensor::from_vec(shape, y)?)
+    }
+
     fn mlp_half(&self, x: &Tensor, p: &MlpHalfParams<'_, Tensor>) -> Result<Tensor> {
         let dim = x.shape().last().copied().unwrap_or(0);
         let hidden = p.fc1_weight.shape().first().copied().unwrap_or(0);
-        let expect = |t: &Tensor, what: &str, shape: &[usize]| {
-            if t.shape() == shape {
-                Ok(t.contiguous())
-            } else {
-                Err(NnError::shape(what, format!("{shape:?}"), t.shape()))
-            }
-        };
-        let gamma = expect(p.norm_gamma, "mlp norm scale", &[dim])?;
-        let beta = expect(p.norm_beta, "mlp norm shift", &[dim])?;
-        let w1 = expect(p.fc1_weight, "mlp fc1 weight", &[hidden, dim])?;
-        let w2 = expect(p.fc2_weight, "mlp fc2 weight", &[dim, hidden])?;
+        let gamma = expect_shape(p.norm_gamma, "mlp norm scale", &[dim])?;
+        let beta = expect_shape(p.norm_beta, "mlp norm shift", &[dim])?;
+        let w1 = expect_shape(p.fc1_weight, "mlp fc1 weight", &[hidden, dim])?;
+        let w2 = expect_shape(p.fc2_weight, "mlp fc2 weight", &[dim, hidden])?;
         let b1 = p
             .fc1_bias
-            .map(|b| expect(b, "mlp fc1 bias", &[hidden]))
+            .map(|b| expect_shape(b, "mlp fc1 bias", &[hidden]))
             .transpose()?;
         let b2 = p
             .fc2_bias
-            .map(|b| expect(b, "mlp fc2 bias", &[dim]))
+            .map(|b| expect_shape(b, "mlp fc2 bias", &[dim]))
             .transpose()?;
         let mut y = x.contiguous();
         kernels::mlp_half_in_place(
@@ -331,7 +362,16 @@ fn heads_ref(t: &Tensor, tokens: usize, strides: [usize; 4]) -> kernels::HeadsRe
     }
 }
 
-/// The fused MLP's view of a projection weight: its packed bf16 copy when there is one, else
+/// `t` in contiguous storage when its shape is `shape`, else an error naming `what`.
+fn expect_shape(t: &Tensor, what: &str, shape: &[usize]) -> Result<Tensor> {
+    if t.shape() == shape {
+        Ok(t.contiguous())
+    } else {
+        Err(NnError::shape(what, format!("{shape:?}"), t.shape()))
+    }
+}
+
+/// A fused kernel's view of a projection weight: its packed bf16 copy when there is one, else
 /// its packed f32 copy, else the weight itself.
 fn mlp_weight<'a>(
     w: &'a Tensor,

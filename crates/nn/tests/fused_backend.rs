@@ -2,7 +2,7 @@
 //! residual) against the tape, which runs the trait's compositions of primitive operations.
 
 use idlevit_kernels::{PackedBf16, PackedF32};
-use idlevit_nn::{Backend, Eager, MlpHalfParams, PackedWeight, Tape, Tensor};
+use idlevit_nn::{Backend, Eager, MlpHalfParams, NormLinearParams, PackedWeight, Tape, Tensor};
 
 mod common;
 use common::values;
@@ -225,4 +225,71 @@ fn assert_close_vec(found: &[f32], expected: &[f32]) {
     for (f, e) in found.iter().zip(expected) {
         assert!((f - e).abs() <= 1e-5 * (1.0 + e.abs()), "{f} against {e}");
     }
+}
+
+#[test]
+fn fused_norm_linear_equals_the_composition() {
+    let (rows, dim, out) = (300, 6, 9);
+    let x = values(11, &[2, rows, dim]);
+    let p = [
+        values(12, &[dim]),
+        values(13, &[dim]),
+        values(14, &[out, dim]),
+        values(15, &[out]),
+    ];
+    fn params<'a>(
+        p: &'a [Tensor],
+        packed: Option<PackedWeight<'a>>,
+    ) -> NormLinearParams<'a, Tensor> {
+        NormLinearParams {
+            norm_gamma: &p[0],
+            norm_beta: &p[1],
+            norm_eps: 1e-6,
+            weight: &p[2],
+            bias: Some(&p[3]),
+            packed,
+        }
+    }
+    let tape = Tape::new();
+    let tp: Vec<_> = p.iter().map(|t| tape.constant(t.clone())).collect();
+    let composed = tape
+        .norm_linear(
+            &tape.constant(x.clone()),
+            &NormLinearParams {
+                norm_gamma: &tp[0],
+                norm_beta: &tp[1],
+                norm_eps: 1e-6,
+                weight: &tp[2],
+                bias: Some(&tp[3]),
+                packed: None,
+            },
+        )
+        .unwrap();
+    assert_close(
+        &Eager.norm_linear(&x, &params(&p, None)).unwrap(),
+        composed.value(),
+    );
+    if idlevit_kernels::packed_f32_available() {
+        let packed = PackedF32::pack(&p[2].to_vec(), out, dim).unwrap();
+        let eager = Eager
+            .norm_linear(&x, &params(&p, Some(PackedWeight::F32(&packed))))
+            .unwrap();
+        assert_close(&eager, composed.value());
+    }
+    // bf16: the same as normalising, then the bf16 product.
+    let packed = PackedBf16::pack(&p[2].to_vec(), out, dim).unwrap();
+    let h = Eager.layer_norm(&x, &p[0], &p[1], 1e-6).unwrap();
+    let by_layers = Eager
+        .linear_packed(&h, &packed, 0..out, &p[2], Some(&p[3]))
+        .unwrap();
+    let eager = Eager
+        .norm_linear(&x, &params(&p, Some(PackedWeight::Bf16(&packed))))
+        .unwrap();
+    assert_close(&eager, &by_layers);
+    let wrong = values(16, &[out, dim + 1]);
+    let bad = NormLinearParams {
+        weight: &wrong,
+        ..params(&p, None)
+    };
+    assert!(Eager.norm_linear(&x, &bad).is_err());
 }

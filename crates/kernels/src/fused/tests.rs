@@ -449,3 +449,116 @@ fn bf16_attention_refuses_views_past_their_slice() {
     };
     assert!(attention_bf16(&mut out, view, short, view, shape, 0.5).is_err());
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// The fused pre-norm projection equals layer norm then the product, with f32, packed f32
+    /// and bf16 weights, whole chunks and tails, on 1-3 threads.
+    #[test]
+    fn norm_linear_matches_the_layers(
+        rows in 1usize..600,
+        dim in 1usize..24,
+        out in 1usize..40,
+        threads in 1usize..4,
+        with_bias in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let [x, gamma, beta, w, b, _, _] = mlp_values(seed, rows, dim, out);
+        let mut normed = vec![0.0; rows * dim];
+        reference::layer_norm_rows(&mut normed, &x, &gamma, &beta, 1e-6, dim);
+        let mut expected = vec![0.0; rows * out];
+        reference::matmul(
+            MatMut::row_major(&mut expected, rows, out),
+            MatRef::row_major(&normed, rows, dim),
+            MatRef::row_major(&w, out, dim).t(),
+            1.0,
+            0.0,
+        )
+        .unwrap();
+        if with_bias {
+            for row in expected.chunks_exact_mut(out) {
+                row.iter_mut().zip(&b).for_each(|(e, b)| *e += b);
+            }
+        }
+        let packed = PackedF32::pack(&w, out, dim).unwrap();
+        let params = NormLinear {
+            norm_gamma: &gamma,
+            norm_beta: &beta,
+            norm_eps: 1e-6,
+            weight: MlpWeight::F32(&w),
+            bias: with_bias.then_some(&b[..]),
+            dim,
+            out,
+        };
+        let mut weights = vec![MlpWeight::F32(&w)];
+        if crate::packed_f32_available() {
+            weights.push(MlpWeight::PackedF32(&packed));
+        }
+        for weight in weights {
+            let mut found = vec![f32::NAN; rows * out];
+            let p = NormLinear { weight, ..params };
+            pool(threads).install(|| norm_linear(&mut found, &x, &p)).unwrap();
+            assert_close(&found, &expected, 2e-5);
+        }
+        // bf16: the normalised rows rounded like the bf16 product rounds them.
+        let bf16 = PackedBf16::pack(&w, out, dim).unwrap();
+        let mut by_layers = vec![0.0; rows * out];
+        let mut fused_normed = vec![0.0; rows * dim];
+        crate::layer_norm_rows(&mut fused_normed, &x, &gamma, &beta, 1e-6, dim);
+        crate::linear_bf16(&mut by_layers, &fused_normed, &bf16, params.bias, rows).unwrap();
+        let mut found = vec![f32::NAN; rows * out];
+        let p = NormLinear { weight: MlpWeight::Bf16(&bf16), ..params };
+        pool(threads).install(|| norm_linear(&mut found, &x, &p)).unwrap();
+        assert_close(&found, &by_layers, 1e-5);
+    }
+}
+
+#[test]
+fn norm_linear_refuses_mismatched_buffers() {
+    let ones = vec![1.0; 64];
+    let p = NormLinear {
+        norm_gamma: &ones[..4],
+        norm_beta: &ones[..4],
+        norm_eps: 1e-6,
+        weight: MlpWeight::F32(&ones[..24]),
+        bias: Some(&ones[..6]),
+        dim: 4,
+        out: 6,
+    };
+    let x = vec![0.5; 8];
+    let mut y = vec![0.0; 12];
+    assert!(norm_linear(&mut y, &x, &p).is_ok());
+    for (operand, bad, y_len) in [
+        ("y", p, 11),
+        (
+            "bias",
+            NormLinear {
+                bias: Some(&ones[..5]),
+                ..p
+            },
+            12,
+        ),
+        (
+            "weight",
+            NormLinear {
+                weight: MlpWeight::F32(&ones[..23]),
+                ..p
+            },
+            12,
+        ),
+        (
+            "norm beta",
+            NormLinear {
+                norm_beta: &ones[..3],
+                ..p
+            },
+            12,
+        ),
+    ] {
+        let mut y = vec![7.0; y_len];
+        let err = norm_linear(&mut y, &x, &bad).unwrap_err();
+        assert!(err.to_string().contains(operand), "{operand}: {err}");
+        assert!(y.iter().all(|&v| v == 7.0), "{operand}: y was written");
+    }
+}

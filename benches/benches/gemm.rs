@@ -73,6 +73,9 @@ fn bench_gemm(c: &mut Criterion) {
                     idlevit_kernels::linear_packed_f32(y, x, &avx2, 0..n, Some(&bias), m, false)
                 };
                 if avx2_product(&mut y).is_ok() {
+                    group.bench_function(BenchmarkId::new("packed_avx2_1t", &shape), |bench| {
+                        bench.iter(|| one.install(|| avx2_product(&mut y)).expect("packed avx2"))
+                    });
                     group.bench_function(
                         BenchmarkId::new(format!("packed_avx2_{threads}t"), &shape),
                         |bench| bench.iter(|| avx2_product(&mut y).expect("packed avx2")),

@@ -66,6 +66,21 @@ fn bench_gemm(c: &mut Criterion) {
                     BenchmarkId::new(format!("packed_{threads}t"), &shape),
                     |bench| bench.iter(|| packed_product(&mut y)),
                 );
+                // The AVX2 kernel too where the CPU's best is AVX-512, to compare the two.
+                let avx2 = packed.clone().with_avx2_kernel();
+                let avx2_product = |y: &mut [f32]| {
+                    let x = black_box(&x);
+                    idlevit_kernels::linear_packed_f32(y, x, &avx2, 0..n, Some(&bias), m, false)
+                };
+                if avx2_product(&mut y).is_ok() {
+                    group.bench_function(BenchmarkId::new("packed_avx2_1t", &shape), |bench| {
+                        bench.iter(|| one.install(|| avx2_product(&mut y)).expect("packed avx2"))
+                    });
+                    group.bench_function(
+                        BenchmarkId::new(format!("packed_avx2_{threads}t"), &shape),
+                        |bench| bench.iter(|| avx2_product(&mut y).expect("packed avx2")),
+                    );
+                }
             }
             group.bench_function(BenchmarkId::new("matrixmultiply_1t", &shape), |bench| {
                 bench.iter(|| {

@@ -5,14 +5,18 @@
 //! reuse each packed panel too few times to hide it). Here the weight is cut into panels of
 //! [`PANEL`] output columns once; within a panel, step `k` holds the 32 columns' weights for
 //! input feature `k`, side by side (zero beyond N). The AVX-512 micro-kernel keeps a
-//! [`MR`] x 32 tile in 24 registers: per input feature it loads the panel's two vectors and
-//! broadcasts one activation per row from the row-major input, which is read in place.
+//! 12 x 32 tile in 24 registers: per input feature it loads the panel's two vectors and
+//! broadcasts one activation per row from the row-major input, which is read in place. On
+//! CPUs with AVX2 and FMA but not AVX-512F, a kernel with half the vector width and half the
+//! registers does the same per 6 x 16 half of a 6 x 32 tile (twelve ymm accumulators); the
+//! layout is the same for both, and the kernel is chosen once per process.
 //!
 //! Blocking: a task owns a block of rows (up to [`MC`] when there are many; all of them,
 //! with the panels cut into one range per thread, when there are few) and, for each block of
-//! [`KC`] features, runs every panel over every group of `MR` rows, so a panel's `KC x 32`
-//! slice (16 KiB) stays in L1 while the rows' block stays in L2. Only CPUs with AVX-512F
-//! run it ([`packed_f32_available`]); elsewhere callers keep the libraries' GEMM.
+//! [`KC`] features, runs every panel over every group of tile rows, so a panel's `KC x 32`
+//! slice (16 KiB) stays in L1 while the rows' block stays in L2. Only CPUs with AVX-512F, or
+//! AVX2 and FMA, run it ([`packed_f32_available`]); elsewhere callers keep the libraries'
+//! GEMM.
 
 #[cfg(test)]
 mod tests;
@@ -29,33 +33,60 @@ use crate::tiles::{OutPtr, Tiling, for_each_tile};
 
 /// Output columns per weight panel (two 16-lane vectors).
 pub const PANEL: usize = 32;
-/// Rows per micro-kernel tile.
-const MR: usize = 12;
-/// Rows per tile for the last rows of a block, so that (say) 25 rows compute 28, not 36.
-const SHORT: usize = 4;
 /// Input features per cache block.
 const KC: usize = 128;
-/// Rows per task block.
-const MC: usize = 8 * MR;
+/// Rows per task block: a multiple of both kernels' tile heights.
+const MC: usize = 96;
 /// Work (M·N·K) below which a call stays on the calling thread: 2^20 multiply-adds are about
 /// 20 µs of one thread here, a few times what handing half the panels to a second worker
 /// costs. (An idle layer at batch 1 projects 25 to 138 rows; at the libraries' threshold of
 /// 2^24 most of those ran on one thread.)
 const PAR_MIN_WORK: usize = 1 << 20;
 
-/// Whether this CPU runs the packed f32 kernel (AVX-512F).
+/// Which micro-kernel runs the products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PackedKernel {
+    /// 12 x 32 tiles (4 x 32 for a block's last rows) in 512-bit registers.
+    Avx512,
+    /// 6 x 32 tiles (2 x 32 for a block's last rows) in 256-bit registers, a 16-column half
+    /// at a time.
+    Avx2,
+}
+
+impl PackedKernel {
+    /// Every kernel, fastest first.
+    pub(crate) const ALL: [Self; 2] = [Self::Avx512, Self::Avx2];
+
+    /// The fastest kernel this CPU runs, if any; detected once.
+    pub(crate) fn detected() -> Option<Self> {
+        static BEST: OnceLock<Option<PackedKernel>> = OnceLock::new();
+        *BEST.get_or_init(|| Self::ALL.into_iter().find(|kernel| kernel.is_supported()))
+    }
+
+    /// Whether this CPU can run `self`.
+    pub(crate) fn is_supported(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512 => is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(not(target_arch = "x86_64"))]
+            Self::Avx512 | Self::Avx2 => false,
+        }
+    }
+
+    /// The instruction sets `self` needs, for [`KernelError::Unsupported`].
+    fn needs(self) -> &'static str {
+        match self {
+            Self::Avx512 => "AVX-512F",
+            Self::Avx2 => "AVX2 and FMA",
+        }
+    }
+}
+
+/// Whether this CPU runs a packed f32 kernel (it has AVX-512F, or AVX2 and FMA).
 pub fn packed_f32_available() -> bool {
-    static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            is_x86_feature_detected!("avx512f")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    })
+    PackedKernel::detected().is_some()
 }
 
 /// A `(N, K)` f32 weight packed once for [`linear_packed_f32`].
@@ -64,6 +95,9 @@ pub struct PackedF32 {
     n: usize,
     k: usize,
     data: Vec<f32>,
+    /// The micro-kernel its products run on: this CPU's best, unless a test or benchmark
+    /// chose another (the layout is the same for all).
+    kernel: Option<PackedKernel>,
 }
 
 impl PackedF32 {
@@ -92,7 +126,27 @@ impl PackedF32 {
                 }
             }
         }
-        Ok(Self { n, k, data })
+        Ok(Self {
+            n,
+            k,
+            data,
+            kernel: PackedKernel::detected(),
+        })
+    }
+
+    /// The same weight, its products run by `kernel` (which fails if this CPU cannot).
+    pub(crate) fn with_kernel(self, kernel: PackedKernel) -> Self {
+        Self {
+            kernel: Some(kernel),
+            ..self
+        }
+    }
+
+    /// The same weight, its products run by the AVX2 kernel whatever the CPU's best, so
+    /// benchmarks can compare the kernels on one machine; not a stable API.
+    #[doc(hidden)]
+    pub fn with_avx2_kernel(self) -> Self {
+        self.with_kernel(PackedKernel::Avx2)
     }
 
     /// Output features (N).
@@ -116,7 +170,8 @@ impl PackedF32 {
 /// output features `cols` of a packed weight; `x` and `y` contiguous row-major, `bias` (if
 /// any) with `cols.len()` entries. Runs on rayon's current pool when large.
 ///
-/// Fails if this CPU lacks AVX-512F ([`packed_f32_available`]) or a buffer does not fit.
+/// Fails if this CPU has neither AVX-512F nor AVX2 and FMA ([`packed_f32_available`]) or a
+/// buffer does not fit.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_packed_f32(
     y: &mut [f32],
@@ -127,12 +182,17 @@ pub fn linear_packed_f32(
     m: usize,
     accumulate: bool,
 ) -> Result<(), KernelError> {
-    let threads = if m.saturating_mul(cols.len()).saturating_mul(w.k) >= PAR_MIN_WORK {
+    let threads = parallel_threads(m, cols.len(), w.k);
+    linear_packed_f32_on(threads, y, x, w, cols, bias, m, accumulate)
+}
+
+/// Tasks for an `m x n x k` product: rayon's pool when large, else the calling thread.
+fn parallel_threads(m: usize, n: usize, k: usize) -> usize {
+    if m.saturating_mul(n).saturating_mul(k) >= PAR_MIN_WORK {
         rayon::current_num_threads()
     } else {
         1
-    };
-    linear_packed_f32_on(threads, y, x, w, cols, bias, m, accumulate)
+    }
 }
 
 /// [`linear_packed_f32`] on up to `threads` tasks (1: the calling thread only).
@@ -147,12 +207,15 @@ pub(crate) fn linear_packed_f32_on(
     m: usize,
     accumulate: bool,
 ) -> Result<(), KernelError> {
-    if !packed_f32_available() {
-        return Err(KernelError::Unsupported {
-            op: "linear_packed_f32",
-            needs: "AVX-512F",
-        });
-    }
+    let kernel = match w.kernel {
+        Some(kernel) if kernel.is_supported() => kernel,
+        chosen => {
+            return Err(KernelError::Unsupported {
+                op: "linear_packed_f32",
+                needs: chosen.map_or("AVX-512F, or AVX2 and FMA", PackedKernel::needs),
+            });
+        }
+    };
     if cols.start > cols.end || cols.end > w.n {
         return Err(KernelError::BufferLength {
             op: "linear_packed_f32",
@@ -176,6 +239,7 @@ pub(crate) fn linear_packed_f32_on(
         return Ok(());
     }
     let call = Call {
+        kernel,
         x,
         w,
         bias,
@@ -206,6 +270,7 @@ pub(crate) fn linear_packed_f32_on(
 
 /// One checked call's operands, shared by its tasks.
 struct Call<'a> {
+    kernel: PackedKernel,
     x: &'a [f32],
     w: &'a PackedF32,
     bias: Option<&'a [f32]>,
@@ -223,6 +288,20 @@ thread_local! {
 impl Call<'_> {
     /// Computes rows `rows` of the output for weight panels `panels`.
     fn block(&self, rows: Range<usize>, panels: Range<usize>) {
+        // Tile heights: full tiles, and shorter ones for the last rows of a block so that
+        // (say) 25 rows compute 28, not 36.
+        match self.kernel {
+            PackedKernel::Avx512 => self.block_in::<12, 4>(rows, panels),
+            PackedKernel::Avx2 => self.block_in::<6, 2>(rows, panels),
+        }
+    }
+
+    /// [`Call::block`] in tiles of `MR` rows, and `SHORT` for the last rows.
+    fn block_in<const MR: usize, const SHORT: usize>(
+        &self,
+        rows: Range<usize>,
+        panels: Range<usize>,
+    ) {
         let k = self.w.k;
         let mut tail = TAIL.with(RefCell::take);
         for kb in (0..k).step_by(KC) {
@@ -287,24 +366,25 @@ impl Call<'_> {
         let overwrite = first_block && !self.accumulate;
         let with_bias = first_block;
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `linear_packed_f32_on` checked that the CPU has AVX-512F and that the output
-        // is `m x n`; the set bits of `cols` are exactly the panel columns inside it, rows
+        // SAFETY: `linear_packed_f32_on` checked that the CPU runs `self.kernel` and that the
+        // output is `m x n`; the set bits of `cols` are exactly the panel columns inside it, rows
         // `rows` lie inside it, so every element touched is in the output (and its bias), in
         // this task's tile, which no other task writes (see `OutPtr`). `a` holds R rows of
         // `kk` features at stride `lda` and `b` holds `kk` panel steps.
         unsafe {
-            x86::tile::<R>(
-                a,
-                lda,
-                b,
-                kk,
+            let ops = x86::TileIn { a, lda, b, kk };
+            let out = x86::TileOut {
                 c,
-                n,
-                rows.len(),
+                ldc: n,
+                rows: rows.len(),
                 cols,
-                bias.filter(|_| with_bias),
+                bias: bias.filter(|_| with_bias),
                 overwrite,
-            );
+            };
+            match self.kernel {
+                PackedKernel::Avx512 => x86::tile::<R>(&ops, &out),
+                PackedKernel::Avx2 => x86::tile_avx2::<R>(&ops, &out),
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = (a, lda, b, kk, c, bias, overwrite, with_bias);

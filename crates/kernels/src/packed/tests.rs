@@ -8,7 +8,8 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     /// Any shape (tails of rows, panels and feature blocks), column range, bias, accumulation
-    /// and thread count gives the f64 reference product.
+    /// and thread count gives the f64 reference product, with every kernel this CPU runs and
+    /// through the public entry point.
     #[test]
     fn packed_linear_matches_the_reference(
         m in 1usize..70,
@@ -29,12 +30,22 @@ proptest! {
         let b = f32_vec(seed ^ 2, width);
         let start = f32_vec(seed ^ 3, m * width);
         let packed = PackedF32::pack(&w, n, k).unwrap();
+        let bias_slice = bias.then_some(&b[..]);
+        let mut results = Vec::new();
+        for kernel in PackedKernel::ALL.into_iter().filter(|kernel| kernel.is_supported()) {
+            let mut found = start.clone();
+            pool(threads)
+                .install(|| {
+                    linear_packed_f32_on(threads, &mut found, &x, &packed.clone().with_kernel(kernel), cols.clone(), bias_slice, m, accumulate)
+                })
+                .unwrap();
+            results.push((format!("{kernel:?}"), found));
+        }
         let mut found = start.clone();
         pool(threads)
-            .install(|| {
-                linear_packed_f32(&mut found, &x, &packed, cols.clone(), bias.then_some(&b[..]), m, accumulate)
-            })
+            .install(|| linear_packed_f32(&mut found, &x, &packed, cols.clone(), bias_slice, m, accumulate))
             .unwrap();
+        results.push(("public".into(), found));
         let mut expected = vec![0.0; m * width];
         let w_cols = MatRef {
             data: &w[cols.start * k..],
@@ -57,8 +68,75 @@ proptest! {
             *e += if bias { b[i % width.max(1)] } else { 0.0 };
             *e += if accumulate { start[i] } else { 0.0 };
         }
-        for (i, (f, e)) in found.iter().zip(&expected).enumerate() {
-            prop_assert!((f - e).abs() <= 1e-5 * (1.0 + e.abs()) * (1.0 + k as f32).sqrt(), "{i}: {f} against {e}");
+        for (kernel, found) in &results {
+            for (i, (f, e)) in found.iter().zip(&expected).enumerate() {
+                prop_assert!((f - e).abs() <= 1e-5 * (1.0 + e.abs()) * (1.0 + k as f32).sqrt(), "{kernel} {i}: {f} against {e}");
+            }
+        }
+    }
+}
+
+/// On a DeiT-S qkv shape (a column range cutting panels at both ends, bias, accumulation,
+/// several threads, and enough rows for whole row blocks) the kernels agree bit for bit:
+/// both sum each output's features in the same order with fused multiply-adds, and add the
+/// bias and the previous output the same way. Sampled outputs also match the f64 sums, so
+/// two kernels that agreed on a wrong answer would still fail.
+#[test]
+fn kernels_agree_on_a_deit_shape() {
+    let kernels: Vec<_> = PackedKernel::ALL
+        .into_iter()
+        .filter(|kernel| kernel.is_supported())
+        .collect();
+    let (k, n, cols) = (384, 1152, 37..1101);
+    let width = cols.len();
+    let w = f32_vec(11, n * k);
+    let packed = PackedF32::pack(&w, n, k).unwrap();
+    let b = f32_vec(12, width);
+    for (m, threads, accumulate) in [(197, 2, false), (197, 1, true), (800, 2, true)] {
+        let x = f32_vec(13 + m as u64, m * k);
+        let start = f32_vec(14, m * width);
+        let outputs: Vec<Vec<f32>> = kernels
+            .iter()
+            .map(|&kernel| {
+                let mut y = start.clone();
+                pool(threads)
+                    .install(|| {
+                        linear_packed_f32_on(
+                            threads,
+                            &mut y,
+                            &x,
+                            &packed.clone().with_kernel(kernel),
+                            cols.clone(),
+                            Some(&b),
+                            m,
+                            accumulate,
+                        )
+                    })
+                    .unwrap();
+                y
+            })
+            .collect();
+        for (kernel, y) in kernels.iter().zip(&outputs) {
+            for i in (0..m * width).step_by(997) {
+                let (row, j) = (i / width, i % width);
+                let dot: f64 = (0..k)
+                    .map(|s| f64::from(x[row * k + s]) * f64::from(w[(cols.start + j) * k + s]))
+                    .sum();
+                let prior = if accumulate { f64::from(start[i]) } else { 0.0 };
+                let e = dot + f64::from(b[j]) + prior;
+                let f = f64::from(y[i]);
+                assert!(
+                    (f - e).abs() <= 1e-4 * (1.0 + e.abs()),
+                    "{kernel:?} m={m} ({row}, {j}): {f} against {e}"
+                );
+            }
+        }
+        for (kernel, y) in kernels.iter().zip(&outputs).skip(1) {
+            let differ = y
+                .iter()
+                .zip(&outputs[0])
+                .position(|(a, b)| a.to_bits() != b.to_bits());
+            assert_eq!(differ, None, "{kernel:?} against {:?}, m={m}", kernels[0]);
         }
     }
 }

@@ -93,7 +93,7 @@ impl Param {
 
     /// The f32 copy of this `(out, in)` weight packed for the packed GEMM kernel, made on
     /// the first call (inference backends ask for it; training never does); `None` when the
-    /// CPU lacks AVX-512F or the value is not a matrix.
+    /// CPU lacks both AVX-512F and AVX2 with FMA or the value is not a matrix.
     pub fn packed_f32(&self) -> Option<&PackedF32> {
         self.f32_packed.get(&self.value)
     }

@@ -192,7 +192,9 @@ fn an_optimiser_step_drops_the_stale_packed_f32_copy_and_clones_share_it() {
     let mut p = idlevit_nn::Param::new("w", values(11, &[3, 4]));
     let product = |p: &idlevit_nn::Param| {
         let mut y = vec![0.0; 3];
-        let packed = p.packed_f32().expect("a matrix on an AVX-512 CPU");
+        let packed = p
+            .packed_f32()
+            .expect("a matrix on a CPU with the packed kernel");
         idlevit_kernels::linear_packed_f32(&mut y, &[1.0; 4], packed, 0..3, None, 1, false)
             .unwrap();
         y

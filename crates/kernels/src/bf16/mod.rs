@@ -53,8 +53,9 @@ pub(crate) const KCP: usize = KC / 2;
 /// Rows per task and per packed activation block.
 pub(crate) const MC: usize = 12 * MR;
 
-/// Work (M·N·K) below which a call stays on the calling thread (as for the f32 GEMM).
-const PAR_MIN_WORK: usize = 1 << 24;
+/// Work (M·N·K) below which a call stays on the calling thread: as for the packed f32 GEMM,
+/// so that an idle layer's projections of 25 to 138 rows at batch 1 use both threads.
+const PAR_MIN_WORK: usize = 1 << 20;
 
 /// Rounds `x` to the nearest bf16 (ties to even), as the raw 16 bits; NaN stays a (quiet) NaN.
 #[inline(always)]
@@ -261,15 +262,20 @@ pub(crate) fn run(
     let first_panel = cols.start / PANEL;
     let panels = cols.end.div_ceil(PANEL) - first_panel;
     let row_blocks = m.div_ceil(MC);
-    // Enough tasks for every thread to have two; cut columns only when rows run short.
-    let col_chunks = if threads <= 1 || row_blocks >= 2 * threads {
-        1
+    // Enough tasks for every thread to have two; cut columns only when rows run short. At two
+    // row blocks or fewer (a batch of one image: 197 rows are a block of 144 and one of 53)
+    // blocks of unequal height would leave one thread idle, so every task takes all the rows
+    // and one even range of panels.
+    let (row_block, col_chunks) = if threads > 1 && row_blocks <= 2 {
+        (m, threads.min(panels))
+    } else if threads <= 1 || row_blocks >= 2 * threads {
+        (MC, 1)
     } else {
-        (2 * threads).div_ceil(row_blocks).min(panels)
+        (MC, (2 * threads).div_ceil(row_blocks).min(panels))
     };
     let tiling = Tiling {
         rows: m,
-        row_block: MC,
+        row_block,
         first_panel,
         panels,
         col_chunks,

@@ -283,7 +283,7 @@ impl Attention {
     pub fn attend_heads_residual<B: Backend>(
         &self,
         bk: &B,
-        x: &B::Value,
+        x: B::Value,
         q: &B::Value,
         k: &B::Value,
         v: &B::Value,

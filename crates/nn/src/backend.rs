@@ -261,11 +261,12 @@ pub trait Backend {
     /// attention's output projection), `packed` the weight's packed copy
     /// ([`PackedWeight::of`]). The default composes the primitive operations (the bf16
     /// product through [`linear_packed`](Self::linear_packed)); an inference backend may
-    /// accumulate the product straight onto a copy of `x`.
+    /// accumulate the product straight onto `x`, which it takes so that, when nothing else
+    /// holds it, no copy is made.
     #[allow(clippy::too_many_arguments)]
     fn linear_residual(
         &self,
-        x: &Self::Value,
+        x: Self::Value,
         input: &Self::Value,
         w: &Self::Value,
         b: Option<&Self::Value>,
@@ -279,7 +280,7 @@ pub trait Backend {
             }
             _ => self.linear(input, w, b)?,
         };
-        add_branch(self, x, &branch, branch_scale, drop_path)
+        add_branch(self, &x, &branch, branch_scale, drop_path)
     }
 
     /// `layer_norm(x) W^T + b` over the last axis of `x`: a pre-norm projection (attention's
@@ -303,16 +304,17 @@ pub trait Backend {
     /// `x + branch_scale * drop_path(fc2(gelu(fc1(layer_norm(x)))))`: the MLP half of a
     /// pre-norm block, residual included, over the last axis of `x`.
     ///
-    /// The default composes the primitive operations; an inference backend may fuse it.
-    fn mlp_half(&self, x: &Self::Value, p: &MlpHalfParams<'_, Self::Value>) -> Result<Self::Value> {
+    /// The default composes the primitive operations; an inference backend may fuse it, in
+    /// place when nothing else holds `x`.
+    fn mlp_half(&self, x: Self::Value, p: &MlpHalfParams<'_, Self::Value>) -> Result<Self::Value> {
         let project = |x: &Self::Value, w, b, packed: Option<&PackedBf16>| match packed {
             Some(packed) => self.linear_packed(x, packed, 0..packed.out_features(), w, b),
             None => self.linear(x, w, b),
         };
-        let h = self.layer_norm(x, p.norm_gamma, p.norm_beta, p.norm_eps)?;
+        let h = self.layer_norm(&x, p.norm_gamma, p.norm_beta, p.norm_eps)?;
         let hidden = self.gelu(&project(&h, p.fc1_weight, p.fc1_bias, p.fc1_packed)?)?;
         let branch = project(&hidden, p.fc2_weight, p.fc2_bias, p.fc2_packed)?;
-        add_branch(self, x, &branch, p.branch_scale, p.drop_path)
+        add_branch(self, &x, &branch, p.branch_scale, p.drop_path)
     }
 
     /// `x W[cols]^T + b` where the weight also has a packed bf16 copy `packed`: an inference

@@ -120,8 +120,9 @@ impl Block {
     }
 
     /// `x + mlp(norm2(x))`, the block's second half, through [`Backend::mlp_half`] (fused in
-    /// inference, in bf16 when the weights have packed bf16 copies).
-    pub fn mlp_residual<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
+    /// inference, in bf16 when the weights have packed bf16 copies, and in place when nothing
+    /// else holds `x`).
+    pub fn mlp_residual<B: Backend>(&self, bk: &B, x: B::Value) -> Result<B::Value> {
         let (fc1, fc2) = (self.mlp.fc1(), self.mlp.fc2());
         let param = |p: &crate::Param| bk.param(p);
         let (gamma, beta) = (param(self.norm2.weight()), param(self.norm2.bias()));
@@ -158,7 +159,7 @@ impl Block {
     pub fn attention_residual<B: Backend>(
         &self,
         bk: &B,
-        x: &B::Value,
+        x: B::Value,
         heads: &crate::Heads<B::Value>,
     ) -> Result<B::Value> {
         let (q, k, v) = (&heads.q, &heads.k, &heads.v);
@@ -169,8 +170,14 @@ impl Block {
 
     /// The dense block over all tokens of `x` `(batch, tokens, dim)`.
     pub fn forward<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
-        let heads = self.attn.norm_heads(bk, &self.norm1, x)?;
+        self.forward_owned(bk, x.clone())
+    }
+
+    /// [`forward`](Self::forward) taking `x`: in inference, when nothing else holds it, both
+    /// residual updates are written into its storage and the layer copies no residual stream.
+    pub fn forward_owned<B: Backend>(&self, bk: &B, x: B::Value) -> Result<B::Value> {
+        let heads = self.attn.norm_heads(bk, &self.norm1, &x)?;
         let x = self.attention_residual(bk, x, &heads)?;
-        self.mlp_residual(bk, &x)
+        self.mlp_residual(bk, x)
     }
 }

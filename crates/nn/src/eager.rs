@@ -200,7 +200,7 @@ impl Backend for Eager {
 
     fn linear_residual(
         &self,
-        x: &Tensor,
+        x: Tensor,
         input: &Tensor,
         w: &Tensor,
         b: Option<&Tensor>,
@@ -238,7 +238,8 @@ impl Backend for Eager {
             })
             .transpose()?;
         let input = input.contiguous();
-        let mut y = x.contiguous();
+        // `x` itself when it is contiguous: written in place when nothing else holds it.
+        let mut y = into_contiguous(x);
         let out = y.as_mut_slice();
         let bias = b.as_ref().and_then(Tensor::as_slice);
         match packed {
@@ -254,7 +255,7 @@ impl Backend for Eager {
             }
             Some(PackedWeight::Bf16(p)) => {
                 let branch = linear_bf16_tensor(&input, p, 0..p.out_features(), b.as_ref())?;
-                return crate::backend::add_branch(self, x, &branch, branch_scale, 0.0);
+                return crate::backend::add_branch(self, &y, &branch, branch_scale, 0.0);
             }
             _ => {}
         }
@@ -316,7 +317,7 @@ impl Backend for Eager {
         Ok(Tensor::from_vec(shape, y)?)
     }
 
-    fn mlp_half(&self, x: &Tensor, p: &MlpHalfParams<'_, Tensor>) -> Result<Tensor> {
+    fn mlp_half(&self, x: Tensor, p: &MlpHalfParams<'_, Tensor>) -> Result<Tensor> {
         let dim = x.shape().last().copied().unwrap_or(0);
         let hidden = p.fc1_weight.shape().first().copied().unwrap_or(0);
         let gamma = expect_shape(p.norm_gamma, "mlp norm scale", &[dim])?;
@@ -331,7 +332,7 @@ impl Backend for Eager {
             .fc2_bias
             .map(|b| expect_shape(b, "mlp fc2 bias", &[dim]))
             .transpose()?;
-        let mut y = x.contiguous();
+        let mut y = into_contiguous(x);
         kernels::mlp_half_in_place(
             y.as_mut_slice(),
             &kernels::MlpHalf {
@@ -360,6 +361,11 @@ fn heads_ref(t: &Tensor, tokens: usize, strides: [usize; 4]) -> kernels::HeadsRe
         tokens,
         strides,
     }
+}
+
+/// `x` in contiguous storage: `x` itself when it already is (so a sole owner stays one).
+fn into_contiguous(x: Tensor) -> Tensor {
+    if x.is_contiguous() { x } else { x.contiguous() }
 }
 
 /// `t` in contiguous storage when its shape is `shape`, else an error naming `what`.

@@ -86,25 +86,23 @@ fn fused_mlp_half_and_residual_projection_equal_the_composition() {
     ];
     let tape = Tape::new();
     let tp: Vec<_> = params.iter().map(|t| tape.constant(t.clone())).collect();
-    let eager = Eager.mlp_half(&x, &make(&params)).unwrap();
-    let composed = tape
-        .mlp_half(&tape.constant(x.clone()), &make(&tp))
-        .unwrap();
+    let eager = Eager.mlp_half(x.clone(), &make(&params)).unwrap();
+    let composed = tape.mlp_half(tape.constant(x.clone()), &make(&tp)).unwrap();
     assert_close(&eager, composed.value());
     let swapped = MlpHalfParams {
         fc1_weight: &params[4],
         ..make(&params)
     };
-    assert!(Eager.mlp_half(&x, &swapped).is_err());
+    assert!(Eager.mlp_half(x.clone(), &swapped).is_err());
 
     let input = values(9, &[1, rows, hidden]);
     let (w, b) = (&params[4], &params[5]);
     let eager = Eager
-        .linear_residual(&x, &input, w, Some(b), None, 0.5, 0.0)
+        .linear_residual(x.clone(), &input, w, Some(b), None, 0.5, 0.0)
         .unwrap();
     let composed_residual = |scale| {
         tape.linear_residual(
-            &tape.constant(x.clone()),
+            tape.constant(x.clone()),
             &tape.constant(input.clone()),
             &tp[4],
             Some(&tp[5]),
@@ -118,7 +116,7 @@ fn fused_mlp_half_and_residual_projection_equal_the_composition() {
     assert_close(&eager, composed.value());
     assert!(
         Eager
-            .linear_residual(&x, &input, &params[2], Some(b), None, 0.5, 0.0)
+            .linear_residual(x.clone(), &input, &params[2], Some(b), None, 0.5, 0.0)
             .is_err()
     );
     // The packed f32 kernel (where the CPU runs it) accumulates onto the residual directly.
@@ -126,7 +124,7 @@ fn fused_mlp_half_and_residual_projection_equal_the_composition() {
         let packed = PackedF32::pack(&w.to_vec(), dim, hidden).unwrap();
         let eager = Eager
             .linear_residual(
-                &x,
+                x.clone(),
                 &input,
                 w,
                 Some(b),
@@ -148,10 +146,8 @@ fn fused_mlp_half_and_residual_projection_equal_the_composition() {
             fc2_packed_f32: Some(&packed[1]),
             ..make(&params)
         };
-        let eager = Eager.mlp_half(&x, &with_packed).unwrap();
-        let composed = tape
-            .mlp_half(&tape.constant(x.clone()), &make(&tp))
-            .unwrap();
+        let eager = Eager.mlp_half(x.clone(), &with_packed).unwrap();
+        let composed = tape.mlp_half(tape.constant(x.clone()), &make(&tp)).unwrap();
         assert_close(&eager, composed.value());
     }
     // The bf16 projection equals the bf16 product added by hand, accumulated onto the
@@ -163,7 +159,7 @@ fn fused_mlp_half_and_residual_projection_equal_the_composition() {
     for scale in [1.0, 0.5] {
         let eager = Eager
             .linear_residual(
-                &x,
+                x.clone(),
                 &input,
                 w,
                 Some(b),
@@ -179,7 +175,7 @@ fn fused_mlp_half_and_residual_projection_equal_the_composition() {
     }
     assert!(
         Eager
-            .linear_residual(&x, &x, w, Some(b), None, 0.5, 0.0)
+            .linear_residual(x.clone(), &x, w, Some(b), None, 0.5, 0.0)
             .is_err()
     );
 }
@@ -294,4 +290,37 @@ fn fused_norm_linear_equals_the_composition() {
         ..params(&p, None)
     };
     assert!(Eager.norm_linear(&x, &bad).is_err());
+}
+
+#[test]
+fn residual_updates_write_into_a_sole_owner_and_leave_shared_inputs_alone() {
+    let (rows, dim, hidden) = (5, 4, 6);
+    let params = [
+        values(3, &[dim]),
+        values(4, &[dim]),
+        values(5, &[hidden, dim]),
+        values(6, &[hidden]),
+        values(7, &[dim, hidden]),
+        values(8, &[dim]),
+    ];
+    let x = values(2, &[1, rows, dim]);
+    let before = x.to_vec();
+    let start = |t: &Tensor| t.storage().0.as_ptr();
+    // Shared: the caller's x keeps its values.
+    let shared = Eager.mlp_half(x.clone(), &make(&params)).unwrap();
+    assert_eq!(x.to_vec(), before);
+    assert_ne!(start(&shared), start(&x));
+    // Sole owner: the result lives in x's own storage.
+    let owned = Tensor::from_vec(vec![1, rows, dim], before.clone()).unwrap();
+    let at = start(&owned);
+    let updated = Eager.mlp_half(owned, &make(&params)).unwrap();
+    assert_eq!(start(&updated), at);
+    assert_eq!(updated.to_vec(), shared.to_vec());
+    let input = values(9, &[1, rows, hidden]);
+    let (w, b) = (&params[4], &params[5]);
+    let at = start(&updated);
+    let projected = Eager
+        .linear_residual(updated, &input, w, Some(b), None, 0.5, 0.0)
+        .unwrap();
+    assert_eq!(start(&projected), at);
 }

@@ -32,7 +32,7 @@ fn compute_selected<B: Backend>(
     }
     let image_scores = scores.slice_axis(1, 1, tokens)?.contiguous();
     let selection = TokenSelection::from_scores(&image_scores, keep)?;
-    let y = block.forward(bk, &bk.gather_rows(x, selection.indices())?)?;
+    let y = block.forward_owned(bk, bk.gather_rows(x, selection.indices())?)?;
     Ok((y, selection))
 }
 
@@ -124,7 +124,7 @@ pub fn evit_fused<B: Backend>(
     };
     let keep = evit_keep_count(tokens - 1, rate)?;
     if keep == tokens - 1 {
-        return Ok((block.mlp_residual(bk, &x)?, None));
+        return Ok((block.mlp_residual(bk, x)?, None));
     }
     let selection = TokenSelection::from_scores(&cls_scores(&bk.to_tensor(&weights))?, keep)?;
     let complement = selection.complement();
@@ -141,5 +141,5 @@ pub fn evit_fused<B: Backend>(
         &bk.gather_rows(&x, &complement)?,
     )?;
     let x = bk.concat(&[bk.gather_rows(&x, selection.indices())?, fused], 1)?;
-    Ok((block.mlp_residual(bk, &x)?, Some(selection)))
+    Ok((block.mlp_residual(bk, x)?, Some(selection)))
 }

@@ -76,7 +76,7 @@ fn run_blocks<B: Backend>(
     let mut selections = Vec::new();
     for (layer, block) in blocks.iter().enumerate() {
         x = match policy.at(layer) {
-            None => block.forward(bk, &x)?,
+            None => block.forward_owned(bk, x)?,
             Some((PolicyKind::Idle, ratio)) => {
                 let (y, selection) = idle_gathered(bk, block, x, keep_count(image_tokens, ratio)?)?;
                 selections.push(LayerSelection {

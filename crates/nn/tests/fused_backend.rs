@@ -72,18 +72,23 @@ fn make<V>(p: &[V]) -> MlpHalfParams<'_, V> {
     }
 }
 
-#[test]
-fn fused_mlp_half_and_residual_projection_equal_the_composition() {
-    let (rows, dim, hidden) = (37, 6, 10);
-    let x = values(2, &[1, rows, dim]);
-    let params = [
+/// Random `[gamma, beta, w1, b1, w2, b2]` of an MLP half.
+fn mlp_values(dim: usize, hidden: usize) -> [Tensor; 6] {
+    [
         values(3, &[dim]),
         values(4, &[dim]),
         values(5, &[hidden, dim]),
         values(6, &[hidden]),
         values(7, &[dim, hidden]),
         values(8, &[dim]),
-    ];
+    ]
+}
+
+#[test]
+fn fused_mlp_half_and_residual_projection_equal_the_composition() {
+    let (rows, dim, hidden) = (37, 6, 10);
+    let x = values(2, &[1, rows, dim]);
+    let params = mlp_values(dim, hidden);
     let tape = Tape::new();
     let tp: Vec<_> = params.iter().map(|t| tape.constant(t.clone())).collect();
     let eager = Eager.mlp_half(x.clone(), &make(&params)).unwrap();
@@ -295,14 +300,7 @@ fn fused_norm_linear_equals_the_composition() {
 #[test]
 fn residual_updates_write_into_a_sole_owner_and_leave_shared_inputs_alone() {
     let (rows, dim, hidden) = (5, 4, 6);
-    let params = [
-        values(3, &[dim]),
-        values(4, &[dim]),
-        values(5, &[hidden, dim]),
-        values(6, &[hidden]),
-        values(7, &[dim, hidden]),
-        values(8, &[dim]),
-    ];
+    let params = mlp_values(dim, hidden);
     let x = values(2, &[1, rows, dim]);
     let before = x.to_vec();
     let start = |t: &Tensor| t.storage().0.as_ptr();

@@ -135,7 +135,7 @@ enum Command {
     Logits {
         #[command(flatten)]
         model: ModelArgs,
-        /// Run the linear layers in bfloat16 (f32 accumulation); see docs/bf16.md.
+        /// Run the linear layers and attention in bfloat16 (f32 accumulation); see docs/bf16.md.
         #[arg(long)]
         bf16: bool,
         /// Weights: safetensors with timm names, or a PyTorch .pth checkpoint.
@@ -161,7 +161,7 @@ enum Command {
     Classify {
         #[command(flatten)]
         model: ModelArgs,
-        /// Run the linear layers in bfloat16 (f32 accumulation); see docs/bf16.md.
+        /// Run the linear layers and attention in bfloat16 (f32 accumulation); see docs/bf16.md.
         #[arg(long)]
         bf16: bool,
         /// Weights: safetensors with timm names, or a PyTorch .pth checkpoint (absent: the
@@ -183,7 +183,7 @@ enum Command {
     Bench {
         #[command(flatten)]
         model: ModelArgs,
-        /// Run the linear layers in bfloat16 (f32 accumulation); see docs/bf16.md.
+        /// Run the linear layers and attention in bfloat16 (f32 accumulation); see docs/bf16.md.
         #[arg(long)]
         bf16: bool,
         /// Selection policy to compare against dense (idle, prune or evit).
@@ -301,7 +301,7 @@ enum Command {
     Eval {
         #[command(flatten)]
         model: ModelArgs,
-        /// Run the linear layers in bfloat16 (f32 accumulation); see docs/bf16.md.
+        /// Run the linear layers and attention in bfloat16 (f32 accumulation); see docs/bf16.md.
         #[arg(long)]
         bf16: bool,
         /// Weights.

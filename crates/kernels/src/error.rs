@@ -94,3 +94,22 @@ pub enum KernelError {
         needs: &'static str,
     },
 }
+
+/// Checks `(operand, expected, found)` lengths in order; the first mismatch is a
+/// [`KernelError::BufferLength`] of `op`.
+pub(crate) fn check_lengths(
+    op: &'static str,
+    checks: impl IntoIterator<Item = (&'static str, usize, usize)>,
+) -> Result<(), KernelError> {
+    for (operand, expected, found) in checks {
+        if expected != found {
+            return Err(KernelError::BufferLength {
+                op,
+                operand,
+                expected,
+                found,
+            });
+        }
+    }
+    Ok(())
+}

@@ -13,6 +13,7 @@ use rayon::prelude::*;
 
 use crate::activation::Gelu;
 use crate::bf16::{Bf16Call, Bf16Kernel, PackedBf16};
+use crate::error::check_lengths;
 use crate::gemm::matmul_serial;
 use crate::layer_norm::LayerNorm;
 use crate::packed::{PackedF32, linear_packed_f32_on};
@@ -148,17 +149,7 @@ impl MlpHalf<'_> {
                 .into_iter()
                 .filter_map(|(name, expected, found)| Some((name, expected, found?))),
         );
-        for (operand, expected, found) in checks {
-            if expected != found {
-                return Err(KernelError::BufferLength {
-                    op: "mlp_half",
-                    operand,
-                    expected,
-                    found,
-                });
-            }
-        }
-        Ok(())
+        check_lengths("mlp_half", checks)
     }
 }
 
@@ -366,16 +357,7 @@ pub fn norm_linear(y: &mut [f32], x: &[f32], p: &NormLinear<'_>) -> Result<(), K
         ("y", rows * out, y.len()),
         ("bias", out, p.bias.map_or(out, <[f32]>::len)),
     ];
-    for (operand, expected, found) in checks {
-        if expected != found {
-            return Err(KernelError::BufferLength {
-                op: "norm_linear",
-                operand,
-                expected,
-                found,
-            });
-        }
-    }
+    check_lengths("norm_linear", checks)?;
     if y.is_empty() {
         return Ok(());
     }
@@ -485,6 +467,171 @@ impl<'a> HeadsRef<'a> {
     }
 }
 
+/// `out = softmax(scale · q k^T) v` for one head on the calling thread, in f32 or (given a
+/// kernel) bf16, with `scores` (`q.rows x k.rows`) as the score buffer; views checked.
+fn one_head(
+    isa: Isa,
+    bf16: Option<Bf16Kernel>,
+    [q, k, v]: [MatRef<'_>; 3],
+    scale: f32,
+    scores: &mut [f32],
+    out: MatMut<'_>,
+) -> Result<(), KernelError> {
+    if let Some(kernel) = bf16 {
+        crate::bf16::attention::head(kernel, isa, q, k, v, scale, scores, out);
+        return Ok(());
+    }
+    let (nq, nk) = (q.rows, k.rows);
+    matmul_serial(MatMut::row_major(scores, nq, nk), q, k.t(), scale, 0.0)?;
+    if nk > 0 {
+        simd::dispatch(
+            isa,
+            Softmax {
+                x: scores,
+                row_len: nk,
+            },
+        );
+    }
+    matmul_serial(out, MatRef::row_major(scores, nq, nk), v, 1.0, 0.0)
+}
+
+/// The parameters of a pre-norm attention half-block,
+/// `x + branch_scale * proj(attention(qkv(layer_norm(x))))`, with timm's layouts: qkv's
+/// outputs are `[q; k; v]`, heads contiguous inside each.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionHalf<'a> {
+    /// Layer-norm scale, `dim` entries.
+    pub norm_gamma: &'a [f32],
+    /// Layer-norm shift, `dim` entries.
+    pub norm_beta: &'a [f32],
+    /// Layer-norm epsilon.
+    pub norm_eps: f32,
+    /// The qkv weight, `(3 dim, dim)`.
+    pub qkv_weight: MlpWeight<'a>,
+    /// The qkv bias, `3 dim` entries.
+    pub qkv_bias: Option<&'a [f32]>,
+    /// The output projection's weight, `(dim, dim)`.
+    pub proj_weight: MlpWeight<'a>,
+    /// The output projection's bias, `dim` entries.
+    pub proj_bias: Option<&'a [f32]>,
+    /// Tokens per image.
+    pub tokens: usize,
+    /// Heads; `dim = heads * head_dim`.
+    pub heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Softmax temperature applied to the logits.
+    pub scale: f32,
+    /// Both attention products in bf16 ([`attention_bf16`]).
+    pub bf16_attention: bool,
+    /// Factor on the branch before it is added (LV-ViT's `1 / skip_lam`; 1 for timm's ViT).
+    pub branch_scale: f32,
+}
+
+/// `x += branch_scale * proj(attention(qkv(layer_norm(x))))` for every image of `x`
+/// (`images x tokens x dim`, row-major): the attention half of a pre-norm transformer block,
+/// residual included, one image per task of rayon's current pool.
+///
+/// Each image is normalised, projected to q, k and v, attended head by head and projected
+/// back onto its own rows inside the calling thread's scratch buffer (for DeiT-S about 1.9 MB,
+/// which stays in L2/L3), so a layer stores no normalised input, qkv or attention output.
+/// With fewer images than threads, use the separate operations, which share each product
+/// between threads. Buffers that do not fit are an error and nothing is written.
+pub fn attention_half_in_place(x: &mut [f32], p: &AttentionHalf<'_>) -> Result<(), KernelError> {
+    let dim = p.heads.saturating_mul(p.head_dim);
+    let op = "attention_half";
+    p.qkv_weight.check(op, "qkv weight", 3 * dim, dim)?;
+    p.proj_weight.check(op, "proj weight", dim, dim)?;
+    let image = p.tokens.saturating_mul(dim);
+    let checks = [
+        ("norm gamma", dim, p.norm_gamma.len()),
+        ("norm beta", dim, p.norm_beta.len()),
+        (
+            "qkv bias",
+            3 * dim,
+            p.qkv_bias.map_or(3 * dim, <[f32]>::len),
+        ),
+        ("proj bias", dim, p.proj_bias.map_or(dim, <[f32]>::len)),
+        (
+            "x",
+            x.len()
+                .checked_next_multiple_of(image)
+                .unwrap_or(usize::MAX),
+            x.len(),
+        ),
+    ];
+    check_lengths(op, checks)?;
+    if x.is_empty() || image == 0 {
+        return Ok(());
+    }
+    let isa = Isa::detected();
+    let bf16 = p.bf16_attention.then(Bf16Kernel::detected);
+    x.par_chunks_mut(image)
+        .try_for_each(|x| attention_half_image(isa, bf16, x, p))
+}
+
+/// [`attention_half_in_place`] for one image, in the calling thread's scratch.
+fn attention_half_image(
+    isa: Isa,
+    bf16: Option<Bf16Kernel>,
+    x: &mut [f32],
+    p: &AttentionHalf<'_>,
+) -> Result<(), KernelError> {
+    let (tokens, d) = (p.tokens, p.head_dim);
+    let dim = p.heads * d;
+    with_scratch(tokens * (5 * dim + tokens), |scratch| {
+        let (normed, rest) = scratch.split_at_mut(tokens * dim);
+        let (qkv, rest) = rest.split_at_mut(3 * tokens * dim);
+        let (mixed, scores) = rest.split_at_mut(tokens * dim);
+        simd::dispatch(
+            isa,
+            LayerNorm {
+                out: normed,
+                x,
+                gamma: p.norm_gamma,
+                beta: p.norm_beta,
+                eps: p.norm_eps,
+            },
+        );
+        let shape = (tokens, dim, 3 * dim);
+        project(Threads::One, qkv, normed, p.qkv_weight, p.qkv_bias, shape)?;
+        for h in 0..p.heads {
+            let part = |third: usize| MatRef {
+                data: &qkv[third * dim + h * d..],
+                rows: tokens,
+                cols: d,
+                row_stride: 3 * dim,
+                col_stride: 1,
+            };
+            let out = MatMut {
+                data: &mut mixed[h * d..],
+                rows: tokens,
+                cols: d,
+                row_stride: dim,
+                col_stride: 1,
+            };
+            one_head(isa, bf16, [part(0), part(1), part(2)], p.scale, scores, out)?;
+        }
+        let shape = (tokens, dim, dim);
+        let (weight, bias) = (p.proj_weight, p.proj_bias);
+        match weight {
+            MlpWeight::PackedF32(w) if p.branch_scale == 1.0 => {
+                linear_packed_f32_on(1, x, mixed, w, 0..dim, bias, tokens, true)
+            }
+            MlpWeight::Bf16(w) if p.branch_scale == 1.0 => {
+                bf16_product(Threads::One, x, mixed, w, bias, tokens, true);
+                Ok(())
+            }
+            _ => {
+                // The normalised rows are no longer needed: the branch goes there first.
+                project(Threads::One, normed, mixed, weight, bias, shape)?;
+                add_scaled(x, normed, p.branch_scale);
+                Ok(())
+            }
+        }
+    })
+}
+
 /// Checks that a view's last element lies inside its storage.
 fn check_view(m: &MatRef<'_>) -> Result<(), KernelError> {
     let needed = crate::matrix::extent(m.rows, m.cols, m.row_stride, m.col_stride);
@@ -592,25 +739,11 @@ pub(crate) fn attention_in(
             k.matrix(b, h, head_dim),
             v.matrix(b, h, head_dim),
         );
+        for view in [&qm, &km, &vm] {
+            check_view(view)?;
+        }
         with_scratch(nq * nk, |scores| {
-            if let Some(kernel) = bf16 {
-                check_view(&qm)?;
-                check_view(&km)?;
-                check_view(&vm)?;
-                crate::bf16::attention::head(kernel, isa, qm, km, vm, scale, scores, out);
-                return Ok(());
-            }
-            matmul_serial(MatMut::row_major(scores, nq, nk), qm, km.t(), scale, 0.0)?;
-            if nk > 0 {
-                simd::dispatch(
-                    isa,
-                    Softmax {
-                        x: scores,
-                        row_len: nk,
-                    },
-                );
-            }
-            matmul_serial(out, MatRef::row_major(scores, nq, nk), vm, 1.0, 0.0)
+            one_head(isa, bf16, [qm, km, vm], scale, scores, out)
         })
     };
     if batch >= rayon::current_num_threads() {

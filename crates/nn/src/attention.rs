@@ -4,7 +4,8 @@ use idlevit_checkpoint::WeightReader;
 
 use crate::param::{ParamVisitor, ParamVisitorMut};
 use crate::{
-    Backend, Eager, LayerNorm, Linear, NnError, NormLinearParams, PackedWeight, Result, Tensor,
+    AttentionHalfParams, Backend, Eager, LayerNorm, Linear, NnError, NormLinearParams,
+    PackedWeight, Result, Tensor,
 };
 
 /// Multi-head self-attention as timm's `Attention`: one `qkv` linear whose output rows are
@@ -199,23 +200,43 @@ impl Attention {
         x: &B::Value,
         qkv: &B::Value,
     ) -> Result<Heads<B::Value>> {
-        let &[batch, tokens, dim] = bk.shape(x) else {
-            return Err(NnError::shape(
-                "attention input",
-                "(batch, tokens, dim)",
-                bk.shape(x),
-            ));
+        split_qkv(bk, qkv, bk.shape(x), self.num_heads)
+    }
+
+    /// `x + branch_scale * drop_path(proj(attention(qkv(norm(x)))))`: the attention half of
+    /// a pre-norm block through [`Backend::attention_half`] (in inference, one image at a time
+    /// in cache and in place when nothing else holds `x`).
+    pub fn residual_half<B: Backend>(
+        &self,
+        bk: &B,
+        norm: &LayerNorm,
+        x: B::Value,
+        branch_scale: f32,
+        drop_path: f32,
+    ) -> Result<B::Value> {
+        let param = |p: &crate::Param| bk.param(p);
+        let (gamma, beta) = (param(norm.weight()), param(norm.bias()));
+        let (w_qkv, b_qkv) = (param(self.qkv.weight()), self.qkv.bias().map(param));
+        let (w_proj, b_proj) = (param(self.proj.weight()), self.proj.bias().map(param));
+        let params = AttentionHalfParams {
+            qkv: NormLinearParams {
+                norm_gamma: &gamma,
+                norm_beta: &beta,
+                norm_eps: norm.eps(),
+                weight: &w_qkv,
+                bias: b_qkv.as_ref(),
+                packed: PackedWeight::of(bk, self.qkv.weight()),
+            },
+            proj_weight: &w_proj,
+            proj_bias: b_proj.as_ref(),
+            proj_packed: PackedWeight::of(bk, self.proj.weight()),
+            heads: self.num_heads,
+            scale: self.scale(),
+            bf16_attention: self.qkv.weight().packed_bf16().is_some(),
+            branch_scale,
+            drop_path,
         };
-        let qkv = bk.reshape(
-            qkv,
-            &[batch, tokens, 3, self.num_heads, dim / self.num_heads],
-        )?;
-        let qkv = bk.permute(&qkv, &[2, 0, 3, 1, 4])?;
-        Ok(Heads {
-            q: bk.select(&qkv, 0, 0)?,
-            k: bk.select(&qkv, 0, 1)?,
-            v: bk.select(&qkv, 0, 2)?,
-        })
+        bk.attention_half(x, &params)
     }
 
     /// Scaled attention logits `s q k^T`, `(batch, heads, queries, keys)`.
@@ -308,4 +329,28 @@ impl Attention {
         let Heads { q, k, v } = self.heads(bk, x)?;
         self.attend_heads(bk, &q, &k, &v)
     }
+}
+
+/// A fused `[q; k; v]` projection `qkv` of tokens shaped `x_shape` `(batch, tokens, dim)`
+/// split into `heads` per-head queries, keys and values.
+pub(crate) fn split_qkv<B: Backend + ?Sized>(
+    bk: &B,
+    qkv: &B::Value,
+    x_shape: &[usize],
+    heads: usize,
+) -> Result<Heads<B::Value>> {
+    let &[batch, tokens, dim] = x_shape else {
+        return Err(NnError::shape(
+            "attention input",
+            "(batch, tokens, dim)",
+            x_shape,
+        ));
+    };
+    let qkv = bk.reshape(qkv, &[batch, tokens, 3, heads, dim / heads.max(1)])?;
+    let qkv = bk.permute(&qkv, &[2, 0, 3, 1, 4])?;
+    Ok(Heads {
+        q: bk.select(&qkv, 0, 0)?,
+        k: bk.select(&qkv, 0, 1)?,
+        v: bk.select(&qkv, 0, 2)?,
+    })
 }

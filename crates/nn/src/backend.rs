@@ -49,6 +49,29 @@ pub struct NormLinearParams<'a, V> {
     pub packed: Option<PackedWeight<'a>>,
 }
 
+/// The parameters of [`Backend::attention_half`], each a value of the backend.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionHalfParams<'a, V> {
+    /// Layer norm and the qkv projection (outputs `[q; k; v]`, heads contiguous in each).
+    pub qkv: NormLinearParams<'a, V>,
+    /// The output projection's weight `(dim, dim)`.
+    pub proj_weight: &'a V,
+    /// The output projection's bias `(dim)`.
+    pub proj_bias: Option<&'a V>,
+    /// The output projection weight's packed copy ([`PackedWeight::of`]).
+    pub proj_packed: Option<PackedWeight<'a>>,
+    /// Heads.
+    pub heads: usize,
+    /// Softmax temperature.
+    pub scale: f32,
+    /// Attention's products in bf16 ([`Backend::attention_bf16`]).
+    pub bf16_attention: bool,
+    /// Factor on the branch before it is added (LV-ViT's `1 / skip_lam`).
+    pub branch_scale: f32,
+    /// Stochastic-depth rate of the branch ([`Backend::drop_path`]; inference ignores it).
+    pub drop_path: f32,
+}
+
 /// The parameters of [`Backend::mlp_half`], each a value of the backend.
 #[derive(Clone, Copy, Debug)]
 pub struct MlpHalfParams<'a, V> {
@@ -301,6 +324,19 @@ pub trait Backend {
         }
     }
 
+    /// `x + branch_scale * drop_path(proj(attention(qkv(layer_norm(x)))))`: the attention
+    /// half of a pre-norm block, residual included. The default composes
+    /// [`norm_linear`](Self::norm_linear), [`attention`](Self::attention) (or its bf16 form)
+    /// and [`linear_residual`](Self::linear_residual); an inference backend may run it per
+    /// image in cache, in place when nothing else holds `x`.
+    fn attention_half(
+        &self,
+        x: Self::Value,
+        p: &AttentionHalfParams<'_, Self::Value>,
+    ) -> Result<Self::Value> {
+        attention_half_composed(self, x, p)
+    }
+
     /// `x + branch_scale * drop_path(fc2(gelu(fc1(layer_norm(x)))))`: the MLP half of a
     /// pre-norm block, residual included, over the last axis of `x`.
     ///
@@ -331,6 +367,24 @@ pub trait Backend {
         let _ = (packed, cols);
         self.linear(x, w, b)
     }
+}
+
+/// [`Backend::attention_half`] as the composition of the backend's operations.
+pub(crate) fn attention_half_composed<B: Backend + ?Sized>(
+    bk: &B,
+    x: B::Value,
+    p: &AttentionHalfParams<'_, B::Value>,
+) -> Result<B::Value> {
+    let qkv = bk.norm_linear(&x, &p.qkv)?;
+    let heads = crate::attention::split_qkv(bk, &qkv, bk.shape(&x), p.heads)?;
+    let (q, k, v) = (&heads.q, &heads.k, &heads.v);
+    let out = if p.bf16_attention {
+        bk.attention_bf16(q, k, v, p.scale)?
+    } else {
+        bk.attention(q, k, v, p.scale)?
+    };
+    let (w, b) = (p.proj_weight, p.proj_bias);
+    bk.linear_residual(x, &out, w, b, p.proj_packed, p.branch_scale, p.drop_path)
 }
 
 /// `x + branch_scale * drop_path(branch)`: how every residual branch closes (the scale is

@@ -176,8 +176,10 @@ impl Block {
     /// [`forward`](Self::forward) taking `x`: in inference, when nothing else holds it, both
     /// residual updates are written into its storage and the layer copies no residual stream.
     pub fn forward_owned<B: Backend>(&self, bk: &B, x: B::Value) -> Result<B::Value> {
-        let heads = self.attn.norm_heads(bk, &self.norm1, &x)?;
-        let x = self.attention_residual(bk, x, &heads)?;
+        let scale = 1.0 / self.skip_lam;
+        let x = self
+            .attn
+            .residual_half(bk, &self.norm1, x, scale, self.drop_path)?;
         self.mlp_residual(bk, x)
     }
 }

@@ -18,7 +18,10 @@ type AttentionKernel = fn(
     kernels::AttentionShape,
     f32,
 ) -> std::result::Result<(), kernels::KernelError>;
-use crate::{Backend, MlpHalfParams, NnError, NormLinearParams, PackedWeight, Param, Result};
+use crate::{
+    AttentionHalfParams, Backend, MlpHalfParams, NnError, NormLinearParams, PackedWeight, Param,
+    Result,
+};
 
 /// Runs layer maths directly on [`Tensor`]s with the operations of
 /// [`idlevit_autodiff::ops`] (the same functions a tape records); records nothing.
@@ -315,6 +318,57 @@ impl Backend for Eager {
             },
         )?;
         Ok(Tensor::from_vec(shape, y)?)
+    }
+
+    fn attention_half(&self, x: Tensor, p: &AttentionHalfParams<'_, Tensor>) -> Result<Tensor> {
+        let &[batch, tokens, dim] = x.shape() else {
+            return crate::backend::attention_half_composed(self, x, p);
+        };
+        // Fewer images than threads (batch 1): the separate operations share each product
+        // between the threads instead.
+        if batch < rayon::current_num_threads() || p.heads == 0 || dim % p.heads != 0 {
+            return crate::backend::attention_half_composed(self, x, p);
+        }
+        let gamma = expect_shape(p.qkv.norm_gamma, "attention norm scale", &[dim])?;
+        let beta = expect_shape(p.qkv.norm_beta, "attention norm shift", &[dim])?;
+        let w_qkv = expect_shape(p.qkv.weight, "qkv weight", &[3 * dim, dim])?;
+        let b_qkv = p
+            .qkv
+            .bias
+            .map(|b| expect_shape(b, "qkv bias", &[3 * dim]))
+            .transpose()?;
+        let w_proj = expect_shape(p.proj_weight, "attention proj weight", &[dim, dim])?;
+        let b_proj = p
+            .proj_bias
+            .map(|b| expect_shape(b, "attention proj bias", &[dim]))
+            .transpose()?;
+        let packed = |w| match w {
+            Some(PackedWeight::Bf16(packed)) => (Some(packed), None),
+            Some(PackedWeight::F32(packed)) => (None, Some(packed)),
+            None => (None, None),
+        };
+        let (qkv_bf16, qkv_f32) = packed(p.qkv.packed);
+        let (proj_bf16, proj_f32) = packed(p.proj_packed);
+        let mut y = into_contiguous(x);
+        kernels::attention_half_in_place(
+            y.as_mut_slice(),
+            &kernels::AttentionHalf {
+                norm_gamma: gamma.as_slice().unwrap_or_default(),
+                norm_beta: beta.as_slice().unwrap_or_default(),
+                norm_eps: p.qkv.norm_eps,
+                qkv_weight: mlp_weight(&w_qkv, qkv_bf16, qkv_f32),
+                qkv_bias: b_qkv.as_ref().and_then(Tensor::as_slice),
+                proj_weight: mlp_weight(&w_proj, proj_bf16, proj_f32),
+                proj_bias: b_proj.as_ref().and_then(Tensor::as_slice),
+                tokens,
+                heads: p.heads,
+                head_dim: dim / p.heads,
+                scale: p.scale,
+                bf16_attention: p.bf16_attention,
+                branch_scale: p.branch_scale,
+            },
+        )?;
+        Ok(y)
     }
 
     fn mlp_half(&self, x: Tensor, p: &MlpHalfParams<'_, Tensor>) -> Result<Tensor> {

@@ -37,7 +37,7 @@ mod tape;
 
 pub use attention::Attention;
 pub use attention::{Heads, QkvPart};
-pub use backend::{Backend, MlpHalfParams, NormLinearParams, PackedWeight};
+pub use backend::{AttentionHalfParams, Backend, MlpHalfParams, NormLinearParams, PackedWeight};
 pub use block::{Block, BlockConfig};
 pub use conv::{Conv2d, ConvBatchNorm, ConvShape};
 pub use eager::Eager;

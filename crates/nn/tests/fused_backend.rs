@@ -2,7 +2,10 @@
 //! residual) against the tape, which runs the trait's compositions of primitive operations.
 
 use idlevit_kernels::{PackedBf16, PackedF32};
-use idlevit_nn::{Backend, Eager, MlpHalfParams, NormLinearParams, PackedWeight, Tape, Tensor};
+use idlevit_nn::{
+    AttentionHalfParams, Backend, Eager, MlpHalfParams, NormLinearParams, PackedWeight, Tape,
+    Tensor,
+};
 
 mod common;
 use common::values;
@@ -321,4 +324,58 @@ fn residual_updates_write_into_a_sole_owner_and_leave_shared_inputs_alone() {
         .linear_residual(updated, &input, w, Some(b), None, 0.5, 0.0)
         .unwrap();
     assert_eq!(start(&projected), at);
+}
+
+#[test]
+fn fused_attention_half_equals_the_composition() {
+    // Three images (at least one per thread, so the eager form runs the fused kernel), and one.
+    let (tokens, heads, head_dim) = (11, 2, 3);
+    let dim = heads * head_dim;
+    let p = [
+        values(21, &[dim]),
+        values(22, &[dim]),
+        values(23, &[3 * dim, dim]),
+        values(24, &[3 * dim]),
+        values(25, &[dim, dim]),
+        values(26, &[dim]),
+    ];
+    fn params<V>(p: &[V], heads: usize, branch_scale: f32) -> AttentionHalfParams<'_, V> {
+        AttentionHalfParams {
+            qkv: NormLinearParams {
+                norm_gamma: &p[0],
+                norm_beta: &p[1],
+                norm_eps: 1e-6,
+                weight: &p[2],
+                bias: Some(&p[3]),
+                packed: None,
+            },
+            proj_weight: &p[4],
+            proj_bias: Some(&p[5]),
+            proj_packed: None,
+            heads,
+            scale: 0.6,
+            bf16_attention: false,
+            branch_scale,
+            drop_path: 0.0,
+        }
+    }
+    let tape = Tape::new();
+    let tp: Vec<_> = p.iter().map(|t| tape.constant(t.clone())).collect();
+    for (batch, branch_scale) in [(3, 1.0), (3, 0.5), (1, 1.0)] {
+        let x = values(20, &[batch, tokens, dim]);
+        let eager = Eager
+            .attention_half(x.clone(), &params(&p, heads, branch_scale))
+            .unwrap();
+        let composed = tape
+            .attention_half(tape.constant(x), &params(&tp, heads, branch_scale))
+            .unwrap();
+        assert_close(&eager, composed.value());
+    }
+    let x = values(20, &[3, tokens, dim]);
+    let wrong = values(27, &[dim, dim + 1]);
+    let bad = AttentionHalfParams {
+        proj_weight: &wrong,
+        ..params(&p, heads, 1.0)
+    };
+    assert!(Eager.attention_half(x, &bad).is_err());
 }

@@ -562,3 +562,232 @@ fn norm_linear_refuses_mismatched_buffers() {
         assert!(y.iter().all(|&v| v == 7.0), "{operand}: y was written");
     }
 }
+
+/// Random `[x, gamma, beta, qkv weight, qkv bias, proj weight, proj bias]` for an attention
+/// half over `images` images of `tokens` tokens.
+fn attention_half_values(seed: u64, images: usize, tokens: usize, dim: usize) -> [Vec<f32>; 7] {
+    let lens = [
+        images * tokens * dim,
+        dim,
+        dim,
+        3 * dim * dim,
+        3 * dim,
+        dim * dim,
+        dim,
+    ];
+    std::array::from_fn(|i| f32_vec(seed ^ (i as u64 + 40), lens[i]))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// The fused attention half equals layer norm, the qkv product, attention per head and
+    /// the projection added to the residual, by the f64 reference kernels; with f32 and
+    /// packed f32 weights, a scaled and an unscaled branch, on 1-3 threads.
+    #[test]
+    fn attention_half_matches_the_layers(
+        images in 1usize..4,
+        tokens in 1usize..30,
+        heads in 1usize..4,
+        head_dim in 1usize..9,
+        branch_scale in prop_oneof![Just(1.0f32), Just(0.5f32)],
+        with_bias in any::<bool>(),
+        threads in 1usize..4,
+        seed in any::<u64>(),
+    ) {
+        let dim = heads * head_dim;
+        let [x, gamma, beta, w_qkv, b_qkv, w_proj, b_proj] =
+            attention_half_values(seed, images, tokens, dim);
+        let rows = images * tokens;
+        let mut normed = vec![0.0; rows * dim];
+        reference::layer_norm_rows(&mut normed, &x, &gamma, &beta, 1e-6, dim);
+        let mut qkv = vec![0.0; rows * 3 * dim];
+        reference::matmul(
+            MatMut::row_major(&mut qkv, rows, 3 * dim),
+            MatRef::row_major(&normed, rows, dim),
+            MatRef::row_major(&w_qkv, 3 * dim, dim).t(),
+            1.0,
+            0.0,
+        )
+        .unwrap();
+        if with_bias {
+            for row in qkv.chunks_exact_mut(3 * dim) {
+                row.iter_mut().zip(&b_qkv).for_each(|(v, b)| *v += b);
+            }
+        }
+        let scale = (head_dim as f32).powf(-0.5);
+        let mut mixed = vec![0.0; rows * dim];
+        for b in 0..images {
+            for h in 0..heads {
+                let part = |third: usize| MatRef {
+                    data: &qkv[b * tokens * 3 * dim + third * dim + h * head_dim..],
+                    rows: tokens,
+                    cols: head_dim,
+                    row_stride: 3 * dim,
+                    col_stride: 1,
+                };
+                let out = reference_head(part(0), part(1), part(2), scale);
+                for i in 0..tokens {
+                    let at = (b * tokens + i) * dim + h * head_dim;
+                    mixed[at..at + head_dim].copy_from_slice(&out[i * head_dim..(i + 1) * head_dim]);
+                }
+            }
+        }
+        let mut branch = vec![0.0; rows * dim];
+        reference::matmul(
+            MatMut::row_major(&mut branch, rows, dim),
+            MatRef::row_major(&mixed, rows, dim),
+            MatRef::row_major(&w_proj, dim, dim).t(),
+            1.0,
+            0.0,
+        )
+        .unwrap();
+        let expected: Vec<f32> = x
+            .iter()
+            .zip(&branch)
+            .enumerate()
+            .map(|(i, (x, f))| x + branch_scale * (f + if with_bias { b_proj[i % dim] } else { 0.0 }))
+            .collect();
+        let packed = (
+            PackedF32::pack(&w_qkv, 3 * dim, dim).unwrap(),
+            PackedF32::pack(&w_proj, dim, dim).unwrap(),
+        );
+        let half = AttentionHalf {
+            norm_gamma: &gamma,
+            norm_beta: &beta,
+            norm_eps: 1e-6,
+            qkv_weight: MlpWeight::F32(&w_qkv),
+            qkv_bias: with_bias.then_some(&b_qkv[..]),
+            proj_weight: MlpWeight::F32(&w_proj),
+            proj_bias: with_bias.then_some(&b_proj[..]),
+            tokens,
+            heads,
+            head_dim,
+            scale,
+            bf16_attention: false,
+            branch_scale,
+        };
+        let mut forms = vec![half];
+        if crate::packed_f32_available() {
+            forms.push(AttentionHalf {
+                qkv_weight: MlpWeight::PackedF32(&packed.0),
+                proj_weight: MlpWeight::PackedF32(&packed.1),
+                ..half
+            });
+        }
+        for form in forms {
+            let mut found = x.clone();
+            pool(threads).install(|| attention_half_in_place(&mut found, &form)).unwrap();
+            assert_close(&found, &expected, 2e-5);
+        }
+    }
+
+    /// In bf16 the fused half equals the bf16 operations run one by one.
+    #[test]
+    fn bf16_attention_half_matches_the_bf16_operations(
+        images in 1usize..3,
+        tokens in 1usize..40,
+        heads in 1usize..3,
+        head_dim in 1usize..40,
+        branch_scale in prop_oneof![Just(1.0f32), Just(0.5f32)],
+        seed in any::<u64>(),
+    ) {
+        let dim = heads * head_dim;
+        let [x, gamma, beta, w_qkv, b_qkv, w_proj, b_proj] =
+            attention_half_values(seed, images, tokens, dim);
+        let rows = images * tokens;
+        let (p_qkv, p_proj) = (
+            PackedBf16::pack(&w_qkv, 3 * dim, dim).unwrap(),
+            PackedBf16::pack(&w_proj, dim, dim).unwrap(),
+        );
+        let mut normed = vec![0.0; rows * dim];
+        crate::layer_norm_rows(&mut normed, &x, &gamma, &beta, 1e-6, dim);
+        let mut qkv = vec![0.0; rows * 3 * dim];
+        crate::linear_bf16(&mut qkv, &normed, &p_qkv, Some(&b_qkv), rows).unwrap();
+        let view = |third: usize| HeadsRef {
+            data: &qkv,
+            offset: third * dim,
+            tokens,
+            strides: [tokens * 3 * dim, head_dim, 3 * dim, 1],
+        };
+        let scale = (head_dim as f32).powf(-0.5);
+        let shape = AttentionShape { batch: images, heads, head_dim };
+        let mut mixed = vec![0.0; rows * dim];
+        attention_bf16(&mut mixed, view(0), view(1), view(2), shape, scale).unwrap();
+        let mut branch = vec![0.0; rows * dim];
+        crate::linear_bf16(&mut branch, &mixed, &p_proj, Some(&b_proj), rows).unwrap();
+        let expected: Vec<f32> = x.iter().zip(&branch).map(|(x, f)| x + branch_scale * f).collect();
+        let half = AttentionHalf {
+            norm_gamma: &gamma,
+            norm_beta: &beta,
+            norm_eps: 1e-6,
+            qkv_weight: MlpWeight::Bf16(&p_qkv),
+            qkv_bias: Some(&b_qkv),
+            proj_weight: MlpWeight::Bf16(&p_proj),
+            proj_bias: Some(&b_proj),
+            tokens,
+            heads,
+            head_dim,
+            scale,
+            bf16_attention: true,
+            branch_scale,
+        };
+        let mut found = x.clone();
+        pool(2).install(|| attention_half_in_place(&mut found, &half)).unwrap();
+        assert_close(&found, &expected, 1e-5);
+    }
+}
+
+#[test]
+fn attention_half_refuses_mismatched_buffers() {
+    let ones = vec![1.0; 64];
+    let half = AttentionHalf {
+        norm_gamma: &ones[..4],
+        norm_beta: &ones[..4],
+        norm_eps: 1e-6,
+        qkv_weight: MlpWeight::F32(&ones[..48]),
+        qkv_bias: Some(&ones[..12]),
+        proj_weight: MlpWeight::F32(&ones[..16]),
+        proj_bias: Some(&ones[..4]),
+        tokens: 3,
+        heads: 2,
+        head_dim: 2,
+        scale: 0.5,
+        bf16_attention: false,
+        branch_scale: 1.0,
+    };
+    let mut x = vec![0.5; 24];
+    assert!(attention_half_in_place(&mut x, &half).is_ok());
+    for (operand, bad, len) in [
+        ("x", half, 23),
+        (
+            "qkv weight",
+            AttentionHalf {
+                qkv_weight: MlpWeight::F32(&ones[..47]),
+                ..half
+            },
+            24,
+        ),
+        (
+            "proj bias",
+            AttentionHalf {
+                proj_bias: Some(&ones[..3]),
+                ..half
+            },
+            24,
+        ),
+        (
+            "norm gamma",
+            AttentionHalf {
+                norm_gamma: &ones[..5],
+                ..half
+            },
+            24,
+        ),
+    ] {
+        let mut x = vec![0.5; len];
+        let err = attention_half_in_place(&mut x, &bad).unwrap_err();
+        assert!(err.to_string().contains(operand), "{operand}: {err}");
+        assert!(x.iter().all(|&v| v == 0.5), "{operand}: x was written");
+    }
+}

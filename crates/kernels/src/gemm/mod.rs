@@ -185,16 +185,7 @@ pub(crate) fn check_linear_buffers(
     let len = |a: usize, b: usize| a.saturating_mul(b);
     let bias = bias.map(|b| ("bias", n, b.len()));
     let checks = [("y", len(m, n), y.len()), ("x", len(m, k), x.len())];
-    for (operand, expected, found) in checks.into_iter().chain(bias) {
-        if expected != found {
-            return Err(KernelError::BufferLength {
-                op,
-                operand,
-                expected,
-                found,
-            });
-        }
-    }
+    crate::error::check_lengths(op, checks.into_iter().chain(bias))?;
     Ok(())
 }
 

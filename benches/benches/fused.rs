@@ -1,6 +1,7 @@
 //! The fused inference kernels against the unfused layer sequence they replace, at DeiT-S
-//! batch 32 (6304 tokens): the MLP half (layer norm, fc1, GELU, fc2, residual) and attention
-//! with the heads merged.
+//! batch 32 (6304 tokens): the MLP half (layer norm, fc1, GELU, fc2, residual), attention
+//! with the heads merged (f32 and bf16), the pre-norm qkv projection, and the whole attention
+//! half (layer norm, qkv, attention, projection, residual) per image.
 //!
 //! The unfused side allocates its intermediates per call, as the layer-by-layer path did
 //! (`Vec` of the full hidden tensor or attention map), so the ratio includes what the fused
@@ -8,8 +9,10 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use idlevit_kernels::{
-    AttentionShape, HeadsRef, MatMut, MatRef, MlpHalf, MlpWeight, attention, gelu, layer_norm_rows,
-    linear, matmul, mlp_half_in_place, softmax_rows,
+    AttentionHalf, AttentionShape, HeadsRef, MatMut, MatRef, MlpHalf, MlpWeight, NormLinear,
+    PackedBf16, PackedF32, attention, attention_bf16, attention_half_in_place, gelu,
+    layer_norm_rows, linear, linear_packed_f32, matmul, mlp_half_in_place, norm_linear,
+    packed_f32_available, softmax_rows,
 };
 use rayon::prelude::*;
 use std::hint::black_box;
@@ -94,6 +97,12 @@ fn bench_attention(c: &mut Criterion) {
             attention(&mut out, third(0), third(1), third(2), shape, scale).expect("shapes fit")
         })
     });
+    group.bench_function("fused_bf16", |b| {
+        b.iter(|| {
+            attention_bf16(&mut out, third(0), third(1), third(2), shape, scale)
+                .expect("shapes fit")
+        })
+    });
     group.bench_function("stored_map", |b| {
         b.iter(|| {
             let matrix = |part: usize, job: usize| {
@@ -140,12 +149,148 @@ fn bench_attention(c: &mut Criterion) {
     group.finish();
 }
 
+/// The weights of a DeiT-S attention half: `[gamma, beta, qkv, qkv bias, proj, proj bias]`.
+fn attention_weights() -> [Vec<f32>; 6] {
+    [
+        filled(WIDTH, 11),
+        filled(WIDTH, 12),
+        filled(3 * WIDTH * WIDTH, 13),
+        filled(3 * WIDTH, 14),
+        filled(WIDTH * WIDTH, 15),
+        filled(WIDTH, 16),
+    ]
+}
+
+fn bench_norm_linear(c: &mut Criterion) {
+    if !packed_f32_available() {
+        return;
+    }
+    let rows = TOKENS * BATCH;
+    let x = filled(rows * WIDTH, 10);
+    let [gamma, beta, w, b, _, _] = attention_weights();
+    let packed = PackedF32::pack(&w, 3 * WIDTH, WIDTH).expect("shapes fit");
+    let params = NormLinear {
+        norm_gamma: &gamma,
+        norm_beta: &beta,
+        norm_eps: 1e-6,
+        weight: MlpWeight::PackedF32(&packed),
+        bias: Some(&b),
+        dim: WIDTH,
+        out: 3 * WIDTH,
+    };
+    let mut group = c.benchmark_group("norm_qkv_6304x384x1152");
+    group.throughput(Throughput::Elements(rows as u64));
+    let mut y = vec![0.0; rows * 3 * WIDTH];
+    group.bench_function("fused", |bench| {
+        bench.iter(|| norm_linear(&mut y, black_box(&x), &params).expect("shapes fit"))
+    });
+    group.bench_function("layer_by_layer", |bench| {
+        bench.iter(|| {
+            let mut h = vec![0.0; rows * WIDTH];
+            layer_norm_rows(&mut h, black_box(&x), &gamma, &beta, 1e-6, WIDTH);
+            let mut y = vec![0.0; rows * 3 * WIDTH];
+            let cols = 0..3 * WIDTH;
+            linear_packed_f32(&mut y, &h, &packed, cols, Some(&b), rows, false).expect("fit");
+            y
+        })
+    });
+    group.finish();
+}
+
+fn bench_attention_half(c: &mut Criterion) {
+    if !packed_f32_available() {
+        return;
+    }
+    let rows = TOKENS * BATCH;
+    let x = filled(rows * WIDTH, 17);
+    let [gamma, beta, w_qkv, b_qkv, w_proj, b_proj] = attention_weights();
+    let packed = (
+        PackedF32::pack(&w_qkv, 3 * WIDTH, WIDTH).expect("shapes fit"),
+        PackedF32::pack(&w_proj, WIDTH, WIDTH).expect("shapes fit"),
+    );
+    let bf16 = (
+        PackedBf16::pack(&w_qkv, 3 * WIDTH, WIDTH).expect("shapes fit"),
+        PackedBf16::pack(&w_proj, WIDTH, WIDTH).expect("shapes fit"),
+    );
+    let half = AttentionHalf {
+        norm_gamma: &gamma,
+        norm_beta: &beta,
+        norm_eps: 1e-6,
+        qkv_weight: MlpWeight::PackedF32(&packed.0),
+        qkv_bias: Some(&b_qkv),
+        proj_weight: MlpWeight::PackedF32(&packed.1),
+        proj_bias: Some(&b_proj),
+        tokens: TOKENS,
+        heads: HEADS,
+        head_dim: HEAD_DIM,
+        scale: (HEAD_DIM as f32).powf(-0.5),
+        bf16_attention: false,
+        branch_scale: 1.0,
+    };
+    let half_bf16 = AttentionHalf {
+        qkv_weight: MlpWeight::Bf16(&bf16.0),
+        proj_weight: MlpWeight::Bf16(&bf16.1),
+        bf16_attention: true,
+        ..half
+    };
+    let mut group = c.benchmark_group("attention_half_32x197x384");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    let mut y = x.clone();
+    group.bench_function("fused", |bench| {
+        bench.iter(|| {
+            y.copy_from_slice(&x);
+            attention_half_in_place(black_box(&mut y), &half).expect("shapes fit")
+        })
+    });
+    group.bench_function("fused_bf16", |bench| {
+        bench.iter(|| {
+            y.copy_from_slice(&x);
+            attention_half_in_place(black_box(&mut y), &half_bf16).expect("shapes fit")
+        })
+    });
+    group.bench_function("operation_by_operation", |bench| {
+        bench.iter(|| {
+            let params = NormLinear {
+                norm_gamma: &gamma,
+                norm_beta: &beta,
+                norm_eps: 1e-6,
+                weight: MlpWeight::PackedF32(&packed.0),
+                bias: Some(&b_qkv),
+                dim: WIDTH,
+                out: 3 * WIDTH,
+            };
+            let mut qkv = vec![0.0; rows * 3 * WIDTH];
+            norm_linear(&mut qkv, black_box(&x), &params).expect("shapes fit");
+            let third = |part: usize| HeadsRef {
+                data: &qkv,
+                offset: part * WIDTH,
+                tokens: TOKENS,
+                strides: [TOKENS * 3 * WIDTH, HEAD_DIM, 3 * WIDTH, 1],
+            };
+            let shape = AttentionShape {
+                batch: BATCH,
+                heads: HEADS,
+                head_dim: HEAD_DIM,
+            };
+            let mut mixed = vec![0.0; rows * WIDTH];
+            attention(&mut mixed, third(0), third(1), third(2), shape, half.scale)
+                .expect("shapes fit");
+            let mut y = x.clone();
+            let cols = 0..WIDTH;
+            linear_packed_f32(&mut y, &mixed, &packed.1, cols, Some(&b_proj), rows, true)
+                .expect("shapes fit");
+            y
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4));
-    targets = bench_mlp, bench_attention
+    targets = bench_mlp, bench_attention, bench_norm_linear, bench_attention_half
 }
 criterion_main!(benches);

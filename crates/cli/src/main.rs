@@ -386,14 +386,20 @@ fn inference_model(
     if let ZooConfig::DeiT(config) = config {
         let model = load_model(config, Some(weights), strict)?
             .with_precision(idlevit_cli::precision::from_flag(bf16))?;
-        return Ok(ZooModel::DeiT(Box::new(model)));
+        let model = ZooModel::DeiT(Box::new(model));
+        if !bf16 {
+            model.pack_for_inference();
+        }
+        return Ok(model);
     }
     anyhow::ensure!(
         !bf16,
         "--bf16 runs the DeiT models, not the {} model given",
         config.family()
     );
-    load_zoo_model(config, Some(weights), strict)
+    let model = load_zoo_model(config, Some(weights), strict)?;
+    model.pack_for_inference();
+    Ok(model)
 }
 
 /// The idle policy a student trains under: the family's schedule at `keep_rate`, or a DeiT
@@ -465,7 +471,11 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
                     };
                     let model = default_model::default_model()?
                         .with_precision(idlevit_cli::precision::from_flag(bf16))?;
-                    (ZooModel::DeiT(Box::new(model)), labels)
+                    let model = ZooModel::DeiT(Box::new(model));
+                    if !bf16 {
+                        model.pack_for_inference();
+                    }
+                    (model, labels)
                 }
             };
             for prediction in commands::classify(&model, &images, top)? {
@@ -492,6 +502,7 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
             let name = model.model.clone().unwrap_or_else(|| "custom".into());
             let config = resolve_zoo_config(model.config.as_deref(), model.model.as_deref())?;
             let dense = load_zoo_model(&config, weights.as_deref(), strict)?;
+            dense.pack_for_inference();
             let threads = rayon::current_num_threads();
             let token_policy = compared_policy(&config, policy, keep_rate)?;
             let side = config.img_size();

@@ -98,6 +98,12 @@ impl Param {
         self.f32_packed.get(&self.value)
     }
 
+    /// Whether [`packed_f32`](Self::packed_f32) has run for the current value, so the next
+    /// inference call finds its packed copy ready.
+    pub fn is_packed_f32(&self) -> bool {
+        self.f32_packed.is_made()
+    }
+
     /// The packed bf16 copy, if [`set_precision`](Self::set_precision) made one.
     pub fn packed_bf16(&self) -> Option<&PackedBf16> {
         self.bf16.0.as_deref()

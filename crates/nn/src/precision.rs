@@ -101,6 +101,11 @@ impl PackedF32Copy {
             })
             .as_deref()
     }
+
+    /// Whether the copy has been made (or found impossible) already.
+    pub(crate) fn is_made(&self) -> bool {
+        self.0.get().is_some()
+    }
 }
 
 /// `x W[cols]^T + b` over the last axis of `x`, with `W` the packed f32 weight and `b` already

@@ -328,6 +328,16 @@ impl ZooModel {
         }
     }
 
+    /// Packs every linear weight for the inference GEMM now (where the CPU runs the packed
+    /// kernel), so loading pays it once and the first image does not. Clones made afterwards
+    /// share the copies; an optimiser step drops the copy of the weight it changes. A bf16
+    /// model does not need it: its linear layers run on their bf16 copies.
+    pub fn pack_for_inference(&self) {
+        self.visit_params(&mut |p| {
+            let _ = p.packed_f32();
+        });
+    }
+
     /// Visits every learnable parameter.
     pub fn visit_params(&self, f: &mut ParamVisitor<'_>) {
         match self {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use idlevit_checkpoint::Checkpoint;
 use idlevit_nn::{Eager, Precision, Tape, Tensor};
-use idlevit_zoo::{DeiT, DeiTConfig, PolicyKind, Schedule, TokenPolicy};
+use idlevit_zoo::{DeiT, DeiTConfig, PolicyKind, Schedule, TokenPolicy, ZooConfig, ZooModel};
 
 const FIXTURES: [&str; 3] = ["p8_i32_d2", "p16_i64_d4", "p8_i64_d6"];
 
@@ -181,4 +181,40 @@ fn token_policies_run_in_bf16() {
         );
         assert!(agree * 10 >= rows * 9, "{kind:?}: top-1 {agree}/{rows}");
     }
+}
+
+#[test]
+fn packing_for_inference_packs_every_linear_weight_once() {
+    let config = DeiTConfig {
+        img_size: 32,
+        patch_size: 8,
+        embed_dim: 16,
+        depth: 2,
+        num_heads: 2,
+        mlp_ratio: 2.0,
+        num_classes: 5,
+        qkv_bias: true,
+        idle_layers: None,
+        keep_ratios: None,
+    };
+    let model = ZooModel::random(&ZooConfig::DeiT(config), 3).unwrap();
+    let mut matrices = 0;
+    model.visit_params(&mut |p| {
+        assert!(!p.is_packed_f32(), "{} packed before", p.name());
+        matrices += usize::from(p.value().ndim() == 2);
+    });
+    model.pack_for_inference();
+    let twin = model.clone();
+    let mut packed = 0;
+    twin.visit_params(&mut |p| {
+        assert!(p.is_packed_f32(), "{} not looked at", p.name());
+        packed += usize::from(p.packed_f32().is_some());
+    });
+    let expected = if idlevit_kernels::packed_f32_available() {
+        matrices
+    } else {
+        0
+    };
+    assert!(matrices > 0);
+    assert_eq!(packed, expected);
 }

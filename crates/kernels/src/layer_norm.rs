@@ -91,6 +91,80 @@ fn layer_norm_row<const FMA: bool>(
     }
 }
 
+/// `out[r] = ((x_r - mean_r) / sqrt(var_r + eps)) · g_r` for every row `r` of `x`
+/// (`row_len` values each): a layer-normalised row's dot product with a vector, without
+/// writing the normalised row. Rows come in groups of `group_rows` that share one vector of
+/// `g` (group `i` uses `g[i * row_len..(i + 1) * row_len]`), such as the tokens of one image
+/// and that image's vector. Groups run in parallel on rayon's current pool.
+///
+/// Fold layer norm's scale into `g` and its shift into a constant to get
+/// `layer_norm(x_r) · u = out[r]` with `g = gamma * u` plus `beta · u`. Nothing is written
+/// unless `out` has one value per row, `x` whole groups and `g` one vector per group.
+pub fn layer_norm_dot(
+    out: &mut [f32],
+    x: &[f32],
+    g: &[f32],
+    eps: f32,
+    row_len: usize,
+    group_rows: usize,
+) {
+    let rows = out.len();
+    let groups = rows.checked_div(group_rows).unwrap_or(0);
+    let fits = row_len > 0
+        && group_rows > 0
+        && rows.is_multiple_of(group_rows)
+        && x.len() == rows * row_len
+        && g.len() == groups * row_len;
+    if !fits {
+        return;
+    }
+    use rayon::prelude::*;
+    let isa = Isa::detected();
+    out.par_chunks_mut(group_rows)
+        .zip(x.par_chunks(group_rows * row_len))
+        .zip(g.par_chunks(row_len))
+        .for_each(|((out, x), g)| simd::dispatch(isa, LayerNormDot { out, x, g, eps }));
+}
+
+struct LayerNormDot<'a> {
+    out: &'a mut [f32],
+    x: &'a [f32],
+    g: &'a [f32],
+    eps: f32,
+}
+
+impl SimdKernel for LayerNormDot<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<const FMA: bool>(self) {
+        let n = self.g.len();
+        for (out, x) in self.out.iter_mut().zip(self.x.chunks_exact(n)) {
+            let mean = math::sum(x) / n as f32;
+            let var = sum_sq_dev::<FMA>(x, mean) / n as f32;
+            *out = centred_dot::<FMA>(x, mean, self.g) / (var + self.eps).sqrt();
+        }
+    }
+}
+
+/// `sum_i (x_i - mean) g_i`.
+#[inline(always)]
+fn centred_dot<const FMA: bool>(x: &[f32], mean: f32, g: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let (chunks, gs) = (x.chunks_exact(LANES), g.chunks_exact(LANES));
+    let (tail, g_tail) = (chunks.remainder(), gs.remainder());
+    for (chunk, gc) in chunks.zip(gs) {
+        for ((a, &v), &w) in acc.iter_mut().zip(chunk).zip(gc) {
+            *a = math::mul_add::<FMA>(v - mean, w, *a);
+        }
+    }
+    let mut total = math::reduce_sum(acc);
+    for (&v, &w) in tail.iter().zip(g_tail) {
+        total = math::mul_add::<FMA>(v - mean, w, total);
+    }
+    total
+}
+
 #[inline(always)]
 fn sum_sq_dev<const FMA: bool>(x: &[f32], mean: f32) -> f32 {
     let mut acc = [0.0f32; LANES];
@@ -116,6 +190,51 @@ mod tests {
     use crate::reference;
     use crate::testutil::{f32_vec, pool};
     use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// The dot product of each normalised row with its group's vector equals the f64
+        /// reference layer norm (scale 1, shift 0) dotted with it.
+        #[test]
+        fn layer_norm_dot_matches_the_normalised_rows(
+            groups in 1usize..5,
+            group_rows in 1usize..20,
+            row_len in 1usize..70,
+            threads in 1usize..3,
+            seed in any::<u64>(),
+        ) {
+            let rows = groups * group_rows;
+            let x = f32_vec(seed, rows * row_len);
+            let g = f32_vec(seed ^ 9, groups * row_len);
+            let (ones, zeros) = (vec![1.0; row_len], vec![0.0; row_len]);
+            let mut normed = vec![0.0; rows * row_len];
+            reference::layer_norm_rows(&mut normed, &x, &ones, &zeros, 1e-6, row_len);
+            let mut out = vec![f32::NAN; rows];
+            pool(threads).install(|| layer_norm_dot(&mut out, &x, &g, 1e-6, row_len, group_rows));
+            for r in 0..rows {
+                let gr = &g[(r / group_rows) * row_len..][..row_len];
+                let row = &normed[r * row_len..][..row_len];
+                let want: f64 = row.iter().zip(gr).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+                let size: f64 = row.iter().zip(gr).map(|(&a, &b)| f64::from((a * b).abs())).sum();
+                prop_assert!(
+                    (f64::from(out[r]) - want).abs() <= 1e-5 * (size + 1.0),
+                    "row {r}: {} against {want}", out[r]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn layer_norm_dot_leaves_mismatched_buffers_alone() {
+        let x = vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let mut out = vec![7.0; 2];
+        layer_norm_dot(&mut out, &x, &[1.0; 2], 1e-6, 3, 2);
+        assert_eq!(out, vec![7.0; 2]);
+        layer_norm_dot(&mut out, &x, &[1.0, 0.0, 0.0], 1e-6, 3, 2);
+        // Both rows normalise to (-1.2247, 0, 1.2247).
+        assert!(out.iter().all(|v| (v + 1.224_743).abs() < 1e-4), "{out:?}");
+    }
 
     /// Each output may be off by a few ulp of its terms, and the centred value x - mean by the
     /// f32 rounding of the mean (a few ulp of max |x|), amplified by 1/std: relative 1e-6 of

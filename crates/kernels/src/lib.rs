@@ -68,7 +68,7 @@ pub use fused::{
     attention_bf16, attention_half_in_place, mlp_half_in_place, norm_linear,
 };
 pub use gemm::{linear, linear_strided, matmul, padded_row_stride};
-pub use layer_norm::{layer_norm_rows, layer_norm_rows_with};
+pub use layer_norm::{layer_norm_dot, layer_norm_rows, layer_norm_rows_with};
 pub use matrix::{MatMut, MatRef};
 pub use packed::{PackedF32, linear_packed_f32, packed_f32_available};
 pub use simd::Isa;

@@ -145,6 +145,62 @@ impl Attention {
         }
     }
 
+    /// [`cls_key_scores`](Self::cls_key_scores) of `norm(x)`, from `x` `(batch, tokens,
+    /// dim)` without normalising it whole: only the CLS rows are normalised (for `q_cls`),
+    /// and with layer norm's scale folded into `u` and its shift into `c`, each token's score
+    /// is its normalised row's dot product with `gamma * u`, computed from the row's mean and
+    /// variance in one pass over it (`kernels::layer_norm_dot`).
+    pub fn norm_cls_key_scores(&self, norm: &LayerNorm, x: &Tensor) -> Result<Tensor> {
+        let bk = Eager;
+        let &[batch, tokens, dim] = x.shape() else {
+            return Err(NnError::shape(
+                "scored tokens",
+                "(batch, tokens, dim)",
+                x.shape(),
+            ));
+        };
+        let (gamma, beta) = (norm.weight().value(), norm.bias().value());
+        if dim != self.dim() || tokens == 0 || gamma.shape() != [dim] || beta.shape() != [dim] {
+            return Err(NnError::shape(
+                "scored tokens",
+                format!("(batch, tokens >= 1, {})", self.dim()),
+                x.shape(),
+            ));
+        }
+        let h_cls = norm.forward(&bk, &x.slice_axis(1, 0, 1)?)?;
+        let q = self.project(&bk, &h_cls, QkvPart::Query)?;
+        let q = q.reshape(&[batch, dim])?;
+        let factor = self.scale() / self.num_heads as f32;
+        let key_rows = |t: &Tensor| t.slice_axis(0, dim, 2 * dim);
+        let u = bk.scale(
+            &bk.matmul(&q, &key_rows(self.qkv.weight().value())?)?,
+            factor,
+        )?;
+        let u = u.to_vec();
+        let (gamma, beta) = (gamma.to_vec(), beta.to_vec());
+        let g: Vec<f32> = u
+            .chunks_exact(dim)
+            .flat_map(|u| u.iter().zip(&gamma).map(|(u, g)| u * g))
+            .collect();
+        let mut shift: Vec<f32> = u
+            .chunks_exact(dim)
+            .map(|u| u.iter().zip(&beta).map(|(u, b)| u * b).sum())
+            .collect();
+        if let Some(b) = self.qkv.bias() {
+            let b_k = key_rows(b.value())?.reshape(&[dim, 1])?;
+            let c = bk.scale(&bk.matmul(&q, &b_k)?, factor)?;
+            shift.iter_mut().zip(c.to_vec()).for_each(|(s, c)| *s += c);
+        }
+        let x = x.contiguous();
+        let mut scores = vec![0.0; batch * tokens];
+        let values = x.as_slice().unwrap_or_default();
+        idlevit_kernels::layer_norm_dot(&mut scores, values, &g, norm.eps(), dim, tokens);
+        for (image, c) in scores.chunks_exact_mut(tokens).zip(&shift) {
+            image.iter_mut().for_each(|s| *s += c);
+        }
+        Ok(Tensor::from_vec(vec![batch, tokens], scores)?)
+    }
+
     /// One of q, k or v for the tokens of `h` `(batch, tokens, dim)`, heads not yet split.
     pub fn project<B: Backend>(&self, bk: &B, h: &B::Value, part: QkvPart) -> Result<B::Value> {
         let c = self.dim();

@@ -1,6 +1,6 @@
 //! The selection forms of a transformer block, written over the [`Backend`] trait.
 
-use idlevit_nn::{Backend, Block, Eager};
+use idlevit_nn::{Backend, Block};
 use idlevit_tensor::Tensor;
 
 use crate::{Result, TokenSelection, cls_scores, evit_keep_count};
@@ -9,21 +9,22 @@ use crate::{Result, TokenSelection, cls_scores, evit_keep_count};
 /// the block on the selected rows alone, attention over the selected keys only (spec section
 /// 2, steps 1-4). Returns the updated selected rows `(batch, keep + 1, dim)` and the selection.
 ///
-/// Nothing beyond the selected rows is computed or copied: the scores come from the
-/// normalised input and `q_cls` without any key ([`Attention::cls_key_scores`]), `x` is
-/// gathered once, and the block (layer norm, q, k and v, attention, MLP) runs on the
-/// `keep + 1` gathered rows. Layer norm works row by row, so the rows it normalises again
-/// equal the gathered rows of the full `h`.
+/// Nothing beyond the selected rows is computed or copied: the scores come from `x` and
+/// `q_cls` without any key and without normalising `x` whole
+/// ([`Attention::norm_cls_key_scores`]), `x` is gathered once, and the block (layer norm, q,
+/// k and v, attention, MLP) runs on the `keep + 1` gathered rows. Layer norm works row by
+/// row, so the gathered rows it normalises equal the rows of the spec's full `h`.
 ///
-/// [`Attention::cls_key_scores`]: idlevit_nn::Attention::cls_key_scores
+/// [`Attention::norm_cls_key_scores`]: idlevit_nn::Attention::norm_cls_key_scores
 fn compute_selected<B: Backend>(
     bk: &B,
     block: &Block,
     x: &B::Value,
     keep: usize,
 ) -> Result<(B::Value, TokenSelection)> {
-    let h = block.norm1().forward(&Eager, &bk.to_tensor(x))?;
-    let scores = block.attn().cls_key_scores(&h)?;
+    let scores = block
+        .attn()
+        .norm_cls_key_scores(block.norm1(), &bk.to_tensor(x))?;
     let tokens = scores.shape()[1];
     if tokens < 2 {
         return Err(crate::SelectorError::Schedule(format!(

@@ -226,5 +226,10 @@ proptest! {
         let found = found.slice_axis(1, 1, tokens).unwrap().contiguous();
         let diff = relative_diff(&found, &expected);
         prop_assert!(diff <= 1e-5, "scores differ by {} relative", diff);
+        // From the input, with layer norm folded into the dot products.
+        let from_x = attn.norm_cls_key_scores(block.norm1(), &x).unwrap();
+        let from_x = from_x.slice_axis(1, 1, tokens).unwrap().contiguous();
+        let diff = relative_diff(&from_x, &expected);
+        prop_assert!(diff <= 1e-5, "scores from the input differ by {} relative", diff);
     }
 }

@@ -24,20 +24,37 @@ use crate::{KernelError, MatMut, MatRef};
 thread_local! {
     /// The calling thread's scratch buffer, kept between calls.
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The calling thread's buffer for one head's scores, apart from [`SCRATCH`] so that a
+    /// head run inside a call that holds `SCRATCH` (the attention half at batch 1) finds one.
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` on `len` floats of this thread's scratch (contents unspecified).
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    with_buffer(&SCRATCH, len, f)
+}
+
+/// Runs `f` on `len` floats of this thread's score buffer (contents unspecified).
+fn with_scores<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    with_buffer(&SCORES, len, f)
+}
+
+/// Runs `f` on `len` floats of the thread-local buffer `key`, grown as needed.
 ///
 /// The buffer is taken out while `f` runs: if `f` waits on rayon and this thread meanwhile
-/// runs another task that wants scratch, that task gets a fresh buffer instead of a second
-/// borrow of this one.
-fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    let mut buffer = SCRATCH.with(RefCell::take);
+/// runs another task that wants the same buffer, that task gets a fresh one instead of a
+/// second borrow of this one.
+fn with_buffer<R>(
+    key: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    let mut buffer = key.with(RefCell::take);
     if buffer.len() < len {
         buffer.resize(len, 0.0);
     }
     let result = f(&mut buffer[..len]);
-    SCRATCH.with(|slot| {
+    key.with(|slot| {
         let mut slot = slot.borrow_mut();
         if slot.len() < buffer.len() {
             *slot = buffer;
@@ -535,8 +552,9 @@ pub struct AttentionHalf<'a> {
 /// Each image is normalised, projected to q, k and v, attended head by head and projected
 /// back onto its own rows inside the calling thread's scratch buffer (for DeiT-S about 1.9 MB,
 /// which stays in L2/L3), so a layer stores no normalised input, qkv or attention output.
-/// With fewer images than threads, use the separate operations, which share each product
-/// between threads. Buffers that do not fit are an error and nothing is written.
+/// With fewer images than threads (batch 1) the images run one at a time, the threads
+/// sharing each product and the heads. Buffers that do not fit are an error and nothing is
+/// written.
 pub fn attention_half_in_place(x: &mut [f32], p: &AttentionHalf<'_>) -> Result<(), KernelError> {
     let dim = p.heads.saturating_mul(p.head_dim);
     let op = "attention_half";
@@ -566,23 +584,34 @@ pub fn attention_half_in_place(x: &mut [f32], p: &AttentionHalf<'_>) -> Result<(
     }
     let isa = Isa::detected();
     let bf16 = p.bf16_attention.then(Bf16Kernel::detected);
+    let threads = rayon::current_num_threads().max(1);
+    if threads > 1 && x.len() / image < threads {
+        // Fewer images than threads (batch 1): one image at a time, the threads sharing its
+        // products and its heads.
+        return x
+            .chunks_mut(image)
+            .try_for_each(|x| attention_half_image(isa, bf16, x, p, Threads::Shared));
+    }
     x.par_chunks_mut(image)
-        .try_for_each(|x| attention_half_image(isa, bf16, x, p))
+        .try_for_each(|x| attention_half_image(isa, bf16, x, p, Threads::One))
 }
 
-/// [`attention_half_in_place`] for one image, in the calling thread's scratch.
+/// [`attention_half_in_place`] for one image, in the calling thread's scratch: on the calling
+/// thread alone ([`Threads::One`]), or with the pool's threads sharing each product and the
+/// heads ([`Threads::Shared`]). Each head's scores sit in its own thread's score buffer.
 fn attention_half_image(
     isa: Isa,
     bf16: Option<Bf16Kernel>,
     x: &mut [f32],
     p: &AttentionHalf<'_>,
+    threads: Threads,
 ) -> Result<(), KernelError> {
     let (tokens, d) = (p.tokens, p.head_dim);
     let dim = p.heads * d;
-    with_scratch(tokens * (5 * dim + tokens), |scratch| {
+    with_scratch(tokens * 6 * dim, |scratch| {
         let (normed, rest) = scratch.split_at_mut(tokens * dim);
         let (qkv, rest) = rest.split_at_mut(3 * tokens * dim);
-        let (mixed, scores) = rest.split_at_mut(tokens * dim);
+        let (per_head, mixed) = rest.split_at_mut(tokens * dim);
         simd::dispatch(
             isa,
             LayerNorm {
@@ -594,8 +623,9 @@ fn attention_half_image(
             },
         );
         let shape = (tokens, dim, 3 * dim);
-        project(Threads::One, qkv, normed, p.qkv_weight, p.qkv_bias, shape)?;
-        for h in 0..p.heads {
+        project(threads, qkv, normed, p.qkv_weight, p.qkv_bias, shape)?;
+        let qkv = &*qkv;
+        let head = |h: usize, out: MatMut<'_>| {
             let part = |third: usize| MatRef {
                 data: &qkv[third * dim + h * d..],
                 rows: tokens,
@@ -603,28 +633,47 @@ fn attention_half_image(
                 row_stride: 3 * dim,
                 col_stride: 1,
             };
-            let out = MatMut {
-                data: &mut mixed[h * d..],
-                rows: tokens,
-                cols: d,
-                row_stride: dim,
-                col_stride: 1,
-            };
-            one_head(isa, bf16, [part(0), part(1), part(2)], p.scale, scores, out)?;
+            with_scores(tokens * tokens, |scores| {
+                one_head(isa, bf16, [part(0), part(1), part(2)], p.scale, scores, out)
+            })
+        };
+        match threads {
+            // One thread: each head straight into its columns.
+            Threads::One => (0..p.heads).try_for_each(|h| {
+                let columns = MatMut {
+                    data: &mut mixed[h * d..],
+                    rows: tokens,
+                    cols: d,
+                    row_stride: dim,
+                    col_stride: 1,
+                };
+                head(h, columns)
+            })?,
+            // Heads in parallel interleave column-wise: each writes its own block first.
+            Threads::Shared => {
+                per_head
+                    .par_chunks_mut((tokens * d).max(1))
+                    .enumerate()
+                    .try_for_each(|(h, block)| head(h, MatMut::row_major(block, tokens, d)))?;
+                for (h, block) in per_head.chunks_exact((tokens * d).max(1)).enumerate() {
+                    for (row, values) in mixed.chunks_exact_mut(dim).zip(block.chunks_exact(d)) {
+                        row[h * d..(h + 1) * d].copy_from_slice(values);
+                    }
+                }
+            }
         }
-        let shape = (tokens, dim, dim);
         let (weight, bias) = (p.proj_weight, p.proj_bias);
         match weight {
             MlpWeight::PackedF32(w) if p.branch_scale == 1.0 => {
-                linear_packed_f32_on(1, x, mixed, w, 0..dim, bias, tokens, true)
+                linear_packed_f32_on(threads.count(), x, mixed, w, 0..dim, bias, tokens, true)
             }
             MlpWeight::Bf16(w) if p.branch_scale == 1.0 => {
-                bf16_product(Threads::One, x, mixed, w, bias, tokens, true);
+                bf16_product(threads, x, mixed, w, bias, tokens, true);
                 Ok(())
             }
             _ => {
                 // The normalised rows are no longer needed: the branch goes there first.
-                project(Threads::One, normed, mixed, weight, bias, shape)?;
+                project(threads, normed, mixed, weight, bias, (tokens, dim, dim))?;
                 add_scaled(x, normed, p.branch_scale);
                 Ok(())
             }
@@ -742,7 +791,7 @@ pub(crate) fn attention_in(
         for view in [&qm, &km, &vm] {
             check_view(view)?;
         }
-        with_scratch(nq * nk, |scores| {
+        with_scores(nq * nk, |scores| {
             one_head(isa, bf16, [qm, km, vm], scale, scores, out)
         })
     };

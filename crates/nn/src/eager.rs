@@ -321,12 +321,10 @@ impl Backend for Eager {
     }
 
     fn attention_half(&self, x: Tensor, p: &AttentionHalfParams<'_, Tensor>) -> Result<Tensor> {
-        let &[batch, tokens, dim] = x.shape() else {
+        let &[_, tokens, dim] = x.shape() else {
             return crate::backend::attention_half_composed(self, x, p);
         };
-        // Fewer images than threads (batch 1): the separate operations share each product
-        // between the threads instead.
-        if batch < rayon::current_num_threads() || p.heads == 0 || dim % p.heads != 0 {
+        if p.heads == 0 || dim % p.heads != 0 {
             return crate::backend::attention_half_composed(self, x, p);
         }
         let gamma = expect_shape(p.qkv.norm_gamma, "attention norm scale", &[dim])?;

@@ -40,6 +40,8 @@ pub(crate) fn head(
     let (nq, nk, d) = (q.rows, k.rows, q.cols);
     assert!(k.cols == d && v.cols == d && v.rows == nk && out.rows == nq && out.cols == d);
     assert!(out.col_stride == 1 && scores.len() == nq * nk);
+    // The products write through raw pointers: every row of `out` must lie in its storage.
+    assert!(nq == 0 || d == 0 || out.data.len() >= (nq - 1) * out.row_stride + d);
     if nq == 0 || d == 0 {
         return;
     }

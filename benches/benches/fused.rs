@@ -9,8 +9,8 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use idlevit_kernels::{
-    AttentionHalf, AttentionShape, HeadsRef, MatMut, MatRef, MlpHalf, MlpWeight, NormLinear,
-    PackedBf16, PackedF32, attention, attention_bf16, attention_half_in_place, gelu,
+    AttentionHalf, AttentionShape, HeadsRef, MatMut, MatRef, MlpHalf, NormLinear, PackedBf16,
+    PackedF32, ProjWeight, attention, attention_bf16, attention_half_in_place, gelu,
     layer_norm_rows, linear, linear_packed_f32, matmul, mlp_half_in_place, norm_linear,
     packed_f32_available, softmax_rows,
 };
@@ -41,9 +41,9 @@ fn bench_mlp(c: &mut Criterion) {
         norm_gamma: &gamma,
         norm_beta: &beta,
         norm_eps: 1e-6,
-        fc1_weight: MlpWeight::F32(&w1),
+        fc1_weight: ProjWeight::F32(&w1),
         fc1_bias: Some(&b1),
-        fc2_weight: MlpWeight::F32(&w2),
+        fc2_weight: ProjWeight::F32(&w2),
         fc2_bias: Some(&b2),
         dim: WIDTH,
         hidden: HIDDEN,
@@ -173,7 +173,7 @@ fn bench_norm_linear(c: &mut Criterion) {
         norm_gamma: &gamma,
         norm_beta: &beta,
         norm_eps: 1e-6,
-        weight: MlpWeight::PackedF32(&packed),
+        weight: ProjWeight::PackedF32(&packed),
         bias: Some(&b),
         dim: WIDTH,
         out: 3 * WIDTH,
@@ -216,9 +216,9 @@ fn bench_attention_half(c: &mut Criterion) {
         norm_gamma: &gamma,
         norm_beta: &beta,
         norm_eps: 1e-6,
-        qkv_weight: MlpWeight::PackedF32(&packed.0),
+        qkv_weight: ProjWeight::PackedF32(&packed.0),
         qkv_bias: Some(&b_qkv),
-        proj_weight: MlpWeight::PackedF32(&packed.1),
+        proj_weight: ProjWeight::PackedF32(&packed.1),
         proj_bias: Some(&b_proj),
         tokens: TOKENS,
         heads: HEADS,
@@ -228,8 +228,8 @@ fn bench_attention_half(c: &mut Criterion) {
         branch_scale: 1.0,
     };
     let half_bf16 = AttentionHalf {
-        qkv_weight: MlpWeight::Bf16(&bf16.0),
-        proj_weight: MlpWeight::Bf16(&bf16.1),
+        qkv_weight: ProjWeight::Bf16(&bf16.0),
+        proj_weight: ProjWeight::Bf16(&bf16.1),
         bf16_attention: true,
         ..half
     };
@@ -254,7 +254,7 @@ fn bench_attention_half(c: &mut Criterion) {
                 norm_gamma: &gamma,
                 norm_beta: &beta,
                 norm_eps: 1e-6,
-                weight: MlpWeight::PackedF32(&packed.0),
+                weight: ProjWeight::PackedF32(&packed.0),
                 bias: Some(&b_qkv),
                 dim: WIDTH,
                 out: 3 * WIDTH,

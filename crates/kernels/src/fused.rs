@@ -68,19 +68,19 @@ fn with_buffer<R>(
 /// still run near full speed.
 const MLP_CHUNK_ROWS: usize = 256;
 
-/// A projection weight of the MLP: f32 in timm's `(out, in)` layout, or its packed bf16 copy
-/// (the [`linear_bf16`](crate::linear_bf16) product).
+/// A projection weight of the fused kernels: f32 in timm's `(out, in)` layout, or a copy
+/// packed once for the f32 or bf16 product.
 #[derive(Clone, Copy, Debug)]
-pub enum MlpWeight<'a> {
+pub enum ProjWeight<'a> {
     /// Row-major `(out, in)`.
     F32(&'a [f32]),
     /// Packed once by [`PackedBf16::pack`].
     Bf16(&'a PackedBf16),
-    /// f32, packed once by [`PackedF32::pack`] (CPUs with AVX-512F).
+    /// f32, packed once by [`PackedF32::pack`] (CPUs with AVX-512F or AVX2 and FMA).
     PackedF32(&'a PackedF32),
 }
 
-impl MlpWeight<'_> {
+impl ProjWeight<'_> {
     /// Checks the weight against `(out, in)`: packed weights by their shape, f32 weights by
     /// length only.
     fn check(
@@ -93,9 +93,9 @@ impl MlpWeight<'_> {
         let expected = out.saturating_mul(input);
         let packed = |n: usize, k: usize| (n.saturating_mul(k), (n, k) != (out, input));
         let (found, shape_differs) = match self {
-            MlpWeight::F32(w) => (w.len(), false),
-            MlpWeight::Bf16(w) => packed(w.out_features(), w.in_features()),
-            MlpWeight::PackedF32(w) => packed(w.out_features(), w.in_features()),
+            ProjWeight::F32(w) => (w.len(), false),
+            ProjWeight::Bf16(w) => packed(w.out_features(), w.in_features()),
+            ProjWeight::PackedF32(w) => packed(w.out_features(), w.in_features()),
         };
         if expected != found || shape_differs {
             return Err(KernelError::BufferLength {
@@ -120,11 +120,11 @@ pub struct MlpHalf<'a> {
     /// Layer-norm epsilon.
     pub norm_eps: f32,
     /// `fc1` weight, `(hidden, dim)`.
-    pub fc1_weight: MlpWeight<'a>,
+    pub fc1_weight: ProjWeight<'a>,
     /// `fc1` bias, `hidden` entries.
     pub fc1_bias: Option<&'a [f32]>,
     /// `fc2` weight, `(dim, hidden)`.
-    pub fc2_weight: MlpWeight<'a>,
+    pub fc2_weight: ProjWeight<'a>,
     /// `fc2` bias, `dim` entries.
     pub fc2_bias: Option<&'a [f32]>,
     /// Token width.
@@ -260,47 +260,95 @@ fn mlp_rows(
             Threads::One => simd::dispatch(isa, Gelu { x: activations }),
             Threads::Shared => crate::gelu_with(isa, activations),
         }
-        match mlp.fc2_weight {
-            MlpWeight::F32(w2) => {
-                if let Some(bias) = mlp.fc2_bias {
-                    for row in x.chunks_exact_mut(dim) {
-                        for (v, b) in row.iter_mut().zip(bias) {
-                            *v += mlp.branch_scale * b;
-                        }
+        // The normalised rows are no longer needed: a scaled branch may go there first.
+        let fc2 = (mlp.fc2_weight, mlp.fc2_bias, mlp.branch_scale);
+        project_onto(threads, x, activations, fc2, (rows, hidden, dim), normed)
+    })
+}
+
+/// `x += branch_scale * (input · w^T + bias)` for `(rows, in, out)` shapes already checked,
+/// on one thread or on the pool: a projection closing a residual. The product accumulates
+/// onto `x` where the kernel can; a scaled packed or bf16 branch goes to `spare`
+/// (`rows x out`) first.
+fn project_onto(
+    threads: Threads,
+    x: &mut [f32],
+    input: &[f32],
+    (weight, bias, branch_scale): (ProjWeight<'_>, Option<&[f32]>, f32),
+    (rows, inputs, outputs): (usize, usize, usize),
+    spare: &mut [f32],
+) -> Result<(), KernelError> {
+    match weight {
+        ProjWeight::F32(w) => {
+            if let Some(bias) = bias {
+                for row in x.chunks_exact_mut(outputs.max(1)) {
+                    for (v, b) in row.iter_mut().zip(bias) {
+                        *v += branch_scale * b;
                     }
                 }
-                product(
-                    threads,
-                    MatMut::row_major(x, rows, dim),
-                    MatRef::row_major(activations, rows, hidden),
-                    MatRef::row_major(w2, dim, hidden).t(),
-                    mlp.branch_scale,
-                    1.0,
-                )
             }
-            MlpWeight::PackedF32(w2) if mlp.branch_scale == 1.0 => {
-                let (threads, cols) = (threads.count(), 0..w2.out_features());
-                linear_packed_f32_on(threads, x, activations, w2, cols, mlp.fc2_bias, rows, true)
-            }
-            MlpWeight::Bf16(w2) if mlp.branch_scale == 1.0 => {
-                bf16_product(threads, x, activations, w2, mlp.fc2_bias, rows, true);
-                Ok(())
-            }
-            // A scaled packed branch (LV-ViT) goes to the normalised input's buffer, no longer
-            // needed, then onto x.
-            MlpWeight::PackedF32(w2) => {
-                let (threads, cols) = (threads.count(), 0..w2.out_features());
-                let bias = mlp.fc2_bias;
-                linear_packed_f32_on(threads, normed, activations, w2, cols, bias, rows, false)?;
-                add_scaled(x, normed, mlp.branch_scale);
-                Ok(())
-            }
-            MlpWeight::Bf16(w2) => {
-                bf16_product(threads, normed, activations, w2, mlp.fc2_bias, rows, false);
-                add_scaled(x, normed, mlp.branch_scale);
-                Ok(())
-            }
+            product(
+                threads,
+                MatMut::row_major(x, rows, outputs),
+                MatRef::row_major(input, rows, inputs),
+                MatRef::row_major(w, outputs, inputs).t(),
+                branch_scale,
+                1.0,
+            )
         }
+        ProjWeight::PackedF32(w) if branch_scale == 1.0 => {
+            linear_packed_f32_on(threads.count(), x, input, w, 0..outputs, bias, rows, true)
+        }
+        ProjWeight::Bf16(w) if branch_scale == 1.0 => {
+            bf16_product(threads, x, input, w, bias, rows, true);
+            Ok(())
+        }
+        _ => {
+            let spare = &mut spare[..rows * outputs];
+            project(threads, spare, input, weight, bias, (rows, inputs, outputs))?;
+            add_scaled(x, spare, branch_scale);
+            Ok(())
+        }
+    }
+}
+
+/// `x += branch_scale * (input · W^T + bias)` on every row of `x` (`rows x out`, row-major)
+/// with `input` `rows x in`: a projection closing a residual (attention's output projection),
+/// accumulated onto `x` where the kernel can, on rayon's current pool. Buffers that do not fit
+/// are an error and nothing is written.
+pub fn linear_residual_in_place(
+    x: &mut [f32],
+    input: &[f32],
+    weight: ProjWeight<'_>,
+    bias: Option<&[f32]>,
+    (inputs, outputs): (usize, usize),
+    branch_scale: f32,
+) -> Result<(), KernelError> {
+    let op = "linear_residual";
+    weight.check(op, "weight", outputs, inputs)?;
+    let rows = x.len().checked_div(outputs).unwrap_or(0);
+    let checks = [
+        ("x", rows * outputs, x.len()),
+        ("input", rows * inputs, input.len()),
+        ("bias", outputs, bias.map_or(outputs, <[f32]>::len)),
+    ];
+    check_lengths(op, checks)?;
+    if x.is_empty() {
+        return Ok(());
+    }
+    // Only a scaled packed or bf16 branch needs the spare rows.
+    let direct = matches!(weight, ProjWeight::F32(_)) || branch_scale == 1.0;
+    let spare = if direct { 0 } else { rows * outputs };
+    let branch = (weight, bias, branch_scale);
+    with_scratch(spare, |spare| {
+        project_onto(
+            Threads::Shared,
+            x,
+            input,
+            branch,
+            (rows, inputs, outputs),
+            spare,
+        )
     })
 }
 
@@ -310,12 +358,12 @@ fn project(
     threads: Threads,
     out: &mut [f32],
     input: &[f32],
-    weight: MlpWeight<'_>,
+    weight: ProjWeight<'_>,
     bias: Option<&[f32]>,
     (rows, inputs, outputs): (usize, usize, usize),
 ) -> Result<(), KernelError> {
     match weight {
-        MlpWeight::F32(w) => {
+        ProjWeight::F32(w) => {
             let beta = fill_rows(out, bias, 1.0);
             product(
                 threads,
@@ -326,11 +374,11 @@ fn project(
                 beta,
             )
         }
-        MlpWeight::Bf16(w) => {
+        ProjWeight::Bf16(w) => {
             bf16_product(threads, out, input, w, bias, rows, false);
             Ok(())
         }
-        MlpWeight::PackedF32(w) => {
+        ProjWeight::PackedF32(w) => {
             let (threads, cols) = (threads.count(), 0..w.out_features());
             linear_packed_f32_on(threads, out, input, w, cols, bias, rows, false)
         }
@@ -348,7 +396,7 @@ pub struct NormLinear<'a> {
     /// Layer-norm epsilon.
     pub norm_eps: f32,
     /// The weight, `(out, dim)`.
-    pub weight: MlpWeight<'a>,
+    pub weight: ProjWeight<'a>,
     /// The bias, `out` entries.
     pub bias: Option<&'a [f32]>,
     /// Input width.
@@ -524,11 +572,11 @@ pub struct AttentionHalf<'a> {
     /// Layer-norm epsilon.
     pub norm_eps: f32,
     /// The qkv weight, `(3 dim, dim)`.
-    pub qkv_weight: MlpWeight<'a>,
+    pub qkv_weight: ProjWeight<'a>,
     /// The qkv bias, `3 dim` entries.
     pub qkv_bias: Option<&'a [f32]>,
     /// The output projection's weight, `(dim, dim)`.
-    pub proj_weight: MlpWeight<'a>,
+    pub proj_weight: ProjWeight<'a>,
     /// The output projection's bias, `dim` entries.
     pub proj_bias: Option<&'a [f32]>,
     /// Tokens per image.
@@ -662,22 +710,9 @@ fn attention_half_image(
                 }
             }
         }
-        let (weight, bias) = (p.proj_weight, p.proj_bias);
-        match weight {
-            MlpWeight::PackedF32(w) if p.branch_scale == 1.0 => {
-                linear_packed_f32_on(threads.count(), x, mixed, w, 0..dim, bias, tokens, true)
-            }
-            MlpWeight::Bf16(w) if p.branch_scale == 1.0 => {
-                bf16_product(threads, x, mixed, w, bias, tokens, true);
-                Ok(())
-            }
-            _ => {
-                // The normalised rows are no longer needed: the branch goes there first.
-                project(threads, normed, mixed, weight, bias, (tokens, dim, dim))?;
-                add_scaled(x, normed, p.branch_scale);
-                Ok(())
-            }
-        }
+        // The normalised rows are no longer needed: a scaled branch may go there first.
+        let proj = (p.proj_weight, p.proj_bias, p.branch_scale);
+        project_onto(threads, x, mixed, proj, (tokens, dim, dim), normed)
     })
 }
 

@@ -64,8 +64,9 @@ pub use bf16::{
 pub use elementwise::{add_assign, add_bias_rows, scale};
 pub use error::KernelError;
 pub use fused::{
-    AttentionHalf, AttentionShape, HeadsRef, MlpHalf, MlpWeight, NormLinear, attention,
-    attention_bf16, attention_half_in_place, mlp_half_in_place, norm_linear,
+    AttentionHalf, AttentionShape, HeadsRef, MlpHalf, NormLinear, ProjWeight, attention,
+    attention_bf16, attention_half_in_place, linear_residual_in_place, mlp_half_in_place,
+    norm_linear,
 };
 pub use gemm::{linear, linear_strided, matmul, padded_row_stride};
 pub use layer_norm::{layer_norm_dot, layer_norm_rows, layer_norm_rows_with};

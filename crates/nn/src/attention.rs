@@ -224,39 +224,7 @@ impl Attention {
     /// Projects `x` `(batch, tokens, dim)` to per-head queries, keys and values with one
     /// fused product.
     pub fn heads<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<Heads<B::Value>> {
-        self.split_qkv(bk, x, &self.qkv.forward(bk, x)?)
-    }
-
-    /// [`heads`](Self::heads) of `norm(x)`, through [`Backend::norm_linear`] (in inference
-    /// the normalised rows are projected in cache-sized chunks and never stored whole).
-    pub fn norm_heads<B: Backend>(
-        &self,
-        bk: &B,
-        norm: &LayerNorm,
-        x: &B::Value,
-    ) -> Result<Heads<B::Value>> {
-        let param = |p: &crate::Param| bk.param(p);
-        let (gamma, beta) = (param(norm.weight()), param(norm.bias()));
-        let (weight, bias) = (param(self.qkv.weight()), self.qkv.bias().map(param));
-        let params = NormLinearParams {
-            norm_gamma: &gamma,
-            norm_beta: &beta,
-            norm_eps: norm.eps(),
-            weight: &weight,
-            bias: bias.as_ref(),
-            packed: PackedWeight::of(bk, self.qkv.weight()),
-        };
-        self.split_qkv(bk, x, &bk.norm_linear(x, &params)?)
-    }
-
-    /// The fused projection `qkv` of the tokens of `x` split into per-head q, k and v.
-    fn split_qkv<B: Backend>(
-        &self,
-        bk: &B,
-        x: &B::Value,
-        qkv: &B::Value,
-    ) -> Result<Heads<B::Value>> {
-        split_qkv(bk, qkv, bk.shape(x), self.num_heads)
+        split_qkv(bk, &self.qkv.forward(bk, x)?, bk.shape(x), self.num_heads)
     }
 
     /// `x + branch_scale * drop_path(proj(attention(qkv(norm(x)))))`: the attention half of
@@ -351,28 +319,6 @@ impl Attention {
         } else {
             bk.attention(q, k, v, self.scale())
         }
-    }
-
-    /// `x + branch_scale * drop_path(proj(softmax(s q k^T) v))`: attention closing its
-    /// residual, through [`Backend::linear_residual`] (the projection accumulates onto `x` in
-    /// inference, in f32 or bf16).
-    #[allow(clippy::too_many_arguments)]
-    pub fn attend_heads_residual<B: Backend>(
-        &self,
-        bk: &B,
-        x: B::Value,
-        q: &B::Value,
-        k: &B::Value,
-        v: &B::Value,
-        branch_scale: f32,
-        drop_path: f32,
-    ) -> Result<B::Value> {
-        let out = self.attention(bk, q, k, v)?;
-        let (w, b) = (self.proj.weight(), self.proj.bias());
-        let b = b.map(|b| bk.param(b));
-        let packed = PackedWeight::of(bk, w);
-        let w = bk.param(w);
-        bk.linear_residual(x, &out, &w, b.as_ref(), packed, branch_scale, drop_path)
     }
 
     /// `proj(softmax(logits) v)`.

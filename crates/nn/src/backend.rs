@@ -18,6 +18,14 @@ pub enum PackedWeight<'a> {
 }
 
 impl<'a> PackedWeight<'a> {
+    /// Output features of the packed weight.
+    pub fn out_features(&self) -> usize {
+        match self {
+            Self::F32(p) => p.out_features(),
+            Self::Bf16(p) => p.out_features(),
+        }
+    }
+
     /// The copy a backend runs `p`'s product on: its bf16 copy when the model runs in bf16,
     /// else its packed f32 copy when `bk` [packs weights](Backend::packs_weights).
     pub fn of<B: Backend + ?Sized>(bk: &B, p: &'a Param) -> Option<Self> {
@@ -89,15 +97,10 @@ pub struct MlpHalfParams<'a, V> {
     pub fc2_weight: &'a V,
     /// `fc2` bias `(dim)`.
     pub fc2_bias: Option<&'a V>,
-    /// The packed bf16 copy of `fc1`'s weight, when the model runs in bf16.
-    pub fc1_packed: Option<&'a PackedBf16>,
-    /// The packed bf16 copy of `fc2`'s weight, when the model runs in bf16.
-    pub fc2_packed: Option<&'a PackedBf16>,
-    /// The packed f32 copy of `fc1`'s weight, for a backend that [packs
-    /// weights](Backend::packs_weights).
-    pub fc1_packed_f32: Option<&'a PackedF32>,
-    /// The packed f32 copy of `fc2`'s weight, likewise.
-    pub fc2_packed_f32: Option<&'a PackedF32>,
+    /// `fc1`'s packed weight ([`PackedWeight::of`]).
+    pub fc1_packed: Option<PackedWeight<'a>>,
+    /// `fc2`'s packed weight, likewise.
+    pub fc2_packed: Option<PackedWeight<'a>>,
     /// Factor on the branch before it is added (LV-ViT's `1 / skip_lam`).
     pub branch_scale: f32,
     /// Stochastic-depth rate of the branch ([`Backend::drop_path`]; inference ignores it).
@@ -343,9 +346,11 @@ pub trait Backend {
     /// The default composes the primitive operations; an inference backend may fuse it, in
     /// place when nothing else holds `x`.
     fn mlp_half(&self, x: Self::Value, p: &MlpHalfParams<'_, Self::Value>) -> Result<Self::Value> {
-        let project = |x: &Self::Value, w, b, packed: Option<&PackedBf16>| match packed {
-            Some(packed) => self.linear_packed(x, packed, 0..packed.out_features(), w, b),
-            None => self.linear(x, w, b),
+        let project = |x: &Self::Value, w, b, packed: Option<PackedWeight<'_>>| match packed {
+            Some(PackedWeight::Bf16(packed)) => {
+                self.linear_packed(x, packed, 0..packed.out_features(), w, b)
+            }
+            _ => self.linear(x, w, b),
         };
         let h = self.layer_norm(&x, p.norm_gamma, p.norm_beta, p.norm_eps)?;
         let hidden = self.gelu(&project(&h, p.fc1_weight, p.fc1_bias, p.fc1_packed)?)?;

@@ -3,7 +3,7 @@
 use idlevit_checkpoint::WeightReader;
 
 use crate::param::{ParamVisitor, ParamVisitorMut};
-use crate::{Attention, Backend, LayerNorm, Mlp, MlpHalfParams, Result};
+use crate::{Attention, Backend, LayerNorm, Mlp, MlpHalfParams, PackedWeight, Result};
 
 /// Hyper-parameters of one transformer block.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -138,34 +138,12 @@ impl Block {
                 fc1_bias: b1.as_ref(),
                 fc2_weight: &w2,
                 fc2_bias: b2.as_ref(),
-                fc1_packed: fc1.weight().packed_bf16(),
-                fc2_packed: fc2.weight().packed_bf16(),
-                fc1_packed_f32: bk
-                    .packs_weights()
-                    .then(|| fc1.weight().packed_f32())
-                    .flatten(),
-                fc2_packed_f32: bk
-                    .packs_weights()
-                    .then(|| fc2.weight().packed_f32())
-                    .flatten(),
+                fc1_packed: PackedWeight::of(bk, fc1.weight()),
+                fc2_packed: PackedWeight::of(bk, fc2.weight()),
                 branch_scale: 1.0 / self.skip_lam,
                 drop_path: self.drop_path,
             },
         )
-    }
-
-    /// `x + attn(q, k, v)`, the block's first half given the heads of `norm1` of the rows it
-    /// updates, through [`Attention::attend_heads_residual`].
-    pub fn attention_residual<B: Backend>(
-        &self,
-        bk: &B,
-        x: B::Value,
-        heads: &crate::Heads<B::Value>,
-    ) -> Result<B::Value> {
-        let (q, k, v) = (&heads.q, &heads.k, &heads.v);
-        let scale = 1.0 / self.skip_lam;
-        self.attn
-            .attend_heads_residual(bk, x, q, k, v, scale, self.drop_path)
     }
 
     /// The dense block over all tokens of `x` `(batch, tokens, dim)`.

@@ -211,10 +211,7 @@ impl Backend for Eager {
         branch_scale: f32,
         _drop_path: f32,
     ) -> Result<Tensor> {
-        let (dim, rows) = (
-            x.shape().last().copied().unwrap_or(0),
-            x.numel() / x.shape().last().copied().unwrap_or(1).max(1),
-        );
+        let dim = x.shape().last().copied().unwrap_or(0);
         let in_features = input.shape().last().copied().unwrap_or(0);
         let mut input_shape = x.shape().to_vec();
         if let Some(last) = input_shape.last_mut() {
@@ -228,56 +225,19 @@ impl Backend for Eager {
             ));
         }
         let b = b
-            .map(|b| {
-                if b.shape() == [dim] {
-                    Ok(b.contiguous())
-                } else {
-                    Err(NnError::shape(
-                        "residual projection bias",
-                        format!("[{dim}]"),
-                        b.shape(),
-                    ))
-                }
-            })
+            .map(|b| expect_shape(b, "residual projection bias", &[dim]))
             .transpose()?;
         let input = input.contiguous();
+        let w = w.contiguous();
         // `x` itself when it is contiguous: written in place when nothing else holds it.
         let mut y = into_contiguous(x);
-        let out = y.as_mut_slice();
-        let bias = b.as_ref().and_then(Tensor::as_slice);
-        match packed {
-            Some(PackedWeight::F32(p)) if p.out_features() == dim && branch_scale == 1.0 => {
-                let input = input.as_slice().unwrap_or_default();
-                kernels::linear_packed_f32(out, input, p, 0..dim, bias, rows, true)?;
-                return Ok(y);
-            }
-            Some(PackedWeight::Bf16(p)) if p.out_features() == dim && branch_scale == 1.0 => {
-                let input = input.as_slice().unwrap_or_default();
-                kernels::linear_bf16_accumulate(out, input, p, 0..dim, bias, rows)?;
-                return Ok(y);
-            }
-            Some(PackedWeight::Bf16(p)) => {
-                let branch = linear_bf16_tensor(&input, p, 0..p.out_features(), b.as_ref())?;
-                return crate::backend::add_branch(self, &y, &branch, branch_scale, 0.0);
-            }
-            _ => {}
-        }
-        if let Some(bias) = bias {
-            for row in out.chunks_exact_mut(dim.max(1)) {
-                for (v, b) in row.iter_mut().zip(bias) {
-                    *v += branch_scale * b;
-                }
-            }
-        }
-        let input = input.as_slice().unwrap_or_default();
-        let w = w.contiguous();
-        let w = w.as_slice().unwrap_or_default();
-        kernels::matmul(
-            kernels::MatMut::row_major(out, rows, dim),
-            kernels::MatRef::row_major(input, rows, in_features),
-            kernels::MatRef::row_major(w, dim, in_features).t(),
+        kernels::linear_residual_in_place(
+            y.as_mut_slice(),
+            input.as_slice().unwrap_or_default(),
+            kernel_weight(&w, packed.filter(|p| p.out_features() == dim)),
+            b.as_ref().and_then(Tensor::as_slice),
+            (in_features, dim),
             branch_scale,
-            1.0,
         )?;
         Ok(y)
     }
@@ -292,11 +252,6 @@ impl Backend for Eager {
             .bias
             .map(|b| expect_shape(b, "pre-norm projection bias", &[out]))
             .transpose()?;
-        let (bf16, f32_packed) = match p.packed {
-            Some(PackedWeight::Bf16(packed)) => (Some(packed), None),
-            Some(PackedWeight::F32(packed)) => (None, Some(packed)),
-            None => (None, None),
-        };
         let x = x.contiguous();
         let rows = x.numel() / dim.max(1);
         let mut shape = x.shape().to_vec();
@@ -311,7 +266,7 @@ impl Backend for Eager {
                 norm_gamma: gamma.as_slice().unwrap_or_default(),
                 norm_beta: beta.as_slice().unwrap_or_default(),
                 norm_eps: p.norm_eps,
-                weight: mlp_weight(&w, bf16, f32_packed),
+                weight: kernel_weight(&w, p.packed),
                 bias: b.as_ref().and_then(Tensor::as_slice),
                 dim,
                 out,
@@ -340,13 +295,6 @@ impl Backend for Eager {
             .proj_bias
             .map(|b| expect_shape(b, "attention proj bias", &[dim]))
             .transpose()?;
-        let packed = |w| match w {
-            Some(PackedWeight::Bf16(packed)) => (Some(packed), None),
-            Some(PackedWeight::F32(packed)) => (None, Some(packed)),
-            None => (None, None),
-        };
-        let (qkv_bf16, qkv_f32) = packed(p.qkv.packed);
-        let (proj_bf16, proj_f32) = packed(p.proj_packed);
         let mut y = into_contiguous(x);
         kernels::attention_half_in_place(
             y.as_mut_slice(),
@@ -354,9 +302,9 @@ impl Backend for Eager {
                 norm_gamma: gamma.as_slice().unwrap_or_default(),
                 norm_beta: beta.as_slice().unwrap_or_default(),
                 norm_eps: p.qkv.norm_eps,
-                qkv_weight: mlp_weight(&w_qkv, qkv_bf16, qkv_f32),
+                qkv_weight: kernel_weight(&w_qkv, p.qkv.packed),
                 qkv_bias: b_qkv.as_ref().and_then(Tensor::as_slice),
-                proj_weight: mlp_weight(&w_proj, proj_bf16, proj_f32),
+                proj_weight: kernel_weight(&w_proj, p.proj_packed),
                 proj_bias: b_proj.as_ref().and_then(Tensor::as_slice),
                 tokens,
                 heads: p.heads,
@@ -391,9 +339,9 @@ impl Backend for Eager {
                 norm_gamma: gamma.as_slice().unwrap_or_default(),
                 norm_beta: beta.as_slice().unwrap_or_default(),
                 norm_eps: p.norm_eps,
-                fc1_weight: mlp_weight(&w1, p.fc1_packed, p.fc1_packed_f32),
+                fc1_weight: kernel_weight(&w1, p.fc1_packed),
                 fc1_bias: b1.as_ref().and_then(Tensor::as_slice),
-                fc2_weight: mlp_weight(&w2, p.fc2_packed, p.fc2_packed_f32),
+                fc2_weight: kernel_weight(&w2, p.fc2_packed),
                 fc2_bias: b2.as_ref().and_then(Tensor::as_slice),
                 dim,
                 hidden,
@@ -431,15 +379,11 @@ fn expect_shape(t: &Tensor, what: &str, shape: &[usize]) -> Result<Tensor> {
 
 /// A fused kernel's view of a projection weight: its packed bf16 copy when there is one, else
 /// its packed f32 copy, else the weight itself.
-fn mlp_weight<'a>(
-    w: &'a Tensor,
-    bf16: Option<&'a PackedBf16>,
-    f32_packed: Option<&'a PackedF32>,
-) -> kernels::MlpWeight<'a> {
-    match (bf16, f32_packed) {
-        (Some(packed), _) => kernels::MlpWeight::Bf16(packed),
-        (None, Some(packed)) => kernels::MlpWeight::PackedF32(packed),
-        (None, None) => kernels::MlpWeight::F32(w.as_slice().unwrap_or_default()),
+fn kernel_weight<'a>(w: &'a Tensor, packed: Option<PackedWeight<'a>>) -> kernels::ProjWeight<'a> {
+    match packed {
+        Some(PackedWeight::Bf16(packed)) => kernels::ProjWeight::Bf16(packed),
+        Some(PackedWeight::F32(packed)) => kernels::ProjWeight::PackedF32(packed),
+        None => kernels::ProjWeight::F32(w.as_slice().unwrap_or_default()),
     }
 }
 

@@ -68,8 +68,6 @@ fn make<V>(p: &[V]) -> MlpHalfParams<'_, V> {
         fc2_bias: Some(&p[5]),
         fc1_packed: None,
         fc2_packed: None,
-        fc1_packed_f32: None,
-        fc2_packed_f32: None,
         branch_scale: 0.5,
         drop_path: 0.0,
     }
@@ -150,8 +148,8 @@ fn fused_mlp_half_and_residual_projection_equal_the_composition() {
             PackedF32::pack(&w.to_vec(), out, input).unwrap()
         });
         let with_packed = MlpHalfParams {
-            fc1_packed_f32: Some(&packed[0]),
-            fc2_packed_f32: Some(&packed[1]),
+            fc1_packed: Some(PackedWeight::F32(&packed[0])),
+            fc2_packed: Some(PackedWeight::F32(&packed[1])),
             ..make(&params)
         };
         let eager = Eager.mlp_half(x.clone(), &with_packed).unwrap();

@@ -8,10 +8,9 @@
 //! the softmax rows are converted to rows of pairs. Everything packed lives in the thread's
 //! scratch words; one head's packed operands are a few tens of KiB, so they stay in L1/L2.
 
-use std::borrow::Cow;
 use std::cell::RefCell;
 
-use super::pack::{AlignedWords, convert_pairs, pair};
+use super::pack::{AlignedWords, pair};
 use super::{Bf16Kernel, MR, PANEL, Tile};
 use crate::simd::{self, Isa};
 use crate::softmax::Softmax;
@@ -154,18 +153,18 @@ fn lane_mask(lanes: usize) -> u32 {
     }
 }
 
-/// Row `r` of `m`: borrowed when its columns are adjacent, else gathered.
-fn row_values<'a>(m: MatRef<'a>, r: usize) -> Cow<'a, [f32]> {
-    let start = r * m.row_stride;
-    if m.col_stride == 1 {
-        Cow::Borrowed(&m.data[start..start + m.cols])
+/// Element `(r, c)` of `m`, zero past its last column (the odd feature's partner).
+fn at(m: MatRef<'_>, r: usize, c: usize) -> f32 {
+    if c < m.cols {
+        m.data[r * m.row_stride + c * m.col_stride]
     } else {
-        Cow::Owned(
-            (0..m.cols)
-                .map(|c| m.data[start + c * m.col_stride])
-                .collect(),
-        )
+        0.0
     }
+}
+
+/// Pair `s` of row `r` of `m`, scaled: columns `2s` and `2s + 1`.
+fn scaled_pair(m: MatRef<'_>, r: usize, s: usize, scale: f32) -> u32 {
+    pair(scale * at(m, r, 2 * s), scale * at(m, r, 2 * s + 1))
 }
 
 /// The rows of `m`, scaled, as rows of pairs in `dst` at row stride `dst_stride`.
@@ -180,8 +179,12 @@ fn convert_rows(kernel: Bf16Kernel, dst: &mut [u32], dst_stride: usize, m: MatRe
     }
     let _ = kernel;
     for r in 0..m.rows {
-        let row: Vec<f32> = row_values(m, r).iter().map(|v| v * scale).collect();
-        convert_pairs(&mut dst[r * dst_stride..r * dst_stride + pairs], &row);
+        for (s, word) in dst[r * dst_stride..r * dst_stride + pairs]
+            .iter_mut()
+            .enumerate()
+        {
+            *word = scaled_pair(m, r, s, scale);
+        }
     }
 }
 
@@ -195,13 +198,12 @@ fn pack_keys(kernel: Bf16Kernel, panels: &mut [u32], row: &mut [u32], k: MatRef<
         unsafe { super::x86::pack_keys(panels, row, k.data, k.row_stride, shape) };
         return;
     }
-    let _ = kernel;
+    let _ = (kernel, row);
     let pairs = k.cols.div_ceil(2);
     for j in 0..k.rows {
-        convert_pairs(row, &row_values(k, j));
         let panel = &mut panels[(j / PANEL) * pairs * PANEL..];
-        for (s, &word) in row.iter().enumerate() {
-            panel[s * PANEL + j % PANEL] = word;
+        for s in 0..pairs {
+            panel[s * PANEL + j % PANEL] = scaled_pair(k, j, s, 1.0);
         }
     }
 }
@@ -219,12 +221,14 @@ fn pack_values(kernel: Bf16Kernel, panels: &mut [u32], v: MatRef<'_>) {
     let _ = kernel;
     let (steps, d) = (v.rows.div_ceil(2), v.cols);
     for s in 0..steps {
-        let first = row_values(v, 2 * s);
-        let second = (2 * s + 1 < v.rows).then(|| row_values(v, 2 * s + 1));
         for (p, panel) in panels.chunks_exact_mut(steps * PANEL).enumerate() {
             for c in p * PANEL..((p + 1) * PANEL).min(d) {
-                let hi = second.as_ref().map_or(0.0, |row| row[c]);
-                panel[s * PANEL + c - p * PANEL] = pair(first[c], hi);
+                let hi = if 2 * s + 1 < v.rows {
+                    at(v, 2 * s + 1, c)
+                } else {
+                    0.0
+                };
+                panel[s * PANEL + c - p * PANEL] = pair(at(v, 2 * s, c), hi);
             }
         }
     }

@@ -51,7 +51,7 @@ pub(crate) fn pair(lo: f32, hi: f32) -> u32 {
 /// Converts `src` to pairs in `dst` (`dst.len() == src.len().div_ceil(2)`), the odd last value
 /// paired with zero.
 #[inline(always)]
-pub(crate) fn convert_pairs(dst: &mut [u32], src: &[f32]) {
+fn convert_pairs(dst: &mut [u32], src: &[f32]) {
     let mut chunks = src.chunks_exact(2);
     for (d, c) in dst.iter_mut().zip(&mut chunks) {
         *d = pair(c[0], c[1]);

@@ -11,7 +11,7 @@ fn reference_mlp_half(x: &[f32], mlp: &MlpHalf<'_>) -> Vec<f32> {
     let (gamma, beta, eps) = (mlp.norm_gamma, mlp.norm_beta, mlp.norm_eps);
     reference::layer_norm_rows(&mut normed, x, gamma, beta, eps, dim);
     let mut act = vec![0.0; rows * hidden];
-    let (MlpWeight::F32(w1), MlpWeight::F32(w2)) = (mlp.fc1_weight, mlp.fc2_weight) else {
+    let (ProjWeight::F32(w1), ProjWeight::F32(w2)) = (mlp.fc1_weight, mlp.fc2_weight) else {
         panic!("the reference takes f32 weights");
     };
     let w1 = MatRef::row_major(w1, hidden, dim).t();
@@ -86,9 +86,9 @@ proptest! {
             norm_gamma: &gamma,
             norm_beta: &beta,
             norm_eps: 1e-6,
-            fc1_weight: MlpWeight::F32(&w1),
+            fc1_weight: ProjWeight::F32(&w1),
             fc1_bias: biases.0.then_some(&b1[..]),
-            fc2_weight: MlpWeight::F32(&w2),
+            fc2_weight: ProjWeight::F32(&w2),
             fc2_bias: biases.1.then_some(&b2[..]),
             dim,
             hidden,
@@ -99,7 +99,7 @@ proptest! {
         let packed = packed && crate::packed_f32_available();
         let (p1, p2) = (PackedF32::pack(&w1, hidden, dim).unwrap(), PackedF32::pack(&w2, dim, hidden).unwrap());
         let run = if packed {
-            MlpHalf { fc1_weight: MlpWeight::PackedF32(&p1), fc2_weight: MlpWeight::PackedF32(&p2), ..mlp }
+            MlpHalf { fc1_weight: ProjWeight::PackedF32(&p1), fc2_weight: ProjWeight::PackedF32(&p2), ..mlp }
         } else {
             mlp
         };
@@ -130,9 +130,9 @@ proptest! {
             norm_gamma: &gamma,
             norm_beta: &beta,
             norm_eps: 1e-5,
-            fc1_weight: MlpWeight::Bf16(&packed1),
+            fc1_weight: ProjWeight::Bf16(&packed1),
             fc1_bias: Some(&b1),
-            fc2_weight: MlpWeight::Bf16(&packed2),
+            fc2_weight: ProjWeight::Bf16(&packed2),
             fc2_bias: Some(&b2),
             dim,
             hidden,
@@ -160,9 +160,9 @@ fn mlp_half_refuses_mismatched_buffers() {
         norm_gamma: &ones[..4],
         norm_beta: &ones[..4],
         norm_eps: 1e-6,
-        fc1_weight: MlpWeight::F32(&ones[..32]),
+        fc1_weight: ProjWeight::F32(&ones[..32]),
         fc1_bias: Some(&ones[..8]),
-        fc2_weight: MlpWeight::F32(&ones[..32]),
+        fc2_weight: ProjWeight::F32(&ones[..32]),
         fc2_bias: Some(&ones[..4]),
         dim: 4,
         hidden: 8,
@@ -175,7 +175,7 @@ fn mlp_half_refuses_mismatched_buffers() {
         (
             "fc2 weight",
             MlpHalf {
-                fc2_weight: MlpWeight::F32(&ones[..31]),
+                fc2_weight: ProjWeight::F32(&ones[..31]),
                 ..mlp
             },
             12,
@@ -486,14 +486,14 @@ proptest! {
             norm_gamma: &gamma,
             norm_beta: &beta,
             norm_eps: 1e-6,
-            weight: MlpWeight::F32(&w),
+            weight: ProjWeight::F32(&w),
             bias: with_bias.then_some(&b[..]),
             dim,
             out,
         };
-        let mut weights = vec![MlpWeight::F32(&w)];
+        let mut weights = vec![ProjWeight::F32(&w)];
         if crate::packed_f32_available() {
-            weights.push(MlpWeight::PackedF32(&packed));
+            weights.push(ProjWeight::PackedF32(&packed));
         }
         for weight in weights {
             let mut found = vec![f32::NAN; rows * out];
@@ -508,7 +508,7 @@ proptest! {
         crate::layer_norm_rows(&mut fused_normed, &x, &gamma, &beta, 1e-6, dim);
         crate::linear_bf16(&mut by_layers, &fused_normed, &bf16, params.bias, rows).unwrap();
         let mut found = vec![f32::NAN; rows * out];
-        let p = NormLinear { weight: MlpWeight::Bf16(&bf16), ..params };
+        let p = NormLinear { weight: ProjWeight::Bf16(&bf16), ..params };
         pool(threads).install(|| norm_linear(&mut found, &x, &p)).unwrap();
         assert_close(&found, &by_layers, 1e-5);
     }
@@ -521,7 +521,7 @@ fn norm_linear_refuses_mismatched_buffers() {
         norm_gamma: &ones[..4],
         norm_beta: &ones[..4],
         norm_eps: 1e-6,
-        weight: MlpWeight::F32(&ones[..24]),
+        weight: ProjWeight::F32(&ones[..24]),
         bias: Some(&ones[..6]),
         dim: 4,
         out: 6,
@@ -542,7 +542,7 @@ fn norm_linear_refuses_mismatched_buffers() {
         (
             "weight",
             NormLinear {
-                weight: MlpWeight::F32(&ones[..23]),
+                weight: ProjWeight::F32(&ones[..23]),
                 ..p
             },
             12,
@@ -656,9 +656,9 @@ proptest! {
             norm_gamma: &gamma,
             norm_beta: &beta,
             norm_eps: 1e-6,
-            qkv_weight: MlpWeight::F32(&w_qkv),
+            qkv_weight: ProjWeight::F32(&w_qkv),
             qkv_bias: with_bias.then_some(&b_qkv[..]),
-            proj_weight: MlpWeight::F32(&w_proj),
+            proj_weight: ProjWeight::F32(&w_proj),
             proj_bias: with_bias.then_some(&b_proj[..]),
             tokens,
             heads,
@@ -670,8 +670,8 @@ proptest! {
         let mut forms = vec![half];
         if crate::packed_f32_available() {
             forms.push(AttentionHalf {
-                qkv_weight: MlpWeight::PackedF32(&packed.0),
-                proj_weight: MlpWeight::PackedF32(&packed.1),
+                qkv_weight: ProjWeight::PackedF32(&packed.0),
+                proj_weight: ProjWeight::PackedF32(&packed.1),
                 ..half
             });
         }
@@ -721,9 +721,9 @@ proptest! {
             norm_gamma: &gamma,
             norm_beta: &beta,
             norm_eps: 1e-6,
-            qkv_weight: MlpWeight::Bf16(&p_qkv),
+            qkv_weight: ProjWeight::Bf16(&p_qkv),
             qkv_bias: Some(&b_qkv),
-            proj_weight: MlpWeight::Bf16(&p_proj),
+            proj_weight: ProjWeight::Bf16(&p_proj),
             proj_bias: Some(&b_proj),
             tokens,
             heads,
@@ -745,9 +745,9 @@ fn attention_half_refuses_mismatched_buffers() {
         norm_gamma: &ones[..4],
         norm_beta: &ones[..4],
         norm_eps: 1e-6,
-        qkv_weight: MlpWeight::F32(&ones[..48]),
+        qkv_weight: ProjWeight::F32(&ones[..48]),
         qkv_bias: Some(&ones[..12]),
-        proj_weight: MlpWeight::F32(&ones[..16]),
+        proj_weight: ProjWeight::F32(&ones[..16]),
         proj_bias: Some(&ones[..4]),
         tokens: 3,
         heads: 2,
@@ -763,7 +763,7 @@ fn attention_half_refuses_mismatched_buffers() {
         (
             "qkv weight",
             AttentionHalf {
-                qkv_weight: MlpWeight::F32(&ones[..47]),
+                qkv_weight: ProjWeight::F32(&ones[..47]),
                 ..half
             },
             24,
@@ -787,6 +787,28 @@ fn attention_half_refuses_mismatched_buffers() {
     ] {
         let mut x = vec![0.5; len];
         let err = attention_half_in_place(&mut x, &bad).unwrap_err();
+        assert!(err.to_string().contains(operand), "{operand}: {err}");
+        assert!(x.iter().all(|&v| v == 0.5), "{operand}: x was written");
+    }
+}
+
+#[test]
+fn linear_residual_refuses_mismatched_buffers() {
+    let w = vec![1.0; 6];
+    let weight = ProjWeight::F32(&w);
+    let mut x = vec![0.5; 6];
+    assert!(linear_residual_in_place(&mut x, &[1.0; 4], weight, None, (2, 3), 0.5).is_ok());
+    // Each output gains 0.5 * (1 + 1).
+    assert_eq!(x, vec![1.5; 6]);
+    // (operand, input length, bias length, (in, out))
+    for (operand, input, bias, in_out) in [
+        ("input", 5, None, (2, 3)),
+        ("bias", 4, Some(2), (2, 3)),
+        ("weight", 4, None, (2, 4)),
+    ] {
+        let mut x = vec![0.5; 6];
+        let (input, bias) = (vec![1.0; input], bias.map(|n| &w[..n]));
+        let err = linear_residual_in_place(&mut x, &input, weight, bias, in_out, 1.0).unwrap_err();
         assert!(err.to_string().contains(operand), "{operand}: {err}");
         assert!(x.iter().all(|&v| v == 0.5), "{operand}: x was written");
     }

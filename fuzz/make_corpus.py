@@ -169,8 +169,11 @@ def input_seeds():
 
 
 if __name__ == "__main__":
+    import hostile_seeds
+
     safetensors_seeds()
     pth_seeds()
+    hostile_seeds.main()
     config_seeds()
     image_seeds()
     input_seeds()

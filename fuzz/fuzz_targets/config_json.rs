@@ -25,6 +25,17 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let parameters = config.parameter_count().expect("validated configs count");
+    let zoo = idlevit_zoo::ZooConfig::DeiT(config.clone());
+    for use_ in [
+        idlevit_zoo::MemoryUse::Inference,
+        idlevit_zoo::MemoryUse::Training { teacher: true },
+    ] {
+        // The estimate counts with checked arithmetic: an answer or None, never a panic,
+        // and never less than the weights it must hold.
+        if let Some(bytes) = zoo.memory_estimate(1, use_) {
+            assert!(bytes >= 4 * parameters as u64);
+        }
+    }
     assert!(parameters <= MAX_PARAMETERS);
     assert!(config.depth <= MAX_DEPTH && config.num_patches() <= MAX_PATCHES);
     let transform = EvalTransform::for_size(config.img_size);
@@ -43,11 +54,8 @@ fuzz_target!(|data: &[u8]| {
     let side = config.img_size;
     let images = Tensor::zeros(&[1, 3, side, side]).expect("a small image batch");
     let images = Eager.constant(images);
-    let width = if config.num_classes > 0 {
-        config.num_classes
-    } else {
-        config.embed_dim
-    };
+    assert!(config.num_classes >= 1, "a classifier has at least one class");
+    let width = config.num_classes;
     let logits = model.forward(&Eager, &images).expect("a valid config runs");
     assert_eq!(Eager.shape(&logits), [1, width]);
     let Some(schedule) = schedule else {

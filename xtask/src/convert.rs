@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use idlevit_checkpoint::{Checkpoint, pth};
 use idlevit_zoo::LvVit;
 
@@ -54,8 +54,15 @@ pub fn convert(input: &Path, output: &Path, options: &ConvertOptions) -> Result<
         strict: options.strict,
         key: options.key.clone(),
     };
-    let weights = pth::read_pth(input, &pth_options)
-        .with_context(|| format!("cannot convert {}", input.display()))?;
+    idlevit_cli::output::check_distinct(
+        &[idlevit_cli::output::NamedPath::new("IN.pth", input)],
+        &[idlevit_cli::output::NamedPath::new(
+            "OUT.safetensors",
+            output,
+        )],
+    )?;
+    // Its errors name the file already.
+    let weights = pth::read_pth(input, &pth_options)?;
     let mut ckpt = Checkpoint::default();
     let tensors = weights.tensors.len();
     for (name, tensor) in weights.tensors {
@@ -64,8 +71,7 @@ pub fn convert(input: &Path, output: &Path, options: &ConvertOptions) -> Result<
     if options.family == Some(Family::LvVit) {
         ckpt = LvVit::adapt(ckpt);
     }
-    ckpt.save_safetensors(output)
-        .with_context(|| format!("cannot write {}", output.display()))?;
+    idlevit_cli::output::save_checkpoint(&ckpt, output, "the converted weights")?;
     Ok(ConvertReport {
         tensors,
         skipped: weights.skipped,

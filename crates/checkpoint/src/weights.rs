@@ -4,7 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use idlevit_tensor::Tensor;
 
-use crate::{CheckpointError, Result};
+use crate::names::clip;
+use crate::{CheckpointError, NameList, Result};
 
 /// Named f32 tensors, ordered by name.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -61,13 +62,20 @@ impl Checkpoint {
 
     fn missing(&self, name: &str) -> CheckpointError {
         let hint = if let Some(reason) = self.skipped.get(name) {
-            format!("; `{name}` is stored as {reason}, which is not a float type")
+            format!(
+                "; `{}` is stored as {}, which is not a float type",
+                clip(name),
+                clip(reason)
+            )
         } else if let Some(near) = self
             .tensors
             .keys()
             .find(|k| k.ends_with(&format!(".{name}")))
         {
-            format!("; did you mean `{near}`? (a prefix may need stripping)")
+            format!(
+                "; did you mean `{}`? (a prefix may need stripping)",
+                clip(near)
+            )
         } else {
             String::new()
         };
@@ -115,15 +123,15 @@ impl WeightReader {
         self.checkpoint.get(name).is_some()
     }
 
-    /// Ends reading; an error lists every tensor the model did not ask for.
+    /// Ends reading; an error names the tensors the model did not ask for (the first few, and
+    /// how many more).
     pub fn finish(self) -> Result<()> {
-        let unused: Vec<String> = self
-            .checkpoint
-            .iter()
-            .map(|(name, _)| name)
-            .filter(|name| !self.used.contains(*name))
-            .map(str::to_string)
-            .collect();
+        let unused = NameList::new(
+            self.checkpoint
+                .iter()
+                .map(|(name, _)| name)
+                .filter(|name| !self.used.contains(*name)),
+        );
         if unused.is_empty() {
             Ok(())
         } else {

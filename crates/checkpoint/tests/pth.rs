@@ -35,8 +35,13 @@ fn with_key(key: &str) -> PthOptions {
     }
 }
 
+/// Reads a fixture; an error is returned without the file name every `read_pth` error leads
+/// with (checked once, by `errors_name_the_file_once`).
 fn read(relative: &str, options: &PthOptions) -> Result<PthWeights, PthError> {
-    read_pth(&fixture(relative), options)
+    read_pth(&fixture(relative), options).map_err(|err| match err {
+        PthError::File { error, .. } => *error,
+        other => other,
+    })
 }
 
 /// Shape and values of each tensor of a safetensors file.
@@ -244,4 +249,73 @@ fn a_missing_file_is_an_io_error_naming_it() {
     let err = read("pth/does_not_exist.pth", &lenient()).unwrap_err();
     assert!(matches!(err, PthError::Io { .. }));
     assert!(err.to_string().contains("does_not_exist.pth"), "{err}");
+}
+
+/// torch names the archive's folder after the file's stem; at 21 characters its archives were
+/// once refused as damaged (`tests/fixtures/make_fixtures.py` wrote these).
+#[test]
+fn files_whose_stem_has_21_characters_load() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let weights = read_pth(&dir.join("checkpoint_epoch_0010.pth"), &lenient()).unwrap();
+    let summary: Vec<(&str, Vec<usize>, Vec<f32>)> = weights
+        .tensors
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.shape().to_vec(), t.to_vec()))
+        .collect();
+    assert_eq!(summary, [("w", vec![2, 2], vec![0.0; 4])]);
+
+    let weights = read_pth(&dir.join("a_tiny_vit_state_dict.pth"), &strict()).unwrap();
+    let summary: Vec<(&str, Vec<usize>, Vec<f32>)> = weights
+        .tensors
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.shape().to_vec(), t.to_vec()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("head.weight", vec![3, 2], vec![0., 3., 1., 4., 2., 5.]),
+            ("head.bias", vec![2], vec![1.5, -2.0]),
+            ("tied.weight", vec![2, 3], vec![0., 1., 2., 3., 4., 5.]),
+        ]
+    );
+    assert!(weights.skipped.is_empty(), "{:?}", weights.skipped);
+}
+
+#[test]
+fn errors_name_the_file_once() {
+    let path = fixture("pth/no_weights.pth");
+    let err = read_pth(&path, &lenient()).unwrap_err();
+    assert!(matches!(err.inner(), PthError::NoWeights { .. }), "{err}");
+    let message = err.to_string();
+    let name = path.display().to_string();
+    assert!(
+        message.starts_with(&format!("{name}: no float tensors")),
+        "{message}"
+    );
+    assert_eq!(message.matches(&name).count(), 1, "{message}");
+    let missing = fixture("pth/does_not_exist.pth");
+    let message = read_pth(&missing, &lenient()).unwrap_err().to_string();
+    assert_eq!(
+        message.matches("does_not_exist.pth").count(),
+        1,
+        "{message}"
+    );
+}
+
+/// A path that is not a regular file is refused before it is opened: `/dev/zero` would read
+/// forever, a FIFO would block the open until a writer came.
+#[cfg(unix)]
+#[test]
+fn devices_and_folders_are_refused_before_reading() {
+    let err = read_pth(Path::new("/dev/zero"), &lenient()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "cannot read /dev/zero: it is a character device, not a regular file"
+    );
+    let err = read_pth(Path::new(FIXTURES), &lenient()).unwrap_err();
+    assert!(
+        err.to_string()
+            .ends_with("it is a directory, not a regular file"),
+        "{err}"
+    );
 }

@@ -9,8 +9,9 @@ use idlevit_nn::{Backend, Eager};
 use idlevit_tensor::Tensor;
 use idlevit_zoo::ZooModel;
 
+use crate::output::write_atomically;
 use crate::preprocess::{EvalTransform, batch_values, load_image};
-use crate::weights::read_checkpoint;
+use crate::weights::{read_checkpoint, read_file, require_tensor};
 
 /// What `logits` computed: the logits and, per selecting layer, the selected tokens.
 #[derive(Clone, Debug)]
@@ -21,20 +22,16 @@ pub struct LogitsRun {
     pub selections: Vec<(usize, Vec<Vec<usize>>)>,
 }
 
-/// Runs `model` on tensor `input` of `input_path` (masked form when `masked`) and writes
-/// tensor `logits` to `output_path`; `strict` as for [`read_checkpoint`].
-pub fn logits(
-    model: &ZooModel,
-    masked: bool,
-    input_path: &Path,
-    output_path: &Path,
-    strict: bool,
-) -> Result<LogitsRun> {
-    let inputs = read_checkpoint(input_path, strict)?;
-    let input = inputs
-        .require("input")
-        .with_context(|| format!("{} has no tensor `input`", input_path.display()))?;
-    let run = if masked {
+/// Reads tensor `input` `(batch, 3, H, W)` of the `--input` file at `path` (safetensors, or
+/// a `.pth`; `strict` as for [`read_checkpoint`]).
+pub fn read_input(path: &Path, strict: bool) -> Result<Tensor> {
+    let inputs = read_checkpoint(path, "input", strict)?;
+    Ok(require_tensor(&inputs, "input", "input", path)?.clone())
+}
+
+/// Runs `model` on `input` (masked form when `masked`).
+pub fn logits(model: &ZooModel, masked: bool, input: &Tensor) -> Result<LogitsRun> {
+    Ok(if masked {
         let out = model.forward_masked(&Eager, input)?;
         let selections = out
             .layers
@@ -56,11 +53,24 @@ pub fn logits(
             logits: out.logits,
             selections,
         }
-    };
+    })
+}
+
+/// Writes tensor `logits` to `path` (atomically).
+pub fn write_logits(logits: &Tensor, path: &Path) -> Result<()> {
     let mut out = Checkpoint::default();
-    out.insert("logits", run.logits.clone());
-    out.save_safetensors(output_path)?;
-    Ok(run)
+    out.insert("logits", logits.clone());
+    write_atomically(path, &out.to_safetensors_bytes()?)
+}
+
+/// How many rows of `(rows, columns)` values hold NaN or infinity.
+pub fn non_finite_rows(values: &Tensor) -> usize {
+    let columns = values.shape().last().copied().unwrap_or(1).max(1);
+    values
+        .to_vec()
+        .chunks(columns)
+        .filter(|row| !row.iter().all(|v| v.is_finite()))
+        .count()
 }
 
 /// Writes each selecting layer's tokens as I64 tensor `selected.layer{i}` `(batch, K + 1)`.
@@ -89,7 +99,7 @@ pub fn write_selections(selections: &[(usize, Vec<Vec<usize>>)], path: &Path) ->
         })
         .collect::<std::result::Result<Vec<_>, _>>()?;
     let bytes = safetensors::serialize(views, None)?;
-    std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
+    write_atomically(path, &bytes)
 }
 
 /// One image's top predictions.
@@ -133,8 +143,9 @@ pub fn classify(model: &ZooModel, images: &[PathBuf], top: usize) -> Result<Vec<
 
 /// Reads class names, one per line.
 pub fn read_labels(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read labels {}", path.display()))?;
+    let bytes = read_file(path, "labels")?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("labels file {} is not UTF-8 text", path.display()))?;
     Ok(text.lines().map(|l| l.trim().to_string()).collect())
 }
 

@@ -36,10 +36,27 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(entries)
 }
 
+fn folder_name(dir: &Path) -> String {
+    dir.file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+}
+
 impl ImageFolder {
     /// Scans `root`; an empty or unreadable directory, or a class folder with no images, is
-    /// an error naming it.
+    /// an error naming it. Classes are numbered by the sorted folder names.
     pub fn open(root: &Path) -> Result<Self> {
+        Self::scan(root, None)
+    }
+
+    /// Scans `root` as a set labelled like `classes` (a training set's): each class folder
+    /// takes the label of its name in `classes`, so a validation set holding only some of
+    /// the classes is labelled as training labelled them. A folder whose name is not among
+    /// `classes` is an error.
+    pub fn open_with_classes(root: &Path, classes: &[String]) -> Result<Self> {
+        Self::scan(root, Some(classes))
+    }
+
+    fn scan(root: &Path, known: Option<&[String]>) -> Result<Self> {
         let class_dirs: Vec<PathBuf> = sorted_entries(root)?
             .into_iter()
             .filter(|p| p.is_dir())
@@ -52,23 +69,31 @@ impl ImageFolder {
         }
         let mut classes = Vec::new();
         let mut items = Vec::new();
-        for (label, dir) in class_dirs.iter().enumerate() {
+        for (index, dir) in class_dirs.iter().enumerate() {
+            let name = folder_name(dir);
             let images: Vec<PathBuf> = sorted_entries(dir)?
                 .into_iter()
                 .filter(|p| p.is_file() && is_image(p))
                 .collect();
             if images.is_empty() {
-                bail!(
-                    "class folder {} holds no images ({})",
-                    dir.display(),
-                    IMAGE_EXTENSIONS.join(", ")
-                );
+                bail!("{}", empty_class_message(root, dir, &name));
             }
-            classes.push(
-                dir.file_name()
-                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-            );
+            let label = match known {
+                None => index,
+                Some(known) => known.iter().position(|k| *k == name).with_context(|| {
+                    format!(
+                        "class folder {} is not a class of the training set ({} classes: {})",
+                        dir.display(),
+                        known.len(),
+                        idlevit_checkpoint::NameList::new(known)
+                    )
+                })?,
+            };
+            classes.push(name);
             items.extend(images.into_iter().map(|p| (p, label)));
+        }
+        if let Some(known) = known {
+            classes = known.to_vec();
         }
         Ok(Self {
             root: root.to_path_buf(),
@@ -147,6 +172,28 @@ impl ImageFolder {
             labels,
         ))
     }
+}
+
+/// Why class folder `dir` of `root` holding no images is an error; a `train` or `val`
+/// folder there means the user gave a finetuning data set where one split was expected.
+fn empty_class_message(root: &Path, dir: &Path, name: &str) -> String {
+    if (name == "train" || name == "val") && root.join("train").is_dir() {
+        let split = if root.join("val").is_dir() {
+            "val"
+        } else {
+            "train"
+        };
+        return format!(
+            "{} holds train/ and val/ splits, not class folders: give one split, e.g. {}",
+            root.display(),
+            root.join(split).display()
+        );
+    }
+    format!(
+        "class folder {} holds no images ({})",
+        dir.display(),
+        IMAGE_EXTENSIONS.join(", ")
+    )
 }
 
 /// A seeded permutation of `0..n` (Fisher–Yates over SplitMix64), for per-epoch shuffles

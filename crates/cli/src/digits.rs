@@ -106,6 +106,27 @@ pub struct DigitsOptions {
     pub clutter: (u32, u32),
 }
 
+/// Most canvases per training digit: 1000 copies of the embedded digits are 1.3 million
+/// canvases, about 16 GiB while they are made.
+pub const MAX_TRAIN_COPIES: usize = 1000;
+
+impl DigitsOptions {
+    /// Bytes the canvases of the embedded task take while they are made: pixels and the
+    /// bookkeeping of each canvas, for every embedded digit; `None` when the count overflows.
+    pub fn memory_estimate(&self) -> Option<u64> {
+        let digits = DIGITS_BIN.get(8..12).map_or(0, |c| {
+            u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        });
+        let side = u64::from(self.side);
+        let per_canvas = side
+            .checked_mul(side)?
+            .checked_mul(3)?
+            .checked_add(std::mem::size_of::<Canvas>() as u64)?;
+        let copies = u64::try_from(self.train_copies).ok()?.checked_add(1)?;
+        digits.checked_mul(copies)?.checked_mul(per_canvas)
+    }
+}
+
 impl Default for DigitsOptions {
     fn default() -> Self {
         Self {
@@ -283,6 +304,11 @@ pub fn make_split(digits: &[Digit], options: &DigitsOptions) -> Result<DigitsSpl
         "digits: a digit of {} px does not fit a {} px canvas",
         options.digit_size.1,
         options.side
+    );
+    ensure!(
+        (1..=MAX_TRAIN_COPIES).contains(&options.train_copies),
+        "digits: expected 1 to {MAX_TRAIN_COPIES} canvases per training digit, found {}",
+        options.train_copies
     );
     ensure!(
         (0.0..1.0).contains(&options.val_fraction),

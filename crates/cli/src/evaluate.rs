@@ -19,11 +19,32 @@ pub struct Accuracy {
     pub top1: f64,
     /// Fraction whose label is among the five top predictions.
     pub top5: f64,
+    /// Images whose logits held NaN or infinity, each counted as a wrong answer.
+    pub non_finite: usize,
 }
 
-/// Whether `label` ranks within the best `k` of `row` (ties counted against the label).
-fn in_top(row: &[f32], label: usize, k: usize) -> bool {
-    let target = row[label];
+impl Accuracy {
+    /// A warning for the images whose logits were not finite, when there were any.
+    pub fn warning(&self) -> Option<String> {
+        (self.non_finite > 0).then(|| {
+            format!(
+                "warning: {} of {} images gave NaN or infinite logits; they count as wrong answers",
+                self.non_finite, self.images
+            )
+        })
+    }
+}
+
+/// Whether `label` ranks within the best `k` of `row` (ties counted against the label). A
+/// row holding NaN or infinity ranks nothing: every comparison with NaN is false, which would
+/// otherwise make a NaN label beat every class.
+pub fn in_top(row: &[f32], label: usize, k: usize) -> bool {
+    if !row.iter().all(|v| v.is_finite()) {
+        return false;
+    }
+    let Some(&target) = row.get(label) else {
+        return false;
+    };
     let better = row
         .iter()
         .enumerate()
@@ -114,13 +135,14 @@ pub fn evaluate_in_group(
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let (mut top1, mut top5) = (0usize, 0usize);
+    let (mut top1, mut top5, mut non_finite) = (0usize, 0usize, 0usize);
     for chunk in mine.chunks(batch) {
         let (images, labels) = data.batch(chunk, &transform)?;
         let logits = model.logits(&images)?.to_vec();
         for (row, &label) in logits.chunks(classes).zip(&labels) {
             top1 += usize::from(in_top(row, label, 1));
             top5 += usize::from(in_top(row, label, 5));
+            non_finite += usize::from(!row.iter().all(|v| v.is_finite()));
         }
         bar.inc(chunk.len() as u64);
         bar.set_message(format!(
@@ -130,12 +152,38 @@ pub fn evaluate_in_group(
     }
     bar.finish_and_clear();
     // Counts below 2^53 are exact in f64, so the sum is the same on every rank.
-    let mut counts = [top1 as f64, top5 as f64];
+    let mut counts = [top1 as f64, top5 as f64, non_finite as f64];
     group.sum_f64(&mut counts)?;
     let n = data.len() as f64;
     Ok(Accuracy {
         images: data.len(),
         top1: counts[0] / n,
         top5: counts[1] / n,
+        non_finite: counts[2] as usize,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_top;
+
+    #[test]
+    fn ranks_by_logit_with_ties_against_the_label() {
+        let row = [0.1, 0.5, 0.5, -1.0];
+        assert!(in_top(&row, 1, 1));
+        assert!(!in_top(&row, 2, 1));
+        assert!(in_top(&row, 2, 2));
+        assert!(!in_top(&row, 3, 3));
+        assert!(in_top(&row, 3, 4));
+    }
+
+    #[test]
+    fn non_finite_logits_are_wrong_answers() {
+        assert!(!in_top(&[f32::NAN; 4], 0, 1));
+        assert!(!in_top(&[f32::NAN; 4], 3, 5));
+        assert!(!in_top(&[0.0, f32::NAN, 1.0], 2, 1));
+        assert!(!in_top(&[0.0, f32::INFINITY, 1.0], 1, 1));
+        assert!(!in_top(&[2.0, f32::NEG_INFINITY], 0, 1));
+        assert!(!in_top(&[1.0, 2.0], 2, 5), "a label past the row");
+    }
 }

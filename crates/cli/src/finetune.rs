@@ -52,7 +52,7 @@ pub struct FinetuneOptions {
     pub out_dir: PathBuf,
     /// Resume from this checkpoint (weights, optimiser state, epoch).
     pub resume: Option<PathBuf>,
-    /// Show a progress bar.
+    /// Show a progress bar, and print each epoch's mean loss as the epoch ends.
     pub progress: bool,
 }
 
@@ -72,22 +72,55 @@ pub fn checkpoint_path(out_dir: &Path) -> PathBuf {
     out_dir.join("checkpoint.safetensors")
 }
 
-/// Writes `ckpt` to `path` through a temporary file and a rename, so a crash never leaves
-/// a half-written checkpoint behind.
-fn save_atomically(ckpt: &Checkpoint, path: &Path) -> Result<()> {
-    let tmp = path.with_extension("safetensors.tmp");
-    ckpt.save_safetensors(&tmp)?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot move checkpoint into {}", path.display()))
+impl FinetuneOptions {
+    /// Checks every setting's range before anything runs: a NaN learning rate would turn the
+    /// weights into NaN at the first step.
+    pub fn validate(&self) -> Result<()> {
+        if self.batch == 0 || self.epochs == 0 {
+            bail!("the batch size and the number of epochs must be at least 1");
+        }
+        for (name, value) in [
+            ("learning rate", self.lr),
+            ("learning-rate floor", self.min_lr),
+            ("weight decay", self.weight_decay),
+        ] {
+            if !(value.is_finite() && value >= 0.0) {
+                bail!("the {name} must be a finite number >= 0, found {value}");
+            }
+        }
+        if self.min_lr > self.lr {
+            bail!(
+                "the learning-rate floor {} is above the peak learning rate {}",
+                self.min_lr,
+                self.lr
+            );
+        }
+        if let Some(norm) = self.clip_grad
+            && !(norm.is_finite() && norm > 0.0)
+        {
+            bail!("the gradient-norm bound must be a finite number > 0, found {norm}");
+        }
+        if !(0.0..1.0).contains(&self.drop_path) {
+            bail!(
+                "the drop-path rate must be in [0, 1), found {}",
+                self.drop_path
+            );
+        }
+        self.mixup.validate()?;
+        self.objective.validate()?;
+        Ok(())
+    }
 }
 
+/// Writes the weights, the optimiser state and the epoch count to `path`, atomically and only
+/// when every value is finite, so the file there is always the last good checkpoint.
 fn save(student: &ZooModel, optimizer: &AdamW, epoch: usize, path: &Path) -> Result<()> {
     let mut ckpt = student.to_checkpoint()?;
     for (name, tensor) in optimizer.state_tensors()? {
         ckpt.insert(name, tensor);
     }
     ckpt.insert("train.epochs_done", Tensor::scalar(epoch as f32));
-    save_atomically(&ckpt, path)
+    crate::output::save_checkpoint(&ckpt, path, "the checkpoint")
 }
 
 /// The seed of one training step's random choices (augmentation, mixup, drop path): a
@@ -109,21 +142,51 @@ fn zero_gradients(model: &ZooModel) -> BTreeMap<String, Tensor> {
     grads
 }
 
-/// Restores weights, optimiser state and the epoch count from a finetuning checkpoint.
+/// Restores weights, optimiser state and the epoch count from a finetuning checkpoint; every
+/// error names the file.
 fn resume(student: &mut ZooModel, optimizer: &mut AdamW, path: &Path) -> Result<usize> {
-    let mut ckpt = Checkpoint::load_safetensors(path)?;
+    let context = || format!("cannot resume from {}", path.display());
+    let bytes = crate::weights::read_file(path, "checkpoint").with_context(context)?;
+    if bytes.starts_with(b"PK") {
+        bail!(
+            "cannot resume from {}: it is a PyTorch (.pth) file, and a run resumes from the \
+             checkpoint.safetensors an earlier finetuning run wrote (start from .pth weights \
+             with --weights instead)",
+            path.display()
+        );
+    }
+    let mut ckpt = Checkpoint::from_safetensors_bytes(&bytes).with_context(context)?;
     let epochs_done = ckpt.remove("train.epochs_done").with_context(|| {
         format!(
             "{} is not a finetuning checkpoint (no train.epochs_done)",
             path.display()
         )
     })?;
-    optimizer.load_state_tensors(&mut ckpt)?;
+    let epochs_done = idlevit_train::whole_count(&epochs_done).with_context(|| {
+        format!(
+            "{} is damaged: its epoch count (train.epochs_done) must be one whole number >= 0, \
+             found {}",
+            path.display(),
+            idlevit_train::describe_values(&epochs_done)
+        )
+    })?;
+    optimizer
+        .load_state_tensors(&mut ckpt)
+        .with_context(context)?;
+    let bad = crate::output::non_finite_tensors(&ckpt);
+    if let Some(first) = bad.first() {
+        bail!(
+            "{} is damaged: {} of its weights hold NaN or infinity (first: {})",
+            path.display(),
+            bad.len(),
+            idlevit_checkpoint::clip(first)
+        );
+    }
     let policy = student.policy().clone();
     *student = ZooModel::load(&student.config(), ckpt)
         .with_context(|| format!("{} does not fit the model", path.display()))?
         .with_policy(policy)?;
-    Ok(epochs_done.to_vec().first().copied().unwrap_or(0.0) as usize)
+    Ok(epochs_done as usize)
 }
 
 /// Checks that a teacher can distil into the student: the same family, classes, image size
@@ -174,9 +237,7 @@ pub fn finetune_in_group(
     options: &FinetuneOptions,
     group: &dyn ProcessGroup,
 ) -> Result<FinetuneReport> {
-    if options.batch == 0 || options.epochs == 0 {
-        bail!("--batch and --epochs must be at least 1");
-    }
+    options.validate()?;
     let classes = student.num_classes();
     if train.classes().len() > classes {
         bail!(
@@ -187,7 +248,6 @@ pub fn finetune_in_group(
     if let Some(teacher) = teacher {
         check_teacher(&student.config(), &teacher.config())?;
     }
-    options.mixup.validate()?;
     options.objective.check(student)?;
     std::fs::create_dir_all(&options.out_dir)
         .with_context(|| format!("cannot create {}", options.out_dir.display()))?;
@@ -196,6 +256,12 @@ pub fn finetune_in_group(
         Some(path) => resume(student, &mut optimizer, path)?,
         None => 0,
     };
+    if first_epoch > options.epochs {
+        bail!(
+            "the checkpoint has {first_epoch} epochs done, more than the {} asked for",
+            options.epochs
+        );
+    }
     // Drop path acts only on the seeded training tape, so the model keeps it after training.
     *student = student.clone().with_drop_path(options.drop_path)?;
     let global_batch = options.batch * group.size();
@@ -273,9 +339,14 @@ pub fn finetune_in_group(
             bar.set_message(format!("loss {loss:.4}  lr {lr:.2e}  {rate:.1} img/s"));
         }
         bar.finish_and_clear();
-        epoch_losses.push((loss_sum / steps_per_epoch as f64) as f32);
+        let mean_loss = (loss_sum / steps_per_epoch as f64) as f32;
+        epoch_losses.push(mean_loss);
         if group.is_leader() {
             save(student, &optimizer, epoch + 1, &path)?;
+            if options.progress {
+                // Printed as each epoch ends, so a run killed later still leaves its log.
+                println!("epoch {} mean loss {mean_loss:.4}", epoch + 1);
+            }
         }
     }
     let validation = val

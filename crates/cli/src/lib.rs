@@ -11,6 +11,7 @@
 //! ```
 
 pub mod augment;
+pub mod checks;
 pub mod commands;
 pub mod data;
 pub mod default_model;
@@ -18,6 +19,8 @@ pub mod digits;
 pub mod distributed;
 pub mod evaluate;
 pub mod finetune;
+pub mod memory;
+pub mod output;
 pub mod policy;
 pub mod precision;
 pub mod preprocess;

@@ -6,18 +6,23 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use idlevit_cli::distributed::{ProcessGroup, SingleProcess};
+use idlevit_cli::output::{NamedPath, check_distinct, save_checkpoint};
 use idlevit_cli::policy::{Mode, compared_policy, resolve_policy};
 use idlevit_cli::weights::{load_model, load_zoo_model, resolve_zoo_config};
-use idlevit_cli::{commands, default_model};
-use idlevit_zoo::{PolicyKind, TokenPolicy, ZooConfig, ZooModel};
+use idlevit_cli::{checks, commands, default_model, memory};
+use idlevit_zoo::{MemoryUse, PolicyKind, TokenPolicy, ZooConfig, ZooModel};
 
 /// Vision Transformers on CPU: dense inference today, token idling (IdleViT) next.
 #[derive(Parser)]
 #[command(name = "idlevit", version, about, long_about = None)]
 struct Cli {
     /// Worker threads for the kernels (default: all cores).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_parser = checks::at_least_one, allow_negative_numbers = true)]
     threads: Option<usize>,
+    /// Most memory a command may plan to use, e.g. 8G (default: what the machine has
+    /// available); a model or batch estimated to need more is refused before it is built.
+    #[arg(long, global = true, value_name = "SIZE", value_parser = checks::memory_size)]
+    max_memory: Option<u64>,
     /// Refuse `.pth` files whose pickle names globals other than those that rebuild tensors
     /// (without it they are kept inert, never called, and named in a warning).
     #[arg(long, global = true)]
@@ -55,7 +60,7 @@ struct PolicyArgs {
     /// tokens (LV-ViT-S 4..15, LV-ViT-M 5..19; PVT-v2 idles stages 2-4); EViT layers 3, 6, 9
     /// keep r of those present. Not needed when a DeiT config lists idle_layers and
     /// keep_ratios.
-    #[arg(long, value_name = "R")]
+    #[arg(long, value_name = "R", value_parser = checks::keep_rate, allow_negative_numbers = true)]
     keep_rate: Option<f64>,
 }
 
@@ -68,13 +73,13 @@ struct ObjectiveArgs {
     /// Weight of the cut loss (averaged over idle layers) [default: 20; 0 for PVT-v2, whose
     /// spatial-reduction attention has no CLS row and hence no cut loss: a non-zero weight
     /// on an idle PVT-v2 is an error, see docs/pvt-idle.md].
-    #[arg(long, value_name = "W")]
+    #[arg(long, value_name = "W", value_parser = checks::non_negative_f32, allow_negative_numbers = true)]
     cut_weight: Option<f32>,
     /// Distillation weight w (KL gets w, the feature term 100 w); needs a teacher.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = checks::non_negative_f32, allow_negative_numbers = true)]
     distill_weight: f32,
-    /// Label smoothing of hard labels.
-    #[arg(long, default_value_t = 0.1)]
+    /// Label smoothing of hard labels (0 to 1).
+    #[arg(long, default_value_t = 0.1, value_parser = checks::probability, allow_negative_numbers = true)]
     smoothing: f32,
 }
 
@@ -98,20 +103,20 @@ impl ObjectiveArgs {
 /// Regularisation of finetuning: DeiT's recipe by default (as the IdleViT release).
 #[derive(Args)]
 struct RegularisationArgs {
-    /// Stochastic depth of the last block (linear from 0 at the first).
-    #[arg(long, default_value_t = 0.1)]
+    /// Stochastic depth of the last block (linear from 0 at the first; below 1).
+    #[arg(long, default_value_t = 0.1, value_parser = checks::probability, allow_negative_numbers = true)]
     drop_path: f32,
     /// Mixup alpha (0 disables mixup).
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, value_parser = checks::non_negative_f32, allow_negative_numbers = true)]
     mixup: f32,
     /// CutMix alpha (0 disables CutMix).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = checks::non_negative_f32, allow_negative_numbers = true)]
     cutmix: f32,
     /// Probability that a batch is mixed.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = checks::probability, allow_negative_numbers = true)]
     mixup_prob: f32,
     /// Probability of CutMix rather than mixup when both are on.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, value_parser = checks::probability, allow_negative_numbers = true)]
     mixup_switch_prob: f32,
     /// Train on the evaluation transform instead of random resized crops and flips.
     #[arg(long)]
@@ -172,7 +177,7 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         labels: Option<PathBuf>,
         /// How many classes to print per image.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 5, value_parser = checks::at_least_one, allow_negative_numbers = true)]
         top: usize,
         /// Image files (PNG, JPEG, BMP, GIF, WebP, TIFF).
         #[arg(required = true, value_name = "IMAGE")]
@@ -196,13 +201,13 @@ enum Command {
         #[arg(long, value_name = "W")]
         weights: Option<PathBuf>,
         /// Images per forward pass.
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = 32, value_parser = checks::at_least_one, allow_negative_numbers = true)]
         batch: usize,
         /// Untimed passes first.
         #[arg(long, default_value_t = 2)]
         warmup: usize,
         /// Timed passes.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 5, value_parser = checks::at_least_one, allow_negative_numbers = true)]
         runs: usize,
     },
     /// The finetuning objective on one batch (masked idle form): prints ce, cut (summed over
@@ -256,25 +261,25 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         data: PathBuf,
         /// Passes over the training set.
-        #[arg(long, default_value_t = 30)]
+        #[arg(long, default_value_t = 30, value_parser = checks::at_least_one, allow_negative_numbers = true)]
         epochs: usize,
         /// Images per step.
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = 64, value_parser = checks::at_least_one, allow_negative_numbers = true)]
         batch: usize,
         /// Peak learning rate.
-        #[arg(long, default_value_t = 1e-5)]
+        #[arg(long, default_value_t = 1e-5, value_parser = checks::non_negative, allow_negative_numbers = true)]
         lr: f64,
-        /// Learning-rate floor.
-        #[arg(long, default_value_t = 1e-6)]
+        /// Learning-rate floor (at most --lr).
+        #[arg(long, default_value_t = 1e-6, value_parser = checks::non_negative, allow_negative_numbers = true)]
         min_lr: f64,
         /// Epochs of linear warm-up.
         #[arg(long, default_value_t = 0)]
         warmup_epochs: usize,
         /// Decoupled weight decay on weight matrices.
-        #[arg(long, default_value_t = 0.05)]
+        #[arg(long, default_value_t = 0.05, value_parser = checks::non_negative, allow_negative_numbers = true)]
         weight_decay: f64,
-        /// Clip the global gradient norm.
-        #[arg(long, value_name = "NORM")]
+        /// Clip the global gradient norm (> 0).
+        #[arg(long, value_name = "NORM", value_parser = checks::positive, allow_negative_numbers = true)]
         clip_grad: Option<f64>,
         #[command(flatten)]
         regularisation: RegularisationArgs,
@@ -311,7 +316,7 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         data: PathBuf,
         /// Images per forward pass.
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = 32, value_parser = checks::at_least_one, allow_negative_numbers = true)]
         batch: usize,
         #[command(flatten)]
         policy: PolicyArgs,
@@ -326,7 +331,7 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Canvases per training digit.
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = 2, value_parser = checks::at_least_one, allow_negative_numbers = true)]
         train_copies: usize,
     },
     /// Multiply-accumulates per image (GMACs) by spec section 2's formula, dense and under a
@@ -384,7 +389,7 @@ fn inference_model(
     strict: bool,
 ) -> Result<ZooModel> {
     if let ZooConfig::DeiT(config) = config {
-        let model = load_model(config, Some(weights), strict)?
+        let model = load_model(config, Some(weights), "weights", strict)?
             .with_precision(idlevit_cli::precision::from_flag(bf16))?;
         let model = ZooModel::DeiT(Box::new(model));
         if !bf16 {
@@ -397,7 +402,7 @@ fn inference_model(
         "--bf16 runs the DeiT models, not the {} model given",
         config.family()
     );
-    let model = load_zoo_model(config, Some(weights), strict)?;
+    let model = load_zoo_model(config, Some(weights), "weights", strict)?;
     model.pack_for_inference();
     Ok(model)
 }
@@ -408,15 +413,67 @@ fn training_policy(config: &ZooConfig, keep_rate: Option<f64>) -> Result<TokenPo
     compared_policy(config, PolicyKind::Idle, keep_rate)
 }
 
+/// Refuses a model of `config` run on `batch` images (`training`: with gradients, optimiser
+/// state and, when `teacher`, a teacher) when its estimated memory exceeds what the command
+/// may use.
+fn check_model_memory(
+    config: &ZooConfig,
+    batch: usize,
+    use_: MemoryUse,
+    max_memory: Option<u64>,
+) -> Result<()> {
+    let doing = match use_ {
+        MemoryUse::Training { .. } => "training",
+        _ => "running",
+    };
+    memory::check_fits(
+        &format!(
+            "{doing} this {} model on a batch of {batch}",
+            config.family()
+        ),
+        config.memory_estimate(batch, use_),
+        memory::memory_limit(max_memory),
+    )
+}
+
+/// How inference uses memory, in f32 or bf16.
+fn inference_use(bf16: bool) -> MemoryUse {
+    if bf16 {
+        MemoryUse::InferenceBf16
+    } else {
+        MemoryUse::Inference
+    }
+}
+
+/// The `--config` file as an input a command reads, when one was given.
+fn config_input(model: &ModelArgs) -> Vec<NamedPath<'_>> {
+    model
+        .config
+        .as_deref()
+        .map(|p| NamedPath::new("--config", p))
+        .into_iter()
+        .collect()
+}
+
+/// Warns on stderr when `rows` of a command's output hold NaN or infinity.
+fn warn_non_finite(rows: usize, total: usize, what: &str) {
+    if rows > 0 {
+        eprintln!(
+            "warning: {rows} of {total} {what} hold NaN or infinity: the model's weights or \
+             input are not finite"
+        );
+    }
+}
+
 fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
     if let Some(threads) = cli.threads {
-        anyhow::ensure!(threads >= 1, "--threads must be at least 1");
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build_global()
             .context("cannot start the thread pool")?;
     }
     let strict = cli.strict;
+    let max_memory = cli.max_memory;
     match cli.command {
         Command::Logits {
             model,
@@ -427,16 +484,42 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
             policy,
             selected_out,
         } => {
+            let mut inputs = config_input(&model);
+            inputs.extend([
+                NamedPath::new("--weights", &weights),
+                NamedPath::new("--input", &input),
+            ]);
+            let mut outputs = vec![NamedPath::new("--output", &output)];
+            outputs.extend(
+                selected_out
+                    .as_deref()
+                    .map(|p| NamedPath::new("--selected-out", p)),
+            );
+            check_distinct(&inputs, &outputs)?;
             let mode = policy.mode;
+            let images = commands::read_input(&input, strict)?;
+            let config = resolve_zoo_config(model.config.as_deref(), model.model.as_deref())?;
+            let batch = images.shape().first().copied().unwrap_or(0);
+            check_model_memory(&config, batch, inference_use(bf16), max_memory)?;
             let model = zoo_model(&model, &policy, &weights, bf16, strict)?;
-            let run = commands::logits(&model, mode == Mode::Masked, &input, &output, strict)?;
+            let run = commands::logits(&model, mode == Mode::Masked, &images)?;
+            warn_non_finite(
+                commands::non_finite_rows(&run.logits),
+                batch,
+                "images' logits",
+            );
+            // Both files are written before either is reported, so a failure leaves no
+            // claim of a file that is not there.
+            commands::write_logits(&run.logits, &output)?;
+            if let Some(path) = &selected_out {
+                commands::write_selections(&run.selections, path)?;
+            }
             println!(
                 "wrote logits {:?} to {}",
                 run.logits.shape(),
                 output.display()
             );
             if let Some(path) = selected_out {
-                commands::write_selections(&run.selections, &path)?;
                 println!(
                     "wrote {} layers' selections to {}",
                     run.selections.len(),
@@ -456,6 +539,7 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
                 Some(weights) => {
                     let config =
                         resolve_zoo_config(model.config.as_deref(), model.model.as_deref())?;
+                    check_model_memory(&config, images.len(), inference_use(bf16), max_memory)?;
                     let labels = labels.as_deref().map(commands::read_labels).transpose()?;
                     (inference_model(&config, &weights, bf16, strict)?, labels)
                 }
@@ -479,6 +563,12 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
                 }
             };
             for prediction in commands::classify(&model, &images, top)? {
+                if prediction.top.iter().any(|(_, p)| !p.is_finite()) {
+                    eprintln!(
+                        "warning: {} gave NaN or infinite logits; its classes mean nothing",
+                        prediction.path.display()
+                    );
+                }
                 println!("{}", prediction.path.display());
                 for (class, prob) in prediction.top {
                     let name = labels
@@ -501,13 +591,14 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
         } => {
             let name = model.model.clone().unwrap_or_else(|| "custom".into());
             let config = resolve_zoo_config(model.config.as_deref(), model.model.as_deref())?;
-            let dense = load_zoo_model(&config, weights.as_deref(), strict)?;
+            check_model_memory(&config, batch, inference_use(bf16), max_memory)?;
+            let dense = load_zoo_model(&config, weights.as_deref(), "weights", strict)?;
             dense.pack_for_inference();
             let threads = rayon::current_num_threads();
             let token_policy = compared_policy(&config, policy, keep_rate)?;
             let side = config.img_size();
             let label = format!(
-                "{policy:?} r={}",
+                "{policy} r={}",
                 keep_rate.map_or("config".into(), |r| r.to_string())
             )
             .to_lowercase();
@@ -570,6 +661,19 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
             teacher,
             grads_out,
         } => {
+            let mut inputs = config_input(&model);
+            inputs.extend([
+                NamedPath::new("--weights", &weights),
+                NamedPath::new("--input", &input),
+            ]);
+            inputs.extend(targets.as_deref().map(|p| NamedPath::new("--targets", p)));
+            inputs.extend(teacher.as_deref().map(|p| NamedPath::new("--teacher", p)));
+            let outputs: Vec<NamedPath> = grads_out
+                .as_deref()
+                .map(|p| NamedPath::new("--grads-out", p))
+                .into_iter()
+                .collect();
+            check_distinct(&inputs, &outputs)?;
             let config = resolve_zoo_config(model.config.as_deref(), model.model.as_deref())?;
             let token_policy = training_policy(&config, keep_rate)?;
             anyhow::ensure!(
@@ -577,21 +681,27 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
                 "give --keep-rate r, or idle_layers and keep_ratios in a DeiT config"
             );
             let objective = objective.objective(&config);
-            let student =
-                load_zoo_model(&config, Some(&weights), strict)?.with_policy(token_policy)?;
-            objective.check(&student)?;
-            let teacher = teacher
-                .as_deref()
-                .map(|t| load_zoo_model(&config, Some(t), strict))
-                .transpose()?;
             if objective.distill_weight != 0.0 && teacher.is_none() {
                 anyhow::bail!("--distill-weight needs --teacher");
             }
-            let inputs = idlevit_cli::weights::read_checkpoint(&input, strict)?;
-            let images = inputs
-                .require("input")
-                .with_context(|| format!("{} has no tensor `input`", input.display()))?;
+            let images = commands::read_input(&input, strict)?;
             let batch = images.shape().first().copied().unwrap_or(0);
+            check_model_memory(
+                &config,
+                batch,
+                MemoryUse::Training {
+                    teacher: teacher.is_some(),
+                },
+                max_memory,
+            )?;
+            let student = load_zoo_model(&config, Some(&weights), "weights", strict)?
+                .with_policy(token_policy)?;
+            objective.check(&student)?;
+            let teacher = teacher
+                .as_deref()
+                .map(|t| load_zoo_model(&config, Some(t), "teacher weights", strict))
+                .transpose()?;
+            let images = &images;
             let targets = match (labels, targets) {
                 (Some(labels), None) => {
                     let labels = commands::parse_labels(&labels)?;
@@ -606,10 +716,14 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
                         objective.smoothing,
                     )?
                 }
-                (None, Some(path)) => idlevit_cli::weights::read_checkpoint(&path, strict)?
-                    .require("targets")
-                    .with_context(|| format!("{} has no tensor `targets`", path.display()))?
-                    .clone(),
+                (None, Some(path)) => {
+                    let file = idlevit_cli::weights::read_checkpoint(&path, "targets", strict)?;
+                    let targets =
+                        idlevit_cli::weights::require_tensor(&file, "targets", "targets", &path)?;
+                    idlevit_train::check_targets(targets)
+                        .with_context(|| format!("targets {}", path.display()))?;
+                    targets.clone()
+                }
                 _ => anyhow::bail!("give --labels or --targets"),
             };
             let report = commands::loss(
@@ -628,7 +742,7 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
             }
             println!("total {:.7}", report.total);
             if let (Some(path), Some(grads)) = (grads_out, report.grads) {
-                grads.save_safetensors(&path)?;
+                save_checkpoint(&grads, &path, "gradients")?;
                 println!("wrote {} gradients to {}", grads.len(), path.display());
             }
         }
@@ -653,24 +767,52 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
             resume,
             weights_out,
         } => {
+            checks::learning_rates(lr, min_lr)?;
+            let checkpoint = idlevit_cli::finetune::checkpoint_path(&out);
+            let mut inputs = config_input(&model);
+            inputs.extend(weights.as_deref().map(|p| NamedPath::new("--weights", p)));
+            inputs.extend(teacher.as_deref().map(|p| NamedPath::new("--teacher", p)));
+            // The checkpoint may be the one resumed from: it is read whole before the first
+            // epoch replaces it, atomically. Any other input it replaced would be lost.
+            let mut outputs = vec![NamedPath::new("--out", &checkpoint)];
+            outputs.extend(
+                weights_out
+                    .as_deref()
+                    .map(|p| NamedPath::new("--weights-out", p)),
+            );
+            check_distinct(&inputs, &outputs)?;
+            let resumed: Vec<NamedPath> = resume
+                .as_deref()
+                .map(|p| NamedPath::new("--resume", p))
+                .into_iter()
+                .collect();
+            check_distinct(&resumed, &outputs[1..])?;
             let config = resolve_zoo_config(model.config.as_deref(), model.model.as_deref())?;
             let token_policy = training_policy(&config, keep_rate)?;
             let objective = objective.objective(&config);
+            objective.validate()?;
+            let teacher_path = teacher.as_deref().or(weights.as_deref());
+            anyhow::ensure!(
+                teacher_path.is_some() || objective.distill_weight == 0.0,
+                "--distill-weight needs a teacher: give --teacher or --weights"
+            );
+            check_model_memory(
+                &config,
+                batch,
+                MemoryUse::Training {
+                    teacher: teacher_path.is_some(),
+                },
+                max_memory,
+            )?;
             let mut student = match &weights {
-                Some(w) => load_zoo_model(&config, Some(w), strict)?,
+                Some(w) => load_zoo_model(&config, Some(w), "weights", strict)?,
                 None => ZooModel::random(&config, init_seed)?,
             }
             .with_policy(token_policy)?;
             objective.check(&student)?;
-            let teacher = teacher
-                .as_deref()
-                .or(weights.as_deref())
-                .map(|t| load_zoo_model(&config, Some(t), strict))
+            let teacher = teacher_path
+                .map(|t| load_zoo_model(&config, Some(t), "teacher weights", strict))
                 .transpose()?;
-            anyhow::ensure!(
-                teacher.is_some() || objective.distill_weight == 0.0,
-                "--distill-weight needs a teacher: give --teacher or --weights"
-            );
             let (train_dir, val_dir) = if data.join("train").is_dir() {
                 (
                     data.join("train"),
@@ -682,7 +824,7 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
             let train = idlevit_cli::data::ImageFolder::open(&train_dir)?;
             let val = val_dir
                 .as_deref()
-                .map(idlevit_cli::data::ImageFolder::open)
+                .map(|dir| idlevit_cli::data::ImageFolder::open_with_classes(dir, train.classes()))
                 .transpose()?;
             let options = idlevit_cli::finetune::FinetuneOptions {
                 epochs,
@@ -723,18 +865,15 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
                     batch * group.size()
                 );
             }
-            for (i, loss) in report.epoch_losses.iter().enumerate() {
-                println!("epoch {} mean loss {loss:.4}", report.first_epoch + i + 1);
-            }
-            println!(
-                "checkpoint: {}",
-                idlevit_cli::finetune::checkpoint_path(&out).display()
-            );
+            println!("checkpoint: {}", checkpoint.display());
             if let Some(path) = weights_out {
-                student.to_checkpoint()?.save_safetensors(&path)?;
+                save_checkpoint(&student.to_checkpoint()?, &path, "the final weights")?;
                 println!("weights: {}", path.display());
             }
             if let Some(acc) = report.validation {
+                if let Some(warning) = acc.warning() {
+                    eprintln!("{warning}");
+                }
                 println!(
                     "validation top-1 {:.2}%  top-5 {:.2}%  ({} images)",
                     100.0 * acc.top1,
@@ -755,6 +894,8 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
                 policy.mode != Mode::Masked,
                 "eval runs the dense or idle (gathered) form; use --mode idle"
             );
+            let config = resolve_zoo_config(model.config.as_deref(), model.model.as_deref())?;
+            check_model_memory(&config, batch, inference_use(bf16), max_memory)?;
             let model = zoo_model(&model, &policy, &weights, bf16, strict)?;
             let data = idlevit_cli::data::ImageFolder::open(&data)?;
             let acc = idlevit_cli::evaluate::evaluate_in_group(
@@ -766,6 +907,9 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
             )?;
             if !group.is_leader() {
                 return Ok(());
+            }
+            if let Some(warning) = acc.warning() {
+                eprintln!("{warning}");
             }
             println!(
                 "top-1 {:.2}%  top-5 {:.2}%  ({} images)",
@@ -784,6 +928,11 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
                 train_copies,
                 ..Default::default()
             };
+            memory::check_fits(
+                &format!("--train-copies {train_copies}"),
+                options.memory_estimate(),
+                memory::memory_limit(max_memory),
+            )?;
             let split = idlevit_cli::digits::embedded_split(&options)?;
             idlevit_cli::digits::write_image_folder(&split, &out)?;
             println!(
@@ -807,8 +956,7 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
                 let reduced = config.macs(&token_policy)?;
                 let label = keep_rate.map_or("config schedule".into(), |r| format!("r={r}"));
                 println!(
-                    "{name} {} {label}: {:.2} GMACs ({:.3}x fewer than dense)",
-                    format!("{policy:?}").to_lowercase(),
+                    "{name} {policy} {label}: {:.2} GMACs ({:.3}x fewer than dense)",
                     reduced / 1e9,
                     dense / reduced
                 );

@@ -47,7 +47,11 @@ pub fn resolve_policy(
         return Ok(TokenPolicy::Dense);
     }
     if mode == Mode::Masked && kind != PolicyKind::Idle {
-        bail!("--mode masked is the training form of the idle policy; it has no {kind:?} form");
+        bail!(
+            "--mode masked is the training form of the idle policy; --policy {} has none (it \
+             runs in its gathered form: --mode idle)",
+            kind
+        );
     }
     let schedule = match (config.schedule()?, keep_rate) {
         (Some(_), Some(_)) => {
@@ -63,8 +67,9 @@ pub fn resolve_policy(
                 && last >= config.depth
             {
                 bail!(
-                    "the default {kind:?} schedule uses layers {:?}, but the model has depth {}; \
+                    "the default {} schedule uses layers {:?}, but the model has depth {}; \
                      set idle_layers and keep_ratios in the config",
+                    kind,
                     schedule.idle_layers(),
                     config.depth
                 );
@@ -124,7 +129,12 @@ mod tests {
                 Some(0.7),
                 "--keep-rate needs",
             ),
-            (Mode::Masked, PolicyKind::Evit, Some(0.7), "no Evit form"),
+            (
+                Mode::Masked,
+                PolicyKind::Evit,
+                Some(0.7),
+                "--policy evit has none",
+            ),
             (Mode::Idle, PolicyKind::Idle, None, "give --keep-rate"),
             (Mode::Idle, PolicyKind::Idle, Some(0.0), "outside (0, 1]"),
             (Mode::Idle, PolicyKind::Prune, Some(1.5), "outside (0, 1]"),

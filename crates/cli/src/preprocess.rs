@@ -28,6 +28,10 @@ pub const MAX_DECODE_BYTES: u64 = 512 << 20;
 /// being scaled up into gigabytes.
 pub const MAX_RESIZED_PIXELS: u64 = 1 << 26;
 
+/// Largest image file read, in bytes: far above any photograph, far below what would strain
+/// memory, and it keeps a device file such as `/dev/zero` from being read forever.
+pub const MAX_IMAGE_FILE_BYTES: u64 = 256 << 20;
+
 /// Most values (`batch * 3 * side * side`) an image batch may hold: 2 Gi, 8 GiB of `f32`. A
 /// batch size typed by mistake is refused with an error instead of aborting on allocation.
 pub const MAX_BATCH_VALUES: usize = 1 << 31;
@@ -76,8 +80,7 @@ pub fn load_image(path: &std::path::Path, transform: &EvalTransform) -> Result<T
 
 /// Reads and decodes an image file under [`decode_limits`].
 pub fn read_image(path: &std::path::Path) -> Result<DynamicImage> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("cannot open image {}", path.display()))?;
+    let bytes = idlevit_checkpoint::read_file_capped(path, MAX_IMAGE_FILE_BYTES, "image")?;
     decode_image(&bytes).with_context(|| format!("{} is not a decodable image", path.display()))
 }
 
@@ -96,8 +99,26 @@ pub fn decode_image(bytes: &[u8]) -> Result<DynamicImage> {
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .context("cannot read the image header")?;
+    anyhow::ensure!(
+        reader.format() != Some(image::ImageFormat::Jpeg) || jpeg_is_complete(bytes),
+        "the JPEG data is cut short (no end-of-image marker after its last scan)"
+    );
     reader.limits(decode_limits());
     Ok(reader.decode()?)
+}
+
+/// Whether a JPEG's last scan is followed by its end-of-image marker. The decoder fills the
+/// missing rows of a truncated file with grey and reports no error, so a file cut in half
+/// would be classified as if whole. Markers cannot occur inside entropy-coded data (a 0xFF
+/// byte there is always followed by 0x00 or a restart code), so searching bytes is exact;
+/// a thumbnail's own markers come before the main image's scans.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    const START_OF_SCAN: [u8; 2] = [0xFF, 0xDA];
+    const END_OF_IMAGE: [u8; 2] = [0xFF, 0xD9];
+    bytes
+        .windows(2)
+        .rposition(|w| w == START_OF_SCAN)
+        .is_some_and(|scan| bytes[scan..].windows(2).any(|w| w == END_OF_IMAGE))
 }
 
 /// Resizes, crops and normalises a decoded image into a `(3, crop, crop)` tensor.
@@ -159,6 +180,34 @@ pub fn normalized_crop(rgb: &RgbImage, left: u32, top: u32, side: u32) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every decoded format refuses a file cut short, wherever the cut falls in its pixel
+    /// data.
+    #[test]
+    fn truncated_images_are_errors() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/image");
+        for name in [
+            "crop.bmp",
+            "crop.gif",
+            "crop.jpg",
+            "crop.png",
+            "crop.tiff",
+            "crop.webp",
+            "crop_lossless.webp",
+        ] {
+            // A fuzz seed's first two bytes pick the transform; the image follows.
+            let seed = std::fs::read(dir.join(name)).expect("seed image");
+            let bytes = &seed[2..];
+            decode_image(bytes).unwrap_or_else(|e| panic!("{name} whole: {e:#}"));
+            for keep in [bytes.len() / 3, bytes.len() / 2, bytes.len() * 9 / 10] {
+                assert!(
+                    decode_image(&bytes[..keep]).is_err(),
+                    "{name} cut to {keep} of {} bytes decoded",
+                    bytes.len()
+                );
+            }
+        }
+    }
 
     #[test]
     fn batch_values_are_checked() {

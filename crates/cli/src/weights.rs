@@ -6,17 +6,32 @@ use anyhow::{Context, Result};
 use idlevit_checkpoint::{Checkpoint, pth};
 use idlevit_zoo::{DeiT, DeiTConfig, LvVit, ZooConfig, ZooModel};
 
+/// Reads a whole file the user named, refusing before reading one that is not a regular file
+/// (a folder, a device such as `/dev/zero`, a pipe) or is larger than
+/// [`idlevit_checkpoint::MAX_FILE_BYTES`]; `what` says what the file is for in the error.
+pub fn read_file(path: &Path, what: &str) -> Result<Vec<u8>> {
+    Ok(idlevit_checkpoint::read_file_capped(
+        path,
+        idlevit_checkpoint::MAX_FILE_BYTES,
+        what,
+    )?)
+}
+
 /// Reads named tensors from a safetensors file, or from a `.pth` zip checkpoint (read by the
 /// pickle interpreter, which executes nothing; `strict` refuses unknown pickle globals, and
-/// without it they are named in a warning on stderr).
-pub fn read_checkpoint(path: &Path, strict: bool) -> Result<Checkpoint> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+/// without it they are named in a warning on stderr). `role` says what the file is for
+/// ("weights", "teacher weights", "input"), and every error names it with the path, once.
+pub fn read_checkpoint(path: &Path, role: &str, strict: bool) -> Result<Checkpoint> {
+    let bytes = read_file(path, role)?;
     let pth_name = path.extension().is_some_and(|e| e == "pth" || e == "tar");
     let parsed = parse_weights(&bytes, pth_name, strict).with_context(|| {
         if pth_name || bytes.starts_with(b"PK") {
-            format!("cannot read PyTorch checkpoint {}", path.display())
+            format!(
+                "cannot read {role} {} (a PyTorch checkpoint)",
+                path.display()
+            )
         } else {
-            format!("cannot read weights {}", path.display())
+            format!("cannot read {role} {}", path.display())
         }
     })?;
     if !parsed.unknown_globals.is_empty() {
@@ -24,10 +39,32 @@ pub fn read_checkpoint(path: &Path, strict: bool) -> Result<Checkpoint> {
             "warning: {} names pickle globals that were kept inert (never called): {}; \
              --strict refuses such files",
             path.display(),
-            parsed.unknown_globals.join(", ")
+            idlevit_checkpoint::NameList::new(&parsed.unknown_globals)
         );
     }
     Ok(parsed.checkpoint)
+}
+
+/// Tensor `name` of a file read by [`read_checkpoint`] for `role`, or an error naming the
+/// file and the tensors it holds.
+pub fn require_tensor<'a>(
+    ckpt: &'a Checkpoint,
+    name: &str,
+    role: &str,
+    path: &Path,
+) -> Result<&'a idlevit_tensor::Tensor> {
+    ckpt.get(name).with_context(|| {
+        let names = idlevit_checkpoint::NameList::new(ckpt.iter().map(|(n, _)| n));
+        let holds = if names.is_empty() {
+            "no float tensors".to_string()
+        } else {
+            format!("only {names}")
+        };
+        format!(
+            "{role} {} has no tensor `{name}` (it holds {holds})",
+            path.display()
+        )
+    })
 }
 
 /// A parsed weight file and the pickle globals it named that were kept inert.
@@ -67,14 +104,19 @@ pub fn parse_weights(bytes: &[u8], pth_name: bool, strict: bool) -> Result<Parse
     })
 }
 
-/// The model a command runs: from `weights` when given (`strict` as for [`read_checkpoint`]),
-/// else seeded random weights.
-pub fn load_model(config: &DeiTConfig, weights: Option<&Path>, strict: bool) -> Result<DeiT> {
+/// The model a command runs: from `weights` when given (`role` and `strict` as for
+/// [`read_checkpoint`]), else seeded random weights.
+pub fn load_model(
+    config: &DeiTConfig,
+    weights: Option<&Path>,
+    role: &str,
+    strict: bool,
+) -> Result<DeiT> {
     match weights {
         Some(path) => {
-            let ckpt = read_checkpoint(path, strict)?;
+            let ckpt = read_checkpoint(path, role, strict)?;
             DeiT::load(config, ckpt)
-                .with_context(|| format!("weights {} do not fit the model", path.display()))
+                .with_context(|| format!("{role} {} do not fit the model", path.display()))
         }
         None => Ok(DeiT::random(config, 0)?),
     }
@@ -105,24 +147,26 @@ pub fn resolve_zoo_config(config: Option<&Path>, model: Option<&str>) -> Result<
 }
 
 /// A model of any family: from `weights` when given (LV-ViT release checkpoints adapted to
-/// the zoo's names), else seeded random weights.
+/// the zoo's names; `role` and `strict` as for [`read_checkpoint`]), else seeded random
+/// weights.
 pub fn load_zoo_model(
     config: &ZooConfig,
     weights: Option<&Path>,
+    role: &str,
     strict: bool,
 ) -> Result<ZooModel> {
     match (config, weights) {
-        (ZooConfig::DeiT(c), weights) => {
-            Ok(ZooModel::DeiT(Box::new(load_model(c, weights, strict)?)))
-        }
+        (ZooConfig::DeiT(c), weights) => Ok(ZooModel::DeiT(Box::new(load_model(
+            c, weights, role, strict,
+        )?))),
         (config, None) => Ok(ZooModel::random(config, 0)?),
         (config, Some(path)) => {
-            let mut ckpt = read_checkpoint(path, strict)?;
+            let mut ckpt = read_checkpoint(path, role, strict)?;
             if matches!(config, ZooConfig::LvVit(_)) {
                 ckpt = LvVit::adapt(ckpt);
             }
             ZooModel::load(config, ckpt)
-                .with_context(|| format!("weights {} do not fit the model", path.display()))
+                .with_context(|| format!("{role} {} do not fit the model", path.display()))
         }
     }
 }

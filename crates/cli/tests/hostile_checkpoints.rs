@@ -32,19 +32,28 @@ fn payloads_run_nothing_and_strict_reading_names_them() {
         ("malicious_eval.pth", "__builtin__.eval"),
         ("malicious_popen.pth", "commands.Popen"),
     ] {
-        let model = load_model(&config, Some(&pth(file)), false).unwrap();
+        let model = load_model(&config, Some(&pth(file)), "weights", false).unwrap();
         let images = Eager.constant(Tensor::zeros(&[1, 3, 16, 16]).unwrap());
         let logits = model.forward(&Eager, &images).unwrap();
         assert_eq!(Eager.shape(&logits), &[1, 3]);
-        let err = format!("{:#}", read_checkpoint(&pth(file), true).unwrap_err());
+        let err = format!(
+            "{:#}",
+            read_checkpoint(&pth(file), "weights", true).unwrap_err()
+        );
         assert!(err.contains(&format!("`{global}`")), "{file}: {err}");
     }
-    let weights = read_checkpoint(&pth("malicious_tensor.pth"), false).unwrap();
+    let weights = read_checkpoint(&pth("malicious_tensor.pth"), "weights", false).unwrap();
     let names: Vec<&str> = weights.iter().map(|(name, _)| name).collect();
     assert_eq!(names, ["head.bias"]);
     let err = format!(
         "{:#}",
-        load_model(&config, Some(&pth("malicious_tensor.pth")), false).unwrap_err()
+        load_model(
+            &config,
+            Some(&pth("malicious_tensor.pth")),
+            "weights",
+            false
+        )
+        .unwrap_err()
     );
     assert!(err.contains("missing"), "{err}");
     assert!(!Path::new(PWNED).exists(), "a payload ran");

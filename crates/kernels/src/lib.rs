@@ -8,7 +8,8 @@
 //!   `matrixmultiply`, chosen per shape from measurements (see the `gemm` module source).
 //! - [`linear_bf16`] is the optional bfloat16 projection: a weight packed once
 //!   ([`PackedBf16`]), activations rounded to bf16 as they are packed, f32 accumulation, on
-//!   AVX-512 BF16 where the CPU has it and a portable kernel with the same rounding elsewhere.
+//!   AMX tiles or AVX-512 BF16 where the CPU has them and a portable kernel with the same
+//!   rounding elsewhere.
 //! - The row-wise kernels ([`softmax_rows`], [`layer_norm_rows`], [`gelu`]) are written once and
 //!   compiled for AVX-512, AVX2 + FMA and the portable target; [`Isa::detected`] picks one at
 //!   run time, once.
@@ -58,7 +59,8 @@ mod top_k;
 
 pub use activation::{gelu, gelu_with};
 pub use bf16::{
-    PANEL as BF16_PANEL, PackedBf16, bf16_hardware, from_bf16, linear_bf16, linear_bf16_accumulate,
+    KERNEL_ENV as BF16_KERNEL_ENV, PANEL as BF16_PANEL, PackedBf16, bf16_expected_faster_than_f32,
+    bf16_hardware, bf16_kernel_name, from_bf16, linear_bf16, linear_bf16_accumulate,
     linear_bf16_columns, to_bf16,
 };
 pub use elementwise::{add_assign, add_bias_rows, scale};

@@ -14,6 +14,17 @@ pub enum PolicyKind {
     Evit,
 }
 
+/// The policy's name as the CLI's `--policy` spells it: `idle`, `prune` or `evit`.
+impl std::fmt::Display for PolicyKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Idle => "idle",
+            Self::Prune => "prune",
+            Self::Evit => "evit",
+        })
+    }
+}
+
 impl std::str::FromStr for PolicyKind {
     type Err = String;
 

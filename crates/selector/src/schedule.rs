@@ -127,15 +127,22 @@ impl Schedule {
                 depth.saturating_sub(1)
             )));
         }
-        self.keep_ratios
-            .iter()
-            .try_for_each(|&r| keep_count(tokens, r).map(drop))
+        for (&layer, &ratio) in self.idle_layers.iter().zip(&self.keep_ratios) {
+            keep_count(tokens, ratio).map_err(|e| match e {
+                SelectorError::NothingKept { .. } => {
+                    SelectorError::Schedule(format!("idle layer {layer}: {e}"))
+                }
+                e => e,
+            })?;
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::PolicyKind;
 
     #[test]
     fn keep_counts_match_the_spec_test_vector() {
@@ -185,8 +192,19 @@ mod tests {
             .validate(12, 4)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("keeps no token of 4"), "{err}");
+        assert!(
+            err.contains("idle layer 10: keep ratio 0.125 keeps no token of 4"),
+            "{err}"
+        );
         assert_eq!(Schedule::lvvit_m(0.5).unwrap().idle_layers().len(), 15);
         assert_eq!(evit_keep_count(196, 0.7).unwrap(), 138);
+        let names: Vec<String> = [PolicyKind::Idle, PolicyKind::Prune, PolicyKind::Evit]
+            .iter()
+            .map(|k| k.to_string())
+            .collect();
+        assert_eq!(names, ["idle", "prune", "evit"]);
+        for name in &names {
+            assert_eq!(name.parse::<PolicyKind>().unwrap().to_string(), *name);
+        }
     }
 }

@@ -6,6 +6,16 @@ pub enum TrainError {
     /// The loss is not a finite number: training must stop, the last good weights kept.
     #[error("the loss became {0} (not finite); stopping before the weights are damaged")]
     NonFinite(f32),
+    /// A gradient holds NaN or infinity: the step is refused before it touches the weights.
+    #[error("the gradient of {0} is not finite; stopping before the weights are damaged")]
+    NonFiniteGradient(String),
+    /// An update made a weight NaN or infinite (a learning rate far too large): training must
+    /// stop and the damaged weights must never be saved.
+    #[error(
+        "an update made the weights of {0} non-finite (is the learning rate far too large?); \
+         stopping, and nothing damaged is written"
+    )]
+    NonFiniteWeights(String),
     /// Inputs that do not fit together.
     #[error("{0}")]
     Invalid(String),

@@ -73,6 +73,7 @@ pub struct LossParts<V> {
 /// Soft targets for hard `labels`: `(1 - smoothing)` on the label plus `smoothing / classes`
 /// everywhere (timm's label-smoothing cross entropy in target form).
 pub fn smoothed_targets(labels: &[usize], classes: usize, smoothing: f32) -> Result<Tensor> {
+    check_smoothing(smoothing)?;
     if let Some(&bad) = labels.iter().find(|&&l| l >= classes) {
         return Err(TrainError::Invalid(format!(
             "label {bad} is out of range for {classes} classes"
@@ -83,6 +84,44 @@ pub fn smoothed_targets(labels: &[usize], classes: usize, smoothing: f32) -> Res
         targets[row * classes + label] += 1.0 - smoothing;
     }
     Ok(Tensor::from_vec(vec![labels.len(), classes], targets)?)
+}
+
+/// Label smoothing moves a share of each label's probability to the other classes: only a
+/// share in [0, 1] gives a probability distribution.
+fn check_smoothing(smoothing: f32) -> Result<()> {
+    if (0.0..=1.0).contains(&smoothing) {
+        Ok(())
+    } else {
+        Err(TrainError::Invalid(format!(
+            "label smoothing must be in [0, 1], found {smoothing}"
+        )))
+    }
+}
+
+/// Checks soft targets `(batch, classes)`: finite, >= 0, each row summing to 1 (within
+/// 1e-3, the rounding of targets written as f16), as a cross entropy needs.
+pub fn check_targets(targets: &Tensor) -> Result<()> {
+    let [_, classes] = targets.shape() else {
+        return Err(TrainError::Invalid(format!(
+            "soft targets are (batch, classes), found shape {:?}",
+            targets.shape()
+        )));
+    };
+    let values = targets.to_vec();
+    for (row, probs) in values.chunks((*classes).max(1)).enumerate() {
+        if let Some(bad) = probs.iter().find(|p| !(p.is_finite() && **p >= 0.0)) {
+            return Err(TrainError::Invalid(format!(
+                "soft targets must be finite and >= 0: row {row} holds {bad}"
+            )));
+        }
+        let sum: f64 = probs.iter().map(|&p| f64::from(p)).sum();
+        if (sum - 1.0).abs() > 1e-3 {
+            return Err(TrainError::Invalid(format!(
+                "each row of soft targets must sum to 1: row {row} sums to {sum:.6}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Row-wise log-softmax of a plain tensor (the teacher's log-probabilities).
@@ -96,17 +135,34 @@ impl Objective {
     /// attention map in the idle layers, which PVT-v2 does not have (docs/pvt-idle.md), so
     /// an idle PVT-v2 trains with a cut weight of 0 (or no cut terms).
     pub fn check<M: Trainable>(&self, student: &M) -> Result<()> {
+        self.validate()?;
         let cut_on = self.cut_weight != 0.0 && self.cut_loss != CutLoss::None;
         if cut_on && !student.has_cut_graph() && *student.policy() != TokenPolicy::Dense {
             return Err(TrainError::Invalid(format!(
                 "{} has no CLS attention map in its idle layers, hence no cut loss: expected \
-                 a cut weight of 0 (or cut-loss terms `none`), found weight {} with terms {:?}",
+                 a cut weight of 0 (or cut-loss terms `none`), found weight {}",
                 student.family(),
                 self.cut_weight,
-                self.cut_loss
             )));
         }
         Ok(())
+    }
+
+    /// Checks the weights and the smoothing alone: weights finite and >= 0, smoothing in
+    /// [0, 1]. A NaN weight would make every loss NaN; a negative one would train the model
+    /// away from its own objective.
+    pub fn validate(&self) -> Result<()> {
+        for (name, weight) in [
+            ("cut weight", self.cut_weight),
+            ("distillation weight", self.distill_weight),
+        ] {
+            if !(weight.is_finite() && weight >= 0.0) {
+                return Err(TrainError::Invalid(format!(
+                    "the {name} must be a finite number >= 0, found {weight}"
+                )));
+            }
+        }
+        check_smoothing(self.smoothing)
     }
 
     /// The objective on `images` with soft `targets` `(batch, classes)`: the student runs its

@@ -36,6 +36,30 @@ pub fn clip_grad_norm(grads: &mut BTreeMap<String, Tensor>, max_norm: f64) -> f6
     total
 }
 
+/// Whether every element of `tensor` is finite.
+pub fn all_finite(tensor: &Tensor) -> bool {
+    tensor.view().iter().all(|v| v.is_finite())
+}
+
+/// The value of a one-element tensor when it is a whole number from 0 to 2^24 (every count
+/// an `f32` holds exactly), as checkpoints store step and epoch counts.
+pub fn whole_count(tensor: &Tensor) -> Option<u64> {
+    let [value] = tensor.to_vec()[..] else {
+        return None;
+    };
+    let exact = value.is_finite() && value >= 0.0 && value.fract() == 0.0;
+    (exact && value <= (1u32 << 24) as f32).then_some(value as u64)
+}
+
+/// A short description of a tensor's values for an error message: the value of a scalar,
+/// else the element count.
+pub fn describe_values(tensor: &Tensor) -> String {
+    match tensor.to_vec()[..] {
+        [value] => value.to_string(),
+        ref values => format!("{} values", values.len()),
+    }
+}
+
 /// First and second moment estimates of one parameter.
 #[derive(Clone, Debug)]
 struct Moments {
@@ -100,7 +124,12 @@ impl AdamW {
         let step = ckpt.remove("adamw.step").ok_or_else(|| {
             TrainError::Invalid("checkpoint has no optimiser state (adamw.step)".into())
         })?;
-        self.step = step.to_vec().first().copied().unwrap_or(0.0) as u64;
+        self.step = whole_count(&step).ok_or_else(|| {
+            TrainError::Invalid(format!(
+                "the optimiser's step count (adamw.step) must be one whole number >= 0, found {}",
+                describe_values(&step)
+            ))
+        })?;
         let names: Vec<String> = ckpt
             .iter()
             .filter_map(|(n, _)| n.strip_prefix("adamw.m.").map(str::to_string))
@@ -124,6 +153,16 @@ impl AdamW {
                     "optimiser moments of {name} differ in length"
                 )));
             }
+            // Adam divides by sqrt(v): a negative or non-finite moment would poison the
+            // weights at the first step after the resume.
+            if !first.iter().all(|m| m.is_finite())
+                || !second.iter().all(|v| v.is_finite() && *v >= 0.0)
+            {
+                return Err(TrainError::Invalid(format!(
+                    "the optimiser state of {name} holds non-finite values (or a negative \
+                     second moment)"
+                )));
+            }
             self.moments.insert(name, Moments { first, second });
         }
         Ok(())
@@ -137,6 +176,14 @@ impl AdamW {
         grads: &BTreeMap<String, Tensor>,
         lr: f64,
     ) -> Result<()> {
+        if !lr.is_finite() || lr < 0.0 {
+            return Err(TrainError::Invalid(format!(
+                "the learning rate must be a finite number >= 0, found {lr}"
+            )));
+        }
+        if let Some((name, _)) = grads.iter().find(|(_, g)| !all_finite(g)) {
+            return Err(TrainError::NonFiniteGradient(name.clone()));
+        }
         self.step += 1;
         let t = self.step as i32;
         let (b1, b2) = (self.beta1, self.beta2);
@@ -161,7 +208,7 @@ impl AdamW {
                 0.0
             };
             let grad = grad.contiguous();
-            let grad = grad.as_slice().unwrap_or_default();
+            let grad = grad.view();
             let moments = self
                 .moments
                 .entry(param.name().to_string())
@@ -169,6 +216,16 @@ impl AdamW {
                     first: vec![0.0; grad.len()],
                     second: vec![0.0; grad.len()],
                 });
+            // A resumed state of another length would make the zip below skip weights.
+            if moments.first.len() != grad.len() || moments.second.len() != grad.len() {
+                failure = Some(TrainError::Invalid(format!(
+                    "the optimiser state of {} holds {} values, the parameter {}",
+                    param.name(),
+                    moments.first.len(),
+                    grad.len()
+                )));
+                return;
+            }
             let values = param.value_mut().as_mut_slice();
             for (((p, &g), m), v) in values
                 .iter_mut()
@@ -184,6 +241,9 @@ impl AdamW {
                 let update = (m_new / bias1) / ((v_new / bias2).sqrt() + self.eps);
                 let p64 = f64::from(*p);
                 *p = (p64 * (1.0 - lr * decay) - lr * update) as f32;
+            }
+            if failure.is_none() && !values.iter().all(|v| v.is_finite()) {
+                failure = Some(TrainError::NonFiniteWeights(param.name().to_string()));
             }
         });
         failure.map_or(Ok(()), Err)

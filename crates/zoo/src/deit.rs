@@ -23,7 +23,7 @@ pub struct DeiT {
     pos_embed: Param,
     blocks: Vec<Block>,
     norm: LayerNorm,
-    head: Option<Linear>,
+    head: Linear,
     policy: TokenPolicy,
 }
 
@@ -88,9 +88,7 @@ impl DeiT {
             .map(|i| Block::load(&mut reader, &format!("blocks.{i}"), &block_config))
             .collect::<std::result::Result<_, _>>()?;
         let norm = LayerNorm::load(&mut reader, "norm", c, NORM_EPS)?;
-        let head = (config.num_classes > 0)
-            .then(|| Linear::load(&mut reader, "head", c, config.num_classes, true))
-            .transpose()?;
+        let head = Linear::load(&mut reader, "head", c, config.num_classes, true)?;
         reader.finish()?;
         Ok(Self {
             config: config.clone(),
@@ -135,9 +133,7 @@ impl DeiT {
         f(&self.pos_embed);
         self.blocks.iter().for_each(|b| b.visit_params(f));
         self.norm.visit_params(f);
-        if let Some(head) = &self.head {
-            head.visit_params(f);
-        }
+        self.head.visit_params(f);
     }
 
     /// Visits every parameter mutably (an optimiser step).
@@ -147,9 +143,7 @@ impl DeiT {
         f(&mut self.pos_embed);
         self.blocks.iter_mut().for_each(|b| b.visit_params_mut(f));
         self.norm.visit_params_mut(f);
-        if let Some(head) = &mut self.head {
-            head.visit_params_mut(f);
-        }
+        self.head.visit_params_mut(f);
     }
 
     /// The weights under timm's names and shapes, ready to save.
@@ -199,8 +193,7 @@ impl DeiT {
         Ok(bk.add(&tokens, &bk.param(&self.pos_embed))?)
     }
 
-    /// Logits from the final tokens: final norm, CLS row, head; CLS features if there is no
-    /// head.
+    /// Logits from the final tokens: final norm, CLS row, head.
     pub fn classify<B: Backend>(&self, bk: &B, tokens: &B::Value) -> Result<B::Value> {
         Ok(self.features_and_logits(bk, tokens)?.1)
     }
@@ -214,10 +207,7 @@ impl DeiT {
     ) -> Result<(B::Value, B::Value)> {
         let normed = self.norm.forward(bk, tokens)?;
         let cls = bk.select(&normed, 1, 0)?;
-        let logits = match &self.head {
-            Some(head) => head.forward(bk, &cls)?,
-            None => cls.clone(),
-        };
+        let logits = self.head.forward(bk, &cls)?;
         Ok((cls, logits))
     }
 

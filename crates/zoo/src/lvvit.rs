@@ -21,7 +21,7 @@ const AUX_WEIGHT: f32 = 0.5;
 
 /// The shape of an LV-ViT, with the keys of its `config.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "an LV-ViT config object")]
 pub struct LvVitConfig {
     /// Input image side in pixels (square images).
     pub img_size: usize,
@@ -165,6 +165,41 @@ impl LvVitConfig {
     /// The MLP hidden width, `int(embed_dim * mlp_ratio)`.
     pub fn mlp_hidden(&self) -> usize {
         (self.embed_dim as f64 * self.mlp_ratio) as usize
+    }
+
+    /// The number of learnable weights of the model (not counting the stem's batch-norm
+    /// running statistics), or `None` when it overflows `usize`.
+    pub fn parameter_count(&self) -> Option<usize> {
+        let (c, m, k) = (self.embed_dim, self.mlp_hidden(), self.num_classes);
+        let mut total = 0usize;
+        for shape in self.stem_shapes() {
+            let kernel = shape.kernel.checked_pow(2)?;
+            let weight = shape
+                .out_channels
+                .checked_mul(shape.in_channels)?
+                .checked_mul(kernel)?;
+            // Stem convolutions carry a batch norm's scale and shift; the patch conv a bias.
+            total = total
+                .checked_add(weight)?
+                .checked_add(shape.out_channels.checked_mul(2)?)?;
+        }
+        // The patch convolution has one bias per channel, not two batch-norm vectors.
+        total = total.checked_sub(c)?;
+        let tokens = self.num_patches().checked_add(2)?.checked_mul(c)?;
+        let attention = c.checked_mul(c)?.checked_mul(4)?.checked_add(c)?;
+        let mlp = m
+            .checked_mul(c)?
+            .checked_mul(2)?
+            .checked_add(m)?
+            .checked_add(c)?;
+        let block = attention.checked_add(mlp)?.checked_add(c.checked_mul(4)?)?;
+        let heads = k.checked_mul(c.checked_add(1)?)?.checked_mul(2)?;
+        block
+            .checked_mul(self.depth)?
+            .checked_add(total)?
+            .checked_add(tokens)?
+            .checked_add(c.checked_mul(2)?)?
+            .checked_add(heads)
     }
 
     /// Side of the patch convolution's kernel and stride.

@@ -5,8 +5,9 @@ use std::path::Path;
 
 use idlevit_checkpoint::Checkpoint;
 use idlevit_nn::{Backend, ParamVisitor, ParamVisitorMut};
-use idlevit_selector::{PolicyKind, Schedule, TokenPolicy};
+use idlevit_selector::{PolicyKind, Schedule, SelectorError, TokenPolicy, keep_count};
 
+use crate::config::quoted;
 use crate::{
     DeiT, DeiTConfig, LVVIT_MODELS, LvVit, LvVitConfig, MaskedForward, PVT_MODELS, PvtConfig,
     PvtV2, Result, Traced, ZooError, cost,
@@ -68,10 +69,11 @@ impl ZooConfig {
     /// `family` the config is a DeiT's (the CLI's original `CFG.json`).
     pub fn from_json(text: &str) -> Result<Self> {
         let mut value: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| ZooError::Config(e.to_string()))?;
+            serde_json::from_str(text).map_err(crate::config::json_error)?;
         let Some(fields) = value.as_object_mut() else {
             return Err(ZooError::Config(format!(
-                "a model config is a JSON object, found {value}"
+                "a model config is a JSON object, found {}",
+                quoted(&value.to_string())
             )));
         };
         let family = match fields.remove("family") {
@@ -92,8 +94,9 @@ impl ZooConfig {
             Some(serde_json::Value::String(family)) => family,
             Some(other) => {
                 return Err(ZooError::Config(format!(
-                    "`family` must be one of {}, found {other}",
-                    FAMILIES.join(", ")
+                    "`family` must be one of {}, found {}",
+                    FAMILIES.join(", "),
+                    quoted(&other.to_string())
                 )));
             }
         };
@@ -103,7 +106,8 @@ impl ZooConfig {
             "lvvit" => LvVitConfig::from_json(&rest).map(Self::LvVit),
             "pvt_v2" => PvtConfig::from_json(&rest).map(Self::Pvt),
             other => Err(ZooError::Config(format!(
-                "unknown family `{other}`; expected one of {}",
+                "unknown family `{}`; expected one of {}",
+                quoted(other),
                 FAMILIES.join(", ")
             ))),
         }
@@ -141,6 +145,15 @@ impl ZooConfig {
         }
     }
 
+    /// The number of learnable weights, or `None` when it overflows `usize`.
+    pub fn parameter_count(&self) -> Option<usize> {
+        match self {
+            Self::DeiT(c) => c.parameter_count(),
+            Self::LvVit(c) => c.parameter_count(),
+            Self::Pvt(c) => c.parameter_count(),
+        }
+    }
+
     /// Input image side in pixels.
     pub fn img_size(&self) -> usize {
         match self {
@@ -172,16 +185,38 @@ impl ZooConfig {
     /// The release's schedule of `kind` at base rate `rate` for this model: the DeiT and
     /// LV-ViT idle schedules of spec section 1 (pruning shares them), EViT's layers 3, 6, 9;
     /// PVT-v2's stages 2-4 (idle only).
+    /// Every idle and pruning layer must keep at least one token: an error names the keep
+    /// rate given, the layer, and the ratio the rate compounds to there.
     pub fn schedule(&self, kind: PolicyKind, rate: f64) -> Result<Schedule> {
-        match (self, kind) {
-            (Self::Pvt(c), PolicyKind::Idle) => c.idle_schedule(rate),
-            (Self::Pvt(_), kind) => Err(ZooError::Config(format!(
-                "PVT-v2 runs the idle policy only, not {kind:?}"
-            ))),
-            (_, PolicyKind::Evit) => Ok(Schedule::evit_deit(rate)?),
-            (Self::DeiT(_), _) => Ok(Schedule::deit(rate)?),
-            (Self::LvVit(c), _) => c.idle_schedule(rate),
+        let schedule = match (self, kind) {
+            (Self::Pvt(c), PolicyKind::Idle) => c.idle_schedule(rate)?,
+            (Self::Pvt(_), kind) => {
+                return Err(ZooError::Config(format!(
+                    "PVT-v2 runs the idle policy only, not {kind}: top-k pruning and EViT \
+                     have no form for its pyramid of token grids"
+                )));
+            }
+            // EViT keeps ceil(r n) tokens, never none.
+            (_, PolicyKind::Evit) => return Ok(Schedule::evit_deit(rate)?),
+            (Self::DeiT(_), _) => Schedule::deit(rate)?,
+            (Self::LvVit(c), _) => c.idle_schedule(rate)?,
+        };
+        for (&layer, &ratio) in schedule.idle_layers().iter().zip(schedule.keep_ratios()) {
+            let (tokens, place) = match self {
+                Self::Pvt(c) => {
+                    let stage = c.stage_of(layer).map_or(0, |(stage, _)| stage);
+                    (c.stage_tokens(stage), format!("in stage {}", stage + 1))
+                }
+                _ => (self.num_patches(), format!("at layer {layer}")),
+            };
+            match keep_count(tokens, ratio) {
+                Err(SelectorError::NothingKept { .. }) => {
+                    return Err(ZooError::Config(nothing_kept(rate, ratio, tokens, &place)));
+                }
+                other => other?,
+            };
         }
+        Ok(schedule)
     }
 
     /// Multiply-accumulates of one image under `policy`.
@@ -191,6 +226,36 @@ impl ZooConfig {
             Self::LvVit(c) => cost::lvvit_macs(c, policy),
             Self::Pvt(c) => cost::pvt_macs(c, policy),
         }
+    }
+}
+
+/// The error for keep rate `rate` compounding to `ratio` where `tokens` tokens are (`place`,
+/// "at layer 10" or "in stage 4"), which keeps none of them.
+fn nothing_kept(rate: f64, ratio: f64, tokens: usize, place: &str) -> String {
+    // The release's schedules compound the rate per stage: ratio = rate^k.
+    let power = if ratio == rate || !(rate > 0.0 && rate < 1.0) {
+        String::new()
+    } else {
+        let k = (ratio.ln() / rate.ln()).round();
+        format!(" ({rate}^{k} = {} of them)", short_number(ratio))
+    };
+    format!("keep rate {rate} keeps no token of the {tokens} {place}{power}; raise the keep rate")
+}
+
+/// `x` with at most four significant decimals, for messages (0.7^3 prints 0.343, not
+/// 0.34299999999999997).
+fn short_number(x: f64) -> String {
+    if x >= 1e-3 {
+        let fixed = format!("{x:.4}");
+        fixed
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
+    } else {
+        let scientific = format!("{x:.3e}");
+        let (mantissa, exponent) = scientific.split_once('e').unwrap_or((&scientific, "0"));
+        let mantissa = mantissa.trim_end_matches('0').trim_end_matches('.');
+        format!("{mantissa}e{exponent}")
     }
 }
 
@@ -311,7 +376,8 @@ impl ZooModel {
     }
 
     /// The training form (idle layers masked) with what the cut loss needs; PVT-v2 has no
-    /// CLS attention for a cut loss (its masked form is [`PvtV2::forward_masked`]).
+    /// CLS attention for a cut loss, so it has no such outputs (its own masked form is
+    /// [`PvtV2::forward_masked`]).
     pub fn forward_masked<B: Backend>(
         &self,
         bk: &B,
@@ -321,8 +387,8 @@ impl ZooModel {
             Self::DeiT(m) => m.forward_masked(bk, images),
             Self::LvVit(m) => m.forward_masked(bk, images),
             Self::Pvt(_) => Err(ZooError::Config(
-                "PVT-v2 has no CLS attention, hence no cut-loss outputs; its masked form is \
-                 PvtV2::forward_masked"
+                "PVT-v2 has no masked form with cut-loss outputs: it has no class token whose \
+                 attention the cut loss reads; run it dense or in its idle (gathered) form"
                     .into(),
             )),
         }
@@ -406,5 +472,106 @@ mod tests {
             let err = ZooConfig::from_json(text).unwrap_err().to_string();
             assert!(err.contains(needle), "{text}: {err}");
         }
+    }
+
+    /// A keep rate too small for a layer is reported in the user's words: the rate given,
+    /// where, and what it compounds to there.
+    #[test]
+    fn keep_rate_errors_quote_the_rate_given() {
+        // At 64 x 64 pixels the stages' grids are 16, 8, 4 and 2 tokens wide.
+        let pvt = ZooConfig::Pvt(PvtConfig {
+            img_size: 64,
+            ..PvtConfig::b0()
+        });
+        let err = pvt.schedule(PolicyKind::Idle, 0.5).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "keep rate 0.5 keeps no token of the 4 in stage 4 (0.5^3 = 0.125 of them); \
+                 raise the keep rate"
+            ),
+            "{err}"
+        );
+        let deit = ZooConfig::named("deit_small").unwrap();
+        let err = deit
+            .schedule(PolicyKind::Prune, 0.004)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("keep rate 0.004 keeps no token of the 196 at layer 4;"),
+            "{err}"
+        );
+        let err = deit
+            .schedule(PolicyKind::Idle, 0.01)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at layer 7 (0.01^2 = 1e-4 of them)"), "{err}");
+        let err = deit
+            .schedule(PolicyKind::Idle, 0.1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at layer 10 (0.1^3 = 0.001 of them)"), "{err}");
+        assert!(deit.schedule(PolicyKind::Evit, 0.01).is_ok());
+        assert!(pvt.schedule(PolicyKind::Idle, 0.7).is_ok());
+    }
+
+    /// Errors a user can meet name policies and forms as the CLI does, not Rust types.
+    #[test]
+    fn policy_errors_name_no_rust_types() {
+        let pvt_config = ZooConfig::named("pvt_v2_b0").unwrap();
+        let tiny = ZooConfig::from_json(
+            r#"{"family": "pvt_v2", "img_size": 32, "embed_dims": [4, 8],
+            "depths": [1, 1], "num_heads": [1, 2], "sr_ratios": [2, 1],
+            "mlp_ratios": [2.0, 2.0], "num_classes": 3}"#,
+        )
+        .unwrap();
+        let pvt = ZooModel::random(&tiny, 1).unwrap();
+        let images =
+            idlevit_nn::Eager.constant(idlevit_tensor::Tensor::zeros(&[1, 3, 32, 32]).unwrap());
+        let deit = ZooModel::random(
+            &ZooConfig::from_json(
+                r#"{"img_size": 32, "patch_size": 8, "embed_dim": 16, "depth": 2,
+                "num_heads": 2, "mlp_ratio": 2.0, "num_classes": 3, "qkv_bias": true}"#,
+            )
+            .unwrap(),
+            1,
+        )
+        .unwrap();
+        let prune = TokenPolicy::select(
+            PolicyKind::Prune,
+            Schedule::new(vec![1], vec![0.5]).unwrap(),
+        );
+        let errors = [
+            pvt_config
+                .schedule(PolicyKind::Evit, 0.7)
+                .unwrap_err()
+                .to_string(),
+            pvt.clone()
+                .with_policy(prune.clone())
+                .unwrap_err()
+                .to_string(),
+            pvt.forward_masked(&idlevit_nn::Eager, &images)
+                .unwrap_err()
+                .to_string(),
+            crate::stack::masked_form_refusal(PolicyKind::Prune).to_string(),
+        ];
+        for err in &errors {
+            assert!(
+                !err.contains("::") && !err.contains("Evit") && !err.contains("Prune"),
+                "{err}"
+            );
+        }
+        assert!(
+            errors[0].contains("idle policy only, not evit"),
+            "{}",
+            errors[0]
+        );
+        assert!(
+            errors[1].contains("idle policy only, not prune"),
+            "{}",
+            errors[1]
+        );
+        assert!(errors[2].contains("no class token"), "{}", errors[2]);
+        assert!(errors[3].contains("not prune's"), "{}", errors[3]);
+        assert!(deit.with_policy(prune).is_ok());
     }
 }

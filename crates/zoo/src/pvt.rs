@@ -6,7 +6,9 @@ use idlevit_nn::{
     Backend, Conv2d, Conv2dSpec, ConvShape, LayerNorm, Linear, NnError, ParamVisitor,
     ParamVisitorMut,
 };
-use idlevit_selector::{PolicyKind, Schedule, TokenPolicy, TokenSelection, keep_count};
+use idlevit_selector::{
+    PolicyKind, Schedule, SelectorError, TokenPolicy, TokenSelection, keep_count,
+};
 use idlevit_tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
@@ -21,7 +23,7 @@ const TORCH_NORM_EPS: f32 = 1e-5;
 /// The shape of a PVT-v2, with the keys of its `config.json`; every list has one entry per
 /// stage.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a PVT-v2 config object")]
 pub struct PvtConfig {
     /// Input image side in pixels (square images).
     pub img_size: usize,
@@ -121,6 +123,45 @@ impl PvtConfig {
         (self.embed_dims[i] as f64 * self.mlp_ratios[i]) as usize
     }
 
+    /// The number of learnable weights of the model, or `None` when it overflows `usize`.
+    pub fn parameter_count(&self) -> Option<usize> {
+        // A patch embedding: convolution weight and bias, then a norm's scale and shift.
+        let embed = |cin: usize, cout: usize, k: usize| {
+            cout.checked_mul(cin)?
+                .checked_mul(k.checked_mul(k)?)?
+                .checked_add(cout.checked_mul(3)?)
+        };
+        let mut total = embed(3, *self.embed_dims.first()?, 7)?;
+        for i in 0..self.num_stages() {
+            let (c, m, sr) = (self.embed_dims[i], self.mlp_hidden(i), self.sr_ratios[i]);
+            if i > 0 {
+                total = total.checked_add(embed(self.embed_dims[i - 1], c, 3)?)?;
+            }
+            let square = c.checked_mul(c)?;
+            // q, kv and proj with biases; both block norms.
+            let attention = square.checked_mul(4)?.checked_add(c.checked_mul(8)?)?;
+            let reduction = if sr > 1 {
+                square
+                    .checked_mul(sr.checked_mul(sr)?)?
+                    .checked_add(c.checked_mul(3)?)?
+            } else {
+                0
+            };
+            // fc1, the depthwise 3x3 convolution and fc2, with biases.
+            let mlp = m
+                .checked_mul(c)?
+                .checked_mul(2)?
+                .checked_add(m.checked_mul(11)?)?
+                .checked_add(c)?;
+            let block = attention.checked_add(reduction)?.checked_add(mlp)?;
+            total = total
+                .checked_add(block.checked_mul(self.depths[i])?)?
+                .checked_add(c.checked_mul(2)?)?;
+        }
+        let last = *self.embed_dims.last()?;
+        total.checked_add(self.num_classes.checked_mul(last.checked_add(1)?)?)
+    }
+
     /// The stage of global block index `layer` and the block's index inside it.
     pub fn stage_of(&self, layer: usize) -> Option<(usize, usize)> {
         let mut start = 0;
@@ -172,7 +213,15 @@ impl PvtConfig {
                     "idle layer {layer} is in stage 1; PVT idles stages 2 and later"
                 )));
             }
-            keep_count(self.stage_tokens(stage), ratio)?;
+            let tokens = self.stage_tokens(stage);
+            if let Err(SelectorError::NothingKept { .. }) = keep_count(tokens, ratio) {
+                return Err(ZooError::Config(format!(
+                    "keep ratio {ratio} at idle layer {layer} keeps no token of the {tokens} in \
+                     stage {}; raise the ratio",
+                    stage + 1
+                )));
+            }
+            keep_count(tokens, ratio)?;
         }
         Ok(())
     }
@@ -688,7 +737,8 @@ impl PvtV2 {
         if let TokenPolicy::Select { kind, schedule } = &policy {
             if *kind != PolicyKind::Idle {
                 return Err(ZooError::Config(format!(
-                    "PVT-v2 runs the idle policy only, not {kind:?}: its grids keep every token"
+                    "PVT-v2 runs the idle policy only, not {kind}: top-k pruning and EViT have \
+                     no form for its pyramid of token grids"
                 )));
             }
             self.config.validate_schedule(schedule)?;

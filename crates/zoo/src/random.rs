@@ -69,9 +69,7 @@ pub fn random_checkpoint(config: &DeiTConfig, seed: u64) -> Result<Checkpoint> {
         linear(&mut ckpt, &format!("{b}.mlp.fc1"), hidden, c, true)?;
         linear(&mut ckpt, &format!("{b}.mlp.fc2"), c, hidden, true)?;
     }
-    if config.num_classes > 0 {
-        linear(&mut ckpt, "head", config.num_classes, c, true)?;
-    }
+    linear(&mut ckpt, "head", config.num_classes, c, true)?;
     let mut rng = SplitMix(seed ^ 0x5EED);
     for i in 0..config.depth {
         for norm in ["norm1", "norm2"] {

@@ -115,9 +115,7 @@ fn run_blocks_masked<B: Backend>(
     if let TokenPolicy::Select { kind, .. } = policy
         && *kind != PolicyKind::Idle
     {
-        return Err(ZooError::Config(format!(
-            "the masked form exists for the idle policy only, not {kind:?}"
-        )));
+        return Err(masked_form_refusal(*kind));
     }
     let mut layers = Vec::new();
     for (layer, block) in blocks.iter().enumerate() {
@@ -132,6 +130,14 @@ fn run_blocks_masked<B: Backend>(
         };
     }
     Ok((x, layers))
+}
+
+/// The error for asking the masked (training) form of a policy other than idle.
+pub(crate) fn masked_form_refusal(kind: PolicyKind) -> ZooError {
+    ZooError::Config(format!(
+        "the masked (training) form is the idle policy's only, not {kind}'s: top-k pruning \
+         and EViT train in their gathered form"
+    ))
 }
 
 /// Sets timm's linear stochastic-depth rule on `blocks`: block `i` of `n` drops its residual

@@ -34,7 +34,7 @@ pub struct ImagenetOptions {
 /// Evaluates the checkpoint dense and under every policy at every rate.
 pub fn imagenet_table(options: &ImagenetOptions) -> Result<Table> {
     let config = resolve_config(options.config.as_deref(), options.model.as_deref())?;
-    let dense = load_model(&config, Some(&options.weights), false)?;
+    let dense = load_model(&config, Some(&options.weights), "weights", false)?;
     let data = ImageFolder::open(&options.dir)?;
     let name = options.model.clone().unwrap_or_else(|| "custom".into());
     let paper = ZOO

@@ -3,10 +3,12 @@
 
 use std::io::{Read, Seek, SeekFrom};
 
+use zip::read::{ArchiveOffset, Config};
 use zip::result::ZipError;
 use zip::{CompressionMethod, ZipArchive};
 
 use super::error::PthError;
+use crate::names::{NameList, clip};
 
 /// Largest `data.pkl` accepted, in bytes. Pickles of checkpoints are small (a few hundred
 /// bytes per tensor; the tensor data lives in separate entries), so this only stops a hostile
@@ -48,13 +50,18 @@ impl<R: Read + Seek> Archive<R> {
         if is_legacy(&head) {
             return Err(PthError::Legacy);
         }
-        reader
-            .seek(SeekFrom::Start(0))
-            .map_err(|err| PthError::NotZip {
-                found: format!("unreadable input ({err})"),
-            })?;
-        let zip = ZipArchive::new(reader).map_err(|err| PthError::NotZip {
-            found: describe_head(&head, &err),
+        let unreadable = |err: std::io::Error| PthError::NotZip {
+            found: format!("unreadable input ({err})"),
+        };
+        let archive_offset = match archive_start(&mut reader, len).map_err(unreadable)? {
+            Some(start) => ArchiveOffset::Known(start),
+            None => ArchiveOffset::Detect,
+        };
+        reader.seek(SeekFrom::Start(0)).map_err(unreadable)?;
+        let zip = ZipArchive::with_config(Config { archive_offset }, reader).map_err(|err| {
+            PthError::NotZip {
+                found: describe_head(&head, &err),
+            }
         })?;
         let prefix = find_prefix(&zip)?;
         let mut archive = Self {
@@ -82,7 +89,7 @@ impl<R: Read + Seek> Archive<R> {
             .map_err(|err| zip_error(&entry, &err))?;
         if file.size() > MAX_PICKLE_BYTES {
             return Err(PthError::Limit {
-                what: format!("size of `{entry}` ({} bytes)", file.size()),
+                what: format!("size of `{}` ({} bytes)", clip(&entry), file.size()),
                 limit: usize::try_from(MAX_PICKLE_BYTES).unwrap_or(usize::MAX),
                 offset: None,
             });
@@ -195,11 +202,70 @@ fn inflation_error(entry: &str, len: u64) -> PthError {
         .saturating_add(INFLATION_ALLOWANCE_BYTES);
     PthError::Limit {
         what: format!(
-            "bytes inflated from compressed entries, up to `{entry}`, of an archive of {len} bytes"
+            "bytes inflated from compressed entries, up to `{}`, of an archive of {len} bytes",
+            clip(entry)
         ),
         limit: usize::try_from(limit).unwrap_or(usize::MAX),
         offset: None,
     }
+}
+
+/// Length of the end of central directory record without its comment.
+const EOCD_BYTES: u64 = 22;
+/// Length of the zip64 end of central directory record without extensible data, as torch
+/// writes it.
+const EOCD64_BYTES: u64 = 56;
+/// Length of the zip64 locator that follows that record.
+const EOCD64_LOCATOR_BYTES: u64 = 20;
+
+/// Where the archive starts in the input, computed as Python's `zipfile` does: the end of
+/// central directory record's position, less the central directory's size and offset, less
+/// the zip64 records between them when present. `None` when there is no such record, or the
+/// numbers do not add up; the zip reader then looks for the archive itself.
+///
+/// The zip reader's own search instead assumes the central directory ends right where that
+/// record starts. torch writes 76 bytes of zip64 records in between, so whenever a central
+/// directory header happened to start 76 bytes in (a first entry named by 30 bytes, such as
+/// `checkpoint_epoch_0010/data.pkl`), the search found it, began the directory there and
+/// refused a valid archive as damaged.
+fn archive_start<R: Read + Seek>(reader: &mut R, len: u64) -> std::io::Result<Option<u64>> {
+    const MAX_COMMENT: u64 = u16::MAX as u64;
+    let tail_len = len.min(EOCD_BYTES + MAX_COMMENT + EOCD64_BYTES + EOCD64_LOCATOR_BYTES);
+    let tail_start = len - tail_len;
+    reader.seek(SeekFrom::Start(tail_start))?;
+    let mut tail = Vec::new();
+    reader.by_ref().take(tail_len).read_to_end(&mut tail)?;
+    let at = |pos: usize, n: usize| tail.get(pos..pos.checked_add(n)?);
+    let u32_at = |pos: usize| Some(u64::from(u32::from_le_bytes(at(pos, 4)?.try_into().ok()?)));
+    let u64_at = |pos: usize| Some(u64::from_le_bytes(at(pos, 8)?.try_into().ok()?));
+    // The last signature whose fixed part fits: the record nearest the end, as Python picks.
+    let Some(eocd) = tail
+        .windows(4)
+        .rposition(|w| w == b"PK\x05\x06")
+        .filter(|&pos| pos + EOCD_BYTES as usize <= tail.len())
+    else {
+        return Ok(None);
+    };
+    let (Some(mut size), Some(mut offset)) = (u32_at(eocd + 12), u32_at(eocd + 16)) else {
+        return Ok(None);
+    };
+    let mut records = 0;
+    let zip64 = eocd
+        .checked_sub((EOCD64_BYTES + EOCD64_LOCATOR_BYTES) as usize)
+        .filter(|&start| {
+            at(start, 4) == Some(&b"PK\x06\x06"[..])
+                && at(start + EOCD64_BYTES as usize, 4) == Some(&b"PK\x06\x07"[..])
+        });
+    if let Some(start) = zip64 {
+        let (Some(size64), Some(offset64)) = (u64_at(start + 40), u64_at(start + 48)) else {
+            return Ok(None);
+        };
+        (size, offset, records) = (size64, offset64, EOCD64_BYTES + EOCD64_LOCATOR_BYTES);
+    }
+    Ok((tail_start + eocd as u64)
+        .checked_sub(records)
+        .and_then(|end| end.checked_sub(size))
+        .and_then(|end| end.checked_sub(offset)))
 }
 
 fn read_head(reader: &mut impl Read) -> Result<Vec<u8>, PthError> {
@@ -245,13 +311,10 @@ fn find_prefix<R: Read + Seek>(zip: &ZipArchive<R>) -> Result<String, PthError> 
         })
         .collect();
     let [pickle] = pickles.as_slice() else {
-        let found = if pickles.is_empty() {
-            format!("none among {} entries", names.len())
-        } else {
-            let list: Vec<&str> = pickles.iter().map(|s| s.as_str()).collect();
-            format!("{}: {}", pickles.len(), list.join(", "))
-        };
-        return Err(PthError::MissingPickle { found });
+        return Err(PthError::MissingPickle {
+            found: NameList::new(&pickles),
+            entries: names.len(),
+        });
     };
     let prefix = pickle
         .strip_suffix("data.pkl")

@@ -3,17 +3,27 @@ use std::path::PathBuf;
 use idlevit_tensor::TensorError;
 use thiserror::Error;
 
+use crate::names::{NameList, clip};
+
 /// Everything that can go wrong when reading a PyTorch `.pth` checkpoint.
 #[derive(Debug, Error)]
 pub enum PthError {
-    /// The checkpoint file could not be opened or read.
-    #[error("cannot read {}: {source}", path.display())]
+    /// The checkpoint file could not be opened or read, is not a regular file, or is larger
+    /// than [`MAX_FILE_BYTES`](crate::MAX_FILE_BYTES).
+    #[error("cannot read {}: {error}", path.display())]
     Io {
         /// The file being read.
         path: PathBuf,
-        /// What the operating system reported.
-        #[source]
-        source: std::io::Error,
+        /// What the operating system or the size check reported.
+        error: std::io::Error,
+    },
+    /// The checkpoint file was read, but its contents were refused.
+    #[error("{}: {error}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong with its contents.
+        error: Box<PthError>,
     },
     /// A checkpoint written by `torch.save` before the zip format (torch < 1.6).
     #[error("legacy (pre-1.6) torch.save format is not supported; re-save with torch >= 1.6")]
@@ -26,21 +36,24 @@ pub enum PthError {
     },
     /// The archive was written by `torch.jit.save`, whose pickles describe code, not weights.
     #[error(
-        "expected a torch.save checkpoint, found a TorchScript archive (`{entry}`); load it in \
-         Python and torch.save its state_dict()"
+        "expected a torch.save checkpoint, found a TorchScript archive (`{}`); load it in \
+         Python and torch.save its state_dict()",
+        clip(entry)
     )]
     TorchScript {
         /// The archive entry that gave it away.
         entry: String,
     },
     /// The archive does not hold exactly one `<name>/data.pkl` entry.
-    #[error("expected one `<name>/data.pkl` entry in the archive, found {found}")]
+    #[error("expected one `<name>/data.pkl` entry in the archive, found {}", pickles_found(found, *entries))]
     MissingPickle {
-        /// The entries that were found (or how many there were).
-        found: String,
+        /// The `data.pkl` entries that were found.
+        found: NameList,
+        /// How many entries the archive has.
+        entries: usize,
     },
     /// An archive entry could not be read.
-    #[error("zip entry `{entry}`: {reason}")]
+    #[error("zip entry `{}`: {}", clip(entry), clip(reason))]
     Zip {
         /// Name of the entry.
         entry: String,
@@ -48,7 +61,11 @@ pub enum PthError {
         reason: String,
     },
     /// The `byteorder` entry names neither little nor big endian.
-    #[error("`{entry}`: expected \"little\" or \"big\", found {found:?}")]
+    #[error(
+        "`{}`: expected \"little\" or \"big\", found {:?}",
+        clip(entry),
+        clip(found)
+    )]
     ByteOrder {
         /// Name of the entry.
         entry: String,
@@ -120,7 +137,12 @@ pub enum PthError {
         index: u64,
     },
     /// A value of the wrong kind or form.
-    #[error("pickle offset {offset}: {context}: expected {expected}, found {found}")]
+    #[error(
+        "pickle offset {offset}: {}: expected {}, found {}",
+        clip(context),
+        clip(expected),
+        clip(found)
+    )]
     Malformed {
         /// Position in the pickle of the opcode that met the value.
         offset: usize,
@@ -132,7 +154,10 @@ pub enum PthError {
         found: String,
     },
     /// Strict mode met a global this reader does not understand.
-    #[error("refusing unknown pickle global `{global}` (pickle offset {offset})")]
+    #[error(
+        "refusing unknown pickle global `{}` (pickle offset {offset})",
+        clip(global)
+    )]
     UnknownGlobal {
         /// The global as the pickle names it, `module.name`.
         global: String,
@@ -141,7 +166,11 @@ pub enum PthError {
     },
     /// A tensor or storage would be built from the result of a global this reader does not
     /// understand.
-    #[error("pickle offset {offset}: {context} comes from unknown pickle global `{global}`")]
+    #[error(
+        "pickle offset {offset}: {} comes from unknown pickle global `{}`",
+        clip(context),
+        clip(global)
+    )]
     TensorFromUnknown {
         /// Position in the pickle of the opcode building the tensor.
         offset: usize,
@@ -161,7 +190,7 @@ pub enum PthError {
         offset: Option<usize>,
     },
     /// The object holding the weights is not a dict.
-    #[error("expected {what} to be a dict, found {found}")]
+    #[error("expected {} to be a dict, found {}", clip(what), clip(found))]
     NotADict {
         /// Which object.
         what: String,
@@ -169,29 +198,36 @@ pub enum PthError {
         found: String,
     },
     /// `PthOptions::key` names an entry the top-level dict does not have.
-    #[error("checkpoint has no top-level entry `{key}`; its keys are: {}", available.join(", "))]
+    #[error(
+        "checkpoint has no top-level entry `{}`; {}",
+        clip(key),
+        top_level(available)
+    )]
     MissingKey {
         /// The requested key.
         key: String,
         /// The top-level keys.
-        available: Vec<String>,
+        available: NameList,
     },
     /// No float tensor was found where the weights were looked for.
-    #[error("no float tensors found in {searched}; the top-level keys are: {}", keys.join(", "))]
+    #[error("no float tensors found in {}; {}", clip(searched), top_level(keys))]
     NoWeights {
         /// Where they were looked for.
         searched: String,
         /// The top-level keys.
-        keys: Vec<String>,
+        keys: NameList,
     },
     /// Two weights flatten to the same dotted name.
-    #[error("weight name `{name}` occurs twice once nested dicts are flattened")]
+    #[error(
+        "weight name `{}` occurs twice once nested dicts are flattened",
+        clip(name)
+    )]
     DuplicateName {
         /// The name.
         name: String,
     },
     /// A storage's archive entry is missing.
-    #[error("storage `{key}`: the archive has no entry `{entry}`")]
+    #[error("storage `{}`: the archive has no entry `{}`", clip(key), clip(entry))]
     MissingStorage {
         /// The storage key from the pickle.
         key: String,
@@ -199,7 +235,10 @@ pub enum PthError {
         entry: String,
     },
     /// A storage declares more bytes than its archive entry holds.
-    #[error("storage `{key}` declares {declared} bytes, but its archive entry holds {found}")]
+    #[error(
+        "storage `{}` declares {declared} bytes, but its archive entry holds {found}",
+        clip(key)
+    )]
     StorageTooSmall {
         /// The storage key from the pickle.
         key: String,
@@ -210,8 +249,12 @@ pub enum PthError {
     },
     /// A tensor's view reaches past the end of its storage.
     #[error(
-        "{name}: view with offset {offset}, shape {shape:?}, stride {stride:?} reaches element \
-         {last}, but storage `{key}` holds {available} elements"
+        "{}: view with offset {offset}, shape {}, stride {} reaches element {last}, but \
+         storage `{}` holds {available} elements",
+        clip(name),
+        clip(&format!("{shape:?}")),
+        clip(&format!("{stride:?}")),
+        clip(key)
     )]
     ViewOutOfBounds {
         /// The weight name.
@@ -230,7 +273,7 @@ pub enum PthError {
         available: usize,
     },
     /// Element counts or byte sizes that overflow `usize`.
-    #[error("{name}: {what} overflows")]
+    #[error("{}: {what} overflows", clip(name))]
     Overflow {
         /// The weight or storage concerned.
         name: String,
@@ -238,7 +281,7 @@ pub enum PthError {
         what: &'static str,
     },
     /// The tensor library refused the data.
-    #[error("{name}: {source}")]
+    #[error("{}: {source}", clip(name))]
     Tensor {
         /// The weight name.
         name: String,
@@ -246,6 +289,33 @@ pub enum PthError {
         #[source]
         source: TensorError,
     },
+}
+
+impl PthError {
+    /// The error itself, without the file it was found in.
+    pub fn inner(&self) -> &PthError {
+        match self {
+            PthError::File { error, .. } => error.inner(),
+            other => other,
+        }
+    }
+}
+
+/// The top-level keys for a message, or that there are none.
+fn top_level(keys: &NameList) -> String {
+    if keys.is_empty() {
+        "the checkpoint has no entries".to_owned()
+    } else {
+        format!("the top-level keys are: {keys}")
+    }
+}
+
+fn pickles_found(found: &NameList, entries: usize) -> String {
+    if found.is_empty() {
+        format!("none among {entries} entries")
+    } else {
+        format!("{}: {found}", found.total())
+    }
 }
 
 fn at_offset(offset: Option<usize>) -> String {

@@ -2,8 +2,10 @@
 
 use std::collections::HashSet;
 
+use super::budget::{Budget, block_bytes, table_bytes};
 use super::error::PthError;
 use super::value::{Heap, ObjId, Object, quoted};
+use crate::names::NameList;
 
 /// Longest weight name accepted, in bytes, once nested dict keys are joined with dots. It also
 /// bounds how deep nested dicts are followed.
@@ -30,11 +32,12 @@ pub(crate) fn select(heap: &Heap, root: ObjId, key: Option<&str>) -> Result<Sele
             found,
         });
     };
-    let top_keys = || -> Vec<String> {
-        top.entries()
-            .iter()
-            .map(|&(k, _)| key_name(heap, k).unwrap_or_else(|| heap.describe(k)))
-            .collect()
+    let top_keys = || {
+        NameList::new(
+            top.entries()
+                .iter()
+                .map(|&(k, _)| key_name(heap, k).unwrap_or_else(|| heap.describe(k))),
+        )
     };
     let (chosen, name) = match key {
         Some(key) => match top.get_str(key) {
@@ -55,10 +58,15 @@ pub(crate) fn select(heap: &Heap, root: ObjId, key: Option<&str>) -> Result<Sele
     let searched = name.map_or_else(|| "the top-level dict".to_owned(), |n| format!("`{n}`"));
     let selection = match (heap.get(chosen), name) {
         (Object::Dict(_), _) => flatten(heap, chosen)?,
-        (Object::Tensor(view), Some(name)) if view.dtype.is_float() => Selection {
-            tensors: vec![(name.to_owned(), chosen)],
-            skipped: Vec::new(),
-        },
+        (Object::Tensor(view), Some(name)) if view.dtype.is_float() => {
+            let mut selection = Selection::default();
+            keep(
+                heap.budget(),
+                &mut selection.tensors,
+                (name.to_owned(), chosen),
+            )?;
+            selection
+        }
         _ => {
             return Err(PthError::NotADict {
                 what: format!("entry {searched}"),
@@ -92,26 +100,55 @@ fn join(prefix: &str, part: &str) -> String {
     }
 }
 
+/// Appends `item`, a name and something, to `list`, charging `budget` for the slot and the
+/// name's memory.
+fn keep<T>(
+    budget: &Budget,
+    list: &mut Vec<(String, T)>,
+    item: (String, T),
+) -> Result<(), PthError> {
+    budget.reserve(list, 1, None)?;
+    budget.charge(block_bytes(item.0.capacity()), None)?;
+    list.push(item);
+    Ok(())
+}
+
+/// Appends the name of a skipped entry, charging `budget` for it.
+fn skip(budget: &Budget, skipped: &mut Vec<String>, name: String) -> Result<(), PthError> {
+    budget.reserve(skipped, 1, None)?;
+    budget.charge(block_bytes(name.capacity()), None)?;
+    skipped.push(name);
+    Ok(())
+}
+
 /// Every float tensor under the dict `root`, nested dicts joined with dots. Walks with an
 /// explicit stack, so depth costs no call stack, and enters each dict once, so a dict that
-/// contains itself (or is shared) is listed as skipped instead of followed again.
+/// contains itself (or is shared) is listed as skipped instead of followed again. Every name
+/// kept, and the walk's own bookkeeping, is charged to the heap's budget: a few kilobytes of
+/// pickle can name one tensor under a hundred thousand names of 4 KB each.
 fn flatten(heap: &Heap, root: ObjId) -> Result<Selection, PthError> {
+    let budget = heap.budget();
     let mut selection = Selection::default();
+    // Names kept so far, to refuse a second weight of the same name; freed at the end.
     let mut names = HashSet::new();
-    let mut entered = HashSet::from([root]);
+    let mut name_copies = 0;
+    let mut entered = HashSet::new();
+    budget.reserve_member(&mut entered, None)?;
+    entered.insert(root);
     let Object::Dict(dict) = heap.get(root) else {
         return Ok(selection);
     };
-    let mut frames = vec![(String::new(), dict.entries().iter())];
+    let mut frames = Vec::new();
+    budget.reserve(&mut frames, 1, None)?;
+    frames.push((String::new(), dict.entries().iter()));
     while let Some((prefix, entries)) = frames.last_mut() {
         let Some(&(key, value)) = entries.next() else {
             frames.pop();
             continue;
         };
         let Some(part) = key_name(heap, key) else {
-            selection
-                .skipped
-                .push(join(prefix, &format!("<{}>", heap.describe(key))));
+            let name = join(prefix, &format!("<{}>", heap.describe(key)));
+            skip(budget, &mut selection.skipped, name)?;
             continue;
         };
         let name = join(prefix, &part);
@@ -124,17 +161,26 @@ fn flatten(heap: &Heap, root: ObjId) -> Result<Selection, PthError> {
         }
         match heap.get(value) {
             Object::Tensor(view) if view.dtype.is_float() => {
-                if !names.insert(name.clone()) {
+                if names.contains(&name) {
                     return Err(PthError::DuplicateName { name });
                 }
-                selection.tensors.push((name, value));
+                budget.reserve_member(&mut names, None)?;
+                budget.charge(block_bytes(name.len()), None)?;
+                name_copies += block_bytes(name.len());
+                names.insert(name.clone());
+                keep(budget, &mut selection.tensors, (name, value))?;
             }
-            Object::Dict(inner) if entered.insert(value) => {
+            Object::Dict(inner) if !entered.contains(&value) => {
+                budget.reserve_member(&mut entered, None)?;
+                entered.insert(value);
+                budget.reserve(&mut frames, 1, None)?;
+                budget.charge(block_bytes(name.capacity()), None)?;
                 frames.push((name, inner.entries().iter()));
             }
-            _ => selection.skipped.push(name),
+            _ => skip(budget, &mut selection.skipped, name)?,
         }
     }
+    budget.release(table_bytes(names.capacity(), size_of::<String>()) + name_copies);
     Ok(selection)
 }
 

@@ -4,6 +4,7 @@
 //! (a dict, a tensor view, a dtype) re-implemented from its documented behaviour. Any other
 //! global becomes an [`Unknown`] object in the interpreter.
 
+use super::budget::{table_bytes, vec_bytes};
 use super::error::PthError;
 use super::value::{Dict, Global, Heap, ObjId, Object, TensorView, Unknown};
 
@@ -233,7 +234,11 @@ impl Call<'_> {
             return Ok(Vec::new());
         };
         match heap.get(arg) {
-            Object::Tuple(items) | Object::List(items) | Object::Set(items) => Ok(items.clone()),
+            Object::Tuple(items) | Object::List(items) | Object::Set(items) => {
+                heap.budget()
+                    .check(vec_bytes::<ObjId>(items.len()), Some(self.offset))?;
+                Ok(items.clone())
+            }
             _ => Err(self.arg_malformed(heap, 0, "a tuple, list or set", arg)),
         }
     }
@@ -243,6 +248,10 @@ impl Call<'_> {
         if let Some(&arg) = self.args.first()
             && let Object::Dict(source) = heap.get(arg)
         {
+            let n = source.entries().len();
+            let copy = vec_bytes::<(ObjId, ObjId)>(n)
+                .saturating_add(table_bytes(n, 2 * size_of::<(ObjId, usize)>()));
+            heap.budget().check(copy, Some(self.offset))?;
             for &(k, v) in source.entries() {
                 dict.insert(heap, k, v);
             }

@@ -14,12 +14,15 @@
 //!     println!("{name}: {:?}", tensor.shape());
 //! }
 //! if !weights.unknown_globals.is_empty() {
-//!     eprintln!("ignored pickle globals: {}", weights.unknown_globals.join(", "));
+//!     // At most 20 names, each clipped, then how many more: one readable line.
+//!     let globals = idlevit_checkpoint::NameList::new(&weights.unknown_globals);
+//!     eprintln!("ignored pickle globals: {globals}");
 //! }
 //! # Ok::<(), idlevit_checkpoint::pth::PthError>(())
 //! ```
 
 mod archive;
+mod budget;
 mod error;
 mod extract;
 mod globals;
@@ -29,7 +32,6 @@ mod rebuild;
 mod testutil;
 mod value;
 
-use std::fs::File;
 use std::io::{BufReader, Cursor, Read, Seek};
 use std::path::Path;
 
@@ -64,15 +66,22 @@ pub struct PthWeights {
     pub unknown_globals: Vec<String>,
 }
 
-/// Reads the `.pth` checkpoint at `path`.
+/// Reads the `.pth` checkpoint at `path`, which must be a regular file of at most
+/// [`MAX_FILE_BYTES`](crate::MAX_FILE_BYTES); every error names it.
 pub fn read_pth(path: &Path, options: &PthOptions) -> Result<PthWeights, PthError> {
-    let io_error = |source| PthError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let file = File::open(path).map_err(io_error)?;
-    let len = file.metadata().map_err(io_error)?.len();
-    read(BufReader::new(file), len, options)
+    let (file, len) =
+        crate::files::open_regular(path, crate::MAX_FILE_BYTES).map_err(|error| PthError::Io {
+            path: path.to_owned(),
+            error,
+        })?;
+    read(BufReader::new(file), len, options).map_err(|error| match error {
+        // Reading the archive goes through the zip reader, whose I/O errors name entries.
+        PthError::Io { .. } => error,
+        error => PthError::File {
+            path: path.to_owned(),
+            error: Box::new(error),
+        },
+    })
 }
 
 /// Reads a `.pth` checkpoint held in memory.
@@ -86,7 +95,7 @@ fn read<R: Read + Seek>(reader: R, len: u64, options: &PthOptions) -> Result<Pth
     let pickle = archive.pickle()?;
     let unpickled = pickle::unpickle(&pickle, options.strict)?;
     let selection = extract::select(&unpickled.heap, unpickled.root, options.key.as_deref())?;
-    let tensors = rebuild::materialize(&mut archive, &unpickled.heap, &selection.tensors)?;
+    let tensors = rebuild::materialize(&mut archive, &unpickled.heap, selection.tensors)?;
     Ok(PthWeights {
         tensors,
         skipped: selection.skipped,

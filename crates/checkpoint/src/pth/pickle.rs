@@ -14,6 +14,7 @@ mod text;
 use opcodes::Op;
 use text::{decode_quoted_string, decode_raw_unicode_escape, int_from_le_bytes, text_or_bytes};
 
+use super::budget::block_bytes;
 use super::error::PthError;
 use super::globals::{self, Known, MAX_CALL_ARGS};
 use super::value::{Global, Heap, ObjId, Object, Storage, Unknown, quoted};
@@ -27,11 +28,15 @@ pub const MAX_STACK_LEN: usize = 1 << 22;
 /// Most entries a pickle may store in its memo.
 pub const MAX_MEMO_ENTRIES: usize = 1 << 22;
 
-/// Memory the objects built from a pickle may take, in bytes per byte of pickle (or
-/// [`MIN_HEAP_BYTES`], whichever is larger). `torch.save` pickles need about 12.
-pub const HEAP_BYTES_PER_PICKLE_BYTE: usize = 32;
+/// Memory everything built from a checkpoint's pickle may take (the pickle itself, its objects,
+/// the interpreter's stack and memo, the flattened weight names, the lists of skipped entries
+/// and unknown globals, and the bookkeeping of the returned tensors, but not their values), in
+/// bytes per byte of pickle, or [`MIN_HEAP_BYTES`], whichever is larger. Charged at what the
+/// allocations really take: `torch.save` pickles of state dicts and optimizer states need 17
+/// to 28.
+pub const HEAP_BYTES_PER_PICKLE_BYTE: usize = 48;
 
-/// Memory the objects built from any pickle may take, in bytes, however short the pickle.
+/// Memory everything built from any pickle may take, in bytes, however short the pickle.
 pub const MIN_HEAP_BYTES: usize = 64 << 20;
 
 /// Highest pickle protocol this interpreter knows.
@@ -54,12 +59,14 @@ pub(crate) fn unpickle(data: &[u8], strict: bool) -> Result<Unpickled, PthError>
         .len()
         .saturating_mul(HEAP_BYTES_PER_PICKLE_BYTE)
         .max(MIN_HEAP_BYTES);
+    let heap = Heap::with_budget(budget);
+    heap.budget().charge(block_bytes(data.len()), Some(0))?;
     let mut machine = Machine {
         data,
         pos: 0,
         offset: 0,
         op: Op::STOP,
-        heap: Heap::with_budget(budget),
+        heap,
         stack: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
@@ -134,6 +141,9 @@ impl<'a> Machine<'a> {
                 if self.marks.len() >= MAX_MARK_DEPTH {
                     return Err(self.limit("nesting of MARKs", MAX_MARK_DEPTH));
                 }
+                self.heap
+                    .budget()
+                    .reserve(&mut self.marks, 1, Some(self.offset))?;
                 self.marks.push(self.stack.len());
             }
             Op::POP => {
@@ -284,11 +294,11 @@ impl<'a> Machine<'a> {
             }
             Op::APPEND => {
                 let item = self.pop()?;
-                self.extend_top(vec![item], false)?;
+                self.extend_top(&[item], false)?;
             }
             Op::APPENDS => {
                 let items = self.pop_mark()?;
-                self.extend_top(items, false)?;
+                self.extend_top(&items, false)?;
             }
             Op::EMPTY_DICT => self.push_new(Object::Dict(Box::default()))?,
             Op::DICT => {
@@ -315,7 +325,7 @@ impl<'a> Machine<'a> {
             }
             Op::ADDITEMS => {
                 let items = self.pop_mark()?;
-                self.extend_top(items, true)?;
+                self.extend_top(&items, true)?;
             }
 
             Op::GET => {
@@ -578,6 +588,9 @@ impl<'a> Machine<'a> {
         if self.stack.len() >= MAX_STACK_LEN {
             return Err(self.limit("pickle stack length", MAX_STACK_LEN));
         }
+        self.heap
+            .budget()
+            .reserve(&mut self.stack, 1, Some(self.offset))?;
         self.stack.push(id);
         Ok(())
     }
@@ -631,8 +644,13 @@ impl<'a> Machine<'a> {
 
     fn memo_put(&mut self, index: u64) -> Result<(), PthError> {
         let top = self.top()?;
-        if self.memo.len() >= MAX_MEMO_ENTRIES && !self.memo.contains_key(&index) {
-            return Err(self.limit("pickle memo size", MAX_MEMO_ENTRIES));
+        if !self.memo.contains_key(&index) {
+            if self.memo.len() >= MAX_MEMO_ENTRIES {
+                return Err(self.limit("pickle memo size", MAX_MEMO_ENTRIES));
+            }
+            self.heap
+                .budget()
+                .reserve_entry(&mut self.memo, Some(self.offset))?;
         }
         self.memo.insert(index, top);
         Ok(())
@@ -642,19 +660,11 @@ impl<'a> Machine<'a> {
 
     /// Adds `items` to the list (`APPEND`, `APPENDS`) or the set (`ADDITEMS`) on top of the
     /// stack.
-    fn extend_top(&mut self, items: Vec<ObjId>, set: bool) -> Result<(), PthError> {
+    fn extend_top(&mut self, items: &[ObjId], set: bool) -> Result<(), PthError> {
         let target = self.top()?;
-        let bytes = items.len().saturating_mul(size_of::<ObjId>());
-        self.heap.charge(bytes, self.offset)?;
-        match (self.heap.get_mut(target), set) {
-            (Some(Object::List(existing)), false) | (Some(Object::Set(existing)), true) => {
-                existing.extend(items);
-            }
-            (Some(Object::Unknown(unknown)), _) => unknown.items.extend(items),
-            _ => {
-                let expected = if set { "a set" } else { "a list" };
-                return Err(self.malformed_value(expected, target));
-            }
+        if !self.heap.extend(target, items, set, self.offset)? {
+            let expected = if set { "a set" } else { "a list" };
+            return Err(self.malformed_value(expected, target));
         }
         Ok(())
     }
@@ -667,7 +677,7 @@ impl<'a> Machine<'a> {
             );
         }
         if let Object::Unknown(_) = self.heap.get(dict) {
-            return self.extend_top(items.to_vec(), false);
+            return self.extend_top(items, false);
         }
         for pair in items.chunks_exact(2) {
             if let &[key, value] = pair
@@ -697,7 +707,14 @@ impl<'a> Machine<'a> {
                     offset: self.offset,
                 });
             }
-            if self.unknown_seen.insert(full.clone()) {
+            if !self.unknown_seen.contains(&full) {
+                // Listed twice (in order, and for lookups), so charged twice.
+                let budget = self.heap.budget();
+                let offset = Some(self.offset);
+                budget.reserve_member(&mut self.unknown_seen, offset)?;
+                budget.reserve(&mut self.unknown_globals, 1, offset)?;
+                budget.charge(block_bytes(full.len()).saturating_mul(2), offset)?;
+                self.unknown_seen.insert(full.clone());
                 self.unknown_globals.push(full);
             }
         }

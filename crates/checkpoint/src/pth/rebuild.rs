@@ -8,28 +8,33 @@ use half::{bf16, f16};
 use idlevit_tensor::Tensor;
 
 use super::archive::Archive;
+use super::budget::{Budget, map_bytes, vec_bytes};
 use super::error::PthError;
 use super::globals::DType;
 use super::value::{Heap, ObjId, Object, TensorView};
 
 /// The `f32` weights returned may take at most this many times the bytes of the storages they
-/// come from (plus [`EXPANSION_ALLOWANCE_BYTES`]). Views may overlap or broadcast (stride 0), so
-/// without a bound a few bytes of storage could ask for terabytes.
+/// come from (plus [`EXPANSION_ALLOWANCE_BYTES`]). Views may overlap or broadcast (stride 0), and
+/// one tensor may be named many times, so without a bound a few bytes of storage could ask for
+/// terabytes. Every name counts: a tensor named twice counts twice, though it is built once,
+/// because whoever receives the weights may well copy each.
 pub const MAX_VIEW_EXPANSION: usize = 16;
 
 /// Bytes of `f32` output allowed on top of [`MAX_VIEW_EXPANSION`] times the storage bytes.
 pub const EXPANSION_ALLOWANCE_BYTES: usize = 64 << 20;
 
 /// Reads the storages behind `weights` (name, tensor object) and returns each as a tensor.
-/// Weights naming the same tensor object share one tensor.
+/// Weights naming the same tensor object share one tensor. The bookkeeping is charged to the
+/// heap's budget; the values are bounded by [`MAX_VIEW_EXPANSION`].
 pub(crate) fn materialize<R: Read + Seek>(
     archive: &mut Archive<R>,
     heap: &Heap,
-    weights: &[(String, ObjId)],
+    weights: Vec<(String, ObjId)>,
 ) -> Result<Vec<(String, Tensor)>, PthError> {
-    let views = distinct_views(heap, weights);
+    let budget = heap.budget();
+    let views = distinct_views(heap, &weights, budget)?;
+    budget.charge(map_bytes::<&str, usize>(views.len()), None)?;
     let mut storage_bytes: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut output_bytes = 0usize;
     for (name, view) in views.values() {
         let nbytes = view
             .storage
@@ -38,8 +43,14 @@ pub(crate) fn materialize<R: Read + Seek>(
         let needed = storage_bytes.entry(&view.storage.key).or_default();
         *needed = (*needed).max(nbytes);
         check_bounds(name, view)?;
-        let numel = element_count(&view.shape).ok_or_else(|| overflow(name, "element count"))?;
-        output_bytes = output_bytes.saturating_add(numel.saturating_mul(4));
+        element_count(&view.shape).ok_or_else(|| overflow(name, "element count"))?;
+    }
+    let mut output_bytes = 0usize;
+    for (_, id) in &weights {
+        if let Some((_, view)) = views.get(id) {
+            let numel = element_count(&view.shape).unwrap_or(usize::MAX);
+            output_bytes = output_bytes.saturating_add(numel.saturating_mul(4));
+        }
     }
     let total_storage = storage_bytes
         .values()
@@ -59,6 +70,11 @@ pub(crate) fn materialize<R: Read + Seek>(
     }
 
     // One storage at a time, so that peak memory is one storage plus the output.
+    budget.charge(
+        map_bytes::<&str, Vec<ObjId>>(storage_bytes.len())
+            .saturating_add(vec_bytes::<ObjId>(views.len()).saturating_mul(2)),
+        None,
+    )?;
     let mut by_storage: BTreeMap<&str, Vec<ObjId>> = BTreeMap::new();
     for (&id, (_, view)) in &views {
         by_storage.entry(&view.storage.key).or_default().push(id);
@@ -73,6 +89,8 @@ pub(crate) fn materialize<R: Read + Seek>(
                 continue;
             };
             let data = gather(view, &bytes, big_endian).ok_or_else(|| out_of_bounds(name, view))?;
+            budget.reserve_entry(&mut tensors, None)?;
+            budget.charge(tensor_overhead(view.shape.len()), None)?;
             let tensor =
                 Tensor::from_vec(view.shape.clone(), data).map_err(|source| PthError::Tensor {
                     name: (*name).to_owned(),
@@ -81,25 +99,40 @@ pub(crate) fn materialize<R: Read + Seek>(
             tensors.insert(id, tensor);
         }
     }
-    // Every weight names a tensor object, and each of those was built above.
-    Ok(weights
-        .iter()
-        .filter_map(|(name, id)| Some((name.clone(), tensors.get(id)?.clone())))
-        .collect())
+    // Every weight names a tensor object, and each of those was built above. Each name gets
+    // its own tensor handle (sharing the values), whose shape and strides are its own.
+    let mut output = Vec::new();
+    budget.reserve(&mut output, weights.len(), None)?;
+    for (name, id) in weights {
+        if let Some(tensor) = tensors.get(&id) {
+            budget.charge(tensor_overhead(tensor.shape().len()), None)?;
+            output.push((name, tensor.clone()));
+        }
+    }
+    Ok(output)
+}
+
+/// Heap bytes of a tensor handle beside its values: its shape and its strides.
+fn tensor_overhead(ndim: usize) -> usize {
+    vec_bytes::<usize>(ndim).saturating_mul(2)
 }
 
 /// Each distinct tensor object among `weights`, with the first name it goes by.
 fn distinct_views<'a>(
     heap: &'a Heap,
     weights: &'a [(String, ObjId)],
-) -> BTreeMap<ObjId, (&'a str, &'a TensorView)> {
+    budget: &Budget,
+) -> Result<BTreeMap<ObjId, (&'a str, &'a TensorView)>, PthError> {
     let mut views = BTreeMap::new();
     for (name, id) in weights {
-        if let Object::Tensor(view) = heap.get(*id) {
-            views.entry(*id).or_insert((name.as_str(), &**view));
+        if let Object::Tensor(view) = heap.get(*id)
+            && !views.contains_key(id)
+        {
+            budget.charge(map_bytes::<ObjId, (&str, &TensorView)>(1), None)?;
+            views.insert(*id, (name.as_str(), &**view));
         }
     }
-    views
+    Ok(views)
 }
 
 fn element_count(shape: &[usize]) -> Option<usize> {

@@ -109,7 +109,7 @@ fn key_selects_an_entry() {
     let err = read_pth_bytes(&bytes, &options(false, Some("ema"))).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "checkpoint has no top-level entry `ema`; its keys are: model, epoch, args"
+        "checkpoint has no top-level entry `ema`; the top-level keys are: model, epoch, args"
     );
 }
 
@@ -434,4 +434,198 @@ proptest! {
         }
         let _ = read_pth_bytes(&bytes, &lenient());
     }
+}
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+/// `{"w": <2x2 f32 tensor>}` over storage `0`.
+fn small_state_dict() -> (Vec<u8>, Vec<u8>) {
+    let pickle = Pickle::proto(2)
+        .raw(b"}")
+        .str("w")
+        .tensor("FloatStorage", "0", 4, 0, &[2, 2], &[2, 1])
+        .raw(b"s")
+        .stop();
+    (pickle, f32_bytes([1., 2., 3., 4.]))
+}
+
+/// torch names the archive's folder after the file's stem, so every stem length shifts every
+/// header; at 21 characters the first central directory header is exactly as long as the zip64
+/// records before the end record, which once made such files look damaged.
+#[test]
+fn torch_archives_open_whatever_the_folder_name_length() {
+    let (pickle, data) = small_state_dict();
+    for len in 1..=80 {
+        for stem in [
+            "c".repeat(len),
+            "checkpoint_epoch_0010_".repeat(4)[..len].to_owned(),
+        ] {
+            let bytes = testutil::torch_checkpoint(&stem, &pickle, &[("0", &data)]);
+            let weights = read_pth_bytes(&bytes, &lenient())
+                .unwrap_or_else(|err| panic!("stem of {len} characters: {err}"));
+            assert_eq!(
+                summary(&weights),
+                [("w".to_owned(), vec![2, 2], vec![1., 2., 3., 4.])],
+                "stem of {len} characters"
+            );
+        }
+    }
+}
+
+/// Whichever entry comes first and whatever precedes the archive (Python's zipfile reads an
+/// archive appended to other data), the central directory is found where its records say.
+#[test]
+fn central_directory_is_found_where_its_records_say() {
+    let (pickle, data) = small_state_dict();
+    for len in 1..=80 {
+        let folder = "m".repeat(len);
+        let names = [
+            format!("{folder}/byteorder"),
+            format!("{folder}/data/0"),
+            format!("{folder}/data.pkl"),
+        ];
+        let entries: [(&str, &[u8]); 3] = [
+            (&names[0], b"little"),
+            (&names[1], &data),
+            (&names[2], &pickle),
+        ];
+        let zip = testutil::torch_zip(&entries);
+        for junk in [0, 1, 20, 76, 1000] {
+            let mut bytes = vec![b'j'; junk];
+            bytes.extend_from_slice(&zip);
+            let weights = read_pth_bytes(&bytes, &lenient())
+                .unwrap_or_else(|err| panic!("folder of {len}, {junk} bytes before: {err}"));
+            assert_eq!(weights.tensors.len(), 1);
+        }
+    }
+}
+
+/// `torch_zip` writes exactly what torch writes: rebuilt from its entries, a file saved by
+/// torch comes out byte for byte the same (so the tests above cover torch's real layout).
+#[test]
+fn torch_zip_matches_files_written_by_torch() {
+    use std::io::Read as _;
+    for file in ["checkpoint_epoch_0010.pth", "a_tiny_vit_state_dict.pth"] {
+        let bytes = std::fs::read(format!("{FIXTURES}/{file}")).unwrap();
+        let config = zip::read::Config {
+            archive_offset: zip::read::ArchiveOffset::Known(0),
+        };
+        let mut zip = zip::ZipArchive::with_config(config, std::io::Cursor::new(&bytes)).unwrap();
+        let mut entries = Vec::new();
+        for i in 0..zip.len() {
+            let mut entry = zip.by_index(i).unwrap();
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).unwrap();
+            entries.push((entry.name().unwrap().into_owned(), data));
+        }
+        let entries: Vec<(&str, &[u8])> =
+            entries.iter().map(|(n, d)| (n.as_str(), &d[..])).collect();
+        assert!(testutil::torch_zip(&entries) == bytes, "{file}");
+    }
+}
+
+/// Budget used per byte of pickle by checkpoints torch wrote: everything the reader builds,
+/// charged at its real size, stays within `HEAP_BYTES_PER_PICKLE_BYTE`. (These pickles are
+/// small, so fixed costs weigh most; torch pickles of megabytes use 17 to 28 bytes a byte.)
+#[test]
+fn real_checkpoints_use_a_fraction_of_the_budget() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures");
+    for (file, key) in [
+        ("deit/p8_i32_d2/checkpoint.pth", None),
+        ("deit/p8_i64_d6/checkpoint.pth", None),
+        ("deit/p8_i64_d6/checkpoint.pth", Some("optimizer")),
+        ("pth/noncontig.pth", None),
+        ("pth/plain_state_dict.pth", None),
+    ] {
+        let bytes = std::fs::read(format!("{root}/{file}")).unwrap();
+        let mut archive =
+            Archive::open(std::io::Cursor::new(&bytes[..]), bytes.len() as u64).unwrap();
+        let pickle = archive.pickle().unwrap();
+        let unpickled = pickle::unpickle(&pickle, false).unwrap();
+        let selection = extract::select(&unpickled.heap, unpickled.root, key).unwrap();
+        rebuild::materialize(&mut archive, &unpickled.heap, selection.tensors).unwrap();
+        let per_byte = unpickled.heap.budget().used() as f64 / pickle.len() as f64;
+        eprintln!(
+            "{file} {key:?}: {} pickle bytes, {per_byte:.1} budget bytes each",
+            pickle.len()
+        );
+        assert!(
+            per_byte < HEAP_BYTES_PER_PICKLE_BYTE as f64,
+            "{file}: {per_byte:.1} bytes per pickle byte"
+        );
+    }
+}
+
+/// A tensor named many times is built once, but each name counts against the bound on the
+/// values returned: whoever receives the weights may copy each.
+#[test]
+fn a_tensor_named_many_times_counts_once_per_name() {
+    let numel = 1 << 18; // 1 MiB of f32
+    let data = f32_bytes(std::iter::repeat_n(0.5, numel));
+    let named = |names: usize| {
+        let mut p = Pickle::proto(2)
+            .raw(b"}")
+            .str("t0")
+            .tensor("FloatStorage", "0", numel, 0, &[numel], &[1])
+            .raw(b"q\x01s(");
+        for i in 1..names {
+            p = p.str(&format!("t{i}")).raw(b"h\x01");
+        }
+        checkpoint(&p.raw(b"u").stop(), &[("0", &data)])
+    };
+    // 1 MiB of storage may give 16 MiB of values plus 64 MiB: 80 names, not 81.
+    let weights = read_pth_bytes(&named(80), &lenient()).unwrap();
+    assert_eq!(weights.tensors.len(), 80);
+    let err = read_pth_bytes(&named(81), &lenient()).unwrap_err();
+    assert!(
+        err.to_string().contains("f32 bytes of the weights"),
+        "{err}"
+    );
+}
+
+/// Lists of keys in errors are bounded, and an empty one says so.
+#[test]
+fn key_listings_are_bounded() {
+    let empty = Pickle::proto(2).raw(b"}").stop();
+    let err = read_pth_bytes(&checkpoint(&empty, &[]), &lenient()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "no float tensors found in the top-level dict; the checkpoint has no entries"
+    );
+    let mut p = Pickle::proto(2).raw(b"}(");
+    for i in 0..10_000 {
+        p = p.str(&format!("{i}{}", "k".repeat(200))).raw(b"N");
+    }
+    let many = checkpoint(&p.raw(b"u").stop(), &[]);
+    let err = read_pth_bytes(&many, &options(false, Some("ema"))).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.ends_with(" and 9980 more"),
+        "{}",
+        &message[message.len() - 40..]
+    );
+    assert!(
+        message.len() < 20 * (crate::MAX_ECHOED_CHARS + 10) + 200,
+        "{}",
+        message.len()
+    );
+    assert!(message.contains("kkk…, 1kkk"), "{message}");
+}
+
+/// Names and globals echoed in errors are clipped, whatever the pickle makes them.
+#[test]
+fn echoed_names_are_clipped() {
+    let long = "m".repeat(100_000);
+    let pickle = Pickle::proto(2).global(&long, "x").raw(b")R.").bytes;
+    let err = read_pth_bytes(&checkpoint(&pickle, &[]), &options(true, None)).unwrap_err();
+    assert!(err.to_string().len() < 300, "{}", err.to_string().len());
+    let key = "k".repeat(100_000);
+    let pickle = Pickle::proto(2)
+        .raw(b"}")
+        .str("w")
+        .tensor("FloatStorage", &key, 1, 0, &[1], &[1])
+        .raw(b"s")
+        .stop();
+    let err = read_pth_bytes(&checkpoint(&pickle, &[]), &lenient()).unwrap_err();
+    assert!(err.to_string().len() < 400, "{}", err.to_string().len());
 }

@@ -100,7 +100,8 @@ impl Pickle {
     }
 }
 
-/// A zip archive of stored (uncompressed) entries, as `torch.save` writes them.
+/// A zip archive of stored (uncompressed) entries as the zip crate writes them: no alignment
+/// padding and no zip64 records, unlike `torch.save` (see [`torch_zip`]).
 pub(crate) fn zip_entries(entries: &[(&str, &[u8])]) -> Vec<u8> {
     let mut zip = ZipWriter::new(Cursor::new(Vec::new()));
     let options = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
@@ -111,24 +112,118 @@ pub(crate) fn zip_entries(entries: &[(&str, &[u8])]) -> Vec<u8> {
     zip.finish().expect("finish zip").into_inner()
 }
 
-/// A checkpoint archive named `archive` holding `pickle` and the storages `(key, bytes)`.
-pub(crate) fn checkpoint(pickle: &[u8], storages: &[(&str, &[u8])]) -> Vec<u8> {
-    let names: Vec<String> = storages
-        .iter()
-        .map(|(key, _)| format!("archive/data/{key}"))
-        .collect();
-    let mut entries: Vec<(&str, &[u8])> = vec![
-        ("archive/data.pkl", pickle),
-        ("archive/byteorder", b"little"),
+/// A zip archive laid out byte for byte as torch 2.x's writer lays it out: stored entries whose
+/// local headers carry an `FB` extra field of `Z`s that puts every entry's data at a multiple
+/// of 64 bytes, a data descriptor after each entry, and zip64 end of central directory records
+/// before the plain one, whatever the archive's size.
+pub(crate) fn torch_zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    const ALIGNMENT: usize = 64;
+    const LOCAL_HEADER: usize = 30;
+    const FLAGS: u16 = 0x0808; // sizes in a data descriptor, UTF-8 names
+    let u16le = |v: usize| u16::try_from(v).expect("fits in u16").to_le_bytes();
+    let u32le = |v: usize| u32::try_from(v).expect("fits in u32").to_le_bytes();
+    let u64le = |v: usize| (v as u64).to_le_bytes();
+    let mut out = Vec::new();
+    let mut central = Vec::new();
+    for (name, data) in entries {
+        let offset = out.len();
+        let unpadded = offset + LOCAL_HEADER + name.len() + 4;
+        let padding = (ALIGNMENT - unpadded % ALIGNMENT) % ALIGNMENT;
+        let crc = crc32(data).to_le_bytes();
+        out.extend(b"PK\x03\x04");
+        out.extend([0, 0]); // version needed
+        out.extend(FLAGS.to_le_bytes());
+        out.extend([0; 18]); // method, time, date, and crc and sizes left to the descriptor
+        out.extend(u16le(name.len()));
+        out.extend(u16le(4 + padding));
+        out.extend(name.as_bytes());
+        out.extend(b"FB");
+        out.extend(u16le(padding));
+        out.extend(std::iter::repeat_n(b'Z', padding));
+        out.extend(*data);
+        out.extend(b"PK\x07\x08");
+        out.extend(crc);
+        out.extend(u32le(data.len()));
+        out.extend(u32le(data.len()));
+
+        central.extend(b"PK\x01\x02");
+        central.extend([0, 0, 0, 0]); // version made by, version needed
+        central.extend(FLAGS.to_le_bytes());
+        central.extend([0; 6]); // method, time, date
+        central.extend(crc);
+        central.extend(u32le(data.len()));
+        central.extend(u32le(data.len()));
+        central.extend(u16le(name.len()));
+        central.extend([0; 12]); // extra and comment lengths, disk, attributes
+        central.extend(u32le(offset));
+        central.extend(name.as_bytes());
+    }
+    let (cd_offset, cd_size, count) = (out.len(), central.len(), entries.len());
+    out.extend(central);
+    let eocd64 = out.len();
+    out.extend(b"PK\x06\x06");
+    out.extend(u64le(44)); // size of the rest of the record
+    out.extend([0x1e, 0x03, 0x2d, 0x00]); // version made by, version needed
+    out.extend([0; 8]); // disk numbers
+    out.extend(u64le(count));
+    out.extend(u64le(count));
+    out.extend(u64le(cd_size));
+    out.extend(u64le(cd_offset));
+    out.extend(b"PK\x06\x07");
+    out.extend([0; 4]);
+    out.extend(u64le(eocd64));
+    out.extend(1u32.to_le_bytes());
+    out.extend(b"PK\x05\x06");
+    out.extend([0; 4]);
+    out.extend(u16le(count));
+    out.extend(u16le(count));
+    out.extend(u32le(cd_size));
+    out.extend(u32le(cd_offset));
+    out.extend([0, 0]);
+    out
+}
+
+/// The CRC-32 of zip archives (reflected polynomial 0xedb88320), bit by bit.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in data {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// A checkpoint archive as torch 2.x's `torch.save` writes it, in the folder `stem` (the
+/// file's name without `.pth`), holding `pickle` and the storages `(key, bytes)`.
+pub(crate) fn torch_checkpoint(stem: &str, pickle: &[u8], storages: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut entries: Vec<(String, &[u8])> = vec![
+        (format!("{stem}/data.pkl"), pickle),
+        (format!("{stem}/.format_version"), b"1"),
+        (format!("{stem}/.storage_alignment"), b"64"),
+        (format!("{stem}/byteorder"), b"little"),
     ];
-    entries.extend(
-        names
-            .iter()
-            .zip(storages)
-            .map(|(name, (_, data))| (name.as_str(), *data)),
-    );
-    entries.push(("archive/version", b"3\n"));
-    zip_entries(&entries)
+    for (key, data) in storages {
+        entries.push((format!("{stem}/data/{key}"), data));
+    }
+    entries.push((format!("{stem}/version"), b"3\n"));
+    entries.push((
+        format!("{stem}/.data/serialization_id"),
+        b"1234567890123456789012345678901234567890",
+    ));
+    let entries: Vec<(&str, &[u8])> = entries.iter().map(|(n, d)| (n.as_str(), *d)).collect();
+    torch_zip(&entries)
+}
+
+/// A checkpoint archive in the folder `archive` (as `torch.save` names it when writing to a
+/// buffer) holding `pickle` and the storages `(key, bytes)`.
+pub(crate) fn checkpoint(pickle: &[u8], storages: &[(&str, &[u8])]) -> Vec<u8> {
+    torch_checkpoint("archive", pickle, storages)
 }
 
 /// Little-endian `f32` bytes of `values`.

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
+use super::budget::{Budget, block_bytes, table_bytes, vec_bytes};
 use super::error::PthError;
 use super::globals::{DType, Known};
 
@@ -95,20 +96,58 @@ pub(crate) struct Dict {
     entries: Vec<(ObjId, ObjId)>,
     by_value: HashMap<DictKey, usize>,
     by_id: HashMap<ObjId, usize>,
-    /// Approximate memory held by the entries and the indexes.
-    bytes: usize,
+    /// Heap bytes of the key contents copied into `by_value`.
+    key_bytes: usize,
 }
 
-/// Approximate memory of one entry of a dict with both of its index entries, not counting the
-/// contents of its key.
-const DICT_ENTRY_BYTES: usize = 64;
-
 impl Dict {
-    /// Sets `key` to `value` in a dict that is not (yet) in the heap.
+    /// Sets `key` to `value` in a dict that is not (yet) in the heap; it is charged whole when
+    /// it is stored.
     pub fn insert(&mut self, heap: &Heap, key: ObjId, value: ObjId) {
         if !self.set_by_id(key, value) {
             self.insert_new(heap.dict_key(key), key, value);
         }
+    }
+
+    /// Sets `key` to `value`, charging `budget` for any growth before it happens.
+    fn insert_charged(
+        &mut self,
+        budget: &Budget,
+        lookup: Option<DictKey>,
+        key: ObjId,
+        value: ObjId,
+        offset: Option<usize>,
+    ) -> Result<(), PthError> {
+        if self.set_by_id(key, value) {
+            return Ok(());
+        }
+        budget.reserve_entry(&mut self.by_id, offset)?;
+        let known = lookup
+            .as_ref()
+            .is_some_and(|l| self.by_value.contains_key(l));
+        if !known {
+            budget.reserve(&mut self.entries, 1, offset)?;
+            if let Some(lookup) = &lookup {
+                budget.reserve_entry(&mut self.by_value, offset)?;
+                budget.charge(block_bytes(lookup.content_len()), offset)?;
+            }
+        }
+        self.insert_new(lookup, key, value);
+        Ok(())
+    }
+
+    /// Heap bytes of the entries, both indexes and the copied key contents.
+    fn heap_bytes(&self) -> usize {
+        vec_bytes::<(ObjId, ObjId)>(self.entries.capacity())
+            .saturating_add(table_bytes(
+                self.by_value.capacity(),
+                size_of::<(DictKey, usize)>(),
+            ))
+            .saturating_add(table_bytes(
+                self.by_id.capacity(),
+                size_of::<(ObjId, usize)>(),
+            ))
+            .saturating_add(self.key_bytes)
     }
 
     /// Replaces the value of the entry whose key is the object `key`, if there is one.
@@ -124,7 +163,6 @@ impl Dict {
 
     /// Sets `key`, which is not among the keys by identity and whose lookup form is `lookup`.
     fn insert_new(&mut self, lookup: Option<DictKey>, key: ObjId, value: ObjId) {
-        self.bytes = self.bytes.saturating_add(DICT_ENTRY_BYTES);
         let existing = lookup.as_ref().and_then(|l| self.by_value.get(l)).copied();
         match existing.and_then(|i| Some((i, self.entries.get_mut(i)?))) {
             Some((i, entry)) => {
@@ -134,7 +172,9 @@ impl Dict {
             None => {
                 let i = self.entries.len();
                 if let Some(lookup) = lookup {
-                    self.bytes = self.bytes.saturating_add(lookup.content_len());
+                    self.key_bytes = self
+                        .key_bytes
+                        .saturating_add(block_bytes(lookup.content_len()));
                     self.by_value.insert(lookup, i);
                 }
                 self.by_id.insert(key, i);
@@ -195,15 +235,15 @@ const NONE: Object = Object::None;
 
 /// The arena holding every object of one pickle.
 ///
-/// It has a memory budget, charged for every object and every item added to a container, so
-/// that no sequence of opcodes can turn a small pickle into an unbounded allocation (calls that
-/// copy their arguments, such as `set(list)`, applied many times to one memoized object, or a
-/// long memoized key inserted into many dicts).
+/// It holds the checkpoint's memory [`Budget`], charged for every object and every item added
+/// to a container, so that no sequence of opcodes can turn a small pickle into an unbounded
+/// allocation (calls that copy their arguments, such as `set(list)`, applied many times to one
+/// memoized object, or a long memoized key inserted into many dicts). What is built from the
+/// objects later (names, lists, the returned weights) is charged to the same budget.
 #[derive(Debug)]
 pub(crate) struct Heap {
     objects: Vec<Object>,
-    used: usize,
-    budget: usize,
+    budget: Budget,
 }
 
 impl Default for Heap {
@@ -213,34 +253,45 @@ impl Default for Heap {
 }
 
 impl Heap {
-    /// An empty heap whose objects may take at most `budget` bytes.
+    /// An empty heap whose objects, and everything built from them, may take at most `budget`
+    /// bytes.
     pub fn with_budget(budget: usize) -> Self {
         Self {
             objects: Vec::new(),
-            used: 0,
-            budget,
+            budget: Budget::new(budget),
         }
     }
 
-    /// Charges `bytes` against the budget; `offset` locates the opcode responsible.
-    pub fn charge(&mut self, bytes: usize, offset: usize) -> Result<(), PthError> {
-        let used = self.used.saturating_add(bytes);
-        if used > self.budget {
-            return Err(PthError::Limit {
-                what: "memory for the objects the pickle builds (bytes)".into(),
-                limit: self.budget,
-                offset: Some(offset),
-            });
-        }
-        self.used = used;
-        Ok(())
+    /// The memory budget everything built from this heap is charged to.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
     }
 
     /// Stores `object` and returns its id; `offset` locates the opcode building it.
     pub fn alloc(&mut self, object: Object, offset: usize) -> Result<ObjId, PthError> {
-        self.charge(object.bytes(), offset)?;
+        self.budget.reserve(&mut self.objects, 1, Some(offset))?;
+        self.budget.charge(object.heap_bytes(), Some(offset))?;
         self.objects.push(object);
         Ok(ObjId(self.objects.len() - 1))
+    }
+
+    /// Appends `items` to the list (or, with `set`, the set) `target`, or records them on an
+    /// inert object; `Ok(false)` when `target` is none of these.
+    pub fn extend(
+        &mut self,
+        target: ObjId,
+        items: &[ObjId],
+        set: bool,
+        offset: usize,
+    ) -> Result<bool, PthError> {
+        let existing = match (self.objects.get_mut(target.0), set) {
+            (Some(Object::List(existing)), false) | (Some(Object::Set(existing)), true) => existing,
+            (Some(Object::Unknown(unknown)), _) => &mut unknown.items,
+            _ => return Ok(false),
+        };
+        self.budget.reserve(existing, items.len(), Some(offset))?;
+        existing.extend_from_slice(items);
+        Ok(true)
     }
 
     /// Sets `dict[key] = value`; `Ok(false)` when `dict` is not a dict.
@@ -256,15 +307,10 @@ impl Heap {
         };
         let known_id = d.by_id.contains_key(&key);
         let lookup = if known_id { None } else { self.dict_key(key) };
-        let Some(Object::Dict(d)) = self.get_mut(dict) else {
+        let Some(Object::Dict(d)) = self.objects.get_mut(dict.0) else {
             return Ok(false);
         };
-        let before = d.bytes;
-        if !d.set_by_id(key, value) {
-            d.insert_new(lookup, key, value);
-        }
-        let grown = d.bytes.saturating_sub(before);
-        self.charge(grown, offset)?;
+        d.insert_charged(&self.budget, lookup, key, value, Some(offset))?;
         Ok(true)
     }
 
@@ -325,38 +371,36 @@ impl Heap {
 }
 
 impl Object {
-    /// Approximate memory the object takes, for the heap's budget.
-    fn bytes(&self) -> usize {
-        let item = size_of::<ObjId>();
-        let owned = match self {
-            Object::Str(s) => s.len(),
-            Object::Bytes(b) => b.len(),
+    /// Heap bytes the object owns, beyond its slot in the arena: every block it points to, as
+    /// the allocator sizes it, and every vector at its capacity.
+    fn heap_bytes(&self) -> usize {
+        let text = |s: &String| block_bytes(s.capacity());
+        let global = |g: &Global| text(&g.module).saturating_add(text(&g.name));
+        match self {
+            Object::Str(s) | Object::Device(s) => text(s),
+            Object::Bytes(b) => block_bytes(b.capacity()),
             Object::Tuple(items) | Object::List(items) | Object::Set(items) => {
-                items.len().saturating_mul(item)
+                vec_bytes::<ObjId>(items.capacity())
             }
-            Object::Dict(dict) => size_of::<Dict>().saturating_add(dict.bytes),
-            Object::Global(global, _) => {
-                size_of::<Global>() + global.module.len() + global.name.len()
+            Object::Dict(dict) => block_bytes(size_of::<Dict>()).saturating_add(dict.heap_bytes()),
+            Object::Global(g, _) => block_bytes(size_of::<Global>()).saturating_add(global(g)),
+            Object::Storage(storage) => {
+                block_bytes(size_of::<Storage>()).saturating_add(text(&storage.key))
             }
-            Object::Device(device) => device.len(),
-            Object::Storage(storage) => size_of::<Storage>() + storage.key.len(),
-            Object::Tensor(view) => {
-                let dims = view.shape.len().saturating_mul(2 * size_of::<usize>());
-                (size_of::<TensorView>() + view.storage.key.len()).saturating_add(dims)
-            }
-            Object::Unknown(unknown) => {
-                let items = unknown.items.len().saturating_mul(item);
-                (size_of::<Unknown>() + unknown.global.module.len() + unknown.global.name.len())
-                    .saturating_add(items)
-            }
+            Object::Tensor(view) => block_bytes(size_of::<TensorView>())
+                .saturating_add(text(&view.storage.key))
+                .saturating_add(vec_bytes::<usize>(view.shape.capacity()))
+                .saturating_add(vec_bytes::<usize>(view.stride.capacity())),
+            Object::Unknown(unknown) => block_bytes(size_of::<Unknown>())
+                .saturating_add(global(&unknown.global))
+                .saturating_add(vec_bytes::<ObjId>(unknown.items.capacity())),
             Object::None
             | Object::Bool(_)
             | Object::Int(_)
             | Object::BigInt
             | Object::Float(_)
             | Object::DType(_) => 0,
-        };
-        owned.saturating_add(size_of::<Object>())
+        }
     }
 }
 
@@ -427,10 +471,12 @@ mod tests {
 
     #[test]
     fn budget_limits_total_memory() {
-        let object_bytes = size_of::<Object>() + 4;
-        let mut heap = Heap::with_budget(2 * object_bytes);
+        // Four slots of the arena, and two strings of one 32-byte block each.
+        let arena = vec_bytes::<Object>(4);
+        let mut heap = Heap::with_budget(arena + 2 * 32);
         assert!(heap.alloc(Object::Str("abcd".into()), 0).is_ok());
         assert!(heap.alloc(Object::Str("abcd".into()), 0).is_ok());
+        assert_eq!(heap.budget().used(), arena + 64);
         let err = heap.alloc(Object::Str("abcd".into()), 7).unwrap_err();
         assert!(err.to_string().contains("offset 7"), "{err}");
         // Growing a dict is charged too.

@@ -7,10 +7,15 @@
 //! the weight, packed into panels of `PANEL` features with each pair of keys side by side, and
 //! the softmax rows are converted to rows of pairs. Everything packed lives in the thread's
 //! scratch words; one head's packed operands are a few tens of KiB, so they stay in L1/L2.
+//!
+//! On AMX the same packed operands feed the tile driver, with their pair-steps padded with
+//! zeros to whole tiles; each product configures the calling thread's tiles and releases them.
 
 use std::cell::RefCell;
 
+use super::amx_driver::{Dest, Packed, padded_steps, product_on, zero_pads};
 use super::pack::{AlignedWords, pair};
+use super::tile::TILE_ROWS;
 use super::{Bf16Kernel, MR, PANEL, Tile};
 use crate::simd::{self, Isa};
 use crate::softmax::Softmax;
@@ -51,19 +56,25 @@ pub(crate) fn head(
         }
         return;
     }
-    let kernel = if kernel.is_supported() {
-        kernel
+    let kernel = kernel.usable();
+    let conversion = kernel.conversion();
+    let (feature_pairs, key_pairs) = (d.div_ceil(2), nk.div_ceil(2));
+    // Pairs per packed row and pair-steps per panel: padded to whole tiles for AMX, whose
+    // padding must be zero; the other kernels stop at the last real pair.
+    let (feature_steps, key_steps, padded_rows) = if kernel.is_tiles() {
+        (
+            padded_steps(d),
+            padded_steps(nk),
+            nq.next_multiple_of(TILE_ROWS),
+        )
     } else {
-        Bf16Kernel::Portable
+        (feature_pairs, key_pairs, nq.div_ceil(MR) * MR)
     };
-    let feature_pairs = d.div_ceil(2);
-    let key_pairs = nk.div_ceil(2);
-    let padded_rows = nq.div_ceil(MR) * MR;
     let sizes = [
-        padded_rows * feature_pairs,
-        nk.div_ceil(PANEL) * feature_pairs * PANEL,
-        padded_rows * key_pairs,
-        d.div_ceil(PANEL) * key_pairs * PANEL,
+        padded_rows * feature_steps,
+        nk.div_ceil(PANEL) * feature_steps * PANEL,
+        padded_rows * key_steps,
+        d.div_ceil(PANEL) * key_steps * PANEL,
         feature_pairs,
     ];
     WORDS.with_borrow_mut(|words| {
@@ -73,8 +84,21 @@ pub(crate) fn head(
         let (p_pairs, rest) = rest.split_at_mut(sizes[2]);
         let (v_panels, row) = rest.split_at_mut(sizes[3]);
 
-        convert_rows(kernel, q_pairs, feature_pairs, q, scale);
-        pack_keys(kernel, k_panels, &mut row[..feature_pairs], k);
+        convert_rows(conversion, q_pairs, feature_steps, q, scale);
+        pack_keys(
+            conversion,
+            k_panels,
+            feature_steps,
+            &mut row[..feature_pairs],
+            k,
+        );
+        zero_pads(q_pairs, feature_steps, nq, feature_pairs);
+        zero_pads(
+            k_panels,
+            feature_steps * PANEL,
+            nk.div_ceil(PANEL),
+            feature_pairs * PANEL,
+        );
         // Rows past nq hold stale words: their sums are computed but never stored.
         let scores_out = Out {
             c: scores.as_mut_ptr(),
@@ -83,7 +107,7 @@ pub(crate) fn head(
             cols: nk,
         };
         // SAFETY: `scores` is `nq x nk` and this thread's alone.
-        unsafe { products(kernel, q_pairs, feature_pairs, k_panels, scores_out) };
+        unsafe { products(kernel, q_pairs, feature_steps, k_panels, scores_out) };
         simd::dispatch(
             isa,
             Softmax {
@@ -92,13 +116,20 @@ pub(crate) fn head(
             },
         );
         convert_rows(
-            kernel,
+            conversion,
             p_pairs,
-            key_pairs,
+            key_steps,
             MatRef::row_major(scores, nq, nk),
             1.0,
         );
-        pack_values(kernel, v_panels, v);
+        pack_values(conversion, v_panels, key_steps, v);
+        zero_pads(p_pairs, key_steps, nq, key_pairs);
+        zero_pads(
+            v_panels,
+            key_steps * PANEL,
+            d.div_ceil(PANEL),
+            key_pairs * PANEL,
+        );
         let out = Out {
             c: out.data.as_mut_ptr(),
             ldc: out.row_stride,
@@ -107,7 +138,7 @@ pub(crate) fn head(
         };
         // SAFETY: `out` is a view the caller checked against its storage and hands to this
         // thread only.
-        unsafe { products(kernel, p_pairs, key_pairs, v_panels, out) };
+        unsafe { products(kernel, p_pairs, key_steps, v_panels, out) };
     });
 }
 
@@ -119,12 +150,32 @@ struct Out {
     cols: usize,
 }
 
-/// `out = a · panels^T`: `a` holds `out.rows` rows (padded to a multiple of `MR`) of `pairs`
-/// words each; `panels` holds `out.cols.div_ceil(PANEL)` panels of `pairs` steps.
+/// `out = a · panels^T`: `a` holds `out.rows` rows (padded to a multiple of `MR`, or of 16
+/// for the tiles) of `pairs` words each; `panels` holds `out.cols.div_ceil(PANEL)` panels of
+/// `pairs` steps (for the tiles, `pairs` is padded with zeros to a multiple of 16).
 ///
 /// # Safety
 /// `kernel` must run on this CPU, and `out` must be valid for writes by this thread alone.
 unsafe fn products(kernel: Bf16Kernel, a: &[u32], pairs: usize, panels: &[u32], out: Out) {
+    if kernel.is_tiles() {
+        let ops = Packed {
+            a,
+            b: panels,
+            steps: pairs,
+        };
+        let dest = Dest {
+            c: out.c,
+            ldc: out.ldc,
+            rows: out.rows,
+            cols: out.cols,
+            col0: 0,
+            bias: None,
+            overwrite: true,
+        };
+        // SAFETY: the caller's contract, with the operands padded as `Packed` says.
+        unsafe { product_on(kernel, &ops, 0..out.cols.div_ceil(PANEL), &dest) };
+        return;
+    }
     for (p, panel) in panels.chunks_exact(pairs * PANEL).enumerate() {
         let lanes = (out.cols - p * PANEL).min(PANEL);
         for g in 0..out.rows.div_ceil(MR) {
@@ -168,7 +219,13 @@ fn scaled_pair(m: MatRef<'_>, r: usize, s: usize, scale: f32) -> u32 {
 }
 
 /// The rows of `m`, scaled, as rows of pairs in `dst` at row stride `dst_stride`.
-fn convert_rows(kernel: Bf16Kernel, dst: &mut [u32], dst_stride: usize, m: MatRef<'_>, scale: f32) {
+pub(super) fn convert_rows(
+    kernel: Bf16Kernel,
+    dst: &mut [u32],
+    dst_stride: usize,
+    m: MatRef<'_>,
+    scale: f32,
+) {
     let pairs = m.cols.div_ceil(2);
     #[cfg(target_arch = "x86_64")]
     if kernel == Bf16Kernel::Avx512Bf16 && m.col_stride == 1 {
@@ -188,39 +245,39 @@ fn convert_rows(kernel: Bf16Kernel, dst: &mut [u32], dst_stride: usize, m: MatRe
     }
 }
 
-/// The keys `k` (one per row) packed into panels of [`PANEL`] keys, pairs of features side
-/// by side; `row` is scratch for one key's pairs.
-fn pack_keys(kernel: Bf16Kernel, panels: &mut [u32], row: &mut [u32], k: MatRef<'_>) {
+/// The keys `k` (one per row) packed into panels of [`PANEL`] keys and `steps` pair-steps,
+/// pairs of features side by side; `row` is scratch for one key's pairs.
+fn pack_keys(kernel: Bf16Kernel, panels: &mut [u32], steps: usize, row: &mut [u32], k: MatRef<'_>) {
     #[cfg(target_arch = "x86_64")]
     if kernel == Bf16Kernel::Avx512Bf16 && k.col_stride == 1 {
         let shape = (k.rows, k.cols);
         // SAFETY: the caller chose a kernel this CPU runs.
-        unsafe { super::x86::pack_keys(panels, row, k.data, k.row_stride, shape) };
+        unsafe { super::x86::pack_keys(panels, steps, row, k.data, k.row_stride, shape) };
         return;
     }
     let _ = (kernel, row);
     let pairs = k.cols.div_ceil(2);
     for j in 0..k.rows {
-        let panel = &mut panels[(j / PANEL) * pairs * PANEL..];
+        let panel = &mut panels[(j / PANEL) * steps * PANEL..];
         for s in 0..pairs {
             panel[s * PANEL + j % PANEL] = scaled_pair(k, j, s, 1.0);
         }
     }
 }
 
-/// The values `v` (one key per row) packed into panels of [`PANEL`] features, pairs of keys
-/// side by side.
-fn pack_values(kernel: Bf16Kernel, panels: &mut [u32], v: MatRef<'_>) {
+/// The values `v` (one key per row) packed into panels of [`PANEL`] features and `steps`
+/// pair-steps, pairs of keys side by side.
+fn pack_values(kernel: Bf16Kernel, panels: &mut [u32], steps: usize, v: MatRef<'_>) {
     #[cfg(target_arch = "x86_64")]
     if kernel == Bf16Kernel::Avx512Bf16 && v.col_stride == 1 {
         let shape = (v.rows, v.cols);
         // SAFETY: the caller chose a kernel this CPU runs.
-        unsafe { super::x86::pack_values(panels, v.data, v.row_stride, shape) };
+        unsafe { super::x86::pack_values(panels, steps, v.data, v.row_stride, shape) };
         return;
     }
     let _ = kernel;
-    let (steps, d) = (v.rows.div_ceil(2), v.cols);
-    for s in 0..steps {
+    let (pairs, d) = (v.rows.div_ceil(2), v.cols);
+    for s in 0..pairs {
         for (p, panel) in panels.chunks_exact_mut(steps * PANEL).enumerate() {
             for c in p * PANEL..((p + 1) * PANEL).min(d) {
                 let hi = if 2 * s + 1 < v.rows {

@@ -23,11 +23,26 @@
 //! so only the accumulation order can differ). Rounding from f32 is round-to-nearest-even in
 //! software for both kernels; NaN stays NaN. The hardware treats bf16 subnormals (below
 //! 1.2e-38) as zero, the portable kernel does not.
+//!
+//! On CPUs with AMX (Sapphire Rapids and later) the products run on the tile unit instead:
+//! `amx_driver` for the blocking and `amx` for the instructions, chosen once at run time
+//! (`select`) when the CPU has the instructions and Linux grants tile data, else the next
+//! kernel down. The weight panels above are already the tiles' B layout; they only carry their
+//! pair-steps padded with zeros to a multiple of 16.
 
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod amx;
+mod amx_driver;
+#[cfg(test)]
+mod amx_tests;
 pub(crate) mod attention;
 mod pack;
+mod select;
 #[cfg(test)]
 mod tests;
+mod tile;
+#[cfg(test)]
+mod tile_model;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -35,11 +50,12 @@ use std::cell::RefCell;
 use std::ops::Range;
 use std::sync::OnceLock;
 
-use crate::KernelError;
 use crate::gemm::check_linear_buffers;
 use crate::tiles::{OutPtr, Tiling, for_each_tile};
+use crate::{KernelError, MatRef};
 pub use pack::PackedBf16;
 use pack::{AlignedWords, pack_rows};
+pub use select::KERNEL_ENV;
 
 /// Output columns per weight panel (two 16-lane f32 vectors).
 pub const PANEL: usize = 32;
@@ -82,22 +98,29 @@ pub(crate) enum Bf16Kernel {
     Portable,
     /// `vdpbf16ps` on 512-bit registers.
     Avx512Bf16,
+    /// `tdpbf16ps` on AMX tiles.
+    Amx,
+    /// The AMX driver on the software model of the tiles (tests only).
+    #[cfg(test)]
+    AmxModel,
 }
 
 impl Bf16Kernel {
-    /// The fastest kernel this CPU runs; detected once.
+    /// The kernel every product runs: the fastest this process may use, or the one
+    /// [`KERNEL_ENV`](select::KERNEL_ENV) names if available; chosen once.
     pub(crate) fn detected() -> Self {
-        static BEST: OnceLock<Bf16Kernel> = OnceLock::new();
-        *BEST.get_or_init(|| {
-            if Self::Avx512Bf16.is_supported() {
-                Self::Avx512Bf16
-            } else {
-                Self::Portable
+        static CHOSEN: OnceLock<Bf16Kernel> = OnceLock::new();
+        *CHOSEN.get_or_init(|| {
+            let requested = std::env::var(select::KERNEL_ENV).ok();
+            let (kernel, warning) = select::choose(requested.as_deref(), Self::is_supported);
+            if let Some(warning) = warning {
+                eprintln!("warning: {warning}");
             }
+            kernel
         })
     }
 
-    /// Whether this CPU can run `self`.
+    /// Whether this process can run `self` (for AMX: the CPU has it and the OS granted it).
     pub(crate) fn is_supported(self) -> bool {
         match self {
             Self::Portable => true,
@@ -107,14 +130,72 @@ impl Bf16Kernel {
             }
             #[cfg(not(target_arch = "x86_64"))]
             Self::Avx512Bf16 => false,
+            #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+            Self::Amx => amx::support() == select::AmxSupport::Usable,
+            #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+            Self::Amx => false,
+            #[cfg(test)]
+            Self::AmxModel => true,
+        }
+    }
+
+    /// `self` if this process can run it, else the next kernel down that it can.
+    pub(crate) fn usable(self) -> Self {
+        match self {
+            _ if self.is_supported() => self,
+            Self::Amx => Self::Avx512Bf16.usable(),
+            _ => Self::Portable,
+        }
+    }
+
+    /// Whether the products run on (real or modelled) AMX tiles.
+    pub(crate) fn is_tiles(self) -> bool {
+        match self {
+            Self::Amx => true,
+            #[cfg(test)]
+            Self::AmxModel => true,
+            _ => false,
+        }
+    }
+
+    /// The kernel whose rounding packs the operands: the tile kernels round with AVX-512 BF16
+    /// where the CPU has it (every AMX CPU does), as that kernel does.
+    pub(crate) fn conversion(self) -> Self {
+        if self.is_tiles() {
+            Self::Avx512Bf16.usable()
+        } else {
+            self
+        }
+    }
+
+    /// The name [`bf16_kernel_name`] reports.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Portable => "portable",
+            Self::Avx512Bf16 => "avx512-bf16",
+            Self::Amx => "amx",
+            #[cfg(test)]
+            Self::AmxModel => "amx-model",
         }
     }
 }
 
-/// Whether this CPU has the AVX-512 BF16 instructions the fast kernel uses (otherwise
-/// [`linear_bf16`] runs a portable kernel with the same rounding).
+/// Whether bf16 products run on hardware bf16 instructions (AMX or AVX-512 BF16); otherwise
+/// [`linear_bf16`] runs a portable kernel with the same rounding.
 pub fn bf16_hardware() -> bool {
-    Bf16Kernel::detected() == Bf16Kernel::Avx512Bf16
+    Bf16Kernel::detected() != Bf16Kernel::Portable
+}
+
+/// The bf16 kernel in use: `"amx"`, `"avx512-bf16"` or `"portable"` (see `docs/bf16.md`;
+/// `IDLEVIT_BF16_KERNEL` overrides the choice).
+pub fn bf16_kernel_name() -> &'static str {
+    Bf16Kernel::detected().name()
+}
+
+/// Whether bf16 should run faster than f32 on this CPU with the kernel in use: true with AMX,
+/// and with AVX-512 BF16 on AMD; false otherwise (see `select::expected_faster_than_f32`).
+pub fn bf16_expected_faster_than_f32() -> bool {
+    select::expected_faster_than_f32(Bf16Kernel::detected(), select::vendor())
 }
 
 /// `y[M,N] = bf16(x)[M,K] · bf16(w)[N,K]^T + bias[N]` with f32 accumulation; `x` and `y`
@@ -245,11 +326,7 @@ pub(crate) fn run(
         }
         return;
     }
-    let kernel = if kernel.is_supported() {
-        kernel
-    } else {
-        Bf16Kernel::Portable
-    };
+    let kernel = kernel.usable();
     let call = Call {
         kernel,
         x,
@@ -291,6 +368,10 @@ thread_local! {
 impl Call<'_> {
     /// Computes rows `rows` of the output for weight panels `panels`.
     fn block(&self, rows: Range<usize>, panels: Range<usize>) {
+        if self.kernel.is_tiles() {
+            self.block_tiles(rows, panels);
+            return;
+        }
         let k = self.w.in_features();
         let k_blocks = k.div_ceil(KC);
         A_BLOCK.with_borrow_mut(|a| {
@@ -309,6 +390,36 @@ impl Call<'_> {
                     }
                 }
             }
+        });
+    }
+
+    /// [`block`](Self::block) on the tiles: the rows packed as whole tiles, then the product
+    /// over all of K per panel (see `amx_driver`).
+    fn block_tiles(&self, rows: Range<usize>, panels: Range<usize>) {
+        let (k, n) = (self.w.in_features(), self.cols.len());
+        let steps = self.w.steps();
+        A_BLOCK.with_borrow_mut(|a| {
+            let a = a.resize(rows.len().next_multiple_of(tile::TILE_ROWS) * steps);
+            let x = MatRef::row_major(&self.x[rows.start * k..rows.end * k], rows.len(), k);
+            amx_driver::pack_a(self.kernel.conversion(), a, steps, x, 1.0);
+            let ops = amx_driver::Packed {
+                a,
+                b: self.w.words(),
+                steps,
+            };
+            let dest = amx_driver::Dest {
+                c: self.y.0.wrapping_add(rows.start * n),
+                ldc: n,
+                rows: rows.len(),
+                cols: n,
+                col0: -(self.cols.start as isize),
+                bias: self.bias,
+                overwrite: !self.accumulate,
+            };
+            // SAFETY: `run` chose a tile kernel this process may run; `a` holds the task's
+            // rows padded to 16 at `steps` words and the packed weight every panel; rows
+            // `rows` of the checked `m x n` output belong to this task alone (see `OutPtr`).
+            unsafe { amx_driver::product_on(self.kernel, &ops, panels, &dest) };
         });
     }
 

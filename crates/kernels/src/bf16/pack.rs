@@ -1,5 +1,6 @@
 //! Converting f32 operands to bf16 pairs in the layouts the micro-kernels read.
 
+use super::amx_driver::padded_steps;
 use super::{Bf16Kernel, KC, KCP, MR, PANEL, to_bf16};
 use crate::KernelError;
 use crate::simd::{Isa, SimdKernel, dispatch};
@@ -64,7 +65,8 @@ fn convert_pairs(dst: &mut [u32], src: &[f32]) {
 /// A `(N, K)` weight rounded to bf16 and packed once for [`linear_bf16`](super::linear_bf16).
 ///
 /// Panel `p` holds output features `32p..32p + 32` (zero beyond N); within it, step `s` holds
-/// the 32 features' pairs of inputs `(2s, 2s + 1)` (zero beyond K).
+/// the 32 features' pairs of inputs `(2s, 2s + 1)` (zero beyond K, up to a multiple of 16
+/// steps).
 #[derive(Clone, Debug)]
 pub struct PackedBf16 {
     n: usize,
@@ -110,8 +112,9 @@ impl PackedBf16 {
             });
         }
         let pairs = k.div_ceil(2);
+        let steps = padded_steps(k);
         let mut data = AlignedWords::default();
-        let words = data.resize(n.div_ceil(PANEL) * pairs * PANEL);
+        let words = data.resize(n.div_ceil(PANEL) * steps * PANEL);
         // Pair-major, so a weight stored column-wise (row_stride 1) is read in order too.
         for s in 0..pairs {
             let (p0, p1) = (2 * s * col_stride, (2 * s + 1) * col_stride);
@@ -123,7 +126,7 @@ impl PackedBf16 {
                 } else {
                     w[j * row_stride + p1]
                 };
-                words[(j / PANEL) * pairs * PANEL + s * PANEL + j % PANEL] = pair(lo, hi);
+                words[(j / PANEL) * steps * PANEL + s * PANEL + j % PANEL] = pair(lo, hi);
             }
         }
         Ok(Self { n, k, data })
@@ -139,12 +142,22 @@ impl PackedBf16 {
         self.k
     }
 
+    /// Pair-steps per panel: the K pairs padded with zero steps to a multiple of 16, so the
+    /// AMX kernel reads whole tiles (the other kernels stop at the last real pair).
+    pub(crate) fn steps(&self) -> usize {
+        padded_steps(self.k)
+    }
+
+    /// Every panel, [`steps`](Self::steps) x `PANEL` words each.
+    pub(crate) fn words(&self) -> &[u32] {
+        self.data
+            .as_slice(self.n.div_ceil(PANEL) * self.steps() * PANEL)
+    }
+
     /// Steps `start..start + pairs` of panel `panel`, `PANEL` words each.
     pub(crate) fn panel(&self, panel: usize, start: usize, pairs: usize) -> &[u32] {
-        let total = self.k.div_ceil(2);
-        let len = self.n.div_ceil(PANEL) * total * PANEL;
-        let at = (panel * total + start) * PANEL;
-        &self.data.as_slice(len)[at..at + pairs * PANEL]
+        let at = (panel * self.steps() + start) * PANEL;
+        &self.words()[at..at + pairs * PANEL]
     }
 }
 

@@ -3,17 +3,29 @@ use crate::reference;
 use crate::testutil::{f32_vec, pool};
 use proptest::prelude::*;
 
-/// The kernels this CPU can run (the portable one always).
-fn kernels() -> Vec<Bf16Kernel> {
-    [Bf16Kernel::Portable, Bf16Kernel::Avx512Bf16]
-        .into_iter()
-        .filter(|k| k.is_supported())
-        .collect()
+/// The kernels this CPU can run (the portable one and the modelled tiles always).
+pub(super) fn kernels() -> Vec<Bf16Kernel> {
+    [
+        Bf16Kernel::Portable,
+        Bf16Kernel::Avx512Bf16,
+        Bf16Kernel::Amx,
+        Bf16Kernel::AmxModel,
+    ]
+    .into_iter()
+    .filter(|k| k.is_supported())
+    .collect()
 }
 
 /// Bound on the f32 accumulation error of one output: `k` roundings of partial sums no larger
 /// than the sum of absolute products (plus the bias), with a factor 2 of slack.
-fn bound(x: &[f32], w: &[f32], bias: Option<&[f32]>, i: usize, j: usize, k: usize) -> f32 {
+pub(super) fn bound(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    i: usize,
+    j: usize,
+    k: usize,
+) -> f32 {
     let round = |v: f32| from_bf16(to_bf16(v)).abs();
     let abs: f32 = (0..k)
         .map(|p| round(x[i * k + p]) * round(w[j * k + p]))

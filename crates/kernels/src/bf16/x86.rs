@@ -172,24 +172,24 @@ pub(super) unsafe fn convert_rows(
 }
 
 /// Packs the row-major keys `src` (`rows` keys of `cols` features, row stride `src_stride`)
-/// into panels of [`PANEL`] keys, pairs of features side by side, using `row` (`cols.div_ceil(2)`
-/// words) as scratch.
+/// into panels of [`PANEL`] keys and `steps` pair-steps, pairs of features side by side, using
+/// `row` (`cols.div_ceil(2)` words) as scratch.
 ///
 /// # Safety
 /// The CPU must have AVX-512F and AVX-512 BF16.
 #[target_feature(enable = "avx512f,avx512bf16")]
 pub(super) unsafe fn pack_keys(
     panels: &mut [u32],
+    steps: usize,
     row: &mut [u32],
     src: &[f32],
     src_stride: usize,
     (rows, cols): (usize, usize),
 ) {
-    let pairs = cols.div_ceil(2);
     for j in 0..rows {
         // SAFETY: this CPU has the features (caller's contract).
         unsafe { convert_scaled(row, &src[j * src_stride..j * src_stride + cols], 1.0) };
-        let panel = &mut panels[(j / PANEL) * pairs * PANEL..];
+        let panel = &mut panels[(j / PANEL) * steps * PANEL..];
         for (s, &word) in row.iter().enumerate() {
             panel[s * PANEL + j % PANEL] = word;
         }
@@ -197,20 +197,20 @@ pub(super) unsafe fn pack_keys(
 }
 
 /// Packs the row-major values `src` (`rows` keys of `cols` features, row stride `src_stride`)
-/// into panels of [`PANEL`] features, pairs of keys side by side (`rows.div_ceil(2)` steps per
-/// panel).
+/// into panels of [`PANEL`] features and `steps` pair-steps (at least `rows.div_ceil(2)`),
+/// pairs of keys side by side.
 ///
 /// # Safety
 /// The CPU must have AVX-512F and AVX-512 BF16.
 #[target_feature(enable = "avx512f,avx512bf16")]
 pub(super) unsafe fn pack_values(
     panels: &mut [u32],
+    steps: usize,
     src: &[f32],
     src_stride: usize,
     (rows, cols): (usize, usize),
 ) {
-    let steps = rows.div_ceil(2);
-    for s in 0..steps {
+    for s in 0..rows.div_ceil(2) {
         let first = &src[2 * s * src_stride..2 * s * src_stride + cols];
         let second = (2 * s + 1 < rows)
             .then(|| &src[(2 * s + 1) * src_stride..(2 * s + 1) * src_stride + cols]);

@@ -392,7 +392,12 @@ proptest! {
         let [q, k, v] = operands.views();
         let width = heads * head_dim;
         let scale = (head_dim as f32).powf(-0.5);
-        for kernel in [Bf16Kernel::Portable, Bf16Kernel::Avx512Bf16] {
+        for kernel in [
+            Bf16Kernel::Portable,
+            Bf16Kernel::Avx512Bf16,
+            Bf16Kernel::Amx,
+            Bf16Kernel::AmxModel,
+        ] {
             if !kernel.is_supported() {
                 continue;
             }

@@ -558,7 +558,7 @@ fn amplification_is_bounded() {
     bytes.extend_from_slice(b"N.");
     let err = error(&bytes);
     assert!(
-        err.contains("memory for the objects the pickle builds"),
+        err.contains("memory for what the checkpoint's pickle builds"),
         "{err}"
     );
     // A long key, memoized once, inserted into many dicts would be copied into each index.
@@ -569,7 +569,7 @@ fn amplification_is_bounded() {
     bytes.extend_from_slice(b"N.");
     let err = error(&bytes);
     assert!(
-        err.contains("memory for the objects the pickle builds"),
+        err.contains("memory for what the checkpoint's pickle builds"),
         "{err}"
     );
 }

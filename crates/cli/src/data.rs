@@ -214,3 +214,41 @@ pub fn shuffled(n: usize, seed: u64) -> Vec<usize> {
     }
     order
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn folder(root: &Path, classes: &[&str]) {
+        for class in classes {
+            let dir = root.join(class);
+            std::fs::create_dir_all(&dir).expect("class folder");
+            image::RgbImage::new(4, 4)
+                .save(dir.join("0.png"))
+                .expect("image");
+        }
+    }
+
+    #[test]
+    fn a_validation_set_is_labelled_as_its_training_set() {
+        let root = std::env::temp_dir().join(format!("idlevit-data-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        folder(&root.join("train"), &["cat", "dog", "fox"]);
+        folder(&root.join("val"), &["fox"]);
+        let train = ImageFolder::open(&root.join("train")).expect("train");
+        let val = ImageFolder::open_with_classes(&root.join("val"), train.classes()).expect("val");
+        assert_eq!(val.classes(), train.classes());
+        assert_eq!(val.items[0].1, 2, "fox is class 2 in training");
+        // Opened on its own, the one folder would be class 0.
+        assert_eq!(
+            ImageFolder::open(&root.join("val")).expect("alone").items[0].1,
+            0
+        );
+
+        folder(&root.join("val"), &["wolf"]);
+        let err = ImageFolder::open_with_classes(&root.join("val"), train.classes())
+            .expect_err("unknown class");
+        assert!(err.to_string().contains("wolf"), "{err}");
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}

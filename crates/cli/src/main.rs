@@ -615,9 +615,17 @@ fn run(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
                     runs,
                 )?;
                 println!(
-                    "{name} batch {batch} threads {threads}, medians of {runs} interleaved runs:"
+                    "{name} batch {batch} threads {threads}, bf16 kernel {}, medians of {runs} \
+                     interleaved runs:",
+                    idlevit_kernels::bf16_kernel_name()
                 );
                 report.lines().iter().for_each(|line| println!("{line}"));
+                if !idlevit_kernels::bf16_expected_faster_than_f32() {
+                    println!(
+                        "  (on this CPU the other commands run f32 when given --bf16: its bf16 \
+                         kernel is not expected to win)"
+                    );
+                }
             } else if token_policy == TokenPolicy::Dense {
                 let report = commands::bench(&[&dense], side, batch, warmup, runs)?;
                 println!(

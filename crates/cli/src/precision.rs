@@ -6,12 +6,30 @@ use idlevit_zoo::{DeiT, TokenPolicy, ZooModel};
 
 use crate::commands;
 
-/// [`Precision::Bf16`] when the `--bf16` flag is given, f32 otherwise.
+/// The precision a model runs in when `--bf16` is `bf16`: bf16 only where its kernel should
+/// beat f32 on this CPU (AMX; AVX-512 BF16 on AMD), since `--bf16` asks for speed and must
+/// never be slower. Elsewhere it says so on stderr and runs f32, the fastest correct path.
 pub fn from_flag(bf16: bool) -> Precision {
-    if bf16 {
-        Precision::Bf16
-    } else {
-        Precision::F32
+    let kernel = idlevit_kernels::bf16_kernel_name();
+    match choose(bf16, idlevit_kernels::bf16_expected_faster_than_f32()) {
+        Some(precision) => precision,
+        None => {
+            eprintln!(
+                "note: --bf16 is not faster than f32 on this CPU (its bf16 kernel, {kernel}, does \
+                 no more multiply-adds per cycle than f32); running f32"
+            );
+            Precision::F32
+        }
+    }
+}
+
+/// [`from_flag`]'s decision: the precision, or `None` when bf16 was asked for where it cannot
+/// win.
+fn choose(bf16: bool, bf16_wins: bool) -> Option<Precision> {
+    match (bf16, bf16_wins) {
+        (false, _) => Some(Precision::F32),
+        (true, true) => Some(Precision::Bf16),
+        (true, false) => None,
     }
 }
 
@@ -72,5 +90,18 @@ impl PrecisionBench {
                 )
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_runs_only_where_it_wins() {
+        assert_eq!(choose(false, true), Some(Precision::F32));
+        assert_eq!(choose(false, false), Some(Precision::F32));
+        assert_eq!(choose(true, true), Some(Precision::Bf16));
+        assert_eq!(choose(true, false), None);
     }
 }

@@ -104,7 +104,9 @@ pub fn decode_image(bytes: &[u8]) -> Result<DynamicImage> {
         "the JPEG data is cut short (no end-of-image marker after its last scan)"
     );
     reader.limits(decode_limits());
-    Ok(reader.decode()?)
+    // The decoder's message already quotes its cause, which it also returns as the error's
+    // source: keep the message alone, or the cause is printed twice.
+    reader.decode().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Whether a JPEG's last scan is followed by its end-of-image marker. The decoder fills the
@@ -180,6 +182,16 @@ pub fn normalized_crop(rgb: &RgbImage, left: u32, top: u32, side: u32) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decoder_errors_say_their_cause_once() {
+        let err = format!(
+            "{:#}",
+            decode_image(b"GIF89a\x01\x00").expect_err("cut short")
+        );
+        let cause = "Unexpected End of File";
+        assert_eq!(err.matches(cause).count(), 1, "{err}");
+    }
 
     /// Every decoded format refuses a file cut short, wherever the cut falls in its pixel
     /// data.

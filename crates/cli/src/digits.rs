@@ -354,10 +354,7 @@ pub fn write_image_folder(split: &DigitsSplit, dir: &Path) -> Result<()> {
                 .join(part)
                 .join(canvas.label.to_string())
                 .join(format!("{i:05}.png"));
-            canvas
-                .image
-                .save(&path)
-                .with_context(|| format!("cannot write {}", path.display()))?;
+            crate::output::save_png(&canvas.image, &path)?;
         }
     }
     Ok(())

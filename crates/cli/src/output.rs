@@ -125,6 +125,18 @@ fn sync_folder(_folder: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Encodes `image` as PNG and writes it to `path` atomically ([`write_atomically`]).
+pub fn save_png(image: &image::RgbImage, path: &Path) -> Result<()> {
+    let mut bytes = Vec::new();
+    image
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .with_context(|| format!("cannot encode {}", path.display()))?;
+    write_atomically(path, &bytes)
+}
+
 /// The names of the tensors of `ckpt` that hold NaN or infinity.
 pub fn non_finite_tensors(ckpt: &Checkpoint) -> Vec<&str> {
     ckpt.iter()

@@ -520,8 +520,7 @@ pub fn run(options: &ReproOptions, log: &mut dyn FnMut(String)) -> Result<ReproO
         options.setting
     );
     let report = out.join("REPORT.md");
-    std::fs::write(&report, header + &md)
-        .with_context(|| format!("cannot write {}", report.display()))?;
+    idlevit_cli::output::write_atomically(&report, (header + &md).as_bytes())?;
     log(format!(
         "wall time {seconds:.0} s; report: {}",
         report.display()

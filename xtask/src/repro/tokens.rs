@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use idlevit_cli::digits::Canvas;
 use idlevit_cli::preprocess::{EvalTransform, IMAGENET_MEAN, IMAGENET_STD, preprocess};
 use idlevit_nn::Eager;
@@ -202,6 +202,5 @@ pub fn selection_picture(
             }
         }
     }
-    out.save(path)
-        .with_context(|| format!("cannot write {}", path.display()))
+    idlevit_cli::output::save_png(&out, path)
 }

@@ -57,6 +57,10 @@ fn refused_steps_leave_the_weights_as_they_were() {
     assert_eq!(weights(&model), before);
     assert_eq!(optimizer.steps(), 0, "a refused step is not counted");
 
+    // A rate of 0 is a valid (if idle) step.
+    optimizer.step(&mut model, &small, 0.0).unwrap();
+    assert_eq!(optimizer.steps(), 1);
+
     // A finite but enormous rate overflows the weights: the step reports it.
     let err = optimizer.step(&mut model, &small, 1e39).unwrap_err();
     assert!(matches!(err, TrainError::NonFiniteWeights(_)), "{err}");
@@ -85,6 +89,7 @@ fn damaged_optimiser_state_is_refused() {
         ckpt.insert("adamw.step", Tensor::scalar(step));
         let err = AdamW::new(0.05).load_state_tensors(&mut ckpt).unwrap_err();
         assert!(err.to_string().contains("adamw.step"), "{step}: {err}");
+        assert!(err.to_string().contains(&step.to_string()), "{step}: {err}");
     }
     let moment = good
         .iter()
@@ -166,6 +171,15 @@ fn objective_weights_and_targets_are_checked() {
         };
         assert!(objective.validate().is_err(), "{cut} {distill} {smoothing}");
     }
+    let nan_weight = Objective {
+        cut_weight: f32::NAN,
+        ..Objective::default()
+    };
+    assert!(
+        nan_weight.check(&tiny()).is_err(),
+        "check validates the weights"
+    );
+    Objective::default().check(&tiny()).unwrap();
     assert!(smoothed_targets(&[0], 3, 1.0).is_ok());
     assert!(smoothed_targets(&[0], 3, 1.01).is_err());
 

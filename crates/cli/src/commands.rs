@@ -187,13 +187,8 @@ pub struct MemoryReport {
 /// The `VmRSS` and `VmHWM` (peak) lines of `/proc/self/status`, in bytes; `None` where the
 /// file does not exist or does not say.
 pub fn resident_memory() -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let field = |name: &str| -> Option<u64> {
-        let line = status.lines().find(|l| l.starts_with(name))?;
-        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib * 1024)
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
+    use crate::memory::status_field;
+    Some((status_field("VmRSS:")?, status_field("VmHWM:")?))
 }
 
 impl BenchReport {

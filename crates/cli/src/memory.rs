@@ -48,8 +48,9 @@ fn address_space_room() -> Option<u64> {
     None
 }
 
-/// A `kB` field of `/proc/self/status`, in bytes.
-fn status_field(name: &str) -> Option<u64> {
+/// A `kB` field of `/proc/self/status` (e.g. `VmRSS:`), in bytes; `None` where the file
+/// does not exist or does not say.
+pub fn status_field(name: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with(name))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

@@ -20,12 +20,6 @@ pub enum AutodiffError {
     /// `backward` was asked to differentiate a value with more than one element.
     #[error("backward: the loss must hold exactly one element, found shape {0:?}")]
     NotScalar(Vec<usize>),
-    /// A value recorded on one tape was used on another.
-    #[error("{op}: an operand was recorded on a different tape")]
-    ForeignVar {
-        /// The operation that received it.
-        op: &'static str,
-    },
     /// One parameter name was registered with two different shapes.
     #[error("parameter `{name}` was registered with shapes {first:?} and {second:?}")]
     LeafShape {
@@ -36,6 +30,9 @@ pub enum AutodiffError {
         /// The conflicting shape.
         second: Vec<usize>,
     },
+    /// An operation failed.
+    #[error(transparent)]
+    Ops(#[from] idlevit_ops::OpsError),
     /// A tensor operation failed.
     #[error(transparent)]
     Tensor(#[from] TensorError),

@@ -9,7 +9,7 @@
 //! detached values, so they carry no gradient.
 //!
 //! ```
-//! use idlevit_autodiff::Tape;
+//! use idlevit_autodiff::{Backend, Tape};
 //! use idlevit_tensor::Tensor;
 //!
 //! let tape = Tape::new();
@@ -27,17 +27,21 @@
 //! # Ok::<(), idlevit_autodiff::AutodiffError>(())
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod backward;
 mod error;
 mod gradients;
-pub mod ops;
-mod parallel;
 mod tape;
 
 pub use error::AutodiffError;
 pub use gradients::Gradients;
+pub use idlevit_ops::math as ops;
+pub use idlevit_ops::{Backend, Fused, OpsError};
 pub use idlevit_tensor::Tensor;
 pub use tape::{Tape, Var};
+
+pub(crate) use idlevit_ops::parallel;
 
 /// Result type of this crate.
 pub type Result<T, E = AutodiffError> = std::result::Result<T, E>;

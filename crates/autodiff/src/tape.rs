@@ -10,7 +10,9 @@ use rand::{RngExt, SeedableRng};
 
 use crate::backward::Op;
 use crate::gradients::GradStore;
-use crate::{AutodiffError, Gradients, Result, ops};
+use idlevit_ops::{Backend, Conv2dSpec, Fused, OpsError, Param, Result};
+
+use crate::{AutodiffError, Gradients, ops};
 
 /// Index of a node in its tape's graph; every operation's operands have smaller indices.
 pub(crate) type NodeId = usize;
@@ -128,11 +130,6 @@ impl Tape {
         self.graph.borrow().nodes.len()
     }
 
-    /// A value that is data, not a parameter: no gradient flows into it.
-    pub fn constant(&self, value: Tensor) -> Var {
-        Var { value, node: None }
-    }
-
     /// A learnable parameter called `name`; its gradient is reported under that name.
     /// Registering a name again (with the same shape) returns another handle on the same
     /// node, so the gradients of every use accumulate into one.
@@ -159,15 +156,10 @@ impl Tape {
         self.var(value, id)
     }
 
-    /// The value of `x`, detached from the tape.
-    pub fn to_tensor(&self, x: &Var) -> Tensor {
-        x.value.clone()
-    }
-
     /// Differentiates `loss` (a value with one element, of any rank) with respect to every
     /// parameter registered with [`leaf`](Self::leaf). A parameter the loss does not depend
     /// on gets a zero gradient.
-    pub fn backward(&self, loss: &Var) -> Result<Gradients> {
+    pub fn backward(&self, loss: &Var) -> crate::Result<Gradients> {
         if loss.value.numel() != 1 {
             return Err(AutodiffError::NotScalar(loss.shape().to_vec()));
         }
@@ -203,9 +195,33 @@ impl Tape {
         }
         Ok(grads)
     }
+}
+
+/// Values are [`Var`]s. Each operation computes its result with [`ops`] (the same function
+/// [`Eager`](idlevit_ops::Eager) runs) and, when an operand depends on a parameter, records
+/// what its backward pass needs. Parameters become leaves under their checkpoint names, so
+/// [`Tape::backward`] reports gradients under timm's names.
+impl Backend for Tape {
+    type Value = Var;
+
+    fn shape<'a>(&self, x: &'a Var) -> &'a [usize] {
+        x.shape()
+    }
+
+    fn constant(&self, value: Tensor) -> Var {
+        Var { value, node: None }
+    }
+
+    fn param(&self, p: &Param) -> Var {
+        self.leaf(p.name(), p.value().clone())
+    }
+
+    fn to_tensor(&self, x: &Var) -> Tensor {
+        x.value.clone()
+    }
 
     /// `x W^T + b` over the last axis of `x`, with `W` of shape `(out, in)`.
-    pub fn linear(&self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
+    fn linear(&self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
         let [xi, wi, bi] = self.ids("linear", [Some(x), Some(w), b])?;
         let y = ops::linear(&x.value, &w.value, b.map(|b| &b.value))?;
         self.record(y, [xi, wi, bi], || Op::Linear {
@@ -218,7 +234,7 @@ impl Tape {
     }
 
     /// Layer normalisation over the last axis with scale `gamma` and shift `beta`.
-    pub fn layer_norm(&self, x: &Var, gamma: &Var, beta: &Var, eps: f32) -> Result<Var> {
+    fn layer_norm(&self, x: &Var, gamma: &Var, beta: &Var, eps: f32) -> Result<Var> {
         let ids = self.ids("layer_norm", [Some(x), Some(gamma), Some(beta)])?;
         let y = ops::layer_norm(&x.value, &gamma.value, &beta.value, eps)?;
         self.record(y, ids, || Op::LayerNorm {
@@ -232,7 +248,7 @@ impl Tape {
     }
 
     /// GELU with the exact erf.
-    pub fn gelu(&self, x: &Var) -> Result<Var> {
+    fn gelu(&self, x: &Var) -> Result<Var> {
         let [xi] = self.ids("gelu", [Some(x)])?;
         let y = ops::gelu(&x.value)?;
         self.record_unary(y, xi, |x_id| Op::Gelu {
@@ -242,21 +258,21 @@ impl Tape {
     }
 
     /// `a + b`, with `b` broadcast to `a`'s shape.
-    pub fn add(&self, a: &Var, b: &Var) -> Result<Var> {
+    fn add(&self, a: &Var, b: &Var) -> Result<Var> {
         let [ai, bi] = self.ids("add", [Some(a), Some(b)])?;
         let y = ops::add(&a.value, &b.value)?;
         self.record(y, [ai, bi], || Op::Add { a: ai, b: bi })
     }
 
     /// `a - b`, with `b` broadcast to `a`'s shape.
-    pub fn sub(&self, a: &Var, b: &Var) -> Result<Var> {
+    fn sub(&self, a: &Var, b: &Var) -> Result<Var> {
         let [ai, bi] = self.ids("sub", [Some(a), Some(b)])?;
         let y = ops::sub(&a.value, &b.value)?;
         self.record(y, [ai, bi], || Op::Sub { a: ai, b: bi })
     }
 
     /// `a * b` element-wise, with `b` broadcast to `a`'s shape.
-    pub fn mul(&self, a: &Var, b: &Var) -> Result<Var> {
+    fn mul(&self, a: &Var, b: &Var) -> Result<Var> {
         let [ai, bi] = self.ids("mul", [Some(a), Some(b)])?;
         let y = ops::mul(&a.value, &b.value)?;
         self.record(y, [ai, bi], || Op::Mul {
@@ -268,14 +284,14 @@ impl Tape {
     }
 
     /// `x * factor`.
-    pub fn scale(&self, x: &Var, factor: f32) -> Result<Var> {
+    fn scale(&self, x: &Var, factor: f32) -> Result<Var> {
         let [xi] = self.ids("scale", [Some(x)])?;
         let y = ops::scale(&x.value, factor)?;
         self.record_unary(y, xi, |x| Op::Scale { x, factor })
     }
 
     /// Batched matrix product `(..., m, k) x (..., k, n) -> (..., m, n)`.
-    pub fn matmul(&self, a: &Var, b: &Var) -> Result<Var> {
+    fn matmul(&self, a: &Var, b: &Var) -> Result<Var> {
         let [ai, bi] = self.ids("matmul", [Some(a), Some(b)])?;
         let y = ops::matmul(&a.value, &b.value)?;
         self.record(y, [ai, bi], || Op::Matmul {
@@ -287,7 +303,7 @@ impl Tape {
     }
 
     /// Softmax over the last axis.
-    pub fn softmax(&self, x: &Var) -> Result<Var> {
+    fn softmax(&self, x: &Var) -> Result<Var> {
         let [xi] = self.ids("softmax", [Some(x)])?;
         let y = ops::softmax(&x.value)?;
         let saved = y.clone();
@@ -295,7 +311,7 @@ impl Tape {
     }
 
     /// Log of the softmax over the last axis.
-    pub fn log_softmax(&self, x: &Var) -> Result<Var> {
+    fn log_softmax(&self, x: &Var) -> Result<Var> {
         let [xi] = self.ids("log_softmax", [Some(x)])?;
         let y = ops::log_softmax(&x.value)?;
         let saved = y.clone();
@@ -303,14 +319,14 @@ impl Tape {
     }
 
     /// The same values under another shape.
-    pub fn reshape(&self, x: &Var, shape: &[usize]) -> Result<Var> {
+    fn reshape(&self, x: &Var, shape: &[usize]) -> Result<Var> {
         let [xi] = self.ids("reshape", [Some(x)])?;
         let y = ops::reshape(&x.value, shape)?;
         self.record_unary(y, xi, |x| Op::Reshape { x })
     }
 
     /// Axes reordered: axis `i` of the result is axis `axes[i]` of `x`.
-    pub fn permute(&self, x: &Var, axes: &[usize]) -> Result<Var> {
+    fn permute(&self, x: &Var, axes: &[usize]) -> Result<Var> {
         let [xi] = self.ids("permute", [Some(x)])?;
         let y = ops::permute(&x.value, axes)?;
         self.record_unary(y, xi, |x| Op::Permute {
@@ -320,7 +336,7 @@ impl Tape {
     }
 
     /// The range `start..end` of `axis`.
-    pub fn slice(&self, x: &Var, axis: usize, start: usize, end: usize) -> Result<Var> {
+    fn slice(&self, x: &Var, axis: usize, start: usize, end: usize) -> Result<Var> {
         let [xi] = self.ids("slice", [Some(x)])?;
         let y = ops::slice(&x.value, axis, start, end)?;
         self.record_unary(y, xi, |x| Op::Slice {
@@ -332,21 +348,21 @@ impl Tape {
     }
 
     /// Index `index` of `axis`, with that axis removed.
-    pub fn select(&self, x: &Var, axis: usize, index: usize) -> Result<Var> {
+    fn select(&self, x: &Var, axis: usize, index: usize) -> Result<Var> {
         let [xi] = self.ids("select", [Some(x)])?;
         let y = ops::select(&x.value, axis, index)?;
         self.record_unary(y, xi, |x| Op::Select { x, axis, index })
     }
 
     /// Repeats size-1 axes and adds leading axes to reach `shape`.
-    pub fn broadcast_to(&self, x: &Var, shape: &[usize]) -> Result<Var> {
+    fn broadcast_to(&self, x: &Var, shape: &[usize]) -> Result<Var> {
         let [xi] = self.ids("broadcast_to", [Some(x)])?;
         let y = ops::broadcast_to(&x.value, shape)?;
         self.record_unary(y, xi, |x| Op::BroadcastTo { x })
     }
 
     /// Joins values along `axis`; every other axis must agree.
-    pub fn concat(&self, xs: &[Var], axis: usize) -> Result<Var> {
+    fn concat(&self, xs: &[Var], axis: usize) -> Result<Var> {
         let ids = xs
             .iter()
             .map(|x| self.id_of(x, "concat"))
@@ -369,7 +385,7 @@ impl Tape {
 
     /// Rows of a `(batch, rows, width)` value picked per batch item:
     /// `out[b, i] = x[b, indices[b][i]]`.
-    pub fn gather_rows(&self, x: &Var, indices: &[Vec<usize>]) -> Result<Var> {
+    fn gather_rows(&self, x: &Var, indices: &[Vec<usize>]) -> Result<Var> {
         let [xi] = self.ids("gather_rows", [Some(x)])?;
         let y = ops::gather_rows(&x.value, indices)?;
         self.record_unary(y, xi, |x| Op::GatherRows {
@@ -379,7 +395,7 @@ impl Tape {
     }
 
     /// `x` with rows replaced per batch item: `out[b, indices[b][i]] = rows[b, i]`.
-    pub fn scatter_rows(&self, x: &Var, indices: &[Vec<usize>], rows: &Var) -> Result<Var> {
+    fn scatter_rows(&self, x: &Var, indices: &[Vec<usize>], rows: &Var) -> Result<Var> {
         let [xi, ri] = self.ids("scatter_rows", [Some(x), Some(rows)])?;
         let y = ops::scatter_rows(&x.value, indices, &rows.value)?;
         self.record(y, [xi, ri], || Op::ScatterRows {
@@ -390,21 +406,21 @@ impl Tape {
     }
 
     /// Sum over `axis`, kept as a size-1 axis when `keepdim`.
-    pub fn sum_axis(&self, x: &Var, axis: usize, keepdim: bool) -> Result<Var> {
+    fn sum_axis(&self, x: &Var, axis: usize, keepdim: bool) -> Result<Var> {
         let [xi] = self.ids("sum_axis", [Some(x)])?;
         let y = ops::sum_axis(&x.value, axis, keepdim)?;
         self.record_unary(y, xi, |x| Op::SumAxis { x, axis })
     }
 
     /// Sum of every element, as a rank-0 value.
-    pub fn sum_all(&self, x: &Var) -> Result<Var> {
+    fn sum_all(&self, x: &Var) -> Result<Var> {
         let [xi] = self.ids("sum_all", [Some(x)])?;
         let y = ops::sum_all(&x.value)?;
         self.record_unary(y, xi, |x| Op::SumAll { x })
     }
 
     /// `|x|` (its gradient at 0 is taken as 0).
-    pub fn abs(&self, x: &Var) -> Result<Var> {
+    fn abs(&self, x: &Var) -> Result<Var> {
         let [xi] = self.ids("abs", [Some(x)])?;
         let y = ops::abs(&x.value)?;
         self.record_unary(y, xi, |x_id| Op::Abs {
@@ -414,7 +430,7 @@ impl Tape {
     }
 
     /// `x * x`.
-    pub fn square(&self, x: &Var) -> Result<Var> {
+    fn square(&self, x: &Var) -> Result<Var> {
         let [xi] = self.ids("square", [Some(x)])?;
         let y = ops::square(&x.value)?;
         self.record_unary(y, xi, |x_id| Op::Square {
@@ -424,7 +440,7 @@ impl Tape {
     }
 
     /// Rows of the last axis divided by `max(||row||_2, eps)`.
-    pub fn l2_normalize(&self, x: &Var, eps: f32) -> Result<Var> {
+    fn l2_normalize(&self, x: &Var, eps: f32) -> Result<Var> {
         let [xi] = self.ids("l2_normalize", [Some(x)])?;
         let y = ops::l2_normalize(&x.value, eps)?;
         self.record_unary(y, xi, |x_id| Op::L2Normalize {
@@ -436,7 +452,7 @@ impl Tape {
 
     /// 2-D convolution of `x` `(batch, in, H, W)` with `w` `(out, in / groups, kh, kw)` and
     /// an optional bias `(out)`.
-    pub fn conv2d(&self, x: &Var, w: &Var, b: Option<&Var>, spec: ops::Conv2dSpec) -> Result<Var> {
+    fn conv2d(&self, x: &Var, w: &Var, b: Option<&Var>, spec: Conv2dSpec) -> Result<Var> {
         let [xi, wi, bi] = self.ids("conv2d", [Some(x), Some(w), b])?;
         let y = ops::conv2d(&x.value, &w.value, b.map(|b| &b.value), spec)?;
         let geo = ops::ConvGeometry::of(x.shape(), w.shape(), spec)?;
@@ -451,7 +467,7 @@ impl Tape {
     }
 
     /// `max(x, 0)` (its gradient at 0 is taken as 0).
-    pub fn relu(&self, x: &Var) -> Result<Var> {
+    fn relu(&self, x: &Var) -> Result<Var> {
         let [xi] = self.ids("relu", [Some(x)])?;
         let y = ops::relu(&x.value)?;
         let saved = y.clone();
@@ -459,18 +475,46 @@ impl Tape {
     }
 
     /// Maximum over `axis`, which is removed; the gradient goes to the first maximum.
-    pub fn max_axis(&self, x: &Var, axis: usize) -> Result<Var> {
+    fn max_axis(&self, x: &Var, axis: usize) -> Result<Var> {
         let [xi] = self.ids("max_axis", [Some(x)])?;
         let (y, index) = ops::max_axis_with_index(&x.value, axis)?;
         self.record_unary(y, xi, |x| Op::MaxAxis { x, axis, index })
     }
 
+    fn drop_path(&self, branch: &Var, rate: f32) -> Result<Var> {
+        if rate <= 0.0 {
+            return Ok(branch.clone());
+        }
+        let shape = branch.shape();
+        let batch = shape.first().copied().unwrap_or(1);
+        let Some(draws) = self.uniform(batch) else {
+            return Ok(branch.clone());
+        };
+        let keep = 1.0 - rate;
+        let factors = draws
+            .into_iter()
+            .map(|u| if u < keep { 1.0 / keep } else { 0.0 })
+            .collect();
+        let mut factor_shape = vec![1; shape.len()];
+        if let Some(first) = factor_shape.first_mut() {
+            *first = batch;
+        }
+        let factors = Tensor::from_vec(factor_shape, factors)?;
+        self.mul(branch, &self.constant(factors))
+    }
+}
+
+/// The tape leaves every fused operation to its default: the composition of the primitives
+/// it records.
+impl Fused for Tape {}
+
+impl Tape {
     /// The node of `x` on this tape (`None` for a constant).
     fn id_of(&self, x: &Var, op: &'static str) -> Result<Option<NodeId>> {
         match x.node {
             None => Ok(None),
             Some(NodeRef { tape, id }) if tape == self.id => Ok(Some(id)),
-            Some(_) => Err(AutodiffError::ForeignVar { op }),
+            Some(_) => Err(OpsError::ForeignValue { op }),
         }
     }
 

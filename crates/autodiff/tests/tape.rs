@@ -1,6 +1,6 @@
 //! What the tape records and how it reports gradients.
 
-use idlevit_autodiff::{AutodiffError, Tape, Tensor, ops};
+use idlevit_autodiff::{AutodiffError, Backend, OpsError, Tape, Tensor, ops};
 
 fn t(shape: &[usize], values: &[f32]) -> Tensor {
     Tensor::from_vec(shape.to_vec(), values.to_vec()).unwrap()
@@ -95,7 +95,7 @@ fn bad_uses_are_errors() {
     let v = other.leaf("v", t(&[2], &[1.0, 1.0]));
     assert!(matches!(
         tape.add(&w, &v),
-        Err(AutodiffError::ForeignVar { op: "add" })
+        Err(OpsError::ForeignValue { op: "add" })
     ));
     assert!(tape.add(&w, &tape.constant(t(&[3], &[0.0; 3]))).is_err());
 

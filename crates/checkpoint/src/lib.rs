@@ -21,6 +21,8 @@
 //! # Ok::<(), idlevit_checkpoint::CheckpointError>(())
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod error;
 mod files;
 mod names;

@@ -9,7 +9,7 @@
 //!
 //! ```
 //! use idlevit_cutloss::{CutLoss, cut_loss};
-//! use idlevit_nn::{Backend, Eager};
+//! use idlevit_ops::{Backend, Eager};
 //! use idlevit_tensor::Tensor;
 //!
 //! // One image, one head, CLS + 2 tokens; token 2 idles. Uniform attention.
@@ -21,7 +21,9 @@
 //! # Ok::<(), idlevit_cutloss::CutLossError>(())
 //! ```
 
-use idlevit_nn::Backend;
+#![forbid(unsafe_code)]
+
+use idlevit_ops::Backend;
 use idlevit_tensor::Tensor;
 use thiserror::Error;
 
@@ -70,7 +72,7 @@ pub enum CutLossError {
     },
     /// A backend operation failed.
     #[error(transparent)]
-    Nn(#[from] idlevit_nn::NnError),
+    Ops(#[from] idlevit_ops::OpsError),
     /// A tensor could not be built.
     #[error(transparent)]
     Tensor(#[from] idlevit_tensor::TensorError),

@@ -2,8 +2,8 @@
 
 use idlevit_checkpoint::WeightReader;
 
-use crate::param::{ParamVisitor, ParamVisitorMut};
-use crate::{Attention, Backend, LayerNorm, Mlp, MlpHalfParams, PackedWeight, Result};
+use crate::{Attention, Fused, LayerNorm, Mlp, MlpHalfParams, PackedWeight, Result};
+use idlevit_ops::{ParamVisitor, ParamVisitorMut};
 
 /// Hyper-parameters of one transformer block.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -79,13 +79,14 @@ impl Block {
     /// `x + drop_path(branch) / skip_lam`: how every form of the block (dense, idle,
     /// masked, pruned, fused) closes a residual. LV-ViT divides each branch by `skip_lam`
     /// (nothing is computed when that is 1); drop path acts only on a seeded training tape.
-    pub fn residual<B: Backend>(
-        &self,
-        bk: &B,
-        x: &B::Value,
-        branch: &B::Value,
-    ) -> Result<B::Value> {
-        crate::backend::add_branch(bk, x, branch, 1.0 / self.skip_lam, self.drop_path)
+    pub fn residual<B: Fused>(&self, bk: &B, x: &B::Value, branch: &B::Value) -> Result<B::Value> {
+        Ok(idlevit_ops::add_branch(
+            bk,
+            x,
+            branch,
+            1.0 / self.skip_lam,
+            self.drop_path,
+        )?)
     }
 
     /// Visits every parameter, in checkpoint order.
@@ -115,20 +116,20 @@ impl Block {
     }
 
     /// The residual branch of the MLP half: `mlp(norm2(x))`.
-    pub fn mlp_branch<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
+    pub fn mlp_branch<B: Fused>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
         self.mlp.forward(bk, &self.norm2.forward(bk, x)?)
     }
 
     /// `x + mlp(norm2(x))`, the block's second half, through [`Backend::mlp_half`] (fused in
     /// inference, in bf16 when the weights have packed bf16 copies, and in place when nothing
     /// else holds `x`).
-    pub fn mlp_residual<B: Backend>(&self, bk: &B, x: B::Value) -> Result<B::Value> {
+    pub fn mlp_residual<B: Fused>(&self, bk: &B, x: B::Value) -> Result<B::Value> {
         let (fc1, fc2) = (self.mlp.fc1(), self.mlp.fc2());
         let param = |p: &crate::Param| bk.param(p);
         let (gamma, beta) = (param(self.norm2.weight()), param(self.norm2.bias()));
         let (w1, w2) = (param(fc1.weight()), param(fc2.weight()));
         let (b1, b2) = (fc1.bias().map(param), fc2.bias().map(param));
-        bk.mlp_half(
+        Ok(bk.mlp_half(
             x,
             &MlpHalfParams {
                 norm_gamma: &gamma,
@@ -143,17 +144,17 @@ impl Block {
                 branch_scale: 1.0 / self.skip_lam,
                 drop_path: self.drop_path,
             },
-        )
+        )?)
     }
 
     /// The dense block over all tokens of `x` `(batch, tokens, dim)`.
-    pub fn forward<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
+    pub fn forward<B: Fused>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
         self.forward_owned(bk, x.clone())
     }
 
     /// [`forward`](Self::forward) taking `x`: in inference, when nothing else holds it, both
     /// residual updates are written into its storage and the layer copies no residual stream.
-    pub fn forward_owned<B: Backend>(&self, bk: &B, x: B::Value) -> Result<B::Value> {
+    pub fn forward_owned<B: Fused>(&self, bk: &B, x: B::Value) -> Result<B::Value> {
         let scale = 1.0 / self.skip_lam;
         let x = self
             .attn

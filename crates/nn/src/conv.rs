@@ -1,12 +1,12 @@
 //! Convolution layers: a plain `Conv2d`, and a bias-free convolution followed by eval-mode
 //! batch norm, folded into one convolution.
 
-use idlevit_autodiff::ops::Conv2dSpec;
 use idlevit_checkpoint::WeightReader;
+use idlevit_ops::Conv2dSpec;
 use idlevit_tensor::Tensor;
 
-use crate::param::{ParamVisitor, ParamVisitorMut};
-use crate::{Backend, NnError, Param, Result};
+use crate::{Fused, NnError, Param, Result, load_param};
+use idlevit_ops::{ParamVisitor, ParamVisitorMut};
 
 /// `torch.nn.Conv2d` with square kernels: weight `(out, in / groups, k, k)`, optional bias.
 #[derive(Clone, Debug)]
@@ -61,9 +61,9 @@ impl Conv2d {
         shape: ConvShape,
         bias: bool,
     ) -> Result<Self> {
-        let weight = Param::load(reader, &format!("{prefix}.weight"), &shape.weight_shape()?)?;
+        let weight = load_param(reader, &format!("{prefix}.weight"), &shape.weight_shape()?)?;
         let bias = bias
-            .then(|| Param::load(reader, &format!("{prefix}.bias"), &[shape.out_channels]))
+            .then(|| load_param(reader, &format!("{prefix}.bias"), &[shape.out_channels]))
             .transpose()?;
         Ok(Self {
             weight,
@@ -74,18 +74,18 @@ impl Conv2d {
 
     /// Visits the weight, then the bias.
     pub fn visit_params(&self, f: &mut ParamVisitor<'_>) {
-        crate::param::visit_weight_bias(&self.weight, self.bias.as_ref(), f);
+        idlevit_ops::visit_weight_bias(&self.weight, self.bias.as_ref(), f);
     }
 
     /// Visits the weight, then the bias, mutably.
     pub fn visit_params_mut(&mut self, f: &mut ParamVisitorMut<'_>) {
-        crate::param::visit_weight_bias_mut(&mut self.weight, self.bias.as_mut(), f);
+        idlevit_ops::visit_weight_bias_mut(&mut self.weight, self.bias.as_mut(), f);
     }
 
     /// Convolves `x` `(batch, in, H, W)`.
-    pub fn forward<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
+    pub fn forward<B: Fused>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
         let bias = self.bias.as_ref().map(|b| bk.param(b));
-        bk.conv2d(x, &bk.param(&self.weight), bias.as_ref(), self.spec)
+        Ok(bk.conv2d(x, &bk.param(&self.weight), bias.as_ref(), self.spec)?)
     }
 }
 
@@ -113,11 +113,11 @@ impl ConvBatchNorm {
     /// `.running_mean` and `.running_var`.
     pub fn load(reader: &mut WeightReader, conv: &str, bn: &str, shape: ConvShape) -> Result<Self> {
         let c = shape.out_channels;
-        let weight = Param::load(reader, &format!("{conv}.weight"), &shape.weight_shape()?)?;
-        let gamma = Param::load(reader, &format!("{bn}.weight"), &[c])?;
-        let beta = Param::load(reader, &format!("{bn}.bias"), &[c])?;
-        let running_mean = Param::load(reader, &format!("{bn}.running_mean"), &[c])?;
-        let running_var = Param::load(reader, &format!("{bn}.running_var"), &[c])?;
+        let weight = load_param(reader, &format!("{conv}.weight"), &shape.weight_shape()?)?;
+        let gamma = load_param(reader, &format!("{bn}.weight"), &[c])?;
+        let beta = load_param(reader, &format!("{bn}.bias"), &[c])?;
+        let running_mean = load_param(reader, &format!("{bn}.running_mean"), &[c])?;
+        let running_var = load_param(reader, &format!("{bn}.running_var"), &[c])?;
         if running_var
             .value()
             .to_vec()
@@ -164,7 +164,7 @@ impl ConvBatchNorm {
     }
 
     /// Convolves `x` `(batch, in, H, W)` and normalises with the running statistics.
-    pub fn forward<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
+    pub fn forward<B: Fused>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
         let channels = self.gamma.value().numel();
         let gamma = bk.reshape(&bk.param(&self.gamma), &[channels, 1, 1, 1])?;
         let scale = bk.mul(&gamma, &bk.constant(self.inv_std.clone()))?;
@@ -172,6 +172,6 @@ impl ConvBatchNorm {
         let mean = bk.constant(self.running_mean.value().clone());
         let shift = bk.mul(&mean, &bk.reshape(&scale, &[channels])?)?;
         let bias = bk.sub(&bk.param(&self.beta), &shift)?;
-        bk.conv2d(x, &weight, Some(&bias), self.spec)
+        Ok(bk.conv2d(x, &weight, Some(&bias), self.spec)?)
     }
 }

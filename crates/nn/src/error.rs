@@ -25,9 +25,12 @@ pub enum NnError {
     /// A kernel refused its arguments.
     #[error(transparent)]
     Kernel(#[from] idlevit_kernels::KernelError),
-    /// An operation or its gradient failed.
+    /// A token selection failed.
     #[error(transparent)]
-    Autodiff(#[from] idlevit_autodiff::AutodiffError),
+    Selector(#[from] idlevit_selector::SelectorError),
+    /// An operation failed.
+    #[error(transparent)]
+    Ops(#[from] idlevit_ops::OpsError),
 }
 
 impl NnError {

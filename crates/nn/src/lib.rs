@@ -3,9 +3,9 @@
 //! Each layer is a small struct that loads its own weights by timm name from a
 //! [`WeightReader`](idlevit_checkpoint::WeightReader) and has a `forward` generic over the
 //! [`Backend`] that runs its maths. [`Eager`] computes directly on [`Tensor`]s (inference, no
-//! bookkeeping); the autodiff [`Tape`] runs the very same `forward` and records it, and its
+//! bookkeeping); the autodiff crate's tape runs the very same `forward` and records it, and its
 //! `backward` returns gradients under the parameters' checkpoint names. Both compute every
-//! operation with the one set of functions in `idlevit_autodiff::ops`.
+//! operation with the one set of functions in `idlevit_ops::math`.
 //!
 //! ```
 //! use idlevit_nn::{Backend, Eager, Linear};
@@ -21,36 +21,40 @@
 //! # Ok::<(), idlevit_nn::NnError>(())
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod attention;
-mod backend;
 mod block;
 mod conv;
-mod eager;
 mod error;
 mod linear;
 mod mlp;
 mod norm;
-mod param;
 mod patch_embed;
-mod precision;
-mod tape;
+mod selectable;
 
-pub use attention::Attention;
-pub use attention::{Heads, QkvPart};
-pub use backend::{AttentionHalfParams, Backend, MlpHalfParams, NormLinearParams, PackedWeight};
+pub use attention::{Attention, QkvPart};
 pub use block::{Block, BlockConfig};
 pub use conv::{Conv2d, ConvBatchNorm, ConvShape};
-pub use eager::Eager;
 pub use error::NnError;
-pub use idlevit_autodiff::ops::Conv2dSpec;
-pub use idlevit_autodiff::{Gradients, Tape, Var};
-pub use idlevit_tensor::Tensor;
+pub use idlevit_ops::OpsError;
+pub use idlevit_ops::{
+    AttentionHalfParams, Backend, Conv2dSpec, Eager, Fused, Heads, MlpHalfParams, NormLinearParams,
+    PackedWeight, Param, ParamVisitor, ParamVisitorMut, Precision, Tensor, set_linear_precision,
+};
 pub use linear::Linear;
 pub use mlp::Mlp;
 pub use norm::LayerNorm;
-pub use param::{Param, ParamVisitor, ParamVisitorMut};
 pub use patch_embed::PatchEmbed;
-pub use precision::{Precision, set_linear_precision};
 
 /// Result type of this crate.
 pub type Result<T, E = NnError> = std::result::Result<T, E>;
+
+/// Reads the parameter `name` of exactly `shape` from a checkpoint.
+pub fn load_param(
+    reader: &mut idlevit_checkpoint::WeightReader,
+    name: &str,
+    shape: &[usize],
+) -> Result<Param> {
+    Ok(Param::new(name, reader.take(name, shape)?))
+}

@@ -3,8 +3,8 @@
 use idlevit_checkpoint::WeightReader;
 use idlevit_tensor::Tensor;
 
-use crate::param::{ParamVisitor, ParamVisitorMut};
-use crate::{Backend, NnError, Param, Result};
+use crate::{Fused, NnError, Param, Result, load_param};
+use idlevit_ops::{ParamVisitor, ParamVisitorMut};
 
 /// `y = x W^T + b` over the last axis, as `torch.nn.Linear`.
 #[derive(Clone, Debug)]
@@ -51,13 +51,13 @@ impl Linear {
         out_features: usize,
         bias: bool,
     ) -> Result<Self> {
-        let weight = Param::load(
+        let weight = load_param(
             reader,
             &format!("{prefix}.weight"),
             &[out_features, in_features],
         )?;
         let bias = bias
-            .then(|| Param::load(reader, &format!("{prefix}.bias"), &[out_features]))
+            .then(|| load_param(reader, &format!("{prefix}.bias"), &[out_features]))
             .transpose()?;
         Self::from_params(weight, bias)
     }
@@ -84,17 +84,17 @@ impl Linear {
 
     /// Visits the weight and the bias.
     pub fn visit_params(&self, f: &mut ParamVisitor<'_>) {
-        crate::param::visit_weight_bias(&self.weight, self.bias.as_ref(), f);
+        idlevit_ops::visit_weight_bias(&self.weight, self.bias.as_ref(), f);
     }
 
     /// Visits the weight and the bias mutably.
     pub fn visit_params_mut(&mut self, f: &mut ParamVisitorMut<'_>) {
-        crate::param::visit_weight_bias_mut(&mut self.weight, self.bias.as_mut(), f);
+        idlevit_ops::visit_weight_bias_mut(&mut self.weight, self.bias.as_mut(), f);
     }
 
     /// Applies only output features `start..end` of the layer (a slice of the weight rows, no
     /// copy): for example the key third of a fused qkv projection.
-    pub fn forward_outputs<B: Backend>(
+    pub fn forward_outputs<B: Fused>(
         &self,
         bk: &B,
         x: &B::Value,
@@ -110,7 +110,7 @@ impl Linear {
     }
 
     /// Applies the layer to the last axis of `x`.
-    pub fn forward<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
+    pub fn forward<B: Fused>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
         let w = bk.param(&self.weight);
         let b = self.bias.as_ref().map(|b| bk.param(b));
         self.project(bk, x, 0..self.out_features(), &w, b.as_ref())
@@ -119,7 +119,7 @@ impl Linear {
     /// Output features `cols` of `x`, `w` and `b` the matching slices of the parameters: on
     /// the packed bf16 copy when the layer has one, else on the packed f32 copy when the
     /// backend packs weights, else on `w`.
-    fn project<B: Backend>(
+    fn project<B: Fused>(
         &self,
         bk: &B,
         x: &B::Value,
@@ -128,13 +128,13 @@ impl Linear {
         b: Option<&B::Value>,
     ) -> Result<B::Value> {
         if let Some(packed) = self.weight.packed_bf16() {
-            return bk.linear_packed(x, packed, cols, w, b);
+            return Ok(bk.linear_packed(x, packed, cols, w, b)?);
         }
         if bk.packs_weights()
             && let Some(packed) = self.weight.packed_f32()
         {
-            return bk.linear_packed_f32(x, packed, cols, w, b);
+            return Ok(bk.linear_packed_f32(x, packed, cols, w, b)?);
         }
-        bk.linear(x, w, b)
+        Ok(bk.linear(x, w, b)?)
     }
 }

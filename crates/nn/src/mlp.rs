@@ -2,8 +2,8 @@
 
 use idlevit_checkpoint::WeightReader;
 
-use crate::param::{ParamVisitor, ParamVisitorMut};
-use crate::{Backend, Linear, Result};
+use crate::{Fused, Linear, Result};
+use idlevit_ops::{ParamVisitor, ParamVisitorMut};
 
 /// `fc2(GELU(fc1(x)))`, hidden width `mlp_ratio * dim`.
 #[derive(Clone, Debug)]
@@ -49,7 +49,7 @@ impl Mlp {
     }
 
     /// Applies the block to the last axis of `x`.
-    pub fn forward<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
+    pub fn forward<B: Fused>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
         let hidden = bk.gelu(&self.fc1.forward(bk, x)?)?;
         self.fc2.forward(bk, &hidden)
     }

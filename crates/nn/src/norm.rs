@@ -2,8 +2,8 @@
 
 use idlevit_checkpoint::WeightReader;
 
-use crate::param::{ParamVisitor, ParamVisitorMut};
-use crate::{Backend, Param, Result};
+use crate::{Fused, Param, Result, load_param};
+use idlevit_ops::{ParamVisitor, ParamVisitorMut};
 
 /// `torch.nn.LayerNorm` over the last axis, with learned scale and shift.
 #[derive(Clone, Debug)]
@@ -17,8 +17,8 @@ impl LayerNorm {
     /// Reads `{prefix}.weight` and `{prefix}.bias`, both `(dim)`.
     pub fn load(reader: &mut WeightReader, prefix: &str, dim: usize, eps: f32) -> Result<Self> {
         Ok(Self {
-            weight: Param::load(reader, &format!("{prefix}.weight"), &[dim])?,
-            bias: Param::load(reader, &format!("{prefix}.bias"), &[dim])?,
+            weight: load_param(reader, &format!("{prefix}.weight"), &[dim])?,
+            bias: load_param(reader, &format!("{prefix}.bias"), &[dim])?,
             eps,
         })
     }
@@ -51,7 +51,7 @@ impl LayerNorm {
     }
 
     /// Normalises the last axis of `x`.
-    pub fn forward<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
-        bk.layer_norm(x, &bk.param(&self.weight), &bk.param(&self.bias), self.eps)
+    pub fn forward<B: Fused>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
+        Ok(bk.layer_norm(x, &bk.param(&self.weight), &bk.param(&self.bias), self.eps)?)
     }
 }

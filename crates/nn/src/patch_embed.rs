@@ -2,8 +2,8 @@
 
 use idlevit_checkpoint::WeightReader;
 
-use crate::param::{ParamVisitor, ParamVisitorMut};
-use crate::{Backend, Linear, NnError, Param, Result};
+use crate::{Fused, Linear, NnError, Param, Result, load_param};
+use idlevit_ops::{ParamVisitor, ParamVisitorMut};
 
 /// Cuts `(batch, channels, H, W)` images into `p x p` patches and projects each to `dim`,
 /// equal to timm's `Conv2d(kernel = stride = p)`. Patches are flattened channel-major
@@ -38,7 +38,7 @@ impl PatchEmbed {
             conv.reshape(&[dim, in_chans * patch_size * patch_size])?,
         )
         .with_stored_shape(vec![dim, in_chans, patch_size, patch_size]);
-        let bias = Param::load(reader, &format!("{prefix}.proj.bias"), &[dim])?;
+        let bias = load_param(reader, &format!("{prefix}.proj.bias"), &[dim])?;
         Ok(Self {
             proj: Linear::from_params(weight, Some(bias))?,
             img_size,
@@ -63,7 +63,7 @@ impl PatchEmbed {
     }
 
     /// Embeds images `(batch, in_chans, img, img)` into tokens `(batch, patches, dim)`.
-    pub fn forward<B: Backend>(&self, bk: &B, images: &B::Value) -> Result<B::Value> {
+    pub fn forward<B: Fused>(&self, bk: &B, images: &B::Value) -> Result<B::Value> {
         let (s, p, c) = (self.img_size, self.patch_size, self.in_chans);
         let shape = bk.shape(images);
         if shape.len() != 4 || shape[1..] != [c, s, s] || shape[0] == 0 {

@@ -1,8 +1,10 @@
 //! A linear layer with a packed bf16 weight: the eager backend runs the bf16 product (whole
 //! layer and a slice of its outputs), the tape keeps f32.
 
+use idlevit_autodiff::Backend;
+use idlevit_autodiff::Tape;
 use idlevit_kernels::{from_bf16, to_bf16};
-use idlevit_nn::{Eager, Linear, Param, Precision, Tape, Tensor};
+use idlevit_nn::{Eager, Linear, Param, Precision, Tensor};
 
 mod common;
 use common::values;

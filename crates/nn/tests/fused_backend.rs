@@ -1,9 +1,10 @@
 //! The eager backend's fused operations (attention, the MLP half, a projection closing a
 //! residual) against the tape, which runs the trait's compositions of primitive operations.
 
+use idlevit_autodiff::Tape;
 use idlevit_kernels::{PackedBf16, PackedF32};
 use idlevit_nn::{
-    AttentionHalfParams, Backend, Eager, MlpHalfParams, NormLinearParams, PackedWeight, Tape,
+    AttentionHalfParams, Backend, Eager, Fused, MlpHalfParams, NormLinearParams, PackedWeight,
     Tensor,
 };
 

@@ -1,3 +1,5 @@
+//! The one error type of this crate.
+
 use thiserror::Error;
 
 /// Everything that can go wrong while choosing or computing selected tokens.
@@ -19,9 +21,12 @@ pub enum SelectorError {
     /// A schedule that does not fit the model.
     #[error("invalid idle schedule: {0}")]
     Schedule(String),
-    /// A layer refused its inputs.
+    /// A form the policy or the block does not have.
+    #[error("{0}")]
+    Unsupported(String),
+    /// An operation refused its inputs.
     #[error(transparent)]
-    Nn(#[from] idlevit_nn::NnError),
+    Ops(#[from] idlevit_ops::OpsError),
     /// A tensor operation failed.
     #[error(transparent)]
     Tensor(#[from] idlevit_tensor::TensorError),

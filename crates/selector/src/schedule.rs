@@ -95,6 +95,29 @@ impl Schedule {
         )
     }
 
+    /// A pyramid of stages with `depths` blocks (PVT-v2, four stages): every block of stages
+    /// 2, 3 and 4 idles, keeping `r`, `r^2` and `r^3` of its stage's tokens (the release's
+    /// three-stage schedule, one pyramid stage per schedule stage). Stage 1 never idles: its
+    /// grid is what the later stages downsample.
+    pub fn pyramid(rate: f64, depths: &[usize]) -> Result<Self> {
+        let &[first, second, third, fourth] = depths else {
+            return Err(SelectorError::Schedule(format!(
+                "the PVT idle schedule needs 4 stages, found {}",
+                depths.len()
+            )));
+        };
+        let layers = |start: usize, count: usize| (start..start + count).collect::<Vec<_>>();
+        let (s2, s3) = (first + second, first + second + third);
+        Self::staged(
+            rate,
+            [
+                &layers(first, second),
+                &layers(s2, third),
+                &layers(s3, fourth),
+            ],
+        )
+    }
+
     /// EViT on DeiT: layers 3, 6 and 9, each keeping `ceil(r n)` of the `n` tokens present.
     pub fn evit_deit(rate: f64) -> Result<Self> {
         Self::new(vec![3, 6, 9], vec![rate; 3])

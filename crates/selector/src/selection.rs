@@ -2,6 +2,7 @@
 
 use idlevit_kernels::top_k;
 use idlevit_tensor::Tensor;
+use rayon::prelude::*;
 
 use crate::{Result, SelectorError};
 
@@ -21,35 +22,60 @@ pub struct TokenSelection {
 /// Image-token scores from attention logits or probabilities `(batch, heads, queries, T)`:
 /// the CLS query's row (query 0) averaged over heads, for tokens `1..T`; `(batch, T - 1)`.
 pub fn cls_scores(attention: &Tensor) -> Result<Tensor> {
+    let all = class_row_scores(attention)?;
+    let tokens = all.shape()[1];
+    if tokens < 2 {
+        return Err(SelectorError::Schedule(format!(
+            "attention {:?} has no image token to score",
+            attention.shape()
+        )));
+    }
+    Ok(all.slice_axis(1, 1, tokens)?.contiguous())
+}
+
+/// Every key's score from attention logits or probabilities `(batch, heads, queries, T)`:
+/// query 0's row averaged over heads, `(batch, T)`.
+pub fn class_row_scores(attention: &Tensor) -> Result<Tensor> {
     let &[batch, heads, queries, tokens] = attention.shape() else {
         return Err(SelectorError::Schedule(format!(
             "attention for scoring must be (batch, heads, queries, tokens), found {:?}",
             attention.shape()
         )));
     };
-    if heads == 0 || queries == 0 || tokens < 2 {
+    if heads == 0 || queries == 0 || tokens == 0 {
         return Err(SelectorError::Schedule(format!(
-            "attention {:?} has no CLS row or no image token to score",
+            "attention {:?} has no CLS row to score with",
             attention.shape()
         )));
     }
-    let cls_rows = attention.select(2, 0)?.contiguous();
-    let rows = cls_rows.as_slice().unwrap_or_default();
-    let mut scores = vec![0.0f32; batch * (tokens - 1)];
-    for (b, out) in scores.chunks_mut(tokens - 1).enumerate() {
+    let rows = attention.select(2, 0)?.to_vec();
+    let mut scores = vec![0.0f32; batch * tokens];
+    for (b, out) in scores.chunks_mut(tokens).enumerate() {
         for h in 0..heads {
-            let row = &rows[(b * heads + h) * tokens + 1..(b * heads + h + 1) * tokens];
+            let row = &rows[(b * heads + h) * tokens..(b * heads + h + 1) * tokens];
             out.iter_mut().zip(row).for_each(|(o, &v)| *o += v);
         }
         out.iter_mut().for_each(|o| *o /= heads as f32);
     }
-    Ok(Tensor::from_vec(vec![batch, tokens - 1], scores)?)
+    Ok(Tensor::from_vec(vec![batch, tokens], scores)?)
 }
 
 impl TokenSelection {
     /// Keeps the `keep` best-scored image tokens of each batch item. `scores` is
     /// `(batch, image tokens)`, token `j` of it being row `j + 1` (row 0 is CLS).
     pub fn from_scores(scores: &Tensor, keep: usize) -> Result<Self> {
+        Self::top_rows(scores, keep, true)
+    }
+
+    /// Keeps the `keep` best-scored rows of each batch item of a block without a class
+    /// token: `scores` is `(batch, tokens)`, column `j` scoring row `j`.
+    pub fn from_row_scores(scores: &Tensor, keep: usize) -> Result<Self> {
+        Self::top_rows(scores, keep, false)
+    }
+
+    /// The top `keep` columns of `scores` per batch item, as rows: shifted by one behind a
+    /// leading class row when `class_row`.
+    fn top_rows(scores: &Tensor, keep: usize, class_row: bool) -> Result<Self> {
         let &[batch, image_tokens] = scores.shape() else {
             return Err(SelectorError::Schedule(format!(
                 "scores must be (batch, image tokens), found {:?}",
@@ -61,19 +87,22 @@ impl TokenSelection {
                 "cannot keep {keep} of {image_tokens} image tokens"
             )));
         }
-        let scores = scores.contiguous();
-        let values = scores.as_slice().unwrap_or_default();
-        let indices = (0..batch)
-            .map(|b| {
-                let row = &values[b * image_tokens..(b + 1) * image_tokens];
-                std::iter::once(0)
-                    .chain(top_k(row, keep).into_iter().map(|j| j + 1))
-                    .collect()
-            })
-            .collect();
+        let values = scores.to_vec();
+        let shift = usize::from(class_row);
+        let pick = |b: usize| -> Vec<usize> {
+            let row = &values[b * image_tokens..(b + 1) * image_tokens];
+            let best = top_k(row, keep).into_iter().map(|j| j + shift);
+            class_row.then_some(0).into_iter().chain(best).collect()
+        };
+        // One top-k per image: worth a thread each only when there are several of them.
+        let indices = if batch > 1 {
+            (0..batch).into_par_iter().map(pick).collect()
+        } else {
+            (0..batch).map(pick).collect()
+        };
         Ok(Self {
             indices,
-            tokens: image_tokens + 1,
+            tokens: image_tokens + shift,
         })
     }
 

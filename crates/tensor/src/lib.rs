@@ -16,6 +16,8 @@
 //! # Ok::<(), idlevit_tensor::TensorError>(())
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod error;
 mod rows;
 mod tensor;

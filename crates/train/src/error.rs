@@ -28,6 +28,9 @@ pub enum TrainError {
     /// The cut loss failed.
     #[error(transparent)]
     CutLoss(#[from] idlevit_cutloss::CutLossError),
+    /// An operation failed.
+    #[error(transparent)]
+    Ops(#[from] idlevit_nn::OpsError),
     /// Backpropagation failed.
     #[error(transparent)]
     Autodiff(#[from] idlevit_autodiff::AutodiffError),

@@ -16,6 +16,8 @@
 //! assert!((schedule.lr(100) - 1e-5).abs() < 1e-12);
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod error;
 mod mixup;
 mod objective;

@@ -2,6 +2,7 @@
 
 use idlevit_cutloss::{CutLoss, cut_loss};
 use idlevit_nn::Backend;
+use idlevit_nn::Fused;
 use idlevit_tensor::Tensor;
 use idlevit_zoo::TokenPolicy;
 
@@ -168,7 +169,7 @@ impl Objective {
     /// The objective on `images` with soft `targets` `(batch, classes)`: the student runs its
     /// masked (training) form on `bk`; `teacher` holds the frozen teacher's outputs when
     /// distilling. Fails as [`check`](Self::check) does.
-    pub fn compute<B: Backend, M: Trainable>(
+    pub fn compute<B: Fused, M: Trainable>(
         &self,
         bk: &B,
         student: &M,

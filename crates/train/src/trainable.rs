@@ -1,6 +1,7 @@
 //! What the objective and the optimiser need of a model: every zoo family provides it.
 
-use idlevit_nn::{Backend, Eager, ParamVisitor, ParamVisitorMut};
+use idlevit_nn::Fused;
+use idlevit_nn::{Eager, ParamVisitor, ParamVisitorMut};
 use idlevit_tensor::Tensor;
 use idlevit_zoo::{DeiT, LvVit, MaskedForward, PvtV2, TokenPolicy, Traced, ZooModel};
 
@@ -24,7 +25,7 @@ pub trait Trainable {
     /// the masked attention the cut loss needs (none where [`has_cut_graph`] is false).
     ///
     /// [`has_cut_graph`]: Self::has_cut_graph
-    fn forward_training<B: Backend>(
+    fn forward_training<B: Fused>(
         &self,
         bk: &B,
         images: &B::Value,
@@ -74,7 +75,7 @@ macro_rules! cls_family {
                 true
             }
 
-            fn forward_training<B: Backend>(
+            fn forward_training<B: Fused>(
                 &self,
                 bk: &B,
                 images: &B::Value,
@@ -99,7 +100,7 @@ impl Trainable for PvtV2 {
         false
     }
 
-    fn forward_training<B: Backend>(
+    fn forward_training<B: Fused>(
         &self,
         bk: &B,
         images: &B::Value,
@@ -135,7 +136,7 @@ impl Trainable for ZooModel {
         each_family!(self, m => m.has_cut_graph())
     }
 
-    fn forward_training<B: Backend>(
+    fn forward_training<B: Fused>(
         &self,
         bk: &B,
         images: &B::Value,

@@ -3,10 +3,11 @@
 //! feature distillation from a teacher of the same family), one AdamW step lowers it, and a
 //! cut weight on an idle PVT-v2 is refused.
 
+use idlevit_autodiff::Tape;
 use std::collections::BTreeMap;
 
 use idlevit_cutloss::CutLoss;
-use idlevit_nn::{Backend, Eager, Tape};
+use idlevit_nn::{Backend, Eager};
 use idlevit_tensor::Tensor;
 use idlevit_train::{
     AdamW, Objective, StepSettings, Teacher, Trainable, smoothed_targets, step_gradients,

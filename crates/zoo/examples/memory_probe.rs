@@ -6,7 +6,9 @@
 //! under the family's idle schedule at keep rate 0.7 (dense for PVT-v2), backpropagates the sum
 //! of the logits, and then holds AdamW's two moments, as the first optimiser step does.
 
-use idlevit_nn::{Eager, Precision, Tape, Tensor};
+use idlevit_autodiff::Backend;
+use idlevit_autodiff::Tape;
+use idlevit_nn::{Eager, Precision, Tensor};
 use idlevit_zoo::{MemoryUse, PolicyKind, TokenPolicy, ZooConfig, ZooModel, available_memory};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

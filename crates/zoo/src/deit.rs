@@ -1,12 +1,14 @@
 //! DeiT / ViT with a CLS token, as timm's `VisionTransformer` (`deit_*_patch16_224`).
 
 use idlevit_checkpoint::{Checkpoint, WeightReader};
+use idlevit_nn::Fused;
 use idlevit_nn::{
-    Backend, Block, BlockConfig, LayerNorm, Linear, Param, ParamVisitor, ParamVisitorMut,
-    PatchEmbed, Precision, set_linear_precision,
+    Block, BlockConfig, LayerNorm, Linear, Param, ParamVisitor, ParamVisitorMut, PatchEmbed,
+    Precision, set_linear_precision,
 };
 use idlevit_selector::{MaskedLayer, TokenPolicy};
 
+use crate::LayerSelection;
 use crate::stack::{masked, set_linear_drop_path, traced};
 use crate::{DeiTConfig, Result, random_checkpoint};
 
@@ -25,16 +27,6 @@ pub struct DeiT {
     norm: LayerNorm,
     head: Linear,
     policy: TokenPolicy,
-}
-
-/// The selection one layer made, in original token indices (row 0 = CLS, image token `j` =
-/// row `j + 1` of the model input), CLS first.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LayerSelection {
-    /// The block index.
-    pub layer: usize,
-    /// Per batch item, the selected tokens.
-    pub tokens: Vec<Vec<usize>>,
 }
 
 /// Logits and the selections that produced them.
@@ -74,8 +66,9 @@ impl DeiT {
             3,
             c,
         )?;
-        let cls_token = Param::load(&mut reader, "cls_token", &[1, 1, c])?;
-        let pos_embed = Param::load(&mut reader, "pos_embed", &[1, config.num_patches() + 1, c])?;
+        let cls_token = idlevit_nn::load_param(&mut reader, "cls_token", &[1, 1, c])?;
+        let pos_embed =
+            idlevit_nn::load_param(&mut reader, "pos_embed", &[1, config.num_patches() + 1, c])?;
         let block_config = BlockConfig {
             dim: c,
             num_heads: config.num_heads,
@@ -182,7 +175,7 @@ impl DeiT {
     }
 
     /// Tokens entering the first block: `[CLS; patches] + pos_embed`, `(batch, N+1, C)`.
-    pub fn embed<B: Backend>(&self, bk: &B, images: &B::Value) -> Result<B::Value> {
+    pub fn embed<B: Fused>(&self, bk: &B, images: &B::Value) -> Result<B::Value> {
         let patches = self.patch_embed.forward(bk, images)?;
         let batch = bk.shape(&patches)[0];
         let cls = bk.broadcast_to(
@@ -194,13 +187,13 @@ impl DeiT {
     }
 
     /// Logits from the final tokens: final norm, CLS row, head.
-    pub fn classify<B: Backend>(&self, bk: &B, tokens: &B::Value) -> Result<B::Value> {
+    pub fn classify<B: Fused>(&self, bk: &B, tokens: &B::Value) -> Result<B::Value> {
         Ok(self.features_and_logits(bk, tokens)?.1)
     }
 
     /// The final normalised CLS features `(batch, dim)` (what distillation compares) and the
     /// logits from the final tokens.
-    pub fn features_and_logits<B: Backend>(
+    pub fn features_and_logits<B: Fused>(
         &self,
         bk: &B,
         tokens: &B::Value,
@@ -213,16 +206,12 @@ impl DeiT {
 
     /// Forward pass under the model's policy (idle layers in their gathered, inference
     /// form): images `(batch, 3, img, img)` to logits `(batch, classes)`.
-    pub fn forward<B: Backend>(&self, bk: &B, images: &B::Value) -> Result<B::Value> {
+    pub fn forward<B: Fused>(&self, bk: &B, images: &B::Value) -> Result<B::Value> {
         Ok(self.forward_traced(bk, images)?.logits)
     }
 
     /// [`forward`](Self::forward), also returning each selecting layer's choice.
-    pub fn forward_traced<B: Backend>(
-        &self,
-        bk: &B,
-        images: &B::Value,
-    ) -> Result<Traced<B::Value>> {
+    pub fn forward_traced<B: Fused>(&self, bk: &B, images: &B::Value) -> Result<Traced<B::Value>> {
         let x = self.embed(bk, images)?;
         traced(bk, &self.blocks, &self.policy, x, |x| {
             self.features_and_logits(bk, x)
@@ -233,7 +222,7 @@ impl DeiT {
     /// tensors), returning the masks and attention logits the cut loss needs. Pruning and
     /// EViT have no masked form: they train in their gathered form (gradients flow through
     /// the kept and fused tokens, as in the EViT release) and return no idle layers.
-    pub fn forward_masked<B: Backend>(
+    pub fn forward_masked<B: Fused>(
         &self,
         bk: &B,
         images: &B::Value,

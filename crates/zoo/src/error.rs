@@ -25,6 +25,9 @@ pub enum ZooError {
     /// A layer refused its weights or inputs.
     #[error(transparent)]
     Nn(#[from] idlevit_nn::NnError),
+    /// An operation failed.
+    #[error(transparent)]
+    Ops(#[from] idlevit_nn::OpsError),
     /// The checkpoint could not supply the weights.
     #[error(transparent)]
     Checkpoint(#[from] idlevit_checkpoint::CheckpointError),

@@ -21,6 +21,8 @@
 //! # Ok::<(), idlevit_zoo::ZooError>(())
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod config;
 mod cost;
 mod deit;
@@ -34,8 +36,9 @@ mod stack;
 
 pub use config::{DeiTConfig, MAX_CONFIG_BYTES, MAX_DEPTH, MAX_PARAMETERS, MAX_PATCHES};
 pub use cost::{lvvit_macs, macs, pvt_macs};
-pub use deit::{DeiT, LayerSelection, MaskedForward, Traced};
+pub use deit::{DeiT, MaskedForward, Traced};
 pub use error::ZooError;
+pub use idlevit_selector::LayerSelection;
 pub use idlevit_selector::{PolicyKind, Schedule, TokenPolicy};
 pub use lvvit::{LVVIT_MODELS, LvVit, LvVitConfig};
 pub use memory::{MemoryEstimate, MemoryUse, available_memory};

@@ -2,9 +2,10 @@
 //! Transformers"), with the weight names of its official release (`lvvit_s`, `lvvit_m`).
 
 use idlevit_checkpoint::{Checkpoint, WeightReader};
+use idlevit_nn::Fused;
 use idlevit_nn::{
-    Backend, Block, BlockConfig, Conv2d, Conv2dSpec, ConvBatchNorm, ConvShape, LayerNorm, Linear,
-    Param, ParamVisitor, ParamVisitorMut,
+    Block, BlockConfig, Conv2d, Conv2dSpec, ConvBatchNorm, ConvShape, LayerNorm, Linear, Param,
+    ParamVisitor, ParamVisitorMut,
 };
 use idlevit_selector::{Schedule, TokenPolicy};
 use serde::{Deserialize, Serialize};
@@ -266,8 +267,9 @@ impl LvVit {
             stem_layer(&mut reader, 3, s3)?,
         ];
         let proj = Conv2d::load(&mut reader, "patch_embed.proj", proj, true)?;
-        let cls_token = Param::load(&mut reader, "cls_token", &[1, 1, c])?;
-        let pos_embed = Param::load(&mut reader, "pos_embed", &[1, config.num_patches() + 1, c])?;
+        let cls_token = idlevit_nn::load_param(&mut reader, "cls_token", &[1, 1, c])?;
+        let pos_embed =
+            idlevit_nn::load_param(&mut reader, "pos_embed", &[1, config.num_patches() + 1, c])?;
         let block_config = BlockConfig {
             dim: c,
             num_heads: config.num_heads,
@@ -403,7 +405,7 @@ impl LvVit {
     }
 
     /// Tokens entering the first block: `[CLS; stem patches] + pos_embed`, `(batch, N+1, C)`.
-    pub fn embed<B: Backend>(&self, bk: &B, images: &B::Value) -> Result<B::Value> {
+    pub fn embed<B: Fused>(&self, bk: &B, images: &B::Value) -> Result<B::Value> {
         let shape = bk.shape(images);
         crate::model::check_images(shape, self.config.img_size)?;
         let batch = shape[0];
@@ -421,7 +423,7 @@ impl LvVit {
 
     /// The final normalised CLS features `(batch, dim)` and the combined prediction
     /// `head(cls) + 0.5 max over the other tokens of aux_head` (idle tokens included).
-    pub fn features_and_logits<B: Backend>(
+    pub fn features_and_logits<B: Fused>(
         &self,
         bk: &B,
         tokens: &B::Value,
@@ -437,16 +439,12 @@ impl LvVit {
 
     /// Forward pass under the model's policy (idle layers gathered): images
     /// `(batch, 3, img, img)` to logits `(batch, classes)`.
-    pub fn forward<B: Backend>(&self, bk: &B, images: &B::Value) -> Result<B::Value> {
+    pub fn forward<B: Fused>(&self, bk: &B, images: &B::Value) -> Result<B::Value> {
         Ok(self.forward_traced(bk, images)?.logits)
     }
 
     /// [`forward`](Self::forward), also returning each selecting layer's choice.
-    pub fn forward_traced<B: Backend>(
-        &self,
-        bk: &B,
-        images: &B::Value,
-    ) -> Result<Traced<B::Value>> {
+    pub fn forward_traced<B: Fused>(&self, bk: &B, images: &B::Value) -> Result<Traced<B::Value>> {
         let x = self.embed(bk, images)?;
         traced(bk, &self.blocks, &self.policy, x, |x| {
             self.features_and_logits(bk, x)
@@ -454,7 +452,7 @@ impl LvVit {
     }
 
     /// The training form: idle layers masked, with what the cut loss needs per idle layer.
-    pub fn forward_masked<B: Backend>(
+    pub fn forward_masked<B: Fused>(
         &self,
         bk: &B,
         images: &B::Value,

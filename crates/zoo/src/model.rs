@@ -1,10 +1,11 @@
 //! Any model of the zoo behind one type, for the code that serves every family alike (the
 //! CLI's `--model`, benchmarks, cost counts, family-independent tests).
 
+use idlevit_nn::Fused;
 use std::path::Path;
 
 use idlevit_checkpoint::Checkpoint;
-use idlevit_nn::{Backend, ParamVisitor, ParamVisitorMut};
+use idlevit_nn::{ParamVisitor, ParamVisitorMut};
 use idlevit_selector::{PolicyKind, Schedule, SelectorError, TokenPolicy, keep_count};
 
 use crate::config::quoted;
@@ -354,7 +355,7 @@ impl ZooModel {
     }
 
     /// Images `(batch, 3, img, img)` to logits `(batch, classes)` under the model's policy.
-    pub fn forward<B: Backend>(&self, bk: &B, images: &B::Value) -> Result<B::Value> {
+    pub fn forward<B: Fused>(&self, bk: &B, images: &B::Value) -> Result<B::Value> {
         match self {
             Self::DeiT(m) => m.forward(bk, images),
             Self::LvVit(m) => m.forward(bk, images),
@@ -363,11 +364,7 @@ impl ZooModel {
     }
 
     /// [`forward`](Self::forward), also returning each selecting layer's choice.
-    pub fn forward_traced<B: Backend>(
-        &self,
-        bk: &B,
-        images: &B::Value,
-    ) -> Result<Traced<B::Value>> {
+    pub fn forward_traced<B: Fused>(&self, bk: &B, images: &B::Value) -> Result<Traced<B::Value>> {
         match self {
             Self::DeiT(m) => m.forward_traced(bk, images),
             Self::LvVit(m) => m.forward_traced(bk, images),
@@ -378,7 +375,7 @@ impl ZooModel {
     /// The training form (idle layers masked) with what the cut loss needs; PVT-v2 has no
     /// CLS attention for a cut loss, so it has no such outputs (its own masked form is
     /// [`PvtV2::forward_masked`]).
-    pub fn forward_masked<B: Backend>(
+    pub fn forward_masked<B: Fused>(
         &self,
         bk: &B,
         images: &B::Value,
@@ -525,8 +522,10 @@ mod tests {
         )
         .unwrap();
         let pvt = ZooModel::random(&tiny, 1).unwrap();
-        let images =
-            idlevit_nn::Eager.constant(idlevit_tensor::Tensor::zeros(&[1, 3, 32, 32]).unwrap());
+        let images = idlevit_nn::Backend::constant(
+            &idlevit_nn::Eager,
+            idlevit_tensor::Tensor::zeros(&[1, 3, 32, 32]).unwrap(),
+        );
         let deit = ZooModel::random(
             &ZooConfig::from_json(
                 r#"{"img_size": 32, "patch_size": 8, "embed_dim": 16, "depth": 2,
@@ -552,7 +551,7 @@ mod tests {
             pvt.forward_masked(&idlevit_nn::Eager, &images)
                 .unwrap_err()
                 .to_string(),
-            crate::stack::masked_form_refusal(PolicyKind::Prune).to_string(),
+            idlevit_selector::masked_form_refusal(PolicyKind::Prune).to_string(),
         ];
         for err in &errors {
             assert!(

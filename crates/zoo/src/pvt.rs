@@ -3,11 +3,12 @@
 
 use idlevit_checkpoint::{Checkpoint, WeightReader};
 use idlevit_nn::{
-    Backend, Conv2d, Conv2dSpec, ConvShape, LayerNorm, Linear, NnError, ParamVisitor,
+    Backend, Conv2d, Conv2dSpec, ConvShape, Eager, Fused, LayerNorm, Linear, NnError, ParamVisitor,
     ParamVisitorMut,
 };
 use idlevit_selector::{
-    PolicyKind, Schedule, SelectorError, TokenPolicy, TokenSelection, keep_count,
+    AttentionParts, KeyScoring, PolicyKind, Schedule, SelectorError, TokenBlock, TokenPolicy,
+    class_key_scores, keep_count, run_layers, run_layers_masked,
 };
 use idlevit_tensor::Tensor;
 use serde::{Deserialize, Serialize};
@@ -178,23 +179,7 @@ impl PvtConfig {
     /// `r`, `r^2` and `r^3` of its stage's tokens (the release's three-stage schedule, one
     /// pyramid stage per schedule stage). Needs four stages.
     pub fn idle_schedule(&self, rate: f64) -> Result<Schedule> {
-        if self.num_stages() != 4 {
-            return Err(ZooError::Config(format!(
-                "the PVT idle schedule needs 4 stages, found {}",
-                self.num_stages()
-            )));
-        }
-        let mut layers = Vec::new();
-        let mut ratios = Vec::new();
-        let mut ratio = 1.0;
-        let mut start = self.depths[0];
-        for &d in &self.depths[1..] {
-            ratio *= rate;
-            layers.extend(start..start + d);
-            ratios.extend(std::iter::repeat_n(ratio, d));
-            start += d;
-        }
-        Ok(Schedule::new(layers, ratios)?)
+        Ok(Schedule::pyramid(rate, &self.depths)?)
     }
 
     /// Checks `schedule` against the stages: every idle layer exists, is outside stage 1
@@ -295,7 +280,7 @@ impl PvtConfig {
 }
 
 /// `(batch, tokens, C)` as a `(batch, C, side, side)` feature map.
-fn to_grid<B: Backend>(bk: &B, x: &B::Value, side: usize) -> Result<B::Value> {
+fn to_grid<B: Fused>(bk: &B, x: &B::Value, side: usize) -> Result<B::Value> {
     let &[batch, _, c] = bk.shape(x) else {
         return Err(NnError::shape("PVT tokens", "(batch, tokens, dim)", bk.shape(x)).into());
     };
@@ -303,7 +288,7 @@ fn to_grid<B: Backend>(bk: &B, x: &B::Value, side: usize) -> Result<B::Value> {
 }
 
 /// A `(batch, C, h, w)` feature map as `(batch, h w, C)` tokens.
-fn from_grid<B: Backend>(bk: &B, x: &B::Value) -> Result<B::Value> {
+fn from_grid<B: Fused>(bk: &B, x: &B::Value) -> Result<B::Value> {
     let &[batch, c, h, w] = bk.shape(x) else {
         return Err(NnError::shape("PVT feature map", "(batch, C, h, w)", bk.shape(x)).into());
     };
@@ -311,7 +296,7 @@ fn from_grid<B: Backend>(bk: &B, x: &B::Value) -> Result<B::Value> {
 }
 
 /// `(batch, tokens, C)` to `(batch, heads, tokens, C / heads)`.
-fn split_heads<B: Backend>(bk: &B, x: &B::Value, heads: usize) -> Result<B::Value> {
+fn split_heads<B: Fused>(bk: &B, x: &B::Value, heads: usize) -> Result<B::Value> {
     let &[batch, tokens, c] = bk.shape(x) else {
         return Err(NnError::shape("attention tokens", "(batch, tokens, dim)", bk.shape(x)).into());
     };
@@ -341,7 +326,7 @@ impl PatchEmbed {
     }
 
     /// A feature map to normalised tokens `(batch, side^2, C)`.
-    fn forward<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
+    fn forward<B: Fused>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
         let tokens = from_grid(bk, &self.proj.forward(bk, x)?)?;
         Ok(self.norm.forward(bk, &tokens)?)
     }
@@ -376,9 +361,6 @@ struct PvtBlock {
     /// Stochastic-depth rate of both residual branches (a seeded training tape only).
     drop_path: f32,
 }
-
-/// An idle layer's keys, values and selected tokens per batch item.
-type KeysValuesSelection<V> = (V, V, Vec<Vec<usize>>);
 
 /// Stage hyper-parameters a block needs.
 struct StageShape {
@@ -464,7 +446,7 @@ impl PvtBlock {
 
     /// Keys and values `(batch, heads, reduced tokens, head_dim)` from the (reduced) map of
     /// the normalised tokens `h`.
-    fn keys_values<B: Backend>(&self, bk: &B, h: &B::Value) -> Result<(B::Value, B::Value)> {
+    fn keys_values<B: Fused>(&self, bk: &B, h: &B::Value) -> Result<(B::Value, B::Value)> {
         let reduced = match &self.sr {
             Some((conv, norm)) => {
                 let map = conv.forward(bk, &to_grid(bk, h, self.side)?)?;
@@ -482,7 +464,7 @@ impl PvtBlock {
     }
 
     /// `proj(softmax(s q k^T) v)` for the queries of the tokens `h_rows` `(batch, M, C)`.
-    fn attend<B: Backend>(
+    fn attend<B: Fused>(
         &self,
         bk: &B,
         h_rows: &B::Value,
@@ -496,115 +478,118 @@ impl PvtBlock {
 
     /// The MLP's hidden features after the depthwise convolution and GELU, for every token
     /// of the grid `x` `(batch, side^2, C)`.
-    fn mlp_hidden<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
+    fn mlp_hidden<B: Fused>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
         let hidden = self.fc1.forward(bk, &self.norm2.forward(bk, x)?)?;
         let mixed = self.dwconv.forward(bk, &to_grid(bk, &hidden, self.side)?)?;
         Ok(bk.gelu(&from_grid(bk, &mixed)?)?)
     }
 
     /// `x + drop_path(branch)`: how every form of the block closes a residual.
-    fn residual<B: Backend>(&self, bk: &B, x: &B::Value, branch: &B::Value) -> Result<B::Value> {
+    fn residual<B: Fused>(&self, bk: &B, x: &B::Value, branch: &B::Value) -> Result<B::Value> {
         Ok(bk.add(x, &bk.drop_path(branch, self.drop_path)?)?)
     }
 
     /// The dense block over every token.
-    fn forward<B: Backend>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
+    fn dense<B: Fused>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
         let h = self.norm1.forward(bk, x)?;
         let (k, v) = self.keys_values(bk, &h)?;
         let x = self.residual(bk, x, &self.attend(bk, &h, &k, &v)?)?;
         let mlp = self.fc2.forward(bk, &self.mlp_hidden(bk, &x)?)?;
         self.residual(bk, &x, &mlp)
     }
+}
 
-    /// Scores every token against the virtual CLS query (the mean normalised token through
-    /// the query projection) with full-resolution keys, and keeps the `keep` best: per batch
-    /// item, token indices in descending score order (ties: lower index first). `keys` are
-    /// the attention's keys when they are full resolution (no spatial reduction); otherwise
-    /// the key projection runs on every token. Detached: the choice carries no gradient.
-    fn select(&self, h: &Tensor, keys: Option<&Tensor>, keep: usize) -> Result<Vec<Vec<usize>>> {
-        let eager = idlevit_nn::Eager;
-        let tokens = h.shape()[1];
-        let mean = eager.scale(&eager.sum_axis(h, 1, true)?, 1.0 / tokens as f32)?;
-        let q = split_heads(&eager, &self.q.forward(&eager, &mean)?, self.heads)?;
-        let keys = match keys {
-            Some(k) => k.clone(),
-            None => {
-                let c = self.q.out_features();
-                split_heads(
-                    &eager,
-                    &self.kv.forward_outputs(&eager, h, 0, c)?,
-                    self.heads,
-                )?
-            }
+/// The PVT block as a [`TokenBlock`]: no class token (every token of the grid is scored and
+/// selectable), a virtual class query (the mean normalised token) for scoring, keys and
+/// values from the reduced map, and an idle form whose MLP convolution reads idle tokens.
+impl<B: Fused> TokenBlock<B> for PvtBlock {
+    type Error = ZooError;
+
+    fn has_class_token(&self) -> bool {
+        false
+    }
+
+    fn forward(&self, bk: &B, x: B::Value) -> Result<B::Value> {
+        self.dense(bk, &x)
+    }
+
+    /// Every token against the virtual class query through full-resolution keys (the
+    /// attention's keys when nothing is reduced), detached: the choice carries no gradient.
+    fn token_scores(&self, bk: &B, x: &B::Value) -> Result<Tensor> {
+        let eager = Eager;
+        let x = bk.to_tensor(x);
+        let &[batch, tokens, c] = x.shape() else {
+            return Err(NnError::shape("PVT tokens", "(batch, tokens, dim)", x.shape()).into());
         };
-        let logits = eager.matmul(
-            &eager.scale(&q, self.scale())?,
-            &eager.permute(&keys, &[0, 1, 3, 2])?,
+        let h = self.norm1.forward(&eager, &x)?;
+        let mean = eager.scale(&eager.sum_axis(&h, 1, true)?, 1.0 / tokens as f32)?;
+        let query = self.q.forward(&eager, &mean)?.reshape(&[batch, c])?;
+        let key_rows = |t: &Tensor| t.slice_axis(0, 0, c);
+        let key_weight = key_rows(self.kv.weight().value())?;
+        let key_bias = self.kv.bias().map(|b| key_rows(b.value())).transpose()?;
+        let scoring = KeyScoring {
+            norm_gamma: self.norm1.weight().value(),
+            norm_beta: self.norm1.bias().value(),
+            norm_eps: self.norm1.eps(),
+            key_weight: &key_weight,
+            key_bias: key_bias.as_ref(),
+            scale_per_head: self.scale() / self.heads as f32,
+        };
+        Ok(class_key_scores(&x, &query, &scoring)?)
+    }
+
+    /// The selected tokens' queries attend over the full reduced keys and values; then the
+    /// MLP, whose depthwise convolution runs on the grid where idle tokens hold their input
+    /// values.
+    fn forward_rows(&self, bk: &B, x: &B::Value, rows: &[Vec<usize>]) -> Result<B::Value> {
+        let h = self.norm1.forward(bk, x)?;
+        let (k, v) = self.keys_values(bk, &h)?;
+        let attended = self.attend(bk, &bk.gather_rows(&h, rows)?, &k, &v)?;
+        let y = self.residual(bk, &bk.gather_rows(x, rows)?, &attended)?;
+        let x = bk.scatter_rows(x, rows, &y)?;
+        let hidden = bk.gather_rows(&self.mlp_hidden(bk, &x)?, rows)?;
+        self.residual(bk, &y, &self.fc2.forward(bk, &hidden)?)
+    }
+
+    fn attention_parts(&self, bk: &B, x: &B::Value) -> Result<AttentionParts<B::Value>> {
+        let h = self.norm1.forward(bk, x)?;
+        let (k, v) = self.keys_values(bk, &h)?;
+        let q = split_heads(bk, &self.q.forward(bk, &h)?, self.heads)?;
+        let logits = bk.matmul(
+            &bk.scale(&q, self.scale())?,
+            &bk.permute(&k, &[0, 1, 3, 2])?,
         )?;
-        // The virtual CLS row averaged over heads: (batch, tokens).
-        let row = eager.select(&logits, 2, 0)?;
-        let scores = eager.scale(&eager.sum_axis(&row, 1, false)?, 1.0 / self.heads as f32)?;
-        let selection = TokenSelection::from_scores(&scores, keep)?;
-        Ok(selection
-            .indices()
-            .iter()
-            .map(|rows| rows[1..].iter().map(|&r| r - 1).collect())
-            .collect())
+        Ok(AttentionParts {
+            logits,
+            values: v,
+            scores: TokenBlock::<B>::token_scores(self, bk, x)?,
+            keys_are_tokens: false,
+        })
     }
 
-    /// Keys, values and the selection of an idle layer on normalised tokens `h`.
-    fn keys_values_and_selection<B: Backend>(
-        &self,
-        bk: &B,
-        h: &B::Value,
-        keep: usize,
-    ) -> Result<KeysValuesSelection<B::Value>> {
-        let (k, v) = self.keys_values(bk, h)?;
-        let full_keys = self.sr.is_none().then(|| bk.to_tensor(&k));
-        let rows = self.select(&bk.to_tensor(h), full_keys.as_ref(), keep)?;
-        Ok((k, v, rows))
-    }
-
-    /// The idle layer's inference form: the selected tokens' queries attend over the full
-    /// reduced keys and values, then the MLP, whose depthwise convolution runs on the grid
-    /// where idle tokens hold their input values; only selected rows change.
-    fn forward_idle<B: Backend>(
-        &self,
-        bk: &B,
-        x: &B::Value,
-        keep: usize,
-    ) -> Result<(B::Value, Vec<Vec<usize>>)> {
-        let h = self.norm1.forward(bk, x)?;
-        let (k, v, rows) = self.keys_values_and_selection(bk, &h, keep)?;
-        let attended = self.attend(bk, &bk.gather_rows(&h, &rows)?, &k, &v)?;
-        let y = self.residual(bk, &bk.gather_rows(x, &rows)?, &attended)?;
-        let x = bk.scatter_rows(x, &rows, &y)?;
-        let hidden = bk.gather_rows(&self.mlp_hidden(bk, &x)?, &rows)?;
-        let y = self.residual(bk, &y, &self.fc2.forward(bk, &hidden)?)?;
-        Ok((bk.scatter_rows(&x, &rows, &y)?, rows))
-    }
-
-    /// The idle layer's training form: every token computed, both residual updates
-    /// multiplied by the 0/1 mask of the selected tokens.
-    fn forward_masked<B: Backend>(
-        &self,
-        bk: &B,
-        x: &B::Value,
-        keep: usize,
-    ) -> Result<(B::Value, Vec<Vec<usize>>)> {
-        let h = self.norm1.forward(bk, x)?;
-        let (k, v, rows) = self.keys_values_and_selection(bk, &h, keep)?;
-        let &[batch, tokens, _] = bk.shape(x) else {
-            unreachable!("norm1 checked the token layout");
+    fn attention_branch(&self, bk: &B, weights: &B::Value, values: &B::Value) -> Result<B::Value> {
+        let out = bk.matmul(weights, values)?;
+        let &[batch, heads, tokens, head_dim] = bk.shape(&out) else {
+            return Err(NnError::shape(
+                "attention output",
+                "(batch, heads, tokens, head_dim)",
+                bk.shape(&out),
+            )
+            .into());
         };
-        let mut mask = vec![0.0; batch * tokens];
-        for (b, item) in rows.iter().enumerate() {
-            item.iter().for_each(|&t| mask[b * tokens + t] = 1.0);
-        }
-        let mask = bk.constant(Tensor::from_vec(vec![batch, tokens, 1], mask)?);
-        let x = self.residual(bk, x, &bk.mul(&self.attend(bk, &h, &k, &v)?, &mask)?)?;
-        let mlp = self.fc2.forward(bk, &self.mlp_hidden(bk, &x)?)?;
-        Ok((self.residual(bk, &x, &bk.mul(&mlp, &mask)?)?, rows))
+        let out = bk.reshape(
+            &bk.permute(&out, &[0, 2, 1, 3])?,
+            &[batch, tokens, heads * head_dim],
+        )?;
+        Ok(self.proj.forward(bk, &out)?)
+    }
+
+    fn mlp_branch(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
+        Ok(self.fc2.forward(bk, &self.mlp_hidden(bk, x)?)?)
+    }
+
+    fn residual(&self, bk: &B, x: &B::Value, branch: &B::Value) -> Result<B::Value> {
+        PvtBlock::residual(self, bk, x, branch)
     }
 }
 
@@ -808,32 +793,24 @@ impl PvtV2 {
     }
 
     /// Images `(batch, 3, img, img)` to logits `(batch, classes)`, idle layers gathered.
-    pub fn forward<B: Backend>(&self, bk: &B, images: &B::Value) -> Result<B::Value> {
+    pub fn forward<B: Fused>(&self, bk: &B, images: &B::Value) -> Result<B::Value> {
         Ok(self.run(bk, images, false)?.logits)
     }
 
     /// [`forward`](Self::forward), also returning each idle layer's selected tokens (token
     /// indices of its stage's grid, row-major, in descending score order) and the pooled
     /// features.
-    pub fn forward_traced<B: Backend>(
-        &self,
-        bk: &B,
-        images: &B::Value,
-    ) -> Result<Traced<B::Value>> {
+    pub fn forward_traced<B: Fused>(&self, bk: &B, images: &B::Value) -> Result<Traced<B::Value>> {
         self.run(bk, images, false)
     }
 
     /// The training form: idle layers compute every token and mask their updates (PVT has
     /// no CLS attention, hence no cut loss: the selections are all it reports).
-    pub fn forward_masked<B: Backend>(
-        &self,
-        bk: &B,
-        images: &B::Value,
-    ) -> Result<Traced<B::Value>> {
+    pub fn forward_masked<B: Fused>(&self, bk: &B, images: &B::Value) -> Result<Traced<B::Value>> {
         self.run(bk, images, true)
     }
 
-    fn run<B: Backend>(&self, bk: &B, images: &B::Value, masked: bool) -> Result<Traced<B::Value>> {
+    fn run<B: Fused>(&self, bk: &B, images: &B::Value, masked: bool) -> Result<Traced<B::Value>> {
         let shape = bk.shape(images);
         crate::model::check_images(shape, self.config.img_size)?;
         let sides = self.config.grid_sides();
@@ -844,22 +821,20 @@ impl PvtV2 {
             if let Some(d) = &stage.downsample {
                 x = d.forward(bk, &to_grid(bk, &x, sides[i - 1])?)?;
             }
-            for block in &stage.blocks {
-                x = match self.policy.at(layer).map(|(_, r)| r) {
-                    None => block.forward(bk, &x)?,
-                    Some(r) => {
-                        let keep = keep_count(sides[i] * sides[i], r)?;
-                        let (y, tokens) = if masked {
-                            block.forward_masked(bk, &x, keep)?
-                        } else {
-                            block.forward_idle(bk, &x, keep)?
-                        };
-                        selections.push(LayerSelection { layer, tokens });
-                        y
-                    }
-                };
-                layer += 1;
-            }
+            let blocks = &stage.blocks;
+            x = if masked {
+                let (y, layers) = run_layers_masked(bk, blocks, &self.policy, layer, x)?;
+                selections.extend(layers.into_iter().map(|(layer, masked)| LayerSelection {
+                    layer,
+                    tokens: masked.selection.indices().to_vec(),
+                }));
+                y
+            } else {
+                let (y, chosen) = run_layers(bk, blocks, &self.policy, layer, x)?;
+                selections.extend(chosen);
+                y
+            };
+            layer += blocks.len();
             x = stage.norm.forward(bk, &x)?;
         }
         let tokens = bk.shape(&x)[1];

@@ -1,10 +1,12 @@
 //! The bf16 inference path against f32 on the committed fixtures: logits stay close and the
 //! top-1 class agrees; training tapes ignore it; token policies run in bf16 too.
 
+use idlevit_autodiff::Backend;
+use idlevit_autodiff::Tape;
 use std::path::PathBuf;
 
 use idlevit_checkpoint::Checkpoint;
-use idlevit_nn::{Eager, Precision, Tape, Tensor};
+use idlevit_nn::{Eager, Precision, Tensor};
 use idlevit_zoo::{DeiT, DeiTConfig, PolicyKind, Schedule, TokenPolicy, ZooConfig, ZooModel};
 
 const FIXTURES: [&str; 3] = ["p8_i32_d2", "p16_i64_d4", "p8_i64_d6"];

@@ -2,7 +2,8 @@
 //! seeded training tape it drops whole samples' residual branches at the set rate, replays
 //! exactly for the same seed, and backpropagates through the kept ones.
 
-use idlevit_nn::{Backend, Eager, Tape, Tensor};
+use idlevit_autodiff::Tape;
+use idlevit_nn::{Backend, Eager, Tensor};
 use idlevit_zoo::{DeiT, DeiTConfig, PolicyKind, Schedule, TokenPolicy};
 
 mod common;
@@ -34,7 +35,7 @@ fn idle_model(drop_path: f32) -> DeiT {
 }
 
 /// `sum(logits * c)` of the masked (training) form on `tape`.
-fn masked_loss(model: &DeiT, tape: &Tape, images: &Tensor, c: &Tensor) -> idlevit_nn::Var {
+fn masked_loss(model: &DeiT, tape: &Tape, images: &Tensor, c: &Tensor) -> idlevit_autodiff::Var {
     let out = model
         .forward_masked(tape, &tape.constant(images.clone()))
         .unwrap();

@@ -4,7 +4,7 @@ mod common;
 
 use common::images;
 use idlevit_nn::{Eager, QkvPart};
-use idlevit_selector::{cls_scores, idle_gathered, keep_count};
+use idlevit_selector::{TokenBlock, cls_scores, idle_gathered, keep_count};
 use idlevit_tensor::Tensor;
 use idlevit_zoo::{
     DeiT, DeiTConfig, LvVitConfig, PolicyKind, Schedule, TokenPolicy, ZooConfig, ZooModel,
@@ -221,13 +221,9 @@ proptest! {
         let split = |t: &Tensor| attn.split_heads(&Eager, t).unwrap();
         let logits = attn.logits(&Eager, &split(&q_cls), &split(&keys)).unwrap();
         let expected = cls_scores(&logits).unwrap();
-        let found = attn.cls_key_scores(&h).unwrap();
-        let tokens = found.shape()[1];
-        let found = found.slice_axis(1, 1, tokens).unwrap().contiguous();
-        let diff = relative_diff(&found, &expected);
-        prop_assert!(diff <= 1e-5, "scores differ by {} relative", diff);
         // From the input, with layer norm folded into the dot products.
-        let from_x = attn.norm_cls_key_scores(block.norm1(), &x).unwrap();
+        let from_x = TokenBlock::token_scores(block, &Eager, &x).unwrap();
+        let tokens = from_x.shape()[1];
         let from_x = from_x.slice_axis(1, 1, tokens).unwrap().contiguous();
         let diff = relative_diff(&from_x, &expected);
         prop_assert!(diff <= 1e-5, "scores from the input differ by {} relative", diff);

@@ -3,9 +3,11 @@
 //! and folded batch norms, PVT's strided, reducing and depthwise convolutions included) that
 //! agree with finite differences.
 
+use idlevit_autodiff::Backend;
+use idlevit_autodiff::Tape;
 use std::collections::BTreeMap;
 
-use idlevit_nn::{Eager, Tape, Tensor};
+use idlevit_nn::{Eager, Tensor};
 mod common;
 use common::check_directional_derivatives;
 

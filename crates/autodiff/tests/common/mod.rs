@@ -10,7 +10,7 @@
 #![allow(dead_code)]
 
 use idlevit_autodiff::ops::Conv2dSpec;
-use idlevit_autodiff::{Tape, Tensor, Var};
+use idlevit_autodiff::{Backend, Tape, Tensor, Var};
 use ndarray::{ArrayD, Axis, Ix2, IxDyn, Slice};
 use proptest::prelude::*;
 

@@ -1,6 +1,6 @@
 //! The inference backend: each operation computes its result at once on plain tensors.
 
-use idlevit_autodiff::ops::{self, Conv2dSpec};
+use crate::math::{self as ops, Conv2dSpec};
 use idlevit_kernels as kernels;
 use idlevit_tensor::Tensor;
 
@@ -19,12 +19,12 @@ type AttentionKernel = fn(
     f32,
 ) -> std::result::Result<(), kernels::KernelError>;
 use crate::{
-    AttentionHalfParams, Backend, MlpHalfParams, NnError, NormLinearParams, PackedWeight, Param,
-    Result,
+    AttentionHalfParams, Backend, Fused, MlpHalfParams, NormLinearParams, OpsError, PackedWeight,
+    Param, Result,
 };
 
 /// Runs layer maths directly on [`Tensor`]s with the operations of
-/// [`idlevit_autodiff::ops`] (the same functions a tape records); records nothing.
+/// [`math`](crate::math) (the same functions a tape records); records nothing.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Eager;
 
@@ -48,75 +48,75 @@ impl Backend for Eager {
     }
 
     fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-        Ok(ops::linear(x, w, b)?)
+        ops::linear(x, w, b)
     }
 
     fn layer_norm(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<Tensor> {
-        Ok(ops::layer_norm(x, gamma, beta, eps)?)
+        ops::layer_norm(x, gamma, beta, eps)
     }
 
     fn gelu(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(ops::gelu(x)?)
+        ops::gelu(x)
     }
 
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        Ok(ops::add(a, b)?)
+        ops::add(a, b)
     }
 
     fn sub(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        Ok(ops::sub(a, b)?)
+        ops::sub(a, b)
     }
 
     fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        Ok(ops::mul(a, b)?)
+        ops::mul(a, b)
     }
 
     fn scale(&self, x: &Tensor, factor: f32) -> Result<Tensor> {
-        Ok(ops::scale(x, factor)?)
+        ops::scale(x, factor)
     }
 
     fn matmul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        Ok(ops::matmul(a, b)?)
+        ops::matmul(a, b)
     }
 
     fn softmax(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(ops::softmax(x)?)
+        ops::softmax(x)
     }
 
     fn log_softmax(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(ops::log_softmax(x)?)
+        ops::log_softmax(x)
     }
 
     fn reshape(&self, x: &Tensor, shape: &[usize]) -> Result<Tensor> {
-        Ok(ops::reshape(x, shape)?)
+        ops::reshape(x, shape)
     }
 
     fn permute(&self, x: &Tensor, axes: &[usize]) -> Result<Tensor> {
-        Ok(ops::permute(x, axes)?)
+        ops::permute(x, axes)
     }
 
     fn slice(&self, x: &Tensor, axis: usize, start: usize, end: usize) -> Result<Tensor> {
-        Ok(ops::slice(x, axis, start, end)?)
+        ops::slice(x, axis, start, end)
     }
 
     fn select(&self, x: &Tensor, axis: usize, index: usize) -> Result<Tensor> {
-        Ok(ops::select(x, axis, index)?)
+        ops::select(x, axis, index)
     }
 
     fn broadcast_to(&self, x: &Tensor, shape: &[usize]) -> Result<Tensor> {
-        Ok(ops::broadcast_to(x, shape)?)
+        ops::broadcast_to(x, shape)
     }
 
     fn concat(&self, xs: &[Tensor], axis: usize) -> Result<Tensor> {
-        Ok(ops::concat(xs, axis)?)
+        ops::concat(xs, axis)
     }
 
     fn gather_rows(&self, x: &Tensor, indices: &[Vec<usize>]) -> Result<Tensor> {
-        Ok(ops::gather_rows(x, indices)?)
+        ops::gather_rows(x, indices)
     }
 
     fn scatter_rows(&self, x: &Tensor, indices: &[Vec<usize>], rows: &Tensor) -> Result<Tensor> {
-        Ok(ops::scatter_rows(x, indices, rows)?)
+        ops::scatter_rows(x, indices, rows)
     }
 
     fn scatter_rows_into(
@@ -130,23 +130,23 @@ impl Backend for Eager {
     }
 
     fn sum_axis(&self, x: &Tensor, axis: usize, keepdim: bool) -> Result<Tensor> {
-        Ok(ops::sum_axis(x, axis, keepdim)?)
+        ops::sum_axis(x, axis, keepdim)
     }
 
     fn sum_all(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(ops::sum_all(x)?)
+        ops::sum_all(x)
     }
 
     fn abs(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(ops::abs(x)?)
+        ops::abs(x)
     }
 
     fn square(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(ops::square(x)?)
+        ops::square(x)
     }
 
     fn l2_normalize(&self, x: &Tensor, eps: f32) -> Result<Tensor> {
-        Ok(ops::l2_normalize(x, eps)?)
+        ops::l2_normalize(x, eps)
     }
 
     fn conv2d(
@@ -156,17 +156,19 @@ impl Backend for Eager {
         b: Option<&Tensor>,
         spec: Conv2dSpec,
     ) -> Result<Tensor> {
-        Ok(ops::conv2d(x, w, b, spec)?)
+        ops::conv2d(x, w, b, spec)
     }
 
     fn relu(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(ops::relu(x)?)
+        ops::relu(x)
     }
 
     fn max_axis(&self, x: &Tensor, axis: usize) -> Result<Tensor> {
-        Ok(ops::max_axis(x, axis)?)
+        ops::max_axis(x, axis)
     }
+}
 
+impl Fused for Eager {
     fn linear_packed(
         &self,
         x: &Tensor,
@@ -218,7 +220,7 @@ impl Backend for Eager {
             *last = in_features;
         }
         if input.shape() != input_shape.as_slice() || w.shape() != [dim, in_features] {
-            return Err(NnError::shape(
+            return Err(OpsError::shape(
                 "residual projection",
                 format!("input {input_shape:?} and weight [{dim}, {in_features}]"),
                 input.shape(),
@@ -373,7 +375,7 @@ fn expect_shape(t: &Tensor, what: &str, shape: &[usize]) -> Result<Tensor> {
     if t.shape() == shape {
         Ok(t.contiguous())
     } else {
-        Err(NnError::shape(what, format!("{shape:?}"), t.shape()))
+        Err(OpsError::shape(what, format!("{shape:?}"), t.shape()))
     }
 }
 
@@ -400,7 +402,7 @@ fn fused_attention(
         (&[batch, heads, tokens, head_dim], &[sb, sh, st, sd]) => {
             Ok(([batch, heads, head_dim], tokens, [sb, sh, st, sd]))
         }
-        _ => Err(NnError::shape(
+        _ => Err(OpsError::shape(
             what,
             "(batch, heads, tokens, head_dim)",
             t.shape(),
@@ -410,7 +412,7 @@ fn fused_attention(
     let (k_dims, nk, k_strides) = layout(k, "attention keys")?;
     let (v_dims, nv, v_strides) = layout(v, "attention values")?;
     if k_dims != q_dims || v_dims != q_dims || nv != nk {
-        return Err(NnError::shape(
+        return Err(OpsError::shape(
             "attention keys and values",
             format!(
                 "(batch, heads, tokens, head_dim) matching the queries {:?}",

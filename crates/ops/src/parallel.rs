@@ -21,7 +21,7 @@ fn block_len(len: usize, row_len: usize) -> usize {
 
 /// Calls `f(start, block)` on blocks of whole rows of `out`, where `start` is the index of the
 /// block's first element in `out`; returns the results in block order. Parallel when large.
-pub(crate) fn map_row_blocks<T: Send>(
+pub fn map_row_blocks<T: Send>(
     out: &mut [f32],
     row_len: usize,
     f: impl Fn(usize, &mut [f32]) -> T + Sync + Send,
@@ -37,7 +37,7 @@ pub(crate) fn map_row_blocks<T: Send>(
 }
 
 /// Calls `f(start, block)` on blocks of whole rows of `out`, in parallel when large.
-pub(crate) fn for_row_blocks(
+pub fn for_row_blocks(
     out: &mut [f32],
     row_len: usize,
     f: impl Fn(usize, &mut [f32]) + Sync + Send,
@@ -47,7 +47,7 @@ pub(crate) fn for_row_blocks(
 
 /// Calls `f` on blocks of whole rows of `x` and returns the results in block order.
 /// Parallel when large.
-pub(crate) fn map_blocks<T: Send>(
+pub fn map_blocks<T: Send>(
     x: &[f32],
     row_len: usize,
     f: impl Fn(&[f32]) -> T + Sync + Send,

@@ -3,17 +3,17 @@
 use idlevit_kernels as kernels;
 use idlevit_tensor::Tensor;
 
-use crate::{AutodiffError, Result};
+use crate::{OpsError, Result};
 
 /// `f(a, b)` element by element, with `b` broadcast to `a`'s shape, into a fresh tensor.
-pub(crate) fn zip_broadcast(
+pub fn zip_broadcast(
     a: &Tensor,
     b: &Tensor,
     op: &str,
     f: impl Fn(f32, f32) -> f32,
 ) -> Result<Tensor> {
     let b = b.broadcast_to(a.shape()).map_err(|_| {
-        AutodiffError::shape(
+        OpsError::shape(
             op,
             format!("a shape that broadcasts to {:?}", a.shape()),
             b.shape(),

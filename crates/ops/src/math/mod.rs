@@ -24,21 +24,21 @@ pub use reduce::{max_axis, sum_all, sum_axis};
 pub use rows::{l2_normalize, layer_norm, log_softmax, softmax};
 pub use shape::{broadcast_to, concat, gather_rows, permute, reshape, scatter_rows, select, slice};
 
-pub(crate) use conv::{ConvGeometry, col2im, im2col};
-pub(crate) use linalg::{MatStack, batched_matmul, stack_offsets};
-pub(crate) use reduce::{max_axis_with_index, reduce_to_shape};
-pub(crate) use rows::row_norm;
+pub use conv::{ConvGeometry, col2im, im2col};
+pub use linalg::{MatStack, batched_matmul, stack_offsets};
+pub use reduce::{max_axis_with_index, reduce_to_shape};
+pub use rows::row_norm;
 
 use idlevit_tensor::Tensor;
 
-use crate::{AutodiffError, Result};
+use crate::{OpsError, Result};
 
 /// `x` laid out contiguously as rows over its last axis: `(x, rows, row_len)`.
-pub(crate) fn rows_of(x: &Tensor, what: &str) -> Result<(Tensor, usize, usize)> {
+pub fn rows_of(x: &Tensor, what: &str) -> Result<(Tensor, usize, usize)> {
     let row_len = *x
         .shape()
         .last()
-        .ok_or_else(|| AutodiffError::shape(what, "at least one axis", x.shape()))?;
+        .ok_or_else(|| OpsError::shape(what, "at least one axis", x.shape()))?;
     let x = x.contiguous();
     let rows = x.numel().checked_div(row_len).unwrap_or(0);
     Ok((x, rows, row_len))

@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use idlevit_kernels::{KernelError, PackedBf16, PackedF32, linear_bf16_columns, linear_packed_f32};
 use idlevit_tensor::Tensor;
 
-use crate::{NnError, Result};
+use crate::{OpsError, Result};
 
 /// The arithmetic an inference forward pass uses for its linear layers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -30,13 +30,13 @@ impl fmt::Display for Precision {
 }
 
 impl FromStr for Precision {
-    type Err = NnError;
+    type Err = OpsError;
 
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "f32" => Ok(Precision::F32),
             "bf16" => Ok(Precision::Bf16),
-            other => Err(NnError::Config(format!(
+            other => Err(OpsError::Config(format!(
                 "precision must be f32 or bf16, found {other:?}"
             ))),
         }
@@ -59,7 +59,7 @@ impl PackedCopy {
     /// Packs a `(out, in)` weight.
     pub(crate) fn pack(value: &Tensor) -> Result<Self> {
         let &[out, input] = value.shape() else {
-            return Err(NnError::shape("bf16 weight", "(out, in)", value.shape()));
+            return Err(OpsError::shape("bf16 weight", "(out, in)", value.shape()));
         };
         let value = value.contiguous();
         let packed = PackedBf16::pack(value.as_slice().unwrap_or_default(), out, input)?;
@@ -144,7 +144,7 @@ fn packed_product(
     kernel: impl Fn(&mut [f32], &[f32], Option<&[f32]>, usize) -> Result<(), KernelError>,
 ) -> Result<Tensor> {
     if x.shape().last() != Some(&input) {
-        return Err(NnError::shape(
+        return Err(OpsError::shape(
             "linear input",
             format!("last axis of size {input}"),
             x.shape(),

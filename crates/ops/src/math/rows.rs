@@ -5,7 +5,7 @@ use idlevit_tensor::Tensor;
 
 use super::rows_of;
 use crate::parallel::for_row_blocks;
-use crate::{AutodiffError, Result};
+use crate::{OpsError, Result};
 
 /// Layer normalisation over the last axis, `(x - mean) / sqrt(var + eps) * gamma + beta`,
 /// with the biased variance as torch computes it.
@@ -13,11 +13,7 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result
     let (x, _, row_len) = rows_of(x, "layer norm input")?;
     for (what, p) in [("layer norm scale", gamma), ("layer norm shift", beta)] {
         if p.shape() != [row_len] {
-            return Err(AutodiffError::shape(
-                what,
-                format!("[{row_len}]"),
-                p.shape(),
-            ));
+            return Err(OpsError::shape(what, format!("[{row_len}]"), p.shape()));
         }
     }
     let (gamma, beta) = (gamma.contiguous(), beta.contiguous());
@@ -79,7 +75,7 @@ pub fn l2_normalize(x: &Tensor, eps: f32) -> Result<Tensor> {
 }
 
 /// The L2 norm of `row`, accumulated in f64.
-pub(crate) fn row_norm(row: &[f32]) -> f64 {
+pub fn row_norm(row: &[f32]) -> f64 {
     row.iter()
         .map(|&v| f64::from(v) * f64::from(v))
         .sum::<f64>()

@@ -5,20 +5,16 @@ use idlevit_tensor::Tensor;
 use rayon::prelude::*;
 
 use super::rows_of;
-use crate::{AutodiffError, Result};
+use crate::{OpsError, Result};
 
 /// `x W^T + b` over the last axis of `x`, with `W` of shape `(out, in)` and `b` of `(out)`.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let (x, rows, in_features) = rows_of(x, "linear input")?;
     let [out_features, w_in] = *w.shape() else {
-        return Err(AutodiffError::shape(
-            "linear weight",
-            "(out, in)",
-            w.shape(),
-        ));
+        return Err(OpsError::shape("linear weight", "(out, in)", w.shape()));
     };
     if w_in != in_features {
-        return Err(AutodiffError::shape(
+        return Err(OpsError::shape(
             "linear input",
             format!("last axis of size {w_in}"),
             x.shape(),
@@ -27,7 +23,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     if let Some(b) = b
         && b.shape() != [out_features]
     {
-        return Err(AutodiffError::shape(
+        return Err(OpsError::shape(
             "linear bias",
             format!("[{out_features}]"),
             b.shape(),
@@ -62,7 +58,7 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         || a.shape()[..ra - 2] != b.shape()[..rb - 2]
         || a.shape()[ra - 1] != b.shape()[rb - 2]
     {
-        return Err(AutodiffError::shape(
+        return Err(OpsError::shape(
             "matmul",
             format!("(..., k, n) matching the left operand {:?}", a.shape()),
             b.shape(),
@@ -85,7 +81,7 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// A stack of equally shaped strided matrices in one buffer, one storage offset per matrix.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct MatStack<'a> {
+pub struct MatStack<'a> {
     /// The shared storage.
     pub data: &'a [f32],
     /// Storage offset of each matrix's element (0, 0).
@@ -103,7 +99,7 @@ pub(crate) struct MatStack<'a> {
 impl<'a> MatStack<'a> {
     /// The matrices over the last two axes of `t`, at `offsets` (from [`stack_offsets`]).
     /// `t` must have at least two axes.
-    pub(crate) fn of(t: &'a Tensor, offsets: &'a [usize]) -> Self {
+    pub fn of(t: &'a Tensor, offsets: &'a [usize]) -> Self {
         let r = t.ndim();
         Self {
             data: t.storage().0,
@@ -116,12 +112,7 @@ impl<'a> MatStack<'a> {
     }
 
     /// A contiguous row-major stack of `rows x cols` matrices.
-    pub(crate) fn row_major(
-        data: &'a [f32],
-        offsets: &'a [usize],
-        rows: usize,
-        cols: usize,
-    ) -> Self {
+    pub fn row_major(data: &'a [f32], offsets: &'a [usize], rows: usize, cols: usize) -> Self {
         Self {
             data,
             offsets,
@@ -133,7 +124,7 @@ impl<'a> MatStack<'a> {
     }
 
     /// Every matrix transposed (a view).
-    pub(crate) fn t(self) -> Self {
+    pub fn t(self) -> Self {
         Self {
             rows: self.cols,
             cols: self.rows,
@@ -156,7 +147,7 @@ impl<'a> MatStack<'a> {
 }
 
 /// Storage offsets of every matrix over the last two axes of `t` (which has at least two).
-pub(crate) fn stack_offsets(t: &Tensor) -> Vec<usize> {
+pub fn stack_offsets(t: &Tensor) -> Vec<usize> {
     let r = t.ndim().saturating_sub(2);
     let mut offsets = vec![t.storage().1];
     for (&size, &stride) in t.shape()[..r].iter().zip(&t.strides()[..r]) {
@@ -173,7 +164,7 @@ const SERIAL_STACK_WORK: usize = 1 << 20;
 
 /// `out[i] = a[i] · b[i]` for every matrix of the stacks, written row-major into `out`; the
 /// matrices run in parallel on rayon's current pool.
-pub(crate) fn batched_matmul(out: &mut [f32], a: MatStack<'_>, b: MatStack<'_>) -> Result<()> {
+pub fn batched_matmul(out: &mut [f32], a: MatStack<'_>, b: MatStack<'_>) -> Result<()> {
     let (m, n) = (a.rows, b.cols);
     if m * n == 0 {
         return Ok(());

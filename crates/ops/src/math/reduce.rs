@@ -3,7 +3,7 @@
 use idlevit_tensor::{Tensor, TensorError};
 
 use crate::parallel::for_row_blocks;
-use crate::{AutodiffError, Result};
+use crate::{OpsError, Result};
 
 /// Sum over `axis`; the axis stays with size 1 when `keepdim`, else it is removed. Sums
 /// accumulate in f64.
@@ -54,11 +54,11 @@ pub fn max_axis(x: &Tensor, axis: usize) -> Result<Tensor> {
 }
 
 /// [`max_axis`] and, per output element, the index along `axis` of its (first) maximum.
-pub(crate) fn max_axis_with_index(x: &Tensor, axis: usize) -> Result<(Tensor, Vec<usize>)> {
+pub fn max_axis_with_index(x: &Tensor, axis: usize) -> Result<(Tensor, Vec<usize>)> {
     let size = match x.shape().get(axis) {
         Some(&size) if size > 0 => size,
         _ => {
-            return Err(AutodiffError::shape(
+            return Err(OpsError::shape(
                 "max_axis",
                 format!("a non-empty axis {axis}"),
                 x.shape(),
@@ -103,12 +103,12 @@ pub fn sum_all(x: &Tensor) -> Result<Tensor> {
 
 /// Sums `g` over the axes a broadcast from `shape` repeated (missing leading axes and size-1
 /// axes), giving a tensor of `shape`: the gradient of a broadcast operand.
-pub(crate) fn reduce_to_shape(g: &Tensor, shape: &[usize]) -> Result<Tensor> {
+pub fn reduce_to_shape(g: &Tensor, shape: &[usize]) -> Result<Tensor> {
     if g.shape() == shape {
         return Ok(g.clone());
     }
     let mismatch = || {
-        AutodiffError::shape(
+        OpsError::shape(
             "gradient of a broadcast operand",
             format!("a shape that {shape:?} broadcasts to"),
             g.shape(),

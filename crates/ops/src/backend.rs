@@ -1,12 +1,12 @@
 //! The operations a layer's maths is written in.
 
-use idlevit_autodiff::ops::Conv2dSpec;
+use crate::math::Conv2dSpec;
 use idlevit_tensor::Tensor;
 
 use idlevit_kernels::{PackedBf16, PackedF32};
 use std::ops::Range;
 
-use crate::{NnError, Param, Result};
+use crate::{OpsError, Param, Result};
 
 /// A weight's packed copy, for an inference backend's product on it.
 #[derive(Clone, Copy, Debug)]
@@ -27,8 +27,8 @@ impl<'a> PackedWeight<'a> {
     }
 
     /// The copy a backend runs `p`'s product on: its bf16 copy when the model runs in bf16,
-    /// else its packed f32 copy when `bk` [packs weights](Backend::packs_weights).
-    pub fn of<B: Backend + ?Sized>(bk: &B, p: &'a Param) -> Option<Self> {
+    /// else its packed f32 copy when `bk` [packs weights](Fused::packs_weights).
+    pub fn of<B: Fused + ?Sized>(bk: &B, p: &'a Param) -> Option<Self> {
         match p.packed_bf16() {
             Some(bf16) => Some(Self::Bf16(bf16)),
             None => bk
@@ -40,7 +40,7 @@ impl<'a> PackedWeight<'a> {
     }
 }
 
-/// The parameters of [`Backend::norm_linear`], each a value of the backend.
+/// The parameters of [`Fused::norm_linear`], each a value of the backend.
 #[derive(Clone, Copy, Debug)]
 pub struct NormLinearParams<'a, V> {
     /// Layer-norm scale `(dim)`.
@@ -57,7 +57,7 @@ pub struct NormLinearParams<'a, V> {
     pub packed: Option<PackedWeight<'a>>,
 }
 
-/// The parameters of [`Backend::attention_half`], each a value of the backend.
+/// The parameters of [`Fused::attention_half`], each a value of the backend.
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionHalfParams<'a, V> {
     /// Layer norm and the qkv projection (outputs `[q; k; v]`, heads contiguous in each).
@@ -72,7 +72,7 @@ pub struct AttentionHalfParams<'a, V> {
     pub heads: usize,
     /// Softmax temperature.
     pub scale: f32,
-    /// Attention's products in bf16 ([`Backend::attention_bf16`]).
+    /// Attention's products in bf16 ([`Fused::attention_bf16`]).
     pub bf16_attention: bool,
     /// Factor on the branch before it is added (LV-ViT's `1 / skip_lam`).
     pub branch_scale: f32,
@@ -80,7 +80,7 @@ pub struct AttentionHalfParams<'a, V> {
     pub drop_path: f32,
 }
 
-/// The parameters of [`Backend::mlp_half`], each a value of the backend.
+/// The parameters of [`Fused::mlp_half`], each a value of the backend.
 #[derive(Clone, Copy, Debug)]
 pub struct MlpHalfParams<'a, V> {
     /// Layer-norm scale `(dim)`.
@@ -221,7 +221,13 @@ pub trait Backend {
     fn relu(&self, x: &Self::Value) -> Result<Self::Value>;
     /// Maximum over `axis`, which is removed.
     fn max_axis(&self, x: &Self::Value, axis: usize) -> Result<Self::Value>;
+}
 
+/// The fused operations: each has a default composed of [`Backend`]'s primitives (what a
+/// training backend records), so a backend opts in with `impl Fused for MyBackend {}` and
+/// overrides only what it can run faster. [`Eager`](crate::Eager) runs them as single-pass
+/// kernels, in place when nothing else holds the residual stream, and on packed weights.
+pub trait Fused: Backend {
     /// Scaled dot-product attention with the heads merged: queries `q`
     /// `(batch, heads, nq, d)` over keys and values `(batch, heads, nk, d)` give
     /// `softmax(scale q k^T) v` as `(batch, nq, heads * d)`, ready for the output projection.
@@ -238,7 +244,7 @@ pub trait Backend {
         let logits = self.matmul(&self.scale(q, scale)?, &self.permute(k, &[0, 1, 3, 2])?)?;
         let out = self.matmul(&self.softmax(&logits)?, v)?;
         let &[batch, heads, tokens, head_dim] = self.shape(&out) else {
-            return Err(NnError::shape(
+            return Err(OpsError::shape(
                 "attention output",
                 "(batch, heads, tokens, head_dim)",
                 self.shape(&out),
@@ -374,14 +380,14 @@ pub trait Backend {
     }
 }
 
-/// [`Backend::attention_half`] as the composition of the backend's operations.
-pub(crate) fn attention_half_composed<B: Backend + ?Sized>(
+/// [`Fused::attention_half`] as the composition of the backend's operations.
+pub fn attention_half_composed<B: Fused + ?Sized>(
     bk: &B,
     x: B::Value,
     p: &AttentionHalfParams<'_, B::Value>,
 ) -> Result<B::Value> {
     let qkv = bk.norm_linear(&x, &p.qkv)?;
-    let heads = crate::attention::split_qkv(bk, &qkv, bk.shape(&x), p.heads)?;
+    let heads = split_qkv(bk, &qkv, bk.shape(&x), p.heads)?;
     let (q, k, v) = (&heads.q, &heads.k, &heads.v);
     let out = if p.bf16_attention {
         bk.attention_bf16(q, k, v, p.scale)?
@@ -394,7 +400,7 @@ pub(crate) fn attention_half_composed<B: Backend + ?Sized>(
 
 /// `x + branch_scale * drop_path(branch)`: how every residual branch closes (the scale is
 /// LV-ViT's `1 / skip_lam`; nothing is scaled when it is 1).
-pub(crate) fn add_branch<B: Backend + ?Sized>(
+pub fn add_branch<B: Backend + ?Sized>(
     bk: &B,
     x: &B::Value,
     branch: &B::Value,
@@ -407,4 +413,39 @@ pub(crate) fn add_branch<B: Backend + ?Sized>(
     } else {
         bk.add(x, &bk.scale(&branch, branch_scale)?)
     }
+}
+
+/// Queries, keys and values split into heads, each `(batch, heads, tokens, head_dim)`.
+#[derive(Clone, Debug)]
+pub struct Heads<V> {
+    /// Queries.
+    pub q: V,
+    /// Keys.
+    pub k: V,
+    /// Values.
+    pub v: V,
+}
+
+/// A fused `[q; k; v]` projection `qkv` of tokens shaped `x_shape` `(batch, tokens, dim)`
+/// split into `heads` per-head queries, keys and values (views in eager mode).
+pub fn split_qkv<B: Backend + ?Sized>(
+    bk: &B,
+    qkv: &B::Value,
+    x_shape: &[usize],
+    heads: usize,
+) -> Result<Heads<B::Value>> {
+    let &[batch, tokens, dim] = x_shape else {
+        return Err(OpsError::shape(
+            "attention input",
+            "(batch, tokens, dim)",
+            x_shape,
+        ));
+    };
+    let qkv = bk.reshape(qkv, &[batch, tokens, 3, heads, dim / heads.max(1)])?;
+    let qkv = bk.permute(&qkv, &[2, 0, 3, 1, 4])?;
+    Ok(Heads {
+        q: bk.select(&qkv, 0, 0)?,
+        k: bk.select(&qkv, 0, 1)?,
+        v: bk.select(&qkv, 0, 2)?,
+    })
 }

@@ -6,7 +6,7 @@ use idlevit_kernels::{self as kernels, MatMut, MatRef};
 use idlevit_tensor::Tensor;
 use rayon::prelude::*;
 
-use crate::{AutodiffError, Result};
+use crate::{OpsError, Result};
 
 /// Stride, zero padding and channel groups of a convolution (square kernels and strides).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,7 +38,7 @@ impl Conv2dSpec {
 
 /// The sizes of one convolution, checked once and shared by its forward and backward passes.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct ConvGeometry {
+pub struct ConvGeometry {
     pub batch: usize,
     pub in_channels: usize,
     pub height: usize,
@@ -53,16 +53,16 @@ pub(crate) struct ConvGeometry {
 
 impl ConvGeometry {
     /// Checks `x` `(batch, in, H, W)`, `w` `(out, in / groups, kh, kw)` and the spec.
-    pub(crate) fn of(x: &[usize], w: &[usize], spec: Conv2dSpec) -> Result<Self> {
+    pub fn of(x: &[usize], w: &[usize], spec: Conv2dSpec) -> Result<Self> {
         let &[batch, in_channels, height, width] = x else {
-            return Err(AutodiffError::shape(
+            return Err(OpsError::shape(
                 "conv2d input",
                 "(batch, channels, height, width)",
                 x,
             ));
         };
         let &[out_channels, group_in, kh, kw] = w else {
-            return Err(AutodiffError::shape(
+            return Err(OpsError::shape(
                 "conv2d weight",
                 "(out, in / groups, kh, kw)",
                 w,
@@ -75,7 +75,7 @@ impl ConvGeometry {
             || !out_channels.is_multiple_of(g)
             || group_in != in_channels / g
         {
-            return Err(AutodiffError::shape(
+            return Err(OpsError::shape(
                 "conv2d weight",
                 format!(
                     "(out divisible by {g} groups, {}, kh, kw) for {in_channels} input channels \
@@ -88,7 +88,7 @@ impl ConvGeometry {
         }
         let (ph, pw) = (height + 2 * spec.padding, width + 2 * spec.padding);
         if kh == 0 || kw == 0 || kh > ph || kw > pw {
-            return Err(AutodiffError::shape(
+            return Err(OpsError::shape(
                 "conv2d kernel",
                 format!("at most the padded input, {ph}x{pw}"),
                 w,
@@ -108,34 +108,34 @@ impl ConvGeometry {
         })
     }
 
-    pub(crate) fn group_in(&self) -> usize {
+    pub fn group_in(&self) -> usize {
         self.in_channels / self.spec.groups
     }
 
-    pub(crate) fn group_out(&self) -> usize {
+    pub fn group_out(&self) -> usize {
         self.out_channels / self.spec.groups
     }
 
     /// Rows of a group's im2col matrix: `in / groups * kh * kw`.
-    pub(crate) fn patch_len(&self) -> usize {
+    pub fn patch_len(&self) -> usize {
         self.group_in() * self.kh * self.kw
     }
 
-    pub(crate) fn out_len(&self) -> usize {
+    pub fn out_len(&self) -> usize {
         self.out_h * self.out_w
     }
 
-    pub(crate) fn image_len(&self) -> usize {
+    pub fn image_len(&self) -> usize {
         self.in_channels * self.height * self.width
     }
 
-    pub(crate) fn is_depthwise(&self) -> bool {
+    pub fn is_depthwise(&self) -> bool {
         self.group_in() == 1 && self.group_out() == 1
     }
 
     /// The input pixel under output `(oy, ox)` and kernel tap `(i, j)`, if inside the image.
     #[inline]
-    pub(crate) fn source(&self, oy: usize, ox: usize, i: usize, j: usize) -> Option<usize> {
+    pub fn source(&self, oy: usize, ox: usize, i: usize, j: usize) -> Option<usize> {
         let y = (oy * self.spec.stride + i).checked_sub(self.spec.padding)?;
         let x = (ox * self.spec.stride + j).checked_sub(self.spec.padding)?;
         (y < self.height && x < self.width).then_some(y * self.width + x)
@@ -143,7 +143,7 @@ impl ConvGeometry {
 
     /// The output columns `lo..hi` whose kernel column `j` falls inside the image (the
     /// others read padding).
-    pub(crate) fn inside_columns(&self, j: usize) -> (usize, usize) {
+    pub fn inside_columns(&self, j: usize) -> (usize, usize) {
         let (s, p) = (self.spec.stride, self.spec.padding);
         // ox * s + j >= p, and ox * s + j - p < width.
         let lo = p.saturating_sub(j).div_ceil(s).min(self.out_w);
@@ -154,7 +154,7 @@ impl ConvGeometry {
         (lo, hi)
     }
 
-    pub(crate) fn output_shape(&self) -> Vec<usize> {
+    pub fn output_shape(&self) -> Vec<usize> {
         vec![self.batch, self.out_channels, self.out_h, self.out_w]
     }
 }
@@ -162,7 +162,7 @@ impl ConvGeometry {
 /// The im2col matrix of `channels` (`group_in` planes of `H x W`): row `(c, i, j)`, column
 /// `(oy, ox)` holds `x[c, oy s - p + i, ox s - p + j]`, zero outside the image. Each output row
 /// is a strided run of one input row, found once per `(i, j, oy)` rather than per element.
-pub(crate) fn im2col(geo: &ConvGeometry, channels: &[f32], col: &mut [f32]) {
+pub fn im2col(geo: &ConvGeometry, channels: &[f32], col: &mut [f32]) {
     let plane = geo.height * geo.width;
     let out_len = geo.out_len();
     let (stride, pad) = (geo.spec.stride, geo.spec.padding);
@@ -238,7 +238,7 @@ fn depthwise_plane(geo: &ConvGeometry, src: &[f32], kernel: &[f32], b: f32, out:
 }
 
 /// The adjoint of [`im2col`]: adds every entry of `col` back onto the pixel it was read from.
-pub(crate) fn col2im(geo: &ConvGeometry, col: &[f32], channels: &mut [f32]) {
+pub fn col2im(geo: &ConvGeometry, col: &[f32], channels: &mut [f32]) {
     let plane = geo.height * geo.width;
     let out_len = geo.out_len();
     for c in 0..geo.group_in() {
@@ -267,7 +267,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, spec: Conv2dSpec) -> R
     if let Some(b) = b
         && b.shape() != [geo.out_channels]
     {
-        return Err(AutodiffError::shape(
+        return Err(OpsError::shape(
             "conv2d bias",
             format!("[{}]", geo.out_channels),
             b.shape(),

@@ -2,7 +2,7 @@
 
 use idlevit_tensor::Tensor;
 
-use crate::{AutodiffError, Result};
+use crate::{OpsError, Result};
 
 /// The same values under another shape (a view when the layout allows).
 pub fn reshape(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
@@ -35,7 +35,7 @@ pub fn broadcast_to(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
 /// before `axis`), which is what the patch embedding's CLS concat needs at batch 32.
 pub fn concat(xs: &[Tensor], axis: usize) -> Result<Tensor> {
     let mismatch = || {
-        AutodiffError::shape(
+        OpsError::shape(
             "concat",
             format!("tensors agreeing on every axis but {axis}"),
             xs.first().map_or(&[][..], Tensor::shape),

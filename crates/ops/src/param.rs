@@ -1,6 +1,5 @@
 //! A learnable tensor and the name it carries in checkpoints.
 
-use idlevit_checkpoint::WeightReader;
 use idlevit_tensor::Tensor;
 
 use crate::precision::{PackedCopy, PackedF32Copy};
@@ -59,11 +58,6 @@ impl Param {
         }
     }
 
-    /// Reads the parameter `name` of exactly `shape` from a checkpoint.
-    pub fn load(reader: &mut WeightReader, name: &str, shape: &[usize]) -> Result<Self> {
-        Ok(Self::new(name, reader.take(name, shape)?))
-    }
-
     /// The checkpoint name.
     pub fn name(&self) -> &str {
         &self.name
@@ -111,7 +105,7 @@ impl Param {
 }
 
 /// Visits a weight, then its bias if there is one (linear and convolution layers).
-pub(crate) fn visit_weight_bias(weight: &Param, bias: Option<&Param>, f: &mut ParamVisitor<'_>) {
+pub fn visit_weight_bias(weight: &Param, bias: Option<&Param>, f: &mut ParamVisitor<'_>) {
     f(weight);
     if let Some(b) = bias {
         f(b);
@@ -119,7 +113,7 @@ pub(crate) fn visit_weight_bias(weight: &Param, bias: Option<&Param>, f: &mut Pa
 }
 
 /// [`visit_weight_bias`], mutably.
-pub(crate) fn visit_weight_bias_mut(
+pub fn visit_weight_bias_mut(
     weight: &mut Param,
     bias: Option<&mut Param>,
     f: &mut ParamVisitorMut<'_>,

@@ -1,0 +1,24 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+mod backend;
+mod eager;
+mod error;
+pub mod math;
+pub mod parallel;
+mod param;
+mod precision;
+
+pub use backend::{
+    AttentionHalfParams, Backend, Fused, Heads, MlpHalfParams, NormLinearParams, PackedWeight,
+    add_branch, attention_half_composed, split_qkv,
+};
+pub use eager::Eager;
+pub use error::OpsError;
+pub use idlevit_tensor::Tensor;
+pub use math::Conv2dSpec;
+pub use param::{Param, ParamVisitor, ParamVisitorMut, visit_weight_bias, visit_weight_bias_mut};
+pub use precision::{Precision, set_linear_precision};
+
+/// Result type of this crate.
+pub type Result<T, E = OpsError> = std::result::Result<T, E>;

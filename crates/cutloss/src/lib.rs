@@ -130,7 +130,7 @@ pub fn cut_loss<B: Backend>(
         return Ok(bk.constant(Tensor::scalar(0.0)));
     }
     let mask = token_mask.contiguous();
-    let mask = mask.as_slice().unwrap_or_default();
+    let mask = &mask.contiguous_values();
     let (crossing, inside) = pair_weights(mask, batch, tokens)?;
     let mean_logits = bk.scale(&bk.sum_axis(logits, 1, false)?, 1.0 / heads as f32)?;
     let weights = bk.softmax(&mean_logits)?;

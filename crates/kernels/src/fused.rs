@@ -194,6 +194,45 @@ pub fn mlp_half_in_place(x: &mut [f32], mlp: &MlpHalf<'_>) -> Result<(), KernelE
         .try_for_each(|chunk| mlp_rows(isa, chunk, mlp, Threads::One))
 }
 
+/// Rows per task when the pool's threads share one image's row-wise passes (batch 1).
+const SHARED_BLOCK_ROWS: usize = 16;
+
+/// Layer norm of every row of `x` into `out`, `(gamma, beta, eps)` as given: on the calling
+/// thread, or split across the pool in blocks of rows when the threads share one image
+/// (batch 1), where a pass over every token on one thread would leave the others waiting
+/// before each product.
+fn normalise(
+    isa: Isa,
+    threads: Threads,
+    out: &mut [f32],
+    x: &[f32],
+    (gamma, beta, eps): (&[f32], &[f32], f32),
+) {
+    let dim = gamma.len().max(1);
+    let norm = |out, x| {
+        simd::dispatch(
+            isa,
+            LayerNorm {
+                out,
+                x,
+                gamma,
+                beta,
+                eps,
+            },
+        )
+    };
+    match threads {
+        Threads::One => norm(out, x),
+        Threads::Shared => {
+            let rows = x.len() / dim;
+            let block = rows.div_ceil(2 * threads.count()).max(SHARED_BLOCK_ROWS) * dim;
+            out.par_chunks_mut(block)
+                .zip(x.par_chunks(block))
+                .for_each(|(out, x)| norm(out, x));
+        }
+    }
+}
+
 /// Whether one product runs on the calling thread or on rayon's current pool.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Threads {
@@ -237,16 +276,8 @@ fn mlp_rows(
     let rows = x.len() / dim;
     with_scratch(rows * (dim + hidden), |scratch| {
         let (normed, activations) = scratch.split_at_mut(rows * dim);
-        simd::dispatch(
-            isa,
-            LayerNorm {
-                out: normed,
-                x,
-                gamma: mlp.norm_gamma,
-                beta: mlp.norm_beta,
-                eps: mlp.norm_eps,
-            },
-        );
+        let norm = (mlp.norm_gamma, mlp.norm_beta, mlp.norm_eps);
+        normalise(isa, threads, normed, x, norm);
         let shape = (rows, dim, hidden);
         project(
             threads,
@@ -660,16 +691,8 @@ fn attention_half_image(
         let (normed, rest) = scratch.split_at_mut(tokens * dim);
         let (qkv, rest) = rest.split_at_mut(3 * tokens * dim);
         let (per_head, mixed) = rest.split_at_mut(tokens * dim);
-        simd::dispatch(
-            isa,
-            LayerNorm {
-                out: normed,
-                x,
-                gamma: p.norm_gamma,
-                beta: p.norm_beta,
-                eps: p.norm_eps,
-            },
-        );
+        let norm = (p.norm_gamma, p.norm_beta, p.norm_eps);
+        normalise(isa, threads, normed, x, norm);
         let shape = (tokens, dim, 3 * dim);
         project(threads, qkv, normed, p.qkv_weight, p.qkv_bias, shape)?;
         let qkv = &*qkv;
@@ -703,11 +726,19 @@ fn attention_half_image(
                     .par_chunks_mut((tokens * d).max(1))
                     .enumerate()
                     .try_for_each(|(h, block)| head(h, MatMut::row_major(block, tokens, d)))?;
-                for (h, block) in per_head.chunks_exact((tokens * d).max(1)).enumerate() {
-                    for (row, values) in mixed.chunks_exact_mut(dim).zip(block.chunks_exact(d)) {
-                        row[h * d..(h + 1) * d].copy_from_slice(values);
-                    }
-                }
+                let per_head = &*per_head;
+                let block_rows = SHARED_BLOCK_ROWS.min(tokens.max(1));
+                mixed
+                    .par_chunks_mut(block_rows * dim)
+                    .enumerate()
+                    .for_each(|(i, rows)| {
+                        for (k, row) in rows.chunks_exact_mut(dim).enumerate() {
+                            let t = i * block_rows + k;
+                            for (h, columns) in row.chunks_exact_mut(d).enumerate() {
+                                columns.copy_from_slice(&per_head[(h * tokens + t) * d..][..d]);
+                            }
+                        }
+                    });
             }
         }
         // The normalised rows are no longer needed: a scaled branch may go there first.

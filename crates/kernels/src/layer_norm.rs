@@ -1,5 +1,7 @@
 //! Row-wise layer normalisation.
 
+use crate::KernelError;
+use crate::error::check_lengths;
 use crate::math::{self, LANES};
 use crate::parallel;
 use crate::simd::{self, Isa, SimdKernel};
@@ -95,11 +97,14 @@ fn layer_norm_row<const FMA: bool>(
 /// (`row_len` values each): a layer-normalised row's dot product with a vector, without
 /// writing the normalised row. Rows come in groups of `group_rows` that share one vector of
 /// `g` (group `i` uses `g[i * row_len..(i + 1) * row_len]`), such as the tokens of one image
-/// and that image's vector. Groups run in parallel on rayon's current pool.
+/// and that image's vector.
 ///
 /// Fold layer norm's scale into `g` and its shift into a constant to get
-/// `layer_norm(x_r) · u = out[r]` with `g = gamma * u` plus `beta · u`. Nothing is written
-/// unless `out` has one value per row, `x` whole groups and `g` one vector per group.
+/// `layer_norm(x_r) · u = out[r]` with `g = gamma * u` plus `beta · u`.
+///
+/// Blocks of rows run in parallel on rayon's current pool, splitting inside a group too: at
+/// batch 1 this is the one pass over every token an idle layer makes before its products, so
+/// on a many-core CPU it must not stay on one thread while the others wait.
 pub fn layer_norm_dot(
     out: &mut [f32],
     x: &[f32],
@@ -107,23 +112,62 @@ pub fn layer_norm_dot(
     eps: f32,
     row_len: usize,
     group_rows: usize,
-) {
+) -> Result<(), KernelError> {
     let rows = out.len();
-    let groups = rows.checked_div(group_rows).unwrap_or(0);
-    let fits = row_len > 0
-        && group_rows > 0
-        && rows.is_multiple_of(group_rows)
-        && x.len() == rows * row_len
-        && g.len() == groups * row_len;
-    if !fits {
-        return;
+    if row_len == 0 || group_rows == 0 || !rows.is_multiple_of(group_rows) {
+        return Err(KernelError::BufferLength {
+            op: "layer_norm_dot",
+            operand: "out (whole groups of rows)",
+            expected: rows.div_ceil(group_rows.max(1)) * group_rows,
+            found: rows,
+        });
     }
+    let groups = rows / group_rows;
+    check_lengths(
+        "layer_norm_dot",
+        [
+            ("x", rows * row_len, x.len()),
+            ("g", groups * row_len, g.len()),
+        ],
+    )?;
     use rayon::prelude::*;
     let isa = Isa::detected();
-    out.par_chunks_mut(group_rows)
-        .zip(x.par_chunks(group_rows * row_len))
-        .zip(g.par_chunks(row_len))
-        .for_each(|((out, x), g)| simd::dispatch(isa, LayerNormDot { out, x, g, eps }));
+    let block = dot_block_rows(rows, row_len);
+    out.par_chunks_mut(block)
+        .zip(x.par_chunks(block * row_len))
+        .enumerate()
+        .for_each(|(i, (out, x))| {
+            // A block may straddle groups: split it where a group ends.
+            let mut first = i * block;
+            let (mut out, mut x) = (out, x);
+            while !out.is_empty() {
+                let group = first / group_rows;
+                let take = (group_rows - first % group_rows).min(out.len());
+                let (o, rest_out) = out.split_at_mut(take);
+                let (xs, rest_x) = x.split_at(take * row_len);
+                let g = &g[group * row_len..(group + 1) * row_len];
+                simd::dispatch(
+                    isa,
+                    LayerNormDot {
+                        out: o,
+                        x: xs,
+                        g,
+                        eps,
+                    },
+                );
+                (out, x, first) = (rest_out, rest_x, first + take);
+            }
+        });
+    Ok(())
+}
+
+/// Rows per parallel block of [`layer_norm_dot`]: about two blocks per thread, none under
+/// 16 rows or 2^13 values (a few microseconds of work, about a task hand-off's cost).
+fn dot_block_rows(rows: usize, row_len: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    let by_balance = rows.div_ceil(2 * threads);
+    let by_size = (1usize << 13).div_ceil(row_len).max(16);
+    by_balance.max(by_size).clamp(1, rows.max(1))
 }
 
 struct LayerNormDot<'a> {
@@ -211,7 +255,9 @@ mod tests {
             let mut normed = vec![0.0; rows * row_len];
             reference::layer_norm_rows(&mut normed, &x, &ones, &zeros, 1e-6, row_len);
             let mut out = vec![f32::NAN; rows];
-            pool(threads).install(|| layer_norm_dot(&mut out, &x, &g, 1e-6, row_len, group_rows));
+            pool(threads)
+                .install(|| layer_norm_dot(&mut out, &x, &g, 1e-6, row_len, group_rows))
+                .unwrap();
             for r in 0..rows {
                 let gr = &g[(r / group_rows) * row_len..][..row_len];
                 let row = &normed[r * row_len..][..row_len];
@@ -226,14 +272,42 @@ mod tests {
     }
 
     #[test]
-    fn layer_norm_dot_leaves_mismatched_buffers_alone() {
+    fn layer_norm_dot_refuses_mismatched_buffers() {
         let x = vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
         let mut out = vec![7.0; 2];
-        layer_norm_dot(&mut out, &x, &[1.0; 2], 1e-6, 3, 2);
+        assert!(layer_norm_dot(&mut out, &x, &[1.0; 2], 1e-6, 3, 2).is_err());
+        assert!(layer_norm_dot(&mut out, &x[..5], &[1.0; 3], 1e-6, 3, 2).is_err());
+        assert!(layer_norm_dot(&mut out, &x, &[1.0; 3], 1e-6, 3, 0).is_err());
+        assert!(layer_norm_dot(&mut out, &x, &[1.0; 3], 1e-6, 0, 2).is_err());
+        assert!(layer_norm_dot(&mut out[..1], &x, &[1.0; 3], 1e-6, 3, 2).is_err());
         assert_eq!(out, vec![7.0; 2]);
-        layer_norm_dot(&mut out, &x, &[1.0, 0.0, 0.0], 1e-6, 3, 2);
+        layer_norm_dot(&mut out, &x, &[1.0, 0.0, 0.0], 1e-6, 3, 2).unwrap();
         // Both rows normalise to (-1.2247, 0, 1.2247).
         assert!(out.iter().all(|v| (v + 1.224_743).abs() < 1e-4), "{out:?}");
+    }
+
+    /// Blocks of rows that straddle images, split across threads, compute each row exactly as
+    /// one thread does (a DeiT layer's 197 tokens of 384 values, three images).
+    #[test]
+    fn layer_norm_dot_is_the_same_on_any_number_of_threads() {
+        let (groups, group_rows, row_len) = (3, 197, 384);
+        let x = f32_vec(5, groups * group_rows * row_len);
+        let g = f32_vec(6, groups * row_len);
+        let run = |threads: usize| {
+            let mut out = vec![f32::NAN; groups * group_rows];
+            pool(threads)
+                .install(|| {
+                    assert!(dot_block_rows(out.len(), row_len) < out.len() || threads == 1);
+                    layer_norm_dot(&mut out, &x, &g, 1e-6, row_len, group_rows)
+                })
+                .unwrap();
+            out
+        };
+        let one = run(1);
+        assert!(one.iter().all(|v| v.is_finite()));
+        for threads in [2, 3, 7] {
+            assert_eq!(run(threads), one, "{threads} threads");
+        }
     }
 
     /// Each output may be off by a few ulp of its terms, and the centred value x - mean by the

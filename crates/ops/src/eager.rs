@@ -235,8 +235,8 @@ impl Fused for Eager {
         let mut y = into_contiguous(x);
         kernels::linear_residual_in_place(
             y.as_mut_slice(),
-            input.as_slice().unwrap_or_default(),
-            kernel_weight(&w, packed.filter(|p| p.out_features() == dim)),
+            &input.contiguous_values(),
+            kernel_weight(&w, packed.filter(|p| p.out_features() == dim))?,
             b.as_ref().and_then(Tensor::as_slice),
             (in_features, dim),
             branch_scale,
@@ -263,12 +263,12 @@ impl Fused for Eager {
         let mut y = vec![0.0; rows * out];
         kernels::norm_linear(
             &mut y,
-            x.as_slice().unwrap_or_default(),
+            &x.contiguous_values(),
             &kernels::NormLinear {
-                norm_gamma: gamma.as_slice().unwrap_or_default(),
-                norm_beta: beta.as_slice().unwrap_or_default(),
+                norm_gamma: &gamma.contiguous_values(),
+                norm_beta: &beta.contiguous_values(),
                 norm_eps: p.norm_eps,
-                weight: kernel_weight(&w, p.packed),
+                weight: kernel_weight(&w, p.packed)?,
                 bias: b.as_ref().and_then(Tensor::as_slice),
                 dim,
                 out,
@@ -301,12 +301,12 @@ impl Fused for Eager {
         kernels::attention_half_in_place(
             y.as_mut_slice(),
             &kernels::AttentionHalf {
-                norm_gamma: gamma.as_slice().unwrap_or_default(),
-                norm_beta: beta.as_slice().unwrap_or_default(),
+                norm_gamma: &gamma.contiguous_values(),
+                norm_beta: &beta.contiguous_values(),
                 norm_eps: p.qkv.norm_eps,
-                qkv_weight: kernel_weight(&w_qkv, p.qkv.packed),
+                qkv_weight: kernel_weight(&w_qkv, p.qkv.packed)?,
                 qkv_bias: b_qkv.as_ref().and_then(Tensor::as_slice),
-                proj_weight: kernel_weight(&w_proj, p.proj_packed),
+                proj_weight: kernel_weight(&w_proj, p.proj_packed)?,
                 proj_bias: b_proj.as_ref().and_then(Tensor::as_slice),
                 tokens,
                 heads: p.heads,
@@ -338,12 +338,12 @@ impl Fused for Eager {
         kernels::mlp_half_in_place(
             y.as_mut_slice(),
             &kernels::MlpHalf {
-                norm_gamma: gamma.as_slice().unwrap_or_default(),
-                norm_beta: beta.as_slice().unwrap_or_default(),
+                norm_gamma: &gamma.contiguous_values(),
+                norm_beta: &beta.contiguous_values(),
                 norm_eps: p.norm_eps,
-                fc1_weight: kernel_weight(&w1, p.fc1_packed),
+                fc1_weight: kernel_weight(&w1, p.fc1_packed)?,
                 fc1_bias: b1.as_ref().and_then(Tensor::as_slice),
-                fc2_weight: kernel_weight(&w2, p.fc2_packed),
+                fc2_weight: kernel_weight(&w2, p.fc2_packed)?,
                 fc2_bias: b2.as_ref().and_then(Tensor::as_slice),
                 dim,
                 hidden,
@@ -380,13 +380,19 @@ fn expect_shape(t: &Tensor, what: &str, shape: &[usize]) -> Result<Tensor> {
 }
 
 /// A fused kernel's view of a projection weight: its packed bf16 copy when there is one, else
-/// its packed f32 copy, else the weight itself.
-fn kernel_weight<'a>(w: &'a Tensor, packed: Option<PackedWeight<'a>>) -> kernels::ProjWeight<'a> {
-    match packed {
+/// its packed f32 copy, else the weight itself (made contiguous by the caller).
+fn kernel_weight<'a>(
+    w: &'a Tensor,
+    packed: Option<PackedWeight<'a>>,
+) -> Result<kernels::ProjWeight<'a>> {
+    Ok(match packed {
         Some(PackedWeight::Bf16(packed)) => kernels::ProjWeight::Bf16(packed),
         Some(PackedWeight::F32(packed)) => kernels::ProjWeight::PackedF32(packed),
-        None => kernels::ProjWeight::F32(w.as_slice().unwrap_or_default()),
-    }
+        None => kernels::ProjWeight::F32(
+            w.as_slice()
+                .ok_or_else(|| OpsError::shape("weight", "a contiguous matrix", w.shape()))?,
+        ),
+    })
 }
 
 /// The tensor plumbing of a fused attention kernel (`kernels::attention` or its bf16 form):

@@ -62,7 +62,7 @@ impl PackedCopy {
             return Err(OpsError::shape("bf16 weight", "(out, in)", value.shape()));
         };
         let value = value.contiguous();
-        let packed = PackedBf16::pack(value.as_slice().unwrap_or_default(), out, input)?;
+        let packed = PackedBf16::pack(&value.contiguous_values(), out, input)?;
         Ok(Self(Some(Arc::new(packed))))
     }
 }
@@ -159,7 +159,7 @@ fn packed_product(
         *last = outputs;
     }
     let bias = b.as_ref().and_then(|b| b.as_slice());
-    kernel(&mut out, x.as_slice().unwrap_or_default(), bias, rows)?;
+    kernel(&mut out, &x.contiguous_values(), bias, rows)?;
     Ok(Tensor::from_vec(shape, out)?)
 }
 

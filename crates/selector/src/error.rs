@@ -27,6 +27,9 @@ pub enum SelectorError {
     /// An operation refused its inputs.
     #[error(transparent)]
     Ops(#[from] idlevit_ops::OpsError),
+    /// A kernel refused its buffers.
+    #[error(transparent)]
+    Kernel(#[from] idlevit_kernels::KernelError),
     /// A tensor operation failed.
     #[error(transparent)]
     Tensor(#[from] idlevit_tensor::TensorError),

@@ -84,7 +84,7 @@ pub fn class_key_scores(x: &Tensor, query: &Tensor, w: &KeyScoring<'_>) -> Resul
     let rows = x.as_slice().ok_or_else(|| {
         SelectorError::Schedule("scored tokens are not laid out contiguously".into())
     })?;
-    idlevit_kernels::layer_norm_dot(&mut scores, rows, &folded, w.norm_eps, dim, tokens);
+    idlevit_kernels::layer_norm_dot(&mut scores, rows, &folded, w.norm_eps, dim, tokens)?;
     for (image, c) in scores.chunks_exact_mut(tokens).zip(&shift) {
         image.iter_mut().for_each(|s| *s += c);
     }

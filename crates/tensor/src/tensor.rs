@@ -171,6 +171,15 @@ impl Tensor {
         Arc::make_mut(&mut self.storage).as_mut_slice()
     }
 
+    /// The values in row-major order: borrowed when the layout is already contiguous, copied
+    /// otherwise (never empty by accident, as `as_slice` would be on a strided view).
+    pub fn contiguous_values(&self) -> std::borrow::Cow<'_, [f32]> {
+        match self.as_slice() {
+            Some(values) => std::borrow::Cow::Borrowed(values),
+            None => std::borrow::Cow::Owned(self.to_vec()),
+        }
+    }
+
     /// Takes the values out as a row-major vector, without copying when this tensor is the
     /// sole owner of contiguous storage.
     pub fn into_vec(self) -> Vec<f32> {

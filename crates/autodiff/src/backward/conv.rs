@@ -23,7 +23,7 @@ pub(crate) struct ConvOperands<'a> {
 pub(super) fn conv2d(g: &Tensor, ops: ConvOperands<'_>, store: &mut GradStore<'_>) -> Result<()> {
     let geo = ops.geo;
     let g = g.contiguous();
-    let gs = g.as_slice().unwrap_or_default();
+    let gs = &g.contiguous_values();
     let (out_len, plane) = (geo.out_len(), geo.height * geo.width);
     let out_item = geo.out_channels * out_len;
     if let Some(b) = ops.b {
@@ -38,7 +38,7 @@ pub(super) fn conv2d(g: &Tensor, ops: ConvOperands<'_>, store: &mut GradStore<'_
     let taps = geo.kh * geo.kw;
     if let Some((x, w_value)) = ops.x {
         let w = w_value.contiguous();
-        let ws = w.as_slice().unwrap_or_default();
+        let ws = &w.contiguous_values();
         let mut dx = vec![0.0; geo.batch * geo.image_len()];
         let mut dcol = vec![0.0; k * out_len];
         for (item, dimage) in gs
@@ -73,7 +73,7 @@ pub(super) fn conv2d(g: &Tensor, ops: ConvOperands<'_>, store: &mut GradStore<'_
     }
     if let Some((w, x_value)) = ops.w {
         let x = x_value.contiguous();
-        let xs = x.as_slice().unwrap_or_default();
+        let xs = &x.contiguous_values();
         let dw = store.buffer(w)?;
         let mut col = vec![0.0; k * out_len];
         for (item, image) in gs

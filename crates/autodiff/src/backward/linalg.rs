@@ -20,7 +20,7 @@ pub(super) fn linear(
     store: &mut GradStore<'_>,
 ) -> Result<()> {
     let (g, rows, out_features) = rows_of(g, "linear gradient")?;
-    let gs = g.as_slice().unwrap_or_default();
+    let gs = &g.contiguous_values();
     let dy = MatRef::row_major(gs, rows, out_features);
     if let Some((x, w_value)) = x {
         let &[_, in_features] = w_value.shape() else {
@@ -50,7 +50,8 @@ pub(super) fn linear(
     }
     if let Some((w, x_value)) = w {
         let (x_value, _, in_features) = rows_of(x_value, "linear input")?;
-        let xs = MatRef::row_major(x_value.as_slice().unwrap_or_default(), rows, in_features);
+        let x_values = x_value.contiguous_values();
+        let xs = MatRef::row_major(&x_values, rows, in_features);
         let dw = store.buffer(w)?;
         kernels::matmul(
             MatMut::row_major(dw, out_features, in_features),
@@ -106,7 +107,8 @@ pub(super) fn matmul(
     };
     let count: usize = g.shape()[..r - 2].iter().product();
     let g_offsets: Vec<usize> = (0..count).map(|i| i * m * n).collect();
-    let dc = MatStack::row_major(g.as_slice().unwrap_or_default(), &g_offsets, m, n);
+    let g_values = g.contiguous_values();
+    let dc = MatStack::row_major(&g_values, &g_offsets, m, n);
     if let Some((a, b_value)) = with_matrices(a) {
         let offsets = stack_offsets(b_value);
         let b_stack = MatStack::of(b_value, &offsets);

@@ -64,7 +64,7 @@ pub(super) fn gather_rows(
     let (_, rows, width) = rows_dims(store.shape(x), "gather_rows input")?;
     let (_, picked, _) = rows_dims(g.shape(), "gather_rows gradient")?;
     let g = g.contiguous();
-    let gs = g.as_slice().unwrap_or_default();
+    let gs = &g.contiguous_values();
     let dx = store.buffer(x)?;
     for (b, item) in indices.iter().enumerate() {
         for (i, &r) in item.iter().enumerate() {
@@ -102,7 +102,7 @@ pub(super) fn scatter_rows(
         }
     }
     let g = g.contiguous();
-    let gs = g.as_slice().unwrap_or_default();
+    let gs = &g.contiguous_values();
     if let Some(rows_id) = rows_id {
         let mut drows = vec![0.0; batch * picked * width];
         for (slot, &i) in writer.iter().enumerate() {
@@ -152,11 +152,7 @@ pub(super) fn add_to_max(
     let inner: usize = shape[axis + 1..].iter().product();
     let g = g.contiguous();
     let dx = store.buffer(x)?;
-    for (flat, (&best, &dy)) in index
-        .iter()
-        .zip(g.as_slice().unwrap_or_default())
-        .enumerate()
-    {
+    for (flat, (&best, &dy)) in index.iter().zip(g.contiguous_values().iter()).enumerate() {
         let (o, i) = (flat / inner.max(1), flat % inner.max(1));
         dx[(o * size + best) * inner + i] += dy;
     }

@@ -18,10 +18,7 @@ fn zip_map(x: &Tensor, g: &Tensor, f: impl Fn(f32, f32) -> f32 + Sync + Send) ->
         ));
     }
     let (x, g) = (x.contiguous(), g.contiguous());
-    let (xs, gs) = (
-        x.as_slice().unwrap_or_default(),
-        g.as_slice().unwrap_or_default(),
-    );
+    let (xs, gs) = (&x.contiguous_values(), &g.contiguous_values());
     let mut out = vec![0.0; xs.len()];
     for_row_blocks(&mut out, 1, |start, block| {
         let end = start + block.len();

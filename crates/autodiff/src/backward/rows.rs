@@ -32,10 +32,7 @@ fn map_rows(
     let (y, g, n) = rows_pair(y, g, what)?;
     let mut out = vec![0.0; y.numel()];
     if n > 0 {
-        let (ys, gs) = (
-            y.as_slice().unwrap_or_default(),
-            g.as_slice().unwrap_or_default(),
-        );
+        let (ys, gs) = (&y.contiguous_values(), &g.contiguous_values());
         for_row_blocks(&mut out, n, |start, block| {
             for (r, out) in block.chunks_exact_mut(n).enumerate() {
                 let at = start + r * n;
@@ -109,9 +106,9 @@ pub(super) fn layer_norm(
     }
     let gamma = gamma.contiguous();
     let (xs, gs, gammas) = (
-        x.as_slice().unwrap_or_default(),
-        g.as_slice().unwrap_or_default(),
-        gamma.as_slice().unwrap_or_default(),
+        &x.contiguous_values(),
+        &g.contiguous_values(),
+        &gamma.contiguous_values(),
     );
     if gammas.len() != n {
         return Err(AutodiffError::shape(

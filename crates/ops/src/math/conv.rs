@@ -274,10 +274,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, spec: Conv2dSpec) -> R
         ));
     }
     let (x, w) = (x.contiguous(), w.contiguous());
-    let (xs, ws) = (
-        x.as_slice().unwrap_or_default(),
-        w.as_slice().unwrap_or_default(),
-    );
+    let (xs, ws) = (&x.contiguous_values(), &w.contiguous_values());
     let bias = b.map(Tensor::contiguous);
     let bias = bias.as_ref().and_then(|b| b.as_slice());
     let out_item = geo.out_channels * geo.out_len();

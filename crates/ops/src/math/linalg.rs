@@ -34,8 +34,8 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let mut out = vec![0.0; rows * out_features];
     kernels::linear(
         &mut out,
-        x.as_slice().unwrap_or_default(),
-        w.as_slice().unwrap_or_default(),
+        &x.contiguous_values(),
+        &w.contiguous_values(),
         b.as_ref().and_then(|b| b.as_slice()),
         rows,
         in_features,

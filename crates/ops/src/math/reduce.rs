@@ -27,7 +27,7 @@ pub fn sum_axis(x: &Tensor, axis: usize, keepdim: bool) -> Result<Tensor> {
     let mut out = vec![0.0f32; outer * inner];
     if inner > 0 {
         let x = x.contiguous();
-        let src = x.as_slice().unwrap_or_default();
+        let src = &x.contiguous_values();
         for_row_blocks(&mut out, inner, |start, block| {
             let mut acc = vec![0.0f64; inner];
             for (o, row) in block.chunks_exact_mut(inner).enumerate() {
@@ -68,7 +68,7 @@ pub fn max_axis_with_index(x: &Tensor, axis: usize) -> Result<(Tensor, Vec<usize
     let inner: usize = x.shape()[axis + 1..].iter().product();
     let outer: usize = x.shape()[..axis].iter().product();
     let x = x.contiguous();
-    let src = x.as_slice().unwrap_or_default();
+    let src = &x.contiguous_values();
     let mut values = Vec::with_capacity(outer * inner);
     let mut index = Vec::with_capacity(outer * inner);
     for o in 0..outer {

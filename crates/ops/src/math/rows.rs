@@ -20,9 +20,9 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result
     let mut out = vec![0.0; x.numel()];
     kernels::layer_norm_rows(
         &mut out,
-        x.as_slice().unwrap_or_default(),
-        gamma.as_slice().unwrap_or_default(),
-        beta.as_slice().unwrap_or_default(),
+        &x.contiguous_values(),
+        &gamma.contiguous_values(),
+        &beta.contiguous_values(),
         eps,
         row_len,
     );

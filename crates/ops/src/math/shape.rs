@@ -63,7 +63,7 @@ pub fn concat(xs: &[Tensor], axis: usize) -> Result<Tensor> {
     for o in 0..outer {
         for part in &parts {
             let run = part.numel() / outer.max(1);
-            let data = part.as_slice().unwrap_or_default();
+            let data = &part.contiguous_values();
             out.extend_from_slice(&data[o * run..(o + 1) * run]);
         }
     }

@@ -3,8 +3,11 @@
 
 mod block;
 mod error;
-mod layers;
+mod evit;
+mod forms;
+mod idle;
 mod policy;
+mod prune;
 mod schedule;
 mod scoring;
 mod selection;
@@ -12,12 +15,16 @@ mod stack;
 
 pub use block::{AttentionParts, TokenBlock};
 pub use error::SelectorError;
-pub use layers::{MaskedLayer, evit_fused, idle_gathered, idle_masked, prune_gathered};
-pub use policy::{PolicyKind, TokenPolicy};
+pub use evit::{Evit, evit_fused};
+pub use idle::{Idle, MaskedLayer, idle_gathered, idle_masked};
+pub use policy::{LayerKeep, PolicyKind, PolicyStep, SelectionPolicy, TokenPolicy};
+pub use prune::{Prune, prune_gathered};
 pub use schedule::{Schedule, evit_keep_count, keep_count};
 pub use scoring::{KeyScoring, class_key_scores};
 pub use selection::{KEY_MASK_VALUE, TokenSelection, class_row_scores, cls_scores};
-pub use stack::{LayerSelection, masked_form_refusal, run_layers, run_layers_masked};
+pub use stack::{
+    LayerSelection, masked_form_refusal, run_layers, run_layers_masked, run_layers_with,
+};
 
 /// Result type of this crate.
 pub type Result<T, E = SelectorError> = std::result::Result<T, E>;

@@ -1,6 +1,47 @@
 //! Token policies: what a model does at its selection layers.
 
-use crate::{Result, Schedule};
+use idlevit_ops::Backend;
+
+use crate::{Result, Schedule, TokenBlock, TokenSelection};
+
+/// Where a selecting layer is: its keep ratio and the image tokens the stack started with.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LayerKeep {
+    /// The schedule's keep ratio at this layer.
+    pub ratio: f64,
+    /// Image tokens at the stack's input (keep counts are fractions of these).
+    pub image_tokens: usize,
+}
+
+/// What a selecting layer produced.
+#[derive(Clone, Debug)]
+pub struct PolicyStep<V> {
+    /// The layer's output tokens.
+    pub output: V,
+    /// The rows the layer computed, in its input's row indices, if it reports them.
+    pub selection: Option<TokenSelection>,
+}
+
+/// A token policy's layer form: what a selecting layer computes in inference. Each policy
+/// ([`Idle`](crate::Idle), [`Prune`](crate::Prune), [`Evit`](crate::Evit)) lives in its own
+/// file with its forms; [`run_layers_with`](crate::run_layers_with) runs any of them, or a
+/// policy of your own, over a stack of [`TokenBlock`]s.
+pub trait SelectionPolicy {
+    /// Whether unselected tokens leave the stack, so that later rows no longer match the
+    /// input's tokens.
+    fn drops_tokens(&self) -> bool {
+        false
+    }
+
+    /// The layer's inference form on `x` at `at`.
+    fn gathered<B: Backend, T: TokenBlock<B>>(
+        &self,
+        bk: &B,
+        block: &T,
+        x: B::Value,
+        at: LayerKeep,
+    ) -> Result<PolicyStep<B::Value>, T::Error>;
+}
 
 /// How selected-away tokens are treated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

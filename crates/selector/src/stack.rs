@@ -3,8 +3,8 @@
 use idlevit_ops::Backend;
 
 use crate::{
-    MaskedLayer, PolicyKind, SelectorError, TokenBlock, TokenPolicy, evit_fused, idle_gathered,
-    idle_masked, keep_count, prune_gathered,
+    Evit, Idle, LayerKeep, MaskedLayer, PolicyKind, Prune, Schedule, SelectionPolicy,
+    SelectorError, TokenBlock, TokenPolicy, idle_masked, keep_count,
 };
 
 /// The rows one selecting layer computed, per batch item, in the token indices of the stack's
@@ -27,37 +27,55 @@ pub fn run_layers<B: Backend, T: TokenBlock<B>>(
     blocks: &[T],
     policy: &TokenPolicy,
     first_layer: usize,
+    x: B::Value,
+) -> Result<(B::Value, Vec<LayerSelection>), T::Error> {
+    match policy {
+        TokenPolicy::Dense => {
+            let schedule = Schedule::new(Vec::new(), Vec::new())?;
+            run_layers_with(bk, blocks, &schedule, &Idle, first_layer, x)
+        }
+        TokenPolicy::Select { kind, schedule } => match kind {
+            PolicyKind::Idle => run_layers_with(bk, blocks, schedule, &Idle, first_layer, x),
+            PolicyKind::Prune => run_layers_with(bk, blocks, schedule, &Prune, first_layer, x),
+            PolicyKind::Evit => run_layers_with(bk, blocks, schedule, &Evit, first_layer, x),
+        },
+    }
+}
+
+/// [`run_layers`] with any [`SelectionPolicy`] (yours included) at the schedule's layers.
+pub fn run_layers_with<B: Backend, T: TokenBlock<B>, P: SelectionPolicy>(
+    bk: &B,
+    blocks: &[T],
+    schedule: &Schedule,
+    policy: &P,
+    first_layer: usize,
     mut x: B::Value,
 ) -> Result<(B::Value, Vec<LayerSelection>), T::Error> {
     let Some((batch, image_tokens, class_rows)) = token_layout(bk, blocks, &x) else {
         return Ok((x, Vec::new()));
     };
-    // Row -> token index of the input, which pruning changes.
+    // Row -> token index of the input, which dropping tokens changes.
     let mut positions: Vec<Vec<usize>> = vec![(0..image_tokens + class_rows).collect(); batch];
     let mut selections = Vec::new();
     for (i, block) in blocks.iter().enumerate() {
         let layer = first_layer + i;
-        x = match policy.at(layer) {
-            None => block.forward(bk, x)?,
-            Some((PolicyKind::Idle, ratio)) => {
-                let keep = keep_count(image_tokens, ratio)?;
-                let (y, selection) = idle_gathered(bk, block, x, keep)?;
-                let tokens = selection.map_positions(&positions);
-                selections.push(LayerSelection { layer, tokens });
-                y
-            }
-            Some((PolicyKind::Prune, ratio)) => {
-                let keep = keep_count(image_tokens, ratio)?;
-                let (y, selection) = prune_gathered(bk, block, &x, keep)?;
-                positions = selection.map_positions(&positions);
-                selections.push(LayerSelection {
-                    layer,
-                    tokens: positions.clone(),
-                });
-                y
-            }
-            Some((PolicyKind::Evit, rate)) => evit_fused(bk, block, &x, rate)?.0,
+        let Some(ratio) = schedule.ratio_at(layer) else {
+            x = block.forward(bk, x)?;
+            continue;
         };
+        let at = LayerKeep {
+            ratio,
+            image_tokens,
+        };
+        let step = policy.gathered(bk, block, x, at)?;
+        if let Some(selection) = step.selection {
+            let tokens = selection.map_positions(&positions);
+            if policy.drops_tokens() {
+                positions.clone_from(&tokens);
+            }
+            selections.push(LayerSelection { layer, tokens });
+        }
+        x = step.output;
     }
     Ok((x, selections))
 }

@@ -1,11 +1,8 @@
 //! Multi-head self-attention with a fused qkv projection.
 
-use idlevit_checkpoint::WeightReader;
-
-use crate::param::{ParamVisitor, ParamVisitorMut};
 use crate::{
     AttentionHalfParams, Backend, Eager, LayerNorm, Linear, NnError, NormLinearParams,
-    PackedWeight, Result, Tensor,
+    PackedWeight, Result, Tensor, WeightSource,
 };
 
 /// Multi-head self-attention as timm's `Attention`: one `qkv` linear whose output rows are
@@ -39,10 +36,12 @@ pub enum QkvPart {
     Value = 2,
 }
 
+crate::params!(Attention: qkv, proj);
+
 impl Attention {
     /// Reads `{prefix}.qkv.*` `(3 dim, dim)` and `{prefix}.proj.*` `(dim, dim)`.
     pub fn load(
-        reader: &mut WeightReader,
+        src: &mut dyn WeightSource,
         prefix: &str,
         dim: usize,
         num_heads: usize,
@@ -54,22 +53,10 @@ impl Attention {
             )));
         }
         Ok(Self {
-            qkv: Linear::load(reader, &format!("{prefix}.qkv"), dim, 3 * dim, qkv_bias)?,
-            proj: Linear::load(reader, &format!("{prefix}.proj"), dim, dim, true)?,
+            qkv: Linear::load(src, &format!("{prefix}.qkv"), dim, 3 * dim, qkv_bias)?,
+            proj: Linear::load(src, &format!("{prefix}.proj"), dim, dim, true)?,
             num_heads,
         })
-    }
-
-    /// Visits `qkv` then `proj`.
-    pub fn visit_params(&self, f: &mut ParamVisitor<'_>) {
-        self.qkv.visit_params(f);
-        self.proj.visit_params(f);
-    }
-
-    /// Visits `qkv` then `proj` mutably.
-    pub fn visit_params_mut(&mut self, f: &mut ParamVisitorMut<'_>) {
-        self.qkv.visit_params_mut(f);
-        self.proj.visit_params_mut(f);
     }
 
     /// The number of heads.

@@ -1,11 +1,13 @@
 //! Vision Transformer layers, written once over a [`Backend`].
 //!
-//! Each layer is a small struct that loads its own weights by timm name from a
-//! [`WeightReader`](idlevit_checkpoint::WeightReader) and has a `forward` generic over the
-//! [`Backend`] that runs its maths. [`Eager`] computes directly on [`Tensor`]s (inference, no
-//! bookkeeping); the autodiff [`Tape`] runs the very same `forward` and records it, and its
-//! `backward` returns gradients under the parameters' checkpoint names. Both compute every
-//! operation with the one set of functions in `idlevit_autodiff::ops`.
+//! Each layer is a small struct that takes its own weights by timm name from a
+//! [`WeightSource`] (a checkpoint's [`WeightReader`](idlevit_checkpoint::WeightReader), or a
+//! [`SeededInit`] drawing them), lists its parameters once for visiting ([`params!`], the
+//! [`Params`] trait), and has a `forward` generic over the [`Backend`] that runs its maths.
+//! [`Eager`] computes directly on [`Tensor`]s (inference, no bookkeeping); the autodiff
+//! [`Tape`] runs the very same `forward` and records it, and its `backward` returns gradients
+//! under the parameters' checkpoint names. Both compute every operation with the one set of
+//! functions in `idlevit_autodiff::ops`.
 //!
 //! ```
 //! use idlevit_nn::{Backend, Eager, Linear};
@@ -33,7 +35,9 @@ mod norm;
 mod param;
 mod patch_embed;
 mod precision;
+mod source;
 mod tape;
+mod visit;
 
 pub use attention::Attention;
 pub use attention::{Heads, QkvPart};
@@ -51,6 +55,8 @@ pub use norm::LayerNorm;
 pub use param::{Param, ParamVisitor, ParamVisitorMut};
 pub use patch_embed::PatchEmbed;
 pub use precision::{Precision, set_linear_precision};
+pub use source::{Init, SeededInit, WeightSource};
+pub use visit::Params;
 
 /// Result type of this crate.
 pub type Result<T, E = NnError> = std::result::Result<T, E>;

@@ -1,6 +1,5 @@
 //! A learnable tensor and the name it carries in checkpoints.
 
-use idlevit_checkpoint::WeightReader;
 use idlevit_tensor::Tensor;
 
 use crate::precision::{PackedCopy, PackedF32Copy};
@@ -59,11 +58,6 @@ impl Param {
         }
     }
 
-    /// Reads the parameter `name` of exactly `shape` from a checkpoint.
-    pub fn load(reader: &mut WeightReader, name: &str, shape: &[usize]) -> Result<Self> {
-        Ok(Self::new(name, reader.take(name, shape)?))
-    }
-
     /// The checkpoint name.
     pub fn name(&self) -> &str {
         &self.name
@@ -107,25 +101,5 @@ impl Param {
     /// The packed bf16 copy, if [`set_precision`](Self::set_precision) made one.
     pub fn packed_bf16(&self) -> Option<&PackedBf16> {
         self.bf16.0.as_deref()
-    }
-}
-
-/// Visits a weight, then its bias if there is one (linear and convolution layers).
-pub(crate) fn visit_weight_bias(weight: &Param, bias: Option<&Param>, f: &mut ParamVisitor<'_>) {
-    f(weight);
-    if let Some(b) = bias {
-        f(b);
-    }
-}
-
-/// [`visit_weight_bias`], mutably.
-pub(crate) fn visit_weight_bias_mut(
-    weight: &mut Param,
-    bias: Option<&mut Param>,
-    f: &mut ParamVisitorMut<'_>,
-) {
-    f(weight);
-    if let Some(b) = bias {
-        f(b);
     }
 }

@@ -1,21 +1,23 @@
 //! Any model of the zoo behind one type, for the code that serves every family alike (the
 //! CLI's `--model`, benchmarks, cost counts, family-independent tests).
 //!
-//! A [`Family`](crate::Family) joins the zoo with one line of `families!` below (its
-//! variant, model and config types, `family` key and published names) and its arms in the
-//! few [`ZooConfig`] methods whose meaning differs by family (depth, tokens, schedules,
-//! costs); everything else dispatches through the `each_family!` that line generates.
+//! A [`Family`] joins the zoo with one line of `families!` below (its variant, model and
+//! config types, `family` key and published names) and its arms in the few [`ZooConfig`]
+//! methods whose meaning differs by family (depth, tokens, schedules, costs); everything else
+//! dispatches through the `each_family!` that line generates, to the [`Family`] and
+//! [`Params`] methods and to the model's `config`, `policy`, `with_policy`,
+//! `with_drop_path`, `forward` and `forward_traced`.
 
 use std::path::Path;
 
 use idlevit_checkpoint::Checkpoint;
-use idlevit_nn::{Backend, ParamVisitor, ParamVisitorMut};
+use idlevit_nn::{Backend, ParamVisitor, ParamVisitorMut, Params};
 use idlevit_selector::{PolicyKind, Schedule, SelectorError, TokenPolicy, keep_count};
 
 use crate::config::quoted;
 use crate::{
-    DeiT, DeiTConfig, LVVIT_MODELS, LvVit, LvVitConfig, MaskedForward, PVT_MODELS, PvtConfig,
-    PvtV2, Result, Traced, ZooError, cost,
+    DeiT, DeiTConfig, Family, LVVIT_MODELS, LvVit, LvVitConfig, MaskedForward, PVT_MODELS,
+    PvtConfig, PvtV2, Result, Traced, ZooError, cost,
 };
 
 /// Registers the families: generates [`ZooConfig`], [`ZooModel`], their `From` impls,
@@ -290,12 +292,12 @@ fn short_number(x: f64) -> String {
 impl ZooModel {
     /// Builds the model from its family's weight names.
     pub fn load(config: &ZooConfig, checkpoint: Checkpoint) -> Result<Self> {
-        each_family!(config, ZooConfig, c, F => F::load(c, checkpoint).map(Self::from))
+        each_family!(config, ZooConfig, c, F => <F as Family>::load(c, checkpoint).map(Self::from))
     }
 
     /// A model with seeded random weights.
     pub fn random(config: &ZooConfig, seed: u64) -> Result<Self> {
-        each_family!(config, ZooConfig, c, F => F::random(c, seed).map(Self::from))
+        each_family!(config, ZooConfig, c, F => <F as Family>::random(c, seed).map(Self::from))
     }
 
     /// The same model running `policy`.
@@ -316,7 +318,7 @@ impl ZooModel {
 
     /// The weights under the family's names, ready to save (and to [`load`](Self::load)).
     pub fn to_checkpoint(&self) -> Result<Checkpoint> {
-        each_family!(self, Self, m => m.to_checkpoint())
+        each_family!(self, Self, m => Ok(Params::to_checkpoint(m.as_ref())?))
     }
 
     /// Side of the square input image.
@@ -379,12 +381,12 @@ impl ZooModel {
 
     /// Visits every learnable parameter.
     pub fn visit_params(&self, f: &mut ParamVisitor<'_>) {
-        each_family!(self, Self, m => m.visit_params(f))
+        each_family!(self, Self, m => m.visit(f))
     }
 
     /// Visits every learnable parameter mutably.
     pub fn visit_params_mut(&mut self, f: &mut ParamVisitorMut<'_>) {
-        each_family!(self, Self, m => m.visit_params_mut(f))
+        each_family!(self, Self, m => m.visit_mut(f))
     }
 }
 

@@ -1,12 +1,9 @@
 //! Multi-head self-attention with a fused qkv projection.
 
-use idlevit_checkpoint::WeightReader;
-
 use crate::{
     AttentionHalfParams, Fused, Heads, LayerNorm, Linear, NnError, NormLinearParams, PackedWeight,
-    Result,
+    Result, WeightSource,
 };
-use idlevit_ops::{ParamVisitor, ParamVisitorMut};
 
 /// Multi-head self-attention as timm's `Attention`: one `qkv` linear whose output rows are
 /// `[q; k; v]` (heads contiguous inside each), scaled dot-product attention, then `proj`.
@@ -28,10 +25,12 @@ pub enum QkvPart {
     Value = 2,
 }
 
+crate::params!(Attention: qkv, proj);
+
 impl Attention {
     /// Reads `{prefix}.qkv.*` `(3 dim, dim)` and `{prefix}.proj.*` `(dim, dim)`.
     pub fn load(
-        reader: &mut WeightReader,
+        src: &mut dyn WeightSource,
         prefix: &str,
         dim: usize,
         num_heads: usize,
@@ -43,22 +42,10 @@ impl Attention {
             )));
         }
         Ok(Self {
-            qkv: Linear::load(reader, &format!("{prefix}.qkv"), dim, 3 * dim, qkv_bias)?,
-            proj: Linear::load(reader, &format!("{prefix}.proj"), dim, dim, true)?,
+            qkv: Linear::load(src, &format!("{prefix}.qkv"), dim, 3 * dim, qkv_bias)?,
+            proj: Linear::load(src, &format!("{prefix}.proj"), dim, dim, true)?,
             num_heads,
         })
-    }
-
-    /// Visits `qkv` then `proj`.
-    pub fn visit_params(&self, f: &mut ParamVisitor<'_>) {
-        self.qkv.visit_params(f);
-        self.proj.visit_params(f);
-    }
-
-    /// Visits `qkv` then `proj` mutably.
-    pub fn visit_params_mut(&mut self, f: &mut ParamVisitorMut<'_>) {
-        self.qkv.visit_params_mut(f);
-        self.proj.visit_params_mut(f);
     }
 
     /// The number of heads.

@@ -1,9 +1,6 @@
 //! The pre-norm transformer block.
 
-use idlevit_checkpoint::WeightReader;
-
-use crate::{Attention, Fused, LayerNorm, Mlp, MlpHalfParams, PackedWeight, Result};
-use idlevit_ops::{ParamVisitor, ParamVisitorMut};
+use crate::{Attention, Fused, LayerNorm, Mlp, MlpHalfParams, PackedWeight, Result, WeightSource};
 
 /// Hyper-parameters of one transformer block.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -34,9 +31,11 @@ pub struct Block {
     drop_path: f32,
 }
 
+crate::params!(Block: norm1, attn, norm2, mlp);
+
 impl Block {
     /// Reads the block's weights under `prefix` (e.g. `blocks.3`).
-    pub fn load(reader: &mut WeightReader, prefix: &str, cfg: &BlockConfig) -> Result<Self> {
+    pub fn load(src: &mut dyn WeightSource, prefix: &str, cfg: &BlockConfig) -> Result<Self> {
         if !(cfg.skip_lam.is_finite() && cfg.skip_lam > 0.0) {
             return Err(crate::NnError::Config(format!(
                 "skip_lam must be a positive number, found {}",
@@ -44,16 +43,16 @@ impl Block {
             )));
         }
         Ok(Self {
-            norm1: LayerNorm::load(reader, &format!("{prefix}.norm1"), cfg.dim, cfg.norm_eps)?,
+            norm1: LayerNorm::load(src, &format!("{prefix}.norm1"), cfg.dim, cfg.norm_eps)?,
             attn: Attention::load(
-                reader,
+                src,
                 &format!("{prefix}.attn"),
                 cfg.dim,
                 cfg.num_heads,
                 cfg.qkv_bias,
             )?,
-            norm2: LayerNorm::load(reader, &format!("{prefix}.norm2"), cfg.dim, cfg.norm_eps)?,
-            mlp: Mlp::load(reader, &format!("{prefix}.mlp"), cfg.dim, cfg.mlp_hidden)?,
+            norm2: LayerNorm::load(src, &format!("{prefix}.norm2"), cfg.dim, cfg.norm_eps)?,
+            mlp: Mlp::load(src, &format!("{prefix}.mlp"), cfg.dim, cfg.mlp_hidden)?,
             skip_lam: cfg.skip_lam,
             drop_path: 0.0,
         })
@@ -87,22 +86,6 @@ impl Block {
             1.0 / self.skip_lam,
             self.drop_path,
         )?)
-    }
-
-    /// Visits every parameter, in checkpoint order.
-    pub fn visit_params(&self, f: &mut ParamVisitor<'_>) {
-        self.norm1.visit_params(f);
-        self.attn.visit_params(f);
-        self.norm2.visit_params(f);
-        self.mlp.visit_params(f);
-    }
-
-    /// Visits every parameter mutably.
-    pub fn visit_params_mut(&mut self, f: &mut ParamVisitorMut<'_>) {
-        self.norm1.visit_params_mut(f);
-        self.attn.visit_params_mut(f);
-        self.norm2.visit_params_mut(f);
-        self.mlp.visit_params_mut(f);
     }
 
     /// The attention sub-layer.

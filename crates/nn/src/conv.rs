@@ -1,11 +1,10 @@
 //! Convolution layers: a plain `Conv2d`, and a bias-free convolution followed by eval-mode
 //! batch norm, folded into one convolution.
 
-use idlevit_checkpoint::WeightReader;
 use idlevit_ops::Conv2dSpec;
 use idlevit_tensor::Tensor;
 
-use crate::{Fused, NnError, Param, Result, load_param};
+use crate::{Fused, Init, NnError, Param, Params, Result, WeightSource};
 use idlevit_ops::{ParamVisitor, ParamVisitorMut};
 
 /// `torch.nn.Conv2d` with square kernels: weight `(out, in / groups, k, k)`, optional bias.
@@ -53,33 +52,29 @@ impl ConvShape {
     }
 }
 
+crate::params!(Conv2d: weight, bias);
+
 impl Conv2d {
     /// Reads `{prefix}.weight` and, if `bias`, `{prefix}.bias`.
     pub fn load(
-        reader: &mut WeightReader,
+        src: &mut dyn WeightSource,
         prefix: &str,
         shape: ConvShape,
         bias: bool,
     ) -> Result<Self> {
-        let weight = load_param(reader, &format!("{prefix}.weight"), &shape.weight_shape()?)?;
+        let weight = src.param(
+            &format!("{prefix}.weight"),
+            &shape.weight_shape()?,
+            Init::FanIn,
+        )?;
         let bias = bias
-            .then(|| load_param(reader, &format!("{prefix}.bias"), &[shape.out_channels]))
+            .then(|| src.param(&format!("{prefix}.bias"), &[shape.out_channels], Init::Bias))
             .transpose()?;
         Ok(Self {
             weight,
             bias,
             spec: shape.spec,
         })
-    }
-
-    /// Visits the weight, then the bias.
-    pub fn visit_params(&self, f: &mut ParamVisitor<'_>) {
-        idlevit_ops::visit_weight_bias(&self.weight, self.bias.as_ref(), f);
-    }
-
-    /// Visits the weight, then the bias, mutably.
-    pub fn visit_params_mut(&mut self, f: &mut ParamVisitorMut<'_>) {
-        idlevit_ops::visit_weight_bias_mut(&mut self.weight, self.bias.as_mut(), f);
     }
 
     /// Convolves `x` `(batch, in, H, W)`.
@@ -108,16 +103,46 @@ pub struct ConvBatchNorm {
 /// torch's BatchNorm2d epsilon.
 const BATCH_NORM_EPS: f32 = 1e-5;
 
+/// The learnable tensors are the convolution weight and the batch norm's scale and shift; the
+/// running statistics, which eval mode never changes, are buffers (saved, not trained).
+impl Params for ConvBatchNorm {
+    fn visit(&self, f: &mut ParamVisitor<'_>) {
+        f(&self.conv);
+        f(&self.gamma);
+        f(&self.beta);
+    }
+
+    fn visit_mut(&mut self, f: &mut ParamVisitorMut<'_>) {
+        f(&mut self.conv);
+        f(&mut self.gamma);
+        f(&mut self.beta);
+    }
+
+    fn visit_buffers(&self, f: &mut ParamVisitor<'_>) {
+        f(&self.running_mean);
+        f(&self.running_var);
+    }
+}
+
 impl ConvBatchNorm {
     /// Reads the convolution `{conv}.weight` and the batch norm `{bn}.weight`, `.bias`,
     /// `.running_mean` and `.running_var`.
-    pub fn load(reader: &mut WeightReader, conv: &str, bn: &str, shape: ConvShape) -> Result<Self> {
+    pub fn load(
+        src: &mut dyn WeightSource,
+        conv: &str,
+        bn: &str,
+        shape: ConvShape,
+    ) -> Result<Self> {
         let c = shape.out_channels;
-        let weight = load_param(reader, &format!("{conv}.weight"), &shape.weight_shape()?)?;
-        let gamma = load_param(reader, &format!("{bn}.weight"), &[c])?;
-        let beta = load_param(reader, &format!("{bn}.bias"), &[c])?;
-        let running_mean = load_param(reader, &format!("{bn}.running_mean"), &[c])?;
-        let running_var = load_param(reader, &format!("{bn}.running_var"), &[c])?;
+        let weight = src.param(
+            &format!("{conv}.weight"),
+            &shape.weight_shape()?,
+            Init::FanIn,
+        )?;
+        let gamma = src.param(&format!("{bn}.weight"), &[c], Init::NORM_SCALE)?;
+        let beta = src.param(&format!("{bn}.bias"), &[c], Init::NORM_SHIFT)?;
+        let running_mean = src.param(&format!("{bn}.running_mean"), &[c], Init::NORM_SHIFT)?;
+        let running_var = src.param(&format!("{bn}.running_var"), &[c], Init::Variance)?;
         if running_var
             .value()
             .to_vec()
@@ -141,26 +166,6 @@ impl ConvBatchNorm {
             inv_std,
             spec: shape.spec,
         })
-    }
-
-    /// Visits the learnable tensors: convolution weight, batch-norm scale and shift.
-    pub fn visit_params(&self, f: &mut ParamVisitor<'_>) {
-        f(&self.conv);
-        f(&self.gamma);
-        f(&self.beta);
-    }
-
-    /// Visits the learnable tensors mutably.
-    pub fn visit_params_mut(&mut self, f: &mut ParamVisitorMut<'_>) {
-        f(&mut self.conv);
-        f(&mut self.gamma);
-        f(&mut self.beta);
-    }
-
-    /// Visits the running statistics, which eval mode never changes (for saving).
-    pub fn visit_buffers(&self, f: &mut ParamVisitor<'_>) {
-        f(&self.running_mean);
-        f(&self.running_var);
     }
 
     /// Convolves `x` `(batch, in, H, W)` and normalises with the running statistics.

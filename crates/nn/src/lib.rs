@@ -1,11 +1,13 @@
 //! Vision Transformer layers, written once over a [`Backend`].
 //!
-//! Each layer is a small struct that loads its own weights by timm name from a
-//! [`WeightReader`](idlevit_checkpoint::WeightReader) and has a `forward` generic over the
-//! [`Backend`] that runs its maths. [`Eager`] computes directly on [`Tensor`]s (inference, no
-//! bookkeeping); the autodiff crate's tape runs the very same `forward` and records it, and its
-//! `backward` returns gradients under the parameters' checkpoint names. Both compute every
-//! operation with the one set of functions in `idlevit_ops::math`.
+//! Each layer is a small struct that takes its own weights by timm name from a
+//! [`WeightSource`] (a checkpoint's [`WeightReader`](idlevit_checkpoint::WeightReader), or a
+//! [`SeededInit`] drawing them), lists its parameters once for visiting ([`params!`], the
+//! [`Params`] trait), and has a `forward` generic over the [`Backend`] that runs its maths.
+//! [`Eager`] computes directly on [`Tensor`]s (inference, no bookkeeping); the autodiff
+//! crate's tape runs the very same `forward` and records it, and its `backward` returns gradients
+//! under the parameters' checkpoint names. Both compute every operation with the one set of
+//! functions in `idlevit_ops::math`.
 //!
 //! ```
 //! use idlevit_nn::{Backend, Eager, Linear};
@@ -32,6 +34,8 @@ mod mlp;
 mod norm;
 mod patch_embed;
 mod selectable;
+mod source;
+mod visit;
 
 pub use attention::{Attention, QkvPart};
 pub use block::{Block, BlockConfig};
@@ -46,15 +50,8 @@ pub use linear::Linear;
 pub use mlp::Mlp;
 pub use norm::LayerNorm;
 pub use patch_embed::PatchEmbed;
+pub use source::{Init, SeededInit, WeightSource};
+pub use visit::Params;
 
 /// Result type of this crate.
 pub type Result<T, E = NnError> = std::result::Result<T, E>;
-
-/// Reads the parameter `name` of exactly `shape` from a checkpoint.
-pub fn load_param(
-    reader: &mut idlevit_checkpoint::WeightReader,
-    name: &str,
-    shape: &[usize],
-) -> Result<Param> {
-    Ok(Param::new(name, reader.take(name, shape)?))
-}

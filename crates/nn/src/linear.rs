@@ -1,10 +1,8 @@
 //! A fully connected layer with timm's `(out, in)` weight layout.
 
-use idlevit_checkpoint::WeightReader;
 use idlevit_tensor::Tensor;
 
-use crate::{Fused, NnError, Param, Result, load_param};
-use idlevit_ops::{ParamVisitor, ParamVisitorMut};
+use crate::{Fused, Init, NnError, Param, Result, WeightSource};
 
 /// `y = x W^T + b` over the last axis, as `torch.nn.Linear`.
 #[derive(Clone, Debug)]
@@ -12,6 +10,8 @@ pub struct Linear {
     weight: Param,
     bias: Option<Param>,
 }
+
+crate::params!(Linear: weight, bias);
 
 impl Linear {
     /// A layer from a weight of shape `(out, in)` and an optional bias of shape `(out)`.
@@ -45,19 +45,16 @@ impl Linear {
 
     /// Reads `{prefix}.weight` `(out, in)` and, when `bias` is set, `{prefix}.bias` `(out)`.
     pub fn load(
-        reader: &mut WeightReader,
+        src: &mut dyn WeightSource,
         prefix: &str,
         in_features: usize,
         out_features: usize,
         bias: bool,
     ) -> Result<Self> {
-        let weight = load_param(
-            reader,
-            &format!("{prefix}.weight"),
-            &[out_features, in_features],
-        )?;
+        let shape = [out_features, in_features];
+        let weight = src.param(&format!("{prefix}.weight"), &shape, Init::FanIn)?;
         let bias = bias
-            .then(|| load_param(reader, &format!("{prefix}.bias"), &[out_features]))
+            .then(|| src.param(&format!("{prefix}.bias"), &[out_features], Init::Bias))
             .transpose()?;
         Self::from_params(weight, bias)
     }
@@ -80,16 +77,6 @@ impl Linear {
     /// The bias, if the layer has one.
     pub fn bias(&self) -> Option<&Param> {
         self.bias.as_ref()
-    }
-
-    /// Visits the weight and the bias.
-    pub fn visit_params(&self, f: &mut ParamVisitor<'_>) {
-        idlevit_ops::visit_weight_bias(&self.weight, self.bias.as_ref(), f);
-    }
-
-    /// Visits the weight and the bias mutably.
-    pub fn visit_params_mut(&mut self, f: &mut ParamVisitorMut<'_>) {
-        idlevit_ops::visit_weight_bias_mut(&mut self.weight, self.bias.as_mut(), f);
     }
 
     /// Applies only output features `start..end` of the layer (a slice of the weight rows, no

@@ -1,9 +1,6 @@
 //! The transformer's feed-forward block.
 
-use idlevit_checkpoint::WeightReader;
-
-use crate::{Fused, Linear, Result};
-use idlevit_ops::{ParamVisitor, ParamVisitorMut};
+use crate::{Fused, Linear, Result, WeightSource};
 
 /// `fc2(GELU(fc1(x)))`, hidden width `mlp_ratio * dim`.
 #[derive(Clone, Debug)]
@@ -12,30 +9,20 @@ pub struct Mlp {
     fc2: Linear,
 }
 
+crate::params!(Mlp: fc1, fc2);
+
 impl Mlp {
     /// Reads `{prefix}.fc1.*` `(hidden, dim)` and `{prefix}.fc2.*` `(dim, hidden)`.
     pub fn load(
-        reader: &mut WeightReader,
+        src: &mut dyn WeightSource,
         prefix: &str,
         dim: usize,
         hidden: usize,
     ) -> Result<Self> {
         Ok(Self {
-            fc1: Linear::load(reader, &format!("{prefix}.fc1"), dim, hidden, true)?,
-            fc2: Linear::load(reader, &format!("{prefix}.fc2"), hidden, dim, true)?,
+            fc1: Linear::load(src, &format!("{prefix}.fc1"), dim, hidden, true)?,
+            fc2: Linear::load(src, &format!("{prefix}.fc2"), hidden, dim, true)?,
         })
-    }
-
-    /// Visits `fc1` then `fc2`.
-    pub fn visit_params(&self, f: &mut ParamVisitor<'_>) {
-        self.fc1.visit_params(f);
-        self.fc2.visit_params(f);
-    }
-
-    /// Visits `fc1` then `fc2` mutably.
-    pub fn visit_params_mut(&mut self, f: &mut ParamVisitorMut<'_>) {
-        self.fc1.visit_params_mut(f);
-        self.fc2.visit_params_mut(f);
     }
 
     /// The expanding projection.

@@ -1,9 +1,6 @@
 //! Layer normalisation over the feature axis.
 
-use idlevit_checkpoint::WeightReader;
-
-use crate::{Fused, Param, Result, load_param};
-use idlevit_ops::{ParamVisitor, ParamVisitorMut};
+use crate::{Fused, Init, Param, Result, WeightSource};
 
 /// `torch.nn.LayerNorm` over the last axis, with learned scale and shift.
 #[derive(Clone, Debug)]
@@ -13,26 +10,16 @@ pub struct LayerNorm {
     eps: f32,
 }
 
+crate::params!(LayerNorm: weight, bias);
+
 impl LayerNorm {
     /// Reads `{prefix}.weight` and `{prefix}.bias`, both `(dim)`.
-    pub fn load(reader: &mut WeightReader, prefix: &str, dim: usize, eps: f32) -> Result<Self> {
+    pub fn load(src: &mut dyn WeightSource, prefix: &str, dim: usize, eps: f32) -> Result<Self> {
         Ok(Self {
-            weight: load_param(reader, &format!("{prefix}.weight"), &[dim])?,
-            bias: load_param(reader, &format!("{prefix}.bias"), &[dim])?,
+            weight: src.param(&format!("{prefix}.weight"), &[dim], Init::NORM_SCALE)?,
+            bias: src.param(&format!("{prefix}.bias"), &[dim], Init::NORM_SHIFT)?,
             eps,
         })
-    }
-
-    /// Visits the scale and the shift.
-    pub fn visit_params(&self, f: &mut ParamVisitor<'_>) {
-        f(&self.weight);
-        f(&self.bias);
-    }
-
-    /// Visits the scale and the shift mutably.
-    pub fn visit_params_mut(&mut self, f: &mut ParamVisitorMut<'_>) {
-        f(&mut self.weight);
-        f(&mut self.bias);
     }
 
     /// The learned scale, `(dim)`.

@@ -1,9 +1,6 @@
 //! Patch embedding: a stride-`p` convolution computed as a matrix product over patches.
 
-use idlevit_checkpoint::WeightReader;
-
-use crate::{Fused, Linear, NnError, Param, Result, load_param};
-use idlevit_ops::{ParamVisitor, ParamVisitorMut};
+use crate::{Fused, Init, Linear, NnError, Param, Result, WeightSource};
 
 /// Cuts `(batch, channels, H, W)` images into `p x p` patches and projects each to `dim`,
 /// equal to timm's `Conv2d(kernel = stride = p)`. Patches are flattened channel-major
@@ -16,10 +13,12 @@ pub struct PatchEmbed {
     in_chans: usize,
 }
 
+crate::params!(PatchEmbed: proj);
+
 impl PatchEmbed {
     /// Reads `{prefix}.proj.weight` `(dim, in_chans, p, p)` and `{prefix}.proj.bias` `(dim)`.
     pub fn load(
-        reader: &mut WeightReader,
+        src: &mut dyn WeightSource,
         prefix: &str,
         img_size: usize,
         patch_size: usize,
@@ -31,30 +30,22 @@ impl PatchEmbed {
                 "image size {img_size} is not a multiple of patch size {patch_size}"
             )));
         }
+        // Stored as the conv weight, used as the matrix of flattened patches.
         let name = format!("{prefix}.proj.weight");
-        let conv = reader.take(&name, &[dim, in_chans, patch_size, patch_size])?;
+        let stored = vec![dim, in_chans, patch_size, patch_size];
+        let conv = src.take(&name, &stored, Init::FanIn)?;
         let weight = Param::new(
             name,
             conv.reshape(&[dim, in_chans * patch_size * patch_size])?,
         )
-        .with_stored_shape(vec![dim, in_chans, patch_size, patch_size]);
-        let bias = load_param(reader, &format!("{prefix}.proj.bias"), &[dim])?;
+        .with_stored_shape(stored);
+        let bias = src.param(&format!("{prefix}.proj.bias"), &[dim], Init::Bias)?;
         Ok(Self {
             proj: Linear::from_params(weight, Some(bias))?,
             img_size,
             patch_size,
             in_chans,
         })
-    }
-
-    /// Visits the projection's weight (stored as the conv weight) and bias.
-    pub fn visit_params(&self, f: &mut ParamVisitor<'_>) {
-        self.proj.visit_params(f);
-    }
-
-    /// Visits the projection's parameters mutably.
-    pub fn visit_params_mut(&mut self, f: &mut ParamVisitorMut<'_>) {
-        self.proj.visit_params_mut(f);
     }
 
     /// The number of patches per image.

@@ -17,7 +17,7 @@ pub use eager::Eager;
 pub use error::OpsError;
 pub use idlevit_tensor::Tensor;
 pub use math::Conv2dSpec;
-pub use param::{Param, ParamVisitor, ParamVisitorMut, visit_weight_bias, visit_weight_bias_mut};
+pub use param::{Param, ParamVisitor, ParamVisitorMut};
 pub use precision::{Precision, set_linear_precision};
 
 /// Result type of this crate.

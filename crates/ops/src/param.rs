@@ -103,23 +103,3 @@ impl Param {
         self.bf16.0.as_deref()
     }
 }
-
-/// Visits a weight, then its bias if there is one (linear and convolution layers).
-pub fn visit_weight_bias(weight: &Param, bias: Option<&Param>, f: &mut ParamVisitor<'_>) {
-    f(weight);
-    if let Some(b) = bias {
-        f(b);
-    }
-}
-
-/// [`visit_weight_bias`], mutably.
-pub fn visit_weight_bias_mut(
-    weight: &mut Param,
-    bias: Option<&mut Param>,
-    f: &mut ParamVisitorMut<'_>,
-) {
-    f(weight);
-    if let Some(b) = bias {
-        f(b);
-    }
-}

@@ -425,7 +425,10 @@ mod tests {
         for (qkv_bias, num_classes) in [(true, 10), (false, 1)] {
             cfg.qkv_bias = qkv_bias;
             cfg.num_classes = num_classes;
-            let weights = crate::random_checkpoint(&cfg, 1).unwrap();
+            let weights = crate::DeiT::random(&cfg, 1)
+                .unwrap()
+                .to_checkpoint()
+                .unwrap();
             let total: usize = weights.iter().map(|(_, t)| t.numel()).sum();
             assert_eq!(cfg.parameter_count(), Some(total));
         }

@@ -1,16 +1,16 @@
 //! DeiT / ViT with a CLS token, as timm's `VisionTransformer` (`deit_*_patch16_224`).
 
-use idlevit_checkpoint::{Checkpoint, WeightReader};
 use idlevit_nn::Fused;
 use idlevit_nn::{
-    Block, BlockConfig, LayerNorm, Linear, Param, ParamVisitor, ParamVisitorMut, PatchEmbed,
-    Precision, set_linear_precision,
+    Block, BlockConfig, Init, LayerNorm, Linear, Param, PatchEmbed, Precision, SeededInit,
+    WeightSource, set_linear_precision,
 };
 use idlevit_selector::{MaskedLayer, TokenPolicy};
 
 use crate::LayerSelection;
+use crate::family::family_methods;
 use crate::stack::{masked, set_linear_drop_path, traced};
-use crate::{DeiTConfig, Result, random_checkpoint};
+use crate::{DeiTConfig, Family, Result};
 
 /// timm's ViT layer-norm epsilon.
 const NORM_EPS: f32 = 1e-6;
@@ -51,24 +51,18 @@ pub struct MaskedForward<V> {
     pub layers: Vec<(usize, MaskedLayer<V>)>,
 }
 
-impl DeiT {
-    /// Builds the model from timm-named weights; every tensor must be present with its exact
-    /// shape, and a tensor the model does not use is an error too.
-    pub fn load(config: &DeiTConfig, checkpoint: Checkpoint) -> Result<Self> {
+idlevit_nn::params!(DeiT: patch_embed, cls_token, pos_embed, blocks, norm, head);
+family_methods!(DeiT, DeiTConfig);
+
+/// timm's names: `patch_embed.proj`, `cls_token`, `pos_embed`, `blocks.{i}`, `norm`, `head`.
+impl Family for DeiT {
+    type Config = DeiTConfig;
+
+    fn build(src: &mut dyn WeightSource, config: &DeiTConfig) -> Result<Self> {
         config.validate()?;
         let c = config.embed_dim;
-        let mut reader = WeightReader::new(checkpoint);
-        let patch_embed = PatchEmbed::load(
-            &mut reader,
-            "patch_embed",
-            config.img_size,
-            config.patch_size,
-            3,
-            c,
-        )?;
-        let cls_token = idlevit_nn::load_param(&mut reader, "cls_token", &[1, 1, c])?;
-        let pos_embed =
-            idlevit_nn::load_param(&mut reader, "pos_embed", &[1, config.num_patches() + 1, c])?;
+        let img = config.img_size;
+        let patch_embed = PatchEmbed::load(src, "patch_embed", img, config.patch_size, 3, c)?;
         let block_config = BlockConfig {
             dim: c,
             num_heads: config.num_heads,
@@ -78,11 +72,14 @@ impl DeiT {
             skip_lam: 1.0,
         };
         let blocks = (0..config.depth)
-            .map(|i| Block::load(&mut reader, &format!("blocks.{i}"), &block_config))
+            .map(|i| Block::load(src, &format!("blocks.{i}"), &block_config))
             .collect::<std::result::Result<_, _>>()?;
-        let norm = LayerNorm::load(&mut reader, "norm", c, NORM_EPS)?;
-        let head = Linear::load(&mut reader, "head", c, config.num_classes, true)?;
-        reader.finish()?;
+        let norm = LayerNorm::load(src, "norm", c, NORM_EPS)?;
+        let head = Linear::load(src, "head", c, config.num_classes, true)?;
+        // Asked for last: seeded models have always drawn the embeddings after the norms.
+        let cls_token = src.param("cls_token", &[1, 1, c], Init::EMBEDDING)?;
+        let tokens = config.num_patches() + 1;
+        let pos_embed = src.param("pos_embed", &[1, tokens, c], Init::EMBEDDING)?;
         Ok(Self {
             config: config.clone(),
             patch_embed,
@@ -95,6 +92,14 @@ impl DeiT {
         })
     }
 
+    /// Linear layers draw from one stream and norms and embeddings from another, as DeiT's
+    /// seeded weights always have: tests and benchmarks pin seeds to them.
+    fn seeded(seed: u64) -> SeededInit {
+        SeededInit::split(seed, seed ^ 0x5EED)
+    }
+}
+
+impl DeiT {
     /// The same model running `policy` at its selection layers; the policy is checked
     /// against the model's depth and token count.
     pub fn with_policy(mut self, policy: TokenPolicy) -> Result<Self> {
@@ -119,49 +124,9 @@ impl DeiT {
         Ok(self)
     }
 
-    /// Visits every parameter in checkpoint order.
-    pub fn visit_params(&self, f: &mut ParamVisitor<'_>) {
-        self.patch_embed.visit_params(f);
-        f(&self.cls_token);
-        f(&self.pos_embed);
-        self.blocks.iter().for_each(|b| b.visit_params(f));
-        self.norm.visit_params(f);
-        self.head.visit_params(f);
-    }
-
-    /// Visits every parameter mutably (an optimiser step).
-    pub fn visit_params_mut(&mut self, f: &mut ParamVisitorMut<'_>) {
-        self.patch_embed.visit_params_mut(f);
-        f(&mut self.cls_token);
-        f(&mut self.pos_embed);
-        self.blocks.iter_mut().for_each(|b| b.visit_params_mut(f));
-        self.norm.visit_params_mut(f);
-        self.head.visit_params_mut(f);
-    }
-
-    /// The weights under timm's names and shapes, ready to save.
-    pub fn to_checkpoint(&self) -> Result<Checkpoint> {
-        let mut ckpt = Checkpoint::default();
-        let mut failure = None;
-        self.visit_params(&mut |p| match p.stored_value() {
-            Ok(value) => ckpt.insert(p.name(), value),
-            Err(e) => failure = Some(e),
-        });
-        match failure {
-            Some(e) => Err(e.into()),
-            None => Ok(ckpt),
-        }
-    }
-
     /// The token policy the model runs.
     pub fn policy(&self) -> &TokenPolicy {
         &self.policy
-    }
-
-    /// A model with seeded random weights (for benchmarks and tests).
-    pub fn random(config: &DeiTConfig, seed: u64) -> Result<Self> {
-        config.validate()?;
-        Self::load(config, random_checkpoint(config, seed)?)
     }
 
     /// The model's configuration.

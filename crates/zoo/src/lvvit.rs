@@ -1,18 +1,18 @@
 //! LV-ViT (Jiang et al., "All Tokens Matter: Token Labeling for Training Better Vision
 //! Transformers"), with the weight names of its official release (`lvvit_s`, `lvvit_m`).
 
-use idlevit_checkpoint::{Checkpoint, WeightReader};
+use idlevit_checkpoint::Checkpoint;
 use idlevit_nn::Fused;
 use idlevit_nn::{
-    Block, BlockConfig, Conv2d, Conv2dSpec, ConvBatchNorm, ConvShape, LayerNorm, Linear, Param,
-    ParamVisitor, ParamVisitorMut,
+    Block, BlockConfig, Conv2d, Conv2dSpec, ConvBatchNorm, ConvShape, Init, LayerNorm, Linear,
+    Param, WeightSource,
 };
 use idlevit_selector::{Schedule, TokenPolicy};
 use serde::{Deserialize, Serialize};
 
-use crate::random::RandomWeights;
+use crate::family::family_methods;
 use crate::stack::{masked, set_linear_drop_path, traced};
-use crate::{MAX_DEPTH, MAX_PATCHES, MaskedForward, Result, Traced, ZooError};
+use crate::{Family, MAX_DEPTH, MAX_PATCHES, MaskedForward, Result, Traced, ZooError};
 
 /// torch's LayerNorm epsilon, which LV-ViT keeps.
 const NORM_EPS: f32 = 1e-5;
@@ -244,32 +244,28 @@ pub struct LvVit {
     policy: TokenPolicy,
 }
 
-impl LvVit {
-    /// Builds the model from weights under the release's names (see [`Self::adapt`] for
-    /// the release's checkpoint files); every tensor must be present with its exact shape,
-    /// and a tensor the model does not use is an error.
-    pub fn load(config: &LvVitConfig, checkpoint: Checkpoint) -> Result<Self> {
+idlevit_nn::params!(LvVit: stem, proj, cls_token, pos_embed, blocks, norm, head, aux_head);
+family_methods!(LvVit, LvVitConfig);
+
+/// The release's names (see [`LvVit::adapt`] for its checkpoint files): the stem
+/// `patch_embed.conv{1,2,3}` and `patch_embed.bn{1,2,3}`, `patch_embed.proj`, `cls_token`,
+/// `pos_embed`, `blocks.{i}`, `norm`, `head`, `aux_head`.
+impl Family for LvVit {
+    type Config = LvVitConfig;
+
+    fn build(src: &mut dyn WeightSource, config: &LvVitConfig) -> Result<Self> {
         config.validate()?;
         let c = config.embed_dim;
-        let mut reader = WeightReader::new(checkpoint);
         let [s1, s2, s3, proj] = config.stem_shapes();
-        let stem_layer = |reader: &mut WeightReader, i: usize, shape| {
-            ConvBatchNorm::load(
-                reader,
-                &format!("patch_embed.conv{i}"),
-                &format!("patch_embed.bn{i}"),
-                shape,
-            )
+        let mut stem_layer = |i: usize, shape| {
+            let (conv, bn) = (format!("patch_embed.conv{i}"), format!("patch_embed.bn{i}"));
+            ConvBatchNorm::load(src, &conv, &bn, shape)
         };
-        let stem = [
-            stem_layer(&mut reader, 1, s1)?,
-            stem_layer(&mut reader, 2, s2)?,
-            stem_layer(&mut reader, 3, s3)?,
-        ];
-        let proj = Conv2d::load(&mut reader, "patch_embed.proj", proj, true)?;
-        let cls_token = idlevit_nn::load_param(&mut reader, "cls_token", &[1, 1, c])?;
-        let pos_embed =
-            idlevit_nn::load_param(&mut reader, "pos_embed", &[1, config.num_patches() + 1, c])?;
+        let stem = [stem_layer(1, s1)?, stem_layer(2, s2)?, stem_layer(3, s3)?];
+        let proj = Conv2d::load(src, "patch_embed.proj", proj, true)?;
+        let cls_token = src.param("cls_token", &[1, 1, c], Init::EMBEDDING)?;
+        let tokens = config.num_patches() + 1;
+        let pos_embed = src.param("pos_embed", &[1, tokens, c], Init::EMBEDDING)?;
         let block_config = BlockConfig {
             dim: c,
             num_heads: config.num_heads,
@@ -279,12 +275,11 @@ impl LvVit {
             skip_lam: config.skip_lam,
         };
         let blocks = (0..config.depth)
-            .map(|i| Block::load(&mut reader, &format!("blocks.{i}"), &block_config))
+            .map(|i| Block::load(src, &format!("blocks.{i}"), &block_config))
             .collect::<std::result::Result<_, _>>()?;
-        let norm = LayerNorm::load(&mut reader, "norm", c, NORM_EPS)?;
-        let head = Linear::load(&mut reader, "head", c, config.num_classes, true)?;
-        let aux_head = Linear::load(&mut reader, "aux_head", c, config.num_classes, true)?;
-        reader.finish()?;
+        let norm = LayerNorm::load(src, "norm", c, NORM_EPS)?;
+        let head = Linear::load(src, "head", c, config.num_classes, true)?;
+        let aux_head = Linear::load(src, "aux_head", c, config.num_classes, true)?;
         Ok(Self {
             config: config.clone(),
             stem,
@@ -298,7 +293,9 @@ impl LvVit {
             policy: TokenPolicy::Dense,
         })
     }
+}
 
+impl LvVit {
     /// The release's checkpoint quirks, undone: weights saved from `DistributedDataParallel`
     /// carry a `module.` prefix, which is dropped. (The `state_dict` / `model` nesting and the
     /// integer `num_batches_tracked` counters are left behind by the `.pth` reader.)
@@ -308,29 +305,6 @@ impl LvVit {
             adapted.insert(name.strip_prefix("module.").unwrap_or(name), tensor.clone());
         }
         adapted
-    }
-
-    /// A model with seeded random weights (for benchmarks and tests).
-    pub fn random(config: &LvVitConfig, seed: u64) -> Result<Self> {
-        config.validate()?;
-        let mut w = RandomWeights::new(seed);
-        let c = config.embed_dim;
-        let [s1, s2, s3, proj] = config.stem_shapes();
-        let kernel = |s: ConvShape| [s.out_channels, s.in_channels, s.kernel, s.kernel];
-        for (i, shape) in [s1, s2, s3].into_iter().enumerate() {
-            w.layer(&format!("patch_embed.conv{}", i + 1), &kernel(shape), false)?;
-            w.batch_norm(&format!("patch_embed.bn{}", i + 1), shape.out_channels)?;
-        }
-        w.layer("patch_embed.proj", &kernel(proj), true)?;
-        w.tensor("cls_token", &[1, 1, c], 0.5, 0.0)?;
-        w.tensor("pos_embed", &[1, config.num_patches() + 1, c], 0.5, 0.0)?;
-        for i in 0..config.depth {
-            w.vit_block(&format!("blocks.{i}"), c, config.mlp_hidden(), false)?;
-        }
-        w.norm("norm", c)?;
-        w.layer("head", &[config.num_classes, c], true)?;
-        w.layer("aux_head", &[config.num_classes, c], true)?;
-        Self::load(config, w.finish())
     }
 
     /// The same model running `policy` at its selection layers.
@@ -361,47 +335,6 @@ impl LvVit {
     /// The transformer blocks, in order.
     pub fn blocks(&self) -> &[Block] {
         &self.blocks
-    }
-
-    /// Visits every learnable parameter in checkpoint order (the batch norms' running
-    /// statistics are not learnable in eval mode and are left out).
-    pub fn visit_params(&self, f: &mut ParamVisitor<'_>) {
-        self.stem.iter().for_each(|s| s.visit_params(f));
-        self.proj.visit_params(f);
-        f(&self.cls_token);
-        f(&self.pos_embed);
-        self.blocks.iter().for_each(|b| b.visit_params(f));
-        self.norm.visit_params(f);
-        self.head.visit_params(f);
-        self.aux_head.visit_params(f);
-    }
-
-    /// Visits every learnable parameter mutably (an optimiser step).
-    pub fn visit_params_mut(&mut self, f: &mut ParamVisitorMut<'_>) {
-        self.stem.iter_mut().for_each(|s| s.visit_params_mut(f));
-        self.proj.visit_params_mut(f);
-        f(&mut self.cls_token);
-        f(&mut self.pos_embed);
-        self.blocks.iter_mut().for_each(|b| b.visit_params_mut(f));
-        self.norm.visit_params_mut(f);
-        self.head.visit_params_mut(f);
-        self.aux_head.visit_params_mut(f);
-    }
-
-    /// Every weight and running statistic under the release's names, ready to save.
-    pub fn to_checkpoint(&self) -> Result<Checkpoint> {
-        let mut ckpt = Checkpoint::default();
-        let mut failure = None;
-        let mut save = |p: &Param| match p.stored_value() {
-            Ok(value) => ckpt.insert(p.name(), value),
-            Err(e) => failure = Some(e),
-        };
-        self.visit_params(&mut save);
-        self.stem.iter().for_each(|s| s.visit_buffers(&mut save));
-        match failure {
-            Some(e) => Err(e.into()),
-            None => Ok(ckpt),
-        }
     }
 
     /// Tokens entering the first block: `[CLS; stem patches] + pos_embed`, `(batch, N+1, C)`.

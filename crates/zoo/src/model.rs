@@ -1,18 +1,110 @@
 //! Any model of the zoo behind one type, for the code that serves every family alike (the
 //! CLI's `--model`, benchmarks, cost counts, family-independent tests).
+//!
+//! A [`Family`] joins the zoo with one line of `families!` below (its variant, model and
+//! config types, `family` key and published names) and its arms in the few [`ZooConfig`]
+//! methods whose meaning differs by family (depth, tokens, schedules, costs); everything else
+//! dispatches through the `each_family!` that line generates, to the [`Family`] and
+//! [`Params`] methods and to the model's `config`, `policy`, `with_policy`,
+//! `with_drop_path`, `forward` and `forward_traced`.
 
 use idlevit_nn::Fused;
 use std::path::Path;
 
 use idlevit_checkpoint::Checkpoint;
-use idlevit_nn::{ParamVisitor, ParamVisitorMut};
+use idlevit_nn::{ParamVisitor, ParamVisitorMut, Params};
 use idlevit_selector::{PolicyKind, Schedule, SelectorError, TokenPolicy, keep_count};
 
 use crate::config::quoted;
 use crate::{
-    DeiT, DeiTConfig, LVVIT_MODELS, LvVit, LvVitConfig, MaskedForward, PVT_MODELS, PvtConfig,
-    PvtV2, Result, Traced, ZooError, cost,
+    DeiT, DeiTConfig, Family, LVVIT_MODELS, LvVit, LvVitConfig, MaskedForward, PVT_MODELS,
+    PvtConfig, PvtV2, Result, Traced, ZooError, cost,
 };
+
+/// Registers the families: generates [`ZooConfig`], [`ZooModel`], their `From` impls,
+/// [`FAMILIES`], [`model_names`], the name and key lookups, and `each_family!`. The leading
+/// `$` is passed in as `$d` so that the generated macro can have metavariables of its own.
+macro_rules! families {
+    ($d:tt $($variant:ident($model:ty, $config:ty): $key:literal, $names:expr, $doc:literal;)+) => {
+        /// The configuration of a model of any family.
+        #[derive(Clone, Debug, PartialEq)]
+        pub enum ZooConfig {
+            $(#[doc = $doc] $variant($config),)+
+        }
+
+        /// A model of any family (boxed: the families differ much in size).
+        #[derive(Clone, Debug)]
+        pub enum ZooModel {
+            $(#[doc = $doc] $variant(Box<$model>),)+
+        }
+
+        /// The values of a config's `family` key ([`ZooConfig::from_json`]).
+        pub const FAMILIES: &[&str] = &[$($key),+];
+
+        /// Every name [`ZooConfig::named`] accepts.
+        pub fn model_names() -> Vec<&'static str> {
+            [$($names),+].concat()
+        }
+
+        $(
+            impl From<$model> for ZooModel {
+                fn from(model: $model) -> Self {
+                    Self::$variant(Box::new(model))
+                }
+            }
+
+            impl From<$config> for ZooConfig {
+                fn from(config: $config) -> Self {
+                    Self::$variant(config)
+                }
+            }
+        )+
+
+        impl ZooConfig {
+            /// A published model by name: `deit_{tiny,small,base}` (or timm's full DeiT
+            /// names), `lvvit_{s,m}`, `pvt_v2_b{0,1,2}`.
+            pub fn named(name: &str) -> Result<Self> {
+                $(if let Ok(config) = <$config>::named(name) {
+                    return Ok(config.into());
+                })+
+                Err(crate::config::unknown_model(name, &model_names()))
+            }
+
+            /// The family's name, as the `family` key of a config spells it.
+            pub fn family(&self) -> &'static str {
+                match self {
+                    $(Self::$variant(_) => $key,)+
+                }
+            }
+
+            /// The config of the family keyed `key` from JSON `text`; `None` for an unknown
+            /// key.
+            fn from_family_json(key: &str, text: &str) -> Option<Result<Self>> {
+                match key {
+                    $($key => Some(<$config>::from_json(text).map(Self::from)),)+
+                    _ => None,
+                }
+            }
+        }
+
+        /// `$body` for the family that `$value` (a [`ZooConfig`] or a [`ZooModel`], named by
+        /// `$kind`) holds, with `$m` bound to its config or model and `$family`, if given,
+        /// naming the family's model type.
+        macro_rules! each_family {
+            ($d value:expr, $d kind:ident, $d m:ident $d(, $d family:ident)? => $d body:expr) => {
+                match $d value {
+                    $($d kind::$variant($d m) => { $d(type $d family = $model;)? $d body })+
+                }
+            };
+        }
+    };
+}
+
+families! { $
+    DeiT(DeiT, DeiTConfig): "deit", crate::config::NAMED_MODELS, "A DeiT / ViT.";
+    LvVit(LvVit, LvVitConfig): "lvvit", LVVIT_MODELS, "An LV-ViT.";
+    Pvt(PvtV2, PvtConfig): "pvt_v2", PVT_MODELS, "A PVT-v2.";
+}
 
 /// Checks that images are `(batch >= 1, 3, side, side)`.
 pub(crate) fn check_images(shape: &[usize], side: usize) -> Result<()> {
@@ -27,44 +119,7 @@ pub(crate) fn check_images(shape: &[usize], side: usize) -> Result<()> {
     Ok(())
 }
 
-/// The configuration of a model of any family.
-#[derive(Clone, Debug, PartialEq)]
-pub enum ZooConfig {
-    /// A DeiT / ViT.
-    DeiT(DeiTConfig),
-    /// An LV-ViT.
-    LvVit(LvVitConfig),
-    /// A PVT-v2.
-    Pvt(PvtConfig),
-}
-
-/// The values of a config's `family` key ([`ZooConfig::from_json`]).
-pub const FAMILIES: &[&str] = &["deit", "lvvit", "pvt_v2"];
-
-/// Every name [`ZooConfig::named`] accepts.
-pub fn model_names() -> Vec<&'static str> {
-    let mut names = crate::config::NAMED_MODELS.to_vec();
-    names.extend_from_slice(LVVIT_MODELS);
-    names.extend_from_slice(PVT_MODELS);
-    names
-}
-
 impl ZooConfig {
-    /// A published model by name: `deit_{tiny,small,base}` (or timm's full DeiT names),
-    /// `lvvit_{s,m}`, `pvt_v2_b{0,1,2}`.
-    pub fn named(name: &str) -> Result<Self> {
-        if let Ok(config) = DeiTConfig::named(name) {
-            return Ok(Self::DeiT(config));
-        }
-        if let Ok(config) = LvVitConfig::named(name) {
-            return Ok(Self::LvVit(config));
-        }
-        if let Ok(config) = PvtConfig::named(name) {
-            return Ok(Self::Pvt(config));
-        }
-        Err(crate::config::unknown_model(name, &model_names()))
-    }
-
     /// Parses and validates a JSON config of any family: the key `family` (`deit`, `lvvit`
     /// or `pvt_v2`) picks the family and the other keys are that family's config; without
     /// `family` the config is a DeiT's (the CLI's original `CFG.json`).
@@ -101,31 +156,18 @@ impl ZooConfig {
                 )));
             }
         };
-        let rest = value.to_string();
-        match family.as_str() {
-            "deit" => DeiTConfig::from_json(&rest).map(Self::DeiT),
-            "lvvit" => LvVitConfig::from_json(&rest).map(Self::LvVit),
-            "pvt_v2" => PvtConfig::from_json(&rest).map(Self::Pvt),
-            other => Err(ZooError::Config(format!(
+        Self::from_family_json(&family, &value.to_string()).unwrap_or_else(|| {
+            Err(ZooError::Config(format!(
                 "unknown family `{}`; expected one of {}",
-                quoted(other),
+                quoted(&family),
                 FAMILIES.join(", ")
-            ))),
-        }
+            )))
+        })
     }
 
     /// Reads, parses and validates a JSON config file of any family ([`Self::from_json`]).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         crate::config::read_config_file(path.as_ref(), Self::from_json)
-    }
-
-    /// The family's name, as the `family` key of a config spells it.
-    pub fn family(&self) -> &'static str {
-        match self {
-            Self::DeiT(_) => FAMILIES[0],
-            Self::LvVit(_) => FAMILIES[1],
-            Self::Pvt(_) => FAMILIES[2],
-        }
     }
 
     /// The number of blocks.
@@ -148,29 +190,17 @@ impl ZooConfig {
 
     /// The number of learnable weights, or `None` when it overflows `usize`.
     pub fn parameter_count(&self) -> Option<usize> {
-        match self {
-            Self::DeiT(c) => c.parameter_count(),
-            Self::LvVit(c) => c.parameter_count(),
-            Self::Pvt(c) => c.parameter_count(),
-        }
+        each_family!(self, Self, c => c.parameter_count())
     }
 
     /// Input image side in pixels.
     pub fn img_size(&self) -> usize {
-        match self {
-            Self::DeiT(c) => c.img_size,
-            Self::LvVit(c) => c.img_size,
-            Self::Pvt(c) => c.img_size,
-        }
+        each_family!(self, Self, c => c.img_size)
     }
 
     /// Number of classes the model predicts.
     pub fn num_classes(&self) -> usize {
-        match self {
-            Self::DeiT(c) => c.num_classes,
-            Self::LvVit(c) => c.num_classes,
-            Self::Pvt(c) => c.num_classes,
-        }
+        each_family!(self, Self, c => c.num_classes)
     }
 
     /// Width of the features distillation compares: the token width (DeiT, LV-ViT) or the
@@ -260,116 +290,61 @@ fn short_number(x: f64) -> String {
     }
 }
 
-/// A model of any family.
-#[derive(Clone, Debug)]
-pub enum ZooModel {
-    /// A DeiT / ViT (boxed: the families differ much in size).
-    DeiT(Box<DeiT>),
-    /// An LV-ViT.
-    LvVit(Box<LvVit>),
-    /// A PVT-v2.
-    Pvt(Box<PvtV2>),
-}
-
 impl ZooModel {
     /// Builds the model from its family's weight names.
     pub fn load(config: &ZooConfig, checkpoint: Checkpoint) -> Result<Self> {
-        Ok(match config {
-            ZooConfig::DeiT(c) => Self::DeiT(Box::new(DeiT::load(c, checkpoint)?)),
-            ZooConfig::LvVit(c) => Self::LvVit(Box::new(LvVit::load(c, checkpoint)?)),
-            ZooConfig::Pvt(c) => Self::Pvt(Box::new(PvtV2::load(c, checkpoint)?)),
-        })
+        each_family!(config, ZooConfig, c, F => <F as Family>::load(c, checkpoint).map(Self::from))
     }
 
     /// A model with seeded random weights.
     pub fn random(config: &ZooConfig, seed: u64) -> Result<Self> {
-        Ok(match config {
-            ZooConfig::DeiT(c) => Self::DeiT(Box::new(DeiT::random(c, seed)?)),
-            ZooConfig::LvVit(c) => Self::LvVit(Box::new(LvVit::random(c, seed)?)),
-            ZooConfig::Pvt(c) => Self::Pvt(Box::new(PvtV2::random(c, seed)?)),
-        })
+        each_family!(config, ZooConfig, c, F => <F as Family>::random(c, seed).map(Self::from))
     }
 
     /// The same model running `policy`.
     pub fn with_policy(self, policy: TokenPolicy) -> Result<Self> {
-        Ok(match self {
-            Self::DeiT(m) => Self::DeiT(Box::new(m.with_policy(policy)?)),
-            Self::LvVit(m) => Self::LvVit(Box::new(m.with_policy(policy)?)),
-            Self::Pvt(m) => Self::Pvt(Box::new(m.with_policy(policy)?)),
-        })
+        each_family!(self, Self, m => m.with_policy(policy).map(Self::from))
     }
 
     /// The same model with stochastic depth `rate` at its last block (linear from 0 at the
     /// first), for training; see [`DeiT::with_drop_path`].
     pub fn with_drop_path(self, rate: f32) -> Result<Self> {
-        Ok(match self {
-            Self::DeiT(m) => Self::DeiT(Box::new(m.with_drop_path(rate)?)),
-            Self::LvVit(m) => Self::LvVit(Box::new(m.with_drop_path(rate)?)),
-            Self::Pvt(m) => Self::Pvt(Box::new(m.with_drop_path(rate)?)),
-        })
+        each_family!(self, Self, m => m.with_drop_path(rate).map(Self::from))
     }
 
     /// The model's configuration.
     pub fn config(&self) -> ZooConfig {
-        match self {
-            Self::DeiT(m) => ZooConfig::DeiT(m.config().clone()),
-            Self::LvVit(m) => ZooConfig::LvVit(m.config().clone()),
-            Self::Pvt(m) => ZooConfig::Pvt(m.config().clone()),
-        }
+        each_family!(self, Self, m => m.config().clone().into())
     }
 
     /// The weights under the family's names, ready to save (and to [`load`](Self::load)).
     pub fn to_checkpoint(&self) -> Result<Checkpoint> {
-        match self {
-            Self::DeiT(m) => m.to_checkpoint(),
-            Self::LvVit(m) => m.to_checkpoint(),
-            Self::Pvt(m) => m.to_checkpoint(),
-        }
+        each_family!(self, Self, m => Ok(Params::to_checkpoint(m.as_ref())?))
     }
 
     /// Side of the square input image.
     pub fn img_size(&self) -> usize {
-        match self {
-            Self::DeiT(m) => m.config().img_size,
-            Self::LvVit(m) => m.config().img_size,
-            Self::Pvt(m) => m.config().img_size,
-        }
+        each_family!(self, Self, m => m.config().img_size)
     }
 
     /// Number of classes the head predicts.
     pub fn num_classes(&self) -> usize {
-        match self {
-            Self::DeiT(m) => m.config().num_classes,
-            Self::LvVit(m) => m.config().num_classes,
-            Self::Pvt(m) => m.config().num_classes,
-        }
+        each_family!(self, Self, m => m.config().num_classes)
     }
 
     /// The token policy the model runs.
     pub fn policy(&self) -> &TokenPolicy {
-        match self {
-            Self::DeiT(m) => m.policy(),
-            Self::LvVit(m) => m.policy(),
-            Self::Pvt(m) => m.policy(),
-        }
+        each_family!(self, Self, m => m.policy())
     }
 
     /// Images `(batch, 3, img, img)` to logits `(batch, classes)` under the model's policy.
     pub fn forward<B: Fused>(&self, bk: &B, images: &B::Value) -> Result<B::Value> {
-        match self {
-            Self::DeiT(m) => m.forward(bk, images),
-            Self::LvVit(m) => m.forward(bk, images),
-            Self::Pvt(m) => m.forward(bk, images),
-        }
+        each_family!(self, Self, m => m.forward(bk, images))
     }
 
     /// [`forward`](Self::forward), also returning each selecting layer's choice.
     pub fn forward_traced<B: Fused>(&self, bk: &B, images: &B::Value) -> Result<Traced<B::Value>> {
-        match self {
-            Self::DeiT(m) => m.forward_traced(bk, images),
-            Self::LvVit(m) => m.forward_traced(bk, images),
-            Self::Pvt(m) => m.forward_traced(bk, images),
-        }
+        each_family!(self, Self, m => m.forward_traced(bk, images))
     }
 
     /// The training form (idle layers masked) with what the cut loss needs; PVT-v2 has no
@@ -403,20 +378,12 @@ impl ZooModel {
 
     /// Visits every learnable parameter.
     pub fn visit_params(&self, f: &mut ParamVisitor<'_>) {
-        match self {
-            Self::DeiT(m) => m.visit_params(f),
-            Self::LvVit(m) => m.visit_params(f),
-            Self::Pvt(m) => m.visit_params(f),
-        }
+        each_family!(self, Self, m => m.visit(f))
     }
 
     /// Visits every learnable parameter mutably.
     pub fn visit_params_mut(&mut self, f: &mut ParamVisitorMut<'_>) {
-        match self {
-            Self::DeiT(m) => m.visit_params_mut(f),
-            Self::LvVit(m) => m.visit_params_mut(f),
-            Self::Pvt(m) => m.visit_params_mut(f),
-        }
+        each_family!(self, Self, m => m.visit_mut(f))
     }
 }
 

@@ -1,10 +1,8 @@
 //! PVT-v2 (Wang et al., "PVT v2: Improved Baselines with Pyramid Vision Transformer"), as
 //! timm's `pvt_v2_b*`, with token idling in its later stages (design in `docs/pvt-idle.md`).
 
-use idlevit_checkpoint::{Checkpoint, WeightReader};
 use idlevit_nn::{
-    Backend, Conv2d, Conv2dSpec, ConvShape, Eager, Fused, LayerNorm, Linear, NnError, ParamVisitor,
-    ParamVisitorMut,
+    Backend, Conv2d, Conv2dSpec, ConvShape, Eager, Fused, LayerNorm, Linear, NnError, WeightSource,
 };
 use idlevit_selector::{
     AttentionParts, KeyScoring, PolicyKind, Schedule, SelectorError, TokenBlock, TokenPolicy,
@@ -13,8 +11,8 @@ use idlevit_selector::{
 use idlevit_tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::random::RandomWeights;
-use crate::{LayerSelection, MAX_PATCHES, Result, Traced, ZooError};
+use crate::family::family_methods;
+use crate::{Family, LayerSelection, MAX_PATCHES, Result, Traced, ZooError};
 
 /// Epsilon of timm's `LayerNorm` (block and stage norms).
 const BLOCK_NORM_EPS: f32 = 1e-6;
@@ -312,12 +310,14 @@ struct PatchEmbed {
     norm: LayerNorm,
 }
 
+idlevit_nn::params!(PatchEmbed: proj, norm);
+
 impl PatchEmbed {
-    fn load(reader: &mut WeightReader, prefix: &str, shape: ConvShape) -> Result<Self> {
+    fn load(src: &mut dyn WeightSource, prefix: &str, shape: ConvShape) -> Result<Self> {
         Ok(Self {
-            proj: Conv2d::load(reader, &format!("{prefix}.proj"), shape, true)?,
+            proj: Conv2d::load(src, &format!("{prefix}.proj"), shape, true)?,
             norm: LayerNorm::load(
-                reader,
+                src,
                 &format!("{prefix}.norm"),
                 shape.out_channels,
                 TORCH_NORM_EPS,
@@ -329,16 +329,6 @@ impl PatchEmbed {
     fn forward<B: Fused>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
         let tokens = from_grid(bk, &self.proj.forward(bk, x)?)?;
         Ok(self.norm.forward(bk, &tokens)?)
-    }
-
-    fn visit_params(&self, f: &mut ParamVisitor<'_>) {
-        self.proj.visit_params(f);
-        self.norm.visit_params(f);
-    }
-
-    fn visit_params_mut(&mut self, f: &mut ParamVisitorMut<'_>) {
-        self.proj.visit_params_mut(f);
-        self.norm.visit_params_mut(f);
     }
 }
 
@@ -371,9 +361,15 @@ struct StageShape {
     side: usize,
 }
 
+idlevit_nn::params!(PvtBlock: norm1, q, kv, sr, proj, norm2, fc1, dwconv, fc2);
+
 impl PvtBlock {
-    fn load(reader: &mut WeightReader, p: &str, s: &StageShape) -> Result<Self> {
+    /// Reads the block under `p` in timm's order (seeded models draw in it).
+    fn load(src: &mut dyn WeightSource, p: &str, s: &StageShape) -> Result<Self> {
         let c = s.dim;
+        let norm1 = LayerNorm::load(src, &format!("{p}.norm1"), c, BLOCK_NORM_EPS)?;
+        let q = Linear::load(src, &format!("{p}.attn.q"), c, c, true)?;
+        let kv = Linear::load(src, &format!("{p}.attn.kv"), c, 2 * c, true)?;
         let sr = (s.sr > 1)
             .then(|| -> Result<_> {
                 let shape = ConvShape {
@@ -383,8 +379,8 @@ impl PvtBlock {
                     spec: Conv2dSpec::new(s.sr, 0),
                 };
                 Ok((
-                    Conv2d::load(reader, &format!("{p}.attn.sr"), shape, true)?,
-                    LayerNorm::load(reader, &format!("{p}.attn.norm"), c, TORCH_NORM_EPS)?,
+                    Conv2d::load(src, &format!("{p}.attn.sr"), shape, true)?,
+                    LayerNorm::load(src, &format!("{p}.attn.norm"), c, TORCH_NORM_EPS)?,
                 ))
             })
             .transpose()?;
@@ -395,49 +391,19 @@ impl PvtBlock {
             spec: Conv2dSpec::new(1, 1).with_groups(s.hidden),
         };
         Ok(Self {
-            norm1: LayerNorm::load(reader, &format!("{p}.norm1"), c, BLOCK_NORM_EPS)?,
-            q: Linear::load(reader, &format!("{p}.attn.q"), c, c, true)?,
-            kv: Linear::load(reader, &format!("{p}.attn.kv"), c, 2 * c, true)?,
+            norm1,
+            q,
+            kv,
             sr,
-            proj: Linear::load(reader, &format!("{p}.attn.proj"), c, c, true)?,
-            norm2: LayerNorm::load(reader, &format!("{p}.norm2"), c, BLOCK_NORM_EPS)?,
-            fc1: Linear::load(reader, &format!("{p}.mlp.fc1"), c, s.hidden, true)?,
-            dwconv: Conv2d::load(reader, &format!("{p}.mlp.dwconv"), dw, true)?,
-            fc2: Linear::load(reader, &format!("{p}.mlp.fc2"), s.hidden, c, true)?,
+            proj: Linear::load(src, &format!("{p}.attn.proj"), c, c, true)?,
+            norm2: LayerNorm::load(src, &format!("{p}.norm2"), c, BLOCK_NORM_EPS)?,
+            fc1: Linear::load(src, &format!("{p}.mlp.fc1"), c, s.hidden, true)?,
+            dwconv: Conv2d::load(src, &format!("{p}.mlp.dwconv"), dw, true)?,
+            fc2: Linear::load(src, &format!("{p}.mlp.fc2"), s.hidden, c, true)?,
             heads: s.heads,
             side: s.side,
             drop_path: 0.0,
         })
-    }
-
-    fn visit_params(&self, f: &mut ParamVisitor<'_>) {
-        self.norm1.visit_params(f);
-        self.q.visit_params(f);
-        self.kv.visit_params(f);
-        if let Some((conv, norm)) = &self.sr {
-            conv.visit_params(f);
-            norm.visit_params(f);
-        }
-        self.proj.visit_params(f);
-        self.norm2.visit_params(f);
-        self.fc1.visit_params(f);
-        self.dwconv.visit_params(f);
-        self.fc2.visit_params(f);
-    }
-
-    fn visit_params_mut(&mut self, f: &mut ParamVisitorMut<'_>) {
-        self.norm1.visit_params_mut(f);
-        self.q.visit_params_mut(f);
-        self.kv.visit_params_mut(f);
-        if let Some((conv, norm)) = &mut self.sr {
-            conv.visit_params_mut(f);
-            norm.visit_params_mut(f);
-        }
-        self.proj.visit_params_mut(f);
-        self.norm2.visit_params_mut(f);
-        self.fc1.visit_params_mut(f);
-        self.dwconv.visit_params_mut(f);
-        self.fc2.visit_params_mut(f);
     }
 
     fn scale(&self) -> f32 {
@@ -601,6 +567,8 @@ struct Stage {
     norm: LayerNorm,
 }
 
+idlevit_nn::params!(Stage: downsample, blocks, norm);
+
 /// A PVT-v2: an overlapping patch embedding (7x7, stride 4), stages of spatial-reduction
 /// attention blocks with depthwise-convolution MLPs, each later stage downsampling (3x3,
 /// stride 2), and a linear head on the mean of the last stage's tokens.
@@ -613,12 +581,16 @@ pub struct PvtV2 {
     policy: TokenPolicy,
 }
 
-impl PvtV2 {
-    /// Builds the model from timm-named weights (`pvt_v2_b*`); every tensor must be present
-    /// with its exact shape, and a tensor the model does not use is an error.
-    pub fn load(config: &PvtConfig, checkpoint: Checkpoint) -> Result<Self> {
+idlevit_nn::params!(PvtV2: patch_embed, stages, head);
+family_methods!(PvtV2, PvtConfig);
+
+/// timm's names (`pvt_v2_b*`): `patch_embed`, then per stage `stages.{i}.downsample` (after
+/// the first), `stages.{i}.blocks.{j}` and `stages.{i}.norm`, and `head`.
+impl Family for PvtV2 {
+    type Config = PvtConfig;
+
+    fn build(src: &mut dyn WeightSource, config: &PvtConfig) -> Result<Self> {
         config.validate()?;
-        let mut reader = WeightReader::new(checkpoint);
         let sides = config.grid_sides();
         let embed = |in_channels, out_channels, kernel, stride| ConvShape {
             in_channels,
@@ -626,11 +598,8 @@ impl PvtV2 {
             kernel,
             spec: Conv2dSpec::new(stride, kernel / 2),
         };
-        let patch_embed = PatchEmbed::load(
-            &mut reader,
-            "patch_embed",
-            embed(3, config.embed_dims[0], 7, 4),
-        )?;
+        let patch_embed =
+            PatchEmbed::load(src, "patch_embed", embed(3, config.embed_dims[0], 7, 4))?;
         let mut stages = Vec::with_capacity(config.num_stages());
         for (i, &side) in sides.iter().enumerate() {
             let p = format!("stages.{i}");
@@ -638,7 +607,7 @@ impl PvtV2 {
             let downsample = (i > 0)
                 .then(|| {
                     let shape = embed(config.embed_dims[i - 1], dim, 3, 2);
-                    PatchEmbed::load(&mut reader, &format!("{p}.downsample"), shape)
+                    PatchEmbed::load(src, &format!("{p}.downsample"), shape)
                 })
                 .transpose()?;
             let shape = StageShape {
@@ -649,9 +618,9 @@ impl PvtV2 {
                 side,
             };
             let blocks = (0..config.depths[i])
-                .map(|j| PvtBlock::load(&mut reader, &format!("{p}.blocks.{j}"), &shape))
+                .map(|j| PvtBlock::load(src, &format!("{p}.blocks.{j}"), &shape))
                 .collect::<Result<_>>()?;
-            let norm = LayerNorm::load(&mut reader, &format!("{p}.norm"), dim, BLOCK_NORM_EPS)?;
+            let norm = LayerNorm::load(src, &format!("{p}.norm"), dim, BLOCK_NORM_EPS)?;
             stages.push(Stage {
                 downsample,
                 blocks,
@@ -659,8 +628,7 @@ impl PvtV2 {
             });
         }
         let last = config.embed_dims[config.num_stages() - 1];
-        let head = Linear::load(&mut reader, "head", last, config.num_classes, true)?;
-        reader.finish()?;
+        let head = Linear::load(src, "head", last, config.num_classes, true)?;
         Ok(Self {
             config: config.clone(),
             patch_embed,
@@ -669,53 +637,9 @@ impl PvtV2 {
             policy: TokenPolicy::Dense,
         })
     }
+}
 
-    /// A model with seeded random weights (for benchmarks and tests).
-    pub fn random(config: &PvtConfig, seed: u64) -> Result<Self> {
-        config.validate()?;
-        let mut w = RandomWeights::new(seed);
-        let embed = |w: &mut RandomWeights, p: &str, cin: usize, cout: usize, k: usize| {
-            w.layer(&format!("{p}.proj"), &[cout, cin, k, k], true)?;
-            w.norm(&format!("{p}.norm"), cout)
-        };
-        embed(&mut w, "patch_embed", 3, config.embed_dims[0], 7)?;
-        for i in 0..config.num_stages() {
-            let (c, hidden, sr) = (
-                config.embed_dims[i],
-                config.mlp_hidden(i),
-                config.sr_ratios[i],
-            );
-            if i > 0 {
-                embed(
-                    &mut w,
-                    &format!("stages.{i}.downsample"),
-                    config.embed_dims[i - 1],
-                    c,
-                    3,
-                )?;
-            }
-            for j in 0..config.depths[i] {
-                let p = format!("stages.{i}.blocks.{j}");
-                w.norm(&format!("{p}.norm1"), c)?;
-                w.layer(&format!("{p}.attn.q"), &[c, c], true)?;
-                w.layer(&format!("{p}.attn.kv"), &[2 * c, c], true)?;
-                if sr > 1 {
-                    w.layer(&format!("{p}.attn.sr"), &[c, c, sr, sr], true)?;
-                    w.norm(&format!("{p}.attn.norm"), c)?;
-                }
-                w.layer(&format!("{p}.attn.proj"), &[c, c], true)?;
-                w.norm(&format!("{p}.norm2"), c)?;
-                w.layer(&format!("{p}.mlp.fc1"), &[hidden, c], true)?;
-                w.layer(&format!("{p}.mlp.dwconv"), &[hidden, 1, 3, 3], true)?;
-                w.layer(&format!("{p}.mlp.fc2"), &[c, hidden], true)?;
-            }
-            w.norm(&format!("stages.{i}.norm"), c)?;
-        }
-        let last = config.embed_dims[config.num_stages() - 1];
-        w.layer("head", &[config.num_classes, last], true)?;
-        Self::load(config, w.finish())
-    }
-
+impl PvtV2 {
     /// The same model running `policy`: dense, or idle layers (stages 2 and later; top-k
     /// pruning and EViT have no pyramid form).
     pub fn with_policy(mut self, policy: TokenPolicy) -> Result<Self> {
@@ -757,39 +681,6 @@ impl PvtV2 {
     /// The token policy the model runs.
     pub fn policy(&self) -> &TokenPolicy {
         &self.policy
-    }
-
-    /// Visits every parameter in checkpoint order.
-    pub fn visit_params(&self, f: &mut ParamVisitor<'_>) {
-        self.patch_embed.visit_params(f);
-        for stage in &self.stages {
-            if let Some(d) = &stage.downsample {
-                d.visit_params(f);
-            }
-            stage.blocks.iter().for_each(|b| b.visit_params(f));
-            stage.norm.visit_params(f);
-        }
-        self.head.visit_params(f);
-    }
-
-    /// Visits every parameter mutably (an optimiser step).
-    pub fn visit_params_mut(&mut self, f: &mut ParamVisitorMut<'_>) {
-        self.patch_embed.visit_params_mut(f);
-        for stage in &mut self.stages {
-            if let Some(d) = &mut stage.downsample {
-                d.visit_params_mut(f);
-            }
-            stage.blocks.iter_mut().for_each(|b| b.visit_params_mut(f));
-            stage.norm.visit_params_mut(f);
-        }
-        self.head.visit_params_mut(f);
-    }
-
-    /// The weights under timm's names and shapes, ready to save.
-    pub fn to_checkpoint(&self) -> Result<Checkpoint> {
-        let mut ckpt = Checkpoint::default();
-        self.visit_params(&mut |p| ckpt.insert(p.name(), p.value().clone()));
-        Ok(ckpt)
     }
 
     /// Images `(batch, 3, img, img)` to logits `(batch, classes)`, idle layers gathered.

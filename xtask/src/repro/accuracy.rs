@@ -6,12 +6,11 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use idlevit_cli::commands::bench;
-use idlevit_cli::data::ImageFolder;
-use idlevit_cli::digits::{Canvas, DigitsOptions, DigitsSplit, embedded_split, write_image_folder};
-use idlevit_cli::evaluate::evaluate;
-use idlevit_cli::finetune::{FinetuneOptions, finetune};
-use idlevit_train::{Mixup, Objective};
+use idlevit_data::ImageFolder;
+use idlevit_data::digits::{
+    Canvas, DigitsOptions, DigitsSplit, embedded_split, write_image_folder,
+};
+use idlevit_train::{FinetuneOptions, Mixup, Objective, bench, evaluate, finetune};
 use idlevit_zoo::{DeiT, PolicyKind, ZooModel};
 
 use super::speed::deit_policy;
@@ -140,7 +139,7 @@ fn per_class(canvases: Vec<Canvas>, limit: Option<usize>) -> Vec<Canvas> {
     let Some(limit) = limit else {
         return canvases;
     };
-    let mut counts = [0usize; idlevit_cli::digits::CLASSES];
+    let mut counts = [0usize; idlevit_data::digits::CLASSES];
     canvases
         .into_iter()
         .filter(|c| {

@@ -8,8 +8,10 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail, ensure};
 use image::{Rgb, RgbImage};
+
+use crate::error::invalid;
+use crate::{DataError, Result};
 
 /// The exported digits: magic, count, then (label, 8x8 pixels in 0..=16) records.
 pub const DIGITS_BIN: &[u8] = include_bytes!("../../../fixtures/digits/digits.bin");
@@ -30,27 +32,28 @@ pub struct Digit {
 
 /// Parses the export format; a wrong magic, count, label or pixel is an error naming it.
 pub fn parse_digits(bytes: &[u8]) -> Result<Vec<Digit>> {
-    ensure!(
-        bytes.len() >= 12 && &bytes[..8] == MAGIC,
-        "not a digits export: expected magic UCIDIG01 and a count"
-    );
+    if bytes.len() < 12 || &bytes[..8] != MAGIC {
+        return invalid!("not a digits export: expected magic UCIDIG01 and a count");
+    }
     let count = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
     let body = &bytes[12..];
-    ensure!(
-        body.len() == count * 65,
-        "digits export: expected {} bytes for {count} records, found {}",
-        count * 65,
-        body.len()
-    );
+    if body.len() != count * 65 {
+        let (expected, found) = (count * 65, body.len());
+        return invalid!(
+            "digits export: expected {expected} bytes for {count} records, found {found}"
+        );
+    }
     body.chunks_exact(65)
         .enumerate()
         .map(|(i, record)| {
             let label = record[0];
-            ensure!(label < 10, "digit {i}: label {label} is not 0..9");
+            if label >= 10 {
+                return invalid!("digit {i}: label {label} is not 0..9");
+            }
             let mut ink = [0u8; 64];
             ink.copy_from_slice(&record[1..]);
             if let Some(bad) = ink.iter().find(|&&v| v > 16) {
-                bail!("digit {i}: ink {bad} is outside 0..=16");
+                return invalid!("digit {i}: ink {bad} is outside 0..=16");
             }
             Ok(Digit { label, ink })
         })
@@ -291,31 +294,29 @@ pub fn draw_canvas(digit: &Digit, options: &DigitsOptions, rng: &mut SplitMix) -
 /// Makes the task from `digits`: a seeded split into training and validation digits, then
 /// `train_copies` canvases per training digit and one per validation digit.
 pub fn make_split(digits: &[Digit], options: &DigitsOptions) -> Result<DigitsSplit> {
-    ensure!(
-        options.side >= 16
-            && options.digit_size.0 >= 8
-            && options.digit_size.0 <= options.digit_size.1,
-        "digits: expected side >= 16 and 8 <= min digit size <= max, found side {} sizes {:?}",
-        options.side,
-        options.digit_size
-    );
-    ensure!(
-        options.digit_size.1 + 2 <= options.side,
-        "digits: a digit of {} px does not fit a {} px canvas",
-        options.digit_size.1,
-        options.side
-    );
-    ensure!(
-        (1..=MAX_TRAIN_COPIES).contains(&options.train_copies),
-        "digits: expected 1 to {MAX_TRAIN_COPIES} canvases per training digit, found {}",
-        options.train_copies
-    );
-    ensure!(
-        (0.0..1.0).contains(&options.val_fraction),
-        "digits: val fraction must be in [0, 1), found {}",
-        options.val_fraction
-    );
-    let order = crate::data::shuffled(digits.len(), options.seed);
+    let (side, sizes) = (options.side, options.digit_size);
+    if !(side >= 16 && sizes.0 >= 8 && sizes.0 <= sizes.1) {
+        return invalid!(
+            "digits: expected side >= 16 and 8 <= min digit size <= max, found side {side} sizes {sizes:?}"
+        );
+    }
+    if sizes.1 + 2 > side {
+        return invalid!(
+            "digits: a digit of {} px does not fit a {side} px canvas",
+            sizes.1
+        );
+    }
+    let copies = options.train_copies;
+    if !(1..=MAX_TRAIN_COPIES).contains(&copies) {
+        return invalid!(
+            "digits: expected 1 to {MAX_TRAIN_COPIES} canvases per training digit, found {copies}"
+        );
+    }
+    if !(0.0..1.0).contains(&options.val_fraction) {
+        let fraction = options.val_fraction;
+        return invalid!("digits: val fraction must be in [0, 1), found {fraction}");
+    }
+    let order = crate::folder::shuffled(digits.len(), options.seed);
     let val_count = (digits.len() as f64 * options.val_fraction).round() as usize;
     let (val_ids, train_ids) = order.split_at(val_count);
     let mut stream = 0u64;
@@ -341,20 +342,20 @@ pub fn embedded_split(options: &DigitsOptions) -> Result<DigitsSplit> {
 }
 
 /// Writes the split as an image folder: `dir/{train,val}/<digit>/<index>.png`, readable by
-/// `finetune --data dir` and `eval --data dir/val`.
+/// [`ImageFolder`](crate::ImageFolder) as a training and a validation set.
 pub fn write_image_folder(split: &DigitsSplit, dir: &Path) -> Result<()> {
     for (part, canvases) in [("train", &split.train), ("val", &split.val)] {
         for class in 0..CLASSES {
             let class_dir = dir.join(part).join(class.to_string());
             std::fs::create_dir_all(&class_dir)
-                .with_context(|| format!("cannot create {}", class_dir.display()))?;
+                .map_err(|e| DataError::io("cannot create", &class_dir, e))?;
         }
         for (i, canvas) in canvases.iter().enumerate() {
             let path = dir
                 .join(part)
                 .join(canvas.label.to_string())
                 .join(format!("{i:05}.png"));
-            crate::output::save_png(&canvas.image, &path)?;
+            crate::files::save_png(&canvas.image, &path)?;
         }
     }
     Ok(())

@@ -2,11 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
 use idlevit_tensor::Tensor;
 
 use crate::augment::TrainTransform;
+use crate::error::invalid;
 use crate::preprocess::{EvalTransform, batch_values, load_image, read_image};
+use crate::{DataError, Result};
 
 /// File extensions read as images.
 const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff"];
@@ -28,10 +29,10 @@ fn is_image(path: &Path) -> bool {
 
 fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut entries = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read data directory {}", dir.display()))?
+        .map_err(|e| DataError::io("cannot read data directory", dir, e))?
         .map(|e| e.map(|e| e.path()))
         .collect::<std::io::Result<Vec<_>>>()
-        .with_context(|| format!("cannot list {}", dir.display()))?;
+        .map_err(|e| DataError::io("cannot list", dir, e))?;
     entries.sort();
     Ok(entries)
 }
@@ -62,7 +63,7 @@ impl ImageFolder {
             .filter(|p| p.is_dir())
             .collect();
         if class_dirs.is_empty() {
-            bail!(
+            return invalid!(
                 "{} has no class sub-folders (expected DIR/<class>/<images>)",
                 root.display()
             );
@@ -76,18 +77,21 @@ impl ImageFolder {
                 .filter(|p| p.is_file() && is_image(p))
                 .collect();
             if images.is_empty() {
-                bail!("{}", empty_class_message(root, dir, &name));
+                return Err(DataError::Invalid(empty_class_message(root, dir, &name)));
             }
             let label = match known {
                 None => index,
-                Some(known) => known.iter().position(|k| *k == name).with_context(|| {
-                    format!(
-                        "class folder {} is not a class of the training set ({} classes: {})",
-                        dir.display(),
-                        known.len(),
-                        idlevit_checkpoint::NameList::new(known)
-                    )
-                })?,
+                Some(known) => match known.iter().position(|k| *k == name) {
+                    Some(label) => label,
+                    None => {
+                        return invalid!(
+                            "class folder {} is not a class of the training set ({} classes: {})",
+                            dir.display(),
+                            known.len(),
+                            idlevit_checkpoint::NameList::new(known)
+                        );
+                    }
+                },
             };
             classes.push(name);
             items.extend(images.into_iter().map(|p| (p, label)));
@@ -147,7 +151,10 @@ impl ImageFolder {
             let image_seed = seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
             transform
                 .apply(&image, image_seed)
-                .with_context(|| format!("cannot augment {}", path.display()))
+                .map_err(|e| DataError::Augment {
+                    path: path.to_path_buf(),
+                    cause: Box::new(e),
+                })
         })
     }
 
@@ -160,10 +167,9 @@ impl ImageFolder {
         let mut pixels = Vec::with_capacity(batch_values(indices.len(), side)?);
         let mut labels = Vec::with_capacity(indices.len());
         for &i in indices {
-            let (path, label) = self
-                .items
-                .get(i)
-                .with_context(|| format!("image {i} is out of range"))?;
+            let Some((path, label)) = self.items.get(i) else {
+                return invalid!("image {i} is out of range");
+            };
             pixels.extend(load(path, i)?.into_vec());
             labels.push(*label);
         }

@@ -5,21 +5,21 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
 use idlevit_checkpoint::Checkpoint;
+use idlevit_data::augment::TrainTransform;
+use idlevit_data::folder::{ImageFolder, shuffled};
+use idlevit_data::preprocess::EvalTransform;
 use idlevit_tensor::Tensor;
-use idlevit_train::{
-    AdamW, CosineSchedule, Mixup, Objective, StepSettings, TrainError, apply_gradients,
-    smoothed_targets, step_gradients,
-};
 use idlevit_zoo::{ZooConfig, ZooModel};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::augment::TrainTransform;
-use crate::data::{ImageFolder, shuffled};
 use crate::distributed::{ProcessGroup, SingleProcess, average_gradients, shard};
+use crate::error::{Context, invalid};
 use crate::evaluate::{Accuracy, evaluate_in_group};
-use crate::preprocess::EvalTransform;
+use crate::{
+    AdamW, CosineSchedule, Mixup, Objective, Result, StepSettings, TrainError, apply_gradients,
+    smoothed_targets, step_gradients,
+};
 
 /// How to finetune.
 #[derive(Clone, Debug)]
@@ -77,7 +77,7 @@ impl FinetuneOptions {
     /// weights into NaN at the first step.
     pub fn validate(&self) -> Result<()> {
         if self.batch == 0 || self.epochs == 0 {
-            bail!("the batch size and the number of epochs must be at least 1");
+            return invalid!("the batch size and the number of epochs must be at least 1");
         }
         for (name, value) in [
             ("learning rate", self.lr),
@@ -85,11 +85,11 @@ impl FinetuneOptions {
             ("weight decay", self.weight_decay),
         ] {
             if !(value.is_finite() && value >= 0.0) {
-                bail!("the {name} must be a finite number >= 0, found {value}");
+                return invalid!("the {name} must be a finite number >= 0, found {value}");
             }
         }
         if self.min_lr > self.lr {
-            bail!(
+            return invalid!(
                 "the learning-rate floor {} is above the peak learning rate {}",
                 self.min_lr,
                 self.lr
@@ -98,10 +98,10 @@ impl FinetuneOptions {
         if let Some(norm) = self.clip_grad
             && !(norm.is_finite() && norm > 0.0)
         {
-            bail!("the gradient-norm bound must be a finite number > 0, found {norm}");
+            return invalid!("the gradient-norm bound must be a finite number > 0, found {norm}");
         }
         if !(0.0..1.0).contains(&self.drop_path) {
-            bail!(
+            return invalid!(
                 "the drop-path rate must be in [0, 1), found {}",
                 self.drop_path
             );
@@ -120,7 +120,11 @@ fn save(student: &ZooModel, optimizer: &AdamW, epoch: usize, path: &Path) -> Res
         ckpt.insert(name, tensor);
     }
     ckpt.insert("train.epochs_done", Tensor::scalar(epoch as f32));
-    crate::output::save_checkpoint(&ckpt, path, "the checkpoint")
+    Ok(idlevit_data::files::save_checkpoint(
+        &ckpt,
+        path,
+        "the checkpoint",
+    )?)
 }
 
 /// The seed of one training step's random choices (augmentation, mixup, drop path): a
@@ -146,36 +150,34 @@ fn zero_gradients(model: &ZooModel) -> BTreeMap<String, Tensor> {
 /// error names the file.
 fn resume(student: &mut ZooModel, optimizer: &mut AdamW, path: &Path) -> Result<usize> {
     let context = || format!("cannot resume from {}", path.display());
-    let bytes = crate::weights::read_file(path, "checkpoint").with_context(context)?;
+    let bytes = idlevit_data::weights::read_file(path, "checkpoint").context(context)?;
     if bytes.starts_with(b"PK") {
-        bail!(
+        return invalid!(
             "cannot resume from {}: it is a PyTorch (.pth) file, and a run resumes from the \
              checkpoint.safetensors an earlier finetuning run wrote (start from .pth weights \
-             with --weights instead)",
+             as the student's starting weights instead)",
             path.display()
         );
     }
-    let mut ckpt = Checkpoint::from_safetensors_bytes(&bytes).with_context(context)?;
-    let epochs_done = ckpt.remove("train.epochs_done").with_context(|| {
-        format!(
+    let mut ckpt = Checkpoint::from_safetensors_bytes(&bytes).context(context)?;
+    let Some(epochs_done) = ckpt.remove("train.epochs_done") else {
+        return invalid!(
             "{} is not a finetuning checkpoint (no train.epochs_done)",
             path.display()
-        )
-    })?;
-    let epochs_done = idlevit_train::whole_count(&epochs_done).with_context(|| {
-        format!(
+        );
+    };
+    let Some(epochs_done) = crate::whole_count(&epochs_done) else {
+        return invalid!(
             "{} is damaged: its epoch count (train.epochs_done) must be one whole number >= 0, \
              found {}",
             path.display(),
-            idlevit_train::describe_values(&epochs_done)
-        )
-    })?;
-    optimizer
-        .load_state_tensors(&mut ckpt)
-        .with_context(context)?;
-    let bad = crate::output::non_finite_tensors(&ckpt);
+            crate::describe_values(&epochs_done)
+        );
+    };
+    optimizer.load_state_tensors(&mut ckpt).context(context)?;
+    let bad = idlevit_data::files::non_finite_tensors(&ckpt);
     if let Some(first) = bad.first() {
-        bail!(
+        return invalid!(
             "{} is damaged: {} of its weights hold NaN or infinity (first: {})",
             path.display(),
             bad.len(),
@@ -184,7 +186,7 @@ fn resume(student: &mut ZooModel, optimizer: &mut AdamW, path: &Path) -> Result<
     }
     let policy = student.policy().clone();
     *student = ZooModel::load(&student.config(), ckpt)
-        .with_context(|| format!("{} does not fit the model", path.display()))?
+        .context(|| format!("{} does not fit the model", path.display()))?
         .with_policy(policy)?;
     Ok(epochs_done as usize)
 }
@@ -202,7 +204,7 @@ fn check_teacher(student: &ZooConfig, teacher: &ZooConfig) -> Result<()> {
         )
     };
     if describe(student) != describe(teacher) {
-        bail!(
+        return invalid!(
             "teacher and student do not match: expected a teacher like the student ({}), found {}",
             describe(student),
             describe(teacher)
@@ -240,7 +242,7 @@ pub fn finetune_in_group(
     options.validate()?;
     let classes = student.num_classes();
     if train.classes().len() > classes {
-        bail!(
+        return invalid!(
             "the data set has {} classes but the model only {classes}",
             train.classes().len()
         );
@@ -250,14 +252,14 @@ pub fn finetune_in_group(
     }
     options.objective.check(student)?;
     std::fs::create_dir_all(&options.out_dir)
-        .with_context(|| format!("cannot create {}", options.out_dir.display()))?;
+        .map_err(|e| idlevit_data::DataError::io("cannot create", &options.out_dir, e))?;
     let mut optimizer = AdamW::new(options.weight_decay);
     let first_epoch = match &options.resume {
         Some(path) => resume(student, &mut optimizer, path)?,
         None => 0,
     };
     if first_epoch > options.epochs {
-        bail!(
+        return invalid!(
             "the checkpoint has {first_epoch} epochs done, more than the {} asked for",
             options.epochs
         );
@@ -324,7 +326,7 @@ pub fn finetune_in_group(
             group.sum_f64(&mut loss_total)?;
             let loss = (loss_total[0] / chunk.len() as f64) as f32;
             if !loss.is_finite() {
-                return Err(TrainError::NonFinite(loss).into());
+                return Err(TrainError::NonFinite(loss));
             }
             average_gradients(group, &mut grads, mine.len(), chunk.len())?;
             let settings = StepSettings {

@@ -1,14 +1,17 @@
-//! Top-1 / top-5 accuracy of a model on an image folder.
+//! Top-1 / top-5 accuracy of a model on an image folder, and the top classes of image files.
 
-use anyhow::{Result, bail};
-use idlevit_nn::Eager;
+use std::path::PathBuf;
+
+use idlevit_data::ImageFolder;
+use idlevit_data::preprocess::{EvalTransform, batch_values, load_image};
+use idlevit_nn::{Backend, Eager};
 use idlevit_tensor::Tensor;
 use idlevit_zoo::{DeiT, ZooModel};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::data::ImageFolder;
+use crate::Result;
 use crate::distributed::{ProcessGroup, SingleProcess, shard};
-use crate::preprocess::EvalTransform;
+use crate::error::invalid;
 
 /// Accuracy over a data set.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -53,7 +56,7 @@ pub fn in_top(row: &[f32], label: usize, k: usize) -> bool {
     better < k
 }
 
-/// A model `eval` can score: any zoo model, or a DeiT on its own.
+/// A model that can be scored: any zoo model, or a DeiT on its own.
 pub trait Classifier {
     /// Side of the square input image.
     fn img_size(&self) -> usize;
@@ -112,11 +115,11 @@ pub fn evaluate_in_group(
     group: &dyn ProcessGroup,
 ) -> Result<Accuracy> {
     if batch == 0 {
-        bail!("--batch must be at least 1");
+        return invalid!("the batch size must be at least 1");
     }
     let classes = model.num_classes();
     if data.classes().len() > classes {
-        bail!(
+        return invalid!(
             "the data set has {} classes but the model only {classes}",
             data.classes().len()
         );
@@ -161,6 +164,45 @@ pub fn evaluate_in_group(
         top5: counts[1] / n,
         non_finite: counts[2] as usize,
     })
+}
+
+/// One image's top predictions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Prediction {
+    /// The image file.
+    pub path: PathBuf,
+    /// `(class index, probability)`, most probable first.
+    pub top: Vec<(usize, f32)>,
+}
+
+/// Classifies image files: preprocess, run the model, softmax, keep the `top` best classes.
+pub fn classify(model: &ZooModel, images: &[PathBuf], top: usize) -> Result<Vec<Prediction>> {
+    if images.is_empty() {
+        return invalid!("no images given");
+    }
+    let side = model.img_size();
+    let transform = EvalTransform::for_size(side);
+    let mut batch = Vec::with_capacity(batch_values(images.len(), side)?);
+    for path in images {
+        batch.extend(load_image(path, &transform)?.into_vec());
+    }
+    let batch = Tensor::from_vec(vec![images.len(), 3, side, side], batch)?;
+    let logits = model.forward(&Eager, &batch)?;
+    let probs = Eager.softmax(&logits)?;
+    let classes = probs.shape()[1];
+    Ok(images
+        .iter()
+        .zip(probs.to_vec().chunks(classes.max(1)))
+        .map(|(path, row)| {
+            let mut order: Vec<usize> = (0..row.len()).collect();
+            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            let top = order.into_iter().take(top).map(|i| (i, row[i])).collect();
+            Prediction {
+                path: path.clone(),
+                top,
+            }
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -39,9 +39,7 @@ impl ModelArgs {
 
     /// The `--config` file as an input a command reads, when one was given.
     pub fn config_input(&self) -> Vec<NamedPath<'_>> {
-        self.config
-            .as_deref()
-            .map(|p| NamedPath::new("--config", p))
+        crate::cmd::named("--config", &self.config)
             .into_iter()
             .collect()
     }

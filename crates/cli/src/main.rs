@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use idlevit_cli::{checks, cmd};
-use idlevit_train::{ProcessGroup, SingleProcess};
+use idlevit_train::distributed::{ProcessGroup, SingleProcess};
 
 /// Vision Transformers on CPU: dense inference today, token idling (IdleViT) next.
 #[derive(Parser)]

@@ -38,7 +38,7 @@ fn address_space_room() -> Option<u64> {
     if status != 0 || limit.rlim_cur == libc::RLIM_INFINITY {
         return None;
     }
-    let mapped = idlevit_train::status_field("VmSize:").unwrap_or(0);
+    let mapped = idlevit_train::bench::status_field("VmSize:").unwrap_or(0);
     // rlim_t is u64 on Linux and every 64-bit Unix Rust supports.
     Some(limit.rlim_cur.saturating_sub(mapped))
 }

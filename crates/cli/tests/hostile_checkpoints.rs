@@ -9,7 +9,7 @@ use std::process::Command;
 use idlevit_data::weights::read_checkpoint;
 use idlevit_nn::{Backend, Eager};
 use idlevit_tensor::Tensor;
-use idlevit_train::load_model;
+use idlevit_train::models::load_model;
 use idlevit_zoo::DeiTConfig;
 
 /// Where the payloads would leave their mark, were they ever run.

@@ -9,7 +9,7 @@ use idlevit_cli::policy::compared_policy;
 use idlevit_data::ImageFolder;
 use idlevit_nn::Eager;
 use idlevit_tensor::Tensor;
-use idlevit_train::evaluate;
+use idlevit_train::evaluate::evaluate;
 use idlevit_zoo::{PolicyKind, TokenPolicy, ZooConfig, ZooModel};
 
 mod common;

@@ -9,7 +9,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use crate::Result;
-use crate::error::invalid;
+use crate::error::ensure;
 use crate::preprocess::normalized_crop;
 
 /// A random resized crop to `size x size` and a random horizontal flip.
@@ -76,19 +76,21 @@ impl TrainTransform {
     /// same crop and flip.
     pub fn apply(&self, image: &DynamicImage, seed: u64) -> Result<Tensor> {
         let (width, height) = (image.width(), image.height());
-        if width == 0 || height == 0 {
-            return invalid!("image has no pixels ({width}x{height})");
-        }
-        if self.size == 0 {
-            return invalid!("the output must be at least one pixel");
-        }
-        let (scale, ratio) = (self.scale, self.ratio);
-        if !(0.0 < scale.0 && scale.0 <= scale.1 && scale.1 <= 1.0) {
-            return invalid!("crop scale range {scale:?} must lie in (0, 1]");
-        }
-        if !(0.0 < ratio.0 && ratio.0 <= ratio.1 && ratio.1.is_finite()) {
-            return invalid!("crop ratio range {ratio:?} must be positive and ordered");
-        }
+        ensure!(
+            width > 0 && height > 0,
+            "image has no pixels ({width}x{height})"
+        );
+        ensure!(self.size > 0, "the output must be at least one pixel");
+        ensure!(
+            0.0 < self.scale.0 && self.scale.0 <= self.scale.1 && self.scale.1 <= 1.0,
+            "crop scale range {:?} must lie in (0, 1]",
+            self.scale
+        );
+        ensure!(
+            0.0 < self.ratio.0 && self.ratio.0 <= self.ratio.1 && self.ratio.1.is_finite(),
+            "crop ratio range {:?} must be positive and ordered",
+            self.ratio
+        );
         let mut rng = StdRng::seed_from_u64(seed);
         let (left, top, crop_w, crop_h) = self.crop_box(width, height, &mut rng);
         let rgb = image.to_rgb8();

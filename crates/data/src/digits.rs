@@ -10,7 +10,7 @@ use std::path::Path;
 
 use image::{Rgb, RgbImage};
 
-use crate::error::invalid;
+use crate::error::ensure;
 use crate::{DataError, Result};
 
 /// The exported digits: magic, count, then (label, 8x8 pixels in 0..=16) records.
@@ -32,37 +32,40 @@ pub struct Digit {
 
 /// Parses the export format; a wrong magic, count, label or pixel is an error naming it.
 pub fn parse_digits(bytes: &[u8]) -> Result<Vec<Digit>> {
-    if bytes.len() < 12 || &bytes[..8] != MAGIC {
-        return invalid!("not a digits export: expected magic UCIDIG01 and a count");
-    }
+    ensure!(
+        bytes.len() >= 12 && &bytes[..8] == MAGIC,
+        "not a digits export: expected magic UCIDIG01 and a count"
+    );
     let count = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
     let body = &bytes[12..];
-    if body.len() != count * 65 {
-        let (expected, found) = (count * 65, body.len());
-        return invalid!(
-            "digits export: expected {expected} bytes for {count} records, found {found}"
-        );
-    }
+    ensure!(
+        body.len() == count * 65,
+        "digits export: expected {} bytes for {count} records, found {}",
+        count * 65,
+        body.len()
+    );
     body.chunks_exact(65)
         .enumerate()
         .map(|(i, record)| {
             let label = record[0];
-            if label >= 10 {
-                return invalid!("digit {i}: label {label} is not 0..9");
-            }
+            ensure!(label < 10, "digit {i}: label {label} is not 0..9");
             let mut ink = [0u8; 64];
             ink.copy_from_slice(&record[1..]);
-            if let Some(bad) = ink.iter().find(|&&v| v > 16) {
-                return invalid!("digit {i}: ink {bad} is outside 0..=16");
-            }
+            let bad = ink.iter().find(|&&v| v > 16);
+            ensure!(
+                bad.is_none(),
+                "digit {i}: ink {} is outside 0..=16",
+                bad.unwrap_or(&0)
+            );
             Ok(Digit { label, ink })
         })
         .collect()
 }
 
-/// A small seeded generator (SplitMix64): canvases must not depend on any crate's RNG.
+/// A small seeded generator (SplitMix64) at its raw state: canvases, shuffles and training
+/// steps must not depend on any crate's RNG.
 #[derive(Clone, Debug)]
-pub struct SplitMix(u64);
+pub struct SplitMix(pub u64);
 
 impl SplitMix {
     /// A generator for stream `stream` of `seed` (independent streams per canvas).
@@ -294,28 +297,30 @@ pub fn draw_canvas(digit: &Digit, options: &DigitsOptions, rng: &mut SplitMix) -
 /// Makes the task from `digits`: a seeded split into training and validation digits, then
 /// `train_copies` canvases per training digit and one per validation digit.
 pub fn make_split(digits: &[Digit], options: &DigitsOptions) -> Result<DigitsSplit> {
-    let (side, sizes) = (options.side, options.digit_size);
-    if !(side >= 16 && sizes.0 >= 8 && sizes.0 <= sizes.1) {
-        return invalid!(
-            "digits: expected side >= 16 and 8 <= min digit size <= max, found side {side} sizes {sizes:?}"
-        );
-    }
-    if sizes.1 + 2 > side {
-        return invalid!(
-            "digits: a digit of {} px does not fit a {side} px canvas",
-            sizes.1
-        );
-    }
-    let copies = options.train_copies;
-    if !(1..=MAX_TRAIN_COPIES).contains(&copies) {
-        return invalid!(
-            "digits: expected 1 to {MAX_TRAIN_COPIES} canvases per training digit, found {copies}"
-        );
-    }
-    if !(0.0..1.0).contains(&options.val_fraction) {
-        let fraction = options.val_fraction;
-        return invalid!("digits: val fraction must be in [0, 1), found {fraction}");
-    }
+    ensure!(
+        options.side >= 16
+            && options.digit_size.0 >= 8
+            && options.digit_size.0 <= options.digit_size.1,
+        "digits: expected side >= 16 and 8 <= min digit size <= max, found side {} sizes {:?}",
+        options.side,
+        options.digit_size
+    );
+    ensure!(
+        options.digit_size.1 + 2 <= options.side,
+        "digits: a digit of {} px does not fit a {} px canvas",
+        options.digit_size.1,
+        options.side
+    );
+    ensure!(
+        (1..=MAX_TRAIN_COPIES).contains(&options.train_copies),
+        "digits: expected 1 to {MAX_TRAIN_COPIES} canvases per training digit, found {}",
+        options.train_copies
+    );
+    ensure!(
+        (0.0..1.0).contains(&options.val_fraction),
+        "digits: val fraction must be in [0, 1), found {}",
+        options.val_fraction
+    );
     let order = crate::folder::shuffled(digits.len(), options.seed);
     let val_count = (digits.len() as f64 * options.val_fraction).round() as usize;
     let (val_ids, train_ids) = order.split_at(val_count);
@@ -348,7 +353,7 @@ pub fn write_image_folder(split: &DigitsSplit, dir: &Path) -> Result<()> {
         for class in 0..CLASSES {
             let class_dir = dir.join(part).join(class.to_string());
             std::fs::create_dir_all(&class_dir)
-                .map_err(|e| DataError::io("cannot create", &class_dir, e))?;
+                .map_err(|e| DataError::Io("cannot create", class_dir.clone(), e))?;
         }
         for (i, canvas) in canvases.iter().enumerate() {
             let path = dir

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 
 use idlevit_checkpoint::Checkpoint;
 
-use crate::error::invalid;
 use crate::{DataError, Result};
 
 /// A file a program reads or writes, with the name the user gave it by.
@@ -63,24 +62,24 @@ pub fn check_distinct(inputs: &[NamedPath], outputs: &[NamedPath]) -> Result<()>
     let ids: Vec<FileIdentity> = outputs.iter().map(|o| identity(o.path)).collect();
     for (output, id) in outputs.iter().zip(&ids) {
         if let Some(input) = inputs.iter().find(|i| identity(i.path) == *id) {
-            return invalid!(
+            return Err(DataError::Invalid(format!(
                 "{} {} is the same file as {} {}: writing it would destroy that input; \
                  choose another output path",
                 output.argument,
                 output.path.display(),
                 input.argument,
                 input.path.display()
-            );
+            )));
         }
     }
     for (i, (output, id)) in outputs.iter().zip(&ids).enumerate() {
         if let Some(other) = outputs[..i].iter().zip(&ids).find(|(_, o)| *o == id) {
-            return invalid!(
+            return Err(DataError::Invalid(format!(
                 "{} and {} both name {}: one output would replace the other",
                 other.0.argument,
                 output.argument,
                 output.path.display()
-            );
+            )));
         }
     }
     Ok(())
@@ -89,9 +88,9 @@ pub fn check_distinct(inputs: &[NamedPath], outputs: &[NamedPath]) -> Result<()>
 /// Writes `bytes` to `path` atomically: to a temporary file beside it, flushed to disk, then
 /// renamed over `path`, and the folder flushed so the rename itself survives a crash.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let Some(name) = path.file_name() else {
-        return invalid!("{} names no file", path.display());
-    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| DataError::Invalid(format!("{} names no file", path.display())))?;
     let folder = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -107,13 +106,17 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     })();
     if let Err(err) = written {
         let _ = std::fs::remove_file(&tmp);
-        return Err(DataError::io("cannot write", path, err));
+        return Err(DataError::Io("cannot write", path.into(), err));
     }
     if let Err(err) = std::fs::rename(&tmp, path) {
         let _ = std::fs::remove_file(&tmp);
-        return Err(DataError::io("cannot move the new file into", path, err));
+        return Err(DataError::Io(
+            "cannot move the new file into",
+            path.into(),
+            err,
+        ));
     }
-    sync_folder(&folder).map_err(|e| DataError::io("cannot flush folder", &folder, e))
+    sync_folder(&folder).map_err(|e| DataError::Io("cannot flush folder", folder.clone(), e))
 }
 
 #[cfg(unix)]
@@ -134,10 +137,7 @@ pub fn save_png(image: &image::RgbImage, path: &Path) -> Result<()> {
             &mut std::io::Cursor::new(&mut bytes),
             image::ImageFormat::Png,
         )
-        .map_err(|cause| DataError::Encode {
-            path: path.to_path_buf(),
-            cause,
-        })?;
+        .map_err(|e| DataError::Encode(path.into(), e))?;
     write_atomically(path, &bytes)
 }
 
@@ -154,14 +154,14 @@ pub fn non_finite_tensors(ckpt: &Checkpoint) -> Vec<&str> {
 pub fn save_checkpoint(ckpt: &Checkpoint, path: &Path, what: &str) -> Result<()> {
     let bad = non_finite_tensors(ckpt);
     if let Some(first) = bad.first() {
-        return invalid!(
+        return Err(DataError::Invalid(format!(
             "not writing {what} to {}: {} of {} tensors hold NaN or infinity (first: {}); \
              any earlier file there is left as it was",
             path.display(),
             bad.len(),
             ckpt.len(),
             idlevit_checkpoint::clip(first)
-        );
+        )));
     }
     let bytes = ckpt.to_safetensors_bytes()?;
     write_atomically(path, &bytes)

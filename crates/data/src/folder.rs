@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use idlevit_tensor::Tensor;
 
 use crate::augment::TrainTransform;
-use crate::error::invalid;
+use crate::error::ensure;
 use crate::preprocess::{EvalTransform, batch_values, load_image, read_image};
 use crate::{DataError, Result};
 
@@ -29,10 +29,10 @@ fn is_image(path: &Path) -> bool {
 
 fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut entries = std::fs::read_dir(dir)
-        .map_err(|e| DataError::io("cannot read data directory", dir, e))?
+        .map_err(|e| DataError::Io("cannot read data directory", dir.into(), e))?
         .map(|e| e.map(|e| e.path()))
         .collect::<std::io::Result<Vec<_>>>()
-        .map_err(|e| DataError::io("cannot list", dir, e))?;
+        .map_err(|e| DataError::Io("cannot list", dir.into(), e))?;
     entries.sort();
     Ok(entries)
 }
@@ -62,12 +62,11 @@ impl ImageFolder {
             .into_iter()
             .filter(|p| p.is_dir())
             .collect();
-        if class_dirs.is_empty() {
-            return invalid!(
-                "{} has no class sub-folders (expected DIR/<class>/<images>)",
-                root.display()
-            );
-        }
+        ensure!(
+            !class_dirs.is_empty(),
+            "{} has no class sub-folders (expected DIR/<class>/<images>)",
+            root.display()
+        );
         let mut classes = Vec::new();
         let mut items = Vec::new();
         for (index, dir) in class_dirs.iter().enumerate() {
@@ -76,22 +75,21 @@ impl ImageFolder {
                 .into_iter()
                 .filter(|p| p.is_file() && is_image(p))
                 .collect();
-            if images.is_empty() {
-                return Err(DataError::Invalid(empty_class_message(root, dir, &name)));
-            }
+            ensure!(
+                !images.is_empty(),
+                "{}",
+                empty_class_message(root, dir, &name)
+            );
             let label = match known {
                 None => index,
-                Some(known) => match known.iter().position(|k| *k == name) {
-                    Some(label) => label,
-                    None => {
-                        return invalid!(
-                            "class folder {} is not a class of the training set ({} classes: {})",
-                            dir.display(),
-                            known.len(),
-                            idlevit_checkpoint::NameList::new(known)
-                        );
-                    }
-                },
+                Some(known) => known.iter().position(|k| *k == name).ok_or_else(|| {
+                    DataError::Invalid(format!(
+                        "class folder {} is not a class of the training set ({} classes: {})",
+                        dir.display(),
+                        known.len(),
+                        idlevit_checkpoint::NameList::new(known)
+                    ))
+                })?,
             };
             classes.push(name);
             items.extend(images.into_iter().map(|p| (p, label)));
@@ -151,10 +149,7 @@ impl ImageFolder {
             let image_seed = seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
             transform
                 .apply(&image, image_seed)
-                .map_err(|e| DataError::Augment {
-                    path: path.to_path_buf(),
-                    cause: Box::new(e),
-                })
+                .map_err(|e| DataError::Image("cannot augment", path.into(), Box::new(e)))
         })
     }
 
@@ -167,9 +162,10 @@ impl ImageFolder {
         let mut pixels = Vec::with_capacity(batch_values(indices.len(), side)?);
         let mut labels = Vec::with_capacity(indices.len());
         for &i in indices {
-            let Some((path, label)) = self.items.get(i) else {
-                return invalid!("image {i} is out of range");
-            };
+            let (path, label) = self
+                .items
+                .get(i)
+                .ok_or_else(|| DataError::Invalid(format!("image {i} is out of range")))?;
             pixels.extend(load(path, i)?.into_vec());
             labels.push(*label);
         }
@@ -205,17 +201,10 @@ fn empty_class_message(root: &Path, dir: &Path, name: &str) -> String {
 /// A seeded permutation of `0..n` (Fisher–Yates over SplitMix64), for per-epoch shuffles
 /// that any run with the same seed repeats.
 pub fn shuffled(n: usize, seed: u64) -> Vec<usize> {
-    let mut state = seed;
-    let mut next = || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
+    let mut rng = crate::digits::SplitMix(seed);
     let mut order: Vec<usize> = (0..n).collect();
     for i in (1..n).rev() {
-        let j = (next() % (i as u64 + 1)) as usize;
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
         order.swap(i, j);
     }
     order

@@ -10,7 +10,7 @@ use idlevit_tensor::Tensor;
 use image::imageops::FilterType;
 use image::{DynamicImage, ImageReader, Limits, RgbImage};
 
-use crate::error::invalid;
+use crate::error::ensure;
 use crate::{DataError, Result};
 
 /// ImageNet channel means (RGB), as timm's `IMAGENET_DEFAULT_MEAN`.
@@ -46,7 +46,7 @@ pub fn batch_values(batch: usize, side: usize) -> Result<usize> {
         .and_then(|n| n.checked_mul(side))
         .and_then(|n| n.checked_mul(side))
         .filter(|&n| n <= MAX_BATCH_VALUES)
-        .ok_or(DataError::BatchTooLarge { batch, side })
+        .ok_or(DataError::BatchTooLarge(batch, side))
 }
 
 /// The evaluation transform: shorter side to `resize`, then a `crop x crop` center crop.
@@ -72,19 +72,14 @@ impl EvalTransform {
 /// Decodes an image file and preprocesses it into a `(3, crop, crop)` tensor.
 pub fn load_image(path: &std::path::Path, transform: &EvalTransform) -> Result<Tensor> {
     let image = read_image(path)?;
-    preprocess(&image, transform).map_err(|e| DataError::Preprocess {
-        path: path.to_path_buf(),
-        cause: Box::new(e),
-    })
+    preprocess(&image, transform)
+        .map_err(|e| DataError::Image("cannot preprocess", path.into(), Box::new(e)))
 }
 
 /// Reads and decodes an image file under [`decode_limits`].
 pub fn read_image(path: &std::path::Path) -> Result<DynamicImage> {
     let bytes = idlevit_checkpoint::read_file_capped(path, MAX_IMAGE_FILE_BYTES, "image")?;
-    decode_image(&bytes).map_err(|e| DataError::NotAnImage {
-        path: path.to_path_buf(),
-        cause: Box::new(e),
-    })
+    decode_image(&bytes).map_err(|e| DataError::NotAnImage(path.into(), Box::new(e)))
 }
 
 /// The limits every decode runs under: [`MAX_IMAGE_SIDE`] and [`MAX_DECODE_BYTES`].
@@ -102,9 +97,10 @@ pub fn decode_image(bytes: &[u8]) -> Result<DynamicImage> {
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(DataError::ImageHeader)?;
-    if reader.format() == Some(image::ImageFormat::Jpeg) && !jpeg_is_complete(bytes) {
-        return Err(DataError::TruncatedJpeg);
-    }
+    ensure!(
+        reader.format() != Some(image::ImageFormat::Jpeg) || jpeg_is_complete(bytes),
+        "the JPEG data is cut short (no end-of-image marker after its last scan)"
+    );
     reader.limits(decode_limits());
     reader.decode().map_err(DataError::Decode)
 }
@@ -126,12 +122,8 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
 /// Resizes, crops and normalises a decoded image into a `(3, crop, crop)` tensor.
 pub fn preprocess(image: &DynamicImage, transform: &EvalTransform) -> Result<Tensor> {
     let (w, h) = (image.width(), image.height());
-    if w == 0 || h == 0 {
-        return invalid!("image has no pixels ({w}x{h})");
-    }
-    if transform.crop == 0 {
-        return invalid!("the crop must be at least one pixel");
-    }
+    ensure!(w > 0 && h > 0, "image has no pixels ({w}x{h})");
+    ensure!(transform.crop > 0, "the crop must be at least one pixel");
     let short = w.min(h);
     // As torchvision's Resize(int): the shorter side becomes `resize`, the longer keeps the
     // aspect ratio (truncated), so both sides are at least the crop.
@@ -141,15 +133,16 @@ pub fn preprocess(image: &DynamicImage, transform: &EvalTransform) -> Result<Ten
     } else {
         ((f64::from(w) * scale) as u32, transform.resize)
     };
-    if u64::from(nw) * u64::from(nh) > MAX_RESIZED_PIXELS {
-        return invalid!(
-            "image {w}x{h} would be resized to {nw}x{nh}, more than {MAX_RESIZED_PIXELS} pixels"
-        );
-    }
-    if nw < transform.crop || nh < transform.crop {
-        let (resize, crop) = (transform.resize, transform.crop);
-        return invalid!("resize {resize} is smaller than crop {crop}");
-    }
+    ensure!(
+        u64::from(nw) * u64::from(nh) <= MAX_RESIZED_PIXELS,
+        "image {w}x{h} would be resized to {nw}x{nh}, more than {MAX_RESIZED_PIXELS} pixels"
+    );
+    ensure!(
+        nw >= transform.crop && nh >= transform.crop,
+        "resize {} is smaller than crop {}",
+        transform.resize,
+        transform.crop
+    );
     let resized = image.to_rgb8();
     let resized = image::imageops::resize(&resized, nw, nh, FilterType::CatmullRom);
     // torchvision rounds the crop offset to the nearest pixel.
@@ -161,14 +154,13 @@ pub fn preprocess(image: &DynamicImage, transform: &EvalTransform) -> Result<Ten
 /// The `side x side` square of `rgb` at (`left`, `top`), scaled to [0, 1] and normalised with
 /// the ImageNet mean and std, as a `(3, side, side)` tensor.
 pub fn normalized_crop(rgb: &RgbImage, left: u32, top: u32, side: u32) -> Result<Tensor> {
-    let (width, height) = (rgb.width(), rgb.height());
-    if u64::from(left) + u64::from(side) > u64::from(width)
-        || u64::from(top) + u64::from(side) > u64::from(height)
-    {
-        return invalid!(
-            "crop {side}x{side} at ({left}, {top}) lies outside the {width}x{height} image"
-        );
-    }
+    ensure!(
+        u64::from(left) + u64::from(side) <= u64::from(rgb.width())
+            && u64::from(top) + u64::from(side) <= u64::from(rgb.height()),
+        "crop {side}x{side} at ({left}, {top}) lies outside the {}x{} image",
+        rgb.width(),
+        rgb.height()
+    );
     let side = side as usize;
     let mut data = vec![0.0f32; 3 * side * side];
     for y in 0..side {

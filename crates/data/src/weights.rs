@@ -24,12 +24,9 @@ pub fn read_file(path: &Path, what: &str) -> Result<Vec<u8>> {
 pub fn read_checkpoint(path: &Path, role: &str, strict: bool) -> Result<Checkpoint> {
     let bytes = read_file(path, role)?;
     let pth_name = path.extension().is_some_and(|e| e == "pth" || e == "tar");
-    let parsed = parse_weights(&bytes, pth_name, strict).map_err(|cause| DataError::Weights {
-        role: role.to_owned(),
-        path: path.to_path_buf(),
-        pth: pth_name || bytes.starts_with(b"PK"),
-        cause: Box::new(cause),
-    })?;
+    let pth = pth_name || bytes.starts_with(b"PK");
+    let parsed = parse_weights(&bytes, pth_name, strict)
+        .map_err(|e| DataError::Weights(role.into(), path.into(), pth, Box::new(e)))?;
     if !parsed.unknown_globals.is_empty() {
         eprintln!(
             "warning: {} names pickle globals that were kept inert (never called): {}; \

@@ -9,7 +9,7 @@ use idlevit_tensor::Tensor;
 use idlevit_zoo::{DeiT, TokenPolicy, ZooModel};
 
 use crate::Result;
-use crate::error::invalid;
+use crate::error::bail;
 
 /// Median seconds of `seconds`.
 fn median(seconds: &[f64]) -> f64 {
@@ -79,10 +79,10 @@ pub fn bench(
     runs: usize,
 ) -> Result<BenchReport> {
     if batch == 0 || runs == 0 {
-        return invalid!("the batch size and the number of runs must be at least 1");
+        bail!("the batch size and the number of runs must be at least 1");
     }
     if models.is_empty() {
-        return invalid!("nothing to benchmark");
+        bail!("nothing to benchmark");
     }
     let n = batch_values(batch, side)?;
     let images = Tensor::from_vec(

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use idlevit_tensor::Tensor;
 
 use crate::Result;
-use crate::error::invalid;
+use crate::error::bail;
 
 /// Values summed per collective call when gradients are reduced: 4 Mi `f32` (16 MiB), so
 /// that a large model is reduced in several messages, not one buffer the size of the model.
@@ -75,7 +75,7 @@ pub fn average_gradients(
         return Ok(());
     }
     if global == 0 {
-        return invalid!("a step with no samples on any rank");
+        bail!("a step with no samples on any rank");
     }
     let weight = local as f32 / global as f32;
     // A BTreeMap iterates in name order, the same on every rank.
@@ -124,7 +124,7 @@ pub mod mpi_group {
 
     use super::ProcessGroup;
     use crate::Result;
-    use crate::error::invalid;
+    use crate::error::bail;
 
     /// Whether the environment says an MPI launcher started this process.
     pub fn launched_by_mpi() -> bool {
@@ -143,7 +143,7 @@ pub mod mpi_group {
         /// Initialises MPI and joins the world communicator.
         pub fn init() -> Result<Self> {
             let Some(universe) = mpi::initialize() else {
-                return invalid!("MPI was already initialised in this process");
+                bail!("MPI was already initialised in this process");
             };
             let world = universe.world();
             Ok(Self {

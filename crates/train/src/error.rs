@@ -34,20 +34,15 @@ pub enum TrainError {
     /// A tensor operation failed.
     #[error(transparent)]
     Tensor(#[from] idlevit_tensor::TensorError),
-    /// Reading images or weights, or writing a checkpoint, failed (boxed, as model errors).
+    /// Reading images or weights, or writing a checkpoint, failed.
     #[error(transparent)]
-    Data(Box<idlevit_data::DataError>),
-    /// Checkpoint bytes did not parse (boxed, as model errors).
+    Data(#[from] idlevit_data::DataError),
+    /// Checkpoint bytes did not parse.
     #[error(transparent)]
-    Checkpoint(Box<idlevit_checkpoint::CheckpointError>),
-    /// A step failed; `context` says what it was doing, naming the file where there is one.
-    #[error("{context}: {cause}")]
-    Context {
-        /// What was being done, e.g. "cannot resume from out/checkpoint.safetensors".
-        context: String,
-        /// Why it failed.
-        cause: Box<TrainError>,
-    },
+    Checkpoint(#[from] idlevit_checkpoint::CheckpointError),
+    /// A step failed: what it was doing (naming the file where there is one), and why.
+    #[error("{0}: {1}")]
+    Context(String, Box<TrainError>),
 }
 
 /// Adds what was being done to an error, as [`TrainError::Context`].
@@ -58,10 +53,7 @@ pub(crate) trait Context<T> {
 
 impl<T, E: Into<TrainError>> Context<T> for Result<T, E> {
     fn context(self, f: impl FnOnce() -> String) -> Result<T, TrainError> {
-        self.map_err(|e| TrainError::Context {
-            context: f(),
-            cause: Box::new(e.into()),
-        })
+        self.map_err(|e| TrainError::Context(f(), Box::new(e.into())))
     }
 }
 
@@ -71,22 +63,10 @@ impl From<idlevit_zoo::ZooError> for TrainError {
     }
 }
 
-impl From<idlevit_data::DataError> for TrainError {
-    fn from(err: idlevit_data::DataError) -> Self {
-        Self::Data(Box::new(err))
-    }
-}
-
-impl From<idlevit_checkpoint::CheckpointError> for TrainError {
-    fn from(err: idlevit_checkpoint::CheckpointError) -> Self {
-        Self::Checkpoint(Box::new(err))
-    }
-}
-
-/// `Err(TrainError::Invalid(..))` formatted like `format!`.
-macro_rules! invalid {
+/// Returns `Err(TrainError::Invalid(..))`, formatted like `format!`.
+macro_rules! bail {
     ($($arg:tt)*) => {
-        Err($crate::TrainError::Invalid(format!($($arg)*)))
+        return Err($crate::TrainError::Invalid(format!($($arg)*)))
     };
 }
-pub(crate) use invalid;
+pub(crate) use bail;

@@ -6,12 +6,12 @@ use idlevit_data::ImageFolder;
 use idlevit_data::preprocess::{EvalTransform, batch_values, load_image};
 use idlevit_nn::{Backend, Eager};
 use idlevit_tensor::Tensor;
-use idlevit_zoo::{DeiT, ZooModel};
+use idlevit_zoo::ZooModel;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::Result;
 use crate::distributed::{ProcessGroup, SingleProcess, shard};
-use crate::error::invalid;
+use crate::error::bail;
 
 /// Accuracy over a data set.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -56,47 +56,9 @@ pub fn in_top(row: &[f32], label: usize, k: usize) -> bool {
     better < k
 }
 
-/// A model that can be scored: any zoo model, or a DeiT on its own.
-pub trait Classifier {
-    /// Side of the square input image.
-    fn img_size(&self) -> usize;
-    /// Number of classes.
-    fn num_classes(&self) -> usize;
-    /// Logits `(batch, classes)` of images `(batch, 3, side, side)`, under the model's policy.
-    fn logits(&self, images: &Tensor) -> Result<Tensor>;
-}
-
-impl Classifier for DeiT {
-    fn img_size(&self) -> usize {
-        self.config().img_size
-    }
-
-    fn num_classes(&self) -> usize {
-        self.config().num_classes
-    }
-
-    fn logits(&self, images: &Tensor) -> Result<Tensor> {
-        Ok(self.forward(&Eager, images)?)
-    }
-}
-
-impl Classifier for ZooModel {
-    fn img_size(&self) -> usize {
-        ZooModel::img_size(self)
-    }
-
-    fn num_classes(&self) -> usize {
-        ZooModel::num_classes(self)
-    }
-
-    fn logits(&self, images: &Tensor) -> Result<Tensor> {
-        Ok(self.forward(&Eager, images)?)
-    }
-}
-
 /// Evaluates `model` (under its own policy) on every image of `data`, `batch` at a time.
 pub fn evaluate(
-    model: &impl Classifier,
+    model: &ZooModel,
     data: &ImageFolder,
     batch: usize,
     progress: bool,
@@ -108,18 +70,18 @@ pub fn evaluate(
 /// set ([`shard`]) and the counts are summed, so every rank returns the accuracy over all of
 /// it, exactly what one process computes.
 pub fn evaluate_in_group(
-    model: &impl Classifier,
+    model: &ZooModel,
     data: &ImageFolder,
     batch: usize,
     progress: bool,
     group: &dyn ProcessGroup,
 ) -> Result<Accuracy> {
     if batch == 0 {
-        return invalid!("the batch size must be at least 1");
+        bail!("the batch size must be at least 1");
     }
     let classes = model.num_classes();
     if data.classes().len() > classes {
-        return invalid!(
+        bail!(
             "the data set has {} classes but the model only {classes}",
             data.classes().len()
         );
@@ -141,7 +103,7 @@ pub fn evaluate_in_group(
     let (mut top1, mut top5, mut non_finite) = (0usize, 0usize, 0usize);
     for chunk in mine.chunks(batch) {
         let (images, labels) = data.batch(chunk, &transform)?;
-        let logits = model.logits(&images)?.to_vec();
+        let logits = model.forward(&Eager, &images)?.to_vec();
         for (row, &label) in logits.chunks(classes).zip(&labels) {
             top1 += usize::from(in_top(row, label, 1));
             top5 += usize::from(in_top(row, label, 5));
@@ -178,7 +140,7 @@ pub struct Prediction {
 /// Classifies image files: preprocess, run the model, softmax, keep the `top` best classes.
 pub fn classify(model: &ZooModel, images: &[PathBuf], top: usize) -> Result<Vec<Prediction>> {
     if images.is_empty() {
-        return invalid!("no images given");
+        bail!("no images given");
     }
     let side = model.img_size();
     let transform = EvalTransform::for_size(side);

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use idlevit_checkpoint::Checkpoint;
+use idlevit_data::DataError;
 use idlevit_data::augment::TrainTransform;
 use idlevit_data::folder::{ImageFolder, shuffled};
 use idlevit_data::preprocess::EvalTransform;
@@ -14,7 +15,7 @@ use idlevit_zoo::{ZooConfig, ZooModel};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::distributed::{ProcessGroup, SingleProcess, average_gradients, shard};
-use crate::error::{Context, invalid};
+use crate::error::{Context, bail};
 use crate::evaluate::{Accuracy, evaluate_in_group};
 use crate::{
     AdamW, CosineSchedule, Mixup, Objective, Result, StepSettings, TrainError, apply_gradients,
@@ -77,7 +78,7 @@ impl FinetuneOptions {
     /// weights into NaN at the first step.
     pub fn validate(&self) -> Result<()> {
         if self.batch == 0 || self.epochs == 0 {
-            return invalid!("the batch size and the number of epochs must be at least 1");
+            bail!("the batch size and the number of epochs must be at least 1");
         }
         for (name, value) in [
             ("learning rate", self.lr),
@@ -85,11 +86,11 @@ impl FinetuneOptions {
             ("weight decay", self.weight_decay),
         ] {
             if !(value.is_finite() && value >= 0.0) {
-                return invalid!("the {name} must be a finite number >= 0, found {value}");
+                bail!("the {name} must be a finite number >= 0, found {value}");
             }
         }
         if self.min_lr > self.lr {
-            return invalid!(
+            bail!(
                 "the learning-rate floor {} is above the peak learning rate {}",
                 self.min_lr,
                 self.lr
@@ -98,10 +99,10 @@ impl FinetuneOptions {
         if let Some(norm) = self.clip_grad
             && !(norm.is_finite() && norm > 0.0)
         {
-            return invalid!("the gradient-norm bound must be a finite number > 0, found {norm}");
+            bail!("the gradient-norm bound must be a finite number > 0, found {norm}");
         }
         if !(0.0..1.0).contains(&self.drop_path) {
-            return invalid!(
+            bail!(
                 "the drop-path rate must be in [0, 1), found {}",
                 self.drop_path
             );
@@ -130,10 +131,8 @@ fn save(student: &ZooModel, optimizer: &AdamW, epoch: usize, path: &Path) -> Res
 /// The seed of one training step's random choices (augmentation, mixup, drop path): a
 /// SplitMix64 finaliser of the run's seed and the step, so steps draw unrelated streams.
 fn step_seed(seed: u64, step: usize) -> u64 {
-    let mut z = seed.wrapping_add((step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    let state = seed.wrapping_add((step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    idlevit_data::digits::SplitMix(state).next_u64()
 }
 
 /// A zero gradient for every parameter: the part of a rank that has no samples in a step.
@@ -152,7 +151,7 @@ fn resume(student: &mut ZooModel, optimizer: &mut AdamW, path: &Path) -> Result<
     let context = || format!("cannot resume from {}", path.display());
     let bytes = idlevit_data::weights::read_file(path, "checkpoint").context(context)?;
     if bytes.starts_with(b"PK") {
-        return invalid!(
+        bail!(
             "cannot resume from {}: it is a PyTorch (.pth) file, and a run resumes from the \
              checkpoint.safetensors an earlier finetuning run wrote (start from .pth weights \
              as the student's starting weights instead)",
@@ -160,24 +159,24 @@ fn resume(student: &mut ZooModel, optimizer: &mut AdamW, path: &Path) -> Result<
         );
     }
     let mut ckpt = Checkpoint::from_safetensors_bytes(&bytes).context(context)?;
-    let Some(epochs_done) = ckpt.remove("train.epochs_done") else {
-        return invalid!(
+    let epochs_done = ckpt.remove("train.epochs_done").ok_or_else(|| {
+        TrainError::Invalid(format!(
             "{} is not a finetuning checkpoint (no train.epochs_done)",
             path.display()
-        );
-    };
-    let Some(epochs_done) = crate::whole_count(&epochs_done) else {
-        return invalid!(
+        ))
+    })?;
+    let epochs_done = crate::whole_count(&epochs_done).ok_or_else(|| {
+        TrainError::Invalid(format!(
             "{} is damaged: its epoch count (train.epochs_done) must be one whole number >= 0, \
              found {}",
             path.display(),
             crate::describe_values(&epochs_done)
-        );
-    };
+        ))
+    })?;
     optimizer.load_state_tensors(&mut ckpt).context(context)?;
     let bad = idlevit_data::files::non_finite_tensors(&ckpt);
     if let Some(first) = bad.first() {
-        return invalid!(
+        bail!(
             "{} is damaged: {} of its weights hold NaN or infinity (first: {})",
             path.display(),
             bad.len(),
@@ -204,7 +203,7 @@ fn check_teacher(student: &ZooConfig, teacher: &ZooConfig) -> Result<()> {
         )
     };
     if describe(student) != describe(teacher) {
-        return invalid!(
+        bail!(
             "teacher and student do not match: expected a teacher like the student ({}), found {}",
             describe(student),
             describe(teacher)
@@ -242,7 +241,7 @@ pub fn finetune_in_group(
     options.validate()?;
     let classes = student.num_classes();
     if train.classes().len() > classes {
-        return invalid!(
+        bail!(
             "the data set has {} classes but the model only {classes}",
             train.classes().len()
         );
@@ -252,14 +251,14 @@ pub fn finetune_in_group(
     }
     options.objective.check(student)?;
     std::fs::create_dir_all(&options.out_dir)
-        .map_err(|e| idlevit_data::DataError::io("cannot create", &options.out_dir, e))?;
+        .map_err(|e| DataError::Io("cannot create", options.out_dir.clone(), e))?;
     let mut optimizer = AdamW::new(options.weight_decay);
     let first_epoch = match &options.resume {
         Some(path) => resume(student, &mut optimizer, path)?,
         None => 0,
     };
     if first_epoch > options.epochs {
-        return invalid!(
+        bail!(
             "the checkpoint has {first_epoch} epochs done, more than the {} asked for",
             options.epochs
         );

@@ -10,8 +10,8 @@
 //!
 //! Around them: [`finetune`] runs the whole loop on an [`ImageFolder`](idlevit_data::ImageFolder)
 //! (a checkpoint per epoch, resume, validation), [`evaluate`] scores a model, [`bench`] times
-//! one, [`load_zoo_model`] reads one from a weight file, and [`distributed`] splits the work
-//! across the ranks of an MPI job (the `mpi` feature).
+//! one, [`inspect`] looks into one batch, [`models`] reads models from weight files, and
+//! [`distributed`] splits the work across the ranks of an MPI job (the `mpi` feature).
 //!
 //! ```
 //! use idlevit_train::CosineSchedule;
@@ -21,36 +21,22 @@
 //! assert!((schedule.lr(100) - 1e-5).abs() < 1e-12);
 //! ```
 
-mod bench;
+pub mod bench;
 pub mod distributed;
 mod error;
-mod evaluate;
-mod finetune;
-mod inspect;
+pub mod evaluate;
+pub mod finetune;
+pub mod inspect;
 mod mixup;
-mod models;
+pub mod models;
 mod objective;
 mod optim;
 mod schedule;
 mod step;
 mod trainable;
 
-pub use bench::{
-    BenchReport, MemoryReport, PrecisionBench, bench, bench_precision, resident_memory,
-    status_field,
-};
-pub use distributed::{ProcessGroup, SingleProcess};
 pub use error::TrainError;
-pub use evaluate::{
-    Accuracy, Classifier, Prediction, classify, evaluate, evaluate_in_group, in_top,
-};
-pub use finetune::{FinetuneOptions, FinetuneReport, checkpoint_path, finetune, finetune_in_group};
-pub use inspect::{LogitsRun, LossReport, loss_report, run_logits};
 pub use mixup::{Mixing, Mixup};
-pub use models::{
-    DEFAULT_CONFIG, DEFAULT_LABELS, DEFAULT_WEIGHTS, default_config, default_model, load_model,
-    load_zoo_model,
-};
 pub use objective::{LossParts, Objective, Teacher, check_targets, smoothed_targets};
 pub use optim::{AdamW, all_finite, clip_grad_norm, decays, describe_values, whole_count};
 pub use schedule::CosineSchedule;

@@ -10,7 +10,10 @@ use idlevit_data::ImageFolder;
 use idlevit_data::digits::{
     Canvas, DigitsOptions, DigitsSplit, embedded_split, write_image_folder,
 };
-use idlevit_train::{FinetuneOptions, Mixup, Objective, bench, evaluate, finetune};
+use idlevit_train::bench::bench;
+use idlevit_train::evaluate::evaluate;
+use idlevit_train::finetune::{FinetuneOptions, finetune};
+use idlevit_train::{Mixup, Objective};
 use idlevit_zoo::{DeiT, PolicyKind, ZooModel};
 
 use super::speed::deit_policy;
@@ -172,7 +175,8 @@ pub fn run_accuracy(
     let train = ImageFolder::open(&data.join("train"))?;
     let val = ImageFolder::open(&data.join("val"))?;
     let batch = options.batch;
-    let dense_top1 = evaluate(dense, &val, 64, false)?.top1;
+    let teacher = ZooModel::DeiT(Box::new(dense.clone()));
+    let dense_top1 = evaluate(&teacher, &val, 64, false)?.top1;
     log(format!(
         "dense: top-1 {:.2}% on {} validation canvases",
         100.0 * dense_top1,
@@ -207,18 +211,17 @@ pub fn run_accuracy(
         timing.images_per_second(1 + 3 * rate_index + k)
     };
 
-    let teacher = ZooModel::DeiT(Box::new(dense.clone()));
     let mut results = Vec::new();
     let mut idle_models = Vec::new();
     for (ri, &rate) in options.rates.iter().enumerate() {
         for method in Method::ALL {
             let policy = deit_policy(method.kind(), rate)?;
-            let student = dense.clone().with_policy(policy.clone())?;
+            let student = ZooModel::DeiT(Box::new(dense.clone().with_policy(policy.clone())?));
             let off_the_shelf = evaluate(&student, &val, 64, false)?.top1;
             let mut finetuned = Vec::new();
             for &seed in &options.seeds {
                 let started = Instant::now();
-                let mut trained = ZooModel::DeiT(Box::new(student.clone()));
+                let mut trained = student.clone();
                 let objective = Objective {
                     cut_loss: if method == Method::IdleCut {
                         idlevit_cutloss::CutLoss::Both

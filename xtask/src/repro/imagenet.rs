@@ -6,8 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use idlevit_data::ImageFolder;
-use idlevit_train::{evaluate, load_model};
-use idlevit_zoo::{DeiTConfig, TokenPolicy, ZooConfig};
+use idlevit_train::evaluate::evaluate;
+use idlevit_train::models::load_model;
+use idlevit_zoo::{DeiTConfig, TokenPolicy, ZooConfig, ZooModel};
 
 use super::cost::ZOO;
 use super::speed::{POLICIES, deit_policy, policy_name};
@@ -34,6 +35,7 @@ pub struct ImagenetOptions {
 pub fn imagenet_table(options: &ImagenetOptions) -> Result<Table> {
     let config = deit_config(options)?;
     let dense = load_model(&config, Some(&options.weights), "weights", false)?;
+    let dense = ZooModel::DeiT(Box::new(dense));
     let data = ImageFolder::open(&options.dir)?;
     let name = options.model.clone().unwrap_or_else(|| "custom".into());
     let paper = ZOO

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use idlevit_train::default_model;
+use idlevit_train::models::default_model;
 use idlevit_zoo::DeiTConfig;
 
 pub use accuracy::{AccuracyOptions, AccuracyRun, Method, MethodResult, mean_std};

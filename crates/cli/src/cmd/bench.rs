@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::Args;
-use idlevit_train::{BenchReport, PrecisionBench, bench, bench_precision, load_zoo_model};
+use idlevit_train::bench::{BenchReport, PrecisionBench, bench, bench_precision};
+use idlevit_train::models::load_zoo_model;
 use idlevit_zoo::{PolicyKind, TokenPolicy, ZooModel};
 
 use super::{Globals, check_model_memory, inference_use};
@@ -86,9 +87,7 @@ pub fn run(args: Bench, globals: &Globals) -> Result<()> {
              interleaved runs:",
             idlevit_kernels::bf16_kernel_name()
         );
-        precision_lines(&report)
-            .iter()
-            .for_each(|line| println!("{line}"));
+        print_precision(&report);
         if !idlevit_kernels::bf16_expected_faster_than_f32() {
             println!(
                 "  (on this CPU the other commands run f32 when given --bf16: its bf16 \
@@ -126,19 +125,15 @@ pub fn run(args: Bench, globals: &Globals) -> Result<()> {
     Ok(())
 }
 
-/// The table `bench --bf16` prints: one line per model with both speeds and their ratio.
-fn precision_lines(report: &PrecisionBench) -> Vec<String> {
-    report
-        .rows
-        .iter()
-        .map(|(label, f32_ips, bf16_ips)| {
-            format!(
-                "  {label:<10} f32 {f32_ips:8.2} images/s   bf16 {bf16_ips:8.2} images/s   \
-                 bf16/f32 speed ratio {:.3}x",
-                bf16_ips / f32_ips
-            )
-        })
-        .collect()
+/// Prints the table of `bench --bf16`: one line per model with both speeds and their ratio.
+fn print_precision(report: &PrecisionBench) {
+    for (label, f32_ips, bf16_ips) in &report.rows {
+        println!(
+            "  {label:<10} f32 {f32_ips:8.2} images/s   bf16 {bf16_ips:8.2} images/s   \
+             bf16/f32 speed ratio {:.3}x",
+            bf16_ips / f32_ips
+        );
+    }
 }
 
 /// Prints the peak memory of a benchmark and its resident memory before and after the timed

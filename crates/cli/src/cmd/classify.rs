@@ -54,14 +54,16 @@ pub fn run(args: Classify, globals: &Globals) -> Result<()> {
             );
             let labels = match args.labels {
                 Some(path) => read_labels(&path)?,
-                None => idlevit_train::DEFAULT_LABELS.map(String::from).to_vec(),
+                None => idlevit_train::models::DEFAULT_LABELS
+                    .map(String::from)
+                    .to_vec(),
             };
-            let model = idlevit_train::default_model()?
+            let model = idlevit_train::models::default_model()?
                 .with_precision(crate::precision::from_flag(bf16))?;
             (packed(ZooModel::DeiT(Box::new(model)), bf16), Some(labels))
         }
     };
-    for prediction in idlevit_train::classify(&model, &args.images, args.top)? {
+    for prediction in idlevit_train::evaluate::classify(&model, &args.images, args.top)? {
         if prediction.top.iter().any(|(_, p)| !p.is_finite()) {
             eprintln!(
                 "warning: {} gave NaN or infinite logits; its classes mean nothing",

@@ -51,7 +51,7 @@ pub fn run(args: Eval, globals: &Globals) -> Result<()> {
     )?;
     let data = ImageFolder::open(&args.data)?;
     let leader = group.is_leader();
-    let acc = idlevit_train::evaluate_in_group(&model, &data, args.batch, leader, group)?;
+    let acc = idlevit_train::evaluate::evaluate_in_group(&model, &data, args.batch, leader, group)?;
     if !leader {
         return Ok(());
     }

@@ -6,7 +6,8 @@ use anyhow::{Result, ensure};
 use clap::Args;
 use idlevit_data::ImageFolder;
 use idlevit_data::files::{NamedPath, check_distinct, save_checkpoint};
-use idlevit_train::{FinetuneOptions, checkpoint_path, finetune_in_group, load_zoo_model};
+use idlevit_train::finetune::{FinetuneOptions, checkpoint_path, finetune_in_group};
+use idlevit_train::models::load_zoo_model;
 use idlevit_zoo::{MemoryUse, ZooModel};
 
 use super::{Globals, check_model_memory, named, training_policy};

@@ -63,8 +63,15 @@ pub fn run(args: Logits, globals: &Globals) -> Result<()> {
         args.bf16,
         globals.strict,
     )?;
-    let run = idlevit_train::run_logits(&model, args.policy.mode == Mode::Masked, &images)?;
-    warn_non_finite(non_finite_rows(&run.logits), batch, "images' logits");
+    let run =
+        idlevit_train::inspect::run_logits(&model, args.policy.mode == Mode::Masked, &images)?;
+    let rows = non_finite_rows(&run.logits);
+    if rows > 0 {
+        eprintln!(
+            "warning: {rows} of {batch} images' logits hold NaN or infinity: the model's \
+             weights or input are not finite"
+        );
+    }
     // Both files are written before either is reported, so a failure leaves no claim of a
     // file that is not there.
     write_logits(&run.logits, &args.output)?;
@@ -84,16 +91,6 @@ pub fn run(args: Logits, globals: &Globals) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Warns on stderr when `rows` of a command's output hold NaN or infinity.
-fn warn_non_finite(rows: usize, total: usize, what: &str) {
-    if rows > 0 {
-        eprintln!(
-            "warning: {rows} of {total} {what} hold NaN or infinity: the model's weights or \
-             input are not finite"
-        );
-    }
 }
 
 /// How many rows of `(rows, columns)` values hold NaN or infinity.

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
 use idlevit_data::files::{NamedPath, check_distinct, save_checkpoint};
 use idlevit_data::weights::{read_checkpoint, require_tensor};
-use idlevit_train::load_zoo_model;
+use idlevit_train::models::load_zoo_model;
 use idlevit_zoo::{MemoryUse, TokenPolicy};
 
 use super::{Globals, check_model_memory, named, read_input, training_policy};
@@ -100,7 +100,7 @@ pub fn run(args: Loss, globals: &Globals) -> Result<()> {
         _ => bail!("give --labels or --targets"),
     };
     let with_grads = args.grads_out.is_some();
-    let report = idlevit_train::loss_report(
+    let report = idlevit_train::inspect::loss_report(
         &student,
         teacher.as_ref(),
         &images,

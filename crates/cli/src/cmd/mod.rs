@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, ensure};
 use idlevit_data::files::NamedPath;
 use idlevit_tensor::Tensor;
-use idlevit_train::{ProcessGroup, load_model, load_zoo_model};
+use idlevit_train::distributed::ProcessGroup;
+use idlevit_train::models::{load_model, load_zoo_model};
 use idlevit_zoo::{MemoryUse, PolicyKind, TokenPolicy, ZooConfig, ZooModel};
 
 use crate::args::{ModelArgs, PolicyArgs};
@@ -141,6 +142,6 @@ fn read_input(path: &Path, strict: bool) -> Result<Tensor> {
 }
 
 /// `path`, when one was given, as named by `flag`.
-fn named<'a>(flag: &'a str, path: &'a Option<PathBuf>) -> Option<NamedPath<'a>> {
+pub(crate) fn named<'a>(flag: &'a str, path: &'a Option<PathBuf>) -> Option<NamedPath<'a>> {
     path.as_deref().map(|p| NamedPath::new(flag, p))
 }

@@ -4,7 +4,7 @@
 
 #![no_main]
 
-use idlevit_cli::preprocess::EvalTransform;
+use idlevit_data::preprocess::EvalTransform;
 use idlevit_nn::{Backend, Eager};
 use idlevit_tensor::Tensor;
 use idlevit_zoo::{

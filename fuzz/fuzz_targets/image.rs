@@ -4,7 +4,7 @@
 
 #![no_main]
 
-use idlevit_cli::preprocess::{EvalTransform, MAX_IMAGE_SIDE, decode_image, preprocess};
+use idlevit_data::preprocess::{EvalTransform, MAX_IMAGE_SIDE, decode_image, preprocess};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

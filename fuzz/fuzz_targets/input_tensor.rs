@@ -6,7 +6,7 @@
 
 use std::sync::OnceLock;
 
-use idlevit_cli::weights::parse_checkpoint;
+use idlevit_data::weights::parse_checkpoint;
 use idlevit_nn::{Backend, Eager};
 use idlevit_zoo::{DeiT, DeiTConfig};
 use libfuzzer_sys::fuzz_target;

@@ -54,9 +54,9 @@ pub fn convert(input: &Path, output: &Path, options: &ConvertOptions) -> Result<
         strict: options.strict,
         key: options.key.clone(),
     };
-    idlevit_cli::output::check_distinct(
-        &[idlevit_cli::output::NamedPath::new("IN.pth", input)],
-        &[idlevit_cli::output::NamedPath::new(
+    idlevit_data::files::check_distinct(
+        &[idlevit_data::files::NamedPath::new("IN.pth", input)],
+        &[idlevit_data::files::NamedPath::new(
             "OUT.safetensors",
             output,
         )],
@@ -71,7 +71,7 @@ pub fn convert(input: &Path, output: &Path, options: &ConvertOptions) -> Result<
     if options.family == Some(Family::LvVit) {
         ckpt = LvVit::adapt(ckpt);
     }
-    idlevit_cli::output::save_checkpoint(&ckpt, output, "the converted weights")?;
+    idlevit_data::files::save_checkpoint(&ckpt, output, "the converted weights")?;
     Ok(ConvertReport {
         tensors,
         skipped: weights.skipped,

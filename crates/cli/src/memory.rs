@@ -38,7 +38,7 @@ fn address_space_room() -> Option<u64> {
     if status != 0 || limit.rlim_cur == libc::RLIM_INFINITY {
         return None;
     }
-    let mapped = status_field("VmSize:").unwrap_or(0);
+    let mapped = idlevit_train::bench::status_field("VmSize:").unwrap_or(0);
     // rlim_t is u64 on Linux and every 64-bit Unix Rust supports.
     Some(limit.rlim_cur.saturating_sub(mapped))
 }
@@ -46,15 +46,6 @@ fn address_space_room() -> Option<u64> {
 #[cfg(not(unix))]
 fn address_space_room() -> Option<u64> {
     None
-}
-
-/// A `kB` field of `/proc/self/status` (e.g. `VmRSS:`), in bytes; `None` where the file
-/// does not exist or does not say.
-pub fn status_field(name: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with(name))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 /// The tightest of `--max-memory`, the address-space limit and the available memory; `None`

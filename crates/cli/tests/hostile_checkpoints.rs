@@ -6,9 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use idlevit_cli::weights::{load_model, read_checkpoint};
+use idlevit_data::weights::read_checkpoint;
 use idlevit_nn::{Backend, Eager};
 use idlevit_tensor::Tensor;
+use idlevit_train::models::load_model;
 use idlevit_zoo::DeiTConfig;
 
 /// Where the payloads would leave their mark, were they ever run.

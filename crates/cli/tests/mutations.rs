@@ -11,8 +11,8 @@ use std::sync::LazyLock;
 
 use idlevit_checkpoint::Checkpoint;
 use idlevit_checkpoint::pth::{PthOptions, PthWeights, read_pth_bytes};
-use idlevit_cli::preprocess::{EvalTransform, MAX_IMAGE_SIDE, decode_image, preprocess};
-use idlevit_cli::weights::parse_checkpoint;
+use idlevit_data::preprocess::{EvalTransform, MAX_IMAGE_SIDE, decode_image, preprocess};
+use idlevit_data::weights::parse_checkpoint;
 use idlevit_nn::{Backend, Eager};
 use idlevit_zoo::{DeiT, DeiTConfig, MAX_PARAMETERS};
 use image::{DynamicImage, ImageFormat};

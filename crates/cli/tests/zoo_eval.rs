@@ -5,11 +5,11 @@
 use std::process::Command;
 
 use idlevit_checkpoint::Checkpoint;
-use idlevit_cli::data::ImageFolder;
-use idlevit_cli::evaluate::evaluate;
 use idlevit_cli::policy::compared_policy;
+use idlevit_data::ImageFolder;
 use idlevit_nn::Eager;
 use idlevit_tensor::Tensor;
+use idlevit_train::evaluate::evaluate;
 use idlevit_zoo::{PolicyKind, TokenPolicy, ZooConfig, ZooModel};
 
 mod common;

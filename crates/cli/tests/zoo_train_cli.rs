@@ -72,7 +72,7 @@ fn classify_prints_the_library_predictions_for_every_family() {
     let image = dir.join("images/class1/0.png");
     for family in families(&dir) {
         let expected =
-            idlevit_cli::commands::classify(&family.student, std::slice::from_ref(&image), 2)
+            idlevit_train::evaluate::classify(&family.student, std::slice::from_ref(&image), 2)
                 .unwrap();
         let classify = |extra: &[&str]| {
             let model = ["classify", "--config", s(&family.config)];

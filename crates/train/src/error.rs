@@ -37,6 +37,27 @@ pub enum TrainError {
     /// A tensor operation failed.
     #[error(transparent)]
     Tensor(#[from] idlevit_tensor::TensorError),
+    /// Reading images or weights, or writing a checkpoint, failed.
+    #[error(transparent)]
+    Data(#[from] idlevit_data::DataError),
+    /// Checkpoint bytes did not parse.
+    #[error(transparent)]
+    Checkpoint(#[from] idlevit_checkpoint::CheckpointError),
+    /// A step failed: what it was doing (naming the file where there is one), and why.
+    #[error("{0}: {1}")]
+    Context(String, Box<TrainError>),
+}
+
+/// Adds what was being done to an error, as [`TrainError::Context`].
+pub(crate) trait Context<T> {
+    /// The error, if any, under the context `f` makes.
+    fn context(self, f: impl FnOnce() -> String) -> Result<T, TrainError>;
+}
+
+impl<T, E: Into<TrainError>> Context<T> for Result<T, E> {
+    fn context(self, f: impl FnOnce() -> String) -> Result<T, TrainError> {
+        self.map_err(|e| TrainError::Context(f(), Box::new(e.into())))
+    }
 }
 
 impl From<idlevit_zoo::ZooError> for TrainError {
@@ -44,3 +65,11 @@ impl From<idlevit_zoo::ZooError> for TrainError {
         Self::Zoo(Box::new(err))
     }
 }
+
+/// Returns `Err(TrainError::Invalid(..))`, formatted like `format!`.
+macro_rules! bail {
+    ($($arg:tt)*) => {
+        return Err($crate::TrainError::Invalid(format!($($arg)*)))
+    };
+}
+pub(crate) use bail;

@@ -8,6 +8,11 @@
 //! PVT-v2, or a [`ZooModel`](idlevit_zoo::ZooModel)). The cut loss needs a CLS attention map,
 //! so an idle PVT-v2 trains with a cut weight of 0 ([`Objective::check`]).
 //!
+//! Around them: [`finetune`] runs the whole loop on an [`ImageFolder`](idlevit_data::ImageFolder)
+//! (a checkpoint per epoch, resume, validation), [`evaluate`] scores a model, [`bench`] times
+//! one, [`inspect`] looks into one batch, [`models`] reads models from weight files, and
+//! [`distributed`] splits the work across the ranks of an MPI job (the `mpi` feature).
+//!
 //! ```
 //! use idlevit_train::CosineSchedule;
 //!
@@ -18,8 +23,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bench;
+pub mod distributed;
 mod error;
+pub mod evaluate;
+pub mod finetune;
+pub mod inspect;
 mod mixup;
+pub mod models;
 mod objective;
 mod optim;
 mod schedule;

@@ -6,11 +6,13 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use idlevit_cli::commands::bench;
-use idlevit_cli::data::ImageFolder;
-use idlevit_cli::digits::{Canvas, DigitsOptions, DigitsSplit, embedded_split, write_image_folder};
-use idlevit_cli::evaluate::evaluate;
-use idlevit_cli::finetune::{FinetuneOptions, finetune};
+use idlevit_data::ImageFolder;
+use idlevit_data::digits::{
+    Canvas, DigitsOptions, DigitsSplit, embedded_split, write_image_folder,
+};
+use idlevit_train::bench::bench;
+use idlevit_train::evaluate::evaluate;
+use idlevit_train::finetune::{FinetuneOptions, finetune};
 use idlevit_train::{Mixup, Objective};
 use idlevit_zoo::{DeiT, PolicyKind, ZooModel};
 
@@ -140,7 +142,7 @@ fn per_class(canvases: Vec<Canvas>, limit: Option<usize>) -> Vec<Canvas> {
     let Some(limit) = limit else {
         return canvases;
     };
-    let mut counts = [0usize; idlevit_cli::digits::CLASSES];
+    let mut counts = [0usize; idlevit_data::digits::CLASSES];
     canvases
         .into_iter()
         .filter(|c| {
@@ -173,7 +175,8 @@ pub fn run_accuracy(
     let train = ImageFolder::open(&data.join("train"))?;
     let val = ImageFolder::open(&data.join("val"))?;
     let batch = options.batch;
-    let dense_top1 = evaluate(dense, &val, 64, false)?.top1;
+    let teacher = ZooModel::DeiT(Box::new(dense.clone()));
+    let dense_top1 = evaluate(&teacher, &val, 64, false)?.top1;
     log(format!(
         "dense: top-1 {:.2}% on {} validation canvases",
         100.0 * dense_top1,
@@ -208,18 +211,17 @@ pub fn run_accuracy(
         timing.images_per_second(1 + 3 * rate_index + k)
     };
 
-    let teacher = ZooModel::DeiT(Box::new(dense.clone()));
     let mut results = Vec::new();
     let mut idle_models = Vec::new();
     for (ri, &rate) in options.rates.iter().enumerate() {
         for method in Method::ALL {
             let policy = deit_policy(method.kind(), rate)?;
-            let student = dense.clone().with_policy(policy.clone())?;
+            let student = ZooModel::DeiT(Box::new(dense.clone().with_policy(policy.clone())?));
             let off_the_shelf = evaluate(&student, &val, 64, false)?.top1;
             let mut finetuned = Vec::new();
             for &seed in &options.seeds {
                 let started = Instant::now();
-                let mut trained = ZooModel::DeiT(Box::new(student.clone()));
+                let mut trained = student.clone();
                 let objective = Objective {
                     cut_loss: if method == Method::IdleCut {
                         idlevit_cutloss::CutLoss::Both

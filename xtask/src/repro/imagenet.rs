@@ -4,11 +4,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
-use idlevit_cli::data::ImageFolder;
-use idlevit_cli::evaluate::evaluate;
-use idlevit_cli::weights::{load_model, resolve_config};
-use idlevit_zoo::TokenPolicy;
+use anyhow::{Result, bail};
+use idlevit_data::ImageFolder;
+use idlevit_train::evaluate::evaluate;
+use idlevit_train::models::load_model;
+use idlevit_zoo::{DeiTConfig, TokenPolicy, ZooConfig, ZooModel};
 
 use super::cost::ZOO;
 use super::speed::{POLICIES, deit_policy, policy_name};
@@ -33,8 +33,9 @@ pub struct ImagenetOptions {
 
 /// Evaluates the checkpoint dense and under every policy at every rate.
 pub fn imagenet_table(options: &ImagenetOptions) -> Result<Table> {
-    let config = resolve_config(options.config.as_deref(), options.model.as_deref())?;
+    let config = deit_config(options)?;
     let dense = load_model(&config, Some(&options.weights), "weights", false)?;
+    let dense = ZooModel::DeiT(Box::new(dense));
     let data = ImageFolder::open(&options.dir)?;
     let name = options.model.clone().unwrap_or_else(|| "custom".into());
     let paper = ZOO
@@ -72,4 +73,22 @@ pub fn imagenet_table(options: &ImagenetOptions) -> Result<Table> {
         ]);
     }
     Ok(table)
+}
+
+/// The DeiT config of `--config FILE` or `--model NAME` (exactly one must be given).
+fn deit_config(options: &ImagenetOptions) -> Result<DeiTConfig> {
+    let config = match (&options.config, &options.model) {
+        (Some(path), None) => ZooConfig::from_file(path)?,
+        (None, Some(name)) => ZooConfig::named(name)?,
+        (Some(_), Some(_)) => bail!("give either --config or --model, not both"),
+        (None, None) => bail!("give --config CFG.json or --model NAME"),
+    };
+    match config {
+        ZooConfig::DeiT(config) => Ok(config),
+        other => bail!(
+            "this runs DeiT models ({}), not the {} model given",
+            idlevit_zoo::model_names()[..3].join(", "),
+            other.family()
+        ),
+    }
 }

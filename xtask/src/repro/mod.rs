@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use idlevit_cli::default_model::default_model;
+use idlevit_train::models::default_model;
 use idlevit_zoo::DeiTConfig;
 
 pub use accuracy::{AccuracyOptions, AccuracyRun, Method, MethodResult, mean_std};
@@ -520,7 +520,7 @@ pub fn run(options: &ReproOptions, log: &mut dyn FnMut(String)) -> Result<ReproO
         options.setting
     );
     let report = out.join("REPORT.md");
-    idlevit_cli::output::write_atomically(&report, (header + &md).as_bytes())?;
+    idlevit_data::files::write_atomically(&report, (header + &md).as_bytes())?;
     log(format!(
         "wall time {seconds:.0} s; report: {}",
         report.display()

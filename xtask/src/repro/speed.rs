@@ -3,7 +3,7 @@
 //! a Python with torch and timm is at hand).
 
 use anyhow::Result;
-use idlevit_cli::commands::bench;
+use idlevit_train::bench::bench;
 use idlevit_zoo::{DeiT, DeiTConfig, PolicyKind, Schedule, TokenPolicy, ZooModel};
 
 use super::table::{Table, cell};

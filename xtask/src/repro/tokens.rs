@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use anyhow::Result;
-use idlevit_cli::digits::Canvas;
-use idlevit_cli::preprocess::{EvalTransform, IMAGENET_MEAN, IMAGENET_STD, preprocess};
+use idlevit_data::digits::Canvas;
+use idlevit_data::preprocess::{EvalTransform, IMAGENET_MEAN, IMAGENET_STD, preprocess};
 use idlevit_nn::Eager;
 use idlevit_tensor::Tensor;
 use idlevit_zoo::DeiT;
@@ -202,5 +202,5 @@ pub fn selection_picture(
             }
         }
     }
-    idlevit_cli::output::save_png(&out, path)
+    Ok(idlevit_data::files::save_png(&out, path)?)
 }

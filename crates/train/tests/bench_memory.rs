@@ -1,7 +1,7 @@
 //! `idlevit bench`'s memory figures: reported on Linux, and flat across repeated runs (the
 //! forward pass keeps nothing from one run to the next).
 
-use idlevit_cli::commands::bench;
+use idlevit_train::bench::bench;
 use idlevit_zoo::{ZooConfig, ZooModel};
 
 #[test]

@@ -6,10 +6,12 @@
 
 use std::io::Cursor;
 
-use anyhow::{Context, Result};
 use idlevit_tensor::Tensor;
 use image::imageops::FilterType;
 use image::{DynamicImage, ImageReader, Limits, RgbImage};
+
+use crate::error::ensure;
+use crate::{DataError, Result};
 
 /// ImageNet channel means (RGB), as timm's `IMAGENET_DEFAULT_MEAN`.
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -44,12 +46,7 @@ pub fn batch_values(batch: usize, side: usize) -> Result<usize> {
         .and_then(|n| n.checked_mul(side))
         .and_then(|n| n.checked_mul(side))
         .filter(|&n| n <= MAX_BATCH_VALUES)
-        .with_context(|| {
-            format!(
-                "a batch of {batch} images of {side}x{side} is too large \
-                 (at most {MAX_BATCH_VALUES} values)"
-            )
-        })
+        .ok_or(DataError::BatchTooLarge(batch, side))
 }
 
 /// The evaluation transform: shorter side to `resize`, then a `crop x crop` center crop.
@@ -75,13 +72,14 @@ impl EvalTransform {
 /// Decodes an image file and preprocesses it into a `(3, crop, crop)` tensor.
 pub fn load_image(path: &std::path::Path, transform: &EvalTransform) -> Result<Tensor> {
     let image = read_image(path)?;
-    preprocess(&image, transform).with_context(|| format!("cannot preprocess {}", path.display()))
+    preprocess(&image, transform)
+        .map_err(|e| DataError::Image("cannot preprocess", path.into(), Box::new(e)))
 }
 
 /// Reads and decodes an image file under [`decode_limits`].
 pub fn read_image(path: &std::path::Path) -> Result<DynamicImage> {
     let bytes = idlevit_checkpoint::read_file_capped(path, MAX_IMAGE_FILE_BYTES, "image")?;
-    decode_image(&bytes).with_context(|| format!("{} is not a decodable image", path.display()))
+    decode_image(&bytes).map_err(|e| DataError::NotAnImage(path.into(), Box::new(e)))
 }
 
 /// The limits every decode runs under: [`MAX_IMAGE_SIDE`] and [`MAX_DECODE_BYTES`].
@@ -98,15 +96,13 @@ pub fn decode_limits() -> Limits {
 pub fn decode_image(bytes: &[u8]) -> Result<DynamicImage> {
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
-        .context("cannot read the image header")?;
-    anyhow::ensure!(
+        .map_err(DataError::ImageHeader)?;
+    ensure!(
         reader.format() != Some(image::ImageFormat::Jpeg) || jpeg_is_complete(bytes),
         "the JPEG data is cut short (no end-of-image marker after its last scan)"
     );
     reader.limits(decode_limits());
-    // The decoder's message already quotes its cause, which it also returns as the error's
-    // source: keep the message alone, or the cause is printed twice.
-    reader.decode().map_err(|e| anyhow::anyhow!("{e}"))
+    reader.decode().map_err(DataError::Decode)
 }
 
 /// Whether a JPEG's last scan is followed by its end-of-image marker. The decoder fills the
@@ -126,8 +122,8 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
 /// Resizes, crops and normalises a decoded image into a `(3, crop, crop)` tensor.
 pub fn preprocess(image: &DynamicImage, transform: &EvalTransform) -> Result<Tensor> {
     let (w, h) = (image.width(), image.height());
-    anyhow::ensure!(w > 0 && h > 0, "image has no pixels ({w}x{h})");
-    anyhow::ensure!(transform.crop > 0, "the crop must be at least one pixel");
+    ensure!(w > 0 && h > 0, "image has no pixels ({w}x{h})");
+    ensure!(transform.crop > 0, "the crop must be at least one pixel");
     let short = w.min(h);
     // As torchvision's Resize(int): the shorter side becomes `resize`, the longer keeps the
     // aspect ratio (truncated), so both sides are at least the crop.
@@ -137,11 +133,11 @@ pub fn preprocess(image: &DynamicImage, transform: &EvalTransform) -> Result<Ten
     } else {
         ((f64::from(w) * scale) as u32, transform.resize)
     };
-    anyhow::ensure!(
+    ensure!(
         u64::from(nw) * u64::from(nh) <= MAX_RESIZED_PIXELS,
         "image {w}x{h} would be resized to {nw}x{nh}, more than {MAX_RESIZED_PIXELS} pixels"
     );
-    anyhow::ensure!(
+    ensure!(
         nw >= transform.crop && nh >= transform.crop,
         "resize {} is smaller than crop {}",
         transform.resize,
@@ -158,7 +154,7 @@ pub fn preprocess(image: &DynamicImage, transform: &EvalTransform) -> Result<Ten
 /// The `side x side` square of `rgb` at (`left`, `top`), scaled to [0, 1] and normalised with
 /// the ImageNet mean and std, as a `(3, side, side)` tensor.
 pub fn normalized_crop(rgb: &RgbImage, left: u32, top: u32, side: u32) -> Result<Tensor> {
-    anyhow::ensure!(
+    ensure!(
         u64::from(left) + u64::from(side) <= u64::from(rgb.width())
             && u64::from(top) + u64::from(side) <= u64::from(rgb.height()),
         "crop {side}x{side} at ({left}, {top}) lies outside the {}x{} image",

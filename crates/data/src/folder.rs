@@ -2,11 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
 use idlevit_tensor::Tensor;
 
 use crate::augment::TrainTransform;
+use crate::error::ensure;
 use crate::preprocess::{EvalTransform, batch_values, load_image, read_image};
+use crate::{DataError, Result};
 
 /// File extensions read as images.
 const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff"];
@@ -28,10 +29,10 @@ fn is_image(path: &Path) -> bool {
 
 fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut entries = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read data directory {}", dir.display()))?
+        .map_err(|e| DataError::Io("cannot read data directory", dir.into(), e))?
         .map(|e| e.map(|e| e.path()))
         .collect::<std::io::Result<Vec<_>>>()
-        .with_context(|| format!("cannot list {}", dir.display()))?;
+        .map_err(|e| DataError::Io("cannot list", dir.into(), e))?;
     entries.sort();
     Ok(entries)
 }
@@ -61,12 +62,11 @@ impl ImageFolder {
             .into_iter()
             .filter(|p| p.is_dir())
             .collect();
-        if class_dirs.is_empty() {
-            bail!(
-                "{} has no class sub-folders (expected DIR/<class>/<images>)",
-                root.display()
-            );
-        }
+        ensure!(
+            !class_dirs.is_empty(),
+            "{} has no class sub-folders (expected DIR/<class>/<images>)",
+            root.display()
+        );
         let mut classes = Vec::new();
         let mut items = Vec::new();
         for (index, dir) in class_dirs.iter().enumerate() {
@@ -75,18 +75,20 @@ impl ImageFolder {
                 .into_iter()
                 .filter(|p| p.is_file() && is_image(p))
                 .collect();
-            if images.is_empty() {
-                bail!("{}", empty_class_message(root, dir, &name));
-            }
+            ensure!(
+                !images.is_empty(),
+                "{}",
+                empty_class_message(root, dir, &name)
+            );
             let label = match known {
                 None => index,
-                Some(known) => known.iter().position(|k| *k == name).with_context(|| {
-                    format!(
+                Some(known) => known.iter().position(|k| *k == name).ok_or_else(|| {
+                    DataError::Invalid(format!(
                         "class folder {} is not a class of the training set ({} classes: {})",
                         dir.display(),
                         known.len(),
                         idlevit_checkpoint::NameList::new(known)
-                    )
+                    ))
                 })?,
             };
             classes.push(name);
@@ -147,7 +149,7 @@ impl ImageFolder {
             let image_seed = seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
             transform
                 .apply(&image, image_seed)
-                .with_context(|| format!("cannot augment {}", path.display()))
+                .map_err(|e| DataError::Image("cannot augment", path.into(), Box::new(e)))
         })
     }
 
@@ -163,7 +165,7 @@ impl ImageFolder {
             let (path, label) = self
                 .items
                 .get(i)
-                .with_context(|| format!("image {i} is out of range"))?;
+                .ok_or_else(|| DataError::Invalid(format!("image {i} is out of range")))?;
             pixels.extend(load(path, i)?.into_vec());
             labels.push(*label);
         }
@@ -199,17 +201,10 @@ fn empty_class_message(root: &Path, dir: &Path, name: &str) -> String {
 /// A seeded permutation of `0..n` (Fisher–Yates over SplitMix64), for per-epoch shuffles
 /// that any run with the same seed repeats.
 pub fn shuffled(n: usize, seed: u64) -> Vec<usize> {
-    let mut state = seed;
-    let mut next = || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
+    let mut rng = crate::digits::SplitMix(seed);
     let mut order: Vec<usize> = (0..n).collect();
     for i in (1..n).rev() {
-        let j = (next() % (i as u64 + 1)) as usize;
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
         order.swap(i, j);
     }
     order

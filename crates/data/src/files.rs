@@ -7,13 +7,14 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
 use idlevit_checkpoint::Checkpoint;
 
-/// A file the command reads or writes, with the argument that named it.
+use crate::{DataError, Result};
+
+/// A file a program reads or writes, with the name the user gave it by.
 #[derive(Clone, Copy, Debug)]
 pub struct NamedPath<'a> {
-    /// The argument as the user typed it, e.g. `--output`.
+    /// What named the file, e.g. a command's argument.
     pub argument: &'a str,
     /// The path it names.
     pub path: &'a Path,
@@ -61,24 +62,24 @@ pub fn check_distinct(inputs: &[NamedPath], outputs: &[NamedPath]) -> Result<()>
     let ids: Vec<FileIdentity> = outputs.iter().map(|o| identity(o.path)).collect();
     for (output, id) in outputs.iter().zip(&ids) {
         if let Some(input) = inputs.iter().find(|i| identity(i.path) == *id) {
-            bail!(
+            return Err(DataError::Invalid(format!(
                 "{} {} is the same file as {} {}: writing it would destroy that input; \
                  choose another output path",
                 output.argument,
                 output.path.display(),
                 input.argument,
                 input.path.display()
-            );
+            )));
         }
     }
     for (i, (output, id)) in outputs.iter().zip(&ids).enumerate() {
         if let Some(other) = outputs[..i].iter().zip(&ids).find(|(_, o)| *o == id) {
-            bail!(
+            return Err(DataError::Invalid(format!(
                 "{} and {} both name {}: one output would replace the other",
                 other.0.argument,
                 output.argument,
                 output.path.display()
-            );
+            )));
         }
     }
     Ok(())
@@ -89,7 +90,7 @@ pub fn check_distinct(inputs: &[NamedPath], outputs: &[NamedPath]) -> Result<()>
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path
         .file_name()
-        .with_context(|| format!("{} names no file", path.display()))?;
+        .ok_or_else(|| DataError::Invalid(format!("{} names no file", path.display())))?;
     let folder = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -105,14 +106,17 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     })();
     if let Err(err) = written {
         let _ = std::fs::remove_file(&tmp);
-        return Err(err).with_context(|| format!("cannot write {}", path.display()));
+        return Err(DataError::Io("cannot write", path.into(), err));
     }
     if let Err(err) = std::fs::rename(&tmp, path) {
         let _ = std::fs::remove_file(&tmp);
-        return Err(err)
-            .with_context(|| format!("cannot move the new file into {}", path.display()));
+        return Err(DataError::Io(
+            "cannot move the new file into",
+            path.into(),
+            err,
+        ));
     }
-    sync_folder(&folder).with_context(|| format!("cannot flush folder {}", folder.display()))
+    sync_folder(&folder).map_err(|e| DataError::Io("cannot flush folder", folder.clone(), e))
 }
 
 #[cfg(unix)]
@@ -133,14 +137,14 @@ pub fn save_png(image: &image::RgbImage, path: &Path) -> Result<()> {
             &mut std::io::Cursor::new(&mut bytes),
             image::ImageFormat::Png,
         )
-        .with_context(|| format!("cannot encode {}", path.display()))?;
+        .map_err(|e| DataError::Encode(path.into(), e))?;
     write_atomically(path, &bytes)
 }
 
 /// The names of the tensors of `ckpt` that hold NaN or infinity.
 pub fn non_finite_tensors(ckpt: &Checkpoint) -> Vec<&str> {
     ckpt.iter()
-        .filter(|(_, t)| !idlevit_train::all_finite(t))
+        .filter(|(_, t)| !t.view().iter().all(|v| v.is_finite()))
         .map(|(name, _)| name)
         .collect()
 }
@@ -150,14 +154,14 @@ pub fn non_finite_tensors(ckpt: &Checkpoint) -> Vec<&str> {
 pub fn save_checkpoint(ckpt: &Checkpoint, path: &Path, what: &str) -> Result<()> {
     let bad = non_finite_tensors(ckpt);
     if let Some(first) = bad.first() {
-        bail!(
+        return Err(DataError::Invalid(format!(
             "not writing {what} to {}: {} of {} tensors hold NaN or infinity (first: {}); \
              any earlier file there is left as it was",
             path.display(),
             bad.len(),
             ckpt.len(),
             idlevit_checkpoint::clip(first)
-        );
+        )));
     }
     let bytes = ckpt.to_safetensors_bytes()?;
     write_atomically(path, &bytes)

@@ -1,17 +1,19 @@
-//! The processes a command runs in: one process, or the ranks of an MPI job (`mpirun -np N
+//! The processes a run takes part in: one process, or the ranks of an MPI job (`mpirun -np N
 //! idlevit ...`, with the `mpi` feature). Finetuning splits each global batch across the
 //! ranks and averages their gradients; evaluation splits the data set and sums the counts.
 
 use std::collections::BTreeMap;
 
-use anyhow::{Result, bail};
 use idlevit_tensor::Tensor;
+
+use crate::Result;
+use crate::error::bail;
 
 /// Values summed per collective call when gradients are reduced: 4 Mi `f32` (16 MiB), so
 /// that a large model is reduced in several messages, not one buffer the size of the model.
 pub const BUCKET_VALUES: usize = 1 << 22;
 
-/// The group of processes one command runs in.
+/// The group of processes one run takes part in.
 pub trait ProcessGroup {
     /// This process's rank, `0..size`.
     fn rank(&self) -> usize;
@@ -27,7 +29,7 @@ pub trait ProcessGroup {
     }
 }
 
-/// A command running alone: rank 0 of 1, and every sum is the value itself.
+/// A process running alone: rank 0 of 1, and every sum is the value itself.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SingleProcess;
 
@@ -117,11 +119,12 @@ pub fn average_gradients(
 /// any launcher that sets `OMPI_COMM_WORLD_SIZE`, `PMI_SIZE` or `PMIX_RANK`).
 #[cfg(feature = "mpi")]
 pub mod mpi_group {
-    use anyhow::{Result, bail};
     use mpi::collective::SystemOperation;
     use mpi::traits::{Communicator, CommunicatorCollectives};
 
     use super::ProcessGroup;
+    use crate::Result;
+    use crate::error::bail;
 
     /// Whether the environment says an MPI launcher started this process.
     pub fn launched_by_mpi() -> bool {

@@ -5,7 +5,7 @@ use std::io::Cursor;
 use std::path::PathBuf;
 
 use idlevit_checkpoint::Checkpoint;
-use idlevit_cli::preprocess::{
+use idlevit_data::preprocess::{
     EvalTransform, MAX_IMAGE_SIDE, MAX_RESIZED_PIXELS, decode_image, load_image, preprocess,
 };
 use image::{DynamicImage, ImageFormat};

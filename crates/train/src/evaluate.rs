@@ -1,14 +1,17 @@
-//! Top-1 / top-5 accuracy of a model on an image folder.
+//! Top-1 / top-5 accuracy of a model on an image folder, and the top classes of image files.
 
-use anyhow::{Result, bail};
-use idlevit_nn::Eager;
+use std::path::PathBuf;
+
+use idlevit_data::ImageFolder;
+use idlevit_data::preprocess::{EvalTransform, batch_values, load_image};
+use idlevit_nn::{Backend, Eager};
 use idlevit_tensor::Tensor;
-use idlevit_zoo::{DeiT, ZooModel};
+use idlevit_zoo::ZooModel;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::data::ImageFolder;
+use crate::Result;
 use crate::distributed::{ProcessGroup, SingleProcess, shard};
-use crate::preprocess::EvalTransform;
+use crate::error::bail;
 
 /// Accuracy over a data set.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -53,47 +56,9 @@ pub fn in_top(row: &[f32], label: usize, k: usize) -> bool {
     better < k
 }
 
-/// A model `eval` can score: any zoo model, or a DeiT on its own.
-pub trait Classifier {
-    /// Side of the square input image.
-    fn img_size(&self) -> usize;
-    /// Number of classes.
-    fn num_classes(&self) -> usize;
-    /// Logits `(batch, classes)` of images `(batch, 3, side, side)`, under the model's policy.
-    fn logits(&self, images: &Tensor) -> Result<Tensor>;
-}
-
-impl Classifier for DeiT {
-    fn img_size(&self) -> usize {
-        self.config().img_size
-    }
-
-    fn num_classes(&self) -> usize {
-        self.config().num_classes
-    }
-
-    fn logits(&self, images: &Tensor) -> Result<Tensor> {
-        Ok(self.forward(&Eager, images)?)
-    }
-}
-
-impl Classifier for ZooModel {
-    fn img_size(&self) -> usize {
-        ZooModel::img_size(self)
-    }
-
-    fn num_classes(&self) -> usize {
-        ZooModel::num_classes(self)
-    }
-
-    fn logits(&self, images: &Tensor) -> Result<Tensor> {
-        Ok(self.forward(&Eager, images)?)
-    }
-}
-
 /// Evaluates `model` (under its own policy) on every image of `data`, `batch` at a time.
 pub fn evaluate(
-    model: &impl Classifier,
+    model: &ZooModel,
     data: &ImageFolder,
     batch: usize,
     progress: bool,
@@ -105,14 +70,14 @@ pub fn evaluate(
 /// set ([`shard`]) and the counts are summed, so every rank returns the accuracy over all of
 /// it, exactly what one process computes.
 pub fn evaluate_in_group(
-    model: &impl Classifier,
+    model: &ZooModel,
     data: &ImageFolder,
     batch: usize,
     progress: bool,
     group: &dyn ProcessGroup,
 ) -> Result<Accuracy> {
     if batch == 0 {
-        bail!("--batch must be at least 1");
+        bail!("the batch size must be at least 1");
     }
     let classes = model.num_classes();
     if data.classes().len() > classes {
@@ -138,7 +103,7 @@ pub fn evaluate_in_group(
     let (mut top1, mut top5, mut non_finite) = (0usize, 0usize, 0usize);
     for chunk in mine.chunks(batch) {
         let (images, labels) = data.batch(chunk, &transform)?;
-        let logits = model.logits(&images)?.to_vec();
+        let logits = model.forward(&Eager, &images)?.to_vec();
         for (row, &label) in logits.chunks(classes).zip(&labels) {
             top1 += usize::from(in_top(row, label, 1));
             top5 += usize::from(in_top(row, label, 5));
@@ -161,6 +126,45 @@ pub fn evaluate_in_group(
         top5: counts[1] / n,
         non_finite: counts[2] as usize,
     })
+}
+
+/// One image's top predictions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Prediction {
+    /// The image file.
+    pub path: PathBuf,
+    /// `(class index, probability)`, most probable first.
+    pub top: Vec<(usize, f32)>,
+}
+
+/// Classifies image files: preprocess, run the model, softmax, keep the `top` best classes.
+pub fn classify(model: &ZooModel, images: &[PathBuf], top: usize) -> Result<Vec<Prediction>> {
+    if images.is_empty() {
+        bail!("no images given");
+    }
+    let side = model.img_size();
+    let transform = EvalTransform::for_size(side);
+    let mut batch = Vec::with_capacity(batch_values(images.len(), side)?);
+    for path in images {
+        batch.extend(load_image(path, &transform)?.into_vec());
+    }
+    let batch = Tensor::from_vec(vec![images.len(), 3, side, side], batch)?;
+    let logits = model.forward(&Eager, &batch)?;
+    let probs = Eager.softmax(&logits)?;
+    let classes = probs.shape()[1];
+    Ok(images
+        .iter()
+        .zip(probs.to_vec().chunks(classes.max(1)))
+        .map(|(path, row)| {
+            let mut order: Vec<usize> = (0..row.len()).collect();
+            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            let top = order.into_iter().take(top).map(|i| (i, row[i])).collect();
+            Prediction {
+                path: path.clone(),
+                top,
+            }
+        })
+        .collect())
 }
 
 #[cfg(test)]

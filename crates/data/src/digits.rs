@@ -8,8 +8,10 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail, ensure};
 use image::{Rgb, RgbImage};
+
+use crate::error::ensure;
+use crate::{DataError, Result};
 
 /// The exported digits: magic, count, then (label, 8x8 pixels in 0..=16) records.
 pub const DIGITS_BIN: &[u8] = include_bytes!("../../../fixtures/digits/digits.bin");
@@ -49,17 +51,21 @@ pub fn parse_digits(bytes: &[u8]) -> Result<Vec<Digit>> {
             ensure!(label < 10, "digit {i}: label {label} is not 0..9");
             let mut ink = [0u8; 64];
             ink.copy_from_slice(&record[1..]);
-            if let Some(bad) = ink.iter().find(|&&v| v > 16) {
-                bail!("digit {i}: ink {bad} is outside 0..=16");
-            }
+            let bad = ink.iter().find(|&&v| v > 16);
+            ensure!(
+                bad.is_none(),
+                "digit {i}: ink {} is outside 0..=16",
+                bad.unwrap_or(&0)
+            );
             Ok(Digit { label, ink })
         })
         .collect()
 }
 
-/// A small seeded generator (SplitMix64): canvases must not depend on any crate's RNG.
+/// A small seeded generator (SplitMix64) at its raw state: canvases, shuffles and training
+/// steps must not depend on any crate's RNG.
 #[derive(Clone, Debug)]
-pub struct SplitMix(u64);
+pub struct SplitMix(pub u64);
 
 impl SplitMix {
     /// A generator for stream `stream` of `seed` (independent streams per canvas).
@@ -315,7 +321,7 @@ pub fn make_split(digits: &[Digit], options: &DigitsOptions) -> Result<DigitsSpl
         "digits: val fraction must be in [0, 1), found {}",
         options.val_fraction
     );
-    let order = crate::data::shuffled(digits.len(), options.seed);
+    let order = crate::folder::shuffled(digits.len(), options.seed);
     let val_count = (digits.len() as f64 * options.val_fraction).round() as usize;
     let (val_ids, train_ids) = order.split_at(val_count);
     let mut stream = 0u64;
@@ -341,20 +347,20 @@ pub fn embedded_split(options: &DigitsOptions) -> Result<DigitsSplit> {
 }
 
 /// Writes the split as an image folder: `dir/{train,val}/<digit>/<index>.png`, readable by
-/// `finetune --data dir` and `eval --data dir/val`.
+/// [`ImageFolder`](crate::ImageFolder) as a training and a validation set.
 pub fn write_image_folder(split: &DigitsSplit, dir: &Path) -> Result<()> {
     for (part, canvases) in [("train", &split.train), ("val", &split.val)] {
         for class in 0..CLASSES {
             let class_dir = dir.join(part).join(class.to_string());
             std::fs::create_dir_all(&class_dir)
-                .with_context(|| format!("cannot create {}", class_dir.display()))?;
+                .map_err(|e| DataError::Io("cannot create", class_dir.clone(), e))?;
         }
         for (i, canvas) in canvases.iter().enumerate() {
             let path = dir
                 .join(part)
                 .join(canvas.label.to_string())
                 .join(format!("{i:05}.png"));
-            crate::output::save_png(&canvas.image, &path)?;
+            crate::files::save_png(&canvas.image, &path)?;
         }
     }
     Ok(())

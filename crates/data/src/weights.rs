@@ -2,9 +2,9 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
 use idlevit_checkpoint::{Checkpoint, pth};
-use idlevit_zoo::{DeiT, DeiTConfig, LvVit, ZooConfig, ZooModel};
+
+use crate::{DataError, Result};
 
 /// Reads a whole file the user named, refusing before reading one that is not a regular file
 /// (a folder, a device such as `/dev/zero`, a pipe) or is larger than
@@ -24,20 +24,13 @@ pub fn read_file(path: &Path, what: &str) -> Result<Vec<u8>> {
 pub fn read_checkpoint(path: &Path, role: &str, strict: bool) -> Result<Checkpoint> {
     let bytes = read_file(path, role)?;
     let pth_name = path.extension().is_some_and(|e| e == "pth" || e == "tar");
-    let parsed = parse_weights(&bytes, pth_name, strict).with_context(|| {
-        if pth_name || bytes.starts_with(b"PK") {
-            format!(
-                "cannot read {role} {} (a PyTorch checkpoint)",
-                path.display()
-            )
-        } else {
-            format!("cannot read {role} {}", path.display())
-        }
-    })?;
+    let pth = pth_name || bytes.starts_with(b"PK");
+    let parsed = parse_weights(&bytes, pth_name, strict)
+        .map_err(|e| DataError::Weights(role.into(), path.into(), pth, Box::new(e)))?;
     if !parsed.unknown_globals.is_empty() {
         eprintln!(
             "warning: {} names pickle globals that were kept inert (never called): {}; \
-             --strict refuses such files",
+             reading strictly refuses such files",
             path.display(),
             idlevit_checkpoint::NameList::new(&parsed.unknown_globals)
         );
@@ -53,17 +46,17 @@ pub fn require_tensor<'a>(
     role: &str,
     path: &Path,
 ) -> Result<&'a idlevit_tensor::Tensor> {
-    ckpt.get(name).with_context(|| {
+    ckpt.get(name).ok_or_else(|| {
         let names = idlevit_checkpoint::NameList::new(ckpt.iter().map(|(n, _)| n));
         let holds = if names.is_empty() {
             "no float tensors".to_string()
         } else {
             format!("only {names}")
         };
-        format!(
+        DataError::Invalid(format!(
             "{role} {} has no tensor `{name}` (it holds {holds})",
             path.display()
-        )
+        ))
     })
 }
 
@@ -84,7 +77,11 @@ pub fn parse_checkpoint(bytes: &[u8], pth_name: bool, strict: bool) -> Result<Ch
 }
 
 /// [`parse_checkpoint`], also returning the unknown pickle globals that were kept inert.
-pub fn parse_weights(bytes: &[u8], pth_name: bool, strict: bool) -> Result<ParsedWeights> {
+pub fn parse_weights(
+    bytes: &[u8],
+    pth_name: bool,
+    strict: bool,
+) -> Result<ParsedWeights, idlevit_checkpoint::CheckpointError> {
     // A zip archive starts with "PK"; torch.save's zip format is the only .pth we read.
     if bytes.starts_with(b"PK") || pth_name {
         let options = pth::PthOptions { strict, key: None };
@@ -102,71 +99,4 @@ pub fn parse_weights(bytes: &[u8], pth_name: bool, strict: bool) -> Result<Parse
         checkpoint: Checkpoint::from_safetensors_bytes(bytes)?,
         unknown_globals: Vec::new(),
     })
-}
-
-/// The model a command runs: from `weights` when given (`role` and `strict` as for
-/// [`read_checkpoint`]), else seeded random weights.
-pub fn load_model(
-    config: &DeiTConfig,
-    weights: Option<&Path>,
-    role: &str,
-    strict: bool,
-) -> Result<DeiT> {
-    match weights {
-        Some(path) => {
-            let ckpt = read_checkpoint(path, role, strict)?;
-            DeiT::load(config, ckpt)
-                .with_context(|| format!("{role} {} do not fit the model", path.display()))
-        }
-        None => Ok(DeiT::random(config, 0)?),
-    }
-}
-
-/// A DeiT config from `--config FILE` or `--model NAME` (exactly one must be given), for
-/// the code that runs DeiT alone (bf16 inference, the ImageNet report).
-pub fn resolve_config(config: Option<&Path>, model: Option<&str>) -> Result<DeiTConfig> {
-    match resolve_zoo_config(config, model)? {
-        ZooConfig::DeiT(config) => Ok(config),
-        other => anyhow::bail!(
-            "this runs DeiT models ({}), not the {} model given",
-            idlevit_zoo::model_names()[..3].join(", "),
-            other.family()
-        ),
-    }
-}
-
-/// The config of any zoo family from `--config FILE` (its `family` key picks the family; a
-/// DeiT's without it) or `--model NAME` (exactly one must be given).
-pub fn resolve_zoo_config(config: Option<&Path>, model: Option<&str>) -> Result<ZooConfig> {
-    match (config, model) {
-        (Some(path), None) => Ok(ZooConfig::from_file(path)?),
-        (None, Some(name)) => Ok(ZooConfig::named(name)?),
-        (Some(_), Some(_)) => anyhow::bail!("give either --config or --model, not both"),
-        (None, None) => anyhow::bail!("give --config CFG.json or --model NAME"),
-    }
-}
-
-/// A model of any family: from `weights` when given (LV-ViT release checkpoints adapted to
-/// the zoo's names; `role` and `strict` as for [`read_checkpoint`]), else seeded random
-/// weights.
-pub fn load_zoo_model(
-    config: &ZooConfig,
-    weights: Option<&Path>,
-    role: &str,
-    strict: bool,
-) -> Result<ZooModel> {
-    match (config, weights) {
-        (ZooConfig::DeiT(c), weights) => Ok(ZooModel::DeiT(Box::new(load_model(
-            c, weights, role, strict,
-        )?))),
-        (config, None) => Ok(ZooModel::random(config, 0)?),
-        (config, Some(path)) => {
-            let mut ckpt = read_checkpoint(path, role, strict)?;
-            if matches!(config, ZooConfig::LvVit(_)) {
-                ckpt = LvVit::adapt(ckpt);
-            }
-            ZooModel::load(config, ckpt)
-                .with_context(|| format!("{role} {} do not fit the model", path.display()))
-        }
-    }
 }

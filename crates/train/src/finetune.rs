@@ -5,21 +5,22 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
 use idlevit_checkpoint::Checkpoint;
+use idlevit_data::DataError;
+use idlevit_data::augment::TrainTransform;
+use idlevit_data::folder::{ImageFolder, shuffled};
+use idlevit_data::preprocess::EvalTransform;
 use idlevit_tensor::Tensor;
-use idlevit_train::{
-    AdamW, CosineSchedule, Mixup, Objective, StepSettings, TrainError, apply_gradients,
-    smoothed_targets, step_gradients,
-};
 use idlevit_zoo::{ZooConfig, ZooModel};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::augment::TrainTransform;
-use crate::data::{ImageFolder, shuffled};
 use crate::distributed::{ProcessGroup, SingleProcess, average_gradients, shard};
+use crate::error::{Context, bail};
 use crate::evaluate::{Accuracy, evaluate_in_group};
-use crate::preprocess::EvalTransform;
+use crate::{
+    AdamW, CosineSchedule, Mixup, Objective, Result, StepSettings, TrainError, apply_gradients,
+    smoothed_targets, step_gradients,
+};
 
 /// How to finetune.
 #[derive(Clone, Debug)]
@@ -120,16 +121,18 @@ fn save(student: &ZooModel, optimizer: &AdamW, epoch: usize, path: &Path) -> Res
         ckpt.insert(name, tensor);
     }
     ckpt.insert("train.epochs_done", Tensor::scalar(epoch as f32));
-    crate::output::save_checkpoint(&ckpt, path, "the checkpoint")
+    Ok(idlevit_data::files::save_checkpoint(
+        &ckpt,
+        path,
+        "the checkpoint",
+    )?)
 }
 
 /// The seed of one training step's random choices (augmentation, mixup, drop path): a
 /// SplitMix64 finaliser of the run's seed and the step, so steps draw unrelated streams.
 fn step_seed(seed: u64, step: usize) -> u64 {
-    let mut z = seed.wrapping_add((step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    let state = seed.wrapping_add((step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    idlevit_data::digits::SplitMix(state).next_u64()
 }
 
 /// A zero gradient for every parameter: the part of a rank that has no samples in a step.
@@ -146,34 +149,32 @@ fn zero_gradients(model: &ZooModel) -> BTreeMap<String, Tensor> {
 /// error names the file.
 fn resume(student: &mut ZooModel, optimizer: &mut AdamW, path: &Path) -> Result<usize> {
     let context = || format!("cannot resume from {}", path.display());
-    let bytes = crate::weights::read_file(path, "checkpoint").with_context(context)?;
+    let bytes = idlevit_data::weights::read_file(path, "checkpoint").context(context)?;
     if bytes.starts_with(b"PK") {
         bail!(
             "cannot resume from {}: it is a PyTorch (.pth) file, and a run resumes from the \
              checkpoint.safetensors an earlier finetuning run wrote (start from .pth weights \
-             with --weights instead)",
+             as the student's starting weights instead)",
             path.display()
         );
     }
-    let mut ckpt = Checkpoint::from_safetensors_bytes(&bytes).with_context(context)?;
-    let epochs_done = ckpt.remove("train.epochs_done").with_context(|| {
-        format!(
+    let mut ckpt = Checkpoint::from_safetensors_bytes(&bytes).context(context)?;
+    let epochs_done = ckpt.remove("train.epochs_done").ok_or_else(|| {
+        TrainError::Invalid(format!(
             "{} is not a finetuning checkpoint (no train.epochs_done)",
             path.display()
-        )
+        ))
     })?;
-    let epochs_done = idlevit_train::whole_count(&epochs_done).with_context(|| {
-        format!(
+    let epochs_done = crate::whole_count(&epochs_done).ok_or_else(|| {
+        TrainError::Invalid(format!(
             "{} is damaged: its epoch count (train.epochs_done) must be one whole number >= 0, \
              found {}",
             path.display(),
-            idlevit_train::describe_values(&epochs_done)
-        )
+            crate::describe_values(&epochs_done)
+        ))
     })?;
-    optimizer
-        .load_state_tensors(&mut ckpt)
-        .with_context(context)?;
-    let bad = crate::output::non_finite_tensors(&ckpt);
+    optimizer.load_state_tensors(&mut ckpt).context(context)?;
+    let bad = idlevit_data::files::non_finite_tensors(&ckpt);
     if let Some(first) = bad.first() {
         bail!(
             "{} is damaged: {} of its weights hold NaN or infinity (first: {})",
@@ -184,7 +185,7 @@ fn resume(student: &mut ZooModel, optimizer: &mut AdamW, path: &Path) -> Result<
     }
     let policy = student.policy().clone();
     *student = ZooModel::load(&student.config(), ckpt)
-        .with_context(|| format!("{} does not fit the model", path.display()))?
+        .context(|| format!("{} does not fit the model", path.display()))?
         .with_policy(policy)?;
     Ok(epochs_done as usize)
 }
@@ -250,7 +251,7 @@ pub fn finetune_in_group(
     }
     options.objective.check(student)?;
     std::fs::create_dir_all(&options.out_dir)
-        .with_context(|| format!("cannot create {}", options.out_dir.display()))?;
+        .map_err(|e| DataError::Io("cannot create", options.out_dir.clone(), e))?;
     let mut optimizer = AdamW::new(options.weight_decay);
     let first_epoch = match &options.resume {
         Some(path) => resume(student, &mut optimizer, path)?,
@@ -324,7 +325,7 @@ pub fn finetune_in_group(
             group.sum_f64(&mut loss_total)?;
             let loss = (loss_total[0] / chunk.len() as f64) as f32;
             if !loss.is_finite() {
-                return Err(TrainError::NonFinite(loss).into());
+                return Err(TrainError::NonFinite(loss));
             }
             average_gradients(group, &mut grads, mine.len(), chunk.len())?;
             let settings = StepSettings {

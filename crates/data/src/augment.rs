@@ -2,13 +2,14 @@
 //! training transform for DeiT (`RandomResizedCrop(scale=(0.08, 1), ratio=(3/4, 4/3))`,
 //! bicubic, flip with probability 0.5), seeded so that a run can be repeated.
 
-use anyhow::{Result, ensure};
 use idlevit_tensor::Tensor;
 use image::DynamicImage;
 use image::imageops::FilterType;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+use crate::Result;
+use crate::error::ensure;
 use crate::preprocess::normalized_crop;
 
 /// A random resized crop to `size x size` and a random horizontal flip.

@@ -1,0 +1,141 @@
+//! Argument groups several commands share: the model, the token policy, the finetuning
+//! objective and its regularisation.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use idlevit_data::files::NamedPath;
+use idlevit_zoo::{PolicyKind, ZooConfig};
+
+use crate::checks;
+use crate::policy::Mode;
+
+/// Which model to run: a named size or a JSON config.
+#[derive(Args)]
+pub struct ModelArgs {
+    /// Model config JSON. A DeiT's keys: img_size, patch_size, embed_dim, depth, num_heads,
+    /// mlp_ratio, num_classes, qkv_bias (optional idle_layers, keep_ratios). With "family":
+    /// "lvvit" or "pvt_v2", that family's keys (see the README); unknown keys are an error.
+    #[arg(long, value_name = "CFG.json")]
+    pub config: Option<PathBuf>,
+    /// A named model instead of --config: deit_tiny, deit_small, deit_base, lvvit_s,
+    /// lvvit_m, pvt_v2_b0, pvt_v2_b1, pvt_v2_b2 (every command takes every family).
+    #[arg(long, value_name = "NAME")]
+    pub model: Option<String>,
+}
+
+impl ModelArgs {
+    /// The config of any zoo family from `--config FILE` (its `family` key picks the family;
+    /// a DeiT's without it) or `--model NAME` (exactly one must be given).
+    pub fn zoo_config(&self) -> Result<ZooConfig> {
+        match (&self.config, &self.model) {
+            (Some(path), None) => Ok(ZooConfig::from_file(path)?),
+            (None, Some(name)) => Ok(ZooConfig::named(name)?),
+            (Some(_), Some(_)) => bail!("give either --config or --model, not both"),
+            (None, None) => bail!("give --config CFG.json or --model NAME"),
+        }
+    }
+
+    /// The `--config` file as an input a command reads, when one was given.
+    pub fn config_input(&self) -> Vec<NamedPath<'_>> {
+        crate::cmd::named("--config", &self.config)
+            .into_iter()
+            .collect()
+    }
+
+    /// The model's name in reports: the `--model` name, or "custom" for a config.
+    pub fn name(&self) -> String {
+        self.model.clone().unwrap_or_else(|| "custom".into())
+    }
+}
+
+/// How tokens are selected: the form of the model and the policy at its selection layers.
+#[derive(Args)]
+pub struct PolicyArgs {
+    /// dense: every token in every layer; idle: selection layers in their gathered
+    /// (inference) form; masked: idle layers in their masked (training) form.
+    #[arg(long, default_value = "dense", value_name = "MODE")]
+    pub mode: Mode,
+    /// At selection layers: idle (IdleViT: unselected tokens skip the layer and stay),
+    /// prune (top-k pruning: dropped for good) or evit (EViT: fused into one token).
+    #[arg(long, default_value = "idle", value_name = "POLICY")]
+    pub policy: PolicyKind,
+    /// Base keep rate r in (0, 1]: DeiT idle/prune layers 4..11 keep r, r^2, r^3 of the
+    /// tokens (LV-ViT-S 4..15, LV-ViT-M 5..19; PVT-v2 idles stages 2-4); EViT layers 3, 6, 9
+    /// keep r of those present. Not needed when a DeiT config lists idle_layers and
+    /// keep_ratios.
+    #[arg(long, value_name = "R", value_parser = checks::keep_rate, allow_negative_numbers = true)]
+    pub keep_rate: Option<f64>,
+}
+
+/// The terms of the finetuning objective.
+#[derive(Args)]
+pub struct ObjectiveArgs {
+    /// Cut-loss terms: both, inter, intra or none.
+    #[arg(long, default_value = "both")]
+    pub cut_loss: idlevit_cutloss::CutLoss,
+    /// Weight of the cut loss (averaged over idle layers) [default: 20; 0 for PVT-v2, whose
+    /// spatial-reduction attention has no CLS row and hence no cut loss: a non-zero weight
+    /// on an idle PVT-v2 is an error, see docs/pvt-idle.md].
+    #[arg(long, value_name = "W", value_parser = checks::non_negative_f32, allow_negative_numbers = true)]
+    pub cut_weight: Option<f32>,
+    /// Distillation weight w (KL gets w, the feature term 100 w); needs a teacher.
+    #[arg(long, default_value_t = 0.0, value_parser = checks::non_negative_f32, allow_negative_numbers = true)]
+    pub distill_weight: f32,
+    /// Label smoothing of hard labels (0 to 1).
+    #[arg(long, default_value_t = 0.1, value_parser = checks::probability, allow_negative_numbers = true)]
+    pub smoothing: f32,
+}
+
+impl ObjectiveArgs {
+    /// The objective for a student of `family`: the cut weight defaults to the release's 20,
+    /// or to 0 where the family has no cut loss.
+    pub fn objective(&self, family: &ZooConfig) -> idlevit_train::Objective {
+        let default_cut = match family {
+            ZooConfig::Pvt(_) => 0.0,
+            _ => idlevit_train::Objective::default().cut_weight,
+        };
+        idlevit_train::Objective {
+            cut_loss: self.cut_loss,
+            cut_weight: self.cut_weight.unwrap_or(default_cut),
+            distill_weight: self.distill_weight,
+            smoothing: self.smoothing,
+        }
+    }
+}
+
+/// Regularisation of finetuning: DeiT's recipe by default (as the IdleViT release).
+#[derive(Args)]
+pub struct RegularisationArgs {
+    /// Stochastic depth of the last block (linear from 0 at the first; below 1).
+    #[arg(long, default_value_t = 0.1, value_parser = checks::probability, allow_negative_numbers = true)]
+    pub drop_path: f32,
+    /// Mixup alpha (0 disables mixup).
+    #[arg(long, default_value_t = 0.8, value_parser = checks::non_negative_f32, allow_negative_numbers = true)]
+    pub mixup: f32,
+    /// CutMix alpha (0 disables CutMix).
+    #[arg(long, default_value_t = 1.0, value_parser = checks::non_negative_f32, allow_negative_numbers = true)]
+    pub cutmix: f32,
+    /// Probability that a batch is mixed.
+    #[arg(long, default_value_t = 1.0, value_parser = checks::probability, allow_negative_numbers = true)]
+    pub mixup_prob: f32,
+    /// Probability of CutMix rather than mixup when both are on.
+    #[arg(long, default_value_t = 0.5, value_parser = checks::probability, allow_negative_numbers = true)]
+    pub mixup_switch_prob: f32,
+    /// Train on the evaluation transform instead of random resized crops and flips.
+    #[arg(long)]
+    pub no_augment: bool,
+}
+
+impl RegularisationArgs {
+    /// The mixup and CutMix of each training batch.
+    pub fn mixup(&self) -> idlevit_train::Mixup {
+        idlevit_train::Mixup {
+            mixup_alpha: self.mixup,
+            cutmix_alpha: self.cutmix,
+            prob: self.mixup_prob,
+            switch_prob: self.mixup_switch_prob,
+        }
+    }
+}

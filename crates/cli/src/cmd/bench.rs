@@ -1,0 +1,151 @@
+//! `idlevit bench`: median images/s of a model, dense against a token policy, or f32 against
+//! bf16.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use idlevit_train::bench::{BenchReport, PrecisionBench, bench, bench_precision};
+use idlevit_train::models::load_zoo_model;
+use idlevit_zoo::{PolicyKind, TokenPolicy, ZooModel};
+
+use super::{Globals, check_model_memory, inference_use};
+use crate::args::ModelArgs;
+use crate::checks;
+use crate::policy::compared_policy;
+
+/// Throughput measured on a 2-core CPU with PyTorch eager, fp32, 2 threads (spec section 9):
+/// `(engine and model, batch-1 images/s, batch-32 images/s)`. Measured elsewhere; printed
+/// beside our own figures for orientation, never used as the basis of a ratio.
+pub const REFERENCE_THROUGHPUT: &[(&str, f64, f64)] = &[
+    ("timm DeiT-T", 34.6, 49.3),
+    ("timm DeiT-S", 12.9, 17.4),
+    ("timm DeiT-B", 4.2, 4.8),
+    ("ONNX Runtime DeiT-S", 14.5, 16.0),
+    ("authors' IdleViT DeiT-S r=0.7", 13.1, 19.8),
+    ("authors' IdleViT DeiT-S r=0.5", 17.5, 21.2),
+];
+
+/// The arguments of `bench`.
+#[derive(Args)]
+pub struct Bench {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Run the linear layers and attention in bfloat16 (f32 accumulation); see docs/bf16.md.
+    #[arg(long)]
+    bf16: bool,
+    /// Selection policy to compare against dense (idle, prune or evit).
+    #[arg(long, default_value = "idle", value_name = "POLICY")]
+    policy: PolicyKind,
+    /// Base keep rate r of the policy (see `logits --help`); dense only when absent.
+    #[arg(long, value_name = "R")]
+    keep_rate: Option<f64>,
+    /// Weights (optional: seeded random weights by default; speed does not depend on them).
+    #[arg(long, value_name = "W")]
+    weights: Option<PathBuf>,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 32, value_parser = checks::at_least_one, allow_negative_numbers = true)]
+    batch: usize,
+    /// Untimed passes first.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Timed passes.
+    #[arg(long, default_value_t = 5, value_parser = checks::at_least_one, allow_negative_numbers = true)]
+    runs: usize,
+}
+
+/// Runs `bench`.
+pub fn run(args: Bench, globals: &Globals) -> Result<()> {
+    let Bench {
+        batch,
+        warmup,
+        runs,
+        policy,
+        keep_rate,
+        ..
+    } = args;
+    let name = args.model.name();
+    let config = args.model.zoo_config()?;
+    check_model_memory(&config, batch, inference_use(args.bf16), globals.max_memory)?;
+    let dense = load_zoo_model(&config, args.weights.as_deref(), "weights", globals.strict)?;
+    dense.pack_for_inference();
+    let threads = rayon::current_num_threads();
+    let token_policy = compared_policy(&config, policy, keep_rate)?;
+    let side = config.img_size();
+    let label = format!(
+        "{policy} r={}",
+        keep_rate.map_or("config".into(), |r| r.to_string())
+    )
+    .to_lowercase();
+    if args.bf16 {
+        let ZooModel::DeiT(dense) = &dense else {
+            bail!("--bf16 runs the DeiT models (deit_tiny, deit_small, deit_base)");
+        };
+        let report = bench_precision(dense, &token_policy, &label, batch, warmup, runs)?;
+        println!(
+            "{name} batch {batch} threads {threads}, bf16 kernel {}, medians of {runs} \
+             interleaved runs:",
+            idlevit_kernels::bf16_kernel_name()
+        );
+        print_precision(&report);
+        if !idlevit_kernels::bf16_expected_faster_than_f32() {
+            println!(
+                "  (on this CPU the other commands run f32 when given --bf16: its bf16 \
+                 kernel is not expected to win)"
+            );
+        }
+    } else if token_policy == TokenPolicy::Dense {
+        let report = bench(&[&dense], side, batch, warmup, runs)?;
+        println!(
+            "{name} dense batch {batch} threads {threads}: {:.2} images/s (median of {runs})",
+            report.images_per_second(0)
+        );
+        print_memory(&report);
+    } else {
+        let selecting = dense.clone().with_policy(token_policy.clone())?;
+        let report = bench(&[&dense, &selecting], side, batch, warmup, runs)?;
+        let (dense_ips, policy_ips) = (report.images_per_second(0), report.images_per_second(1));
+        let macs_ratio = config.macs(&TokenPolicy::Dense)? / config.macs(&token_policy)?;
+        println!("{name} batch {batch} threads {threads}, medians of {runs} interleaved runs:");
+        println!("  dense      {dense_ips:8.2} images/s");
+        println!("  {label:<10} {policy_ips:8.2} images/s");
+        let speedup = policy_ips / dense_ips;
+        println!(
+            "  speed-up {speedup:.3}x over dense; GMAC ratio {macs_ratio:.3}x; speed-up / GMAC ratio {:.3}",
+            speedup / macs_ratio
+        );
+        print_memory(&report);
+    }
+    println!(
+        "reference rows, measured elsewhere (spec section 9; PyTorch eager, fp32, 2 threads):"
+    );
+    for (engine, b1, b32) in REFERENCE_THROUGHPUT {
+        println!("  {engine:<32} batch 1 {b1:6.1}   batch 32 {b32:6.1} images/s");
+    }
+    Ok(())
+}
+
+/// Prints the table of `bench --bf16`: one line per model with both speeds and their ratio.
+fn print_precision(report: &PrecisionBench) {
+    for (label, f32_ips, bf16_ips) in &report.rows {
+        println!(
+            "  {label:<10} f32 {f32_ips:8.2} images/s   bf16 {bf16_ips:8.2} images/s   \
+             bf16/f32 speed ratio {:.3}x",
+            bf16_ips / f32_ips
+        );
+    }
+}
+
+/// Prints the peak memory of a benchmark and its resident memory before and after the timed
+/// runs (equal when repeated runs do not grow the process).
+fn print_memory(report: &BenchReport) {
+    if let Some(memory) = report.memory {
+        let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+        println!(
+            "memory: peak {:.1} MiB; resident {:.1} MiB after warm-up, {:.1} MiB after the runs",
+            mib(memory.peak),
+            mib(memory.after_warmup),
+            mib(memory.after_runs)
+        );
+    }
+}

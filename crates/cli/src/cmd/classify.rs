@@ -1,0 +1,91 @@
+//! `idlevit classify`: the top classes of image files, by a model given or by the embedded
+//! digits model.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, ensure};
+use clap::Args;
+use idlevit_data::weights::read_file;
+use idlevit_zoo::ZooModel;
+
+use super::{Globals, check_model_memory, inference_model, inference_use, packed};
+use crate::args::ModelArgs;
+use crate::checks;
+
+/// The arguments of `classify`.
+#[derive(Args)]
+pub struct Classify {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Run the linear layers and attention in bfloat16 (f32 accumulation); see docs/bf16.md.
+    #[arg(long)]
+    bf16: bool,
+    /// Weights: safetensors with timm names, or a PyTorch .pth checkpoint (absent: the
+    /// embedded digits model).
+    #[arg(long, value_name = "W")]
+    weights: Option<PathBuf>,
+    /// Class names, one per line, printed beside the indices.
+    #[arg(long, value_name = "FILE")]
+    labels: Option<PathBuf>,
+    /// How many classes to print per image.
+    #[arg(long, default_value_t = 5, value_parser = checks::at_least_one, allow_negative_numbers = true)]
+    top: usize,
+    /// Image files (PNG, JPEG, BMP, GIF, WebP, TIFF).
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<PathBuf>,
+}
+
+/// Runs `classify`.
+pub fn run(args: Classify, globals: &Globals) -> Result<()> {
+    let bf16 = args.bf16;
+    let (model, labels) = match args.weights {
+        Some(weights) => {
+            let config = args.model.zoo_config()?;
+            let batch = args.images.len();
+            check_model_memory(&config, batch, inference_use(bf16), globals.max_memory)?;
+            let labels = args.labels.as_deref().map(read_labels).transpose()?;
+            let model = inference_model(&config, &weights, bf16, globals.strict)?;
+            (model, labels)
+        }
+        None => {
+            ensure!(
+                args.model.config.is_none() && args.model.model.is_none(),
+                "--config/--model need --weights (without both, the embedded digits model runs)"
+            );
+            let labels = match args.labels {
+                Some(path) => read_labels(&path)?,
+                None => idlevit_train::models::DEFAULT_LABELS
+                    .map(String::from)
+                    .to_vec(),
+            };
+            let model = idlevit_train::models::default_model()?
+                .with_precision(crate::precision::from_flag(bf16))?;
+            (packed(ZooModel::DeiT(Box::new(model)), bf16), Some(labels))
+        }
+    };
+    for prediction in idlevit_train::evaluate::classify(&model, &args.images, args.top)? {
+        if prediction.top.iter().any(|(_, p)| !p.is_finite()) {
+            eprintln!(
+                "warning: {} gave NaN or infinite logits; its classes mean nothing",
+                prediction.path.display()
+            );
+        }
+        println!("{}", prediction.path.display());
+        for (class, prob) in prediction.top {
+            let name = labels
+                .as_ref()
+                .and_then(|l| l.get(class))
+                .map_or("", String::as_str);
+            println!("  {class:>5}  {prob:.4}  {name}");
+        }
+    }
+    Ok(())
+}
+
+/// Reads class names, one per line.
+fn read_labels(path: &std::path::Path) -> Result<Vec<String>> {
+    let bytes = read_file(path, "labels")?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("labels file {} is not UTF-8 text", path.display()))?;
+    Ok(text.lines().map(|l| l.trim().to_string()).collect())
+}

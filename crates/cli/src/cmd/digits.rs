@@ -1,0 +1,47 @@
+//! `idlevit digits`: the digits task written as an image folder.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use idlevit_data::digits::{DigitsOptions, embedded_split, write_image_folder};
+
+use super::Globals;
+use crate::{checks, memory};
+
+/// The arguments of `digits`.
+#[derive(Args)]
+pub struct Digits {
+    /// The folder to create.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Seed of the split, placements and clutter.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Canvases per training digit.
+    #[arg(long, default_value_t = 2, value_parser = checks::at_least_one, allow_negative_numbers = true)]
+    train_copies: usize,
+}
+
+/// Runs `digits`.
+pub fn run(args: Digits, globals: &Globals) -> Result<()> {
+    let options = DigitsOptions {
+        seed: args.seed,
+        train_copies: args.train_copies,
+        ..Default::default()
+    };
+    memory::check_fits(
+        &format!("--train-copies {}", args.train_copies),
+        options.memory_estimate(),
+        memory::memory_limit(globals.max_memory),
+    )?;
+    let split = embedded_split(&options)?;
+    write_image_folder(&split, &args.out)?;
+    println!(
+        "wrote {} training and {} validation canvases to {}",
+        split.train.len(),
+        split.val.len(),
+        args.out.display()
+    );
+    Ok(())
+}

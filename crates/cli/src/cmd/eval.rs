@@ -1,0 +1,68 @@
+//! `idlevit eval`: top-1 / top-5 accuracy on an image folder, dense or idle.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, ensure};
+use clap::Args;
+use idlevit_data::ImageFolder;
+
+use super::{Globals, check_model_memory, inference_use, zoo_model};
+use crate::args::{ModelArgs, PolicyArgs};
+use crate::checks;
+use crate::policy::Mode;
+
+/// The arguments of `eval`.
+#[derive(Args)]
+pub struct Eval {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Run the linear layers and attention in bfloat16 (f32 accumulation); see docs/bf16.md.
+    #[arg(long)]
+    bf16: bool,
+    /// Weights.
+    #[arg(long, value_name = "W")]
+    weights: PathBuf,
+    /// The data set folder.
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 32, value_parser = checks::at_least_one, allow_negative_numbers = true)]
+    batch: usize,
+    #[command(flatten)]
+    policy: PolicyArgs,
+}
+
+/// Runs `eval`.
+pub fn run(args: Eval, globals: &Globals) -> Result<()> {
+    let group = globals.group;
+    ensure!(
+        args.policy.mode != Mode::Masked,
+        "eval runs the dense or idle (gathered) form; use --mode idle"
+    );
+    let config = args.model.zoo_config()?;
+    let memory = inference_use(args.bf16);
+    check_model_memory(&config, args.batch, memory, globals.max_memory)?;
+    let model = zoo_model(
+        &args.model,
+        &args.policy,
+        &args.weights,
+        args.bf16,
+        globals.strict,
+    )?;
+    let data = ImageFolder::open(&args.data)?;
+    let leader = group.is_leader();
+    let acc = idlevit_train::evaluate::evaluate_in_group(&model, &data, args.batch, leader, group)?;
+    if !leader {
+        return Ok(());
+    }
+    if let Some(warning) = acc.warning() {
+        eprintln!("{warning}");
+    }
+    println!(
+        "top-1 {:.2}%  top-5 {:.2}%  ({} images)",
+        100.0 * acc.top1,
+        100.0 * acc.top5,
+        acc.images
+    );
+    Ok(())
+}

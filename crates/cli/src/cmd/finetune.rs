@@ -1,0 +1,178 @@
+//! `idlevit finetune`: an idle model trained on an image folder, with a frozen dense teacher.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, ensure};
+use clap::Args;
+use idlevit_data::ImageFolder;
+use idlevit_data::files::{NamedPath, check_distinct, save_checkpoint};
+use idlevit_train::finetune::{FinetuneOptions, checkpoint_path, finetune_in_group};
+use idlevit_train::models::load_zoo_model;
+use idlevit_zoo::{MemoryUse, ZooModel};
+
+use super::{Globals, check_model_memory, named, training_policy};
+use crate::args::{ModelArgs, ObjectiveArgs, RegularisationArgs};
+use crate::checks;
+
+/// The arguments of `finetune`.
+#[derive(Args)]
+pub struct Finetune {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Starting weights of the student (absent: seeded random weights from --init-seed,
+    /// to train from scratch).
+    #[arg(long, value_name = "W")]
+    weights: Option<PathBuf>,
+    /// Seed of the random starting weights when --weights is absent.
+    #[arg(long, default_value_t = 0, conflicts_with = "weights")]
+    init_seed: u64,
+    /// Frozen dense teacher weights of the same family and size (default: the starting
+    /// weights, if given).
+    #[arg(long, value_name = "W")]
+    teacher: Option<PathBuf>,
+    /// The data set folder.
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// Passes over the training set.
+    #[arg(long, default_value_t = 30, value_parser = checks::at_least_one, allow_negative_numbers = true)]
+    epochs: usize,
+    /// Images per step.
+    #[arg(long, default_value_t = 64, value_parser = checks::at_least_one, allow_negative_numbers = true)]
+    batch: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-5, value_parser = checks::non_negative, allow_negative_numbers = true)]
+    lr: f64,
+    /// Learning-rate floor (at most --lr).
+    #[arg(long, default_value_t = 1e-6, value_parser = checks::non_negative, allow_negative_numbers = true)]
+    min_lr: f64,
+    /// Epochs of linear warm-up.
+    #[arg(long, default_value_t = 0)]
+    warmup_epochs: usize,
+    /// Decoupled weight decay on weight matrices.
+    #[arg(long, default_value_t = 0.05, value_parser = checks::non_negative, allow_negative_numbers = true)]
+    weight_decay: f64,
+    /// Clip the global gradient norm (> 0).
+    #[arg(long, value_name = "NORM", value_parser = checks::positive, allow_negative_numbers = true)]
+    clip_grad: Option<f64>,
+    #[command(flatten)]
+    regularisation: RegularisationArgs,
+    /// Base keep rate r of the family's idle schedule (as for `loss`); or
+    /// idle_layers/keep_ratios in a DeiT config; with neither, the model trains dense.
+    #[arg(long, value_name = "R")]
+    keep_rate: Option<f64>,
+    #[command(flatten)]
+    objective: ObjectiveArgs,
+    /// Seed of the shuffles.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Where checkpoint.safetensors is written after every epoch.
+    #[arg(long, value_name = "DIR", default_value = "finetune-out")]
+    out: PathBuf,
+    /// Resume from a checkpoint written by an earlier run.
+    #[arg(long, value_name = "CKPT")]
+    resume: Option<PathBuf>,
+    /// Also write the final weights alone (no optimiser state) to this safetensors file.
+    #[arg(long, value_name = "W")]
+    weights_out: Option<PathBuf>,
+}
+
+/// Runs `finetune`.
+pub fn run(args: Finetune, globals: &Globals) -> Result<()> {
+    let (strict, group) = (globals.strict, globals.group);
+    checks::learning_rates(args.lr, args.min_lr)?;
+    let checkpoint = checkpoint_path(&args.out);
+    let mut inputs = args.model.config_input();
+    inputs.extend(named("--weights", &args.weights));
+    inputs.extend(named("--teacher", &args.teacher));
+    // The checkpoint may be the one resumed from: it is read whole before the first epoch
+    // replaces it, atomically. Any other input it replaced would be lost.
+    let mut outputs = vec![NamedPath::new("--out", &checkpoint)];
+    outputs.extend(named("--weights-out", &args.weights_out));
+    check_distinct(&inputs, &outputs)?;
+    let resumed: Vec<NamedPath> = named("--resume", &args.resume).into_iter().collect();
+    check_distinct(&resumed, &outputs[1..])?;
+    let config = args.model.zoo_config()?;
+    let token_policy = training_policy(&config, args.keep_rate)?;
+    let objective = args.objective.objective(&config);
+    objective.validate()?;
+    let teacher_path = args.teacher.as_deref().or(args.weights.as_deref());
+    ensure!(
+        teacher_path.is_some() || objective.distill_weight == 0.0,
+        "--distill-weight needs a teacher: give --teacher or --weights"
+    );
+    let training = MemoryUse::Training {
+        teacher: teacher_path.is_some(),
+    };
+    check_model_memory(&config, args.batch, training, globals.max_memory)?;
+    let mut student = match &args.weights {
+        Some(w) => load_zoo_model(&config, Some(w), "weights", strict)?,
+        None => ZooModel::random(&config, args.init_seed)?,
+    }
+    .with_policy(token_policy)?;
+    objective.check(&student)?;
+    let teacher = match teacher_path {
+        Some(t) => Some(load_zoo_model(&config, Some(t), "teacher weights", strict)?),
+        None => None,
+    };
+    let data = &args.data;
+    let (train_dir, val_dir) = if data.join("train").is_dir() {
+        let val = data.join("val");
+        (data.join("train"), val.is_dir().then_some(val))
+    } else {
+        (data.clone(), None)
+    };
+    let train = ImageFolder::open(&train_dir)?;
+    let val = val_dir
+        .as_deref()
+        .map(|dir| ImageFolder::open_with_classes(dir, train.classes()))
+        .transpose()?;
+    let options = FinetuneOptions {
+        epochs: args.epochs,
+        batch: args.batch,
+        lr: args.lr,
+        min_lr: args.min_lr,
+        warmup_epochs: args.warmup_epochs,
+        weight_decay: args.weight_decay,
+        clip_grad: args.clip_grad,
+        drop_path: args.regularisation.drop_path,
+        mixup: args.regularisation.mixup(),
+        augment: !args.regularisation.no_augment,
+        objective,
+        seed: args.seed,
+        out_dir: args.out.clone(),
+        resume: args.resume.clone(),
+        progress: group.is_leader(),
+    };
+    let report = finetune_in_group(
+        &mut student,
+        teacher.as_ref(),
+        &train,
+        val.as_ref(),
+        &options,
+        group,
+    )?;
+    if !group.is_leader() {
+        return Ok(());
+    }
+    if group.size() > 1 {
+        let global_batch = args.batch * group.size();
+        println!("{} ranks, global batch {global_batch}", group.size());
+    }
+    println!("checkpoint: {}", checkpoint.display());
+    if let Some(path) = args.weights_out {
+        save_checkpoint(&student.to_checkpoint()?, &path, "the final weights")?;
+        println!("weights: {}", path.display());
+    }
+    if let Some(acc) = report.validation {
+        if let Some(warning) = acc.warning() {
+            eprintln!("{warning}");
+        }
+        println!(
+            "validation top-1 {:.2}%  top-5 {:.2}%  ({} images)",
+            100.0 * acc.top1,
+            100.0 * acc.top5,
+            acc.images
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,16 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+pub mod augment;
+pub mod digits;
+mod error;
+pub mod files;
+pub mod folder;
+pub mod preprocess;
+pub mod weights;
+
+pub use error::DataError;
+pub use folder::ImageFolder;
+
+/// Result type of this crate.
+pub type Result<T, E = DataError> = std::result::Result<T, E>;

@@ -1,0 +1,165 @@
+//! Throughput of models: median images/s over interleaved timed runs, the resident memory
+//! around them, and bf16 against f32.
+
+use std::time::Instant;
+
+use idlevit_data::preprocess::batch_values;
+use idlevit_nn::{Eager, Precision};
+use idlevit_tensor::Tensor;
+use idlevit_zoo::{DeiT, TokenPolicy, ZooModel};
+
+use crate::Result;
+use crate::error::bail;
+
+/// Median seconds of `seconds`.
+fn median(seconds: &[f64]) -> f64 {
+    let mut s = seconds.to_vec();
+    s.sort_by(f64::total_cmp);
+    let mid = s.len() / 2;
+    if s.len() % 2 == 1 {
+        s[mid]
+    } else {
+        0.5 * (s[mid - 1] + s[mid])
+    }
+}
+
+/// Timing of a throughput run: each model's seconds per forward pass, in run order.
+#[derive(Clone, Debug)]
+pub struct BenchReport {
+    /// Images per forward pass.
+    pub batch: usize,
+    /// Seconds per timed pass of each model benchmarked, in the order given.
+    pub seconds: Vec<Vec<f64>>,
+    /// Memory of the process, where the platform reports it (Linux).
+    pub memory: Option<MemoryReport>,
+}
+
+/// Resident memory around the timed runs, in bytes: the peak shows what a batch costs, and
+/// the two samples show whether repeated runs grow the process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryReport {
+    /// Resident set after the warm-up passes.
+    pub after_warmup: u64,
+    /// Resident set after all timed passes.
+    pub after_runs: u64,
+    /// Peak resident set of the process so far.
+    pub peak: u64,
+}
+
+/// The `VmRSS` and `VmHWM` (peak) lines of `/proc/self/status`, in bytes; `None` where the
+/// file does not exist or does not say.
+pub fn resident_memory() -> Option<(u64, u64)> {
+    Some((status_field("VmRSS:")?, status_field("VmHWM:")?))
+}
+
+/// A `kB` field of `/proc/self/status` (e.g. `VmRSS:`), in bytes; `None` where the file
+/// does not exist or does not say.
+pub fn status_field(name: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(name))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+impl BenchReport {
+    /// Median images per second of model `index`.
+    pub fn images_per_second(&self, index: usize) -> f64 {
+        self.batch as f64 / median(&self.seconds[index])
+    }
+}
+
+/// Times forward passes of each of `models` on the same `side x side` images, interleaved run by
+/// run so that every model sees the same machine conditions, after `warmup` untimed passes
+/// of each.
+pub fn bench(
+    models: &[&ZooModel],
+    side: usize,
+    batch: usize,
+    warmup: usize,
+    runs: usize,
+) -> Result<BenchReport> {
+    if batch == 0 || runs == 0 {
+        bail!("the batch size and the number of runs must be at least 1");
+    }
+    if models.is_empty() {
+        bail!("nothing to benchmark");
+    }
+    let n = batch_values(batch, side)?;
+    let images = Tensor::from_vec(
+        vec![batch, 3, side, side],
+        (0..n)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
+            .collect(),
+    )?;
+    for model in models {
+        for _ in 0..warmup {
+            model.forward(&Eager, &images)?;
+        }
+    }
+    let after_warmup = resident_memory();
+    let mut seconds = vec![Vec::with_capacity(runs); models.len()];
+    for _ in 0..runs {
+        for (model, times) in models.iter().zip(&mut seconds) {
+            let start = Instant::now();
+            model.forward(&Eager, &images)?;
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let memory =
+        after_warmup
+            .zip(resident_memory())
+            .map(|((after_warmup, _), (after_runs, peak))| MemoryReport {
+                after_warmup,
+                after_runs,
+                peak,
+            });
+    Ok(BenchReport {
+        batch,
+        seconds,
+        memory,
+    })
+}
+
+/// The median images/s of each model [`bench_precision`] times.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PrecisionBench {
+    /// (label, f32 images/s, bf16 images/s): dense first, then the policy if one is given.
+    pub rows: Vec<(String, f64, f64)>,
+}
+
+/// Times the f32 and bf16 forms of `dense` (and of `dense` under `policy`, unless it is
+/// dense), interleaved run by run as [`bench`] does.
+pub fn bench_precision(
+    dense: &DeiT,
+    policy: &TokenPolicy,
+    label: &str,
+    batch: usize,
+    warmup: usize,
+    runs: usize,
+) -> Result<PrecisionBench> {
+    let dense_bf16 = dense.clone().with_precision(Precision::Bf16)?;
+    let mut models = vec![dense.clone(), dense_bf16];
+    let mut labels = vec!["dense".to_string()];
+    if *policy != TokenPolicy::Dense {
+        for m in [models[0].clone(), models[1].clone()] {
+            models.push(m.with_policy(policy.clone())?);
+        }
+        labels.push(label.to_string());
+    }
+    let side = dense.config().img_size;
+    let models: Vec<ZooModel> = models
+        .into_iter()
+        .map(|m| ZooModel::DeiT(Box::new(m)))
+        .collect();
+    let refs: Vec<&ZooModel> = models.iter().collect();
+    let report = bench(&refs, side, batch, warmup, runs)?;
+    let rows = labels
+        .into_iter()
+        .enumerate()
+        .map(|(i, label)| {
+            let f32_ips = report.images_per_second(2 * i);
+            (label, f32_ips, report.images_per_second(2 * i + 1))
+        })
+        .collect();
+    Ok(PrecisionBench { rows })
+}

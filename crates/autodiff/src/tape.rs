@@ -1,4 +1,7 @@
 //! The tape: a graph of recorded operations, and the values that point into it.
+//!
+//! One file on purpose: the tape's [`Backend`] impl records every primitive op, one short
+//! method each, next to the bookkeeping they share.
 
 use std::cell::RefCell;
 use std::collections::HashMap;

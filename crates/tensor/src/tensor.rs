@@ -1,3 +1,9 @@
+//! The tensor type: shape and strides over shared copy-on-write storage, its views and its
+//! conversions.
+//!
+//! One file on purpose: every method relies on the same layout invariants (offset, strides,
+//! storage length), which are easiest to keep true when they are read together.
+
 use std::sync::Arc;
 
 use ndarray::{ArrayD, ArrayViewD, IxDyn, ShapeBuilder};

@@ -3,6 +3,9 @@
 //! Nothing here runs code named by a pickle: each understood global is a data constructor
 //! (a dict, a tensor view, a dtype) re-implemented from its documented behaviour. Any other
 //! global becomes an [`Unknown`] object in the interpreter.
+//!
+//! One file on purpose: it is the whole allow-list, so that what a checkpoint may construct
+//! can be audited in one place.
 
 use super::budget::{table_bytes, vec_bytes};
 use super::error::PthError;

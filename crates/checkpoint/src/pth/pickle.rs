@@ -5,6 +5,9 @@
 //! produce a reference: the globals of [`globals`] are understood as data
 //! constructors, and calling, instantiating or `BUILD`ing any other global yields an inert
 //! [`Unknown`] that records its arguments.
+//!
+//! One file on purpose: the interpreter is one dispatch over the opcode table, and every
+//! opcode's stack effect and memory charge reads best next to the others.
 
 use std::collections::{HashMap, HashSet};
 

@@ -250,13 +250,7 @@ pub(crate) fn linear_packed_f32_on(
     };
     let first_panel = cols.start / PANEL;
     let panels = cols.end.div_ceil(PANEL) - first_panel;
-    // Many rows: blocks of MC rows, every panel each. Few rows (a batch of one image): every
-    // row in each task, the panels cut into one range per thread, which balances exactly.
-    let (row_block, col_chunks) = if m >= 4 * MC * threads.max(1) {
-        (MC, 1)
-    } else {
-        (m, threads.clamp(1, panels))
-    };
+    let (row_block, col_chunks) = split(m, panels, threads);
     let tiling = Tiling {
         rows: m,
         row_block,
@@ -266,6 +260,32 @@ pub(crate) fn linear_packed_f32_on(
     };
     for_each_tile(threads, tiling, |rows, panels| call.block(rows, panels));
     Ok(())
+}
+
+/// How a product of `m` rows over `panels` weight panels is cut into tasks for `threads`:
+/// `(rows per task, panel ranges)`.
+///
+/// - Many rows (four blocks of [`MC`] rows per thread): blocks of `MC` rows, every panel
+///   each; a block of `x` stays in cache while it meets every panel.
+/// - Fewer, but at least four blocks (an idle layer's selected rows of a batch on a
+///   many-core CPU): still blocks of `MC` rows, each with one range of the panels, so that
+///   there are four tasks per thread. Giving every task all the rows instead would stream
+///   thousands of rows through the cache once per panel.
+/// - A few blocks (a batch of one image): every row in each task, the panels cut into one
+///   range per thread, which balances exactly.
+fn split(m: usize, panels: usize, threads: usize) -> (usize, usize) {
+    let threads = threads.max(1);
+    let row_blocks = m.div_ceil(MC);
+    if row_blocks >= 4 * threads || threads == 1 {
+        (MC, 1)
+    } else if row_blocks >= 4 {
+        (
+            MC,
+            (4 * threads).div_ceil(row_blocks).clamp(1, panels.max(1)),
+        )
+    } else {
+        (m, threads.clamp(1, panels.max(1)))
+    }
 }
 
 /// One checked call's operands, shared by its tasks.

@@ -141,6 +141,39 @@ fn kernels_agree_on_a_deit_shape() {
     }
 }
 
+/// Every way of cutting a product into tasks computes each output exactly as one thread
+/// does, the middle regime included (an idle layer's selected rows of a batch on many
+/// threads: blocks of rows, each with a range of the panels).
+#[test]
+fn every_split_gives_one_threads_bits() {
+    assert_eq!(split(6304, 36, 2), (MC, 1));
+    assert_eq!(split(197, 36, 2), (197, 2));
+    assert_eq!(split(197, 12, 16), (197, 12));
+    // 4416 rows are 46 blocks: too few for four per thread on 16 threads, plenty on 4.
+    assert_eq!(split(4416, 36, 16), (MC, 2));
+    assert_eq!(split(4416, 36, 4), (MC, 1));
+    assert_eq!(split(500, 3, 5), (MC, 3));
+    let Some(kernel) = PackedKernel::ALL.into_iter().find(|k| k.is_supported()) else {
+        return;
+    };
+    let (m, k, n) = (500, 40, 100);
+    let (w, x, b) = (f32_vec(1, n * k), f32_vec(2, m * k), f32_vec(3, n));
+    let packed = PackedF32::pack(&w, n, k).unwrap().with_kernel(kernel);
+    let run = |threads: usize| {
+        let mut y = vec![0.0; m * n];
+        pool(threads)
+            .install(|| {
+                linear_packed_f32_on(threads, &mut y, &x, &packed, 0..n, Some(&b), m, false)
+            })
+            .unwrap();
+        y
+    };
+    let one = run(1);
+    for threads in [2, 3, 5, 8] {
+        assert_eq!(run(threads), one, "{threads} threads");
+    }
+}
+
 #[test]
 fn bad_buffers_and_column_ranges_are_errors() {
     if !packed_f32_available() {

@@ -1,4 +1,4 @@
-//! The token cut loss (IdleViT, spec section 4).
+//! The token cut loss of IdleViT (`docs/algorithm.md`, "The token cut loss").
 //!
 //! Treat tokens as graph nodes and the head-averaged attention `W` as edge weights. An idle
 //! layer splits the tokens into selected and idle ones; the loss pushes the attention mass

@@ -9,10 +9,10 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use idlevit_kernels::{
-    AttentionHalf, AttentionShape, HeadsRef, MatMut, MatRef, MlpHalf, NormLinear, PackedBf16,
-    PackedF32, ProjWeight, attention, attention_bf16, attention_half_in_place, gelu,
-    layer_norm_rows, linear, linear_packed_f32, matmul, mlp_half_in_place, norm_linear,
-    packed_f32_available, softmax_rows,
+    AttentionHalf, AttentionShape, HeadsRef, MatMut, MatRef, MlpHalf, Norm, PackedBf16, PackedF32,
+    PackedWeight, Proj, attention, attention_bf16, attention_half_in_place, gelu, layer_norm_rows,
+    linear, linear_packed_f32, matmul, mlp_half_in_place, norm_linear, packed_f32_available,
+    softmax_rows,
 };
 use rayon::prelude::*;
 use std::hint::black_box;
@@ -37,17 +37,21 @@ fn bench_mlp(c: &mut Criterion) {
     let (gamma, beta) = (filled(WIDTH, 2), filled(WIDTH, 3));
     let (w1, b1) = (filled(HIDDEN * WIDTH, 4), filled(HIDDEN, 5));
     let (w2, b2) = (filled(WIDTH * HIDDEN, 6), filled(WIDTH, 7));
+    let proj = |weight, bias| Proj {
+        weight,
+        bias: Some(bias),
+        packed: None,
+    };
     let mlp = MlpHalf {
-        norm_gamma: &gamma,
-        norm_beta: &beta,
-        norm_eps: 1e-6,
-        fc1_weight: ProjWeight::F32(&w1),
-        fc1_bias: Some(&b1),
-        fc2_weight: ProjWeight::F32(&w2),
-        fc2_bias: Some(&b2),
-        dim: WIDTH,
-        hidden: HIDDEN,
+        norm: Norm {
+            gamma: &gamma[..],
+            beta: &beta,
+            eps: 1e-6,
+        },
+        fc1: proj(&w1[..], &b1[..]),
+        fc2: proj(&w2, &b2),
         branch_scale: 1.0,
+        drop_path: 0.0,
     };
     let mut group = c.benchmark_group("mlp_half_6304x384x1536");
     group.throughput(Throughput::Elements(rows as u64));
@@ -55,7 +59,7 @@ fn bench_mlp(c: &mut Criterion) {
     group.bench_function("fused", |b| {
         b.iter(|| {
             fused_x.copy_from_slice(&x);
-            mlp_half_in_place(black_box(&mut fused_x), &mlp).expect("shapes fit")
+            mlp_half_in_place(black_box(&mut fused_x), &mlp, (WIDTH, HIDDEN)).expect("shapes fit")
         })
     });
     group.bench_function("layer_by_layer", |b| {
@@ -169,20 +173,22 @@ fn bench_norm_linear(c: &mut Criterion) {
     let x = filled(rows * WIDTH, 10);
     let [gamma, beta, w, b, _, _] = attention_weights();
     let packed = PackedF32::pack(&w, 3 * WIDTH, WIDTH).expect("shapes fit");
-    let params = NormLinear {
-        norm_gamma: &gamma,
-        norm_beta: &beta,
-        norm_eps: 1e-6,
-        weight: ProjWeight::PackedF32(&packed),
-        bias: Some(&b),
-        dim: WIDTH,
-        out: 3 * WIDTH,
+    let norm = Norm {
+        gamma: &gamma[..],
+        beta: &beta,
+        eps: 1e-6,
     };
+    let params = Proj {
+        weight: &w[..],
+        bias: Some(&b[..]),
+        packed: Some(PackedWeight::F32(&packed)),
+    };
+    let shape = (WIDTH, 3 * WIDTH);
     let mut group = c.benchmark_group("norm_qkv_6304x384x1152");
     group.throughput(Throughput::Elements(rows as u64));
     let mut y = vec![0.0; rows * 3 * WIDTH];
     group.bench_function("fused", |bench| {
-        bench.iter(|| norm_linear(&mut y, black_box(&x), &params).expect("shapes fit"))
+        bench.iter(|| norm_linear(&mut y, black_box(&x), &norm, &params, shape).expect("fit"))
     });
     group.bench_function("layer_by_layer", |bench| {
         bench.iter(|| {
@@ -212,55 +218,52 @@ fn bench_attention_half(c: &mut Criterion) {
         PackedBf16::pack(&w_qkv, 3 * WIDTH, WIDTH).expect("shapes fit"),
         PackedBf16::pack(&w_proj, WIDTH, WIDTH).expect("shapes fit"),
     );
+    let proj = |weight, bias, packed| Proj {
+        weight,
+        bias: Some(bias),
+        packed: Some(packed),
+    };
     let half = AttentionHalf {
-        norm_gamma: &gamma,
-        norm_beta: &beta,
-        norm_eps: 1e-6,
-        qkv_weight: ProjWeight::PackedF32(&packed.0),
-        qkv_bias: Some(&b_qkv),
-        proj_weight: ProjWeight::PackedF32(&packed.1),
-        proj_bias: Some(&b_proj),
-        tokens: TOKENS,
+        norm: Norm {
+            gamma: &gamma[..],
+            beta: &beta,
+            eps: 1e-6,
+        },
+        qkv: proj(&w_qkv[..], &b_qkv[..], PackedWeight::F32(&packed.0)),
+        proj: proj(&w_proj, &b_proj, PackedWeight::F32(&packed.1)),
         heads: HEADS,
-        head_dim: HEAD_DIM,
         scale: (HEAD_DIM as f32).powf(-0.5),
         bf16_attention: false,
         branch_scale: 1.0,
+        drop_path: 0.0,
     };
     let half_bf16 = AttentionHalf {
-        qkv_weight: ProjWeight::Bf16(&bf16.0),
-        proj_weight: ProjWeight::Bf16(&bf16.1),
+        qkv: proj(&w_qkv, &b_qkv, PackedWeight::Bf16(&bf16.0)),
+        proj: proj(&w_proj, &b_proj, PackedWeight::Bf16(&bf16.1)),
         bf16_attention: true,
         ..half
     };
+    let shape = (TOKENS, HEAD_DIM);
     let mut group = c.benchmark_group("attention_half_32x197x384");
     group.throughput(Throughput::Elements(BATCH as u64));
     let mut y = x.clone();
     group.bench_function("fused", |bench| {
         bench.iter(|| {
             y.copy_from_slice(&x);
-            attention_half_in_place(black_box(&mut y), &half).expect("shapes fit")
+            attention_half_in_place(black_box(&mut y), &half, shape).expect("shapes fit")
         })
     });
     group.bench_function("fused_bf16", |bench| {
         bench.iter(|| {
             y.copy_from_slice(&x);
-            attention_half_in_place(black_box(&mut y), &half_bf16).expect("shapes fit")
+            attention_half_in_place(black_box(&mut y), &half_bf16, shape).expect("fit")
         })
     });
     group.bench_function("operation_by_operation", |bench| {
         bench.iter(|| {
-            let params = NormLinear {
-                norm_gamma: &gamma,
-                norm_beta: &beta,
-                norm_eps: 1e-6,
-                weight: ProjWeight::PackedF32(&packed.0),
-                bias: Some(&b_qkv),
-                dim: WIDTH,
-                out: 3 * WIDTH,
-            };
             let mut qkv = vec![0.0; rows * 3 * WIDTH];
-            norm_linear(&mut qkv, black_box(&x), &params).expect("shapes fit");
+            let (norm, qkv_proj) = (&half.norm, &half.qkv);
+            norm_linear(&mut qkv, black_box(&x), norm, qkv_proj, (WIDTH, 3 * WIDTH)).expect("fit");
             let third = |part: usize| HeadsRef {
                 data: &qkv,
                 offset: part * WIDTH,

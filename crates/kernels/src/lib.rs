@@ -66,7 +66,7 @@ pub use bf16::{
 pub use elementwise::{add_assign, add_bias_rows, scale};
 pub use error::KernelError;
 pub use fused::{
-    AttentionHalf, AttentionShape, HeadsRef, MlpHalf, NormLinear, ProjWeight, attention,
+    AttentionHalf, AttentionShape, HeadsRef, MlpHalf, Norm, PackedWeight, Proj, attention,
     attention_bf16, attention_half_in_place, linear_residual_in_place, mlp_half_in_place,
     norm_linear,
 };

@@ -1,9 +1,6 @@
 //! Multi-head self-attention with a fused qkv projection.
 
-use crate::{
-    AttentionHalfParams, Fused, Heads, LayerNorm, Linear, NnError, NormLinearParams, PackedWeight,
-    Result, WeightSource,
-};
+use crate::{AttentionHalf, Fused, Heads, LayerNorm, Linear, NnError, Result, WeightSource};
 
 /// Multi-head self-attention as timm's `Attention`: one `qkv` linear whose output rows are
 /// `[q; k; v]` (heads contiguous inside each), scaled dot-product attention, then `proj`.
@@ -110,7 +107,7 @@ impl Attention {
     }
 
     /// `x + branch_scale * drop_path(proj(attention(qkv(norm(x)))))`: the attention half of
-    /// a pre-norm block through [`Backend::attention_half`] (in inference, one image at a time
+    /// a pre-norm block through [`Fused::attention_half`] (in inference, one image at a time
     /// in cache and in place when nothing else holds `x`).
     pub fn residual_half<B: Fused>(
         &self,
@@ -120,22 +117,10 @@ impl Attention {
         branch_scale: f32,
         drop_path: f32,
     ) -> Result<B::Value> {
-        let param = |p: &crate::Param| bk.param(p);
-        let (gamma, beta) = (param(norm.weight()), param(norm.bias()));
-        let (w_qkv, b_qkv) = (param(self.qkv.weight()), self.qkv.bias().map(param));
-        let (w_proj, b_proj) = (param(self.proj.weight()), self.proj.bias().map(param));
-        let params = AttentionHalfParams {
-            qkv: NormLinearParams {
-                norm_gamma: &gamma,
-                norm_beta: &beta,
-                norm_eps: norm.eps(),
-                weight: &w_qkv,
-                bias: b_qkv.as_ref(),
-                packed: PackedWeight::of(bk, self.qkv.weight()),
-            },
-            proj_weight: &w_proj,
-            proj_bias: b_proj.as_ref(),
-            proj_packed: PackedWeight::of(bk, self.proj.weight()),
+        let params = AttentionHalf {
+            norm: norm.params(bk),
+            qkv: self.qkv.params(bk),
+            proj: self.proj.params(bk),
             heads: self.num_heads,
             scale: self.scale(),
             bf16_attention: self.qkv.weight().packed_bf16().is_some(),
@@ -173,7 +158,7 @@ impl Attention {
     }
 
     /// `proj(softmax(s q k^T) v)` for per-head queries, keys and values: what [`forward`]
-    /// and the selected rows of an idle layer compute, through [`Backend::attention`] (fused
+    /// and the selected rows of an idle layer compute, through [`Fused::attention`] (fused
     /// in inference, where the attention map is never stored).
     ///
     /// [`forward`]: Self::forward

@@ -1,6 +1,6 @@
 //! The pre-norm transformer block.
 
-use crate::{Attention, Fused, LayerNorm, Mlp, MlpHalfParams, PackedWeight, Result, WeightSource};
+use crate::{Attention, Fused, LayerNorm, Mlp, MlpHalf, Result, WeightSource};
 
 /// Hyper-parameters of one transformer block.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -59,7 +59,7 @@ impl Block {
     }
 
     /// Sets the stochastic-depth rate of both residual branches, in [0, 1). It acts only
-    /// on a training backend with a random stream ([`Backend::drop_path`]).
+    /// on a training backend with a random stream ([`Backend::drop_path`](crate::Backend::drop_path)).
     pub fn set_drop_path(&mut self, rate: f32) -> Result<()> {
         if !(0.0..1.0).contains(&rate) {
             return Err(crate::NnError::Config(format!(
@@ -103,31 +103,18 @@ impl Block {
         self.mlp.forward(bk, &self.norm2.forward(bk, x)?)
     }
 
-    /// `x + mlp(norm2(x))`, the block's second half, through [`Backend::mlp_half`] (fused in
+    /// `x + mlp(norm2(x))`, the block's second half, through [`Fused::mlp_half`] (fused in
     /// inference, in bf16 when the weights have packed bf16 copies, and in place when nothing
     /// else holds `x`).
     pub fn mlp_residual<B: Fused>(&self, bk: &B, x: B::Value) -> Result<B::Value> {
-        let (fc1, fc2) = (self.mlp.fc1(), self.mlp.fc2());
-        let param = |p: &crate::Param| bk.param(p);
-        let (gamma, beta) = (param(self.norm2.weight()), param(self.norm2.bias()));
-        let (w1, w2) = (param(fc1.weight()), param(fc2.weight()));
-        let (b1, b2) = (fc1.bias().map(param), fc2.bias().map(param));
-        Ok(bk.mlp_half(
-            x,
-            &MlpHalfParams {
-                norm_gamma: &gamma,
-                norm_beta: &beta,
-                norm_eps: self.norm2.eps(),
-                fc1_weight: &w1,
-                fc1_bias: b1.as_ref(),
-                fc2_weight: &w2,
-                fc2_bias: b2.as_ref(),
-                fc1_packed: PackedWeight::of(bk, fc1.weight()),
-                fc2_packed: PackedWeight::of(bk, fc2.weight()),
-                branch_scale: 1.0 / self.skip_lam,
-                drop_path: self.drop_path,
-            },
-        )?)
+        let params = MlpHalf {
+            norm: self.norm2.params(bk),
+            fc1: self.mlp.fc1().params(bk),
+            fc2: self.mlp.fc2().params(bk),
+            branch_scale: 1.0 / self.skip_lam,
+            drop_path: self.drop_path,
+        };
+        Ok(bk.mlp_half(x, &params)?)
     }
 
     /// The dense block over all tokens of `x` `(batch, tokens, dim)`.

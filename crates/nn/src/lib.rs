@@ -43,8 +43,8 @@ pub use conv::{Conv2d, ConvBatchNorm, ConvShape};
 pub use error::NnError;
 pub use idlevit_ops::OpsError;
 pub use idlevit_ops::{
-    AttentionHalfParams, Backend, Conv2dSpec, Eager, Fused, Heads, MlpHalfParams, NormLinearParams,
-    PackedWeight, Param, ParamVisitor, ParamVisitorMut, Precision, Tensor, set_linear_precision,
+    AttentionHalf, Backend, Conv2dSpec, Eager, Fused, Heads, MlpHalf, Norm, PackedWeight, Param,
+    ParamVisitor, ParamVisitorMut, Precision, Proj, Tensor, set_linear_precision,
 };
 pub use linear::Linear;
 pub use mlp::Mlp;

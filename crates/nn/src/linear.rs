@@ -2,7 +2,7 @@
 
 use idlevit_tensor::Tensor;
 
-use crate::{Fused, Init, NnError, Param, Result, WeightSource};
+use crate::{Fused, Init, NnError, Param, Proj, Result, WeightSource};
 
 /// `y = x W^T + b` over the last axis, as `torch.nn.Linear`.
 #[derive(Clone, Debug)]
@@ -79,6 +79,16 @@ impl Linear {
         self.bias.as_ref()
     }
 
+    /// The weight and bias as values of `bk`, with the packed copy of the weight that `bk`
+    /// runs the product on ([`Param::packed_for`]).
+    pub fn params<B: Fused + ?Sized>(&self, bk: &B) -> Proj<'_, B::Value> {
+        Proj {
+            weight: bk.param(&self.weight),
+            bias: self.bias.as_ref().map(|b| bk.param(b)),
+            packed: self.weight.packed_for(bk),
+        }
+    }
+
     /// Applies only output features `start..end` of the layer (a slice of the weight rows, no
     /// copy): for example the key third of a fused qkv projection.
     pub fn forward_outputs<B: Fused>(
@@ -88,40 +98,17 @@ impl Linear {
         start: usize,
         end: usize,
     ) -> Result<B::Value> {
-        let w = bk.slice(&bk.param(&self.weight), 0, start, end)?;
-        let b = match &self.bias {
-            Some(b) => Some(bk.slice(&bk.param(b), 0, start, end)?),
-            None => None,
+        let p = self.params(bk);
+        let p = Proj {
+            weight: bk.slice(&p.weight, 0, start, end)?,
+            bias: p.bias.map(|b| bk.slice(&b, 0, start, end)).transpose()?,
+            ..p
         };
-        self.project(bk, x, start..end, &w, b.as_ref())
+        Ok(idlevit_ops::project(bk, x, &p, Some(start..end))?)
     }
 
     /// Applies the layer to the last axis of `x`.
     pub fn forward<B: Fused>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
-        let w = bk.param(&self.weight);
-        let b = self.bias.as_ref().map(|b| bk.param(b));
-        self.project(bk, x, 0..self.out_features(), &w, b.as_ref())
-    }
-
-    /// Output features `cols` of `x`, `w` and `b` the matching slices of the parameters: on
-    /// the packed bf16 copy when the layer has one, else on the packed f32 copy when the
-    /// backend packs weights, else on `w`.
-    fn project<B: Fused>(
-        &self,
-        bk: &B,
-        x: &B::Value,
-        cols: std::ops::Range<usize>,
-        w: &B::Value,
-        b: Option<&B::Value>,
-    ) -> Result<B::Value> {
-        if let Some(packed) = self.weight.packed_bf16() {
-            return Ok(bk.linear_packed(x, packed, cols, w, b)?);
-        }
-        if bk.packs_weights()
-            && let Some(packed) = self.weight.packed_f32()
-        {
-            return Ok(bk.linear_packed_f32(x, packed, cols, w, b)?);
-        }
-        Ok(bk.linear(x, w, b)?)
+        Ok(idlevit_ops::project(bk, x, &self.params(bk), None)?)
     }
 }

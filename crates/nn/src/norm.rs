@@ -1,6 +1,6 @@
 //! Layer normalisation over the feature axis.
 
-use crate::{Fused, Init, Param, Result, WeightSource};
+use crate::{Backend, Fused, Init, Norm, Param, Result, WeightSource};
 
 /// `torch.nn.LayerNorm` over the last axis, with learned scale and shift.
 #[derive(Clone, Debug)]
@@ -37,8 +37,18 @@ impl LayerNorm {
         self.eps
     }
 
+    /// The scale, shift and epsilon as values of `bk`, for a fused operation.
+    pub fn params<B: Backend + ?Sized>(&self, bk: &B) -> Norm<B::Value> {
+        Norm {
+            gamma: bk.param(&self.weight),
+            beta: bk.param(&self.bias),
+            eps: self.eps,
+        }
+    }
+
     /// Normalises the last axis of `x`.
     pub fn forward<B: Fused>(&self, bk: &B, x: &B::Value) -> Result<B::Value> {
-        Ok(bk.layer_norm(x, &bk.param(&self.weight), &bk.param(&self.bias), self.eps)?)
+        let p = self.params(bk);
+        Ok(bk.layer_norm(x, &p.gamma, &p.beta, p.eps)?)
     }
 }

@@ -3,10 +3,7 @@
 
 use idlevit_autodiff::Tape;
 use idlevit_kernels::{PackedBf16, PackedF32};
-use idlevit_nn::{
-    AttentionHalfParams, Backend, Eager, Fused, MlpHalfParams, NormLinearParams, PackedWeight,
-    Tensor,
-};
+use idlevit_nn::{AttentionHalf, Backend, Eager, Fused, MlpHalf, Norm, PackedWeight, Proj, Tensor};
 
 mod common;
 use common::values;
@@ -57,18 +54,30 @@ fn fused_attention_equals_the_composition_on_strided_heads() {
     assert!(Eager.attention_bf16(&q, &k, &short_v, 0.4).is_err());
 }
 
+/// A projection's parameters: weight `w`, bias `b`, the weight's packed copy.
+fn proj<'a, V: Clone>(w: &V, b: &V, packed: Option<PackedWeight<'a>>) -> Proj<'a, V> {
+    Proj {
+        weight: w.clone(),
+        bias: Some(b.clone()),
+        packed,
+    }
+}
+
+/// A layer norm's parameters `gamma` and `beta`.
+fn norm<V: Clone>(gamma: &V, beta: &V, eps: f32) -> Norm<V> {
+    Norm {
+        gamma: gamma.clone(),
+        beta: beta.clone(),
+        eps,
+    }
+}
+
 /// The MLP half's parameters from `[gamma, beta, w1, b1, w2, b2]`, branch scaled by 1/2.
-fn make<V>(p: &[V]) -> MlpHalfParams<'_, V> {
-    MlpHalfParams {
-        norm_gamma: &p[0],
-        norm_beta: &p[1],
-        norm_eps: 1e-5,
-        fc1_weight: &p[2],
-        fc1_bias: Some(&p[3]),
-        fc2_weight: &p[4],
-        fc2_bias: Some(&p[5]),
-        fc1_packed: None,
-        fc2_packed: None,
+fn make<'a, V: Clone>(p: &[V]) -> MlpHalf<'a, V> {
+    MlpHalf {
+        norm: norm(&p[0], &p[1], 1e-5),
+        fc1: proj(&p[2], &p[3], None),
+        fc2: proj(&p[4], &p[5], None),
         branch_scale: 0.5,
         drop_path: 0.0,
     }
@@ -96,8 +105,8 @@ fn fused_mlp_half_and_residual_projection_equal_the_composition() {
     let eager = Eager.mlp_half(x.clone(), &make(&params)).unwrap();
     let composed = tape.mlp_half(tape.constant(x.clone()), &make(&tp)).unwrap();
     assert_close(&eager, composed.value());
-    let swapped = MlpHalfParams {
-        fc1_weight: &params[4],
+    let swapped = MlpHalf {
+        fc1: proj(&params[4], &params[3], None),
         ..make(&params)
     };
     assert!(Eager.mlp_half(x.clone(), &swapped).is_err());
@@ -105,15 +114,13 @@ fn fused_mlp_half_and_residual_projection_equal_the_composition() {
     let input = values(9, &[1, rows, hidden]);
     let (w, b) = (&params[4], &params[5]);
     let eager = Eager
-        .linear_residual(x.clone(), &input, w, Some(b), None, 0.5, 0.0)
+        .linear_residual(x.clone(), &input, &proj(w, b, None), 0.5, 0.0)
         .unwrap();
     let composed_residual = |scale| {
         tape.linear_residual(
             tape.constant(x.clone()),
             &tape.constant(input.clone()),
-            &tp[4],
-            Some(&tp[5]),
-            None,
+            &proj(&tp[4], &tp[5], None),
             scale,
             0.0,
         )
@@ -123,7 +130,7 @@ fn fused_mlp_half_and_residual_projection_equal_the_composition() {
     assert_close(&eager, composed.value());
     assert!(
         Eager
-            .linear_residual(x.clone(), &input, &params[2], Some(b), None, 0.5, 0.0)
+            .linear_residual(x.clone(), &input, &proj(&params[2], b, None), 0.5, 0.0)
             .is_err()
     );
     // The packed f32 kernel (where the CPU runs it) accumulates onto the residual directly.
@@ -133,9 +140,7 @@ fn fused_mlp_half_and_residual_projection_equal_the_composition() {
             .linear_residual(
                 x.clone(),
                 &input,
-                w,
-                Some(b),
-                Some(PackedWeight::F32(&packed)),
+                &proj(w, b, Some(PackedWeight::F32(&packed))),
                 1.0,
                 0.0,
             )
@@ -148,9 +153,9 @@ fn fused_mlp_half_and_residual_projection_equal_the_composition() {
             };
             PackedF32::pack(&w.to_vec(), out, input).unwrap()
         });
-        let with_packed = MlpHalfParams {
-            fc1_packed: Some(PackedWeight::F32(&packed[0])),
-            fc2_packed: Some(PackedWeight::F32(&packed[1])),
+        let with_packed = MlpHalf {
+            fc1: proj(&params[2], &params[3], Some(PackedWeight::F32(&packed[0]))),
+            fc2: proj(&params[4], &params[5], Some(PackedWeight::F32(&packed[1]))),
             ..make(&params)
         };
         let eager = Eager.mlp_half(x.clone(), &with_packed).unwrap();
@@ -168,9 +173,7 @@ fn fused_mlp_half_and_residual_projection_equal_the_composition() {
             .linear_residual(
                 x.clone(),
                 &input,
-                w,
-                Some(b),
-                Some(PackedWeight::Bf16(&packed)),
+                &proj(w, b, Some(PackedWeight::Bf16(&packed))),
                 scale,
                 0.0,
             )
@@ -182,7 +185,7 @@ fn fused_mlp_half_and_residual_projection_equal_the_composition() {
     }
     assert!(
         Eager
-            .linear_residual(x.clone(), &x, w, Some(b), None, 0.5, 0.0)
+            .linear_residual(x.clone(), &x, &proj(w, b, None), 0.5, 0.0)
             .is_err()
     );
 }
@@ -242,43 +245,22 @@ fn fused_norm_linear_equals_the_composition() {
         values(14, &[out, dim]),
         values(15, &[out]),
     ];
-    fn params<'a>(
-        p: &'a [Tensor],
-        packed: Option<PackedWeight<'a>>,
-    ) -> NormLinearParams<'a, Tensor> {
-        NormLinearParams {
-            norm_gamma: &p[0],
-            norm_beta: &p[1],
-            norm_eps: 1e-6,
-            weight: &p[2],
-            bias: Some(&p[3]),
-            packed,
-        }
-    }
+    let eager = |weight: &Tensor, packed: Option<PackedWeight<'_>>| {
+        Eager.norm_linear(&x, &norm(&p[0], &p[1], 1e-6), &proj(weight, &p[3], packed))
+    };
     let tape = Tape::new();
     let tp: Vec<_> = p.iter().map(|t| tape.constant(t.clone())).collect();
     let composed = tape
         .norm_linear(
             &tape.constant(x.clone()),
-            &NormLinearParams {
-                norm_gamma: &tp[0],
-                norm_beta: &tp[1],
-                norm_eps: 1e-6,
-                weight: &tp[2],
-                bias: Some(&tp[3]),
-                packed: None,
-            },
+            &norm(&tp[0], &tp[1], 1e-6),
+            &proj(&tp[2], &tp[3], None),
         )
         .unwrap();
-    assert_close(
-        &Eager.norm_linear(&x, &params(&p, None)).unwrap(),
-        composed.value(),
-    );
+    assert_close(&eager(&p[2], None).unwrap(), composed.value());
     if idlevit_kernels::packed_f32_available() {
         let packed = PackedF32::pack(&p[2].to_vec(), out, dim).unwrap();
-        let eager = Eager
-            .norm_linear(&x, &params(&p, Some(PackedWeight::F32(&packed))))
-            .unwrap();
+        let eager = eager(&p[2], Some(PackedWeight::F32(&packed))).unwrap();
         assert_close(&eager, composed.value());
     }
     // bf16: the same as normalising, then the bf16 product.
@@ -287,16 +269,10 @@ fn fused_norm_linear_equals_the_composition() {
     let by_layers = Eager
         .linear_packed(&h, &packed, 0..out, &p[2], Some(&p[3]))
         .unwrap();
-    let eager = Eager
-        .norm_linear(&x, &params(&p, Some(PackedWeight::Bf16(&packed))))
-        .unwrap();
-    assert_close(&eager, &by_layers);
+    let bf16 = eager(&p[2], Some(PackedWeight::Bf16(&packed))).unwrap();
+    assert_close(&bf16, &by_layers);
     let wrong = values(16, &[out, dim + 1]);
-    let bad = NormLinearParams {
-        weight: &wrong,
-        ..params(&p, None)
-    };
-    assert!(Eager.norm_linear(&x, &bad).is_err());
+    assert!(eager(&wrong, None).is_err());
 }
 
 #[test]
@@ -320,7 +296,7 @@ fn residual_updates_write_into_a_sole_owner_and_leave_shared_inputs_alone() {
     let (w, b) = (&params[4], &params[5]);
     let at = start(&updated);
     let projected = Eager
-        .linear_residual(updated, &input, w, Some(b), None, 0.5, 0.0)
+        .linear_residual(updated, &input, &proj(w, b, None), 0.5, 0.0)
         .unwrap();
     assert_eq!(start(&projected), at);
 }
@@ -338,19 +314,11 @@ fn fused_attention_half_equals_the_composition() {
         values(25, &[dim, dim]),
         values(26, &[dim]),
     ];
-    fn params<V>(p: &[V], heads: usize, branch_scale: f32) -> AttentionHalfParams<'_, V> {
-        AttentionHalfParams {
-            qkv: NormLinearParams {
-                norm_gamma: &p[0],
-                norm_beta: &p[1],
-                norm_eps: 1e-6,
-                weight: &p[2],
-                bias: Some(&p[3]),
-                packed: None,
-            },
-            proj_weight: &p[4],
-            proj_bias: Some(&p[5]),
-            proj_packed: None,
+    fn params<V: Clone>(p: &[V], heads: usize, branch_scale: f32) -> AttentionHalf<'_, V> {
+        AttentionHalf {
+            norm: norm(&p[0], &p[1], 1e-6),
+            qkv: proj(&p[2], &p[3], None),
+            proj: proj(&p[4], &p[5], None),
             heads,
             scale: 0.6,
             bf16_attention: false,
@@ -372,8 +340,8 @@ fn fused_attention_half_equals_the_composition() {
     }
     let x = values(20, &[3, tokens, dim]);
     let wrong = values(27, &[dim, dim + 1]);
-    let bad = AttentionHalfParams {
-        proj_weight: &wrong,
+    let bad = AttentionHalf {
+        proj: proj(&wrong, &p[5], None),
         ..params(&p, heads, 1.0)
     };
     assert!(Eager.attention_half(x, &bad).is_err());

@@ -3,109 +3,10 @@
 use crate::math::Conv2dSpec;
 use idlevit_tensor::Tensor;
 
-use idlevit_kernels::{PackedBf16, PackedF32};
+use idlevit_kernels::{AttentionHalf, MlpHalf, Norm, PackedBf16, PackedF32, PackedWeight, Proj};
 use std::ops::Range;
 
 use crate::{OpsError, Param, Result};
-
-/// A weight's packed copy, for an inference backend's product on it.
-#[derive(Clone, Copy, Debug)]
-pub enum PackedWeight<'a> {
-    /// f32, packed for [`linear_packed_f32`](idlevit_kernels::linear_packed_f32).
-    F32(&'a PackedF32),
-    /// bf16, packed for [`linear_bf16`](idlevit_kernels::linear_bf16): the model runs in bf16.
-    Bf16(&'a PackedBf16),
-}
-
-impl<'a> PackedWeight<'a> {
-    /// Output features of the packed weight.
-    pub fn out_features(&self) -> usize {
-        match self {
-            Self::F32(p) => p.out_features(),
-            Self::Bf16(p) => p.out_features(),
-        }
-    }
-
-    /// The copy a backend runs `p`'s product on: its bf16 copy when the model runs in bf16,
-    /// else its packed f32 copy when `bk` [packs weights](Fused::packs_weights).
-    pub fn of<B: Fused + ?Sized>(bk: &B, p: &'a Param) -> Option<Self> {
-        match p.packed_bf16() {
-            Some(bf16) => Some(Self::Bf16(bf16)),
-            None => bk
-                .packs_weights()
-                .then(|| p.packed_f32())
-                .flatten()
-                .map(Self::F32),
-        }
-    }
-}
-
-/// The parameters of [`Fused::norm_linear`], each a value of the backend.
-#[derive(Clone, Copy, Debug)]
-pub struct NormLinearParams<'a, V> {
-    /// Layer-norm scale `(dim)`.
-    pub norm_gamma: &'a V,
-    /// Layer-norm shift `(dim)`.
-    pub norm_beta: &'a V,
-    /// Layer-norm epsilon.
-    pub norm_eps: f32,
-    /// The weight `(out, dim)`.
-    pub weight: &'a V,
-    /// The bias `(out)`.
-    pub bias: Option<&'a V>,
-    /// The weight's packed copy ([`PackedWeight::of`]).
-    pub packed: Option<PackedWeight<'a>>,
-}
-
-/// The parameters of [`Fused::attention_half`], each a value of the backend.
-#[derive(Clone, Copy, Debug)]
-pub struct AttentionHalfParams<'a, V> {
-    /// Layer norm and the qkv projection (outputs `[q; k; v]`, heads contiguous in each).
-    pub qkv: NormLinearParams<'a, V>,
-    /// The output projection's weight `(dim, dim)`.
-    pub proj_weight: &'a V,
-    /// The output projection's bias `(dim)`.
-    pub proj_bias: Option<&'a V>,
-    /// The output projection weight's packed copy ([`PackedWeight::of`]).
-    pub proj_packed: Option<PackedWeight<'a>>,
-    /// Heads.
-    pub heads: usize,
-    /// Softmax temperature.
-    pub scale: f32,
-    /// Attention's products in bf16 ([`Fused::attention_bf16`]).
-    pub bf16_attention: bool,
-    /// Factor on the branch before it is added (LV-ViT's `1 / skip_lam`).
-    pub branch_scale: f32,
-    /// Stochastic-depth rate of the branch ([`Backend::drop_path`]; inference ignores it).
-    pub drop_path: f32,
-}
-
-/// The parameters of [`Fused::mlp_half`], each a value of the backend.
-#[derive(Clone, Copy, Debug)]
-pub struct MlpHalfParams<'a, V> {
-    /// Layer-norm scale `(dim)`.
-    pub norm_gamma: &'a V,
-    /// Layer-norm shift `(dim)`.
-    pub norm_beta: &'a V,
-    /// Layer-norm epsilon.
-    pub norm_eps: f32,
-    /// `fc1` weight `(hidden, dim)`.
-    pub fc1_weight: &'a V,
-    /// `fc1` bias `(hidden)`.
-    pub fc1_bias: Option<&'a V>,
-    /// `fc2` weight `(dim, hidden)`.
-    pub fc2_weight: &'a V,
-    /// `fc2` bias `(dim)`.
-    pub fc2_bias: Option<&'a V>,
-    /// `fc1`'s packed weight ([`PackedWeight::of`]).
-    pub fc1_packed: Option<PackedWeight<'a>>,
-    /// `fc2`'s packed weight, likewise.
-    pub fc2_packed: Option<PackedWeight<'a>>,
-    /// Factor on the branch before it is added (LV-ViT's `1 / skip_lam`).
-    pub branch_scale: f32,
-    /// Stochastic-depth rate of the branch ([`Backend::drop_path`]; inference ignores it).
-    pub drop_path: f32,
-}
 
 /// The operations a layer's `forward` uses, so that one definition of the maths serves
 /// inference ([`Eager`](crate::Eager)) and training (a backend that records a tape).
@@ -275,7 +176,7 @@ pub trait Fused: Backend {
     }
 
     /// `x W[cols]^T + b` where the weight has a packed f32 copy `packed`; the default runs
-    /// the f32 [`linear`](Self::linear) on `w`, the weight rows `cols`, with `b` already
+    /// the f32 [`linear`](Backend::linear) on `w`, the weight rows `cols`, with `b` already
     /// sliced.
     fn linear_packed_f32(
         &self,
@@ -289,48 +190,34 @@ pub trait Fused: Backend {
         self.linear(x, w, b)
     }
 
-    /// `x + branch_scale * drop_path(input W^T + b)`: a projection closing a residual (the
-    /// attention's output projection), `packed` the weight's packed copy
-    /// ([`PackedWeight::of`]). The default composes the primitive operations (the bf16
-    /// product through [`linear_packed`](Self::linear_packed)); an inference backend may
-    /// accumulate the product straight onto `x`, which it takes so that, when nothing else
-    /// holds it, no copy is made.
-    #[allow(clippy::too_many_arguments)]
+    /// `x + branch_scale * drop_path(input W^T + b)`: a projection `p` closing a residual
+    /// (the attention's output projection). The default composes the primitive operations
+    /// ([`project`]); an inference backend may accumulate the product straight onto `x`,
+    /// which it takes so that, when nothing else holds it, no copy is made.
     fn linear_residual(
         &self,
         x: Self::Value,
         input: &Self::Value,
-        w: &Self::Value,
-        b: Option<&Self::Value>,
-        packed: Option<PackedWeight<'_>>,
+        p: &Proj<'_, Self::Value>,
         branch_scale: f32,
         drop_path: f32,
     ) -> Result<Self::Value> {
-        let branch = match packed {
-            Some(PackedWeight::Bf16(p)) => {
-                self.linear_packed(input, p, 0..p.out_features(), w, b)?
-            }
-            _ => self.linear(input, w, b)?,
-        };
+        let branch = project(self, input, p, None)?;
         add_branch(self, &x, &branch, branch_scale, drop_path)
     }
 
     /// `layer_norm(x) W^T + b` over the last axis of `x`: a pre-norm projection (attention's
-    /// qkv after `norm1`). The default composes the primitive operations (the bf16 product
-    /// through [`linear_packed`](Self::linear_packed)); an inference backend may normalise
-    /// rows in cache-sized chunks right before projecting them.
+    /// qkv after `norm1`). The default composes the primitive operations ([`project`]); an
+    /// inference backend may normalise rows in cache-sized chunks right before projecting
+    /// them.
     fn norm_linear(
         &self,
         x: &Self::Value,
-        p: &NormLinearParams<'_, Self::Value>,
+        norm: &Norm<Self::Value>,
+        p: &Proj<'_, Self::Value>,
     ) -> Result<Self::Value> {
-        let h = self.layer_norm(x, p.norm_gamma, p.norm_beta, p.norm_eps)?;
-        match p.packed {
-            Some(PackedWeight::Bf16(packed)) => {
-                self.linear_packed(&h, packed, 0..packed.out_features(), p.weight, p.bias)
-            }
-            _ => self.linear(&h, p.weight, p.bias),
-        }
+        let h = self.layer_norm(x, &norm.gamma, &norm.beta, norm.eps)?;
+        project(self, &h, p, None)
     }
 
     /// `x + branch_scale * drop_path(proj(attention(qkv(layer_norm(x)))))`: the attention
@@ -341,7 +228,7 @@ pub trait Fused: Backend {
     fn attention_half(
         &self,
         x: Self::Value,
-        p: &AttentionHalfParams<'_, Self::Value>,
+        p: &AttentionHalf<'_, Self::Value>,
     ) -> Result<Self::Value> {
         attention_half_composed(self, x, p)
     }
@@ -351,22 +238,16 @@ pub trait Fused: Backend {
     ///
     /// The default composes the primitive operations; an inference backend may fuse it, in
     /// place when nothing else holds `x`.
-    fn mlp_half(&self, x: Self::Value, p: &MlpHalfParams<'_, Self::Value>) -> Result<Self::Value> {
-        let project = |x: &Self::Value, w, b, packed: Option<PackedWeight<'_>>| match packed {
-            Some(PackedWeight::Bf16(packed)) => {
-                self.linear_packed(x, packed, 0..packed.out_features(), w, b)
-            }
-            _ => self.linear(x, w, b),
-        };
-        let h = self.layer_norm(&x, p.norm_gamma, p.norm_beta, p.norm_eps)?;
-        let hidden = self.gelu(&project(&h, p.fc1_weight, p.fc1_bias, p.fc1_packed)?)?;
-        let branch = project(&hidden, p.fc2_weight, p.fc2_bias, p.fc2_packed)?;
+    fn mlp_half(&self, x: Self::Value, p: &MlpHalf<'_, Self::Value>) -> Result<Self::Value> {
+        let h = self.layer_norm(&x, &p.norm.gamma, &p.norm.beta, p.norm.eps)?;
+        let hidden = self.gelu(&project(self, &h, &p.fc1, None)?)?;
+        let branch = project(self, &hidden, &p.fc2, None)?;
         add_branch(self, &x, &branch, p.branch_scale, p.drop_path)
     }
 
     /// `x W[cols]^T + b` where the weight also has a packed bf16 copy `packed`: an inference
     /// backend may run the bf16 product; the default (and any training backend) runs the f32
-    /// [`linear`](Self::linear) on `w`, the f32 weight rows `cols`, with `b` already sliced.
+    /// [`linear`](Backend::linear) on `w`, the f32 weight rows `cols`, with `b` already sliced.
     fn linear_packed(
         &self,
         x: &Self::Value,
@@ -384,9 +265,9 @@ pub trait Fused: Backend {
 pub fn attention_half_composed<B: Fused + ?Sized>(
     bk: &B,
     x: B::Value,
-    p: &AttentionHalfParams<'_, B::Value>,
+    p: &AttentionHalf<'_, B::Value>,
 ) -> Result<B::Value> {
-    let qkv = bk.norm_linear(&x, &p.qkv)?;
+    let qkv = bk.norm_linear(&x, &p.norm, &p.qkv)?;
     let heads = split_qkv(bk, &qkv, bk.shape(&x), p.heads)?;
     let (q, k, v) = (&heads.q, &heads.k, &heads.v);
     let out = if p.bf16_attention {
@@ -394,8 +275,25 @@ pub fn attention_half_composed<B: Fused + ?Sized>(
     } else {
         bk.attention(q, k, v, p.scale)?
     };
-    let (w, b) = (p.proj_weight, p.proj_bias);
-    bk.linear_residual(x, &out, w, b, p.proj_packed, p.branch_scale, p.drop_path)
+    bk.linear_residual(x, &out, &p.proj, p.branch_scale, p.drop_path)
+}
+
+/// `x W^T + b` for the projection `p`: on its packed copy where it has one (its output
+/// features `cols`, all when `None`, with `p`'s values holding just those rows), else on its
+/// f32 weight.
+pub fn project<B: Fused + ?Sized>(
+    bk: &B,
+    x: &B::Value,
+    p: &Proj<'_, B::Value>,
+    cols: Option<Range<usize>>,
+) -> Result<B::Value> {
+    let (w, b) = (&p.weight, p.bias.as_ref());
+    let cols = cols.unwrap_or(0..p.packed.map_or(0, |packed| packed.shape().0));
+    match p.packed {
+        Some(PackedWeight::Bf16(packed)) => bk.linear_packed(x, packed, cols, w, b),
+        Some(PackedWeight::F32(packed)) => bk.linear_packed_f32(x, packed, cols, w, b),
+        None => bk.linear(x, w, b),
+    }
 }
 
 /// `x + branch_scale * drop_path(branch)`: how every residual branch closes (the scale is

@@ -9,12 +9,10 @@ pub mod parallel;
 mod param;
 mod precision;
 
-pub use backend::{
-    AttentionHalfParams, Backend, Fused, Heads, MlpHalfParams, NormLinearParams, PackedWeight,
-    add_branch, attention_half_composed, split_qkv,
-};
+pub use backend::{Backend, Fused, Heads, add_branch, attention_half_composed, project, split_qkv};
 pub use eager::Eager;
 pub use error::OpsError;
+pub use idlevit_kernels::{AttentionHalf, MlpHalf, Norm, PackedWeight, Proj};
 pub use idlevit_tensor::Tensor;
 pub use math::Conv2dSpec;
 pub use param::{Param, ParamVisitor, ParamVisitorMut};

@@ -3,8 +3,8 @@
 use idlevit_tensor::Tensor;
 
 use crate::precision::{PackedCopy, PackedF32Copy};
-use crate::{Precision, Result};
-use idlevit_kernels::{PackedBf16, PackedF32};
+use crate::{Fused, Precision, Result};
+use idlevit_kernels::{PackedBf16, PackedF32, PackedWeight};
 
 /// A learnable tensor together with its checkpoint (timm) name, so that gradients and
 /// saved weights can be reported under the names users know.
@@ -101,5 +101,14 @@ impl Param {
     /// The packed bf16 copy, if [`set_precision`](Self::set_precision) made one.
     pub fn packed_bf16(&self) -> Option<&PackedBf16> {
         self.bf16.0.as_deref()
+    }
+
+    /// The copy `bk` runs this weight's product on: the bf16 copy when the model runs in
+    /// bf16, else the packed f32 copy when `bk` [packs weights](Fused::packs_weights).
+    pub fn packed_for<B: Fused + ?Sized>(&self, bk: &B) -> Option<PackedWeight<'_>> {
+        self.packed_bf16().map(PackedWeight::Bf16).or_else(|| {
+            let f32 = bk.packs_weights().then(|| self.packed_f32());
+            f32.flatten().map(PackedWeight::F32)
+        })
     }
 }

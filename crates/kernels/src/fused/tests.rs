@@ -1,19 +1,18 @@
+use super::attention::attention_in;
 use super::*;
+use crate::bf16::Bf16Kernel;
 use crate::reference;
 use crate::testutil::{f32_vec, pool};
 use proptest::prelude::*;
 
 /// `x + scale * fc2(gelu(fc1(norm(x))))` by the f64 reference kernels.
-fn reference_mlp_half(x: &[f32], mlp: &MlpHalf<'_>) -> Vec<f32> {
-    let (dim, hidden) = (mlp.dim, mlp.hidden);
+fn reference_mlp_half(x: &[f32], mlp: &MlpHalf<'_>, (dim, hidden): (usize, usize)) -> Vec<f32> {
     let rows = x.len() / dim;
     let mut normed = vec![0.0; x.len()];
-    let (gamma, beta, eps) = (mlp.norm_gamma, mlp.norm_beta, mlp.norm_eps);
+    let Norm { gamma, beta, eps } = mlp.norm;
     reference::layer_norm_rows(&mut normed, x, gamma, beta, eps, dim);
     let mut act = vec![0.0; rows * hidden];
-    let (ProjWeight::F32(w1), ProjWeight::F32(w2)) = (mlp.fc1_weight, mlp.fc2_weight) else {
-        panic!("the reference takes f32 weights");
-    };
+    let (w1, w2) = (mlp.fc1.weight, mlp.fc2.weight);
     let w1 = MatRef::row_major(w1, hidden, dim).t();
     let normed = MatRef::row_major(&normed, rows, dim);
     reference::matmul(
@@ -24,7 +23,7 @@ fn reference_mlp_half(x: &[f32], mlp: &MlpHalf<'_>) -> Vec<f32> {
         0.0,
     )
     .unwrap();
-    if let Some(b1) = mlp.fc1_bias {
+    if let Some(b1) = mlp.fc1.bias {
         act.chunks_exact_mut(hidden)
             .for_each(|row| row.iter_mut().zip(b1).for_each(|(v, b)| *v += b));
     }
@@ -33,7 +32,7 @@ fn reference_mlp_half(x: &[f32], mlp: &MlpHalf<'_>) -> Vec<f32> {
     let w2 = MatRef::row_major(w2, dim, hidden).t();
     let act = MatRef::row_major(&act, rows, hidden);
     reference::matmul(MatMut::row_major(&mut branch, rows, dim), act, w2, 1.0, 0.0).unwrap();
-    let bias = mlp.fc2_bias;
+    let bias = mlp.fc2.bias;
     x.iter()
         .zip(&branch)
         .enumerate()
@@ -82,29 +81,28 @@ proptest! {
         seed in any::<u64>(),
     ) {
         let [x, gamma, beta, w1, b1, w2, b2] = mlp_values(seed, rows, dim, hidden);
-        let mlp = MlpHalf {
-            norm_gamma: &gamma,
-            norm_beta: &beta,
-            norm_eps: 1e-6,
-            fc1_weight: ProjWeight::F32(&w1),
-            fc1_bias: biases.0.then_some(&b1[..]),
-            fc2_weight: ProjWeight::F32(&w2),
-            fc2_bias: biases.1.then_some(&b2[..]),
-            dim,
-            hidden,
+        let mlp: MlpHalf<'_> = MlpHalf {
+            norm: Norm { gamma: &gamma, beta: &beta, eps: 1e-6 },
+            fc1: Proj { weight: &w1, bias: biases.0.then_some(&b1[..]), packed: None },
+            fc2: Proj { weight: &w2, bias: biases.1.then_some(&b2[..]), packed: None },
             branch_scale: if lam_two { 0.5 } else { 1.0 },
+            drop_path: 0.0,
         };
-        let expected = reference_mlp_half(&x, &mlp);
+        let expected = reference_mlp_half(&x, &mlp, (dim, hidden));
         // The same weights packed once for the f32 kernel, where the CPU runs it.
         let packed = packed && crate::packed_f32_available();
         let (p1, p2) = (PackedF32::pack(&w1, hidden, dim).unwrap(), PackedF32::pack(&w2, dim, hidden).unwrap());
         let run = if packed {
-            MlpHalf { fc1_weight: ProjWeight::PackedF32(&p1), fc2_weight: ProjWeight::PackedF32(&p2), ..mlp }
+            MlpHalf {
+                fc1: Proj { packed: Some(PackedWeight::F32(&p1)), ..mlp.fc1 },
+                fc2: Proj { packed: Some(PackedWeight::F32(&p2)), ..mlp.fc2 },
+                ..mlp
+            }
         } else {
             mlp
         };
         let mut found = x.clone();
-        pool(threads).install(|| mlp_half_in_place(&mut found, &run)).unwrap();
+        pool(threads).install(|| mlp_half_in_place(&mut found, &run, (dim, hidden))).unwrap();
         assert_close(&found, &expected, 2e-5);
     }
 }
@@ -126,17 +124,12 @@ proptest! {
         let [x, gamma, beta, w1, b1, w2, b2] = mlp_values(seed, rows, dim, hidden);
         let packed1 = PackedBf16::pack(&w1, hidden, dim).unwrap();
         let packed2 = PackedBf16::pack(&w2, dim, hidden).unwrap();
-        let mlp = MlpHalf {
-            norm_gamma: &gamma,
-            norm_beta: &beta,
-            norm_eps: 1e-5,
-            fc1_weight: ProjWeight::Bf16(&packed1),
-            fc1_bias: Some(&b1),
-            fc2_weight: ProjWeight::Bf16(&packed2),
-            fc2_bias: Some(&b2),
-            dim,
-            hidden,
+        let mlp: MlpHalf<'_> = MlpHalf {
+            norm: Norm { gamma: &gamma, beta: &beta, eps: 1e-5 },
+            fc1: Proj { weight: &w1, bias: Some(&b1), packed: Some(PackedWeight::Bf16(&packed1)) },
+            fc2: Proj { weight: &w2, bias: Some(&b2), packed: Some(PackedWeight::Bf16(&packed2)) },
             branch_scale,
+            drop_path: 0.0,
         };
         let mut normed = vec![0.0; rows * dim];
         crate::layer_norm_rows(&mut normed, &x, &gamma, &beta, 1e-5, dim);
@@ -148,7 +141,7 @@ proptest! {
         let expected: Vec<f32> =
             x.iter().zip(&branch).map(|(x, f)| x + branch_scale * f).collect();
         let mut found = x.clone();
-        pool(threads).install(|| mlp_half_in_place(&mut found, &mlp)).unwrap();
+        pool(threads).install(|| mlp_half_in_place(&mut found, &mlp, (dim, hidden))).unwrap();
         assert_close(&found, &expected, 1e-5);
     }
 }
@@ -156,51 +149,61 @@ proptest! {
 #[test]
 fn mlp_half_refuses_mismatched_buffers() {
     let ones = vec![1.0; 64];
+    let proj = |weight, bias| Proj {
+        weight,
+        bias: Some(bias),
+        packed: None,
+    };
     let mlp = MlpHalf {
-        norm_gamma: &ones[..4],
-        norm_beta: &ones[..4],
-        norm_eps: 1e-6,
-        fc1_weight: ProjWeight::F32(&ones[..32]),
-        fc1_bias: Some(&ones[..8]),
-        fc2_weight: ProjWeight::F32(&ones[..32]),
-        fc2_bias: Some(&ones[..4]),
-        dim: 4,
-        hidden: 8,
+        norm: Norm {
+            gamma: &ones[..4],
+            beta: &ones[..4],
+            eps: 1e-6,
+        },
+        fc1: proj(&ones[..32], &ones[..8]),
+        fc2: proj(&ones[..32], &ones[..4]),
         branch_scale: 1.0,
+        drop_path: 0.0,
     };
     let mut x = vec![0.5; 12];
-    assert!(mlp_half_in_place(&mut x, &mlp).is_ok());
+    assert!(mlp_half_in_place(&mut x, &mlp, (4, 8)).is_ok());
     let cases = [
-        ("x", MlpHalf { ..mlp }, 10),
+        ("x", MlpHalf { ..mlp }, 10, 4),
         (
             "fc2 weight",
             MlpHalf {
-                fc2_weight: ProjWeight::F32(&ones[..31]),
+                fc2: proj(&ones[..31], &ones[..4]),
                 ..mlp
             },
             12,
+            4,
         ),
         (
             "fc1 bias",
             MlpHalf {
-                fc1_bias: Some(&ones[..7]),
+                fc1: proj(&ones[..32], &ones[..7]),
                 ..mlp
             },
             12,
+            4,
         ),
         (
             "norm gamma",
             MlpHalf {
-                norm_gamma: &ones[..5],
+                norm: Norm {
+                    gamma: &ones[..5],
+                    ..mlp.norm
+                },
                 ..mlp
             },
             12,
+            4,
         ),
-        ("fc1 weight", MlpHalf { dim: 0, ..mlp }, 12),
+        ("fc1 weight", MlpHalf { ..mlp }, 12, 0),
     ];
-    for (operand, bad, len) in cases {
+    for (operand, bad, len, dim) in cases {
         let mut x = vec![0.5; len];
-        let err = mlp_half_in_place(&mut x, &bad).unwrap_err();
+        let err = mlp_half_in_place(&mut x, &bad, (dim, 8)).unwrap_err();
         assert!(err.to_string().contains(operand), "{operand}: {err}");
         assert!(x.iter().all(|&v| v == 0.5), "{operand}: x was written");
     }
@@ -487,23 +490,16 @@ proptest! {
             }
         }
         let packed = PackedF32::pack(&w, out, dim).unwrap();
-        let params = NormLinear {
-            norm_gamma: &gamma,
-            norm_beta: &beta,
-            norm_eps: 1e-6,
-            weight: ProjWeight::F32(&w),
-            bias: with_bias.then_some(&b[..]),
-            dim,
-            out,
-        };
-        let mut weights = vec![ProjWeight::F32(&w)];
+        let norm = Norm { gamma: &gamma[..], beta: &beta, eps: 1e-6 };
+        let params = Proj { weight: &w[..], bias: with_bias.then_some(&b[..]), packed: None };
+        let mut weights = vec![None];
         if crate::packed_f32_available() {
-            weights.push(ProjWeight::PackedF32(&packed));
+            weights.push(Some(PackedWeight::F32(&packed)));
         }
-        for weight in weights {
+        for packed in weights {
             let mut found = vec![f32::NAN; rows * out];
-            let p = NormLinear { weight, ..params };
-            pool(threads).install(|| norm_linear(&mut found, &x, &p)).unwrap();
+            let p = Proj { packed, ..params };
+            pool(threads).install(|| norm_linear(&mut found, &x, &norm, &p, (dim, out))).unwrap();
             assert_close(&found, &expected, 2e-5);
         }
         // bf16: the normalised rows rounded like the bf16 product rounds them.
@@ -513,8 +509,8 @@ proptest! {
         crate::layer_norm_rows(&mut fused_normed, &x, &gamma, &beta, 1e-6, dim);
         crate::linear_bf16(&mut by_layers, &fused_normed, &bf16, params.bias, rows).unwrap();
         let mut found = vec![f32::NAN; rows * out];
-        let p = NormLinear { weight: ProjWeight::Bf16(&bf16), ..params };
-        pool(threads).install(|| norm_linear(&mut found, &x, &p)).unwrap();
+        let p = Proj { packed: Some(PackedWeight::Bf16(&bf16)), ..params };
+        pool(threads).install(|| norm_linear(&mut found, &x, &norm, &p, (dim, out))).unwrap();
         assert_close(&found, &by_layers, 1e-5);
     }
 }
@@ -522,23 +518,25 @@ proptest! {
 #[test]
 fn norm_linear_refuses_mismatched_buffers() {
     let ones = vec![1.0; 64];
-    let p = NormLinear {
-        norm_gamma: &ones[..4],
-        norm_beta: &ones[..4],
-        norm_eps: 1e-6,
-        weight: ProjWeight::F32(&ones[..24]),
+    let norm = Norm {
+        gamma: &ones[..4],
+        beta: &ones[..4],
+        eps: 1e-6,
+    };
+    let p = Proj {
+        weight: &ones[..24],
         bias: Some(&ones[..6]),
-        dim: 4,
-        out: 6,
+        packed: None,
     };
     let x = vec![0.5; 8];
     let mut y = vec![0.0; 12];
-    assert!(norm_linear(&mut y, &x, &p).is_ok());
-    for (operand, bad, y_len) in [
-        ("y", p, 11),
+    assert!(norm_linear(&mut y, &x, &norm, &p, (4, 6)).is_ok());
+    for (operand, bad_norm, bad, y_len) in [
+        ("y", norm, p, 11),
         (
             "bias",
-            NormLinear {
+            norm,
+            Proj {
                 bias: Some(&ones[..5]),
                 ..p
             },
@@ -546,23 +544,25 @@ fn norm_linear_refuses_mismatched_buffers() {
         ),
         (
             "weight",
-            NormLinear {
-                weight: ProjWeight::F32(&ones[..23]),
+            norm,
+            Proj {
+                weight: &ones[..23],
                 ..p
             },
             12,
         ),
         (
             "norm beta",
-            NormLinear {
-                norm_beta: &ones[..3],
-                ..p
+            Norm {
+                beta: &ones[..3],
+                ..norm
             },
+            p,
             12,
         ),
     ] {
         let mut y = vec![7.0; y_len];
-        let err = norm_linear(&mut y, &x, &bad).unwrap_err();
+        let err = norm_linear(&mut y, &x, &bad_norm, &bad, (4, 6)).unwrap_err();
         assert!(err.to_string().contains(operand), "{operand}: {err}");
         assert!(y.iter().all(|&v| v == 7.0), "{operand}: y was written");
     }
@@ -657,32 +657,29 @@ proptest! {
             PackedF32::pack(&w_qkv, 3 * dim, dim).unwrap(),
             PackedF32::pack(&w_proj, dim, dim).unwrap(),
         );
-        let half = AttentionHalf {
-            norm_gamma: &gamma,
-            norm_beta: &beta,
-            norm_eps: 1e-6,
-            qkv_weight: ProjWeight::F32(&w_qkv),
-            qkv_bias: with_bias.then_some(&b_qkv[..]),
-            proj_weight: ProjWeight::F32(&w_proj),
-            proj_bias: with_bias.then_some(&b_proj[..]),
-            tokens,
+        let half: AttentionHalf<'_> = AttentionHalf {
+            norm: Norm { gamma: &gamma, beta: &beta, eps: 1e-6 },
+            qkv: Proj { weight: &w_qkv, bias: with_bias.then_some(&b_qkv[..]), packed: None },
+            proj: Proj { weight: &w_proj, bias: with_bias.then_some(&b_proj[..]), packed: None },
             heads,
-            head_dim,
             scale,
             bf16_attention: false,
             branch_scale,
+            drop_path: 0.0,
         };
         let mut forms = vec![half];
         if crate::packed_f32_available() {
             forms.push(AttentionHalf {
-                qkv_weight: ProjWeight::PackedF32(&packed.0),
-                proj_weight: ProjWeight::PackedF32(&packed.1),
+                qkv: Proj { packed: Some(PackedWeight::F32(&packed.0)), ..half.qkv },
+                proj: Proj { packed: Some(PackedWeight::F32(&packed.1)), ..half.proj },
                 ..half
             });
         }
         for form in forms {
             let mut found = x.clone();
-            pool(threads).install(|| attention_half_in_place(&mut found, &form)).unwrap();
+            pool(threads)
+                .install(|| attention_half_in_place(&mut found, &form, (tokens, head_dim)))
+                .unwrap();
             assert_close(&found, &expected, 2e-5);
         }
     }
@@ -722,23 +719,18 @@ proptest! {
         let mut branch = vec![0.0; rows * dim];
         crate::linear_bf16(&mut branch, &mixed, &p_proj, Some(&b_proj), rows).unwrap();
         let expected: Vec<f32> = x.iter().zip(&branch).map(|(x, f)| x + branch_scale * f).collect();
-        let half = AttentionHalf {
-            norm_gamma: &gamma,
-            norm_beta: &beta,
-            norm_eps: 1e-6,
-            qkv_weight: ProjWeight::Bf16(&p_qkv),
-            qkv_bias: Some(&b_qkv),
-            proj_weight: ProjWeight::Bf16(&p_proj),
-            proj_bias: Some(&b_proj),
-            tokens,
+        let half: AttentionHalf<'_> = AttentionHalf {
+            norm: Norm { gamma: &gamma, beta: &beta, eps: 1e-6 },
+            qkv: Proj { weight: &w_qkv, bias: Some(&b_qkv), packed: Some(PackedWeight::Bf16(&p_qkv)) },
+            proj: Proj { weight: &w_proj, bias: Some(&b_proj), packed: Some(PackedWeight::Bf16(&p_proj)) },
             heads,
-            head_dim,
             scale,
             bf16_attention: true,
             branch_scale,
+            drop_path: 0.0,
         };
         let mut found = x.clone();
-        pool(2).install(|| attention_half_in_place(&mut found, &half)).unwrap();
+        pool(2).install(|| attention_half_in_place(&mut found, &half, (tokens, head_dim))).unwrap();
         assert_close(&found, &expected, 1e-5);
     }
 }
@@ -746,29 +738,33 @@ proptest! {
 #[test]
 fn attention_half_refuses_mismatched_buffers() {
     let ones = vec![1.0; 64];
+    let proj = |weight, bias| Proj {
+        weight,
+        bias: Some(bias),
+        packed: None,
+    };
     let half = AttentionHalf {
-        norm_gamma: &ones[..4],
-        norm_beta: &ones[..4],
-        norm_eps: 1e-6,
-        qkv_weight: ProjWeight::F32(&ones[..48]),
-        qkv_bias: Some(&ones[..12]),
-        proj_weight: ProjWeight::F32(&ones[..16]),
-        proj_bias: Some(&ones[..4]),
-        tokens: 3,
+        norm: Norm {
+            gamma: &ones[..4],
+            beta: &ones[..4],
+            eps: 1e-6,
+        },
+        qkv: proj(&ones[..48], &ones[..12]),
+        proj: proj(&ones[..16], &ones[..4]),
         heads: 2,
-        head_dim: 2,
         scale: 0.5,
         bf16_attention: false,
         branch_scale: 1.0,
+        drop_path: 0.0,
     };
     let mut x = vec![0.5; 24];
-    assert!(attention_half_in_place(&mut x, &half).is_ok());
+    assert!(attention_half_in_place(&mut x, &half, (3, 2)).is_ok());
     for (operand, bad, len) in [
         ("x", half, 23),
         (
             "qkv weight",
             AttentionHalf {
-                qkv_weight: ProjWeight::F32(&ones[..47]),
+                qkv: proj(&ones[..47], &ones[..12]),
                 ..half
             },
             24,
@@ -776,7 +772,7 @@ fn attention_half_refuses_mismatched_buffers() {
         (
             "proj bias",
             AttentionHalf {
-                proj_bias: Some(&ones[..3]),
+                proj: proj(&ones[..16], &ones[..3]),
                 ..half
             },
             24,
@@ -784,14 +780,17 @@ fn attention_half_refuses_mismatched_buffers() {
         (
             "norm gamma",
             AttentionHalf {
-                norm_gamma: &ones[..5],
+                norm: Norm {
+                    gamma: &ones[..5],
+                    ..half.norm
+                },
                 ..half
             },
             24,
         ),
     ] {
         let mut x = vec![0.5; len];
-        let err = attention_half_in_place(&mut x, &bad).unwrap_err();
+        let err = attention_half_in_place(&mut x, &bad, (3, 2)).unwrap_err();
         assert!(err.to_string().contains(operand), "{operand}: {err}");
         assert!(x.iter().all(|&v| v == 0.5), "{operand}: x was written");
     }
@@ -799,10 +798,14 @@ fn attention_half_refuses_mismatched_buffers() {
 
 #[test]
 fn linear_residual_refuses_mismatched_buffers() {
-    let w = vec![1.0; 6];
-    let weight = ProjWeight::F32(&w);
+    let w = [1.0; 6];
+    let p = Proj {
+        weight: &w[..],
+        bias: None,
+        packed: None,
+    };
     let mut x = vec![0.5; 6];
-    assert!(linear_residual_in_place(&mut x, &[1.0; 4], weight, None, (2, 3), 0.5).is_ok());
+    assert!(linear_residual_in_place(&mut x, &[1.0; 4], &p, (2, 3), 0.5).is_ok());
     // Each output gains 0.5 * (1 + 1).
     assert_eq!(x, vec![1.5; 6]);
     // (operand, input length, bias length, (in, out))
@@ -813,7 +816,8 @@ fn linear_residual_refuses_mismatched_buffers() {
     ] {
         let mut x = vec![0.5; 6];
         let (input, bias) = (vec![1.0; input], bias.map(|n| &w[..n]));
-        let err = linear_residual_in_place(&mut x, &input, weight, bias, in_out, 1.0).unwrap_err();
+        let p = Proj { bias, ..p };
+        let err = linear_residual_in_place(&mut x, &input, &p, in_out, 1.0).unwrap_err();
         assert!(err.to_string().contains(operand), "{operand}: {err}");
         assert!(x.iter().all(|&v| v == 0.5), "{operand}: x was written");
     }

@@ -3,7 +3,7 @@
 use rayon::prelude::*;
 
 use super::project::{project, project_onto};
-use super::{MLP_CHUNK_ROWS, Norm, Proj, Threads, normalise, with_scratch};
+use super::{MLP_CHUNK_ROWS, Norm, Proj, Threads, chunk_rows, normalise, with_scratch};
 use crate::KernelError;
 use crate::activation::Gelu;
 use crate::error::check_lengths;
@@ -81,7 +81,7 @@ pub fn mlp_half_in_place(
         // instead, which keeps the column split that small products run fastest with.
         return mlp_rows(isa, x, mlp, (dim, hidden), Threads::Shared);
     }
-    x.par_chunks_mut(MLP_CHUNK_ROWS * dim)
+    x.par_chunks_mut(chunk_rows(rows, threads) * dim)
         .try_for_each(|chunk| mlp_rows(isa, chunk, mlp, (dim, hidden), Threads::One))
 }
 

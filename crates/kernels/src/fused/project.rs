@@ -3,7 +3,9 @@
 
 use rayon::prelude::*;
 
-use super::{MLP_CHUNK_ROWS, Norm, PackedWeight, Proj, Threads, normalise, product, with_scratch};
+use super::{
+    MLP_CHUNK_ROWS, Norm, PackedWeight, Proj, Threads, chunk_rows, normalise, product, with_scratch,
+};
 use crate::bf16::{Bf16Call, Bf16Kernel, PackedBf16};
 use crate::error::check_lengths;
 use crate::packed::linear_packed_f32_on;
@@ -144,15 +146,16 @@ pub fn norm_linear(
     let isa = Isa::detected();
     let rows_of = |threads, y: &mut [f32], x: &[f32]| {
         with_scratch(x.len(), |normed| {
-            normalise(isa, Threads::One, normed, x, norm);
+            normalise(isa, threads, normed, x, norm);
             project(threads, y, normed, p, (x.len() / dim, dim, out))
         })
     };
     if threads > 1 && rows < threads * MLP_CHUNK_ROWS {
         return rows_of(Threads::Shared, y, x);
     }
-    y.par_chunks_mut(MLP_CHUNK_ROWS * out)
-        .zip(x.par_chunks(MLP_CHUNK_ROWS * dim))
+    let chunk = chunk_rows(rows, threads);
+    y.par_chunks_mut(chunk * out)
+        .zip(x.par_chunks(chunk * dim))
         .try_for_each(|(y, x)| rows_of(Threads::One, y, x))
 }
 

@@ -11,8 +11,8 @@ use idlevit_selector::{Schedule, TokenPolicy};
 use serde::{Deserialize, Serialize};
 
 use crate::family::family_methods;
-use crate::stack::{masked, set_linear_drop_path, traced};
-use crate::{Family, MAX_DEPTH, MAX_PATCHES, MaskedForward, Result, Traced, ZooError};
+use crate::stack::cls_stack_methods;
+use crate::{Family, MAX_DEPTH, MAX_PATCHES, Result, ZooError};
 
 /// torch's LayerNorm epsilon, which LV-ViT keeps.
 const NORM_EPS: f32 = 1e-5;
@@ -246,6 +246,7 @@ pub struct LvVit {
 
 idlevit_nn::params!(LvVit: stem, proj, cls_token, pos_embed, blocks, norm, head, aux_head);
 family_methods!(LvVit, LvVitConfig);
+cls_stack_methods!(LvVit);
 
 /// The release's names (see [`LvVit::adapt`] for its checkpoint files): the stem
 /// `patch_embed.conv{1,2,3}` and `patch_embed.bn{1,2,3}`, `patch_embed.proj`, `cls_token`,
@@ -307,36 +308,6 @@ impl LvVit {
         adapted
     }
 
-    /// The same model running `policy` at its selection layers.
-    pub fn with_policy(mut self, policy: TokenPolicy) -> Result<Self> {
-        policy.validate(self.config.depth, self.config.num_patches())?;
-        self.policy = policy;
-        Ok(self)
-    }
-
-    /// The same model with stochastic depth for training, by DeiT's linear rule
-    /// ([`DeiT::with_drop_path`](crate::DeiT::with_drop_path)); only a seeded training tape
-    /// applies it.
-    pub fn with_drop_path(mut self, rate: f32) -> Result<Self> {
-        set_linear_drop_path(self.blocks.iter_mut(), rate)?;
-        Ok(self)
-    }
-
-    /// The model's configuration.
-    pub fn config(&self) -> &LvVitConfig {
-        &self.config
-    }
-
-    /// The token policy the model runs.
-    pub fn policy(&self) -> &TokenPolicy {
-        &self.policy
-    }
-
-    /// The transformer blocks, in order.
-    pub fn blocks(&self) -> &[Block] {
-        &self.blocks
-    }
-
     /// Tokens entering the first block: `[CLS; stem patches] + pos_embed`, `(batch, N+1, C)`.
     pub fn embed<B: Fused>(&self, bk: &B, images: &B::Value) -> Result<B::Value> {
         let shape = bk.shape(images);
@@ -368,31 +339,5 @@ impl LvVit {
         let aux = bk.scale(&bk.max_axis(&aux, 1)?, AUX_WEIGHT)?;
         let logits = bk.add(&self.head.forward(bk, &cls)?, &aux)?;
         Ok((cls, logits))
-    }
-
-    /// Forward pass under the model's policy (idle layers gathered): images
-    /// `(batch, 3, img, img)` to logits `(batch, classes)`.
-    pub fn forward<B: Fused>(&self, bk: &B, images: &B::Value) -> Result<B::Value> {
-        Ok(self.forward_traced(bk, images)?.logits)
-    }
-
-    /// [`forward`](Self::forward), also returning each selecting layer's choice.
-    pub fn forward_traced<B: Fused>(&self, bk: &B, images: &B::Value) -> Result<Traced<B::Value>> {
-        let x = self.embed(bk, images)?;
-        traced(bk, &self.blocks, &self.policy, x, |x| {
-            self.features_and_logits(bk, x)
-        })
-    }
-
-    /// The training form: idle layers masked, with what the cut loss needs per idle layer.
-    pub fn forward_masked<B: Fused>(
-        &self,
-        bk: &B,
-        images: &B::Value,
-    ) -> Result<MaskedForward<B::Value>> {
-        let x = self.embed(bk, images)?;
-        masked(bk, &self.blocks, &self.policy, x, |x| {
-            self.features_and_logits(bk, x)
-        })
     }
 }

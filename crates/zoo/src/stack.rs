@@ -33,20 +33,14 @@ pub(crate) fn masked<B: Fused>(
     x: B::Value,
     head: impl FnOnce(&B::Value) -> Result<(B::Value, B::Value)>,
 ) -> Result<MaskedForward<B::Value>> {
-    // Pruning and EViT have no masked form: they train in their gathered form, gradients
-    // flowing through the kept (and fused) tokens, as the EViT release trains.
-    if let TokenPolicy::Select { kind, .. } = policy
-        && *kind != PolicyKind::Idle
-    {
-        let (x, _) = run_layers(bk, blocks, policy, 0, x)?;
-        let (features, logits) = head(&x)?;
-        return Ok(MaskedForward {
-            logits,
-            features,
-            layers: Vec::new(),
-        });
-    }
-    let (x, layers) = run_layers_masked(bk, blocks, policy, 0, x)?;
+    let (x, layers) = match policy {
+        // Pruning and EViT have no masked form: they train in their gathered form, gradients
+        // flowing through the kept (and fused) tokens, as the EViT release trains.
+        TokenPolicy::Select { kind, .. } if *kind != PolicyKind::Idle => {
+            (run_layers(bk, blocks, policy, 0, x)?.0, Vec::new())
+        }
+        _ => run_layers_masked(bk, blocks, policy, 0, x)?,
+    };
     let (features, logits) = head(&x)?;
     Ok(MaskedForward {
         logits,
@@ -67,3 +61,74 @@ pub(crate) fn set_linear_drop_path<'a>(
     }
     Ok(())
 }
+
+/// Gives a family of ViT blocks over a CLS token (its `config`, `blocks` and `policy` fields,
+/// and its `embed` and `features_and_logits`) the methods that run its stack: the policy,
+/// stochastic depth, and the forward passes.
+macro_rules! cls_stack_methods {
+    ($model:ty) => {
+        impl $model {
+            /// The same model running `policy` at its selection layers; the policy is checked
+            /// against the model's depth and token count.
+            pub fn with_policy(mut self, policy: idlevit_selector::TokenPolicy) -> Result<Self> {
+                policy.validate(self.config.depth, self.config.num_patches())?;
+                self.policy = policy;
+                Ok(self)
+            }
+
+            /// The same model with stochastic depth for training: block `i` of `depth` drops
+            /// its residual branches at `rate * i / (depth - 1)`, timm's linear rule (the
+            /// release finetunes with 0.1). Only a seeded training tape applies it; inference
+            /// is unchanged.
+            pub fn with_drop_path(mut self, rate: f32) -> Result<Self> {
+                $crate::stack::set_linear_drop_path(self.blocks.iter_mut(), rate)?;
+                Ok(self)
+            }
+
+            /// The transformer blocks, in order.
+            pub fn blocks(&self) -> &[idlevit_nn::Block] {
+                &self.blocks
+            }
+
+            /// Forward pass under the model's policy (idle layers in their gathered, inference
+            /// form): images `(batch, 3, img, img)` to logits `(batch, classes)`.
+            pub fn forward<B: idlevit_nn::Fused>(
+                &self,
+                bk: &B,
+                images: &B::Value,
+            ) -> Result<B::Value> {
+                Ok(self.forward_traced(bk, images)?.logits)
+            }
+
+            /// [`forward`](Self::forward), also returning each selecting layer's choice.
+            pub fn forward_traced<B: idlevit_nn::Fused>(
+                &self,
+                bk: &B,
+                images: &B::Value,
+            ) -> Result<$crate::Traced<B::Value>> {
+                let x = self.embed(bk, images)?;
+                $crate::stack::traced(bk, &self.blocks, &self.policy, x, |x| {
+                    self.features_and_logits(bk, x)
+                })
+            }
+
+            /// The training form: dense layers as usual, idle layers masked (all tokens kept
+            /// in the tensors), returning the masks and attention logits the cut loss needs.
+            /// Pruning and EViT have no masked form: they train in their gathered form
+            /// (gradients flow through the kept and fused tokens, as in the EViT release) and
+            /// return no idle layers.
+            pub fn forward_masked<B: idlevit_nn::Fused>(
+                &self,
+                bk: &B,
+                images: &B::Value,
+            ) -> Result<$crate::MaskedForward<B::Value>> {
+                let x = self.embed(bk, images)?;
+                $crate::stack::masked(bk, &self.blocks, &self.policy, x, |x| {
+                    self.features_and_logits(bk, x)
+                })
+            }
+        }
+    };
+}
+
+pub(crate) use cls_stack_methods;

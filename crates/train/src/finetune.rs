@@ -139,8 +139,7 @@ fn step_seed(seed: u64, step: usize) -> u64 {
 fn zero_gradients(model: &ZooModel) -> BTreeMap<String, Tensor> {
     let mut grads = BTreeMap::new();
     model.visit_params(&mut |p| {
-        let zeros = Tensor::zeros(p.value().shape()).unwrap_or_else(|_| Tensor::scalar(0.0));
-        grads.insert(p.name().to_string(), zeros);
+        grads.insert(p.name().to_string(), crate::step::zeros_like(p));
     });
     grads
 }

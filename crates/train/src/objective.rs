@@ -125,12 +125,6 @@ pub fn check_targets(targets: &Tensor) -> Result<()> {
     Ok(())
 }
 
-/// Row-wise log-softmax of a plain tensor (the teacher's log-probabilities).
-fn log_softmax_rows(x: &Tensor) -> Result<Tensor> {
-    let bk = idlevit_nn::Eager;
-    Ok(bk.log_softmax(x)?)
-}
-
 impl Objective {
     /// Checks that the objective's terms exist for `student`: a cut loss needs a CLS
     /// attention map in the idle layers, which PVT-v2 does not have (docs/pvt-idle.md), so
@@ -228,7 +222,7 @@ impl Objective {
                 )));
             }
             // KL(p_t || p_s) = sum p_t (log p_t - log p_s), batch mean.
-            let teacher_log = log_softmax_rows(&teacher.logits)?;
+            let teacher_log = idlevit_nn::Eager.log_softmax(&teacher.logits)?;
             let teacher_probs = teacher_log.map(f32::exp);
             let entropy_part: f32 = teacher_probs
                 .view()

@@ -188,16 +188,12 @@ impl Objective {
             -per_item,
         )?;
 
+        let mut cut = bk.constant(Tensor::scalar(0.0));
         let mut cut_layers = Vec::new();
         for (layer, masked) in &out.layers {
-            cut_layers.push((
-                *layer,
-                cut_loss(bk, &masked.logits, &masked.token_mask, self.cut_loss)?,
-            ));
-        }
-        let mut cut = bk.constant(Tensor::scalar(0.0));
-        for (_, value) in &cut_layers {
-            cut = bk.add(&cut, value)?;
+            let value = cut_loss(bk, &masked.logits, &masked.token_mask, self.cut_loss)?;
+            cut = bk.add(&cut, &value)?;
+            cut_layers.push((*layer, value));
         }
         let mut total = ce.clone();
         if !cut_layers.is_empty() {

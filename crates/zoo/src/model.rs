@@ -90,6 +90,7 @@ macro_rules! families {
         /// `$body` for the family that `$value` (a [`ZooConfig`] or a [`ZooModel`], named by
         /// `$kind`) holds, with `$m` bound to its config or model and `$family`, if given,
         /// naming the family's model type.
+        #[macro_export]
         macro_rules! each_family {
             ($d value:expr, $d kind:ident, $d m:ident $d(, $d family:ident)? => $d body:expr) => {
                 match $d value {

@@ -202,57 +202,41 @@ impl PvtConfig {
     pub fn validate(&self) -> Result<()> {
         let fail = |msg: String| Err(ZooError::Config(msg));
         let n = self.num_stages();
-        if n == 0
-            || n > 8
-            || [
-                self.embed_dims.len(),
-                self.num_heads.len(),
-                self.sr_ratios.len(),
-                self.mlp_ratios.len(),
-            ]
-            .iter()
-            .any(|&l| l != n)
-        {
+        let [dims, heads, srs, ratios] = [
+            self.embed_dims.len(),
+            self.num_heads.len(),
+            self.sr_ratios.len(),
+            self.mlp_ratios.len(),
+        ];
+        if n == 0 || n > 8 || [dims, heads, srs, ratios].iter().any(|&l| l != n) {
             return fail(format!(
                 "embed_dims, depths, num_heads, sr_ratios and mlp_ratios need one entry per \
-                 stage (1 to 8 stages); found lengths {}, {n}, {}, {}, {}",
-                self.embed_dims.len(),
-                self.num_heads.len(),
-                self.sr_ratios.len(),
-                self.mlp_ratios.len()
+                 stage (1 to 8 stages); found lengths {dims}, {n}, {heads}, {srs}, {ratios}"
             ));
         }
         if self.img_size == 0 || self.img_size.saturating_mul(self.img_size) > 16 * MAX_PATCHES {
             return fail(format!("img_size {} is out of range", self.img_size));
         }
-        for i in 0..n {
-            let (c, h) = (self.embed_dims[i], self.num_heads[i]);
+        for (i, side) in self.grid_sides().into_iter().enumerate() {
+            let stage = i + 1;
+            let (c, h, depth) = (self.embed_dims[i], self.num_heads[i], self.depths[i]);
+            let (sr, r) = (self.sr_ratios[i], self.mlp_ratios[i]);
             if c == 0 || c > 8192 || h == 0 || !c.is_multiple_of(h) {
                 return fail(format!(
-                    "stage {}: width {c} must be in 1..=8192 and a multiple of {h} heads",
-                    i + 1
+                    "stage {stage}: width {c} must be in 1..=8192 and a multiple of {h} heads"
                 ));
             }
-            if self.depths[i] == 0 || self.depths[i] > 64 {
-                return fail(format!(
-                    "stage {}: depth {} is outside 1..=64",
-                    i + 1,
-                    self.depths[i]
-                ));
+            if depth == 0 || depth > 64 {
+                return fail(format!("stage {stage}: depth {depth} is outside 1..=64"));
             }
-            let side = self.grid_sides()[i];
-            let sr = self.sr_ratios[i];
             if sr == 0 || sr > side {
                 return fail(format!(
-                    "stage {}: sr_ratio {sr} must be in 1..={side} (the stage's grid side)",
-                    i + 1
+                    "stage {stage}: sr_ratio {sr} must be in 1..={side} (the stage's grid side)"
                 ));
             }
-            let r = self.mlp_ratios[i];
             if !(r.is_finite() && r > 0.0 && r <= 64.0) || self.mlp_hidden(i) == 0 {
                 return fail(format!(
-                    "stage {}: mlp_ratio {r} gives no hidden units",
-                    i + 1
+                    "stage {stage}: mlp_ratio {r} gives no hidden units"
                 ));
             }
         }

@@ -10,6 +10,7 @@ use idlevit_nn::{
 use idlevit_selector::{Schedule, TokenPolicy};
 use serde::{Deserialize, Serialize};
 
+use crate::error::bail;
 use crate::family::family_methods;
 use crate::stack::cls_stack_methods;
 use crate::{Family, MAX_DEPTH, MAX_PATCHES, Result, ZooError};
@@ -100,57 +101,52 @@ impl LvVitConfig {
 
     /// Checks that the numbers describe a model that can run.
     pub fn validate(&self) -> Result<()> {
-        let fail = |msg: String| Err(ZooError::Config(msg));
         if self.depth == 0 || self.depth > MAX_DEPTH {
-            return fail(format!("depth {} is outside 1..={MAX_DEPTH}", self.depth));
+            bail!("depth {} is outside 1..={MAX_DEPTH}", self.depth);
         }
         if self.embed_dim == 0
             || self.num_heads == 0
             || !self.embed_dim.is_multiple_of(self.num_heads)
         {
-            return fail(format!(
+            bail!(
                 "embed_dim {} must be a positive multiple of num_heads {}",
-                self.embed_dim, self.num_heads
-            ));
+                self.embed_dim,
+                self.num_heads
+            );
         }
         if self.patch_size < 2
             || !self.patch_size.is_multiple_of(2)
             || !self.img_size.is_multiple_of(self.patch_size)
             || self.img_size == 0
         {
-            return fail(format!(
+            bail!(
                 "img_size {} must be a positive multiple of patch_size {}, which must be even",
-                self.img_size, self.patch_size
-            ));
+                self.img_size,
+                self.patch_size
+            );
         }
         if self.num_patches() > MAX_PATCHES {
-            return fail(format!(
+            bail!(
                 "{} patches exceed the limit of {MAX_PATCHES}",
                 self.num_patches()
-            ));
+            );
         }
         if self.stem_channels == 0 || self.stem_channels > 4096 {
-            return fail(format!(
-                "stem_channels {} is outside 1..=4096",
-                self.stem_channels
-            ));
+            bail!("stem_channels {} is outside 1..=4096", self.stem_channels);
         }
         if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0 && self.mlp_ratio <= 64.0)
             || self.mlp_hidden() == 0
         {
-            return fail(format!(
-                "mlp_ratio {} gives no hidden units",
-                self.mlp_ratio
-            ));
+            bail!("mlp_ratio {} gives no hidden units", self.mlp_ratio);
         }
         if self.num_classes == 0 || self.num_classes > 1 << 20 {
-            return fail(format!(
+            bail!(
                 "num_classes {} is outside 1..=1048576 (LV-ViT predicts with its heads)",
                 self.num_classes
-            ));
+            );
         }
         if !(self.skip_lam.is_finite() && self.skip_lam > 0.0) {
-            return fail(format!("skip_lam {} must be positive", self.skip_lam));
+            bail!("skip_lam {} must be positive", self.skip_lam);
         }
         Ok(())
     }

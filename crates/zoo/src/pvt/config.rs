@@ -4,7 +4,8 @@
 use idlevit_selector::{Schedule, SelectorError, keep_count};
 use serde::{Deserialize, Serialize};
 
-use crate::{MAX_PATCHES, Result, ZooError};
+use crate::error::bail;
+use crate::{MAX_PATCHES, Result};
 
 /// The shape of a PVT-v2, with the keys of its `config.json`; every list has one entry per
 /// stage.
@@ -173,24 +174,22 @@ impl PvtConfig {
     pub fn validate_schedule(&self, schedule: &Schedule) -> Result<()> {
         for (&layer, &ratio) in schedule.idle_layers().iter().zip(schedule.keep_ratios()) {
             let Some((stage, _)) = self.stage_of(layer) else {
-                return Err(ZooError::Config(format!(
+                bail!(
                     "idle layer {layer} does not exist in a model of {} blocks",
                     self.depth()
-                )));
+                );
             };
             if stage == 0 {
-                return Err(ZooError::Config(format!(
-                    "idle layer {layer} is in stage 1; PVT idles stages 2 and later"
-                )));
+                bail!("idle layer {layer} is in stage 1; PVT idles stages 2 and later");
             }
             let tokens = self.stage_tokens(stage);
             match keep_count(tokens, ratio) {
                 Err(SelectorError::NothingKept { .. }) => {
-                    return Err(ZooError::Config(format!(
+                    bail!(
                         "keep ratio {ratio} at idle layer {layer} keeps no token of the {tokens} \
                          in stage {}; raise the ratio",
                         stage + 1
-                    )));
+                    );
                 }
                 other => other?,
             };
@@ -200,7 +199,6 @@ impl PvtConfig {
 
     /// Checks that the numbers describe a model that can run.
     pub fn validate(&self) -> Result<()> {
-        let fail = |msg: String| Err(ZooError::Config(msg));
         let n = self.num_stages();
         let [dims, heads, srs, ratios] = [
             self.embed_dims.len(),
@@ -209,42 +207,33 @@ impl PvtConfig {
             self.mlp_ratios.len(),
         ];
         if n == 0 || n > 8 || [dims, heads, srs, ratios].iter().any(|&l| l != n) {
-            return fail(format!(
+            bail!(
                 "embed_dims, depths, num_heads, sr_ratios and mlp_ratios need one entry per \
                  stage (1 to 8 stages); found lengths {dims}, {n}, {heads}, {srs}, {ratios}"
-            ));
+            );
         }
         if self.img_size == 0 || self.img_size.saturating_mul(self.img_size) > 16 * MAX_PATCHES {
-            return fail(format!("img_size {} is out of range", self.img_size));
+            bail!("img_size {} is out of range", self.img_size);
         }
         for (i, side) in self.grid_sides().into_iter().enumerate() {
             let stage = i + 1;
             let (c, h, depth) = (self.embed_dims[i], self.num_heads[i], self.depths[i]);
             let (sr, r) = (self.sr_ratios[i], self.mlp_ratios[i]);
             if c == 0 || c > 8192 || h == 0 || !c.is_multiple_of(h) {
-                return fail(format!(
-                    "stage {stage}: width {c} must be in 1..=8192 and a multiple of {h} heads"
-                ));
+                bail!("stage {stage}: width {c} must be in 1..=8192 and a multiple of {h} heads");
             }
             if depth == 0 || depth > 64 {
-                return fail(format!("stage {stage}: depth {depth} is outside 1..=64"));
+                bail!("stage {stage}: depth {depth} is outside 1..=64");
             }
             if sr == 0 || sr > side {
-                return fail(format!(
-                    "stage {stage}: sr_ratio {sr} must be in 1..={side} (the stage's grid side)"
-                ));
+                bail!("stage {stage}: sr_ratio {sr} must be in 1..={side} (the stage's grid side)");
             }
             if !(r.is_finite() && r > 0.0 && r <= 64.0) || self.mlp_hidden(i) == 0 {
-                return fail(format!(
-                    "stage {stage}: mlp_ratio {r} gives no hidden units"
-                ));
+                bail!("stage {stage}: mlp_ratio {r} gives no hidden units");
             }
         }
         if self.num_classes == 0 || self.num_classes > 1 << 20 {
-            return fail(format!(
-                "num_classes {} is outside 1..=1048576",
-                self.num_classes
-            ));
+            bail!("num_classes {} is outside 1..=1048576", self.num_classes);
         }
         Ok(())
     }

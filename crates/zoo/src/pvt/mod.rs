@@ -7,8 +7,9 @@ mod config;
 use idlevit_nn::{Conv2dSpec, ConvShape, Fused, LayerNorm, Linear, WeightSource};
 use idlevit_selector::{PolicyKind, TokenPolicy, run_layers, run_layers_masked};
 
+use crate::error::bail;
 use crate::family::family_methods;
-use crate::{Family, LayerSelection, Result, Traced, ZooError};
+use crate::{Family, LayerSelection, Result, Traced};
 use block::{PatchEmbed, PvtBlock, StageShape, to_grid};
 pub use config::{PVT_MODELS, PvtConfig};
 
@@ -103,10 +104,10 @@ impl PvtV2 {
     pub fn with_policy(mut self, policy: TokenPolicy) -> Result<Self> {
         if let TokenPolicy::Select { kind, schedule } = &policy {
             if *kind != PolicyKind::Idle {
-                return Err(ZooError::Config(format!(
+                bail!(
                     "PVT-v2 runs the idle policy only, not {kind}: top-k pruning and EViT have \
                      no form for its pyramid of token grids"
-                )));
+                );
             }
             self.config.validate_schedule(schedule)?;
         }
@@ -119,9 +120,7 @@ impl PvtV2 {
     /// rule. Only a seeded training tape applies it; inference is unchanged.
     pub fn with_drop_path(mut self, rate: f32) -> Result<Self> {
         if !(0.0..1.0).contains(&rate) {
-            return Err(ZooError::Config(format!(
-                "drop-path rate must be in [0, 1), got {rate}"
-            )));
+            bail!("drop-path rate must be in [0, 1), got {rate}");
         }
         let last = self.config.depth().saturating_sub(1).max(1) as f32;
         let blocks = self.stages.iter_mut().flat_map(|s| s.blocks.iter_mut());

@@ -105,16 +105,11 @@ impl AdamW {
     /// The optimiser state as named tensors (`adamw.step`, `adamw.m.<param>`,
     /// `adamw.v.<param>`), for checkpoints that can resume.
     pub fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let vector = |values: &Vec<f32>| Tensor::from_vec(vec![values.len()], values.clone());
         let mut out = vec![("adamw.step".to_string(), Tensor::scalar(self.step as f32))];
         for (name, m) in &self.moments {
-            out.push((
-                format!("adamw.m.{name}"),
-                Tensor::from_vec(vec![m.first.len()], m.first.clone())?,
-            ));
-            out.push((
-                format!("adamw.v.{name}"),
-                Tensor::from_vec(vec![m.second.len()], m.second.clone())?,
-            ));
+            out.push((format!("adamw.m.{name}"), vector(&m.first)?));
+            out.push((format!("adamw.v.{name}"), vector(&m.second)?));
         }
         Ok(out)
     }

@@ -199,11 +199,6 @@ impl LvVitConfig {
             .checked_add(heads)
     }
 
-    /// Side of the patch convolution's kernel and stride.
-    fn proj_kernel(&self) -> usize {
-        self.patch_size / 2
-    }
-
     /// The stem's three convolutions and the patch convolution, in order.
     fn stem_shapes(&self) -> [ConvShape; 4] {
         let s = self.stem_channels;
@@ -213,7 +208,8 @@ impl LvVitConfig {
             kernel,
             spec: Conv2dSpec::new(stride, padding),
         };
-        let k = self.proj_kernel();
+        // The stem halves the image; the patch convolution's kernel and stride take the rest.
+        let k = self.patch_size / 2;
         [
             conv(3, s, 7, 2, 3),
             conv(s, s, 3, 1, 1),

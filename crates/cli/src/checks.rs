@@ -20,23 +20,21 @@ fn parse<T: FromStr>(text: &str) -> Result<T, String> {
         .map_err(|_| format!("`{}` is not a number", idlevit_checkpoint::clip(text)))
 }
 
-fn finite(text: &str) -> Result<f64, String> {
+/// A finite number that `ok` accepts; `expected` says what it should have been otherwise.
+fn finite(text: &str, ok: fn(f64) -> bool, expected: &str) -> Result<f64, String> {
     let value: f64 = parse(text)?;
-    if value.is_finite() {
+    if !value.is_finite() {
+        Err(format!("expected a finite number, found {value}"))
+    } else if ok(value) {
         Ok(value)
     } else {
-        Err(format!("expected a finite number, found {value}"))
+        Err(format!("expected {expected}, found {value}"))
     }
 }
 
 /// A finite number >= 0 (learning rates, weight decay, loss weights, mixup alphas).
 pub fn non_negative(text: &str) -> Result<f64, String> {
-    let value = finite(text)?;
-    if value >= 0.0 {
-        Ok(value)
-    } else {
-        Err(format!("expected a number >= 0, found {value}"))
-    }
+    finite(text, |v| v >= 0.0, "a number >= 0")
 }
 
 /// [`non_negative`] as an `f32`, refusing values too large for one.
@@ -52,27 +50,17 @@ pub fn non_negative_f32(text: &str) -> Result<f32, String> {
 
 /// A finite number > 0 (a gradient-norm bound).
 pub fn positive(text: &str) -> Result<f64, String> {
-    let value = finite(text)?;
-    if value > 0.0 {
-        Ok(value)
-    } else {
-        Err(format!("expected a number > 0, found {value}"))
-    }
+    finite(text, |v| v > 0.0, "a number > 0")
 }
 
 /// A probability or a share: a number from 0 to 1.
 pub fn probability(text: &str) -> Result<f32, String> {
-    let value = finite(text)?;
-    if (0.0..=1.0).contains(&value) {
-        Ok(value as f32)
-    } else {
-        Err(format!("expected a number from 0 to 1, found {value}"))
-    }
+    finite(text, |v| (0.0..=1.0).contains(&v), "a number from 0 to 1").map(|v| v as f32)
 }
 
 /// A keep rate: more than 0, at most 1.
 pub fn keep_rate(text: &str) -> Result<f64, String> {
-    let value = finite(text)?;
+    let value = finite(text, |_| true, "")?;
     if value > 0.0 && value <= 1.0 {
         Ok(value)
     } else {

@@ -16,7 +16,6 @@ const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "gif", "webp", 
 /// name order, so class `i` is the `i`-th folder name sorted.
 #[derive(Clone, Debug)]
 pub struct ImageFolder {
-    root: PathBuf,
     classes: Vec<String>,
     items: Vec<(PathBuf, usize)>,
 }
@@ -97,16 +96,7 @@ impl ImageFolder {
         if let Some(known) = known {
             classes = known.to_vec();
         }
-        Ok(Self {
-            root: root.to_path_buf(),
-            classes,
-            items,
-        })
-    }
-
-    /// The folder the set was read from.
-    pub fn root(&self) -> &Path {
-        &self.root
+        Ok(Self { classes, items })
     }
 
     /// Class names, by label.

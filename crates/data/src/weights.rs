@@ -25,17 +25,17 @@ pub fn read_checkpoint(path: &Path, role: &str, strict: bool) -> Result<Checkpoi
     let bytes = read_file(path, role)?;
     let pth_name = path.extension().is_some_and(|e| e == "pth" || e == "tar");
     let pth = pth_name || bytes.starts_with(b"PK");
-    let parsed = parse_weights(&bytes, pth_name, strict)
+    let (checkpoint, unknown_globals) = parse_weights(&bytes, pth_name, strict)
         .map_err(|e| DataError::Weights(role.into(), path.into(), pth, Box::new(e)))?;
-    if !parsed.unknown_globals.is_empty() {
+    if !unknown_globals.is_empty() {
         eprintln!(
             "warning: {} names pickle globals that were kept inert (never called): {}; \
              reading strictly refuses such files",
             path.display(),
-            idlevit_checkpoint::NameList::new(&parsed.unknown_globals)
+            idlevit_checkpoint::NameList::new(&unknown_globals)
         );
     }
-    Ok(parsed.checkpoint)
+    Ok(checkpoint)
 }
 
 /// Tensor `name` of a file read by [`read_checkpoint`] for `role`, or an error naming the
@@ -60,43 +60,28 @@ pub fn require_tensor<'a>(
     })
 }
 
-/// A parsed weight file and the pickle globals it named that were kept inert.
-#[derive(Debug)]
-pub struct ParsedWeights {
-    /// The float tensors, by name.
-    pub checkpoint: Checkpoint,
-    /// Unknown pickle globals as `module.name` (always empty for safetensors).
-    pub unknown_globals: Vec<String>,
-}
-
 /// Parses the bytes of a weight file as [`read_checkpoint`] does: a `.pth` zip checkpoint when
 /// they start with `PK` or `pth_name` says the file is named `*.pth` / `*.tar`, safetensors
 /// otherwise.
 pub fn parse_checkpoint(bytes: &[u8], pth_name: bool, strict: bool) -> Result<Checkpoint> {
-    Ok(parse_weights(bytes, pth_name, strict)?.checkpoint)
+    Ok(parse_weights(bytes, pth_name, strict)?.0)
 }
 
-/// [`parse_checkpoint`], also returning the unknown pickle globals that were kept inert.
-pub fn parse_weights(
+/// [`parse_checkpoint`], also returning the unknown pickle globals (as `module.name`; none for
+/// safetensors) that were kept inert.
+fn parse_weights(
     bytes: &[u8],
     pth_name: bool,
     strict: bool,
-) -> Result<ParsedWeights, idlevit_checkpoint::CheckpointError> {
+) -> Result<(Checkpoint, Vec<String>), idlevit_checkpoint::CheckpointError> {
     // A zip archive starts with "PK"; torch.save's zip format is the only .pth we read.
     if bytes.starts_with(b"PK") || pth_name {
-        let options = pth::PthOptions { strict, key: None };
-        let weights = pth::read_pth_bytes(bytes, &options)?;
+        let weights = pth::read_pth_bytes(bytes, &pth::PthOptions { strict, key: None })?;
         let mut checkpoint = Checkpoint::default();
         for (name, tensor) in weights.tensors {
             checkpoint.insert(name, tensor);
         }
-        return Ok(ParsedWeights {
-            checkpoint,
-            unknown_globals: weights.unknown_globals,
-        });
+        return Ok((checkpoint, weights.unknown_globals));
     }
-    Ok(ParsedWeights {
-        checkpoint: Checkpoint::from_safetensors_bytes(bytes)?,
-        unknown_globals: Vec::new(),
-    })
+    Ok((Checkpoint::from_safetensors_bytes(bytes)?, Vec::new()))
 }

@@ -137,8 +137,10 @@ pub fn bench_precision(
     warmup: usize,
     runs: usize,
 ) -> Result<PrecisionBench> {
-    let dense_bf16 = dense.clone().with_precision(Precision::Bf16)?;
-    let mut models = vec![dense.clone(), dense_bf16];
+    let mut models = vec![
+        dense.clone(),
+        dense.clone().with_precision(Precision::Bf16)?,
+    ];
     let mut labels = vec!["dense".to_string()];
     if *policy != TokenPolicy::Dense {
         for m in [models[0].clone(), models[1].clone()] {
@@ -146,20 +148,13 @@ pub fn bench_precision(
         }
         labels.push(label.to_string());
     }
-    let side = dense.config().img_size;
-    let models: Vec<ZooModel> = models
-        .into_iter()
-        .map(|m| ZooModel::DeiT(Box::new(m)))
-        .collect();
+    let models: Vec<ZooModel> = models.into_iter().map(ZooModel::from).collect();
     let refs: Vec<&ZooModel> = models.iter().collect();
-    let report = bench(&refs, side, batch, warmup, runs)?;
-    let rows = labels
-        .into_iter()
-        .enumerate()
-        .map(|(i, label)| {
-            let f32_ips = report.images_per_second(2 * i);
-            (label, f32_ips, report.images_per_second(2 * i + 1))
-        })
+    let report = bench(&refs, dense.config().img_size, batch, warmup, runs)?;
+    let ips = |i| report.images_per_second(i);
+    let rows = labels.into_iter().enumerate();
+    let rows = rows
+        .map(|(i, label)| (label, ips(2 * i), ips(2 * i + 1)))
         .collect();
     Ok(PrecisionBench { rows })
 }

@@ -79,40 +79,29 @@ pub fn average_gradients(
     }
     let weight = local as f32 / global as f32;
     // A BTreeMap iterates in name order, the same on every rank.
-    let names: Vec<String> = grads.keys().cloned().collect();
-    let mut bucket: Vec<f32> = Vec::with_capacity(BUCKET_VALUES);
-    let mut members: Vec<(String, Vec<usize>)> = Vec::new();
-    let flush = |bucket: &mut Vec<f32>,
-                 members: &mut Vec<(String, Vec<usize>)>,
-                 grads: &mut BTreeMap<String, Tensor>|
-     -> Result<()> {
-        if bucket.is_empty() {
-            return Ok(());
+    let mut tensors: Vec<&mut Tensor> = grads.values_mut().collect();
+    let mut start = 0;
+    while start < tensors.len() {
+        // A bucket holds whole tensors: the next one, and those after it that still fit.
+        let (mut end, mut len) = (start + 1, tensors[start].numel());
+        while end < tensors.len() && len + tensors[end].numel() <= BUCKET_VALUES {
+            len += tensors[end].numel();
+            end += 1;
         }
-        group.sum_f32(bucket)?;
+        let mut bucket = Vec::with_capacity(len);
+        for grad in &tensors[start..end] {
+            bucket.extend(grad.to_vec().iter().map(|v| v * weight));
+        }
+        group.sum_f32(&mut bucket)?;
         let mut offset = 0;
-        for (name, shape) in members.drain(..) {
-            let len: usize = shape.iter().product();
-            let values = bucket[offset..offset + len].to_vec();
-            grads.insert(name, Tensor::from_vec(shape, values)?);
-            offset += len;
+        for grad in &mut tensors[start..end] {
+            let values = bucket[offset..offset + grad.numel()].to_vec();
+            offset += values.len();
+            **grad = Tensor::from_vec(grad.shape().to_vec(), values)?;
         }
-        bucket.clear();
-        Ok(())
-    };
-    for name in names {
-        let Some(grad) = grads.get(&name) else {
-            continue;
-        };
-        let shape = grad.shape().to_vec();
-        let values = grad.to_vec();
-        if !bucket.is_empty() && bucket.len() + values.len() > BUCKET_VALUES {
-            flush(&mut bucket, &mut members, grads)?;
-        }
-        bucket.extend(values.iter().map(|v| v * weight));
-        members.push((name, shape));
+        start = end;
     }
-    flush(&mut bucket, &mut members, grads)
+    Ok(())
 }
 
 /// The MPI job this process belongs to, when it was started by `mpirun` (Open MPI, MPICH or
@@ -209,5 +198,48 @@ mod tests {
         );
         average_gradients(&SingleProcess, &mut grads, 3, 3).unwrap();
         assert_eq!(grads["w"].to_vec(), [1.0, 2.0]);
+    }
+
+    /// Two ranks holding the same gradients: every sum doubles them. Counts its calls.
+    struct Doubling(std::cell::Cell<usize>);
+
+    impl ProcessGroup for Doubling {
+        fn rank(&self) -> usize {
+            0
+        }
+
+        fn size(&self) -> usize {
+            2
+        }
+
+        fn sum_f32(&self, values: &mut [f32]) -> Result<()> {
+            self.0.set(self.0.get() + 1);
+            values.iter_mut().for_each(|v| *v *= 2.0);
+            Ok(())
+        }
+
+        fn sum_f64(&self, values: &mut [f64]) -> Result<()> {
+            values.iter_mut().for_each(|v| *v *= 2.0);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn gradients_are_averaged_in_buckets_of_whole_tensors() {
+        let mut grads = BTreeMap::new();
+        let ramp = |n: usize| Tensor::from_vec(vec![n], (0..n).map(|i| i as f32).collect());
+        grads.insert("a".to_string(), ramp(BUCKET_VALUES - 2).unwrap());
+        grads.insert("b".to_string(), ramp(3).unwrap());
+        grads.insert("c".to_string(), ramp(2).unwrap());
+        grads.insert("d".to_string(), ramp(1).unwrap());
+        let expected = grads.clone();
+        let group = Doubling(std::cell::Cell::new(0));
+        // Half the global batch here: each rank's share halves, the sum doubles.
+        average_gradients(&group, &mut grads, 3, 6).unwrap();
+        assert_eq!(group.0.get(), 2, "a alone, then b, c and d");
+        for (name, grad) in &grads {
+            assert_eq!(grad.shape(), expected[name].shape());
+            assert_eq!(grad.to_vec(), expected[name].to_vec(), "{name}");
+        }
     }
 }

@@ -56,6 +56,17 @@ pub fn in_top(row: &[f32], label: usize, k: usize) -> bool {
     better < k
 }
 
+/// Refuses a data set with more classes than the model's `classes`.
+pub(crate) fn check_classes(data: &ImageFolder, classes: usize) -> Result<()> {
+    if data.classes().len() > classes {
+        bail!(
+            "the data set has {} classes but the model only {classes}",
+            data.classes().len()
+        );
+    }
+    Ok(())
+}
+
 /// Evaluates `model` (under its own policy) on every image of `data`, `batch` at a time.
 pub fn evaluate(
     model: &ZooModel,
@@ -80,12 +91,7 @@ pub fn evaluate_in_group(
         bail!("the batch size must be at least 1");
     }
     let classes = model.num_classes();
-    if data.classes().len() > classes {
-        bail!(
-            "the data set has {} classes but the model only {classes}",
-            data.classes().len()
-        );
-    }
+    check_classes(data, classes)?;
     let transform = EvalTransform::for_size(model.img_size());
     let indices: Vec<usize> = (0..data.len()).collect();
     let mine = shard(&indices, group.rank(), group.size());

@@ -16,7 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::distributed::{ProcessGroup, SingleProcess, average_gradients, shard};
 use crate::error::{Context, bail};
-use crate::evaluate::{Accuracy, evaluate_in_group};
+use crate::evaluate::{Accuracy, check_classes, evaluate_in_group};
 use crate::{
     AdamW, CosineSchedule, Mixup, Objective, Result, StepSettings, TrainError, apply_gradients,
     smoothed_targets, step_gradients,
@@ -139,8 +139,7 @@ fn step_seed(seed: u64, step: usize) -> u64 {
 fn zero_gradients(model: &ZooModel) -> BTreeMap<String, Tensor> {
     let mut grads = BTreeMap::new();
     model.visit_params(&mut |p| {
-        let zeros = Tensor::zeros(p.value().shape()).unwrap_or_else(|_| Tensor::scalar(0.0));
-        grads.insert(p.name().to_string(), zeros);
+        grads.insert(p.name().to_string(), crate::step::zeros_like(p));
     });
     grads
 }
@@ -240,12 +239,7 @@ pub fn finetune_in_group(
 ) -> Result<FinetuneReport> {
     options.validate()?;
     let classes = student.num_classes();
-    if train.classes().len() > classes {
-        bail!(
-            "the data set has {} classes but the model only {classes}",
-            train.classes().len()
-        );
-    }
+    check_classes(train, classes)?;
     if let Some(teacher) = teacher {
         check_teacher(&student.config(), &teacher.config())?;
     }
@@ -306,10 +300,8 @@ pub fn finetune_in_group(
                     train.batch(mine, &eval_transform)?
                 };
                 let targets = smoothed_targets(&labels, classes, options.objective.smoothing)?;
-                let (images, targets) =
-                    options
-                        .mixup
-                        .apply(&images, &targets, step_seed ^ 1 ^ rank_stream)?;
+                let mix_seed = step_seed ^ 1 ^ rank_stream;
+                let (images, targets) = options.mixup.apply(&images, &targets, mix_seed)?;
                 step_gradients(
                     student,
                     teacher,

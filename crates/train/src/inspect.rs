@@ -6,6 +6,7 @@ use idlevit_nn::{Backend, Eager};
 use idlevit_tensor::Tensor;
 use idlevit_zoo::ZooModel;
 
+use crate::step::scalar;
 use crate::{Objective, Result, Teacher};
 
 /// One forward pass inspected: the logits and, per selecting layer, the selected tokens.
@@ -19,29 +20,17 @@ pub struct LogitsRun {
 
 /// Runs `model` on `input` (masked form when `masked`).
 pub fn run_logits(model: &ZooModel, masked: bool, input: &Tensor) -> Result<LogitsRun> {
-    Ok(if masked {
+    let (logits, selections) = if masked {
         let out = model.forward_masked(&Eager, input)?;
-        let selections = out
-            .layers
-            .iter()
-            .map(|(l, m)| (*l, m.selection.indices().to_vec()))
-            .collect();
-        LogitsRun {
-            logits: out.logits,
-            selections,
-        }
+        let layers = out.layers.iter();
+        let chosen = layers.map(|(l, m)| (*l, m.selection.indices().to_vec()));
+        (out.logits, chosen.collect())
     } else {
         let out = model.forward_traced(&Eager, input)?;
-        let selections = out
-            .selections
-            .into_iter()
-            .map(|s| (s.layer, s.tokens))
-            .collect();
-        LogitsRun {
-            logits: out.logits,
-            selections,
-        }
-    })
+        let chosen = out.selections.into_iter().map(|s| (s.layer, s.tokens));
+        (out.logits, chosen.collect())
+    };
+    Ok(LogitsRun { logits, selections })
 }
 
 /// The objective's terms for one batch, and optionally every parameter's gradient.
@@ -59,10 +48,6 @@ pub struct LossReport {
     pub total: f32,
     /// Gradient of `total` per parameter under its timm name and checkpoint shape.
     pub grads: Option<Checkpoint>,
-}
-
-fn scalar(t: &Tensor) -> f32 {
-    t.to_vec().first().copied().unwrap_or(f32::NAN)
 }
 
 /// Evaluates the finetuning objective of `student` (masked form) on `images` and soft

@@ -6,6 +6,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use rand_distr::{Beta, Distribution};
 
+use crate::error::bail;
 use crate::{Result, TrainError};
 
 /// Mixes each image of a batch with the image at the mirrored batch position (`b` with
@@ -73,16 +74,12 @@ impl Mixup {
     pub fn validate(&self) -> Result<()> {
         for (name, alpha) in [("mixup", self.mixup_alpha), ("cutmix", self.cutmix_alpha)] {
             if !(alpha.is_finite() && alpha >= 0.0) {
-                return Err(TrainError::Invalid(format!(
-                    "{name} alpha must be finite and >= 0, got {alpha}"
-                )));
+                bail!("{name} alpha must be finite and >= 0, got {alpha}");
             }
         }
         for (name, p) in [("mixup prob", self.prob), ("switch prob", self.switch_prob)] {
             if !(0.0..=1.0).contains(&p) {
-                return Err(TrainError::Invalid(format!(
-                    "{name} must be in [0, 1], got {p}"
-                )));
+                bail!("{name} must be in [0, 1], got {p}");
             }
         }
         Ok(())
@@ -138,16 +135,16 @@ impl Mixup {
     /// `(batch, classes)` as [`draw`](Self::draw) decides for `seed`.
     pub fn apply(&self, images: &Tensor, targets: &Tensor, seed: u64) -> Result<(Tensor, Tensor)> {
         let &[batch, channels, height, width] = images.shape() else {
-            return Err(TrainError::Invalid(format!(
+            bail!(
                 "mixup needs images (batch, channels, height, width), got {:?}",
                 images.shape()
-            )));
+            );
         };
         if targets.shape().len() != 2 || targets.shape()[0] != batch {
-            return Err(TrainError::Invalid(format!(
+            bail!(
                 "mixup targets {:?} do not match {batch} images",
                 targets.shape()
-            )));
+            );
         }
         let mixing = self.draw(height, width, seed)?;
         let lam = match mixing {

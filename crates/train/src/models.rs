@@ -39,20 +39,15 @@ pub fn load_zoo_model(
     role: &str,
     strict: bool,
 ) -> Result<ZooModel> {
-    match (config, weights) {
-        (ZooConfig::DeiT(c), weights) => Ok(ZooModel::DeiT(Box::new(load_model(
-            c, weights, role, strict,
-        )?))),
-        (config, None) => Ok(ZooModel::random(config, 0)?),
-        (config, Some(path)) => {
-            let mut ckpt = read_checkpoint(path, role, strict)?;
-            if matches!(config, ZooConfig::LvVit(_)) {
-                ckpt = LvVit::adapt(ckpt);
-            }
-            ZooModel::load(config, ckpt)
-                .context(|| format!("{role} {} do not fit the model", path.display()))
-        }
+    let Some(path) = weights else {
+        return Ok(ZooModel::random(config, 0)?);
+    };
+    let mut ckpt = read_checkpoint(path, role, strict)?;
+    if matches!(config, ZooConfig::LvVit(_)) {
+        ckpt = LvVit::adapt(ckpt);
     }
+    ZooModel::load(config, ckpt)
+        .context(|| format!("{role} {} do not fit the model", path.display()))
 }
 
 /// The default model's weights (safetensors, timm names).

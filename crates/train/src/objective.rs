@@ -6,7 +6,8 @@ use idlevit_nn::Fused;
 use idlevit_tensor::Tensor;
 use idlevit_zoo::TokenPolicy;
 
-use crate::{Result, TrainError, Trainable};
+use crate::error::bail;
+use crate::{Result, Trainable};
 
 /// The weights of the objective's terms.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -76,9 +77,7 @@ pub struct LossParts<V> {
 pub fn smoothed_targets(labels: &[usize], classes: usize, smoothing: f32) -> Result<Tensor> {
     check_smoothing(smoothing)?;
     if let Some(&bad) = labels.iter().find(|&&l| l >= classes) {
-        return Err(TrainError::Invalid(format!(
-            "label {bad} is out of range for {classes} classes"
-        )));
+        bail!("label {bad} is out of range for {classes} classes");
     }
     let mut targets = vec![smoothing / classes as f32; labels.len() * classes];
     for (row, &label) in labels.iter().enumerate() {
@@ -90,45 +89,32 @@ pub fn smoothed_targets(labels: &[usize], classes: usize, smoothing: f32) -> Res
 /// Label smoothing moves a share of each label's probability to the other classes: only a
 /// share in [0, 1] gives a probability distribution.
 fn check_smoothing(smoothing: f32) -> Result<()> {
-    if (0.0..=1.0).contains(&smoothing) {
-        Ok(())
-    } else {
-        Err(TrainError::Invalid(format!(
-            "label smoothing must be in [0, 1], found {smoothing}"
-        )))
+    if !(0.0..=1.0).contains(&smoothing) {
+        bail!("label smoothing must be in [0, 1], found {smoothing}");
     }
+    Ok(())
 }
 
 /// Checks soft targets `(batch, classes)`: finite, >= 0, each row summing to 1 (within
 /// 1e-3, the rounding of targets written as f16), as a cross entropy needs.
 pub fn check_targets(targets: &Tensor) -> Result<()> {
     let [_, classes] = targets.shape() else {
-        return Err(TrainError::Invalid(format!(
+        bail!(
             "soft targets are (batch, classes), found shape {:?}",
             targets.shape()
-        )));
+        );
     };
     let values = targets.to_vec();
     for (row, probs) in values.chunks((*classes).max(1)).enumerate() {
         if let Some(bad) = probs.iter().find(|p| !(p.is_finite() && **p >= 0.0)) {
-            return Err(TrainError::Invalid(format!(
-                "soft targets must be finite and >= 0: row {row} holds {bad}"
-            )));
+            bail!("soft targets must be finite and >= 0: row {row} holds {bad}");
         }
         let sum: f64 = probs.iter().map(|&p| f64::from(p)).sum();
         if (sum - 1.0).abs() > 1e-3 {
-            return Err(TrainError::Invalid(format!(
-                "each row of soft targets must sum to 1: row {row} sums to {sum:.6}"
-            )));
+            bail!("each row of soft targets must sum to 1: row {row} sums to {sum:.6}");
         }
     }
     Ok(())
-}
-
-/// Row-wise log-softmax of a plain tensor (the teacher's log-probabilities).
-fn log_softmax_rows(x: &Tensor) -> Result<Tensor> {
-    let bk = idlevit_nn::Eager;
-    Ok(bk.log_softmax(x)?)
 }
 
 impl Objective {
@@ -139,12 +125,12 @@ impl Objective {
         self.validate()?;
         let cut_on = self.cut_weight != 0.0 && self.cut_loss != CutLoss::None;
         if cut_on && !student.has_cut_graph() && *student.policy() != TokenPolicy::Dense {
-            return Err(TrainError::Invalid(format!(
+            bail!(
                 "{} has no CLS attention map in its idle layers, hence no cut loss: expected \
                  a cut weight of 0 (or cut-loss terms `none`), found weight {}",
                 student.family(),
                 self.cut_weight,
-            )));
+            );
         }
         Ok(())
     }
@@ -158,9 +144,7 @@ impl Objective {
             ("distillation weight", self.distill_weight),
         ] {
             if !(weight.is_finite() && weight >= 0.0) {
-                return Err(TrainError::Invalid(format!(
-                    "the {name} must be a finite number >= 0, found {weight}"
-                )));
+                bail!("the {name} must be a finite number >= 0, found {weight}");
             }
         }
         check_smoothing(self.smoothing)
@@ -181,11 +165,11 @@ impl Objective {
         let out = student.forward_training(bk, &bk.constant(images.clone()))?;
         let batch = bk.shape(&out.logits)[0];
         if targets.shape() != bk.shape(&out.logits) {
-            return Err(TrainError::Invalid(format!(
+            bail!(
                 "targets {:?} do not match the logits {:?}",
                 targets.shape(),
                 bk.shape(&out.logits)
-            )));
+            );
         }
         let per_item = 1.0 / batch as f32;
         let log_probs = bk.log_softmax(&out.logits)?;
@@ -194,16 +178,12 @@ impl Objective {
             -per_item,
         )?;
 
+        let mut cut = bk.constant(Tensor::scalar(0.0));
         let mut cut_layers = Vec::new();
         for (layer, masked) in &out.layers {
-            cut_layers.push((
-                *layer,
-                cut_loss(bk, &masked.logits, &masked.token_mask, self.cut_loss)?,
-            ));
-        }
-        let mut cut = bk.constant(Tensor::scalar(0.0));
-        for (_, value) in &cut_layers {
-            cut = bk.add(&cut, value)?;
+            let value = cut_loss(bk, &masked.logits, &masked.token_mask, self.cut_loss)?;
+            cut = bk.add(&cut, &value)?;
+            cut_layers.push((*layer, value));
         }
         let mut total = ce.clone();
         if !cut_layers.is_empty() {
@@ -218,17 +198,17 @@ impl Objective {
             if teacher.logits.shape() != bk.shape(&out.logits)
                 || teacher.features.shape() != bk.shape(&out.features)
             {
-                return Err(TrainError::Invalid(format!(
+                bail!(
                     "the teacher's logits {:?} and features {:?} do not match the student's \
                      {:?} and {:?} (the teacher must be of the student's family and size)",
                     teacher.logits.shape(),
                     teacher.features.shape(),
                     bk.shape(&out.logits),
                     bk.shape(&out.features)
-                )));
+                );
             }
             // KL(p_t || p_s) = sum p_t (log p_t - log p_s), batch mean.
-            let teacher_log = log_softmax_rows(&teacher.logits)?;
+            let teacher_log = idlevit_nn::Eager.log_softmax(&teacher.logits)?;
             let teacher_probs = teacher_log.map(f32::exp);
             let entropy_part: f32 = teacher_probs
                 .view()

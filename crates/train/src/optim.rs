@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use idlevit_nn::Param;
 use idlevit_tensor::Tensor;
 
+use crate::error::bail;
 use crate::{Result, TrainError, Trainable};
 
 /// Whether `param` gets weight decay: matrices and convs do; biases, norms, the position
@@ -104,16 +105,11 @@ impl AdamW {
     /// The optimiser state as named tensors (`adamw.step`, `adamw.m.<param>`,
     /// `adamw.v.<param>`), for checkpoints that can resume.
     pub fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let vector = |values: &Vec<f32>| Tensor::from_vec(vec![values.len()], values.clone());
         let mut out = vec![("adamw.step".to_string(), Tensor::scalar(self.step as f32))];
         for (name, m) in &self.moments {
-            out.push((
-                format!("adamw.m.{name}"),
-                Tensor::from_vec(vec![m.first.len()], m.first.clone())?,
-            ));
-            out.push((
-                format!("adamw.v.{name}"),
-                Tensor::from_vec(vec![m.second.len()], m.second.clone())?,
-            ));
+            out.push((format!("adamw.m.{name}"), vector(&m.first)?));
+            out.push((format!("adamw.v.{name}"), vector(&m.second)?));
         }
         Ok(out)
     }
@@ -149,19 +145,17 @@ impl AdamW {
                     ))
                 })?;
             if first.len() != second.len() {
-                return Err(TrainError::Invalid(format!(
-                    "optimiser moments of {name} differ in length"
-                )));
+                bail!("optimiser moments of {name} differ in length");
             }
             // Adam divides by sqrt(v): a negative or non-finite moment would poison the
             // weights at the first step after the resume.
             if !first.iter().all(|m| m.is_finite())
                 || !second.iter().all(|v| v.is_finite() && *v >= 0.0)
             {
-                return Err(TrainError::Invalid(format!(
+                bail!(
                     "the optimiser state of {name} holds non-finite values (or a negative \
                      second moment)"
-                )));
+                );
             }
             self.moments.insert(name, Moments { first, second });
         }
@@ -177,9 +171,7 @@ impl AdamW {
         lr: f64,
     ) -> Result<()> {
         if !lr.is_finite() || lr < 0.0 {
-            return Err(TrainError::Invalid(format!(
-                "the learning rate must be a finite number >= 0, found {lr}"
-            )));
+            bail!("the learning rate must be a finite number >= 0, found {lr}");
         }
         if let Some((name, _)) = grads.iter().find(|(_, g)| !all_finite(g)) {
             return Err(TrainError::NonFiniteGradient(name.clone()));

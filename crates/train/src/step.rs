@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use idlevit_autodiff::Tape;
-use idlevit_nn::Backend;
+use idlevit_nn::{Backend, Param};
 use idlevit_tensor::Tensor;
 
 use crate::{AdamW, Objective, Result, Teacher, TrainError, Trainable, clip_grad_norm};
@@ -56,12 +56,7 @@ pub fn step_gradients<M: Trainable>(
     };
     let tape = seed.map_or_else(Tape::new, Tape::with_seed);
     let parts = objective.compute(&tape, student, images, targets, teacher_out.as_ref())?;
-    let loss = tape
-        .to_tensor(&parts.total)
-        .to_vec()
-        .first()
-        .copied()
-        .unwrap_or(f32::NAN);
+    let loss = scalar(&tape.to_tensor(&parts.total));
     let grads = parameter_gradients(&tape, &parts.total, student)?;
     Ok((loss, grads))
 }
@@ -90,10 +85,17 @@ pub fn parameter_gradients<M: Trainable>(
     let mut grads = BTreeMap::new();
     model.visit_params(&mut |p| {
         let grad = gradients.get(p.name()).cloned();
-        let grad = grad.unwrap_or_else(|| {
-            Tensor::zeros(p.value().shape()).unwrap_or_else(|_| Tensor::scalar(0.0))
-        });
-        grads.insert(p.name().to_string(), grad);
+        grads.insert(p.name().to_string(), grad.unwrap_or_else(|| zeros_like(p)));
     });
     Ok(grads)
+}
+
+/// A zero gradient for `param` (what a parameter the loss does not reach receives).
+pub(crate) fn zeros_like(param: &Param) -> Tensor {
+    Tensor::zeros(param.value().shape()).unwrap_or_else(|_| Tensor::scalar(0.0))
+}
+
+/// The value of a one-element tensor (NaN when it is empty).
+pub(crate) fn scalar(t: &Tensor) -> f32 {
+    t.to_vec().first().copied().unwrap_or(f32::NAN)
 }

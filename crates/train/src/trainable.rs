@@ -3,7 +3,7 @@
 use idlevit_nn::Fused;
 use idlevit_nn::{Eager, ParamVisitor, ParamVisitorMut};
 use idlevit_tensor::Tensor;
-use idlevit_zoo::{DeiT, LvVit, MaskedForward, PvtV2, TokenPolicy, Traced, ZooModel};
+use idlevit_zoo::{DeiT, LvVit, MaskedForward, PvtV2, TokenPolicy, Traced, ZooModel, each_family};
 
 use crate::Result;
 
@@ -116,24 +116,13 @@ impl Trainable for PvtV2 {
     delegate_common!();
 }
 
-/// `$body` with `$m` bound to the model inside a [`ZooModel`], whatever its family.
-macro_rules! each_family {
-    ($model:expr, $m:ident => $body:expr) => {
-        match $model {
-            ZooModel::DeiT($m) => $body,
-            ZooModel::LvVit($m) => $body,
-            ZooModel::Pvt($m) => $body,
-        }
-    };
-}
-
 impl Trainable for ZooModel {
     fn family(&self) -> &'static str {
-        each_family!(self, m => m.family())
+        each_family!(self, ZooModel, m => m.family())
     }
 
     fn has_cut_graph(&self) -> bool {
-        each_family!(self, m => m.has_cut_graph())
+        each_family!(self, ZooModel, m => m.has_cut_graph())
     }
 
     fn forward_training<B: Fused>(
@@ -141,7 +130,7 @@ impl Trainable for ZooModel {
         bk: &B,
         images: &B::Value,
     ) -> Result<MaskedForward<B::Value>> {
-        each_family!(self, m => m.forward_training(bk, images))
+        each_family!(self, ZooModel, m => m.forward_training(bk, images))
     }
 
     delegate_common!();

@@ -131,14 +131,13 @@ fn blocks(
     for layer in 0..depth {
         total += match policy.at(layer) {
             None => dense_block(tokens as f64, c, hidden),
-            Some((PolicyKind::Idle, ratio)) => {
-                let kept = keep_count(n, ratio)? + 1;
-                selecting_block(tokens as f64, kept as f64, c, hidden)
-            }
-            Some((PolicyKind::Prune, ratio)) => {
+            Some((kind @ (PolicyKind::Idle | PolicyKind::Prune), ratio)) => {
                 let kept = keep_count(n, ratio)? + 1;
                 let cost = selecting_block(tokens as f64, kept as f64, c, hidden);
-                tokens = kept;
+                // Pruned tokens leave for good; idle ones stay for the next layer.
+                if kind == PolicyKind::Prune {
+                    tokens = kept;
+                }
                 cost
             }
             Some((PolicyKind::Evit, rate)) => {

@@ -9,7 +9,7 @@ use idlevit_selector::{MaskedLayer, TokenPolicy};
 
 use crate::LayerSelection;
 use crate::family::family_methods;
-use crate::stack::{masked, set_linear_drop_path, traced};
+use crate::stack::cls_stack_methods;
 use crate::{DeiTConfig, Family, Result};
 
 /// timm's ViT layer-norm epsilon.
@@ -53,6 +53,7 @@ pub struct MaskedForward<V> {
 
 idlevit_nn::params!(DeiT: patch_embed, cls_token, pos_embed, blocks, norm, head);
 family_methods!(DeiT, DeiTConfig);
+cls_stack_methods!(DeiT);
 
 /// timm's names: `patch_embed.proj`, `cls_token`, `pos_embed`, `blocks.{i}`, `norm`, `head`.
 impl Family for DeiT {
@@ -100,43 +101,12 @@ impl Family for DeiT {
 }
 
 impl DeiT {
-    /// The same model running `policy` at its selection layers; the policy is checked
-    /// against the model's depth and token count.
-    pub fn with_policy(mut self, policy: TokenPolicy) -> Result<Self> {
-        policy.validate(self.config.depth, self.config.num_patches())?;
-        self.policy = policy;
-        Ok(self)
-    }
-
-    /// The same model with stochastic depth for training: block `i` of `depth` drops its
-    /// residual branches at `rate * i / (depth - 1)`, timm's linear rule (the release
-    /// finetunes with 0.1). Only a seeded training tape applies it; inference is unchanged.
-    pub fn with_drop_path(mut self, rate: f32) -> Result<Self> {
-        set_linear_drop_path(self.blocks.iter_mut(), rate)?;
-        Ok(self)
-    }
-
     /// The same model running its linear layers in `precision` for inference (the `Eager`
     /// backend): with bf16 every linear weight is rounded and packed now, once. Training tapes
     /// always compute in f32, and an optimiser step drops the bf16 copy of what it changes.
     pub fn with_precision(mut self, precision: Precision) -> Result<Self> {
         set_linear_precision(precision, |f| self.visit_params_mut(f))?;
         Ok(self)
-    }
-
-    /// The token policy the model runs.
-    pub fn policy(&self) -> &TokenPolicy {
-        &self.policy
-    }
-
-    /// The model's configuration.
-    pub fn config(&self) -> &DeiTConfig {
-        &self.config
-    }
-
-    /// The transformer blocks, in order.
-    pub fn blocks(&self) -> &[Block] {
-        &self.blocks
     }
 
     /// Tokens entering the first block: `[CLS; patches] + pos_embed`, `(batch, N+1, C)`.
@@ -151,11 +121,6 @@ impl DeiT {
         Ok(bk.add(&tokens, &bk.param(&self.pos_embed))?)
     }
 
-    /// Logits from the final tokens: final norm, CLS row, head.
-    pub fn classify<B: Fused>(&self, bk: &B, tokens: &B::Value) -> Result<B::Value> {
-        Ok(self.features_and_logits(bk, tokens)?.1)
-    }
-
     /// The final normalised CLS features `(batch, dim)` (what distillation compares) and the
     /// logits from the final tokens.
     pub fn features_and_logits<B: Fused>(
@@ -167,34 +132,5 @@ impl DeiT {
         let cls = bk.select(&normed, 1, 0)?;
         let logits = self.head.forward(bk, &cls)?;
         Ok((cls, logits))
-    }
-
-    /// Forward pass under the model's policy (idle layers in their gathered, inference
-    /// form): images `(batch, 3, img, img)` to logits `(batch, classes)`.
-    pub fn forward<B: Fused>(&self, bk: &B, images: &B::Value) -> Result<B::Value> {
-        Ok(self.forward_traced(bk, images)?.logits)
-    }
-
-    /// [`forward`](Self::forward), also returning each selecting layer's choice.
-    pub fn forward_traced<B: Fused>(&self, bk: &B, images: &B::Value) -> Result<Traced<B::Value>> {
-        let x = self.embed(bk, images)?;
-        traced(bk, &self.blocks, &self.policy, x, |x| {
-            self.features_and_logits(bk, x)
-        })
-    }
-
-    /// The training form: dense layers as usual, idle layers masked (all tokens kept in the
-    /// tensors), returning the masks and attention logits the cut loss needs. Pruning and
-    /// EViT have no masked form: they train in their gathered form (gradients flow through
-    /// the kept and fused tokens, as in the EViT release) and return no idle layers.
-    pub fn forward_masked<B: Fused>(
-        &self,
-        bk: &B,
-        images: &B::Value,
-    ) -> Result<MaskedForward<B::Value>> {
-        let x = self.embed(bk, images)?;
-        masked(bk, &self.blocks, &self.policy, x, |x| {
-            self.features_and_logits(bk, x)
-        })
     }
 }

@@ -38,3 +38,11 @@ pub enum ZooError {
     #[error(transparent)]
     Tensor(#[from] idlevit_tensor::TensorError),
 }
+
+/// Returns `Err(ZooError::Config(..))`, formatted like `format!`.
+macro_rules! bail {
+    ($($arg:tt)*) => {
+        return Err($crate::ZooError::Config(format!($($arg)*)))
+    };
+}
+pub(crate) use bail;

@@ -38,8 +38,8 @@ pub trait Family: Params + Sized {
     }
 }
 
-/// Gives a built-in family inherent `load`, `random` and `to_checkpoint`, so that callers
-/// need not import [`Family`] and [`Params`].
+/// Gives a built-in family inherent `load`, `random` and `to_checkpoint` (so that callers
+/// need not import [`Family`] and [`Params`]), and its `config` and `policy`.
 macro_rules! family_methods {
     ($model:ty, $config:ty) => {
         impl $model {
@@ -61,6 +61,16 @@ macro_rules! family_methods {
             /// save and to load again.
             pub fn to_checkpoint(&self) -> Result<idlevit_checkpoint::Checkpoint> {
                 Ok(idlevit_nn::Params::to_checkpoint(self)?)
+            }
+
+            /// The model's configuration.
+            pub fn config(&self) -> &$config {
+                &self.config
+            }
+
+            /// The token policy the model runs.
+            pub fn policy(&self) -> &idlevit_selector::TokenPolicy {
+                &self.policy
             }
         }
     };

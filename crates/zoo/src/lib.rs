@@ -34,6 +34,7 @@ mod lvvit;
 mod memory;
 mod model;
 mod pvt;
+mod schedule;
 mod stack;
 
 pub use config::{DeiTConfig, MAX_CONFIG_BYTES, MAX_DEPTH, MAX_PARAMETERS, MAX_PATCHES};

@@ -10,9 +10,10 @@ use idlevit_nn::{
 use idlevit_selector::{Schedule, TokenPolicy};
 use serde::{Deserialize, Serialize};
 
+use crate::error::bail;
 use crate::family::family_methods;
-use crate::stack::{masked, set_linear_drop_path, traced};
-use crate::{Family, MAX_DEPTH, MAX_PATCHES, MaskedForward, Result, Traced, ZooError};
+use crate::stack::cls_stack_methods;
+use crate::{Family, MAX_DEPTH, MAX_PATCHES, Result, ZooError};
 
 /// torch's LayerNorm epsilon, which LV-ViT keeps.
 const NORM_EPS: f32 = 1e-5;
@@ -100,57 +101,52 @@ impl LvVitConfig {
 
     /// Checks that the numbers describe a model that can run.
     pub fn validate(&self) -> Result<()> {
-        let fail = |msg: String| Err(ZooError::Config(msg));
         if self.depth == 0 || self.depth > MAX_DEPTH {
-            return fail(format!("depth {} is outside 1..={MAX_DEPTH}", self.depth));
+            bail!("depth {} is outside 1..={MAX_DEPTH}", self.depth);
         }
         if self.embed_dim == 0
             || self.num_heads == 0
             || !self.embed_dim.is_multiple_of(self.num_heads)
         {
-            return fail(format!(
+            bail!(
                 "embed_dim {} must be a positive multiple of num_heads {}",
-                self.embed_dim, self.num_heads
-            ));
+                self.embed_dim,
+                self.num_heads
+            );
         }
         if self.patch_size < 2
             || !self.patch_size.is_multiple_of(2)
             || !self.img_size.is_multiple_of(self.patch_size)
             || self.img_size == 0
         {
-            return fail(format!(
+            bail!(
                 "img_size {} must be a positive multiple of patch_size {}, which must be even",
-                self.img_size, self.patch_size
-            ));
+                self.img_size,
+                self.patch_size
+            );
         }
         if self.num_patches() > MAX_PATCHES {
-            return fail(format!(
+            bail!(
                 "{} patches exceed the limit of {MAX_PATCHES}",
                 self.num_patches()
-            ));
+            );
         }
         if self.stem_channels == 0 || self.stem_channels > 4096 {
-            return fail(format!(
-                "stem_channels {} is outside 1..=4096",
-                self.stem_channels
-            ));
+            bail!("stem_channels {} is outside 1..=4096", self.stem_channels);
         }
         if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0 && self.mlp_ratio <= 64.0)
             || self.mlp_hidden() == 0
         {
-            return fail(format!(
-                "mlp_ratio {} gives no hidden units",
-                self.mlp_ratio
-            ));
+            bail!("mlp_ratio {} gives no hidden units", self.mlp_ratio);
         }
         if self.num_classes == 0 || self.num_classes > 1 << 20 {
-            return fail(format!(
+            bail!(
                 "num_classes {} is outside 1..=1048576 (LV-ViT predicts with its heads)",
                 self.num_classes
-            ));
+            );
         }
         if !(self.skip_lam.is_finite() && self.skip_lam > 0.0) {
-            return fail(format!("skip_lam {} must be positive", self.skip_lam));
+            bail!("skip_lam {} must be positive", self.skip_lam);
         }
         Ok(())
     }
@@ -203,11 +199,6 @@ impl LvVitConfig {
             .checked_add(heads)
     }
 
-    /// Side of the patch convolution's kernel and stride.
-    fn proj_kernel(&self) -> usize {
-        self.patch_size / 2
-    }
-
     /// The stem's three convolutions and the patch convolution, in order.
     fn stem_shapes(&self) -> [ConvShape; 4] {
         let s = self.stem_channels;
@@ -217,7 +208,8 @@ impl LvVitConfig {
             kernel,
             spec: Conv2dSpec::new(stride, padding),
         };
-        let k = self.proj_kernel();
+        // The stem halves the image; the patch convolution's kernel and stride take the rest.
+        let k = self.patch_size / 2;
         [
             conv(3, s, 7, 2, 3),
             conv(s, s, 3, 1, 1),
@@ -246,6 +238,7 @@ pub struct LvVit {
 
 idlevit_nn::params!(LvVit: stem, proj, cls_token, pos_embed, blocks, norm, head, aux_head);
 family_methods!(LvVit, LvVitConfig);
+cls_stack_methods!(LvVit);
 
 /// The release's names (see [`LvVit::adapt`] for its checkpoint files): the stem
 /// `patch_embed.conv{1,2,3}` and `patch_embed.bn{1,2,3}`, `patch_embed.proj`, `cls_token`,
@@ -307,36 +300,6 @@ impl LvVit {
         adapted
     }
 
-    /// The same model running `policy` at its selection layers.
-    pub fn with_policy(mut self, policy: TokenPolicy) -> Result<Self> {
-        policy.validate(self.config.depth, self.config.num_patches())?;
-        self.policy = policy;
-        Ok(self)
-    }
-
-    /// The same model with stochastic depth for training, by DeiT's linear rule
-    /// ([`DeiT::with_drop_path`](crate::DeiT::with_drop_path)); only a seeded training tape
-    /// applies it.
-    pub fn with_drop_path(mut self, rate: f32) -> Result<Self> {
-        set_linear_drop_path(self.blocks.iter_mut(), rate)?;
-        Ok(self)
-    }
-
-    /// The model's configuration.
-    pub fn config(&self) -> &LvVitConfig {
-        &self.config
-    }
-
-    /// The token policy the model runs.
-    pub fn policy(&self) -> &TokenPolicy {
-        &self.policy
-    }
-
-    /// The transformer blocks, in order.
-    pub fn blocks(&self) -> &[Block] {
-        &self.blocks
-    }
-
     /// Tokens entering the first block: `[CLS; stem patches] + pos_embed`, `(batch, N+1, C)`.
     pub fn embed<B: Fused>(&self, bk: &B, images: &B::Value) -> Result<B::Value> {
         let shape = bk.shape(images);
@@ -368,31 +331,5 @@ impl LvVit {
         let aux = bk.scale(&bk.max_axis(&aux, 1)?, AUX_WEIGHT)?;
         let logits = bk.add(&self.head.forward(bk, &cls)?, &aux)?;
         Ok((cls, logits))
-    }
-
-    /// Forward pass under the model's policy (idle layers gathered): images
-    /// `(batch, 3, img, img)` to logits `(batch, classes)`.
-    pub fn forward<B: Fused>(&self, bk: &B, images: &B::Value) -> Result<B::Value> {
-        Ok(self.forward_traced(bk, images)?.logits)
-    }
-
-    /// [`forward`](Self::forward), also returning each selecting layer's choice.
-    pub fn forward_traced<B: Fused>(&self, bk: &B, images: &B::Value) -> Result<Traced<B::Value>> {
-        let x = self.embed(bk, images)?;
-        traced(bk, &self.blocks, &self.policy, x, |x| {
-            self.features_and_logits(bk, x)
-        })
-    }
-
-    /// The training form: idle layers masked, with what the cut loss needs per idle layer.
-    pub fn forward_masked<B: Fused>(
-        &self,
-        bk: &B,
-        images: &B::Value,
-    ) -> Result<MaskedForward<B::Value>> {
-        let x = self.embed(bk, images)?;
-        masked(bk, &self.blocks, &self.policy, x, |x| {
-            self.features_and_logits(bk, x)
-        })
     }
 }

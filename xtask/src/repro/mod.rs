@@ -13,7 +13,7 @@ mod timm;
 mod tokens;
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -432,66 +432,10 @@ pub fn run(options: &ReproOptions, log: &mut dyn FnMut(String)) -> Result<ReproO
 
     // 4. Token selection.
     let section = Instant::now();
-    md += "## 4. Token selection\n\n";
-    let (count, shown) = options.token_images;
-    let canvases = &acc.val[..count.min(acc.val.len())];
-    let mut token_table = Table::new(
-        "Idled tokens picked again, and selections on the digit",
-        &[
-            "model",
-            "r",
-            "re-selected at the next idle layer, per layer (%)",
-            "re-selected at any later idle layer (%)",
-            "selected tokens on the digit, per layer (%)",
-            "patches on the digit (%)",
-        ],
-    );
-    for (method, rate, model) in &acc.idle_models {
-        let (stats, selected) = tokens::token_stats(model, canvases)?;
-        let join = |v: &[f64]| {
-            v.iter()
-                .map(|x| format!("{:.0}", 100.0 * x))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        token_table.push(vec![
-            method.name().into(),
-            format!("{rate}"),
-            join(&stats.reselected),
-            pct(stats.reselected_later),
-            join(&stats.on_digit),
-            pct(stats.digit_share),
-        ]);
-        if *method == Method::IdleCut && Some(rate) == a.rates.last() {
-            let shown = &canvases[..shown.min(canvases.len())];
-            let tensor = tokens::canvases_tensor(shown, model.config().img_size)?;
-            let picked: Vec<Vec<Vec<usize>>> = selected
-                .iter()
-                .map(|per_image| per_image[..shown.len()].to_vec())
-                .collect();
-            let path = out.join("token_selection.png");
-            tokens::selection_picture(&tensor, &picked, model.config().patch_size, 2, &path)?;
-            let _ = write!(
-                md,
-                "![token selection](token_selection.png)\n\nIdleViT + cut loss at r={rate} \
-                 (seed {}): each row one validation canvas; the input, then idle layers {:?} \
-                 left to right. Idle tokens are dimmed blue; the rest are the layer's \
-                 selection.\n\n",
-                a.seeds[0], stats.layers
-            );
-            images.push(path);
-        }
-    }
-    let _ = write!(
-        md,
-        "Over {} validation canvases (seed {} models). Re-selection: of the image tokens one \
-         idle layer leaves idle, the share the next idle layer computes again (the freedom \
-         pruning lacks).\n\n",
-        canvases.len(),
-        a.seeds[0]
-    );
-    md += &token_table.markdown();
+    let (text, token_table, picture) = tokens::section(&acc, a, options.token_images, out)?;
+    md += &text;
     log(token_table.markdown());
+    images.extend(picture);
     tables.push(token_table);
     timings.push(("tokens", section.elapsed().as_secs_f64()));
 
@@ -531,9 +475,4 @@ pub fn run(options: &ReproOptions, log: &mut dyn FnMut(String)) -> Result<ReproO
         images,
         seconds,
     })
-}
-
-/// Where the report goes by default: `repro/` under the current directory.
-pub fn default_out_dir() -> &'static Path {
-    Path::new("repro")
 }

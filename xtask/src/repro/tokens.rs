@@ -2,7 +2,8 @@
 //! a few images), how often idled tokens are picked again, and how much of the selection
 //! lies on the digit.
 
-use std::path::Path;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use idlevit_data::digits::Canvas;
@@ -11,6 +12,8 @@ use idlevit_nn::Eager;
 use idlevit_tensor::Tensor;
 use idlevit_zoo::DeiT;
 use image::{Rgb, RgbImage};
+
+use super::{AccuracyOptions, AccuracyRun, Method, Table, pct};
 
 /// Token statistics of one idle model over validation canvases.
 #[derive(Clone, Debug, PartialEq)]
@@ -26,6 +29,77 @@ pub struct TokenStats {
     pub on_digit: Vec<f64>,
     /// The fraction of all patches that touch the digit (what a random pick would get).
     pub digit_share: f64,
+}
+
+/// The report's token-selection section for the idle models of `run` over `count` of its
+/// validation canvases, with the picture of the last rate's IdleViT + cut-loss model on
+/// `shown` of them written to `out`: the section's markdown, its table, and the picture.
+pub fn section(
+    run: &AccuracyRun,
+    options: &AccuracyOptions,
+    (count, shown): (usize, usize),
+    out: &Path,
+) -> Result<(String, Table, Option<PathBuf>)> {
+    let mut md = "## 4. Token selection\n\n".to_string();
+    let mut picture = None;
+    let canvases = &run.val[..count.min(run.val.len())];
+    let mut table = Table::new(
+        "Idled tokens picked again, and selections on the digit",
+        &[
+            "model",
+            "r",
+            "re-selected at the next idle layer, per layer (%)",
+            "re-selected at any later idle layer (%)",
+            "selected tokens on the digit, per layer (%)",
+            "patches on the digit (%)",
+        ],
+    );
+    for (method, rate, model) in &run.idle_models {
+        let (stats, selected) = token_stats(model, canvases)?;
+        let join = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{:.0}", 100.0 * x))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        table.push(vec![
+            method.name().into(),
+            format!("{rate}"),
+            join(&stats.reselected),
+            pct(stats.reselected_later),
+            join(&stats.on_digit),
+            pct(stats.digit_share),
+        ]);
+        if *method == Method::IdleCut && Some(rate) == options.rates.last() {
+            let shown = &canvases[..shown.min(canvases.len())];
+            let tensor = canvases_tensor(shown, model.config().img_size)?;
+            let picked: Vec<Vec<Vec<usize>>> = selected
+                .iter()
+                .map(|per_image| per_image[..shown.len()].to_vec())
+                .collect();
+            let path = out.join("token_selection.png");
+            selection_picture(&tensor, &picked, model.config().patch_size, 2, &path)?;
+            let _ = write!(
+                md,
+                "![token selection](token_selection.png)\n\nIdleViT + cut loss at r={rate} \
+                 (seed {}): each row one validation canvas; the input, then idle layers {:?} \
+                 left to right. Idle tokens are dimmed blue; the rest are the layer's \
+                 selection.\n\n",
+                options.seeds[0], stats.layers
+            );
+            picture = Some(path);
+        }
+    }
+    let _ = write!(
+        md,
+        "Over {} validation canvases (seed {} models). Re-selection: of the image tokens one \
+         idle layer leaves idle, the share the next idle layer computes again (the freedom \
+         pruning lacks).\n\n",
+        canvases.len(),
+        options.seeds[0]
+    );
+    md += &table.markdown();
+    Ok((md, table, picture))
 }
 
 /// The canvases as the model sees them: `(batch, 3, img, img)`.

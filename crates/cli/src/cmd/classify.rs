@@ -6,9 +6,8 @@ use std::path::PathBuf;
 use anyhow::{Result, ensure};
 use clap::Args;
 use idlevit_data::weights::read_file;
-use idlevit_zoo::ZooModel;
 
-use super::{Globals, check_model_memory, inference_model, inference_use, packed};
+use super::{Globals, inference_model, packed};
 use crate::args::ModelArgs;
 use crate::checks;
 
@@ -42,9 +41,8 @@ pub fn run(args: Classify, globals: &Globals) -> Result<()> {
         Some(weights) => {
             let config = args.model.zoo_config()?;
             let batch = args.images.len();
-            check_model_memory(&config, batch, inference_use(bf16), globals.max_memory)?;
             let labels = args.labels.as_deref().map(read_labels).transpose()?;
-            let model = inference_model(&config, &weights, bf16, globals.strict)?;
+            let model = inference_model(&config, &weights, bf16, batch, globals)?;
             (model, labels)
         }
         None => {
@@ -60,7 +58,7 @@ pub fn run(args: Classify, globals: &Globals) -> Result<()> {
             };
             let model = idlevit_train::models::default_model()?
                 .with_precision(crate::precision::from_flag(bf16))?;
-            (packed(ZooModel::DeiT(Box::new(model)), bf16), Some(labels))
+            (packed(model.into(), bf16), Some(labels))
         }
     };
     for prediction in idlevit_train::evaluate::classify(&model, &args.images, args.top)? {

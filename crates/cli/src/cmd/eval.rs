@@ -6,7 +6,7 @@ use anyhow::{Result, ensure};
 use clap::Args;
 use idlevit_data::ImageFolder;
 
-use super::{Globals, check_model_memory, inference_use, zoo_model};
+use super::{Globals, print_accuracy, zoo_model};
 use crate::args::{ModelArgs, PolicyArgs};
 use crate::checks;
 use crate::policy::Mode;
@@ -39,30 +39,19 @@ pub fn run(args: Eval, globals: &Globals) -> Result<()> {
         args.policy.mode != Mode::Masked,
         "eval runs the dense or idle (gathered) form; use --mode idle"
     );
-    let config = args.model.zoo_config()?;
-    let memory = inference_use(args.bf16);
-    check_model_memory(&config, args.batch, memory, globals.max_memory)?;
     let model = zoo_model(
         &args.model,
         &args.policy,
         &args.weights,
         args.bf16,
-        globals.strict,
+        args.batch,
+        globals,
     )?;
     let data = ImageFolder::open(&args.data)?;
     let leader = group.is_leader();
     let acc = idlevit_train::evaluate::evaluate_in_group(&model, &data, args.batch, leader, group)?;
-    if !leader {
-        return Ok(());
+    if leader {
+        print_accuracy("", &acc);
     }
-    if let Some(warning) = acc.warning() {
-        eprintln!("{warning}");
-    }
-    println!(
-        "top-1 {:.2}%  top-5 {:.2}%  ({} images)",
-        100.0 * acc.top1,
-        100.0 * acc.top5,
-        acc.images
-    );
     Ok(())
 }

@@ -10,7 +10,7 @@ use idlevit_train::finetune::{FinetuneOptions, checkpoint_path, finetune_in_grou
 use idlevit_train::models::load_zoo_model;
 use idlevit_zoo::{MemoryUse, ZooModel};
 
-use super::{Globals, check_model_memory, named, training_policy};
+use super::{Globals, check_model_memory, named, print_accuracy, training_policy};
 use crate::args::{ModelArgs, ObjectiveArgs, RegularisationArgs};
 use crate::checks;
 
@@ -164,15 +164,7 @@ pub fn run(args: Finetune, globals: &Globals) -> Result<()> {
         println!("weights: {}", path.display());
     }
     if let Some(acc) = report.validation {
-        if let Some(warning) = acc.warning() {
-            eprintln!("{warning}");
-        }
-        println!(
-            "validation top-1 {:.2}%  top-5 {:.2}%  ({} images)",
-            100.0 * acc.top1,
-            100.0 * acc.top5,
-            acc.images
-        );
+        print_accuracy("validation ", &acc);
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use idlevit_checkpoint::Checkpoint;
 use idlevit_data::files::{NamedPath, check_distinct, write_atomically};
 use idlevit_tensor::Tensor;
 
-use super::{Globals, check_model_memory, inference_use, read_input, zoo_model};
+use super::{Globals, named, read_input, zoo_model};
 use crate::args::{ModelArgs, PolicyArgs};
 use crate::policy::Mode;
 
@@ -46,22 +46,17 @@ pub fn run(args: Logits, globals: &Globals) -> Result<()> {
         NamedPath::new("--input", &args.input),
     ]);
     let mut outputs = vec![NamedPath::new("--output", &args.output)];
-    outputs.extend(
-        args.selected_out
-            .as_deref()
-            .map(|p| NamedPath::new("--selected-out", p)),
-    );
+    outputs.extend(named("--selected-out", &args.selected_out));
     check_distinct(&inputs, &outputs)?;
     let images = read_input(&args.input, globals.strict)?;
-    let config = args.model.zoo_config()?;
     let batch = images.shape().first().copied().unwrap_or(0);
-    check_model_memory(&config, batch, inference_use(args.bf16), globals.max_memory)?;
     let model = zoo_model(
         &args.model,
         &args.policy,
         &args.weights,
         args.bf16,
-        globals.strict,
+        batch,
+        globals,
     )?;
     let run =
         idlevit_train::inspect::run_logits(&model, args.policy.mode == Mode::Masked, &images)?;

@@ -16,6 +16,7 @@ use anyhow::{Result, ensure};
 use idlevit_data::files::NamedPath;
 use idlevit_tensor::Tensor;
 use idlevit_train::distributed::ProcessGroup;
+use idlevit_train::evaluate::Accuracy;
 use idlevit_train::models::{load_model, load_zoo_model};
 use idlevit_zoo::{MemoryUse, PolicyKind, TokenPolicy, ZooConfig, ZooModel};
 
@@ -34,27 +35,26 @@ pub struct Globals<'a> {
     pub group: &'a dyn ProcessGroup,
 }
 
-/// The model `logits` and `eval` run: any zoo family from `weights`, under the token policy
-/// the flags ask for (a DeiT config's own schedule lists included), in bf16 when asked.
+/// The model `logits` and `eval` run on `batch` images: any zoo family from `weights` (as
+/// [`inference_model`] loads it), under the token policy the flags ask for (a DeiT config's
+/// own schedule lists included).
 fn zoo_model(
     model: &ModelArgs,
     policy: &PolicyArgs,
     weights: &Path,
     bf16: bool,
-    strict: bool,
+    batch: usize,
+    globals: &Globals,
 ) -> Result<ZooModel> {
     let config = model.zoo_config()?;
-    let loaded = inference_model(&config, weights, bf16, strict)?;
-    if let ZooConfig::DeiT(config) = &config {
-        let token_policy = resolve_policy(config, policy.mode, policy.policy, policy.keep_rate)?;
-        return Ok(loaded.with_policy(token_policy)?);
-    }
-    let token_policy = match policy.mode {
-        Mode::Dense => {
+    let loaded = inference_model(&config, weights, bf16, batch, globals)?;
+    let token_policy = match (&config, policy.mode) {
+        (ZooConfig::DeiT(c), mode) => resolve_policy(c, mode, policy.policy, policy.keep_rate)?,
+        (_, Mode::Dense) => {
             ensure!(policy.keep_rate.is_none(), "--keep-rate needs --mode idle");
             TokenPolicy::Dense
         }
-        Mode::Idle | Mode::Masked => {
+        (_, Mode::Idle | Mode::Masked) => {
             ensure!(
                 policy.keep_rate.is_some(),
                 "--mode idle or masked on {} needs --keep-rate",
@@ -66,26 +66,31 @@ fn zoo_model(
     Ok(loaded.with_policy(token_policy)?)
 }
 
-/// A model of any family from `weights`, dense, its linear layers in bf16 when asked (DeiT
-/// only).
+/// A model of any family from `weights` for inference on `batch` images, refused first when
+/// its estimated memory exceeds what the command may use: dense, its linear layers in bf16
+/// when asked (DeiT only).
 fn inference_model(
     config: &ZooConfig,
     weights: &Path,
     bf16: bool,
-    strict: bool,
+    batch: usize,
+    globals: &Globals,
 ) -> Result<ZooModel> {
-    if let ZooConfig::DeiT(config) = config {
-        let model = load_model(config, Some(weights), "weights", strict)?
-            .with_precision(crate::precision::from_flag(bf16))?;
-        return Ok(packed(ZooModel::DeiT(Box::new(model)), bf16));
-    }
-    ensure!(
-        !bf16,
-        "--bf16 runs the DeiT models, not the {} model given",
-        config.family()
-    );
-    let model = load_zoo_model(config, Some(weights), "weights", strict)?;
-    Ok(packed(model, false))
+    check_model_memory(config, batch, inference_use(bf16), globals.max_memory)?;
+    let model = match config {
+        ZooConfig::DeiT(config) => load_model(config, Some(weights), "weights", globals.strict)?
+            .with_precision(crate::precision::from_flag(bf16))?
+            .into(),
+        _ => {
+            ensure!(
+                !bf16,
+                "--bf16 runs the DeiT models, not the {} model given",
+                config.family()
+            );
+            load_zoo_model(config, Some(weights), "weights", globals.strict)?
+        }
+    };
+    Ok(packed(model, bf16))
 }
 
 /// `model` with its f32 weights packed for inference (bf16 weights are packed already).
@@ -144,4 +149,18 @@ fn read_input(path: &Path, strict: bool) -> Result<Tensor> {
 /// `path`, when one was given, as named by `flag`.
 pub(crate) fn named<'a>(flag: &'a str, path: &'a Option<PathBuf>) -> Option<NamedPath<'a>> {
     path.as_deref().map(|p| NamedPath::new(flag, p))
+}
+
+/// Prints `accuracy` after `prefix`, and first (on stderr) a warning when some images gave
+/// logits that are not finite.
+fn print_accuracy(prefix: &str, accuracy: &Accuracy) {
+    if let Some(warning) = accuracy.warning() {
+        eprintln!("{warning}");
+    }
+    println!(
+        "{prefix}top-1 {:.2}%  top-5 {:.2}%  ({} images)",
+        100.0 * accuracy.top1,
+        100.0 * accuracy.top5,
+        accuracy.images
+    );
 }

@@ -1,10 +1,17 @@
-//! DeiT hyper-parameters: the published sizes and free-form JSON configs.
+//! DeiT hyper-parameters: the published sizes and free-form JSON configs; the limits every
+//! family's config keeps to; and (`file`) how config text and files are read.
+
+mod file;
 
 use std::path::Path;
 
 use idlevit_selector::Schedule;
 use serde::{Deserialize, Serialize};
 
+pub use file::MAX_CONFIG_BYTES;
+pub(crate) use file::{json_error, parse_json, quoted, read_config_file, unknown_model};
+
+use crate::error::bail;
 use crate::{Result, ZooError};
 
 /// The shape of a DeiT / ViT model, with the keys of the CLI's `CFG.json`.
@@ -44,16 +51,6 @@ pub const MAX_PATCHES: usize = 1 << 14;
 
 /// Most parameters a config may describe: 4 Gi, 16 GiB of `f32` weights.
 pub const MAX_PARAMETERS: usize = 1 << 32;
-
-/// Largest config file `from_file` reads: 1 MiB, far more than any config needs.
-pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
-
-/// Most characters of a user-supplied string (a key, a value, a name) an error quotes; the
-/// rest is cut to an ellipsis.
-const MAX_QUOTED_CHARS: usize = idlevit_checkpoint::MAX_ECHOED_CHARS;
-
-/// Most characters of a parser's message an error repeats, whatever it quotes.
-const MAX_MESSAGE_CHARS: usize = 400;
 
 /// Names accepted by [`DeiTConfig::named`].
 pub const NAMED_MODELS: &[&str] = &["deit_tiny", "deit_small", "deit_base"];
@@ -112,63 +109,45 @@ impl DeiTConfig {
 
     /// Checks that the numbers describe a model that can run.
     pub fn validate(&self) -> Result<()> {
-        let fail = |msg: String| Err(ZooError::Config(msg));
-        if self.depth == 0 {
-            return fail("depth must be at least 1".into());
+        let (img, patch) = (self.img_size, self.patch_size);
+        let (dim, heads, depth) = (self.embed_dim, self.num_heads, self.depth);
+        if depth == 0 {
+            bail!("depth must be at least 1");
         }
-        if self.embed_dim == 0 || self.num_heads == 0 {
-            return fail("embed_dim and num_heads must be at least 1".into());
+        if dim == 0 || heads == 0 {
+            bail!("embed_dim and num_heads must be at least 1");
         }
         if self.num_classes == 0 {
-            return fail("num_classes must be at least 1".into());
+            bail!("num_classes must be at least 1");
         }
-        if !self.embed_dim.is_multiple_of(self.num_heads) {
-            return fail(format!(
-                "embed_dim {} is not divisible by num_heads {}",
-                self.embed_dim, self.num_heads
-            ));
+        if !dim.is_multiple_of(heads) {
+            bail!("embed_dim {dim} is not divisible by num_heads {heads}");
         }
-        if self.patch_size == 0
-            || self.img_size == 0
-            || !self.img_size.is_multiple_of(self.patch_size)
-        {
-            return fail(format!(
-                "img_size {} must be a positive multiple of patch_size {}",
-                self.img_size, self.patch_size
-            ));
+        if patch == 0 || img == 0 || !img.is_multiple_of(patch) {
+            bail!("img_size {img} must be a positive multiple of patch_size {patch}");
         }
         if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0) || self.mlp_hidden() == 0 {
-            return fail(format!(
-                "mlp_ratio {} gives no hidden units",
-                self.mlp_ratio
-            ));
+            bail!("mlp_ratio {} gives no hidden units", self.mlp_ratio);
         }
-        if self.depth > MAX_DEPTH {
-            return fail(format!(
-                "depth {} exceeds the limit of {MAX_DEPTH}",
-                self.depth
-            ));
+        if depth > MAX_DEPTH {
+            bail!("depth {depth} exceeds the limit of {MAX_DEPTH}");
         }
-        if self.num_patches() > MAX_PATCHES {
-            return fail(format!(
-                "img_size {} with patch_size {} gives {} patches, more than the limit of \
-                 {MAX_PATCHES}",
-                self.img_size,
-                self.patch_size,
-                self.num_patches()
-            ));
+        let patches = self.num_patches();
+        if patches > MAX_PATCHES {
+            bail!(
+                "img_size {img} with patch_size {patch} gives {patches} patches, more than the \
+                 limit of {MAX_PATCHES}"
+            );
         }
         match self.parameter_count() {
             Some(n) if n <= MAX_PARAMETERS => {}
-            found => {
-                return fail(format!(
-                    "the model would have {} parameters, more than the limit of {MAX_PARAMETERS}",
-                    found.map_or_else(|| "too many to count".to_string(), |n| n.to_string())
-                ));
-            }
+            found => bail!(
+                "the model would have {} parameters, more than the limit of {MAX_PARAMETERS}",
+                found.map_or_else(|| "too many to count".to_string(), |n| n.to_string())
+            ),
         }
         if let Some(schedule) = self.schedule()? {
-            schedule.validate(self.depth, self.num_patches())?;
+            schedule.validate(depth, patches)?;
         }
         Ok(())
     }
@@ -232,98 +211,6 @@ impl DeiTConfig {
     /// The MLP hidden width, `int(embed_dim * mlp_ratio)` as timm computes it.
     pub fn mlp_hidden(&self) -> usize {
         (self.embed_dim as f64 * self.mlp_ratio) as usize
-    }
-}
-
-/// A config of any family from JSON text, checked by `validate`.
-pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
-    text: &str,
-    validate: impl Fn(&T) -> Result<()>,
-) -> Result<T> {
-    let config: T = serde_json::from_str(text).map_err(json_error)?;
-    validate(&config)?;
-    Ok(config)
-}
-
-/// A JSON parser's error as a config error, its quotes of the input bounded ([`bounded`]).
-pub(crate) fn json_error(e: serde_json::Error) -> ZooError {
-    ZooError::Config(bounded(&e.to_string()))
-}
-
-/// `message` with every quoted span (between backticks, or double quotes with backslash
-/// escapes) cut to [`MAX_QUOTED_CHARS`] characters and the whole cut to [`MAX_MESSAGE_CHARS`],
-/// each cut marked with an ellipsis: parser messages quote the input's keys and values, and
-/// a config may hold a key of megabytes.
-pub(crate) fn bounded(message: &str) -> String {
-    let mut out = String::new();
-    // The closing delimiter of the span being copied, and how many characters it has.
-    let mut span: Option<(char, usize)> = None;
-    let mut escaped = false;
-    for (total, ch) in message.chars().enumerate() {
-        if total == MAX_MESSAGE_CHARS {
-            out.push('…');
-            break;
-        }
-        match span {
-            None => {
-                if ch == '`' || ch == '"' {
-                    span = Some((ch, 0));
-                }
-                out.push(ch);
-            }
-            Some((close, len)) => {
-                let closes = ch == close && !escaped;
-                escaped = close == '"' && ch == '\\' && !escaped;
-                if closes {
-                    span = None;
-                    out.push(ch);
-                } else {
-                    if len < MAX_QUOTED_CHARS {
-                        out.push(ch);
-                    } else if len == MAX_QUOTED_CHARS {
-                        out.push('…');
-                    }
-                    span = Some((close, len + 1));
-                }
-            }
-        }
-    }
-    out
-}
-
-/// A user-supplied string for an error message, cut as every echoed name is.
-pub(crate) fn quoted(text: &str) -> String {
-    idlevit_checkpoint::clip(text).into_owned()
-}
-
-/// Reads the config file `path` (a regular file of at most [`MAX_CONFIG_BYTES`]) and parses
-/// its text with `parse`; every error names the file once.
-pub(crate) fn read_config_file<T>(path: &Path, parse: impl Fn(&str) -> Result<T>) -> Result<T> {
-    let located = |message: String| ZooError::ConfigFile {
-        path: path.display().to_string(),
-        message,
-    };
-    // The reader's error names the path; keep only its reason, as ConfigFile names it.
-    let bytes = idlevit_checkpoint::read_file_capped(path, MAX_CONFIG_BYTES, "config").map_err(
-        |e| match e {
-            idlevit_checkpoint::CheckpointError::Read { error, .. } => located(error.to_string()),
-            other => located(other.to_string()),
-        },
-    )?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        located(format!(
-            "not UTF-8 text (byte {})",
-            e.utf8_error().valid_up_to()
-        ))
-    })?;
-    parse(&text).map_err(|e| located(e.to_string()))
-}
-
-/// The error for a model name outside `known`.
-pub(crate) fn unknown_model(name: &str, known: &[&str]) -> ZooError {
-    ZooError::UnknownModel {
-        name: quoted(name),
-        known: known.join(", "),
     }
 }
 
@@ -485,88 +372,5 @@ mod tests {
             .num_patches(),
             0
         );
-    }
-
-    /// A scratch directory of its own for each test that writes files.
-    fn scratch_dir(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("idlevit-zoo-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
-    /// Files that are too large or not regular files are refused before they are read,
-    /// each error naming the file once.
-    #[test]
-    fn config_files_are_bounded_and_regular() {
-        let dir = scratch_dir("config-files");
-        let valid = dir.join("valid.json");
-        std::fs::write(&valid, VALID).unwrap();
-        assert_eq!(DeiTConfig::from_file(&valid).unwrap().depth, 2);
-
-        let large = dir.join("large.json");
-        let padding = " ".repeat(MAX_CONFIG_BYTES as usize);
-        std::fs::write(&large, format!("{VALID}{padding}")).unwrap();
-        let not_utf8 = dir.join("latin1.json");
-        std::fs::write(&not_utf8, b"{\"img_size\": 32, \xe9}").unwrap();
-        let mut cases = vec![
-            (large, "more than the limit of 1048576 bytes"),
-            (dir.clone(), "it is a directory, not a regular file"),
-            (not_utf8, "not UTF-8 text"),
-            (dir.join("missing.json"), "(os error 2)"),
-        ];
-        if cfg!(unix) {
-            cases.push(("/dev/zero".into(), "a character device, not a regular file"));
-            let fifo = dir.join("fifo.json");
-            let made = std::process::Command::new("mkfifo")
-                .arg(&fifo)
-                .status()
-                .is_ok_and(|s| s.success());
-            if made {
-                cases.push((fifo, "a named pipe (FIFO), not a regular file"));
-            }
-        }
-        for (path, reason) in cases {
-            let err = crate::ZooConfig::from_file(&path).unwrap_err().to_string();
-            assert!(err.contains(reason), "{}: {err}", path.display());
-            let name = path.display().to_string();
-            assert_eq!(err.matches(&name).count(), 1, "{err}");
-        }
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    /// A key or value of megabytes is quoted in part, not echoed whole.
-    #[test]
-    fn errors_quote_user_strings_in_part() {
-        let key = "k".repeat(1 << 20);
-        let cases = [
-            VALID.replace(
-                "\"qkv_bias\": true",
-                &format!("\"qkv_bias\": true, \"{key}\": 1"),
-            ),
-            VALID.replace("\"img_size\": 32", &format!("\"img_size\": \"{key}\"")),
-            VALID.replace("\"img_size\": 32", &format!("\"img_size\": \"a\\\"{key}\"")),
-        ];
-        for json in cases {
-            let err = DeiTConfig::from_json(&json).unwrap_err().to_string();
-            assert!(err.len() < 1000, "{} bytes: {}", err.len(), &err[..200]);
-            assert!(err.contains(&format!("{}…", "k".repeat(50))), "{err}");
-        }
-        let err = crate::ZooConfig::from_json(&format!("{{\"family\": \"{key}\"}}"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.len() < 300 && err.contains("unknown family `kkk"),
-            "{err}"
-        );
-        let err = crate::ZooConfig::from_json(&format!("[\"{key}\"]"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.len() < 300 && err.contains("a JSON object"), "{err}");
-        let err = crate::ZooConfig::named(&key).unwrap_err().to_string();
-        assert!(err.len() < 1000, "{err}");
-        assert_eq!(bounded("a `short` key"), "a `short` key");
-        assert_eq!(quoted("abc"), "abc");
-        let long = "x".repeat(MAX_QUOTED_CHARS + 1);
-        assert_eq!(quoted(&long), format!("{}…", &long[..MAX_QUOTED_CHARS]));
     }
 }

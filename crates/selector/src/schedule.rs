@@ -1,4 +1,4 @@
-//! Which layers idle and how many tokens each keeps (spec section 1).
+//! Which layers idle and how many tokens each keeps.
 
 use crate::{Result, SelectorError};
 

@@ -1,5 +1,5 @@
-//! Multiply-accumulate counts of the zoo's models under a token policy (spec section 2's
-//! formula for the blocks).
+//! Multiply-accumulate counts of the zoo's models under a token policy (the blocks by the
+//! formula of `docs/algorithm.md`, "Cost").
 //!
 //! Counted: every matrix product (projections, attention scores and mixing, MLP, patch embed,
 //! head). Not counted: norms, softmax, GELU, additions, gathers — as in the paper's figures.

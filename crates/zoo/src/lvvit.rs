@@ -88,7 +88,7 @@ impl LvVitConfig {
     }
 
     /// The release's idle schedule at base rate `r` for the model's depth: S (16 blocks)
-    /// idles layers 4..15, M (20 blocks) layers 5..19 (spec section 1).
+    /// idles layers 4..15, M (20 blocks) layers 5..19 (`docs/algorithm.md`, "Keep schedules").
     pub fn idle_schedule(&self, rate: f64) -> Result<Schedule> {
         match self.depth {
             16 => Ok(Schedule::lvvit_s(rate)?),

@@ -8,7 +8,7 @@ use crate::{Result, ZooConfig, ZooError};
 
 impl ZooConfig {
     /// The release's schedule of `kind` at base rate `rate` for this model: the DeiT and
-    /// LV-ViT idle schedules of spec section 1 (pruning shares them), EViT's layers 3, 6, 9;
+    /// LV-ViT idle schedules (`docs/algorithm.md`, "Keep schedules"; pruning shares them), EViT's layers 3, 6, 9;
     /// PVT-v2's stages 2-4 (idle only).
     /// Every idle and pruning layer must keep at least one token: an error names the keep
     /// rate given, the layer, and the ratio the rate compounds to there.

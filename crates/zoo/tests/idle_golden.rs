@@ -1,4 +1,4 @@
-//! Idle, masked, top-k pruning and EViT against the PyTorch reference of the spec
+//! Idle, masked, top-k pruning and EViT against the PyTorch reference implementation
 //! (`fixtures/idle/*`, written by `fixtures/idle_reference.py`): logits and every selection.
 
 mod common;

@@ -1,4 +1,5 @@
-//! Properties of the idle layer forms on random models (spec section 3's equivalence).
+//! Properties of the idle layer forms on random models (the masked form's equivalence
+//! with the gathered one, `docs/algorithm.md`).
 
 mod common;
 
@@ -205,7 +206,7 @@ proptest! {
         prop_assert_ne!(x.gather_rows(selection.indices()).unwrap().to_vec(), y.gather_rows(selection.indices()).unwrap().to_vec());
     }
 
-    /// The key-free scores equal the spec's: the mean over heads of the CLS query's scaled
+    /// The key-free scores equal the definition: the mean over heads of the CLS query's scaled
     /// logits against every token's key (with and without a qkv bias).
     #[test]
     fn key_free_scores_equal_the_logit_means(case in deit_case(), qkv_bias in any::<bool>()) {

@@ -826,12 +826,29 @@ fn linear_residual_refuses_mismatched_buffers() {
 /// Chunks of rows come in whole rounds of one chunk per thread, each near the target size.
 #[test]
 fn row_chunks_give_every_thread_the_same_count() {
-    for (rows, threads) in [(4416, 16), (6304, 16), (6304, 2), (4416, 2), (600, 2), (257, 1)] {
+    for (rows, threads) in [
+        (4416, 16),
+        (6304, 16),
+        (6304, 2),
+        (4416, 2),
+        (600, 2),
+        (257, 1),
+    ] {
         let chunk = chunk_rows(rows, threads);
         let chunks = rows.div_ceil(chunk);
-        assert_eq!(chunks % threads, 0, "{rows} rows on {threads} threads: {chunks} chunks");
-        assert!(chunk <= MLP_CHUNK_ROWS, "{rows} rows on {threads} threads: {chunk}");
-        assert!(2 * chunk > MLP_CHUNK_ROWS || chunks == threads, "{rows}, {threads}: {chunk}");
+        assert_eq!(
+            chunks % threads,
+            0,
+            "{rows} rows on {threads} threads: {chunks} chunks"
+        );
+        assert!(
+            chunk <= MLP_CHUNK_ROWS,
+            "{rows} rows on {threads} threads: {chunk}"
+        );
+        assert!(
+            2 * chunk > MLP_CHUNK_ROWS || chunks == threads,
+            "{rows}, {threads}: {chunk}"
+        );
     }
     assert_eq!(chunk_rows(4416, 16), 138);
 }

@@ -200,6 +200,20 @@ impl Tape {
     }
 }
 
+/// [`Backend`] methods for operations of one operand: `fn op(x, args) = forward => record`
+/// computes `forward` and, when `x` is on the tape, records the [`Op`] that `record` builds
+/// from `x`'s node and the result.
+macro_rules! unary_ops {
+    ($($(#[$doc:meta])* fn $op:ident($x:ident $(, $arg:ident: $ty:ty)*) = $forward:expr
+        => $record:expr;)*) => {
+        $($(#[$doc])* fn $op(&self, $x: &Var $(, $arg: $ty)*) -> Result<Var> {
+            let [id] = self.ids(stringify!($op), [Some($x)])?;
+            let y = $forward?;
+            self.record_unary(y, id, $record)
+        })*
+    };
+}
+
 /// Values are [`Var`]s. Each operation computes its result with [`ops`] (the same function
 /// [`Eager`](idlevit_ops::Eager) runs) and, when an operand depends on a parameter, records
 /// what its backward pass needs. Parameters become leaves under their checkpoint names, so
@@ -250,14 +264,50 @@ impl Backend for Tape {
         })
     }
 
-    /// GELU with the exact erf.
-    fn gelu(&self, x: &Var) -> Result<Var> {
-        let [xi] = self.ids("gelu", [Some(x)])?;
-        let y = ops::gelu(&x.value)?;
-        self.record_unary(y, xi, |x_id| Op::Gelu {
-            x: x_id,
-            x_value: x.value.clone(),
-        })
+    unary_ops! {
+        /// GELU with the exact erf.
+        fn gelu(x) = ops::gelu(&x.value)
+            => |id, _| Op::Gelu { x: id, x_value: x.value.clone() };
+        /// `x * factor`.
+        fn scale(x, factor: f32) = ops::scale(&x.value, factor) => |x, _| Op::Scale { x, factor };
+        /// Softmax over the last axis.
+        fn softmax(x) = ops::softmax(&x.value) => |x, y| Op::Softmax { x, y: y.clone() };
+        /// Log of the softmax over the last axis.
+        fn log_softmax(x) = ops::log_softmax(&x.value)
+            => |x, y| Op::LogSoftmax { x, y: y.clone() };
+        /// The same values under another shape.
+        fn reshape(x, shape: &[usize]) = ops::reshape(&x.value, shape) => |x, _| Op::Reshape { x };
+        /// Axes reordered: axis `i` of the result is axis `axes[i]` of `x`.
+        fn permute(x, axes: &[usize]) = ops::permute(&x.value, axes)
+            => |x, _| Op::Permute { x, axes: axes.to_vec() };
+        /// The range `start..end` of `axis`.
+        fn slice(x, axis: usize, start: usize, end: usize) = ops::slice(&x.value, axis, start, end)
+            => |x, _| Op::Slice { x, axis, start, end };
+        /// Index `index` of `axis`, with that axis removed.
+        fn select(x, axis: usize, index: usize) = ops::select(&x.value, axis, index)
+            => |x, _| Op::Select { x, axis, index };
+        /// Repeats size-1 axes and adds leading axes to reach `shape`.
+        fn broadcast_to(x, shape: &[usize]) = ops::broadcast_to(&x.value, shape)
+            => |x, _| Op::BroadcastTo { x };
+        /// Rows of a `(batch, rows, width)` value picked per batch item:
+        /// `out[b, i] = x[b, indices[b][i]]`.
+        fn gather_rows(x, indices: &[Vec<usize>]) = ops::gather_rows(&x.value, indices)
+            => |x, _| Op::GatherRows { x, indices: indices.to_vec() };
+        /// Sum over `axis`, kept as a size-1 axis when `keepdim`.
+        fn sum_axis(x, axis: usize, keepdim: bool) = ops::sum_axis(&x.value, axis, keepdim)
+            => |x, _| Op::SumAxis { x, axis };
+        /// Sum of every element, as a rank-0 value.
+        fn sum_all(x) = ops::sum_all(&x.value) => |x, _| Op::SumAll { x };
+        /// `|x|` (its gradient at 0 is taken as 0).
+        fn abs(x) = ops::abs(&x.value) => |id, _| Op::Abs { x: id, x_value: x.value.clone() };
+        /// `x * x`.
+        fn square(x) = ops::square(&x.value)
+            => |id, _| Op::Square { x: id, x_value: x.value.clone() };
+        /// Rows of the last axis divided by `max(||row||_2, eps)`.
+        fn l2_normalize(x, eps: f32) = ops::l2_normalize(&x.value, eps)
+            => |id, _| Op::L2Normalize { x: id, x_value: x.value.clone(), eps };
+        /// `max(x, 0)` (its gradient at 0 is taken as 0).
+        fn relu(x) = ops::relu(&x.value) => |x, y| Op::Relu { x, y: y.clone() };
     }
 
     /// `a + b`, with `b` broadcast to `a`'s shape.
@@ -286,13 +336,6 @@ impl Backend for Tape {
         })
     }
 
-    /// `x * factor`.
-    fn scale(&self, x: &Var, factor: f32) -> Result<Var> {
-        let [xi] = self.ids("scale", [Some(x)])?;
-        let y = ops::scale(&x.value, factor)?;
-        self.record_unary(y, xi, |x| Op::Scale { x, factor })
-    }
-
     /// Batched matrix product `(..., m, k) x (..., k, n) -> (..., m, n)`.
     fn matmul(&self, a: &Var, b: &Var) -> Result<Var> {
         let [ai, bi] = self.ids("matmul", [Some(a), Some(b)])?;
@@ -303,65 +346,6 @@ impl Backend for Tape {
             a_value: bi.map(|_| a.value.clone()),
             b_value: ai.map(|_| b.value.clone()),
         })
-    }
-
-    /// Softmax over the last axis.
-    fn softmax(&self, x: &Var) -> Result<Var> {
-        let [xi] = self.ids("softmax", [Some(x)])?;
-        let y = ops::softmax(&x.value)?;
-        let saved = y.clone();
-        self.record_unary(y, xi, |x| Op::Softmax { x, y: saved })
-    }
-
-    /// Log of the softmax over the last axis.
-    fn log_softmax(&self, x: &Var) -> Result<Var> {
-        let [xi] = self.ids("log_softmax", [Some(x)])?;
-        let y = ops::log_softmax(&x.value)?;
-        let saved = y.clone();
-        self.record_unary(y, xi, |x| Op::LogSoftmax { x, y: saved })
-    }
-
-    /// The same values under another shape.
-    fn reshape(&self, x: &Var, shape: &[usize]) -> Result<Var> {
-        let [xi] = self.ids("reshape", [Some(x)])?;
-        let y = ops::reshape(&x.value, shape)?;
-        self.record_unary(y, xi, |x| Op::Reshape { x })
-    }
-
-    /// Axes reordered: axis `i` of the result is axis `axes[i]` of `x`.
-    fn permute(&self, x: &Var, axes: &[usize]) -> Result<Var> {
-        let [xi] = self.ids("permute", [Some(x)])?;
-        let y = ops::permute(&x.value, axes)?;
-        self.record_unary(y, xi, |x| Op::Permute {
-            x,
-            axes: axes.to_vec(),
-        })
-    }
-
-    /// The range `start..end` of `axis`.
-    fn slice(&self, x: &Var, axis: usize, start: usize, end: usize) -> Result<Var> {
-        let [xi] = self.ids("slice", [Some(x)])?;
-        let y = ops::slice(&x.value, axis, start, end)?;
-        self.record_unary(y, xi, |x| Op::Slice {
-            x,
-            axis,
-            start,
-            end,
-        })
-    }
-
-    /// Index `index` of `axis`, with that axis removed.
-    fn select(&self, x: &Var, axis: usize, index: usize) -> Result<Var> {
-        let [xi] = self.ids("select", [Some(x)])?;
-        let y = ops::select(&x.value, axis, index)?;
-        self.record_unary(y, xi, |x| Op::Select { x, axis, index })
-    }
-
-    /// Repeats size-1 axes and adds leading axes to reach `shape`.
-    fn broadcast_to(&self, x: &Var, shape: &[usize]) -> Result<Var> {
-        let [xi] = self.ids("broadcast_to", [Some(x)])?;
-        let y = ops::broadcast_to(&x.value, shape)?;
-        self.record_unary(y, xi, |x| Op::BroadcastTo { x })
     }
 
     /// Joins values along `axis`; every other axis must agree.
@@ -386,17 +370,6 @@ impl Backend for Tape {
         ))
     }
 
-    /// Rows of a `(batch, rows, width)` value picked per batch item:
-    /// `out[b, i] = x[b, indices[b][i]]`.
-    fn gather_rows(&self, x: &Var, indices: &[Vec<usize>]) -> Result<Var> {
-        let [xi] = self.ids("gather_rows", [Some(x)])?;
-        let y = ops::gather_rows(&x.value, indices)?;
-        self.record_unary(y, xi, |x| Op::GatherRows {
-            x,
-            indices: indices.to_vec(),
-        })
-    }
-
     /// `x` with rows replaced per batch item: `out[b, indices[b][i]] = rows[b, i]`.
     fn scatter_rows(&self, x: &Var, indices: &[Vec<usize>], rows: &Var) -> Result<Var> {
         let [xi, ri] = self.ids("scatter_rows", [Some(x), Some(rows)])?;
@@ -405,51 +378,6 @@ impl Backend for Tape {
             x: xi,
             rows: ri,
             indices: indices.to_vec(),
-        })
-    }
-
-    /// Sum over `axis`, kept as a size-1 axis when `keepdim`.
-    fn sum_axis(&self, x: &Var, axis: usize, keepdim: bool) -> Result<Var> {
-        let [xi] = self.ids("sum_axis", [Some(x)])?;
-        let y = ops::sum_axis(&x.value, axis, keepdim)?;
-        self.record_unary(y, xi, |x| Op::SumAxis { x, axis })
-    }
-
-    /// Sum of every element, as a rank-0 value.
-    fn sum_all(&self, x: &Var) -> Result<Var> {
-        let [xi] = self.ids("sum_all", [Some(x)])?;
-        let y = ops::sum_all(&x.value)?;
-        self.record_unary(y, xi, |x| Op::SumAll { x })
-    }
-
-    /// `|x|` (its gradient at 0 is taken as 0).
-    fn abs(&self, x: &Var) -> Result<Var> {
-        let [xi] = self.ids("abs", [Some(x)])?;
-        let y = ops::abs(&x.value)?;
-        self.record_unary(y, xi, |x_id| Op::Abs {
-            x: x_id,
-            x_value: x.value.clone(),
-        })
-    }
-
-    /// `x * x`.
-    fn square(&self, x: &Var) -> Result<Var> {
-        let [xi] = self.ids("square", [Some(x)])?;
-        let y = ops::square(&x.value)?;
-        self.record_unary(y, xi, |x_id| Op::Square {
-            x: x_id,
-            x_value: x.value.clone(),
-        })
-    }
-
-    /// Rows of the last axis divided by `max(||row||_2, eps)`.
-    fn l2_normalize(&self, x: &Var, eps: f32) -> Result<Var> {
-        let [xi] = self.ids("l2_normalize", [Some(x)])?;
-        let y = ops::l2_normalize(&x.value, eps)?;
-        self.record_unary(y, xi, |x_id| Op::L2Normalize {
-            x: x_id,
-            x_value: x.value.clone(),
-            eps,
         })
     }
 
@@ -469,19 +397,11 @@ impl Backend for Tape {
         })
     }
 
-    /// `max(x, 0)` (its gradient at 0 is taken as 0).
-    fn relu(&self, x: &Var) -> Result<Var> {
-        let [xi] = self.ids("relu", [Some(x)])?;
-        let y = ops::relu(&x.value)?;
-        let saved = y.clone();
-        self.record_unary(y, xi, |x| Op::Relu { x, y: saved })
-    }
-
     /// Maximum over `axis`, which is removed; the gradient goes to the first maximum.
     fn max_axis(&self, x: &Var, axis: usize) -> Result<Var> {
         let [xi] = self.ids("max_axis", [Some(x)])?;
         let (y, index) = ops::max_axis_with_index(&x.value, axis)?;
-        self.record_unary(y, xi, |x| Op::MaxAxis { x, axis, index })
+        self.record_unary(y, xi, |x, _| Op::MaxAxis { x, axis, index })
     }
 
     fn drop_path(&self, branch: &Var, rate: f32) -> Result<Var> {
@@ -550,16 +470,19 @@ impl Tape {
         Ok(self.push(value, op()))
     }
 
-    /// [`record`](Self::record) for an operation of one operand.
+    /// [`record`](Self::record) for an operation of one operand; `op` also sees the result.
     fn record_unary(
         &self,
         value: Tensor,
         id: Option<NodeId>,
-        op: impl FnOnce(NodeId) -> Op,
+        op: impl FnOnce(NodeId, &Tensor) -> Op,
     ) -> Result<Var> {
         Ok(match id {
             None => self.constant(value),
-            Some(id) => self.push(value, op(id)),
+            Some(id) => {
+                let op = op(id, &value);
+                self.push(value, op)
+            }
         })
     }
 

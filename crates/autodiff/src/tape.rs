@@ -237,7 +237,6 @@ impl Backend for Tape {
         x.value.clone()
     }
 
-    /// `x W^T + b` over the last axis of `x`, with `W` of shape `(out, in)`.
     fn linear(&self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
         let [xi, wi, bi] = self.ids("linear", [Some(x), Some(w), b])?;
         let y = ops::linear(&x.value, &w.value, b.map(|b| &b.value))?;
@@ -250,7 +249,6 @@ impl Backend for Tape {
         })
     }
 
-    /// Layer normalisation over the last axis with scale `gamma` and shift `beta`.
     fn layer_norm(&self, x: &Var, gamma: &Var, beta: &Var, eps: f32) -> Result<Var> {
         let ids = self.ids("layer_norm", [Some(x), Some(gamma), Some(beta)])?;
         let y = ops::layer_norm(&x.value, &gamma.value, &beta.value, eps)?;
@@ -265,66 +263,48 @@ impl Backend for Tape {
     }
 
     unary_ops! {
-        /// GELU with the exact erf.
         fn gelu(x) = ops::gelu(&x.value)
             => |id, _| Op::Gelu { x: id, x_value: x.value.clone() };
-        /// `x * factor`.
         fn scale(x, factor: f32) = ops::scale(&x.value, factor) => |x, _| Op::Scale { x, factor };
-        /// Softmax over the last axis.
         fn softmax(x) = ops::softmax(&x.value) => |x, y| Op::Softmax { x, y: y.clone() };
-        /// Log of the softmax over the last axis.
         fn log_softmax(x) = ops::log_softmax(&x.value)
             => |x, y| Op::LogSoftmax { x, y: y.clone() };
-        /// The same values under another shape.
         fn reshape(x, shape: &[usize]) = ops::reshape(&x.value, shape) => |x, _| Op::Reshape { x };
-        /// Axes reordered: axis `i` of the result is axis `axes[i]` of `x`.
         fn permute(x, axes: &[usize]) = ops::permute(&x.value, axes)
             => |x, _| Op::Permute { x, axes: axes.to_vec() };
-        /// The range `start..end` of `axis`.
         fn slice(x, axis: usize, start: usize, end: usize) = ops::slice(&x.value, axis, start, end)
             => |x, _| Op::Slice { x, axis, start, end };
-        /// Index `index` of `axis`, with that axis removed.
         fn select(x, axis: usize, index: usize) = ops::select(&x.value, axis, index)
             => |x, _| Op::Select { x, axis, index };
-        /// Repeats size-1 axes and adds leading axes to reach `shape`.
         fn broadcast_to(x, shape: &[usize]) = ops::broadcast_to(&x.value, shape)
             => |x, _| Op::BroadcastTo { x };
-        /// Rows of a `(batch, rows, width)` value picked per batch item:
-        /// `out[b, i] = x[b, indices[b][i]]`.
         fn gather_rows(x, indices: &[Vec<usize>]) = ops::gather_rows(&x.value, indices)
             => |x, _| Op::GatherRows { x, indices: indices.to_vec() };
-        /// Sum over `axis`, kept as a size-1 axis when `keepdim`.
         fn sum_axis(x, axis: usize, keepdim: bool) = ops::sum_axis(&x.value, axis, keepdim)
             => |x, _| Op::SumAxis { x, axis };
-        /// Sum of every element, as a rank-0 value.
         fn sum_all(x) = ops::sum_all(&x.value) => |x, _| Op::SumAll { x };
         /// `|x|` (its gradient at 0 is taken as 0).
         fn abs(x) = ops::abs(&x.value) => |id, _| Op::Abs { x: id, x_value: x.value.clone() };
-        /// `x * x`.
         fn square(x) = ops::square(&x.value)
             => |id, _| Op::Square { x: id, x_value: x.value.clone() };
-        /// Rows of the last axis divided by `max(||row||_2, eps)`.
         fn l2_normalize(x, eps: f32) = ops::l2_normalize(&x.value, eps)
             => |id, _| Op::L2Normalize { x: id, x_value: x.value.clone(), eps };
         /// `max(x, 0)` (its gradient at 0 is taken as 0).
         fn relu(x) = ops::relu(&x.value) => |x, y| Op::Relu { x, y: y.clone() };
     }
 
-    /// `a + b`, with `b` broadcast to `a`'s shape.
     fn add(&self, a: &Var, b: &Var) -> Result<Var> {
         let [ai, bi] = self.ids("add", [Some(a), Some(b)])?;
         let y = ops::add(&a.value, &b.value)?;
         self.record(y, [ai, bi], || Op::Add { a: ai, b: bi })
     }
 
-    /// `a - b`, with `b` broadcast to `a`'s shape.
     fn sub(&self, a: &Var, b: &Var) -> Result<Var> {
         let [ai, bi] = self.ids("sub", [Some(a), Some(b)])?;
         let y = ops::sub(&a.value, &b.value)?;
         self.record(y, [ai, bi], || Op::Sub { a: ai, b: bi })
     }
 
-    /// `a * b` element-wise, with `b` broadcast to `a`'s shape.
     fn mul(&self, a: &Var, b: &Var) -> Result<Var> {
         let [ai, bi] = self.ids("mul", [Some(a), Some(b)])?;
         let y = ops::mul(&a.value, &b.value)?;
@@ -336,7 +316,6 @@ impl Backend for Tape {
         })
     }
 
-    /// Batched matrix product `(..., m, k) x (..., k, n) -> (..., m, n)`.
     fn matmul(&self, a: &Var, b: &Var) -> Result<Var> {
         let [ai, bi] = self.ids("matmul", [Some(a), Some(b)])?;
         let y = ops::matmul(&a.value, &b.value)?;
@@ -348,7 +327,6 @@ impl Backend for Tape {
         })
     }
 
-    /// Joins values along `axis`; every other axis must agree.
     fn concat(&self, xs: &[Var], axis: usize) -> Result<Var> {
         let ids = xs
             .iter()
@@ -370,7 +348,6 @@ impl Backend for Tape {
         ))
     }
 
-    /// `x` with rows replaced per batch item: `out[b, indices[b][i]] = rows[b, i]`.
     fn scatter_rows(&self, x: &Var, indices: &[Vec<usize>], rows: &Var) -> Result<Var> {
         let [xi, ri] = self.ids("scatter_rows", [Some(x), Some(rows)])?;
         let y = ops::scatter_rows(&x.value, indices, &rows.value)?;

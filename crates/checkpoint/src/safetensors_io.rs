@@ -256,31 +256,22 @@ fn short_shape<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<usize>,
 
 /// Decodes the stored bytes of tensor `name` into f32 values.
 fn decode(name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>> {
-    let values = match dtype {
-        Dtype::F32 => data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        Dtype::F16 => data
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => data
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        Dtype::F64 => data
-            .chunks_exact(8)
-            .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32)
-            .collect(),
+    fn each<const N: usize>(data: &[u8], convert: impl Fn([u8; N]) -> f32) -> Vec<f32> {
+        let element = |b: &[u8]| convert(std::array::from_fn(|i| b[i]));
+        data.chunks_exact(N).map(element).collect()
+    }
+    Ok(match dtype {
+        Dtype::F32 => each(data, f32::from_le_bytes),
+        Dtype::F16 => each(data, |b| half::f16::from_le_bytes(b).to_f32()),
+        Dtype::BF16 => each(data, |b| half::bf16::from_le_bytes(b).to_f32()),
+        Dtype::F64 => each(data, |b| f64::from_le_bytes(b) as f32),
         other => {
             return Err(CheckpointError::Dtype {
                 name: name.to_string(),
                 dtype: format!("{other:?}"),
             });
         }
-    };
-    Ok(values)
+    })
 }
 
 #[cfg(test)]

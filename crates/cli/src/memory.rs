@@ -69,32 +69,28 @@ pub fn gib(bytes: u64) -> String {
 
 /// Refuses `what` when its estimated need (`None`: too large to count) exceeds `limit`.
 pub fn check_fits(what: &str, estimate: Option<u64>, limit: Option<MemoryLimit>) -> Result<()> {
-    let Some(limit) = limit else {
-        return match estimate {
-            Some(_) => Ok(()),
-            None => bail!("{what} needs more memory than can be counted"),
-        };
+    let Some(need) = estimate else {
+        bail!("{what} needs more memory than can be counted");
+    };
+    let Some(limit) = limit.filter(|limit| need > limit.bytes) else {
+        return Ok(());
     };
     let source = match limit.source {
         LimitSource::Argument => "--max-memory",
         LimitSource::AddressSpace => "the process's address-space limit (ulimit -v)",
         LimitSource::Available => "the memory available on this machine",
     };
-    match estimate {
-        Some(need) if need <= limit.bytes => Ok(()),
-        Some(need) => bail!(
-            "{what} needs about {} of memory, more than the {} allowed by {source}; use a \
-             smaller model or batch{}",
-            gib(need),
-            gib(limit.bytes),
-            if limit.source == LimitSource::Argument {
-                ""
-            } else {
-                ", or raise the limit with --max-memory if the estimate is wrong"
-            }
-        ),
-        None => bail!("{what} needs more memory than can be counted"),
-    }
+    bail!(
+        "{what} needs about {} of memory, more than the {} allowed by {source}; use a smaller \
+         model or batch{}",
+        gib(need),
+        gib(limit.bytes),
+        if limit.source == LimitSource::Argument {
+            ""
+        } else {
+            ", or raise the limit with --max-memory if the estimate is wrong"
+        }
+    )
 }
 
 #[cfg(test)]

@@ -67,6 +67,17 @@ pub(crate) fn check_classes(data: &ImageFolder, classes: usize) -> Result<()> {
     Ok(())
 }
 
+/// A progress bar of `len` steps drawn with `template`, hidden unless `show`.
+pub(crate) fn progress_bar(show: bool, len: usize, template: &str) -> ProgressBar {
+    let bar = if show {
+        ProgressBar::new(len as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    let style = ProgressStyle::with_template(template);
+    bar.with_style(style.unwrap_or_else(|_| ProgressStyle::default_bar()))
+}
+
 /// Evaluates `model` (under its own policy) on every image of `data`, `batch` at a time.
 pub fn evaluate(
     model: &ZooModel,
@@ -95,16 +106,10 @@ pub fn evaluate_in_group(
     let transform = EvalTransform::for_size(model.img_size());
     let indices: Vec<usize> = (0..data.len()).collect();
     let mine = shard(&indices, group.rank(), group.size());
-    let bar = if progress && group.is_leader() {
-        ProgressBar::new(mine.len() as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "eval {bar:30} {pos}/{len} images  {per_sec}  ETA {eta}  {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    let bar = progress_bar(
+        progress && group.is_leader(),
+        mine.len(),
+        "eval {bar:30} {pos}/{len} images  {per_sec}  ETA {eta}  {msg}",
     );
     let (mut top1, mut top5, mut non_finite) = (0usize, 0usize, 0usize);
     for chunk in mine.chunks(batch) {

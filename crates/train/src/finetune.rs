@@ -12,11 +12,10 @@ use idlevit_data::folder::{ImageFolder, shuffled};
 use idlevit_data::preprocess::EvalTransform;
 use idlevit_tensor::Tensor;
 use idlevit_zoo::{ZooConfig, ZooModel};
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::distributed::{ProcessGroup, SingleProcess, average_gradients, shard};
 use crate::error::{Context, bail};
-use crate::evaluate::{Accuracy, check_classes, evaluate_in_group};
+use crate::evaluate::{Accuracy, check_classes, evaluate_in_group, progress_bar};
 use crate::{
     AdamW, CosineSchedule, Mixup, Objective, Result, StepSettings, TrainError, apply_gradients,
     smoothed_targets, step_gradients,
@@ -274,14 +273,10 @@ pub fn finetune_in_group(
     let mut epoch_losses = Vec::new();
     let rank_stream = (group.rank() as u64) << 32;
     for epoch in first_epoch..options.epochs {
-        let bar = if options.progress && group.is_leader() {
-            ProgressBar::new(train.len() as u64)
-        } else {
-            ProgressBar::hidden()
-        };
-        bar.set_style(
-            ProgressStyle::with_template("epoch {prefix} {bar:25} {pos}/{len}  {msg}  ETA {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        let bar = progress_bar(
+            options.progress && group.is_leader(),
+            train.len(),
+            "epoch {prefix} {bar:25} {pos}/{len}  {msg}  ETA {eta}",
         );
         bar.set_prefix(format!("{}/{}", epoch + 1, options.epochs));
         let order = shuffled(train.len(), options.seed.wrapping_add(epoch as u64));

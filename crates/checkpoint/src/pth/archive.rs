@@ -104,7 +104,7 @@ impl<R: Read + Seek> Archive<R> {
         file.by_ref()
             .take(limit.saturating_add(1))
             .read_to_end(&mut bytes)
-            .map_err(|err| io_error(&entry, &err))?;
+            .map_err(|err| zip_error(&entry, &err))?;
         let read = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
         if compressed {
             if read > limit {
@@ -151,7 +151,7 @@ impl<R: Read + Seek> Archive<R> {
         file.by_ref()
             .take(wanted.saturating_add(1))
             .read_to_end(&mut bytes)
-            .map_err(|err| io_error(&entry, &err))?;
+            .map_err(|err| zip_error(&entry, &err))?;
         if bytes.len() < nbytes {
             return Err(too_small(u64::try_from(bytes.len()).unwrap_or(u64::MAX)));
         }
@@ -176,7 +176,7 @@ impl<R: Read + Seek> Archive<R> {
         file.by_ref()
             .take(MAX_LEN)
             .read_to_end(&mut bytes)
-            .map_err(|err| io_error(&entry, &err))?;
+            .map_err(|err| zip_error(&entry, &err))?;
         match String::from_utf8_lossy(&bytes).trim() {
             "little" => Ok(false),
             "big" => Ok(true),
@@ -197,9 +197,7 @@ fn inflation_budget(len: u64, inflated: u64) -> u64 {
 }
 
 fn inflation_error(entry: &str, len: u64) -> PthError {
-    let limit = len
-        .saturating_mul(MAX_INFLATION)
-        .saturating_add(INFLATION_ALLOWANCE_BYTES);
+    let limit = inflation_budget(len, 0);
     PthError::Limit {
         what: format!(
             "bytes inflated from compressed entries, up to `{}`, of an archive of {len} bytes",
@@ -333,14 +331,8 @@ fn find_prefix<R: Read + Seek>(zip: &ZipArchive<R>) -> Result<String, PthError> 
     Ok(prefix)
 }
 
-fn zip_error(entry: &str, err: &ZipError) -> PthError {
-    PthError::Zip {
-        entry: entry.to_owned(),
-        reason: err.to_string(),
-    }
-}
-
-fn io_error(entry: &str, err: &std::io::Error) -> PthError {
+/// Entry `entry` could not be read, as the zip reader or the I/O under it says.
+fn zip_error(entry: &str, err: &impl std::fmt::Display) -> PthError {
     PthError::Zip {
         entry: entry.to_owned(),
         reason: err.to_string(),

@@ -2,14 +2,14 @@
 //!
 //! Nothing here runs code named by a pickle: each understood global is a data constructor
 //! (a dict, a tensor view, a dtype) re-implemented from its documented behaviour. Any other
-//! global becomes an [`Unknown`] object in the interpreter.
+//! global becomes an [`Unknown`](super::value::Unknown) object in the interpreter.
 //!
 //! One file on purpose: it is the whole allow-list, so that what a checkpoint may construct
 //! can be audited in one place.
 
 use super::budget::{table_bytes, vec_bytes};
 use super::error::PthError;
-use super::value::{Dict, Global, Heap, ObjId, Object, TensorView, Unknown};
+use super::value::{Dict, Global, Heap, ObjId, Object, TensorView};
 
 macro_rules! dtypes {
     ($($variant:ident = $name:literal, $size:literal;)*) => {
@@ -223,11 +223,11 @@ impl Call<'_> {
         }
     }
 
-    fn refuse_unknown(&self, index: usize, what: &str, unknown: &Unknown) -> PthError {
+    fn refuse_unknown(&self, index: usize, what: &str, global: &Global) -> PthError {
         PthError::TensorFromUnknown {
             offset: self.offset,
             context: format!("the {what} (argument {index}) of `{}`", self.global),
-            global: unknown.global.to_string(),
+            global: global.to_string(),
         }
     }
 
@@ -342,16 +342,11 @@ impl Call<'_> {
         min_args: usize,
         dtype_index: Option<usize>,
     ) -> Result<TensorView, PthError> {
-        if self.args.len() < min_args {
-            return Err(self.malformed(
-                format!("at least {min_args} arguments"),
-                format!("{} arguments", self.args.len()),
-            ));
-        }
+        self.arg(min_args - 1)?; // refuses fewer than `min_args` arguments
         let storage_id = self.arg(0)?;
         let storage = match heap.get(storage_id) {
             Object::Storage(storage) => (**storage).clone(),
-            Object::Unknown(unknown) => return Err(self.refuse_unknown(0, "storage", unknown)),
+            Object::Unknown(u) => return Err(self.refuse_unknown(0, "storage", &u.global)),
             _ => return Err(self.arg_malformed(heap, 0, "a storage", storage_id)),
         };
         let offset = self.usize_arg(heap, 1, "a non-negative storage offset")?;
@@ -370,11 +365,7 @@ impl Call<'_> {
                 match heap.get(id) {
                     Object::DType(dtype) => *dtype,
                     Object::Global(global, None) => {
-                        return Err(PthError::TensorFromUnknown {
-                            offset: self.offset,
-                            context: format!("the dtype (argument {index}) of `{}`", self.global),
-                            global: global.to_string(),
-                        });
+                        return Err(self.refuse_unknown(index, "dtype", global));
                     }
                     _ => return Err(self.arg_malformed(heap, index, "a torch dtype", id)),
                 }
@@ -394,7 +385,7 @@ impl Call<'_> {
         let id = self.arg(index)?;
         match heap.get(id) {
             Object::Tensor(_) => Ok(id),
-            Object::Unknown(unknown) => Err(self.refuse_unknown(index, what, unknown)),
+            Object::Unknown(unknown) => Err(self.refuse_unknown(index, what, &unknown.global)),
             _ => Err(self.arg_malformed(heap, index, "a tensor", id)),
         }
     }
@@ -409,15 +400,8 @@ impl Call<'_> {
             Object::Tuple(items) if items.len() <= MAX_CALL_ARGS => items.clone(),
             _ => return Err(self.arg_malformed(heap, 2, "a short tuple of arguments", args_id)),
         };
-        let inert = |heap: &mut Heap, global: Global| {
-            let unknown = Unknown {
-                global,
-                args: Some(args_id),
-                state: None,
-                items: Vec::new(),
-            };
-            heap.alloc(Object::Unknown(Box::new(unknown)), self.offset)
-        };
+        let inert =
+            |heap: &mut Heap, global| heap.alloc(Object::inert(global, args_id), self.offset);
         match heap.get(new_type) {
             Object::Global(_, Some(Known::TensorType)) => {}
             Object::Global(global, None) => {

@@ -4,7 +4,7 @@
 //! out-of-band buffers, which `torch.save` never writes. `GLOBAL` and `STACK_GLOBAL` only ever
 //! produce a reference: the globals of [`globals`] are understood as data
 //! constructors, and calling, instantiating or `BUILD`ing any other global yields an inert
-//! [`Unknown`] that records its arguments.
+//! [`Unknown`](super::value::Unknown) that records its arguments.
 //!
 //! One file on purpose: the interpreter is one dispatch over the opcode table, and every
 //! opcode's stack effect and memory charge reads best next to the others.
@@ -20,7 +20,7 @@ use text::{decode_quoted_string, decode_raw_unicode_escape, int_from_le_bytes, t
 use super::budget::block_bytes;
 use super::error::PthError;
 use super::globals::{self, Known, MAX_CALL_ARGS};
-use super::value::{Global, Heap, ObjId, Object, Storage, Unknown, quoted};
+use super::value::{Global, Heap, ObjId, Object, Storage, quoted};
 
 /// Deepest nesting of `MARK`s (tuples, lists and dicts under construction) a pickle may open.
 pub const MAX_MARK_DEPTH: usize = 10_000;
@@ -168,28 +168,16 @@ impl<'a> Machine<'a> {
             Op::NONE => self.push_new(Object::None)?,
             Op::NEWTRUE => self.push_new(Object::Bool(true))?,
             Op::NEWFALSE => self.push_new(Object::Bool(false))?,
-            Op::BININT => {
-                let value = i32::from_le_bytes(self.read_array()?);
-                self.push_new(Object::Int(value.into()))?;
+            Op::BININT | Op::BININT1 | Op::BININT2 => {
+                let value = match op {
+                    Op::BININT => i32::from_le_bytes(self.read_array()?).into(),
+                    Op::BININT1 => self.read_array::<1>()?[0].into(),
+                    _ => u16::from_le_bytes(self.read_array()?).into(),
+                };
+                self.push_new(Object::Int(value))?;
             }
-            Op::BININT1 => {
-                let [value] = self.read_array()?;
-                self.push_new(Object::Int(value.into()))?;
-            }
-            Op::BININT2 => {
-                let value = u16::from_le_bytes(self.read_array()?);
-                self.push_new(Object::Int(value.into()))?;
-            }
-            Op::LONG1 => {
-                let [len] = self.read_array()?;
-                let bytes = self.read(len.into())?;
-                self.push_new(int_from_le_bytes(bytes))?;
-            }
-            Op::LONG4 => {
-                let len = i32::from_le_bytes(self.read_array()?);
-                let len = usize::try_from(len).map_err(|_| {
-                    self.malformed("a non-negative length", format!("length {len}"))
-                })?;
+            Op::LONG1 | Op::LONG4 => {
+                let len = self.read_len(op)?;
                 let bytes = self.read(len)?;
                 self.push_new(int_from_le_bytes(bytes))?;
             }
@@ -221,16 +209,8 @@ impl<'a> Machine<'a> {
                 self.push_new(Object::Float(value))?;
             }
 
-            Op::BINUNICODE => {
-                let len = self.read_u32_len()?;
-                self.push_utf8(len)?;
-            }
-            Op::SHORT_BINUNICODE => {
-                let [len] = self.read_array()?;
-                self.push_utf8(len.into())?;
-            }
-            Op::BINUNICODE8 => {
-                let len = self.read_u64_len()?;
+            Op::BINUNICODE | Op::SHORT_BINUNICODE | Op::BINUNICODE8 => {
+                let len = self.read_len(op)?;
                 self.push_utf8(len)?;
             }
             Op::UNICODE => {
@@ -239,17 +219,9 @@ impl<'a> Machine<'a> {
                     .ok_or_else(|| self.malformed("raw-unicode-escape text", "a bad escape"))?;
                 self.push_new(Object::Str(text))?;
             }
-            Op::BINSTRING => {
-                let len = i32::from_le_bytes(self.read_array()?);
-                let len = usize::try_from(len).map_err(|_| {
-                    self.malformed("a non-negative length", format!("length {len}"))
-                })?;
+            Op::BINSTRING | Op::SHORT_BINSTRING => {
+                let len = self.read_len(op)?;
                 let bytes = self.read(len)?.to_vec();
-                self.push_new(text_or_bytes(bytes))?;
-            }
-            Op::SHORT_BINSTRING => {
-                let [len] = self.read_array()?;
-                let bytes = self.read(len.into())?.to_vec();
                 self.push_new(text_or_bytes(bytes))?;
             }
             Op::STRING => {
@@ -259,16 +231,8 @@ impl<'a> Machine<'a> {
                 })?;
                 self.push_new(text_or_bytes(bytes))?;
             }
-            Op::BINBYTES => {
-                let len = self.read_u32_len()?;
-                self.push_bytes(len)?;
-            }
-            Op::SHORT_BINBYTES => {
-                let [len] = self.read_array()?;
-                self.push_bytes(len.into())?;
-            }
-            Op::BINBYTES8 | Op::BYTEARRAY8 => {
-                let len = self.read_u64_len()?;
+            Op::BINBYTES | Op::SHORT_BINBYTES | Op::BINBYTES8 | Op::BYTEARRAY8 => {
+                let len = self.read_len(op)?;
                 self.push_bytes(len)?;
             }
 
@@ -331,29 +295,13 @@ impl<'a> Machine<'a> {
                 self.extend_top(&items, true)?;
             }
 
-            Op::GET => {
-                let index = self.read_decimal_line()?;
+            Op::GET | Op::BINGET | Op::LONG_BINGET => {
+                let index = self.read_memo_index(op)?;
                 self.memo_get(index)?;
             }
-            Op::BINGET => {
-                let [index] = self.read_array()?;
-                self.memo_get(index.into())?;
-            }
-            Op::LONG_BINGET => {
-                let index = u32::from_le_bytes(self.read_array()?);
-                self.memo_get(index.into())?;
-            }
-            Op::PUT => {
-                let index = self.read_decimal_line()?;
+            Op::PUT | Op::BINPUT | Op::LONG_BINPUT => {
+                let index = self.read_memo_index(op)?;
                 self.memo_put(index)?;
-            }
-            Op::BINPUT => {
-                let [index] = self.read_array()?;
-                self.memo_put(index.into())?;
-            }
-            Op::LONG_BINPUT => {
-                let index = u32::from_le_bytes(self.read_array()?);
-                self.memo_put(index.into())?;
             }
             Op::MEMOIZE => {
                 let index = u64::try_from(self.memo.len()).unwrap_or(u64::MAX);
@@ -510,14 +458,33 @@ impl<'a> Machine<'a> {
         Ok(array)
     }
 
-    fn read_u32_len(&mut self) -> Result<usize, PthError> {
-        let len = u32::from_le_bytes(self.read_array()?);
+    /// The length argument of `op`: one byte for `LONG1` and the `SHORT_` forms, eight for the
+    /// `8` forms, four otherwise (signed for `LONG4` and `BINSTRING`, refused when negative).
+    fn read_len(&mut self, op: Op) -> Result<usize, PthError> {
+        let len: i128 = match op {
+            Op::LONG1 | Op::SHORT_BINSTRING | Op::SHORT_BINUNICODE | Op::SHORT_BINBYTES => {
+                self.read_array::<1>()?[0].into()
+            }
+            Op::BINUNICODE8 | Op::BINBYTES8 | Op::BYTEARRAY8 => {
+                u64::from_le_bytes(self.read_array()?).into()
+            }
+            Op::LONG4 | Op::BINSTRING => i32::from_le_bytes(self.read_array()?).into(),
+            _ => u32::from_le_bytes(self.read_array()?).into(),
+        };
+        if len < 0 {
+            return Err(self.malformed("a non-negative length", format!("length {len}")));
+        }
         usize::try_from(len).map_err(|_| self.limit("length", usize::MAX))
     }
 
-    fn read_u64_len(&mut self) -> Result<usize, PthError> {
-        let len = u64::from_le_bytes(self.read_array()?);
-        usize::try_from(len).map_err(|_| self.limit("length", usize::MAX))
+    /// The memo index of `op`: decimal text for `GET` and `PUT`, one byte for their `BIN`
+    /// forms, four for their `LONG_BIN` forms.
+    fn read_memo_index(&mut self, op: Op) -> Result<u64, PthError> {
+        match op {
+            Op::GET | Op::PUT => self.read_decimal_line(),
+            Op::BINGET | Op::BINPUT => Ok(self.read_array::<1>()?[0].into()),
+            _ => Ok(u32::from_le_bytes(self.read_array()?).into()),
+        }
     }
 
     /// The bytes up to the next newline, which is consumed.
@@ -739,12 +706,7 @@ impl<'a> Machine<'a> {
             _ => return Err(self.malformed_value("a callable global", callable)),
         };
         let Some(known) = known else {
-            return self.alloc(Object::Unknown(Box::new(Unknown {
-                global,
-                args: Some(args),
-                state: None,
-                items: Vec::new(),
-            })));
+            return self.alloc(Object::inert(global, args));
         };
         if items.len() > MAX_CALL_ARGS {
             return Err(PthError::Malformed {
@@ -789,13 +751,7 @@ impl<'a> Machine<'a> {
             Object::Global(_, Some(Known::StorageType(dtype))) => *dtype,
             // An unknown storage class stays inert; a tensor built on it is refused later.
             Object::Global(global, None) => {
-                let global = (**global).clone();
-                return self.alloc(Object::Unknown(Box::new(Unknown {
-                    global,
-                    args: Some(pid),
-                    state: None,
-                    items: Vec::new(),
-                })));
+                return self.alloc(Object::inert((**global).clone(), pid));
             }
             _ => return Err(self.malformed_value("a storage class", storage_type)),
         };

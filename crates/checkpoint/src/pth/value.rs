@@ -371,6 +371,16 @@ impl Heap {
 }
 
 impl Object {
+    /// The inert result of calling `global`, which is not understood, with the tuple `args`.
+    pub fn inert(global: Global, args: ObjId) -> Self {
+        Object::Unknown(Box::new(Unknown {
+            global,
+            args: Some(args),
+            state: None,
+            items: Vec::new(),
+        }))
+    }
+
     /// Heap bytes the object owns, beyond its slot in the arena: every block it points to, as
     /// the allocator sizes it, and every vector at its capacity.
     fn heap_bytes(&self) -> usize {

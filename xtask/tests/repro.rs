@@ -92,7 +92,7 @@ fn a_tiny_run_writes_the_whole_report() {
     ] {
         assert!(report.contains(heading), "missing `{heading}` in\n{report}");
     }
-    // The paper's DeiT-S figures sit beside ours, and ours follow the spec's test vectors.
+    // The paper's DeiT-S figures sit beside ours, and ours follow the reference keep-count test vectors.
     assert!(
         report.contains("| deit_small | 4.6 | 4.599 | 4.067 |"),
         "{report}"

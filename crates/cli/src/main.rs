@@ -49,7 +49,7 @@ enum Command {
     /// Write the digits task (UCI digits on cluttered 64x64 canvases, seeded) as an image
     /// folder DIR/{train,val}/<digit>/*.png for `finetune --data DIR` and `eval`.
     Digits(cmd::digits::Digits),
-    /// Multiply-accumulates per image (GMACs) by spec section 2's formula, dense and under a
+    /// Multiply-accumulates per image (GMACs) by the cost formula of `docs/algorithm.md`, dense and under a
     /// policy.
     Flops(cmd::flops::Flops),
 }

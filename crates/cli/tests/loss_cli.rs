@@ -1,5 +1,5 @@
 //! `idlevit loss` against PyTorch's values and gradients (`fixtures/loss`, written by
-//! `fixtures/loss_reference.py` from spec sections 3–5).
+//! `fixtures/loss_reference.py` from the masked form, cut loss and objective of `docs/algorithm.md`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

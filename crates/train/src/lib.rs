@@ -1,4 +1,4 @@
-//! Finetuning an idle model: the objective of spec section 5, and the optimiser around it.
+//! Finetuning an idle model: the objective (`docs/algorithm.md`), and the optimiser around it.
 //!
 //! [`Objective`] computes `CE + cut_weight * cut / L_idle + w * KL + 100 w * F` on the
 //! student's masked forward (any [`Backend`](idlevit_nn::Backend); on the

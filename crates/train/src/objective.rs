@@ -1,4 +1,4 @@
-//! The finetuning objective of spec section 5.
+//! The finetuning objective (`docs/algorithm.md`, "The finetuning objective").
 
 use idlevit_cutloss::{CutLoss, cut_loss};
 use idlevit_nn::Backend;

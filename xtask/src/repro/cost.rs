@@ -5,7 +5,7 @@ use idlevit_zoo::{DeiTConfig, PolicyKind, Schedule, TokenPolicy, macs};
 
 use super::table::{Table, cell};
 
-/// The zoo's named models, with the paper's dense GMACs and top-1 (spec section 8).
+/// The zoo's named models, with the paper's dense GMACs and top-1 (`docs/algorithm.md`, "Reference figures").
 pub const ZOO: &[(&str, f64, f64)] = &[
     ("deit_tiny", 1.3, 72.2),
     ("deit_small", 4.6, 79.8),
@@ -40,7 +40,7 @@ pub fn cost_tables(digits: &DeiTConfig) -> Result<Vec<Table>> {
     let rate_names: Vec<String> = RATES.iter().map(|r| format!("idle r={r}")).collect();
     header.extend(rate_names.iter().map(String::as_str));
     let mut idle = Table::new(
-        "GMACs per image, dense and IdleViT (spec section 2's count)",
+        "GMACs per image, dense and IdleViT (the cost formula of docs/algorithm.md)",
         &header,
     );
     let mut models: Vec<(String, DeiTConfig, Option<f64>)> = ZOO
@@ -64,7 +64,7 @@ pub fn cost_tables(digits: &DeiTConfig) -> Result<Vec<Table>> {
         idle.push(row);
     }
     let mut policies = Table::new(
-        "DeiT-S GMACs by policy (last column: the EViT paper, as quoted in the spec)",
+        "DeiT-S GMACs by policy (last column: the EViT paper, as the IdleViT paper quotes it)",
         &["r", "idle", "prune", "EViT", "EViT paper"],
     );
     let small = DeiTConfig::small();

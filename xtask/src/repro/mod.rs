@@ -204,7 +204,7 @@ pub fn run(options: &ReproOptions, log: &mut dyn FnMut(String)) -> Result<ReproO
     // 1. Cost.
     let section = Instant::now();
     let cost_tables = cost::cost_tables(dense.config())?;
-    md += "## 1. Cost\n\nMultiply-accumulates per image by spec section 2's count (patch embed, \
+    md += "## 1. Cost\n\nMultiply-accumulates per image by the cost formula of `docs/algorithm.md` (patch embed, \
            every block's products, head), dense and with IdleViT's DeiT schedule (layers 4..11 \
            keep r, r^2, r^3), beside the paper's dense figures. Computed by this run, not \
            measured.\n\n";

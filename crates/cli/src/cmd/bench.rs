@@ -14,7 +14,7 @@ use crate::args::ModelArgs;
 use crate::checks;
 use crate::policy::compared_policy;
 
-/// Throughput measured on a 2-core CPU with PyTorch eager, fp32, 2 threads (spec section 9):
+/// Throughput measured on a 2-core CPU with PyTorch eager, fp32, 2 threads (the IdleViT paper's CPU table, `docs/algorithm.md`):
 /// `(engine and model, batch-1 images/s, batch-32 images/s)`. Measured elsewhere; printed
 /// beside our own figures for orientation, never used as the basis of a ratio.
 pub const REFERENCE_THROUGHPUT: &[(&str, f64, f64)] = &[
@@ -117,7 +117,7 @@ pub fn run(args: Bench, globals: &Globals) -> Result<()> {
         print_memory(&report);
     }
     println!(
-        "reference rows, measured elsewhere (spec section 9; PyTorch eager, fp32, 2 threads):"
+        "reference rows, measured elsewhere (the IdleViT paper's CPU table; PyTorch eager, fp32, 2 threads):"
     );
     for (engine, b1, b32) in REFERENCE_THROUGHPUT {
         println!("  {engine:<32} batch 1 {b1:6.1}   batch 32 {b32:6.1} images/s");

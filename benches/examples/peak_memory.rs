@@ -1,6 +1,6 @@
 //! Loads one checkpoint (`.pth` by its extension, safetensors otherwise) and prints the outcome
 //! and the process's peak resident memory, to check the memory bounds of `docs/limits.md`
-//! against crafted files: `cargo run --release --example peak_memory -- FILE`. Linux only (it
+//! against crafted files: `cargo run --release -p idlevit-benches --example peak_memory -- FILE`. Linux only (it
 //! reads `VmHWM` from `/proc/self/status`).
 
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! selected rows, scatter) on 1 and 2 threads, and projects each phase's thread scaling to
 //! 16 threads with Amdahl's law from the measured serial fraction.
 //!
-//! `cargo run --release -p idlevit-zoo --example idle_phases [batch ...]` (default 1 and 32).
+//! `cargo run --release -p idlevit-benches --example idle_phases [batch ...]` (default 1 and 32).
 //! Medians of repeated runs; figures are ratios within one run, never absolute claims.
 
 use std::time::Instant;

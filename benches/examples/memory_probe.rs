@@ -1,7 +1,7 @@
 //! Runs one forward pass (or one training step) of a random model so that its peak memory can
 //! be measured from outside (`/usr/bin/time -v`), and prints the zoo's estimate beside it.
 //!
-//! `cargo run --release -p idlevit-zoo --example memory_probe -- MODEL BATCH MODE`, where MODE
+//! `cargo run --release -p idlevit-benches --example memory_probe -- MODEL BATCH MODE`, where MODE
 //! is `infer`, `bf16` (DeiT only), `train` or `train-teacher`. Training runs the masked form
 //! under the family's idle schedule at keep rate 0.7 (dense for PVT-v2), backpropagates the sum
 //! of the logits, and then holds AdamW's two moments, as the first optimiser step does.

@@ -29,6 +29,9 @@
 //! (`select`) when the CPU has the instructions and Linux grants tile data, else the next
 //! kernel down. The weight panels above are already the tiles' B layout; they only carry their
 //! pair-steps padded with zeros to a multiple of 16.
+//!
+//! One file for the packed layout, the blocking and the kernel choice on purpose: all three
+//! assume the same panel and pair-step layout, and drift between them would be silent.
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod amx;

@@ -72,12 +72,15 @@ impl Tensor {
 }
 
 /// Calls `copy(first_row, block)` on blocks of whole rows of `out` (`width` values each):
-/// split across rayon's current pool when there are at least 2^14 values (a token copy of a
-/// small model at batch 1 already pays for a hand-off on a many-core CPU), else in one call.
+/// split across rayon's current pool when there are at least 2^14 values on four threads or
+/// more (a token copy of a small model at batch 1 already pays for a hand-off on a many-core
+/// CPU) or 2^17 on fewer, else in one call.
 fn for_row_blocks(out: &mut [f32], width: usize, copy: impl Fn(usize, &mut [f32]) + Sync) {
     let rows = out.len().checked_div(width).unwrap_or(0);
     let threads = rayon::current_num_threads();
-    if out.len() < 1 << 14 || threads < 2 || width == 0 {
+    // On two or three threads a batch-1 copy finishes before a hand-off pays.
+    let small = out.len() < 1 << 14 || (threads < 4 && out.len() < 1 << 17);
+    if small || threads < 2 || width == 0 {
         copy(0, out);
         return;
     }
@@ -171,7 +174,7 @@ mod tests {
             })
         };
         let (gathered, scattered) = run(1);
-        assert_eq!(run(3), (gathered.clone(), scattered.clone()));
+        assert_eq!(run(5), (gathered.clone(), scattered.clone()));
         // Row 5 of item 0 holds the last of its two writes.
         let last = picks.len() - 1;
         assert_eq!(

@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 use super::project::{project, project_onto};
-use super::{Norm, Proj, SHARED_BLOCK_ROWS, Threads, normalise, with_scores, with_scratch};
+use super::{Norm, Proj, Threads, normalise, shared_block_rows, with_scores, with_scratch};
 use crate::bf16::Bf16Kernel;
 use crate::error::check_lengths;
 use crate::gemm::matmul_serial;
@@ -199,18 +199,21 @@ fn attention_half_image(
                     .enumerate()
                     .try_for_each(|(h, block)| head(h, MatMut::row_major(block, tokens, d)))?;
                 let per_head = &*per_head;
-                let block_rows = SHARED_BLOCK_ROWS.min(tokens.max(1));
-                mixed
-                    .par_chunks_mut(block_rows * dim)
-                    .enumerate()
-                    .for_each(|(i, rows)| {
-                        for (k, row) in rows.chunks_exact_mut(dim).enumerate() {
-                            let t = i * block_rows + k;
-                            for (h, columns) in row.chunks_exact_mut(d).enumerate() {
-                                columns.copy_from_slice(&per_head[(h * tokens + t) * d..][..d]);
-                            }
+                let interleave = |first: usize, rows: &mut [f32]| {
+                    for (k, row) in rows.chunks_exact_mut(dim).enumerate() {
+                        for (h, columns) in row.chunks_exact_mut(d).enumerate() {
+                            let t = first + k;
+                            columns.copy_from_slice(&per_head[(h * tokens + t) * d..][..d]);
                         }
-                    });
+                    }
+                };
+                match shared_block_rows(tokens, threads) {
+                    None => interleave(0, mixed),
+                    Some(block) => mixed
+                        .par_chunks_mut(block * dim)
+                        .enumerate()
+                        .for_each(|(i, rows)| interleave(i * block, rows)),
+                }
             }
         }
         // The normalised rows are no longer needed: a scaled branch may go there first.

@@ -209,16 +209,22 @@ fn normalise(isa: Isa, threads: Threads, out: &mut [f32], x: &[f32], p: &Norm<&[
             },
         )
     };
-    match threads {
-        Threads::One => norm(out, x),
-        Threads::Shared => {
-            let rows = x.len() / dim;
-            let block = rows.div_ceil(2 * threads.count()).max(SHARED_BLOCK_ROWS) * dim;
-            out.par_chunks_mut(block)
-                .zip(x.par_chunks(block))
-                .for_each(|(out, x)| norm(out, x));
-        }
+    match shared_block_rows(x.len() / dim, threads) {
+        None => norm(out, x),
+        Some(block) => out
+            .par_chunks_mut(block * dim)
+            .zip(x.par_chunks(block * dim))
+            .for_each(|(out, x)| norm(out, x)),
     }
+}
+
+/// Rows per task of a row-wise pass that the pool's threads share (one image), or `None` to
+/// keep it on the calling thread: on fewer than four threads such a pass (tens of
+/// microseconds) is over before a hand-off pays.
+fn shared_block_rows(rows: usize, threads: Threads) -> Option<usize> {
+    let count = threads.count();
+    (threads == Threads::Shared && count >= 4)
+        .then(|| rows.div_ceil(2 * count).max(SHARED_BLOCK_ROWS))
 }
 
 /// Whether one product runs on the calling thread or on rayon's current pool.

@@ -77,7 +77,7 @@ proptest! {
         biases in (any::<bool>(), any::<bool>()),
         lam_two in any::<bool>(),
         packed in any::<bool>(),
-        threads in 1usize..4,
+        threads in 1usize..6,
         seed in any::<u64>(),
     ) {
         let [x, gamma, beta, w1, b1, w2, b2] = mlp_values(seed, rows, dim, hidden);
@@ -117,7 +117,7 @@ proptest! {
         rows in 1usize..600,
         dim in 1usize..24,
         hidden in 1usize..40,
-        threads in 1usize..4,
+        threads in 1usize..6,
         branch_scale in prop_oneof![Just(1.0f32), Just(0.5f32)],
         seed in any::<u64>(),
     ) {
@@ -277,7 +277,7 @@ proptest! {
         head_dim in 1usize..9,
         tokens in 1usize..40,
         queries in proptest::option::of(1usize..40),
-        threads in 1usize..4,
+        threads in 1usize..6,
         seed in any::<u64>(),
     ) {
         let shape = AttentionShape { batch, heads, head_dim };
@@ -468,7 +468,7 @@ proptest! {
         rows in 1usize..600,
         dim in 1usize..24,
         out in 1usize..40,
-        threads in 1usize..4,
+        threads in 1usize..6,
         with_bias in any::<bool>(),
         seed in any::<u64>(),
     ) {
@@ -597,7 +597,7 @@ proptest! {
         head_dim in 1usize..9,
         branch_scale in prop_oneof![Just(1.0f32), Just(0.5f32)],
         with_bias in any::<bool>(),
-        threads in 1usize..4,
+        threads in 1usize..6,
         seed in any::<u64>(),
     ) {
         let dim = heads * head_dim;

@@ -56,6 +56,7 @@ fn bench_train(c: &mut Criterion) {
             cut_weight: 20.0,
             distill_weight: 0.0,
             smoothing: 0.1,
+            ..Objective::default()
         };
         group.bench_function(BenchmarkId::new("step", name), |b| {
             b.iter(|| {

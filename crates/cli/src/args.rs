@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use idlevit_data::files::NamedPath;
 use idlevit_zoo::{PolicyKind, ZooConfig};
 
@@ -69,9 +69,46 @@ pub struct PolicyArgs {
     pub keep_rate: Option<f64>,
 }
 
+/// `--objective`: whose objective to train.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ObjectiveChoice {
+    /// The paper's: every idle layer's cut loss; distillation of the CLS features.
+    Paper,
+    /// The authors' released code's: the cut loss of every other idle layer (still divided
+    /// by all of them); for LV-ViT, distillation of the masked final token map.
+    Release,
+}
+
+/// `--batchnorm`: which statistics batch norms (LV-ViT's stem) normalise with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BatchNormChoice {
+    /// Running statistics, never updated (PyTorch's eval mode).
+    Frozen,
+    /// Each batch's statistics in student and teacher; finetuning updates the student's
+    /// running statistics (PyTorch's train mode, as the release trains).
+    Train,
+}
+
+impl From<BatchNormChoice> for idlevit_nn::BatchNormMode {
+    fn from(choice: BatchNormChoice) -> Self {
+        match choice {
+            BatchNormChoice::Frozen => Self::Frozen,
+            BatchNormChoice::Train => Self::Train,
+        }
+    }
+}
+
 /// The terms of the finetuning objective.
 #[derive(Args)]
 pub struct ObjectiveArgs {
+    /// Whose objective: the paper's, or the authors' released code's (docs/algorithm.md,
+    /// "Where the authors' release departs").
+    #[arg(long, value_enum, default_value_t = ObjectiveChoice::Paper)]
+    pub objective: ObjectiveChoice,
+    /// Batch statistics in LV-ViT's stem: frozen (running statistics) or train (each
+    /// batch's, as the release finetunes).
+    #[arg(long, value_enum, default_value_t = BatchNormChoice::Frozen)]
+    pub batchnorm: BatchNormChoice,
     /// Cut-loss terms: both, inter, intra or none.
     #[arg(long, default_value = "both")]
     pub cut_loss: idlevit_cutloss::CutLoss,
@@ -97,6 +134,10 @@ impl ObjectiveArgs {
             _ => idlevit_train::Objective::default().cut_weight,
         };
         idlevit_train::Objective {
+            form: match self.objective {
+                ObjectiveChoice::Paper => idlevit_train::ObjectiveForm::Paper,
+                ObjectiveChoice::Release => idlevit_train::ObjectiveForm::Release,
+            },
             cut_loss: self.cut_loss,
             cut_weight: self.cut_weight.unwrap_or(default_cut),
             distill_weight: self.distill_weight,

@@ -153,3 +153,95 @@ fn bad_loss_inputs_are_refused() {
         );
     }
 }
+
+/// `--objective release --per-layer` on the DeiT batch of the release goldens
+/// (`fixtures/release`, written by `fixtures/release_objective.py`): the printed terms, each
+/// idle layer's term with the layers the release leaves out marked, and the gradients.
+#[test]
+fn release_objective_prints_and_differentiates_what_pytorch_does() {
+    let dir = fixtures().join("../release/deit_distill");
+    let out_dir = common::scratch("release-objective");
+    let grads_out = out_dir.join("grads.safetensors");
+    let run = Command::new(env!("CARGO_BIN_EXE_idlevit"))
+        .args(["loss", "--config"])
+        .arg(fixtures().join("config.json"))
+        .arg("--weights")
+        .arg(fixtures().join("weights.safetensors"))
+        .arg("--input")
+        .arg(fixtures().join("input.safetensors"))
+        .arg("--teacher")
+        .arg(fixtures().join("teacher.safetensors"))
+        .args([
+            "--labels",
+            "4,1",
+            "--distill-weight",
+            "5",
+            "--objective",
+            "release",
+        ])
+        .args(["--per-layer", "--grads-out"])
+        .arg(&grads_out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let expected = Checkpoint::load_safetensors(dir.join("values.safetensors")).unwrap();
+    for name in [
+        "ce",
+        "cut",
+        "kl",
+        "feature",
+        "total",
+        "cut.layer2",
+        "cut.layer4",
+    ] {
+        let want = expected.require(name).unwrap().to_vec()[0];
+        let got = printed(&stdout, name);
+        assert!(
+            (got - want).abs() <= 1e-5 * want.abs().max(1e-3),
+            "{name}: {got} vs {want}"
+        );
+    }
+    for (layer, counted) in [(2, true), (3, false), (4, true), (5, false)] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("cut.layer{layer} ")))
+            .unwrap_or_else(|| panic!("no line for layer {layer}: {stdout}"));
+        assert_eq!(
+            !line.contains("not in the release's sum"),
+            counted,
+            "{line}"
+        );
+    }
+    let want = Checkpoint::load_safetensors(dir.join("grads.safetensors")).unwrap();
+    let got = Checkpoint::load_safetensors(&grads_out).unwrap();
+    assert_eq!(got.len(), want.len());
+    for (name, w) in want.iter() {
+        let diff = got.require(name).unwrap().max_abs_diff(w).unwrap();
+        let scale = w.to_vec().iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(diff <= 1e-4 * scale.max(1e-6), "{name}: off by {diff:e}");
+    }
+}
+
+#[test]
+fn batch_statistics_are_refused_for_a_model_without_batch_norms() {
+    let run = Command::new(env!("CARGO_BIN_EXE_idlevit"))
+        .args(["loss", "--config"])
+        .arg(fixtures().join("config.json"))
+        .arg("--weights")
+        .arg(fixtures().join("weights.safetensors"))
+        .arg("--input")
+        .arg(fixtures().join("input.safetensors"))
+        .args(["--labels", "4,1", "--batchnorm", "train"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        !run.status.success() && stderr.contains("--batchnorm train: DeiT has no batch norm"),
+        "{stderr}"
+    );
+}

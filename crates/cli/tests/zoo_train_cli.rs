@@ -312,3 +312,54 @@ fn finetune_refuses_what_cannot_train() {
     ]));
     assert!(err.contains("depth 16 (S) and 20 (M), not 3"), "{err}");
 }
+
+/// `--batchnorm train` moves LV-ViT's running statistics and saves them in the checkpoint;
+/// the default (`frozen`) leaves them as loaded. The release objective trains alike.
+#[test]
+fn finetune_with_batch_statistics_moves_the_running_statistics() {
+    let dir = scratch("zoo-finetune-batchnorm");
+    let data = dir.join("data");
+    write_folder(&data.join("train"), 2);
+    let family = family(&dir, "lvvit", LVVIT);
+    let before = family.student.to_checkpoint().unwrap();
+    for (mode, moves) in [("frozen", false), ("train", true)] {
+        let out = dir.join(format!("out-{mode}"));
+        let weights_out = dir.join(format!("final-{mode}.safetensors"));
+        success(&idlevit(&[
+            "finetune",
+            "--config",
+            s(&family.config),
+            "--weights",
+            s(&family.weights),
+            "--teacher",
+            s(&family.teacher_weights),
+            "--data",
+            s(&data),
+            "--epochs",
+            "1",
+            "--batch",
+            "3",
+            "--keep-rate",
+            "0.7",
+            "--distill-weight",
+            "1",
+            "--objective",
+            "release",
+            "--batchnorm",
+            mode,
+            "--out",
+            s(&out),
+            "--weights-out",
+            s(&weights_out),
+        ]));
+        for file in [out.join("checkpoint.safetensors"), weights_out] {
+            let saved = Checkpoint::load_safetensors(&file).unwrap();
+            for stat in ["running_mean", "running_var"] {
+                let name = format!("patch_embed.bn2.{stat}");
+                let moved =
+                    saved.get(&name).unwrap().to_vec() != before.get(&name).unwrap().to_vec();
+                assert_eq!(moved, moves, "{mode}: {name} in {}", file.display());
+            }
+        }
+    }
+}

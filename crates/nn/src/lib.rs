@@ -39,7 +39,7 @@ mod visit;
 
 pub use attention::{Attention, QkvPart};
 pub use block::{Block, BlockConfig};
-pub use conv::{Conv2d, ConvBatchNorm, ConvShape};
+pub use conv::{BatchNormMode, Conv2d, ConvBatchNorm, ConvShape};
 pub use error::NnError;
 pub use idlevit_ops::OpsError;
 pub use idlevit_ops::{

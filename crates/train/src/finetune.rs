@@ -10,6 +10,7 @@ use idlevit_data::DataError;
 use idlevit_data::augment::TrainTransform;
 use idlevit_data::folder::{ImageFolder, shuffled};
 use idlevit_data::preprocess::EvalTransform;
+use idlevit_nn::BatchNormMode;
 use idlevit_tensor::Tensor;
 use idlevit_zoo::{ZooConfig, ZooModel};
 
@@ -17,8 +18,8 @@ use crate::distributed::{ProcessGroup, SingleProcess, average_gradients, shard};
 use crate::error::{Context, bail};
 use crate::evaluate::{Accuracy, check_classes, evaluate_in_group, progress_bar};
 use crate::{
-    AdamW, CosineSchedule, Mixup, Objective, Result, StepSettings, TrainError, apply_gradients,
-    smoothed_targets, step_gradients,
+    AdamW, CosineSchedule, Mixup, Objective, Result, StepSettings, TrainError, Trainable,
+    apply_gradients, smoothed_targets, step_gradients,
 };
 
 /// How to finetune.
@@ -46,6 +47,11 @@ pub struct FinetuneOptions {
     pub augment: bool,
     /// The loss terms and their weights.
     pub objective: Objective,
+    /// Batch norms (LV-ViT's stem) normalise with running statistics (`Frozen`, the default)
+    /// or, as the release trains, with each batch's in student and teacher alike, the
+    /// student's running statistics following at PyTorch's momentum 0.1 (`Train`);
+    /// validation always uses the running statistics.
+    pub batch_norm: BatchNormMode,
     /// Seed of the per-epoch shuffles.
     pub seed: u64,
     /// Where checkpoints go (`checkpoint.safetensors`, replaced atomically each epoch).
@@ -65,6 +71,35 @@ pub struct FinetuneReport {
     pub epoch_losses: Vec<f32>,
     /// Accuracy on the validation set after the last epoch.
     pub validation: Option<Accuracy>,
+}
+
+/// PyTorch's default batch-norm momentum, which the release keeps.
+const BATCH_NORM_MOMENTUM: f32 = 0.1;
+
+/// Puts the student's batch norms in `mode` and, in train mode, returns a teacher that
+/// normalises with batch statistics too (the release never switches its teacher to eval
+/// mode); fails when train mode is asked of a model without batch norms.
+fn prepare_batch_norm(
+    student: &mut ZooModel,
+    teacher: Option<&ZooModel>,
+    mode: BatchNormMode,
+) -> Result<Option<ZooModel>> {
+    if mode == BatchNormMode::Frozen {
+        student.set_batch_norm(mode);
+        return Ok(None);
+    }
+    if !student.has_batch_norm() {
+        bail!(
+            "batch-norm train mode needs batch norm layers, and {} has none (LV-ViT's stem has)",
+            student.family()
+        );
+    }
+    student.set_batch_norm(mode);
+    Ok(teacher.map(|t| {
+        let mut t = t.clone();
+        t.set_batch_norm(mode);
+        t
+    }))
 }
 
 /// The checkpoint file inside `out_dir`.
@@ -258,6 +293,8 @@ pub fn finetune_in_group(
     }
     // Drop path acts only on the seeded training tape, so the model keeps it after training.
     *student = student.clone().with_drop_path(options.drop_path)?;
+    let train_mode_teacher = prepare_batch_norm(student, teacher, options.batch_norm)?;
+    let teacher = train_mode_teacher.as_ref().or(teacher);
     let global_batch = options.batch * group.size();
     let steps_per_epoch = train.len().div_ceil(global_batch);
     let schedule = CosineSchedule {
@@ -321,6 +358,7 @@ pub fn finetune_in_group(
                 seed: None,
             };
             apply_gradients(student, &mut optimizer, grads, &settings)?;
+            student.update_batch_norm(BATCH_NORM_MOMENTUM)?;
             loss_sum += f64::from(loss);
             bar.inc(chunk.len() as u64);
             let rate = bar.position() as f64 / started.elapsed().as_secs_f64().max(1e-9);
@@ -337,6 +375,7 @@ pub fn finetune_in_group(
             }
         }
     }
+    student.set_batch_norm(BatchNormMode::Frozen);
     let validation = val
         .map(|v| evaluate_in_group(student, v, options.batch, options.progress, group))
         .transpose()?;

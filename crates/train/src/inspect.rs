@@ -40,6 +40,8 @@ pub struct LossReport {
     pub ce: f32,
     /// Cut loss summed over idle layers, before weighting.
     pub cut: f32,
+    /// Each idle layer's cut loss, in layer order.
+    pub cut_layers: Vec<CutLayer>,
     /// KL to the teacher, when distilling.
     pub kl: Option<f32>,
     /// Feature distillation term, when distilling.
@@ -48,6 +50,18 @@ pub struct LossReport {
     pub total: f32,
     /// Gradient of `total` per parameter under its timm name and checkpoint shape.
     pub grads: Option<Checkpoint>,
+}
+
+/// One idle layer's cut loss.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CutLayer {
+    /// The block index.
+    pub layer: usize,
+    /// Its cut loss, before weighting.
+    pub value: f32,
+    /// Whether it enters the objective's cut sum (the release's objective skips every
+    /// second idle layer).
+    pub counted: bool,
 }
 
 /// Evaluates the finetuning objective of `student` (masked form) on `images` and soft
@@ -67,6 +81,16 @@ pub fn loss_report(
     let mut report = LossReport {
         ce: value(&parts.ce),
         cut: value(&parts.cut),
+        cut_layers: parts
+            .cut_layers
+            .iter()
+            .enumerate()
+            .map(|(position, (layer, v))| CutLayer {
+                layer: *layer,
+                value: value(v),
+                counted: objective.counts_cut_layer(position),
+            })
+            .collect(),
         kl: parts.kl.as_ref().map(value),
         feature: parts.feature.as_ref().map(value),
         total: value(&parts.total),

@@ -39,7 +39,9 @@ mod trainable;
 
 pub use error::TrainError;
 pub use mixup::{Mixing, Mixup};
-pub use objective::{LossParts, Objective, Teacher, check_targets, smoothed_targets};
+pub use objective::{
+    LossParts, Objective, ObjectiveForm, Teacher, check_targets, smoothed_targets,
+};
 pub use optim::{AdamW, all_finite, clip_grad_norm, decays, describe_values, whole_count};
 pub use schedule::CosineSchedule;
 pub use step::{StepSettings, apply_gradients, parameter_gradients, step_gradients, train_step};

@@ -4,14 +4,42 @@ use idlevit_cutloss::{CutLoss, cut_loss};
 use idlevit_nn::Backend;
 use idlevit_nn::Fused;
 use idlevit_tensor::Tensor;
-use idlevit_zoo::TokenPolicy;
+use idlevit_zoo::{MaskedForward, TokenPolicy};
 
 use crate::error::bail;
 use crate::{Result, Trainable};
 
+/// Which objective to train: the paper's, or the authors' released code's where it differs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ObjectiveForm {
+    /// The paper's: every idle layer's cut loss, CLS features for distillation.
+    #[default]
+    Paper,
+    /// The released code's: the cut loss of every other idle layer (the first, third, ...),
+    /// still averaged over all of them; for LV-ViT, distillation of the final token map
+    /// masked by the last idle layer and normalised over the token axis.
+    Release,
+}
+
+impl std::str::FromStr for ObjectiveForm {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "paper" => Ok(Self::Paper),
+            "release" => Ok(Self::Release),
+            other => Err(format!(
+                "unknown objective `{other}`; expected paper or release"
+            )),
+        }
+    }
+}
+
 /// The weights of the objective's terms.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Objective {
+    /// The paper's objective or the released code's.
+    pub form: ObjectiveForm,
     /// Which cut-loss terms to use.
     pub cut_loss: CutLoss,
     /// Weight of the cut loss (averaged over idle layers); the release uses 20.
@@ -25,6 +53,7 @@ pub struct Objective {
 impl Default for Objective {
     fn default() -> Self {
         Self {
+            form: ObjectiveForm::Paper,
             cut_loss: CutLoss::Both,
             cut_weight: 20.0,
             distill_weight: 5.0,
@@ -41,6 +70,9 @@ pub struct Teacher {
     /// The features distillation compares, `(batch, dim)`: the final normalised CLS token
     /// (DeiT, LV-ViT) or the pooled last stage (PVT-v2).
     pub features: Tensor,
+    /// The final normalised tokens `(batch, tokens, dim)`, which the release's objective
+    /// distils for LV-ViT.
+    pub tokens: Tensor,
 }
 
 impl Teacher {
@@ -51,6 +83,7 @@ impl Teacher {
         Ok(Self {
             logits: out.logits,
             features: out.features,
+            tokens: out.tokens,
         })
     }
 }
@@ -62,7 +95,8 @@ pub struct LossParts<V> {
     pub ce: V,
     /// The cut loss summed over idle layers, before weighting.
     pub cut: V,
-    /// Per idle layer `(block index, cut loss)`.
+    /// Per idle layer `(block index, cut loss)`, every idle layer (also those the release's
+    /// objective leaves out of `cut`, see [`Objective::counts_cut_layer`]).
     pub cut_layers: Vec<(usize, V)>,
     /// KL(teacher || student), batch mean; `None` without a teacher.
     pub kl: Option<V>,
@@ -135,6 +169,16 @@ impl Objective {
         Ok(())
     }
 
+    /// Whether the idle layer at `position` in the list of idle layers enters the cut sum:
+    /// every layer for the paper's objective; for the release's, the first, third, fifth...
+    /// (its loss deletes list entries while enumerating them, so it skips every second).
+    pub fn counts_cut_layer(&self, position: usize) -> bool {
+        match self.form {
+            ObjectiveForm::Paper => true,
+            ObjectiveForm::Release => position.is_multiple_of(2),
+        }
+    }
+
     /// Checks the weights and the smoothing alone: weights finite and >= 0, smoothing in
     /// [0, 1]. A NaN weight would make every loss NaN; a negative one would train the model
     /// away from its own objective.
@@ -180,9 +224,11 @@ impl Objective {
 
         let mut cut = bk.constant(Tensor::scalar(0.0));
         let mut cut_layers = Vec::new();
-        for (layer, masked) in &out.layers {
+        for (position, (layer, masked)) in out.layers.iter().enumerate() {
             let value = cut_loss(bk, &masked.logits, &masked.token_mask, self.cut_loss)?;
-            cut = bk.add(&cut, &value)?;
+            if self.counts_cut_layer(position) {
+                cut = bk.add(&cut, &value)?;
+            }
             cut_layers.push((*layer, value));
         }
         let mut total = ce.clone();
@@ -221,9 +267,15 @@ impl Objective {
                 &bk.sub(&bk.constant(Tensor::scalar(entropy_part)), &cross)?,
                 per_item,
             )?;
-            let student_features = bk.l2_normalize(&out.features, 1e-12)?;
-            let teacher_features =
-                bk.l2_normalize(&bk.constant(teacher.features.clone()), 1e-12)?;
+            let (student_features, teacher_features) =
+                if self.form == ObjectiveForm::Release && student.distils_token_map() {
+                    token_map_features(bk, &out, teacher)?
+                } else {
+                    (
+                        bk.l2_normalize(&out.features, 1e-12)?,
+                        bk.l2_normalize(&bk.constant(teacher.features.clone()), 1e-12)?,
+                    )
+                };
             let diff = bk.sub(&student_features, &teacher_features)?;
             let count = bk.shape(&diff).iter().product::<usize>().max(1);
             let feature_value = bk.scale(&bk.sum_all(&bk.square(&diff)?)?, 1.0 / count as f32)?;
@@ -244,4 +296,40 @@ impl Objective {
             total,
         })
     }
+}
+
+/// The release's LV-ViT features, student's and teacher's: the final token maps times the
+/// last idle layer's token mask (every token without idle layers), each normalised over the
+/// token axis per sample and channel (PyTorch's `F.normalize` default, dim 1), laid out as
+/// `(batch, dim, tokens)`.
+fn token_map_features<B: Fused>(
+    bk: &B,
+    out: &MaskedForward<B::Value>,
+    teacher: &Teacher,
+) -> Result<(B::Value, B::Value)> {
+    let student = &out.tokens;
+    if teacher.tokens.shape() != bk.shape(student) {
+        bail!(
+            "the release's objective distils the whole final token map, so student and teacher \
+             must keep every token: found the student's {:?} and the teacher's {:?} (train the \
+             student with idling, not pruning or EViT)",
+            bk.shape(student),
+            teacher.tokens.shape()
+        );
+    }
+    let (student, teacher_tokens) = match out.layers.last() {
+        Some((_, last)) => {
+            let mask = bk.constant(last.token_mask.clone());
+            let teacher_masked = idlevit_nn::Eager.mul(&teacher.tokens, &last.token_mask)?;
+            (bk.mul(student, &mask)?, teacher_masked)
+        }
+        None => (student.clone(), teacher.tokens.clone()),
+    };
+    let by_token_axis = |x: &B::Value| -> Result<B::Value> {
+        Ok(bk.l2_normalize(&bk.permute(x, &[0, 2, 1])?, 1e-12)?)
+    };
+    Ok((
+        by_token_axis(&student)?,
+        by_token_axis(&bk.constant(teacher_tokens))?,
+    ))
 }

@@ -1,7 +1,7 @@
 //! What the objective and the optimiser need of a model: every zoo family provides it.
 
 use idlevit_nn::Fused;
-use idlevit_nn::{Eager, ParamVisitor, ParamVisitorMut};
+use idlevit_nn::{BatchNormMode, Eager, ParamVisitor, ParamVisitorMut};
 use idlevit_tensor::Tensor;
 use idlevit_zoo::{DeiT, LvVit, MaskedForward, PvtV2, TokenPolicy, Traced, ZooModel, each_family};
 
@@ -20,6 +20,27 @@ pub trait Trainable {
 
     /// The token policy the model trains under.
     fn policy(&self) -> &TokenPolicy;
+
+    /// Whether the model has batch norms (LV-ViT's stem), which
+    /// [`set_batch_norm`](Self::set_batch_norm) switches.
+    fn has_batch_norm(&self) -> bool {
+        false
+    }
+
+    /// Normalises with running (`Frozen`) or batch (`Train`) statistics; a model without
+    /// batch norms is unchanged.
+    fn set_batch_norm(&mut self, _mode: BatchNormMode) {}
+
+    /// Moves the running statistics toward the last train-mode forward's batch.
+    fn update_batch_norm(&mut self, _momentum: f32) -> Result<()> {
+        Ok(())
+    }
+
+    /// Whether the release's objective distils this family's whole final token map rather
+    /// than its CLS features (LV-ViT).
+    fn distils_token_map(&self) -> bool {
+        false
+    }
 
     /// The training form: logits, the features distillation compares, and per idle layer
     /// the masked attention the cut loss needs (none where [`has_cut_graph`] is false).
@@ -65,8 +86,10 @@ macro_rules! delegate_common {
 /// The families whose idle layers are ViT blocks over a CLS token: their masked form is
 /// already the training form, with the cut loss's attention maps.
 macro_rules! cls_family {
-    ($model:ty, $name:literal) => {
+    ($model:ty, $name:literal $(, $($extra:item)*)?) => {
         impl Trainable for $model {
+            $($($extra)*)?
+
             fn family(&self) -> &'static str {
                 $name
             }
@@ -89,7 +112,26 @@ macro_rules! cls_family {
 }
 
 cls_family!(DeiT, "DeiT");
-cls_family!(LvVit, "LV-ViT");
+// Braces: the extra items are whole functions, which rustfmt would split with commas.
+cls_family! {
+    LvVit,
+    "LV-ViT",
+    fn has_batch_norm(&self) -> bool {
+        true
+    }
+
+    fn set_batch_norm(&mut self, mode: BatchNormMode) {
+        LvVit::set_batch_norm(self, mode)
+    }
+
+    fn update_batch_norm(&mut self, momentum: f32) -> Result<()> {
+        Ok(LvVit::update_batch_norm(self, momentum)?)
+    }
+
+    fn distils_token_map(&self) -> bool {
+        true
+    }
+}
 
 impl Trainable for PvtV2 {
     fn family(&self) -> &'static str {
@@ -109,6 +151,7 @@ impl Trainable for PvtV2 {
         Ok(MaskedForward {
             logits: out.logits,
             features: out.features,
+            tokens: out.tokens,
             layers: Vec::new(),
         })
     }
@@ -123,6 +166,22 @@ impl Trainable for ZooModel {
 
     fn has_cut_graph(&self) -> bool {
         each_family!(self, ZooModel, m => m.has_cut_graph())
+    }
+
+    fn has_batch_norm(&self) -> bool {
+        each_family!(self, ZooModel, m => m.has_batch_norm())
+    }
+
+    fn set_batch_norm(&mut self, mode: BatchNormMode) {
+        each_family!(self, ZooModel, m => Trainable::set_batch_norm(&mut **m, mode))
+    }
+
+    fn update_batch_norm(&mut self, momentum: f32) -> Result<()> {
+        each_family!(self, ZooModel, m => Trainable::update_batch_norm(&mut **m, momentum))
+    }
+
+    fn distils_token_map(&self) -> bool {
+        each_family!(self, ZooModel, m => m.distils_token_map())
     }
 
     fn forward_training<B: Fused>(

@@ -2,7 +2,9 @@
 
 use idlevit_cutloss::CutLoss;
 use idlevit_tensor::Tensor;
-use idlevit_train::{AdamW, CosineSchedule, Objective, StepSettings, smoothed_targets, train_step};
+use idlevit_train::{
+    AdamW, CosineSchedule, Objective, ObjectiveForm, StepSettings, smoothed_targets, train_step,
+};
 use idlevit_zoo::{DeiT, DeiTConfig, PolicyKind, Schedule, TokenPolicy};
 
 /// Images of 8x8 pixels whose class is where a bright 4x4 square sits (one of 4 quadrants),
@@ -56,6 +58,7 @@ fn a_tiny_idle_model_fits_a_generated_task() {
         .with_policy(policy)
         .unwrap();
     let objective = Objective {
+        form: ObjectiveForm::Paper,
         cut_loss: CutLoss::Both,
         cut_weight: 1.0,
         distill_weight: 0.0,

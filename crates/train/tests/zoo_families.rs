@@ -10,8 +10,8 @@ use idlevit_cutloss::CutLoss;
 use idlevit_nn::{Backend, Eager};
 use idlevit_tensor::Tensor;
 use idlevit_train::{
-    AdamW, Objective, StepSettings, Teacher, Trainable, smoothed_targets, step_gradients,
-    train_step,
+    AdamW, Objective, ObjectiveForm, StepSettings, Teacher, Trainable, smoothed_targets,
+    step_gradients, train_step,
 };
 use idlevit_zoo::{PolicyKind, Schedule, TokenPolicy, ZooConfig, ZooModel};
 
@@ -57,6 +57,7 @@ fn norm(t: &Tensor) -> f64 {
 /// family has a CLS attention map.
 fn objective(model: &ZooModel) -> Objective {
     Objective {
+        form: ObjectiveForm::Paper,
         cut_loss: CutLoss::Both,
         cut_weight: if model.has_cut_graph() { 2.0 } else { 0.0 },
         distill_weight: 0.5,

@@ -34,8 +34,11 @@ pub struct DeiT {
 pub struct Traced<V> {
     /// `(batch, classes)`.
     pub logits: V,
-    /// The final normalised CLS features `(batch, dim)`.
+    /// The final normalised CLS features `(batch, dim)`; PVT-v2's pooled last stage.
     pub features: V,
+    /// The final normalised tokens `(batch, tokens, dim)`: the CLS token and every image token
+    /// the last layer kept (all of them where no token is dropped).
+    pub tokens: V,
     /// One entry per selecting layer, in layer order (empty for dense and EViT).
     pub selections: Vec<LayerSelection>,
 }
@@ -45,8 +48,10 @@ pub struct Traced<V> {
 pub struct MaskedForward<V> {
     /// `(batch, classes)`.
     pub logits: V,
-    /// The final normalised CLS features `(batch, dim)`.
+    /// The final normalised CLS features `(batch, dim)`; PVT-v2's pooled last stage.
     pub features: V,
+    /// The final normalised tokens `(batch, tokens, dim)`, idle ones included.
+    pub tokens: V,
     /// `(block index, masked layer outputs)` per idle layer, in layer order.
     pub layers: Vec<(usize, MaskedLayer<V>)>,
 }
@@ -121,16 +126,16 @@ impl DeiT {
         Ok(bk.add(&tokens, &bk.param(&self.pos_embed))?)
     }
 
-    /// The final normalised CLS features `(batch, dim)` (what distillation compares) and the
-    /// logits from the final tokens.
+    /// The final normalised tokens `(batch, tokens, dim)`, their CLS row `(batch, dim)` (what
+    /// distillation compares) and the logits from the final tokens.
     pub fn features_and_logits<B: Fused>(
         &self,
         bk: &B,
         tokens: &B::Value,
-    ) -> Result<(B::Value, B::Value)> {
+    ) -> Result<(B::Value, B::Value, B::Value)> {
         let normed = self.norm.forward(bk, tokens)?;
         let cls = bk.select(&normed, 1, 0)?;
         let logits = self.head.forward(bk, &cls)?;
-        Ok((cls, logits))
+        Ok((normed, cls, logits))
     }
 }

@@ -4,8 +4,8 @@
 use idlevit_checkpoint::Checkpoint;
 use idlevit_nn::Fused;
 use idlevit_nn::{
-    Block, BlockConfig, Conv2d, Conv2dSpec, ConvBatchNorm, ConvShape, Init, LayerNorm, Linear,
-    Param, WeightSource,
+    BatchNormMode, Block, BlockConfig, Conv2d, Conv2dSpec, ConvBatchNorm, ConvShape, Init,
+    LayerNorm, Linear, Param, WeightSource,
 };
 use idlevit_selector::{Schedule, TokenPolicy};
 use serde::{Deserialize, Serialize};
@@ -300,6 +300,29 @@ impl LvVit {
         adapted
     }
 
+    /// The stem's batch norms normalise with running statistics ([`BatchNormMode::Frozen`],
+    /// the default) or with each batch's own ([`BatchNormMode::Train`], as PyTorch's train
+    /// mode; then [`update_batch_norm`](Self::update_batch_norm) moves the running ones).
+    pub fn set_batch_norm(&mut self, mode: BatchNormMode) {
+        for layer in &mut self.stem {
+            layer.set_mode(mode);
+        }
+    }
+
+    /// The statistics the stem's batch norms normalise with.
+    pub fn batch_norm(&self) -> BatchNormMode {
+        self.stem[0].mode()
+    }
+
+    /// Moves the stem's running statistics toward the batch of the last train-mode forward
+    /// (PyTorch's `momentum`, 0.1 by default); does nothing after a frozen forward.
+    pub fn update_batch_norm(&mut self, momentum: f32) -> Result<()> {
+        for layer in &mut self.stem {
+            layer.update_running(momentum)?;
+        }
+        Ok(())
+    }
+
     /// Tokens entering the first block: `[CLS; stem patches] + pos_embed`, `(batch, N+1, C)`.
     pub fn embed<B: Fused>(&self, bk: &B, images: &B::Value) -> Result<B::Value> {
         let shape = bk.shape(images);
@@ -317,19 +340,20 @@ impl LvVit {
         Ok(bk.add(&tokens, &bk.param(&self.pos_embed))?)
     }
 
-    /// The final normalised CLS features `(batch, dim)` and the combined prediction
-    /// `head(cls) + 0.5 max over the other tokens of aux_head` (idle tokens included).
+    /// The final normalised tokens `(batch, tokens, dim)`, their CLS row `(batch, dim)` and
+    /// the combined prediction `head(cls) + 0.5 max over the other tokens of aux_head` (idle
+    /// tokens included).
     pub fn features_and_logits<B: Fused>(
         &self,
         bk: &B,
         tokens: &B::Value,
-    ) -> Result<(B::Value, B::Value)> {
+    ) -> Result<(B::Value, B::Value, B::Value)> {
         let normed = self.norm.forward(bk, tokens)?;
         let rows = bk.shape(&normed)[1];
         let cls = bk.select(&normed, 1, 0)?;
         let aux = self.aux_head.forward(bk, &bk.slice(&normed, 1, 1, rows)?)?;
         let aux = bk.scale(&bk.max_axis(&aux, 1)?, AUX_WEIGHT)?;
         let logits = bk.add(&self.head.forward(bk, &cls)?, &aux)?;
-        Ok((cls, logits))
+        Ok((normed, cls, logits))
     }
 }

@@ -52,10 +52,11 @@ macro_rules! cls_stack_methods {
                 let x = self.embed(bk, images)?;
                 let (x, selections) =
                     idlevit_selector::run_layers(bk, &self.blocks, &self.policy, 0, x)?;
-                let (features, logits) = self.features_and_logits(bk, &x)?;
+                let (tokens, features, logits) = self.features_and_logits(bk, &x)?;
                 Ok($crate::Traced {
                     logits,
                     features,
+                    tokens,
                     selections,
                 })
             }
@@ -79,10 +80,11 @@ macro_rules! cls_stack_methods {
                     }
                     _ => run_layers_masked(bk, blocks, policy, 0, x)?,
                 };
-                let (features, logits) = self.features_and_logits(bk, &x)?;
+                let (tokens, features, logits) = self.features_and_logits(bk, &x)?;
                 Ok($crate::MaskedForward {
                     logits,
                     features,
+                    tokens,
                     layers,
                 })
             }

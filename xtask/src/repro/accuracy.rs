@@ -223,6 +223,7 @@ pub fn run_accuracy(
                 let started = Instant::now();
                 let mut trained = student.clone();
                 let objective = Objective {
+                    form: idlevit_train::ObjectiveForm::Paper,
                     cut_loss: if method == Method::IdleCut {
                         idlevit_cutloss::CutLoss::Both
                     } else {
@@ -248,6 +249,7 @@ pub fn run_accuracy(
                     drop_path: 0.0,
                     mixup: Mixup::off(),
                     augment: false,
+                    batch_norm: idlevit_nn::BatchNormMode::Frozen,
                     objective,
                     seed,
                     out_dir: run_dir.clone(),

@@ -138,6 +138,7 @@ pub fn run(args: Finetune, globals: &Globals) -> Result<()> {
         mixup: args.regularisation.mixup(),
         augment: !args.regularisation.no_augment,
         objective,
+        batch_norm: args.objective.batchnorm.into(),
         seed: args.seed,
         out_dir: args.out.clone(),
         resume: args.resume.clone(),

@@ -7,6 +7,8 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
 use idlevit_data::files::{NamedPath, check_distinct, save_checkpoint};
 use idlevit_data::weights::{read_checkpoint, require_tensor};
+use idlevit_nn::BatchNormMode;
+use idlevit_train::Trainable;
 use idlevit_train::models::load_zoo_model;
 use idlevit_zoo::{MemoryUse, TokenPolicy};
 
@@ -43,6 +45,9 @@ pub struct Loss {
     /// Write d(total)/d(parameter) for every parameter under its timm name.
     #[arg(long, value_name = "G.safetensors")]
     grads_out: Option<PathBuf>,
+    /// Also print each idle layer's cut loss.
+    #[arg(long)]
+    per_layer: bool,
 }
 
 /// Runs `loss`.
@@ -73,13 +78,25 @@ pub fn run(args: Loss, globals: &Globals) -> Result<()> {
         teacher: args.teacher.is_some(),
     };
     check_model_memory(&config, batch, teacher_use, globals.max_memory)?;
-    let student = load_zoo_model(&config, Some(&args.weights), "weights", strict)?
+    let mut student = load_zoo_model(&config, Some(&args.weights), "weights", strict)?
         .with_policy(token_policy)?;
     objective.check(&student)?;
-    let teacher = match args.teacher.as_deref() {
+    let mut teacher = match args.teacher.as_deref() {
         Some(t) => Some(load_zoo_model(&config, Some(t), "teacher weights", strict)?),
         None => None,
     };
+    let batch_norm: BatchNormMode = args.objective.batchnorm.into();
+    if batch_norm == BatchNormMode::Train {
+        ensure!(
+            student.has_batch_norm(),
+            "--batchnorm train: {} has no batch norm layers (LV-ViT's stem has)",
+            student.family()
+        );
+        student.set_batch_norm(batch_norm);
+        if let Some(teacher) = teacher.as_mut() {
+            teacher.set_batch_norm(batch_norm);
+        }
+    }
     let targets = match (args.labels, args.targets) {
         (Some(labels), None) => {
             let labels = parse_labels(&labels)?;
@@ -110,6 +127,16 @@ pub fn run(args: Loss, globals: &Globals) -> Result<()> {
     )?;
     println!("ce {:.7}", report.ce);
     println!("cut {:.7}", report.cut);
+    if args.per_layer {
+        for layer in &report.cut_layers {
+            let note = if layer.counted {
+                ""
+            } else {
+                "  (not in the release's sum)"
+            };
+            println!("cut.layer{} {:.7}{note}", layer.layer, layer.value);
+        }
+    }
     if let (Some(kl), Some(feature)) = (report.kl, report.feature) {
         println!("kl {kl:.7}");
         println!("feature {feature:.7}");

@@ -180,6 +180,7 @@ impl PvtV2 {
         Ok(Traced {
             logits: self.head.forward(bk, &features)?,
             features,
+            tokens: x,
             selections,
         })
     }

@@ -57,7 +57,7 @@ mod testutil;
 mod tiles;
 mod top_k;
 
-pub use activation::{gelu, gelu_with};
+pub use activation::{gelu, gelu_backward, gelu_backward_with, gelu_with};
 pub use bf16::{
     KERNEL_ENV as BF16_KERNEL_ENV, PANEL as BF16_PANEL, PackedBf16, bf16_expected_faster_than_f32,
     bf16_hardware, bf16_kernel_name, from_bf16, linear_bf16, linear_bf16_accumulate,

@@ -148,6 +148,19 @@ pub(crate) fn gelu<const FMA: bool>(x: f32) -> f32 {
     0.5 * x * one_plus_erf
 }
 
+/// `1 / sqrt(2 pi)`, the peak of the standard normal density.
+const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
+
+/// The derivative of the exact GELU, `Phi(x) + x phi(x)`: the normal CDF through the same
+/// erfc as [`gelu`] (no cancellation for negative x), the density through [`exp`].
+#[inline(always)]
+pub(crate) fn gelu_grad<const FMA: bool>(x: f32) -> f32 {
+    let q = erfc_nonneg::<FMA>(x.abs() * std::f32::consts::FRAC_1_SQRT_2);
+    let cdf = 0.5 * if x >= 0.0 { 2.0 - q } else { q };
+    let pdf = FRAC_1_SQRT_2PI * exp::<FMA>(-0.5 * x * x);
+    mul_add::<FMA>(x, pdf, cdf)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +216,29 @@ mod tests {
             }
             assert!(worst <= 2e-7, "fma={fma}: worst scaled error {worst}");
         }
+    }
+
+    #[test]
+    fn gelu_grad_is_within_its_bound() {
+        for fma in [false, true] {
+            let mut worst = 0.0f64;
+            for i in -200_000..=200_000 {
+                let x = i as f32 * 1e-4 * 1.7;
+                let got = if fma {
+                    gelu_grad::<true>(x)
+                } else {
+                    gelu_grad::<false>(x)
+                } as f64;
+                let xd = x as f64;
+                let cdf = 0.5 * libm::erfc(-xd / std::f64::consts::SQRT_2);
+                let pdf = (-0.5 * xd * xd).exp() / (2.0 * std::f64::consts::PI).sqrt();
+                worst = worst.max((got - (cdf + xd * pdf)).abs() / xd.abs().max(1.0));
+            }
+            assert!(worst <= 3e-7, "fma={fma}: worst scaled error {worst}");
+        }
+        assert_eq!(gelu_grad::<false>(-50.0), 0.0);
+        assert_eq!(gelu_grad::<false>(50.0), 1.0);
+        assert!(gelu_grad::<true>(f32::NAN).is_nan());
     }
 
     #[test]

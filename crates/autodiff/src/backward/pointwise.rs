@@ -5,9 +5,6 @@ use idlevit_tensor::Tensor;
 use crate::parallel::for_row_blocks;
 use crate::{AutodiffError, Result};
 
-/// `1 / sqrt(2 pi)`, the peak of the standard normal density.
-const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
-
 /// `out[i] = f(x[i], g[i])` into a fresh tensor of `x`'s shape, in parallel when large.
 fn zip_map(x: &Tensor, g: &Tensor, f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Result<Tensor> {
     if x.shape() != g.shape() {
@@ -29,14 +26,19 @@ fn zip_map(x: &Tensor, g: &Tensor, f: impl Fn(f32, f32) -> f32 + Sync + Send) ->
     Ok(Tensor::from_vec(x.shape().to_vec(), out)?)
 }
 
-/// GELU: `d/dx [x Phi(x)] = Phi(x) + x phi(x)`, with the normal CDF through erfc so that it
-/// keeps its relative precision for negative `x`.
+/// GELU: `d/dx [x Phi(x)] = Phi(x) + x phi(x)`, by the vectorised kernel.
 pub(super) fn gelu(x: &Tensor, g: &Tensor) -> Result<Tensor> {
-    zip_map(x, g, |x, g| {
-        let cdf = 0.5 * libm::erfcf(-x * std::f32::consts::FRAC_1_SQRT_2);
-        let pdf = FRAC_1_SQRT_2PI * (-0.5 * x * x).exp();
-        g * (cdf + x * pdf)
-    })
+    if x.shape() != g.shape() {
+        return Err(AutodiffError::shape(
+            "GELU gradient",
+            format!("{:?}", x.shape()),
+            g.shape(),
+        ));
+    }
+    let x = x.contiguous();
+    let mut out = g.contiguous();
+    idlevit_kernels::gelu_backward(&x.contiguous_values(), out.as_mut_slice());
+    Ok(out)
 }
 
 /// `|x|`: the sign of `x`, taking 0 at 0 (the subgradient torch uses); NaN stays NaN.

@@ -18,7 +18,7 @@ use crate::args::{ModelArgs, ObjectiveArgs};
 pub struct Loss {
     #[command(flatten)]
     model: ModelArgs,
-    /// Student weights.
+    /// Student weights, or a timm hub snapshot directory.
     #[arg(long, value_name = "W")]
     weights: PathBuf,
     /// safetensors with tensor `input` (batch, 3, H, W).
@@ -57,7 +57,9 @@ pub fn run(args: Loss, globals: &Globals) -> Result<()> {
     inputs.extend(named("--teacher", &args.teacher));
     let outputs: Vec<NamedPath> = named("--grads-out", &args.grads_out).into_iter().collect();
     check_distinct(&inputs, &outputs)?;
-    let config = args.model.zoo_config()?;
+    let resolved = super::resolve_model(&args.model, Some(&args.weights))?;
+    let config = resolved.config;
+    let weights = resolved.weights.unwrap_or(args.weights.clone());
     let token_policy = training_policy(&config, args.keep_rate)?;
     ensure!(
         token_policy != TokenPolicy::Dense,
@@ -73,11 +75,19 @@ pub fn run(args: Loss, globals: &Globals) -> Result<()> {
         teacher: args.teacher.is_some(),
     };
     check_model_memory(&config, batch, teacher_use, globals.max_memory)?;
-    let student = load_zoo_model(&config, Some(&args.weights), "weights", strict)?
-        .with_policy(token_policy)?;
+    let student =
+        load_zoo_model(&config, Some(&weights), "weights", strict)?.with_policy(token_policy)?;
     objective.check(&student)?;
     let teacher = match args.teacher.as_deref() {
-        Some(t) => Some(load_zoo_model(&config, Some(t), "teacher weights", strict)?),
+        Some(t) => {
+            let t = super::weights_file(t, &config, "--teacher")?;
+            Some(load_zoo_model(
+                &config,
+                Some(&t),
+                "teacher weights",
+                strict,
+            )?)
+        }
         None => None,
     };
     let targets = match (args.labels, args.targets) {

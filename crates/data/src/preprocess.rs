@@ -130,7 +130,7 @@ impl EvalTransform {
         );
         let resize = (f64::from(crop) / crop_pct).floor();
         ensure!(
-            resize <= f64::from(MAX_IMAGE_SIDE),
+            (0.0..=f64::from(MAX_IMAGE_SIDE)).contains(&resize),
             "crop_pct {crop_pct} resizes to {resize} pixels, more than {MAX_IMAGE_SIDE}"
         );
         ensure!(

@@ -240,6 +240,20 @@ mod tests {
         assert_eq!(transform.mean, [0.5; 3]);
     }
 
+    /// A PVT-v2 snapshot as `save_for_hf` writes it: `avg` pooling, no shape arguments.
+    #[test]
+    fn a_pvt_snapshot_config_is_read() {
+        let pvt = r#"{"architecture": "pvt_v2_b0", "num_classes": 1000, "num_features": 256,
+            "global_pool": "avg", "model_args": {"in_chans": 3, "num_classes": 1000,
+            "global_pool": "avg"}, "pretrained_cfg": {"tag": "in1k", "input_size": [3, 224, 224],
+            "interpolation": "bicubic", "crop_pct": 0.9, "crop_mode": "center"}}"#;
+        let (_, config, transform) = parse_config(pvt).unwrap();
+        assert_eq!(config, idlevit_zoo::PvtConfig::b0().into());
+        assert_eq!((transform.resize, transform.std), (248, IMAGENET_STD));
+        let token = pvt.replace("\"avg\"", "\"token\"");
+        assert!(parse_config(&token).unwrap_err().contains("`avg` only"));
+    }
+
     #[test]
     fn every_wrong_field_is_named() {
         let cases = [

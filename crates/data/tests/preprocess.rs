@@ -186,10 +186,11 @@ fn timm_crop_modes_and_filters_match() {
         let (a, b) = (ours.to_vec(), theirs.to_vec());
         let mean_diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32;
         let max = ours.max_abs_diff(theirs).unwrap();
-        // A crop or padding one pixel off, or the wrong normalisation, moves most values by
-        // far more than these bounds; filter rounding moves a few edge values.
-        assert!(mean_diff < 0.01, "{name}: mean |diff| {mean_diff}");
-        assert!(max < 0.5, "{name}: max |diff| {max}");
+        // Measured: mean 0.0003 to 0.0010, max 0.008 to 0.12 (a few edge pixels a level or
+        // several apart after rounding). A crop or padding one pixel off, or the wrong
+        // normalisation, moves most values by far more.
+        assert!(mean_diff < 0.003, "{name}: mean |diff| {mean_diff}");
+        assert!(max < 0.25, "{name}: max |diff| {max}");
     }
 }
 

@@ -141,3 +141,28 @@ fn a_directory_that_is_no_snapshot_is_named() {
     assert!(err.contains("pretrained_cfg.interpolation"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Finetuning normalises with the ImageNet statistics, so a snapshot normalised otherwise is
+/// refused before anything is trained or written; a teacher snapshot of another model too.
+#[test]
+fn finetune_refuses_what_it_would_feed_wrongly() {
+    let dir = scratch("hub-finetune");
+    common::write_folder(&dir.join("data"), 1);
+    let (data, out) = (dir.join("data"), dir.join("out"));
+    let run = |weights: &str, extra: &[&str]| {
+        let mut args = vec!["finetune", "--weights", weights, "--data"];
+        args.extend([s(&data), "--out", s(&out), "--epochs", "1"]);
+        args.extend(extra);
+        failure(&idlevit(&args))
+    };
+    let err = run(s(&hub().join("vit_small")), &[]);
+    assert!(err.contains("mean [0.5, 0.5, 0.5]"), "{err}");
+    assert!(err.contains("ImageNet mean and std"), "{err}");
+    let err = run(
+        s(&hub().join("deit_tiny")),
+        &["--teacher", s(&hub().join("vit_small"))],
+    );
+    assert!(err.contains("differs from the student"), "{err}");
+    assert!(!out.exists(), "nothing is written");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -240,6 +240,14 @@ mod tests {
         assert_eq!(transform.mean, [0.5; 3]);
     }
 
+    #[test]
+    fn named_models_take_their_checkpoints_normalisation() {
+        let vit = named_transform("vit_small_patch16_224.augreg_in21k_ft_in1k", 224);
+        assert_eq!((vit.mean, vit.std, vit.resize), ([0.5; 3], [0.5; 3], 248));
+        let deit = named_transform("deit_small_patch16_224.fb_in1k", 224);
+        assert_eq!(deit, EvalTransform::for_size(224));
+    }
+
     /// A PVT-v2 snapshot as `save_for_hf` writes it: `avg` pooling, no shape arguments.
     #[test]
     fn a_pvt_snapshot_config_is_read() {

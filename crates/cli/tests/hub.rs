@@ -166,3 +166,30 @@ fn finetune_refuses_what_it_would_feed_wrongly() {
     assert!(!out.exists(), "nothing is written");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// An output path inside a snapshot that names one of its files is refused before anything
+/// is read or written.
+#[test]
+fn outputs_never_replace_a_snapshots_files() {
+    let dir = scratch("hub-outputs");
+    let snapshot = dir.join("deit_tiny");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(hub().join("deit_tiny").join(file), snapshot.join(file)).unwrap();
+    }
+    let weights = snapshot.join("model.safetensors");
+    let before = std::fs::read(&weights).unwrap();
+    let input = hub().join("input.safetensors");
+    let err = failure(&idlevit(&[
+        "logits",
+        "--weights",
+        s(&snapshot),
+        "--input",
+        s(&input),
+        "--output",
+        s(&weights),
+    ]));
+    assert!(err.contains("is the same file as --weights"), "{err}");
+    assert_eq!(std::fs::read(&weights).unwrap(), before);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -81,7 +81,16 @@ pub fn run(args: Finetune, globals: &Globals) -> Result<()> {
     let (strict, group) = (globals.strict, globals.group);
     checks::learning_rates(args.lr, args.min_lr)?;
     let checkpoint = checkpoint_path(&args.out);
+    let snapshots = super::snapshot_files(&[
+        ("--weights", args.weights.as_deref()),
+        ("--teacher", args.teacher.as_deref()),
+    ]);
     let mut inputs = args.model.config_input();
+    inputs.extend(
+        snapshots
+            .iter()
+            .map(|(flag, path)| NamedPath::new(flag, path)),
+    );
     inputs.extend(named("--weights", &args.weights));
     inputs.extend(named("--teacher", &args.teacher));
     // The checkpoint may be the one resumed from: it is read whole before the first epoch

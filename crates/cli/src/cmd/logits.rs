@@ -41,11 +41,17 @@ pub struct Logits {
 
 /// Runs `logits`.
 pub fn run(args: Logits, globals: &Globals) -> Result<()> {
+    let snapshot = super::snapshot_files(&[("--weights", Some(&args.weights))]);
     let mut inputs = args.model.config_input();
     inputs.extend([
         NamedPath::new("--weights", &args.weights),
         NamedPath::new("--input", &args.input),
     ]);
+    inputs.extend(
+        snapshot
+            .iter()
+            .map(|(flag, path)| NamedPath::new(flag, path)),
+    );
     let mut outputs = vec![NamedPath::new("--output", &args.output)];
     outputs.extend(named("--selected-out", &args.selected_out));
     check_distinct(&inputs, &outputs)?;

@@ -48,7 +48,16 @@ pub struct Loss {
 /// Runs `loss`.
 pub fn run(args: Loss, globals: &Globals) -> Result<()> {
     let strict = globals.strict;
+    let snapshots = super::snapshot_files(&[
+        ("--weights", Some(&args.weights)),
+        ("--teacher", args.teacher.as_deref()),
+    ]);
     let mut inputs = args.model.config_input();
+    inputs.extend(
+        snapshots
+            .iter()
+            .map(|(flag, path)| NamedPath::new(flag, path)),
+    );
     inputs.extend([
         NamedPath::new("--weights", &args.weights),
         NamedPath::new("--input", &args.input),

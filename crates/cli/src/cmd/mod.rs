@@ -104,6 +104,23 @@ pub(crate) fn weights_file(path: &Path, config: &ZooConfig, flag: &str) -> Resul
     Ok(snapshot.weights)
 }
 
+/// The files inside the hub snapshot directories among `paths` (each snapshot's config and
+/// weights), as inputs named by their flag, which no output may replace: the directory
+/// itself is no file an output could name.
+pub(crate) fn snapshot_files<'a>(paths: &[(&'a str, Option<&Path>)]) -> Vec<(&'a str, PathBuf)> {
+    paths
+        .iter()
+        .filter_map(|(flag, path)| path.filter(|p| p.is_dir()).map(|dir| (*flag, dir)))
+        .flat_map(|(flag, dir)| {
+            [
+                idlevit_train::hub::CONFIG_FILE,
+                idlevit_train::hub::WEIGHTS_FILE,
+            ]
+            .map(|file| (flag, dir.join(file)))
+        })
+        .collect()
+}
+
 /// A model's family, input size, depth and classes, for errors that compare two models.
 fn describe(config: &ZooConfig) -> String {
     format!(

@@ -20,7 +20,9 @@ pub struct ModelArgs {
     #[arg(long, value_name = "CFG.json")]
     pub config: Option<PathBuf>,
     /// A named model instead of --config: deit_tiny, deit_small, deit_base, lvvit_s,
-    /// lvvit_m, pvt_v2_b0, pvt_v2_b1, pvt_v2_b2 (every command takes every family).
+    /// lvvit_m, pvt_v2_b0, pvt_v2_b1, pvt_v2_b2, or timm's names (deit_small_patch16_224,
+    /// vit_{tiny,small,base}_patch16_224, with or without a tag such as .fb_in1k); every
+    /// command takes every family. Not needed when --weights is a timm hub snapshot.
     #[arg(long, value_name = "NAME")]
     pub model: Option<String>,
 }

@@ -457,7 +457,7 @@ proptest! {
         let bytes = mutate(base, &changes, donor);
         let Ok(image) = decode_image(&bytes) else { return Ok(()) };
         prop_assert!(image.width() <= MAX_IMAGE_SIDE && image.height() <= MAX_IMAGE_SIDE);
-        let transform = EvalTransform { resize: 40, crop: 32 };
+        let transform = EvalTransform { resize: 40, crop: 32, ..EvalTransform::for_size(32) };
         if let Ok(tensor) = preprocess(&image, &transform) {
             prop_assert_eq!(tensor.shape(), &[3, 32, 32]);
             prop_assert!(tensor.to_vec().iter().all(|v| v.is_finite()));

@@ -71,9 +71,15 @@ fn classify_prints_the_library_predictions_for_every_family() {
     write_folder(&dir.join("images"), 1);
     let image = dir.join("images/class1/0.png");
     for family in families(&dir) {
-        let expected =
-            idlevit_train::evaluate::classify(&family.student, std::slice::from_ref(&image), 2)
-                .unwrap();
+        let transform =
+            idlevit_data::preprocess::EvalTransform::for_size(family.student.img_size());
+        let expected = idlevit_train::evaluate::classify(
+            &family.student,
+            std::slice::from_ref(&image),
+            2,
+            &transform,
+        )
+        .unwrap();
         let classify = |extra: &[&str]| {
             let model = ["classify", "--config", s(&family.config)];
             let rest = ["--weights", s(&family.weights), s(&image)];

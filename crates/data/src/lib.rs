@@ -6,6 +6,7 @@ pub mod digits;
 mod error;
 pub mod files;
 pub mod folder;
+pub mod labels;
 pub mod preprocess;
 pub mod weights;
 

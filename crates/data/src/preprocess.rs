@@ -1,5 +1,7 @@
-//! Image preprocessing as timm evaluates DeiT: resize the shorter side with bicubic
-//! filtering, center-crop, scale to [0, 1], normalise with the ImageNet mean and std.
+//! Image preprocessing as timm evaluates a model: resize (bicubic or bilinear, as PIL
+//! filters), crop as the model's `crop_mode` says, scale to [0, 1], normalise with the
+//! model's mean and std. The default is DeiT's: shorter side to 256, center crop 224,
+//! bicubic, ImageNet mean and std.
 //!
 //! Decoding is bounded ([`MAX_IMAGE_SIDE`], [`MAX_DECODE_BYTES`]) and so is the resized image
 //! ([`MAX_RESIZED_PIXELS`]), so that a small file cannot ask for gigabytes.
@@ -49,23 +51,104 @@ pub fn batch_values(batch: usize, side: usize) -> Result<usize> {
         .ok_or(DataError::BatchTooLarge(batch, side))
 }
 
-/// The evaluation transform: shorter side to `resize`, then a `crop x crop` center crop.
+/// How an image is resized: the filters timm's configs name, computed as PIL computes them
+/// (the filter widened by the scale when shrinking).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interpolation {
+    /// Cubic convolution with a = -0.5 (PIL's `BICUBIC`).
+    Bicubic,
+    /// Linear (PIL's `BILINEAR`).
+    Bilinear,
+}
+
+/// How the resized image becomes the model's square input, as timm's `crop_mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CropMode {
+    /// Shorter side to `resize` (aspect ratio kept), then the center square of `crop`.
+    Center,
+    /// Both sides to `resize` (aspect ratio not kept), then the center square of `crop`.
+    Squash,
+    /// Longer side to `resize` (aspect ratio kept), then the center square of `crop`, padded
+    /// with the mean colour where the image is smaller.
+    Border,
+}
+
+/// The evaluation transform: resize by `crop_mode` to `resize`, take the `crop x crop`
+/// center, normalise with `mean` and `std`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct EvalTransform {
-    /// Length of the shorter side after resizing.
+    /// Side after resizing (timm's scale size, `floor(crop / crop_pct)`): the shorter side
+    /// in `Center` mode, both sides in `Squash`, the longer side in `Border`.
     pub resize: u32,
     /// Side of the square center crop (the model's input size).
     pub crop: u32,
+    /// The resize filter.
+    pub interpolation: Interpolation,
+    /// How the image is fitted to the square.
+    pub crop_mode: CropMode,
+    /// Channel means (RGB) subtracted after scaling to [0, 1].
+    pub mean: [f32; 3],
+    /// Channel standard deviations (RGB) divided by after the means.
+    pub std: [f32; 3],
 }
 
 impl EvalTransform {
-    /// timm's default for a model input of `img_size`: crop ratio 0.875 (224 -> resize 256).
+    /// timm's default for a model input of `img_size`, as the DeiT release evaluates:
+    /// crop ratio 0.875 (224 -> resize 256), center crop, bicubic, ImageNet mean and std.
     pub fn for_size(img_size: usize) -> Self {
         let crop = u32::try_from(img_size).unwrap_or(u32::MAX);
         Self {
             resize: (f64::from(crop) / 0.875).floor() as u32,
             crop,
+            interpolation: Interpolation::Bicubic,
+            crop_mode: CropMode::Center,
+            mean: IMAGENET_MEAN,
+            std: IMAGENET_STD,
         }
+    }
+
+    /// The transform of a timm data config: input side `img_size`, `crop_pct` in (0, 1]
+    /// (the resize is `floor(img_size / crop_pct)`), `crop_mode`, `interpolation`, and a
+    /// positive `std`. Errors name the value that is out of range.
+    pub fn timm(
+        img_size: usize,
+        crop_pct: f64,
+        crop_mode: CropMode,
+        interpolation: Interpolation,
+        mean: [f32; 3],
+        std: [f32; 3],
+    ) -> Result<Self> {
+        let crop = u32::try_from(img_size).ok().filter(|&c| c > 0);
+        let Some(crop) = crop.filter(|&c| u64::from(c) <= u64::from(MAX_IMAGE_SIDE)) else {
+            return Err(DataError::Invalid(format!(
+                "input size {img_size} is not between 1 and {MAX_IMAGE_SIDE}"
+            )));
+        };
+        ensure!(
+            crop_pct.is_finite() && crop_pct > 0.0 && crop_pct <= 1.0,
+            "crop_pct {crop_pct} is not in (0, 1]"
+        );
+        let resize = (f64::from(crop) / crop_pct).floor();
+        ensure!(
+            (0.0..=f64::from(MAX_IMAGE_SIDE)).contains(&resize),
+            "crop_pct {crop_pct} resizes to {resize} pixels, more than {MAX_IMAGE_SIDE}"
+        );
+        ensure!(
+            mean.iter().all(|m| m.is_finite()),
+            "mean {mean:?} is not finite"
+        );
+        ensure!(
+            std.iter().all(|s| s.is_finite() && *s > 0.0),
+            "std {std:?} is not positive"
+        );
+        Ok(Self {
+            resize: resize as u32,
+            crop,
+            interpolation,
+            crop_mode,
+            mean,
+            std,
+        })
     }
 }
 
@@ -119,41 +202,118 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
         .is_some_and(|scan| bytes[scan..].windows(2).any(|w| w == END_OF_IMAGE))
 }
 
-/// Resizes, crops and normalises a decoded image into a `(3, crop, crop)` tensor.
+/// Resizes, crops and normalises a decoded image into a `(3, crop, crop)` tensor, as timm's
+/// eval transform does with PIL and torchvision.
 pub fn preprocess(image: &DynamicImage, transform: &EvalTransform) -> Result<Tensor> {
     let (w, h) = (image.width(), image.height());
     ensure!(w > 0 && h > 0, "image has no pixels ({w}x{h})");
     ensure!(transform.crop > 0, "the crop must be at least one pixel");
-    let short = w.min(h);
-    // As torchvision's Resize(int): the shorter side becomes `resize`, the longer keeps the
-    // aspect ratio (truncated), so both sides are at least the crop.
-    let scale = f64::from(transform.resize) / f64::from(short);
-    let (nw, nh) = if w <= h {
-        (transform.resize, (f64::from(h) * scale) as u32)
-    } else {
-        ((f64::from(w) * scale) as u32, transform.resize)
-    };
+    let (nw, nh) = resized_size(w, h, transform)?;
     ensure!(
         u64::from(nw) * u64::from(nh) <= MAX_RESIZED_PIXELS,
         "image {w}x{h} would be resized to {nw}x{nh}, more than {MAX_RESIZED_PIXELS} pixels"
     );
+    let pads = transform.crop_mode == CropMode::Border;
     ensure!(
-        nw >= transform.crop && nh >= transform.crop,
+        pads || (nw >= transform.crop && nh >= transform.crop),
         "resize {} is smaller than crop {}",
         transform.resize,
         transform.crop
     );
-    let resized = image.to_rgb8();
-    let resized = image::imageops::resize(&resized, nw, nh, FilterType::CatmullRom);
-    // torchvision rounds the crop offset to the nearest pixel.
-    let left = ((f64::from(nw - transform.crop)) / 2.0).round() as u32;
-    let top = ((f64::from(nh - transform.crop)) / 2.0).round() as u32;
-    normalized_crop(&resized, left, top, transform.crop)
+    let filter = match transform.interpolation {
+        Interpolation::Bicubic => FilterType::CatmullRom,
+        Interpolation::Bilinear => FilterType::Triangle,
+    };
+    let resized = image::imageops::resize(&image.to_rgb8(), nw, nh, filter);
+    let resized = if pads {
+        padded_to(&resized, transform.crop, fill_colour(&transform.mean))
+    } else {
+        resized
+    };
+    let left = center_offset(resized.width(), transform.crop);
+    let top = center_offset(resized.height(), transform.crop);
+    normalized_crop_with(
+        &resized,
+        left,
+        top,
+        transform.crop,
+        &transform.mean,
+        &transform.std,
+    )
+}
+
+/// The size a `w x h` image is resized to before the crop.
+fn resized_size(w: u32, h: u32, transform: &EvalTransform) -> Result<(u32, u32)> {
+    let target = u64::from(transform.resize);
+    let (w64, h64) = (u64::from(w), u64::from(h));
+    let size = match transform.crop_mode {
+        // torchvision's Resize(int): the shorter side becomes `resize`, the longer
+        // `int(resize * long / short)`, computed exactly here.
+        CropMode::Center if w <= h => (target, target * h64 / w64),
+        CropMode::Center => (target * w64 / h64, target),
+        CropMode::Squash => (target, target),
+        // timm's ResizeKeepRatio(longest=1): both sides divided by the larger ratio to the
+        // target and rounded half to even, as Python's round.
+        CropMode::Border => {
+            let ratio = (w as f64 / target as f64).max(h as f64 / target as f64);
+            let side = |s: u32| (f64::from(s) / ratio).round_ties_even() as u64;
+            (side(w), side(h))
+        }
+    };
+    ensure!(
+        size.0 > 0 && size.1 > 0,
+        "image {w}x{h} would be resized to {}x{} pixels",
+        size.0,
+        size.1
+    );
+    let clamp = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+    Ok((clamp(size.0), clamp(size.1)))
+}
+
+/// torchvision's center-crop offset: `round((length - crop) / 2)`, half to even.
+fn center_offset(length: u32, crop: u32) -> u32 {
+    (f64::from(length.saturating_sub(crop)) / 2.0).round_ties_even() as u32
+}
+
+/// The colour timm's border mode pads with: the mean scaled to bytes (`round(255 * mean)`,
+/// half to even).
+fn fill_colour(mean: &[f32; 3]) -> image::Rgb<u8> {
+    image::Rgb(mean.map(|m| (255.0 * f64::from(m)).round_ties_even().clamp(0.0, 255.0) as u8))
+}
+
+/// `rgb` padded with `fill` to at least `side` in each dimension, the image centred (the
+/// odd pixel of padding going after it), as timm's `CenterCropOrPad`.
+fn padded_to(rgb: &RgbImage, side: u32, fill: image::Rgb<u8>) -> RgbImage {
+    let (w, h) = (rgb.width(), rgb.height());
+    if w >= side && h >= side {
+        return rgb.clone();
+    }
+    let (pw, ph) = (w.max(side), h.max(side));
+    let mut out = RgbImage::from_pixel(pw, ph, fill);
+    image::imageops::replace(
+        &mut out,
+        rgb,
+        i64::from((pw - w) / 2),
+        i64::from((ph - h) / 2),
+    );
+    out
 }
 
 /// The `side x side` square of `rgb` at (`left`, `top`), scaled to [0, 1] and normalised with
 /// the ImageNet mean and std, as a `(3, side, side)` tensor.
 pub fn normalized_crop(rgb: &RgbImage, left: u32, top: u32, side: u32) -> Result<Tensor> {
+    normalized_crop_with(rgb, left, top, side, &IMAGENET_MEAN, &IMAGENET_STD)
+}
+
+/// [`normalized_crop`] with the channel `mean` and `std` given.
+pub fn normalized_crop_with(
+    rgb: &RgbImage,
+    left: u32,
+    top: u32,
+    side: u32,
+    mean: &[f32; 3],
+    std: &[f32; 3],
+) -> Result<Tensor> {
     ensure!(
         u64::from(left) + u64::from(side) <= u64::from(rgb.width())
             && u64::from(top) + u64::from(side) <= u64::from(rgb.height()),
@@ -168,7 +328,7 @@ pub fn normalized_crop(rgb: &RgbImage, left: u32, top: u32, side: u32) -> Result
             let pixel = rgb.get_pixel(left + x as u32, top + y as u32);
             for c in 0..3 {
                 let value = f32::from(pixel[c]) / 255.0;
-                data[(c * side + y) * side + x] = (value - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+                data[(c * side + y) * side + x] = (value - mean[c]) / std[c];
             }
         }
     }

@@ -102,8 +102,133 @@ fn extreme_aspect_ratios_are_refused_before_resizing() {
     assert!(err.to_string().contains("pixels"), "{err}");
     // 1024:1 at resize 256 is the most the limit allows.
     let long = DynamicImage::new_rgb8(1024, 1);
-    let tensor = preprocess(&long, &EvalTransform { resize: 4, crop: 2 }).unwrap();
+    let tensor = preprocess(
+        &long,
+        &EvalTransform {
+            resize: 4,
+            crop: 2,
+            ..EvalTransform::for_size(2)
+        },
+    )
+    .unwrap();
     assert_eq!(tensor.shape(), &[3, 2, 2]);
-    assert!(preprocess(&long, &EvalTransform { resize: 0, crop: 0 }).is_err());
+    assert!(
+        preprocess(
+            &long,
+            &EvalTransform {
+                resize: 0,
+                crop: 0,
+                ..EvalTransform::for_size(0)
+            }
+        )
+        .is_err()
+    );
     assert!(u64::from(256u32) * 256 * 1024 <= MAX_RESIZED_PIXELS);
+}
+
+/// Every interpolation and crop mode of a timm data config against timm's own eval transform
+/// of the same image (`fixtures/hub/preprocess.safetensors`, written by
+/// `make_hub_fixtures.py`), within the rounding differences measured above.
+#[test]
+fn timm_crop_modes_and_filters_match() {
+    use idlevit_data::preprocess::{CropMode, IMAGENET_MEAN, IMAGENET_STD, Interpolation};
+    let goldens =
+        Checkpoint::load_safetensors(images().join("../hub/preprocess.safetensors")).unwrap();
+    let half = [0.5; 3];
+    let (imagenet_mean, imagenet_std) = (IMAGENET_MEAN, IMAGENET_STD);
+    let cases = [
+        (
+            "bicubic_center_0.9",
+            0.9,
+            CropMode::Center,
+            Interpolation::Bicubic,
+            half,
+            half,
+        ),
+        (
+            "bilinear_center_0.875",
+            0.875,
+            CropMode::Center,
+            Interpolation::Bilinear,
+            imagenet_mean,
+            imagenet_std,
+        ),
+        (
+            "bicubic_squash_0.95",
+            0.95,
+            CropMode::Squash,
+            Interpolation::Bicubic,
+            imagenet_mean,
+            imagenet_std,
+        ),
+        (
+            "bilinear_border_1.0",
+            1.0,
+            CropMode::Border,
+            Interpolation::Bilinear,
+            half,
+            half,
+        ),
+        (
+            "bicubic_border_0.8",
+            0.8,
+            CropMode::Border,
+            Interpolation::Bicubic,
+            imagenet_mean,
+            imagenet_std,
+        ),
+    ];
+    for (name, crop_pct, mode, filter, mean, std) in cases {
+        let transform = EvalTransform::timm(64, crop_pct, mode, filter, mean, std).unwrap();
+        let ours = load_image(&images().join("sample.png"), &transform).unwrap();
+        let theirs = goldens.require(name).unwrap();
+        assert_eq!(ours.shape(), theirs.shape(), "{name}");
+        let (a, b) = (ours.to_vec(), theirs.to_vec());
+        let mean_diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32;
+        let max = ours.max_abs_diff(theirs).unwrap();
+        // Measured: mean 0.0003 to 0.0010, max 0.008 to 0.12 (a few edge pixels a level or
+        // several apart after rounding). A crop or padding one pixel off, or the wrong
+        // normalisation, moves most values by far more.
+        assert!(mean_diff < 0.003, "{name}: mean |diff| {mean_diff}");
+        assert!(max < 0.25, "{name}: max |diff| {max}");
+    }
+}
+
+#[test]
+fn timm_transforms_refuse_values_out_of_range() {
+    use idlevit_data::preprocess::{CropMode, IMAGENET_MEAN, IMAGENET_STD, Interpolation};
+    let make = |size, pct, std| {
+        EvalTransform::timm(
+            size,
+            pct,
+            CropMode::Center,
+            Interpolation::Bicubic,
+            IMAGENET_MEAN,
+            std,
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    };
+    assert!(make(224, 0.875, IMAGENET_STD).is_ok());
+    assert!(
+        make(224, 0.0, IMAGENET_STD)
+            .unwrap_err()
+            .contains("crop_pct 0")
+    );
+    assert!(
+        make(224, f64::NAN, IMAGENET_STD)
+            .unwrap_err()
+            .contains("crop_pct NaN")
+    );
+    assert!(
+        make(0, 0.9, IMAGENET_STD)
+            .unwrap_err()
+            .contains("input size 0")
+    );
+    assert!(
+        make(224, 1e-9, IMAGENET_STD)
+            .unwrap_err()
+            .contains("resizes to")
+    );
+    assert!(make(224, 0.9, [0.2, 0.0, 0.2]).unwrap_err().contains("std"));
 }

@@ -98,12 +98,31 @@ pub fn evaluate_in_group(
     progress: bool,
     group: &dyn ProcessGroup,
 ) -> Result<Accuracy> {
+    let transform = EvalTransform::for_size(model.img_size());
+    evaluate_in_group_with(model, data, batch, progress, group, &transform)
+}
+
+/// [`evaluate_in_group`] with images prepared by `transform` (a hub snapshot's own).
+pub fn evaluate_in_group_with(
+    model: &ZooModel,
+    data: &ImageFolder,
+    batch: usize,
+    progress: bool,
+    group: &dyn ProcessGroup,
+    transform: &EvalTransform,
+) -> Result<Accuracy> {
     if batch == 0 {
         bail!("the batch size must be at least 1");
     }
+    if transform.crop as usize != model.img_size() {
+        bail!(
+            "the transform crops {} pixels but the model takes {}",
+            transform.crop,
+            model.img_size()
+        );
+    }
     let classes = model.num_classes();
     check_classes(data, classes)?;
-    let transform = EvalTransform::for_size(model.img_size());
     let indices: Vec<usize> = (0..data.len()).collect();
     let mine = shard(&indices, group.rank(), group.size());
     let bar = progress_bar(
@@ -113,7 +132,7 @@ pub fn evaluate_in_group(
     );
     let (mut top1, mut top5, mut non_finite) = (0usize, 0usize, 0usize);
     for chunk in mine.chunks(batch) {
-        let (images, labels) = data.batch(chunk, &transform)?;
+        let (images, labels) = data.batch(chunk, transform)?;
         let logits = model.forward(&Eager, &images)?.to_vec();
         for (row, &label) in logits.chunks(classes).zip(&labels) {
             top1 += usize::from(in_top(row, label, 1));
@@ -149,15 +168,26 @@ pub struct Prediction {
 }
 
 /// Classifies image files: preprocess, run the model, softmax, keep the `top` best classes.
-pub fn classify(model: &ZooModel, images: &[PathBuf], top: usize) -> Result<Vec<Prediction>> {
+/// `transform` prepares each image (a hub snapshot's own, or [`EvalTransform::for_size`]).
+pub fn classify(
+    model: &ZooModel,
+    images: &[PathBuf],
+    top: usize,
+    transform: &EvalTransform,
+) -> Result<Vec<Prediction>> {
     if images.is_empty() {
         bail!("no images given");
     }
     let side = model.img_size();
-    let transform = EvalTransform::for_size(side);
+    if transform.crop as usize != side {
+        bail!(
+            "the transform crops {} pixels but the model takes {side}",
+            transform.crop
+        );
+    }
     let mut batch = Vec::with_capacity(batch_values(images.len(), side)?);
     for path in images {
-        batch.extend(load_image(path, &transform)?.into_vec());
+        batch.extend(load_image(path, transform)?.into_vec());
     }
     let batch = Tensor::from_vec(vec![images.len(), 3, side, side], batch)?;
     let logits = model.forward(&Eager, &batch)?;

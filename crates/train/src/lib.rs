@@ -28,6 +28,7 @@ pub mod distributed;
 mod error;
 pub mod evaluate;
 pub mod finetune;
+pub mod hub;
 pub mod inspect;
 mod mixup;
 pub mod models;

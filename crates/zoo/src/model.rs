@@ -63,9 +63,12 @@ macro_rules! families {
 
         impl ZooConfig {
             /// A published model by name: `deit_{tiny,small,base}` (or timm's full DeiT
-            /// names), `lvvit_{s,m}`, `pvt_v2_b{0,1,2}`.
+            /// names), `vit_{tiny,small,base}_patch16_224`, `lvvit_{s,m}`, `pvt_v2_b{0,1,2}`.
+            /// A timm pretrained tag after a dot (`deit_small_patch16_224.fb_in1k`) names
+            /// weights, not an architecture, and is ignored.
             pub fn named(name: &str) -> Result<Self> {
-                $(if let Ok(config) = <$config>::named(name) {
+                let architecture = name.split_once('.').map_or(name, |(base, _)| base);
+                $(if let Ok(config) = <$config>::named(architecture) {
                     return Ok(config.into());
                 })+
                 Err(crate::config::unknown_model(name, &model_names()))

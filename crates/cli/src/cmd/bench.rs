@@ -40,7 +40,8 @@ pub struct Bench {
     /// Base keep rate r of the policy (see `logits --help`); dense only when absent.
     #[arg(long, value_name = "R")]
     keep_rate: Option<f64>,
-    /// Weights (optional: seeded random weights by default; speed does not depend on them).
+    /// Weights, or a timm hub snapshot directory (optional: seeded random weights by
+    /// default; speed does not depend on them).
     #[arg(long, value_name = "W")]
     weights: Option<PathBuf>,
     /// Images per forward pass.
@@ -64,10 +65,15 @@ pub fn run(args: Bench, globals: &Globals) -> Result<()> {
         keep_rate,
         ..
     } = args;
-    let name = args.model.name();
-    let config = args.model.zoo_config()?;
+    let resolved = super::resolve_model(&args.model, args.weights.as_deref())?;
+    let (name, config) = (resolved.name, resolved.config);
     check_model_memory(&config, batch, inference_use(args.bf16), globals.max_memory)?;
-    let dense = load_zoo_model(&config, args.weights.as_deref(), "weights", globals.strict)?;
+    let dense = load_zoo_model(
+        &config,
+        resolved.weights.as_deref(),
+        "weights",
+        globals.strict,
+    )?;
     dense.pack_for_inference();
     let threads = rayon::current_num_threads();
     let token_policy = compared_policy(&config, policy, keep_rate)?;

@@ -5,9 +5,11 @@ use std::path::PathBuf;
 
 use anyhow::{Result, ensure};
 use clap::Args;
+use idlevit_data::labels::{IMAGENET_1K_CLASSES, imagenet_1k};
+use idlevit_data::preprocess::EvalTransform;
 use idlevit_data::weights::read_file;
 
-use super::{Globals, inference_model, packed};
+use super::{Globals, inference_model, packed, resolve_model};
 use crate::args::ModelArgs;
 use crate::checks;
 
@@ -19,11 +21,13 @@ pub struct Classify {
     /// Run the linear layers and attention in bfloat16 (f32 accumulation); see docs/bf16.md.
     #[arg(long)]
     bf16: bool,
-    /// Weights: safetensors with timm names, or a PyTorch .pth checkpoint (absent: the
-    /// embedded digits model).
+    /// Weights: safetensors with timm names, a PyTorch .pth checkpoint, or a timm hub
+    /// snapshot directory (config.json + model.safetensors: the model and its preprocessing
+    /// come from it) (absent: the embedded digits model).
     #[arg(long, value_name = "W")]
     weights: Option<PathBuf>,
-    /// Class names, one per line, printed beside the indices.
+    /// Class names, one per line, printed beside the indices [default for 1000-class
+    /// models: the ImageNet-1k names].
     #[arg(long, value_name = "FILE")]
     labels: Option<PathBuf>,
     /// How many classes to print per image.
@@ -37,13 +41,21 @@ pub struct Classify {
 /// Runs `classify`.
 pub fn run(args: Classify, globals: &Globals) -> Result<()> {
     let bf16 = args.bf16;
-    let (model, labels) = match args.weights {
+    let (model, labels, transform) = match args.weights {
         Some(weights) => {
-            let config = args.model.zoo_config()?;
+            let resolved = resolve_model(&args.model, Some(&weights))?;
+            let config = &resolved.config;
             let batch = args.images.len();
-            let labels = args.labels.as_deref().map(read_labels).transpose()?;
-            let model = inference_model(&config, &weights, bf16, batch, globals)?;
-            (model, labels)
+            let labels = match &args.labels {
+                Some(path) => Some(read_labels(path)?),
+                None if config.num_classes() == IMAGENET_1K_CLASSES => {
+                    Some(imagenet_1k().into_iter().map(String::from).collect())
+                }
+                None => None,
+            };
+            let weights = resolved.weights.as_deref().unwrap_or(&weights);
+            let model = inference_model(config, weights, bf16, batch, globals)?;
+            (model, labels, resolved.transform)
         }
         None => {
             ensure!(
@@ -58,10 +70,13 @@ pub fn run(args: Classify, globals: &Globals) -> Result<()> {
             };
             let model = idlevit_train::models::default_model()?
                 .with_precision(crate::precision::from_flag(bf16))?;
-            (packed(model.into(), bf16), Some(labels))
+            let transform = EvalTransform::for_size(model.config().img_size);
+            (packed(model.into(), bf16), Some(labels), transform)
         }
     };
-    for prediction in idlevit_train::evaluate::classify(&model, &args.images, args.top)? {
+    let predictions =
+        idlevit_train::evaluate::classify(&model, &args.images, args.top, &transform)?;
+    for prediction in predictions {
         if prediction.top.iter().any(|(_, p)| !p.is_finite()) {
             eprintln!(
                 "warning: {} gave NaN or infinite logits; its classes mean nothing",

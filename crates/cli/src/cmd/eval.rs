@@ -6,7 +6,7 @@ use anyhow::{Result, ensure};
 use clap::Args;
 use idlevit_data::ImageFolder;
 
-use super::{Globals, print_accuracy, zoo_model};
+use super::{Globals, print_accuracy, resolve_model, zoo_model};
 use crate::args::{ModelArgs, PolicyArgs};
 use crate::checks;
 use crate::policy::Mode;
@@ -19,7 +19,8 @@ pub struct Eval {
     /// Run the linear layers and attention in bfloat16 (f32 accumulation); see docs/bf16.md.
     #[arg(long)]
     bf16: bool,
-    /// Weights.
+    /// Weights: safetensors, a .pth checkpoint, or a timm hub snapshot directory (whose
+    /// config.json also gives the model and its preprocessing).
     #[arg(long, value_name = "W")]
     weights: PathBuf,
     /// The data set folder.
@@ -39,17 +40,18 @@ pub fn run(args: Eval, globals: &Globals) -> Result<()> {
         args.policy.mode != Mode::Masked,
         "eval runs the dense or idle (gathered) form; use --mode idle"
     );
-    let model = zoo_model(
-        &args.model,
-        &args.policy,
-        &args.weights,
-        args.bf16,
-        args.batch,
-        globals,
-    )?;
+    let resolved = resolve_model(&args.model, Some(&args.weights))?;
+    let model = zoo_model(&resolved, &args.policy, args.bf16, args.batch, globals)?;
     let data = ImageFolder::open(&args.data)?;
     let leader = group.is_leader();
-    let acc = idlevit_train::evaluate::evaluate_in_group(&model, &data, args.batch, leader, group)?;
+    let acc = idlevit_train::evaluate::evaluate_in_group_with(
+        &model,
+        &data,
+        args.batch,
+        leader,
+        group,
+        &resolved.transform,
+    )?;
     if leader {
         print_accuracy("", &acc);
     }

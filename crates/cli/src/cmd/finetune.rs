@@ -19,8 +19,8 @@ use crate::checks;
 pub struct Finetune {
     #[command(flatten)]
     model: ModelArgs,
-    /// Starting weights of the student (absent: seeded random weights from --init-seed,
-    /// to train from scratch).
+    /// Starting weights of the student, or a timm hub snapshot directory (absent: seeded
+    /// random weights from --init-seed, to train from scratch).
     #[arg(long, value_name = "W")]
     weights: Option<PathBuf>,
     /// Seed of the random starting weights when --weights is absent.
@@ -81,7 +81,16 @@ pub fn run(args: Finetune, globals: &Globals) -> Result<()> {
     let (strict, group) = (globals.strict, globals.group);
     checks::learning_rates(args.lr, args.min_lr)?;
     let checkpoint = checkpoint_path(&args.out);
+    let snapshots = super::snapshot_files(&[
+        ("--weights", args.weights.as_deref()),
+        ("--teacher", args.teacher.as_deref()),
+    ]);
     let mut inputs = args.model.config_input();
+    inputs.extend(
+        snapshots
+            .iter()
+            .map(|(flag, path)| NamedPath::new(flag, path)),
+    );
     inputs.extend(named("--weights", &args.weights));
     inputs.extend(named("--teacher", &args.teacher));
     // The checkpoint may be the one resumed from: it is read whole before the first epoch
@@ -91,11 +100,27 @@ pub fn run(args: Finetune, globals: &Globals) -> Result<()> {
     check_distinct(&inputs, &outputs)?;
     let resumed: Vec<NamedPath> = named("--resume", &args.resume).into_iter().collect();
     check_distinct(&resumed, &outputs[1..])?;
-    let config = args.model.zoo_config()?;
+    let resolved = super::resolve_model(&args.model, args.weights.as_deref())?;
+    let default_transform =
+        idlevit_data::preprocess::EvalTransform::for_size(resolved.config.img_size());
+    ensure!(
+        (resolved.transform.mean, resolved.transform.std)
+            == (default_transform.mean, default_transform.std),
+        "{} is normalised with mean {:?} and std {:?}; finetuning feeds images normalised \
+         with the ImageNet mean and std, so it would train on inputs the model was not made for",
+        resolved.name,
+        resolved.transform.mean,
+        resolved.transform.std
+    );
+    let config = resolved.config;
+    let weights = resolved.weights;
+    let teacher_path = match args.teacher.as_deref() {
+        Some(t) => Some(super::weights_file(t, &config, "--teacher")?),
+        None => weights.clone(),
+    };
     let token_policy = training_policy(&config, args.keep_rate)?;
     let objective = args.objective.objective(&config);
     objective.validate()?;
-    let teacher_path = args.teacher.as_deref().or(args.weights.as_deref());
     ensure!(
         teacher_path.is_some() || objective.distill_weight == 0.0,
         "--distill-weight needs a teacher: give --teacher or --weights"
@@ -104,14 +129,19 @@ pub fn run(args: Finetune, globals: &Globals) -> Result<()> {
         teacher: teacher_path.is_some(),
     };
     check_model_memory(&config, args.batch, training, globals.max_memory)?;
-    let mut student = match &args.weights {
+    let mut student = match &weights {
         Some(w) => load_zoo_model(&config, Some(w), "weights", strict)?,
         None => ZooModel::random(&config, args.init_seed)?,
     }
     .with_policy(token_policy)?;
     objective.check(&student)?;
     let teacher = match teacher_path {
-        Some(t) => Some(load_zoo_model(&config, Some(t), "teacher weights", strict)?),
+        Some(t) => Some(load_zoo_model(
+            &config,
+            Some(&t),
+            "teacher weights",
+            strict,
+        )?),
         None => None,
     };
     let data = &args.data;

@@ -9,7 +9,7 @@ use idlevit_checkpoint::Checkpoint;
 use idlevit_data::files::{NamedPath, check_distinct, write_atomically};
 use idlevit_tensor::Tensor;
 
-use super::{Globals, named, read_input, zoo_model};
+use super::{Globals, named, read_input, resolve_model, zoo_model};
 use crate::args::{ModelArgs, PolicyArgs};
 use crate::policy::Mode;
 
@@ -21,7 +21,8 @@ pub struct Logits {
     /// Run the linear layers and attention in bfloat16 (f32 accumulation); see docs/bf16.md.
     #[arg(long)]
     bf16: bool,
-    /// Weights: safetensors with timm names, or a PyTorch .pth checkpoint.
+    /// Weights: safetensors with timm names, a PyTorch .pth checkpoint, or a timm hub
+    /// snapshot directory (config.json + model.safetensors; --model/--config not needed).
     #[arg(long, value_name = "W")]
     weights: PathBuf,
     /// safetensors file holding tensor `input` of shape (batch, 3, img_size, img_size).
@@ -40,24 +41,24 @@ pub struct Logits {
 
 /// Runs `logits`.
 pub fn run(args: Logits, globals: &Globals) -> Result<()> {
+    let snapshot = super::snapshot_files(&[("--weights", Some(&args.weights))]);
     let mut inputs = args.model.config_input();
     inputs.extend([
         NamedPath::new("--weights", &args.weights),
         NamedPath::new("--input", &args.input),
     ]);
+    inputs.extend(
+        snapshot
+            .iter()
+            .map(|(flag, path)| NamedPath::new(flag, path)),
+    );
     let mut outputs = vec![NamedPath::new("--output", &args.output)];
     outputs.extend(named("--selected-out", &args.selected_out));
     check_distinct(&inputs, &outputs)?;
     let images = read_input(&args.input, globals.strict)?;
     let batch = images.shape().first().copied().unwrap_or(0);
-    let model = zoo_model(
-        &args.model,
-        &args.policy,
-        &args.weights,
-        args.bf16,
-        batch,
-        globals,
-    )?;
+    let resolved = resolve_model(&args.model, Some(&args.weights))?;
+    let model = zoo_model(&resolved, &args.policy, args.bf16, batch, globals)?;
     let run =
         idlevit_train::inspect::run_logits(&model, args.policy.mode == Mode::Masked, &images)?;
     let rows = non_finite_rows(&run.logits);

@@ -20,7 +20,7 @@ use crate::args::{ModelArgs, ObjectiveArgs};
 pub struct Loss {
     #[command(flatten)]
     model: ModelArgs,
-    /// Student weights.
+    /// Student weights, or a timm hub snapshot directory.
     #[arg(long, value_name = "W")]
     weights: PathBuf,
     /// safetensors with tensor `input` (batch, 3, H, W).
@@ -53,7 +53,16 @@ pub struct Loss {
 /// Runs `loss`.
 pub fn run(args: Loss, globals: &Globals) -> Result<()> {
     let strict = globals.strict;
+    let snapshots = super::snapshot_files(&[
+        ("--weights", Some(&args.weights)),
+        ("--teacher", args.teacher.as_deref()),
+    ]);
     let mut inputs = args.model.config_input();
+    inputs.extend(
+        snapshots
+            .iter()
+            .map(|(flag, path)| NamedPath::new(flag, path)),
+    );
     inputs.extend([
         NamedPath::new("--weights", &args.weights),
         NamedPath::new("--input", &args.input),
@@ -62,7 +71,9 @@ pub fn run(args: Loss, globals: &Globals) -> Result<()> {
     inputs.extend(named("--teacher", &args.teacher));
     let outputs: Vec<NamedPath> = named("--grads-out", &args.grads_out).into_iter().collect();
     check_distinct(&inputs, &outputs)?;
-    let config = args.model.zoo_config()?;
+    let resolved = super::resolve_model(&args.model, Some(&args.weights))?;
+    let config = resolved.config;
+    let weights = resolved.weights.unwrap_or(args.weights.clone());
     let token_policy = training_policy(&config, args.keep_rate)?;
     ensure!(
         token_policy != TokenPolicy::Dense,
@@ -78,11 +89,19 @@ pub fn run(args: Loss, globals: &Globals) -> Result<()> {
         teacher: args.teacher.is_some(),
     };
     check_model_memory(&config, batch, teacher_use, globals.max_memory)?;
-    let mut student = load_zoo_model(&config, Some(&args.weights), "weights", strict)?
-        .with_policy(token_policy)?;
+    let mut student =
+        load_zoo_model(&config, Some(&weights), "weights", strict)?.with_policy(token_policy)?;
     objective.check(&student)?;
     let mut teacher = match args.teacher.as_deref() {
-        Some(t) => Some(load_zoo_model(&config, Some(t), "teacher weights", strict)?),
+        Some(t) => {
+            let t = super::weights_file(t, &config, "--teacher")?;
+            Some(load_zoo_model(
+                &config,
+                Some(&t),
+                "teacher weights",
+                strict,
+            )?)
+        }
         None => None,
     };
     let batch_norm: BatchNormMode = args.objective.batchnorm.into();

@@ -14,9 +14,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, ensure};
 use idlevit_data::files::NamedPath;
+use idlevit_data::preprocess::EvalTransform;
 use idlevit_tensor::Tensor;
 use idlevit_train::distributed::ProcessGroup;
 use idlevit_train::evaluate::Accuracy;
+use idlevit_train::hub::{Snapshot, named_transform};
 use idlevit_train::models::{load_model, load_zoo_model};
 use idlevit_zoo::{MemoryUse, PolicyKind, TokenPolicy, ZooConfig, ZooModel};
 
@@ -35,20 +37,118 @@ pub struct Globals<'a> {
     pub group: &'a dyn ProcessGroup,
 }
 
-/// The model `logits` and `eval` run on `batch` images: any zoo family from `weights` (as
-/// [`inference_model`] loads it), under the token policy the flags ask for (a DeiT config's
-/// own schedule lists included).
+/// The model a command runs: its config, its weights file, how its images are prepared, and
+/// its name in reports.
+pub(crate) struct Resolved {
+    /// The model's configuration.
+    pub config: ZooConfig,
+    /// The weights file (inside the snapshot for a snapshot directory), if one was given.
+    pub weights: Option<PathBuf>,
+    /// The snapshot's preprocessing, or the default for the named model.
+    pub transform: EvalTransform,
+    /// The `--model` name, the snapshot's architecture, or "custom" for a config.
+    pub name: String,
+}
+
+/// Resolves `--model` / `--config` and `--weights`: a directory given as weights is a timm hub
+/// snapshot, which names its own architecture, classes and preprocessing. `--model` or
+/// `--config` beside a snapshot must describe the same model, or the command is refused.
+pub(crate) fn resolve_model(model: &ModelArgs, weights: Option<&Path>) -> Result<Resolved> {
+    let Some(dir) = weights.filter(|w| w.is_dir()) else {
+        let config = model.zoo_config()?;
+        let transform = match &model.model {
+            Some(name) => named_transform(name, config.img_size()),
+            None => EvalTransform::for_size(config.img_size()),
+        };
+        return Ok(Resolved {
+            config,
+            weights: weights.map(Path::to_path_buf),
+            transform,
+            name: model.name(),
+        });
+    };
+    let snapshot = Snapshot::open(dir)?;
+    if model.config.is_some() || model.model.is_some() {
+        let given = model.zoo_config()?;
+        ensure!(
+            given == snapshot.config,
+            "the hub snapshot {} holds a {} model ({}) that differs from the one --model or \
+             --config describes; leave them out to run the snapshot as it is",
+            dir.display(),
+            snapshot.architecture,
+            describe(&snapshot.config),
+        );
+    }
+    Ok(Resolved {
+        config: snapshot.config,
+        weights: Some(snapshot.weights),
+        transform: snapshot.transform,
+        name: snapshot.architecture,
+    })
+}
+
+/// The weights file of `path` for a model of `config` (teachers): a hub snapshot directory's
+/// `model.safetensors`, refused when the snapshot holds another model; else `path` itself.
+pub(crate) fn weights_file(path: &Path, config: &ZooConfig, flag: &str) -> Result<PathBuf> {
+    if !path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    let snapshot = Snapshot::open(path)?;
+    ensure!(
+        snapshot.config == *config,
+        "{flag} {} holds a {} model ({}) that differs from the student",
+        path.display(),
+        snapshot.architecture,
+        describe(&snapshot.config),
+    );
+    Ok(snapshot.weights)
+}
+
+/// The files inside the hub snapshot directories among `paths` (each snapshot's config and
+/// weights), as inputs named by their flag, which no output may replace: the directory
+/// itself is no file an output could name.
+pub(crate) fn snapshot_files<'a>(paths: &[(&'a str, Option<&Path>)]) -> Vec<(&'a str, PathBuf)> {
+    paths
+        .iter()
+        .filter_map(|(flag, path)| path.filter(|p| p.is_dir()).map(|dir| (*flag, dir)))
+        .flat_map(|(flag, dir)| {
+            [
+                idlevit_train::hub::CONFIG_FILE,
+                idlevit_train::hub::WEIGHTS_FILE,
+            ]
+            .map(|file| (flag, dir.join(file)))
+        })
+        .collect()
+}
+
+/// A model's family, input size, depth and classes, for errors that compare two models.
+fn describe(config: &ZooConfig) -> String {
+    format!(
+        "{}, {} pixels, depth {}, {} classes",
+        config.family(),
+        config.img_size(),
+        config.depth(),
+        config.num_classes()
+    )
+}
+
+/// The model `logits` and `eval` run on `batch` images: any zoo family from the resolved
+/// weights (as [`inference_model`] loads it), under the token policy the flags ask for (a
+/// DeiT config's own schedule lists included).
 fn zoo_model(
-    model: &ModelArgs,
+    model: &Resolved,
     policy: &PolicyArgs,
-    weights: &Path,
     bf16: bool,
     batch: usize,
     globals: &Globals,
 ) -> Result<ZooModel> {
-    let config = model.zoo_config()?;
-    let loaded = inference_model(&config, weights, bf16, batch, globals)?;
-    let token_policy = match (&config, policy.mode) {
+    let config = &model.config;
+    let weights = model
+        .weights
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("give --weights"))?;
+    let loaded = inference_model(config, weights, bf16, batch, globals)?;
+    let token_policy = match (config, policy.mode) {
         (ZooConfig::DeiT(c), mode) => resolve_policy(c, mode, policy.policy, policy.keep_rate)?,
         (_, Mode::Dense) => {
             ensure!(policy.keep_rate.is_none(), "--keep-rate needs --mode idle");
@@ -58,9 +158,9 @@ fn zoo_model(
             ensure!(
                 policy.keep_rate.is_some(),
                 "--mode idle or masked on {} needs --keep-rate",
-                model.model.as_deref().unwrap_or("this model")
+                model.name
             );
-            compared_policy(&config, policy.policy, policy.keep_rate)?
+            compared_policy(config, policy.policy, policy.keep_rate)?
         }
     };
     Ok(loaded.with_policy(token_policy)?)

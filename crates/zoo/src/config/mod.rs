@@ -52,8 +52,17 @@ pub const MAX_PATCHES: usize = 1 << 14;
 /// Most parameters a config may describe: 4 Gi, 16 GiB of `f32` weights.
 pub const MAX_PARAMETERS: usize = 1 << 32;
 
-/// Names accepted by [`DeiTConfig::named`].
-pub const NAMED_MODELS: &[&str] = &["deit_tiny", "deit_small", "deit_base"];
+/// Names accepted by [`DeiTConfig::named`]. timm's `vit_*_patch16_224` are the same
+/// architecture as its `deit_*_patch16_224` (class token, no distillation token, LayerNorm eps
+/// 1e-6, head on the class token); only their published weights and preprocessing differ.
+pub const NAMED_MODELS: &[&str] = &[
+    "deit_tiny",
+    "deit_small",
+    "deit_base",
+    "vit_tiny_patch16_224",
+    "vit_small_patch16_224",
+    "vit_base_patch16_224",
+];
 
 impl DeiTConfig {
     /// DeiT-Tiny, patch 16, 224x224 (timm `deit_tiny_patch16_224`).
@@ -87,12 +96,15 @@ impl DeiTConfig {
     }
 
     /// A published size by name: `deit_tiny`, `deit_small` or `deit_base` (timm's full names
-    /// such as `deit_small_patch16_224` work too).
+    /// such as `deit_small_patch16_224` work too), or timm's `vit_{tiny,small,base}_patch16_224`.
     pub fn named(name: &str) -> Result<Self> {
         match name.trim_end_matches("_patch16_224") {
             "deit_tiny" => Ok(Self::tiny()),
             "deit_small" => Ok(Self::small()),
             "deit_base" => Ok(Self::base()),
+            "vit_tiny" if name.ends_with("_patch16_224") => Ok(Self::tiny()),
+            "vit_small" if name.ends_with("_patch16_224") => Ok(Self::small()),
+            "vit_base" if name.ends_with("_patch16_224") => Ok(Self::base()),
             _ => Err(unknown_model(name, NAMED_MODELS)),
         }
     }
@@ -229,6 +241,11 @@ mod tests {
             DeiTConfig::named("deit_small_patch16_224").unwrap(),
             DeiTConfig::small()
         );
+        assert_eq!(
+            DeiTConfig::named("vit_base_patch16_224").unwrap(),
+            DeiTConfig::base()
+        );
+        assert!(DeiTConfig::named("vit_base").is_err());
         assert!(
             DeiTConfig::named("resnet50")
                 .unwrap_err()

@@ -42,6 +42,17 @@ fn finetune_checkpoints_resumes_and_validates_then_eval_reads_it() {
         stdout.contains("epoch 1 mean loss") && stdout.contains("validation top-1"),
         "{stdout}"
     );
+    // Each epoch's line also says how much of its wall time went to waiting for data.
+    let epoch_line = stdout.lines().find(|l| l.starts_with("epoch 1 ")).unwrap();
+    let wait = epoch_line
+        .split("data wait ")
+        .nth(1)
+        .and_then(|rest| rest.split('%').next())
+        .and_then(|share| share.parse::<f64>().ok());
+    assert!(
+        wait.is_some_and(|w| (0.0..=100.0).contains(&w)),
+        "{epoch_line}"
+    );
     let ckpt = out.join("checkpoint.safetensors");
     let saved = Checkpoint::load_safetensors(&ckpt).unwrap();
     assert_eq!(saved.get("train.epochs_done").unwrap().to_vec(), vec![1.0]);

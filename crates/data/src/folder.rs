@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use idlevit_tensor::Tensor;
+use rayon::prelude::*;
 
 use crate::augment::TrainTransform;
 use crate::error::ensure;
@@ -143,21 +144,32 @@ impl ImageFolder {
         })
     }
 
+    /// Loads the images at `indices` in parallel on the current rayon pool. Each image keeps
+    /// its batch position and draws only from its own seed, so the batch, and the first error
+    /// in batch order, are the same on any number of threads.
     fn load_batch(
         &self,
         indices: &[usize],
         side: usize,
-        load: impl Fn(&Path, usize) -> Result<Tensor>,
+        load: impl Fn(&Path, usize) -> Result<Tensor> + Sync,
     ) -> Result<(Tensor, Vec<usize>)> {
-        let mut pixels = Vec::with_capacity(batch_values(indices.len(), side)?);
+        let values = batch_values(indices.len(), side)?;
+        let loaded: Vec<Result<(Tensor, usize)>> = indices
+            .par_iter()
+            .map(|&i| {
+                let (path, label) = self
+                    .items
+                    .get(i)
+                    .ok_or_else(|| DataError::Invalid(format!("image {i} is out of range")))?;
+                Ok((load(path, i)?, *label))
+            })
+            .collect();
+        let mut pixels = Vec::with_capacity(values);
         let mut labels = Vec::with_capacity(indices.len());
-        for &i in indices {
-            let (path, label) = self
-                .items
-                .get(i)
-                .ok_or_else(|| DataError::Invalid(format!("image {i} is out of range")))?;
-            pixels.extend(load(path, i)?.into_vec());
-            labels.push(*label);
+        for image in loaded {
+            let (image, label) = image?;
+            pixels.extend(image.into_vec());
+            labels.push(label);
         }
         Ok((
             Tensor::from_vec(vec![indices.len(), 3, side, side], pixels)?,

@@ -17,9 +17,10 @@ use idlevit_zoo::{ZooConfig, ZooModel};
 use crate::distributed::{ProcessGroup, SingleProcess, average_gradients, shard};
 use crate::error::{Context, bail};
 use crate::evaluate::{Accuracy, check_classes, evaluate_in_group, progress_bar};
+use crate::pipeline::{BATCHES_AHEAD, BatchRecipe, prefetched};
 use crate::{
     AdamW, CosineSchedule, Mixup, Objective, Result, StepSettings, TrainError, Trainable,
-    apply_gradients, smoothed_targets, step_gradients,
+    apply_gradients, step_gradients,
 };
 
 /// How to finetune.
@@ -69,6 +70,9 @@ pub struct FinetuneReport {
     pub first_epoch: usize,
     /// Mean training loss of each epoch run.
     pub epoch_losses: Vec<f32>,
+    /// Share of each epoch's wall time (0..1) the training thread spent waiting for its
+    /// prepared batches (this rank's, in a group).
+    pub epoch_data_wait: Vec<f64>,
     /// Accuracy on the validation set after the last epoch.
     pub validation: Option<Accuracy>,
 }
@@ -304,11 +308,20 @@ pub fn finetune_in_group(
         warmup_steps: options.warmup_epochs * steps_per_epoch,
         total_steps: options.epochs * steps_per_epoch,
     };
-    let eval_transform = EvalTransform::for_size(student.img_size());
-    let train_transform = TrainTransform::for_size(student.img_size());
+    let recipe = BatchRecipe {
+        data: train,
+        classes,
+        smoothing: options.objective.smoothing,
+        augment: options
+            .augment
+            .then(|| TrainTransform::for_size(student.img_size())),
+        eval: EvalTransform::for_size(student.img_size()),
+        mixup: options.mixup,
+    };
     let path = checkpoint_path(&options.out_dir);
-    let mut epoch_losses = Vec::new();
-    let rank_stream = (group.rank() as u64) << 32;
+    let (mut epoch_losses, mut epoch_data_wait) = (Vec::new(), Vec::new());
+    let (rank, ranks) = (group.rank(), group.size());
+    let rank_stream = (rank as u64) << 32;
     for epoch in first_epoch..options.epochs {
         let bar = progress_bar(
             options.progress && group.is_leader(),
@@ -317,31 +330,32 @@ pub fn finetune_in_group(
         );
         bar.set_prefix(format!("{}/{}", epoch + 1, options.epochs));
         let order = shuffled(train.len(), options.seed.wrapping_add(epoch as u64));
+        let chunks: Vec<&[usize]> = order.chunks(global_batch).collect();
+        let first_step = epoch * steps_per_epoch;
         let (mut loss_sum, started) = (0.0f64, Instant::now());
-        for (step_in_epoch, chunk) in order.chunks(global_batch).enumerate() {
-            let step = epoch * steps_per_epoch + step_in_epoch;
+        // This rank's part of each step, prepared ahead; `None` where the rank has no samples.
+        let prepare = |step_in_epoch: usize| {
+            let seed = step_seed(options.seed, first_step + step_in_epoch);
+            let mine = shard(chunks[step_in_epoch], rank, ranks);
+            (!mine.is_empty())
+                .then(|| recipe.prepare(mine, seed, seed ^ 1 ^ rank_stream))
+                .transpose()
+        };
+        let train_step = |step_in_epoch: usize, batch: Option<(Tensor, Tensor)>| {
+            let chunk = chunks[step_in_epoch];
+            let step = first_step + step_in_epoch;
             let lr = schedule.lr(step);
-            let step_seed = step_seed(options.seed, step);
-            let mine = shard(chunk, group.rank(), group.size());
-            let (local_loss, mut grads) = if mine.is_empty() {
-                (0.0, zero_gradients(student))
-            } else {
-                let (images, labels) = if options.augment {
-                    train.train_batch(mine, &train_transform, step_seed)?
-                } else {
-                    train.batch(mine, &eval_transform)?
-                };
-                let targets = smoothed_targets(&labels, classes, options.objective.smoothing)?;
-                let mix_seed = step_seed ^ 1 ^ rank_stream;
-                let (images, targets) = options.mixup.apply(&images, &targets, mix_seed)?;
-                step_gradients(
+            let mine = shard(chunk, rank, ranks);
+            let (local_loss, mut grads) = match batch {
+                None => (0.0, zero_gradients(student)),
+                Some((images, targets)) => step_gradients(
                     student,
                     teacher,
                     &options.objective,
                     &images,
                     &targets,
-                    Some(step_seed ^ 2 ^ rank_stream),
-                )?
+                    Some(step_seed(options.seed, step) ^ 2 ^ rank_stream),
+                )?,
             };
             // The batch-mean loss over all ranks; a non-finite loss anywhere makes the sum
             // non-finite, so every rank stops at the same step.
@@ -363,15 +377,24 @@ pub fn finetune_in_group(
             bar.inc(chunk.len() as u64);
             let rate = bar.position() as f64 / started.elapsed().as_secs_f64().max(1e-9);
             bar.set_message(format!("loss {loss:.4}  lr {lr:.2e}  {rate:.1} img/s"));
-        }
+            Ok(())
+        };
+        let waited = prefetched(chunks.len(), BATCHES_AHEAD, prepare, train_step)?;
+        let wall = started.elapsed().as_secs_f64();
+        let data_wait = waited.as_secs_f64() / wall.max(1e-9);
         bar.finish_and_clear();
         let mean_loss = (loss_sum / steps_per_epoch as f64) as f32;
         epoch_losses.push(mean_loss);
+        epoch_data_wait.push(data_wait);
         if group.is_leader() {
             save(student, &optimizer, epoch + 1, &path)?;
             if options.progress {
                 // Printed as each epoch ends, so a run killed later still leaves its log.
-                println!("epoch {} mean loss {mean_loss:.4}", epoch + 1);
+                println!(
+                    "epoch {} mean loss {mean_loss:.4}  data wait {:.1}%  {wall:.1} s",
+                    epoch + 1,
+                    100.0 * data_wait
+                );
             }
         }
     }
@@ -382,6 +405,7 @@ pub fn finetune_in_group(
     Ok(FinetuneReport {
         first_epoch,
         epoch_losses,
+        epoch_data_wait,
         validation,
     })
 }

@@ -9,7 +9,8 @@
 //! so an idle PVT-v2 trains with a cut weight of 0 ([`Objective::check`]).
 //!
 //! Around them: [`finetune`] runs the whole loop on an [`ImageFolder`](idlevit_data::ImageFolder)
-//! (a checkpoint per epoch, resume, validation), [`evaluate`] scores a model, [`bench`] times
+//! (a checkpoint per epoch, resume, validation) with its batches prepared ahead on a producer
+//! thread ([`pipeline`]), [`evaluate`] scores a model, [`bench`] times
 //! one, [`inspect`] looks into one batch, [`models`] reads models from weight files, and
 //! [`distributed`] splits the work across the ranks of an MPI job (the `mpi` feature).
 //!
@@ -34,6 +35,7 @@ mod mixup;
 pub mod models;
 mod objective;
 mod optim;
+pub mod pipeline;
 mod schedule;
 mod step;
 mod trainable;

@@ -105,7 +105,13 @@ fn bench_train_small(c: &mut Criterion) {
     let idle = TokenPolicy::select(PolicyKind::Idle, Schedule::deit(0.7).expect("schedule"));
     let variants = [
         ("dense_ce", TokenPolicy::Dense, CutLoss::None, 0.0, None),
-        ("idle_r0.7_cut_distill", idle, CutLoss::Both, 5.0, Some(&teacher)),
+        (
+            "idle_r0.7_cut_distill",
+            idle,
+            CutLoss::Both,
+            5.0,
+            Some(&teacher),
+        ),
     ];
     for (name, policy, cut_loss, distill_weight, teacher) in variants {
         let mut model = DeiT::random(&config, 0)

@@ -15,8 +15,9 @@ use crate::policy::Mode;
 #[derive(Args)]
 pub struct ModelArgs {
     /// Model config JSON. A DeiT's keys: img_size, patch_size, embed_dim, depth, num_heads,
-    /// mlp_ratio, num_classes, qkv_bias (optional idle_layers, keep_ratios). With "family":
-    /// "lvvit" or "pvt_v2", that family's keys (see the README); unknown keys are an error.
+    /// mlp_ratio, num_classes, qkv_bias. With "family": "lvvit" or "pvt_v2", that family's
+    /// keys (see the README). Every family takes optional idle_layers and keep_ratios lists
+    /// (a custom idle schedule); unknown keys are an error.
     #[arg(long, value_name = "CFG.json")]
     pub config: Option<PathBuf>,
     /// A named model instead of --config: deit_tiny, deit_small, deit_base, lvvit_s,
@@ -65,7 +66,7 @@ pub struct PolicyArgs {
     pub policy: PolicyKind,
     /// Base keep rate r in (0, 1]: DeiT idle/prune layers 4..11 keep r, r^2, r^3 of the
     /// tokens (LV-ViT-S 4..15, LV-ViT-M 5..19; PVT-v2 idles stages 2-4); EViT layers 3, 6, 9
-    /// keep r of those present. Not needed when a DeiT config lists idle_layers and
+    /// keep r of those present. Not needed when the config lists idle_layers and
     /// keep_ratios.
     #[arg(long, value_name = "R", value_parser = checks::keep_rate, allow_negative_numbers = true)]
     pub keep_rate: Option<f64>,

@@ -2,7 +2,7 @@
 //! into the token policy a model is built with.
 
 use anyhow::{Result, bail};
-use idlevit_zoo::{DeiTConfig, PolicyKind, Schedule, TokenPolicy, ZooConfig};
+use idlevit_zoo::{PolicyKind, TokenPolicy, ZooConfig};
 
 /// Which form of the model runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,12 +30,13 @@ impl std::str::FromStr for Mode {
     }
 }
 
-/// The policy for `mode`, `kind` and an optional base keep rate. A config that lists
-/// `idle_layers` and `keep_ratios` supplies the schedule itself (then `keep_rate` must be
-/// absent); otherwise `keep_rate` picks the DeiT schedule of the policy (idle and prune:
-/// layers 4..11 at r, r^2, r^3; EViT: layers 3, 6, 9 at r).
+/// The policy for `mode`, `kind` and an optional base keep rate, for a model of any family.
+/// A config that lists `idle_layers` and `keep_ratios` supplies the schedule itself (then
+/// `keep_rate` must be absent); otherwise `keep_rate` picks the family's schedule of the
+/// policy (DeiT idle and prune: layers 4..11 at r, r^2, r^3; EViT: layers 3, 6, 9 at r;
+/// LV-ViT and PVT-v2: theirs, see [`ZooConfig::schedule`]).
 pub fn resolve_policy(
-    config: &DeiTConfig,
+    config: &ZooConfig,
     mode: Mode,
     kind: PolicyKind,
     keep_rate: Option<f64>,
@@ -53,66 +54,41 @@ pub fn resolve_policy(
             kind
         );
     }
-    let schedule = match (config.schedule()?, keep_rate) {
+    let schedule = match (config.custom_schedule()?, keep_rate) {
         (Some(_), Some(_)) => {
             bail!("the config sets idle_layers and keep_ratios; drop --keep-rate or the lists")
         }
         (Some(schedule), None) => schedule,
-        (None, Some(rate)) => {
-            let schedule = match kind {
-                PolicyKind::Idle | PolicyKind::Prune => Schedule::deit(rate)?,
-                PolicyKind::Evit => Schedule::evit_deit(rate)?,
-            };
-            if let Some(&last) = schedule.idle_layers().last()
-                && last >= config.depth
-            {
-                bail!(
-                    "the default {} schedule uses layers {:?}, but the model has depth {}; \
-                     set idle_layers and keep_ratios in the config",
-                    kind,
-                    schedule.idle_layers(),
-                    config.depth
-                );
-            }
-            schedule
-        }
+        (None, Some(rate)) => config.schedule(kind, rate)?,
         (None, None) => bail!("give --keep-rate r, or idle_layers and keep_ratios in the config"),
     };
     let policy = TokenPolicy::select(kind, schedule);
-    policy.validate(config.depth, config.num_patches())?;
+    config.check_policy(&policy)?;
     Ok(policy)
 }
 
 /// The policy `flops` and `bench` compare with dense, and `loss` and `finetune` train
-/// under (with `kind` idle): the release's schedule of `kind` at
-/// `keep_rate` for the model's family, or a DeiT config's own schedule lists when no rate is
-/// given; dense when neither.
+/// under (with `kind` idle): the family's schedule of `kind` at `keep_rate`, or the
+/// config's own schedule lists when no rate is given; dense when neither.
 pub fn compared_policy(
     config: &ZooConfig,
     kind: PolicyKind,
     keep_rate: Option<f64>,
 ) -> Result<TokenPolicy> {
-    match (config, keep_rate) {
-        (ZooConfig::DeiT(c), Some(_)) => resolve_policy(c, Mode::Idle, kind, keep_rate),
-        (ZooConfig::DeiT(c), None) => Ok(c
-            .schedule()?
-            .map_or(TokenPolicy::Dense, |s| TokenPolicy::select(kind, s))),
-        (_, None) => Ok(TokenPolicy::Dense),
-        (config, Some(rate)) => {
-            let policy = TokenPolicy::select(kind, config.schedule(kind, rate)?);
-            policy.validate(config.depth(), config.num_patches())?;
-            Ok(policy)
-        }
+    if keep_rate.is_none() && config.custom_schedule()?.is_none() {
+        return Ok(TokenPolicy::Dense);
     }
+    resolve_policy(config, Mode::Idle, kind, keep_rate)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use idlevit_zoo::{DeiTConfig, Schedule};
 
     #[test]
     fn resolution_rules() {
-        let small = DeiTConfig::small();
+        let small = ZooConfig::DeiT(DeiTConfig::small());
         assert_eq!(
             resolve_policy(&small, Mode::Dense, PolicyKind::Idle, None).unwrap(),
             TokenPolicy::Dense
@@ -145,14 +121,16 @@ mod tests {
                 .to_string();
             assert!(err.contains(needle), "{err}");
         }
-        let mut shallow = small.clone();
+        let mut shallow = DeiTConfig::small();
         shallow.depth = 6;
-        let err = resolve_policy(&shallow, Mode::Idle, PolicyKind::Idle, Some(0.7))
+        let six_blocks = ZooConfig::DeiT(shallow.clone());
+        let err = resolve_policy(&six_blocks, Mode::Idle, PolicyKind::Idle, Some(0.7))
             .unwrap_err()
             .to_string();
         assert!(err.contains("depth 6"), "{err}");
         shallow.idle_layers = Some(vec![2, 5]);
         shallow.keep_ratios = Some(vec![0.5, 0.25]);
+        let shallow = ZooConfig::DeiT(shallow);
         let custom = resolve_policy(&shallow, Mode::Masked, PolicyKind::Idle, None).unwrap();
         assert_eq!(custom.at(5), Some((PolicyKind::Idle, 0.25)));
         assert!(resolve_policy(&shallow, Mode::Idle, PolicyKind::Idle, Some(0.5)).is_err());

@@ -154,76 +154,86 @@ fn bad_loss_inputs_are_refused() {
     }
 }
 
-/// `--objective release --per-layer` on the DeiT batch of the release goldens
-/// (`fixtures/release`, written by `fixtures/release_objective.py`): the printed terms, each
-/// idle layer's term with the layers the release leaves out marked, and the gradients.
+/// `--objective release --per-layer` against the release goldens (`fixtures/release`, written
+/// by `fixtures/release_objective.py`): DeiT, and LV-ViT from a config with schedule lists with
+/// frozen and with train-mode batch norms. The printed terms, each idle layer's term with the
+/// layers the release leaves out marked, and every gradient.
 #[test]
 fn release_objective_prints_and_differentiates_what_pytorch_does() {
-    let dir = fixtures().join("../release/deit_distill");
     let out_dir = common::scratch("release-objective");
-    let grads_out = out_dir.join("grads.safetensors");
-    let run = Command::new(env!("CARGO_BIN_EXE_idlevit"))
-        .args(["loss", "--config"])
-        .arg(fixtures().join("config.json"))
-        .arg("--weights")
-        .arg(fixtures().join("weights.safetensors"))
-        .arg("--input")
-        .arg(fixtures().join("input.safetensors"))
-        .arg("--teacher")
-        .arg(fixtures().join("teacher.safetensors"))
-        .args([
-            "--labels",
-            "4,1",
-            "--distill-weight",
-            "5",
-            "--objective",
-            "release",
-        ])
-        .args(["--per-layer", "--grads-out"])
-        .arg(&grads_out)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let expected = Checkpoint::load_safetensors(dir.join("values.safetensors")).unwrap();
-    for name in [
-        "ce",
-        "cut",
-        "kl",
-        "feature",
-        "total",
-        "cut.layer2",
-        "cut.layer4",
+    for (case, layers) in [
+        ("deit_distill", &[2, 3, 4, 5][..]),
+        ("lvvit/frozen", &[1, 2, 3]),
+        ("lvvit/train", &[1, 2, 3]),
     ] {
-        let want = expected.require(name).unwrap().to_vec()[0];
-        let got = printed(&stdout, name);
+        let dir = fixtures().join("../release").join(case);
+        let spec: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
+        let file = |key: &str| dir.join(spec[key].as_str().unwrap());
+        let labels: Vec<String> = spec["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.to_string())
+            .collect();
+        let grads_out = out_dir.join(format!("{}.safetensors", case.replace('/', "-")));
+        let run = Command::new(env!("CARGO_BIN_EXE_idlevit"))
+            .arg("loss")
+            .args(["--config".as_ref(), file("config").as_os_str()])
+            .args(["--weights".as_ref(), file("weights").as_os_str()])
+            .args(["--input".as_ref(), file("input").as_os_str()])
+            .args(["--teacher".as_ref(), file("teacher").as_os_str()])
+            .args(["--labels", &labels.join(",")])
+            .args(["--distill-weight", &spec["distill_weight"].to_string()])
+            .args(["--objective", "release", "--per-layer"])
+            .args(["--batchnorm", spec["batchnorm"].as_str().unwrap()])
+            .arg("--grads-out")
+            .arg(&grads_out)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&run.stdout);
         assert!(
-            (got - want).abs() <= 1e-5 * want.abs().max(1e-3),
-            "{name}: {got} vs {want}"
+            run.status.success(),
+            "{case}: {}",
+            String::from_utf8_lossy(&run.stderr)
         );
-    }
-    for (layer, counted) in [(2, true), (3, false), (4, true), (5, false)] {
-        let line = stdout
-            .lines()
-            .find(|l| l.starts_with(&format!("cut.layer{layer} ")))
-            .unwrap_or_else(|| panic!("no line for layer {layer}: {stdout}"));
-        assert_eq!(
-            !line.contains("not in the release's sum"),
-            counted,
-            "{line}"
-        );
-    }
-    let want = Checkpoint::load_safetensors(dir.join("grads.safetensors")).unwrap();
-    let got = Checkpoint::load_safetensors(&grads_out).unwrap();
-    assert_eq!(got.len(), want.len());
-    for (name, w) in want.iter() {
-        let diff = got.require(name).unwrap().max_abs_diff(w).unwrap();
-        let scale = w.to_vec().iter().fold(0f32, |m, v| m.max(v.abs()));
-        assert!(diff <= 1e-4 * scale.max(1e-6), "{name}: off by {diff:e}");
+        let expected = Checkpoint::load_safetensors(dir.join("values.safetensors")).unwrap();
+        for name in ["ce", "cut", "kl", "feature", "total"] {
+            let want = expected.require(name).unwrap().to_vec()[0];
+            let got = printed(&stdout, name);
+            assert!(
+                (got - want).abs() <= 1e-5 * want.abs().max(1e-3),
+                "{case} {name}: {got} vs {want}"
+            );
+        }
+        for (position, layer) in layers.iter().enumerate() {
+            let want = expected
+                .require(&format!("cut.layer{layer}"))
+                .unwrap()
+                .to_vec()[0];
+            let line = stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("cut.layer{layer} ")))
+                .unwrap_or_else(|| panic!("{case}: no line for layer {layer}: {stdout}"));
+            let counted = !line.contains("not in the release's sum");
+            assert_eq!(counted, position % 2 == 0, "{case}: {line}");
+            let got: f32 = line.split_whitespace().next().unwrap().parse().unwrap();
+            assert!(
+                (got - want).abs() <= 1e-5 * want.abs().max(1e-3),
+                "{case} layer {layer}: {got} vs {want}"
+            );
+        }
+        let want = Checkpoint::load_safetensors(dir.join("grads.safetensors")).unwrap();
+        let got = Checkpoint::load_safetensors(&grads_out).unwrap();
+        assert_eq!(got.len(), want.len(), "{case}");
+        for (name, w) in want.iter() {
+            let diff = got.require(name).unwrap().max_abs_diff(w).unwrap();
+            let scale = w.to_vec().iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!(
+                diff <= 1e-4 * scale.max(1e-6),
+                "{case} {name}: off by {diff:e}"
+            );
+        }
     }
 }
 

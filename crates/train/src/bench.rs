@@ -6,7 +6,7 @@ use std::time::Instant;
 use idlevit_data::preprocess::batch_values;
 use idlevit_nn::{Eager, Precision};
 use idlevit_tensor::Tensor;
-use idlevit_zoo::{DeiT, TokenPolicy, ZooModel};
+use idlevit_zoo::{TokenPolicy, ZooModel};
 
 use crate::Result;
 use crate::error::bail;
@@ -130,7 +130,7 @@ pub struct PrecisionBench {
 /// Times the f32 and bf16 forms of `dense` (and of `dense` under `policy`, unless it is
 /// dense), interleaved run by run as [`bench`] does.
 pub fn bench_precision(
-    dense: &DeiT,
+    dense: &ZooModel,
     policy: &TokenPolicy,
     label: &str,
     batch: usize,
@@ -148,9 +148,8 @@ pub fn bench_precision(
         }
         labels.push(label.to_string());
     }
-    let models: Vec<ZooModel> = models.into_iter().map(ZooModel::from).collect();
     let refs: Vec<&ZooModel> = models.iter().collect();
-    let report = bench(&refs, dense.config().img_size, batch, warmup, runs)?;
+    let report = bench(&refs, dense.img_size(), batch, warmup, runs)?;
     let ips = |i| report.images_per_second(i);
     let rows = labels.into_iter().enumerate();
     let rows = rows

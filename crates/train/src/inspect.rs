@@ -20,17 +20,16 @@ pub struct LogitsRun {
 
 /// Runs `model` on `input` (masked form when `masked`).
 pub fn run_logits(model: &ZooModel, masked: bool, input: &Tensor) -> Result<LogitsRun> {
-    let (logits, selections) = if masked {
-        let out = model.forward_masked(&Eager, input)?;
-        let layers = out.layers.iter();
-        let chosen = layers.map(|(l, m)| (*l, m.selection.indices().to_vec()));
-        (out.logits, chosen.collect())
+    let out = if masked {
+        model.forward_masked_traced(&Eager, input)?
     } else {
-        let out = model.forward_traced(&Eager, input)?;
-        let chosen = out.selections.into_iter().map(|s| (s.layer, s.tokens));
-        (out.logits, chosen.collect())
+        model.forward_traced(&Eager, input)?
     };
-    Ok(LogitsRun { logits, selections })
+    let chosen = out.selections.into_iter().map(|s| (s.layer, s.tokens));
+    Ok(LogitsRun {
+        logits: out.logits,
+        selections: chosen.collect(),
+    })
 }
 
 /// The objective's terms for one batch, and optionally every parameter's gradient.

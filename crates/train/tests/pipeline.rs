@@ -115,7 +115,9 @@ fn options(out_dir: PathBuf, epochs: usize) -> FinetuneOptions {
             cut_weight: 0.0,
             distill_weight: 0.0,
             smoothing: 0.1,
+            ..Objective::default()
         },
+        batch_norm: idlevit_nn::BatchNormMode::Frozen,
         seed: 5,
         out_dir,
         resume: None,

@@ -2,8 +2,7 @@
 
 use idlevit_nn::Fused;
 use idlevit_nn::{
-    Block, BlockConfig, Init, LayerNorm, Linear, Param, PatchEmbed, Precision, SeededInit,
-    WeightSource, set_linear_precision,
+    Block, BlockConfig, Init, LayerNorm, Linear, Param, PatchEmbed, SeededInit, WeightSource,
 };
 use idlevit_selector::{MaskedLayer, TokenPolicy};
 
@@ -106,14 +105,6 @@ impl Family for DeiT {
 }
 
 impl DeiT {
-    /// The same model running its linear layers in `precision` for inference (the `Eager`
-    /// backend): with bf16 every linear weight is rounded and packed now, once. Training tapes
-    /// always compute in f32, and an optimiser step drops the bf16 copy of what it changes.
-    pub fn with_precision(mut self, precision: Precision) -> Result<Self> {
-        set_linear_precision(precision, |f| self.visit_params_mut(f))?;
-        Ok(self)
-    }
-
     /// Tokens entering the first block: `[CLS; patches] + pos_embed`, `(batch, N+1, C)`.
     pub fn embed<B: Fused>(&self, bk: &B, images: &B::Value) -> Result<B::Value> {
         let patches = self.patch_embed.forward(bk, images)?;

@@ -63,6 +63,17 @@ macro_rules! family_methods {
                 Ok(idlevit_nn::Params::to_checkpoint(self)?)
             }
 
+            /// The same model running its linear layers in `precision` for inference (the
+            /// `Eager` backend): with bf16 every linear weight is rounded and packed now, once.
+            /// Convolutions, norms and token selection stay f32. Training tapes always
+            /// compute in f32, and an optimiser step drops the bf16 copy of what it changes.
+            pub fn with_precision(mut self, precision: idlevit_nn::Precision) -> Result<Self> {
+                idlevit_nn::set_linear_precision(precision, |f| {
+                    idlevit_nn::Params::visit_mut(&mut self, f)
+                })?;
+                Ok(self)
+            }
+
             /// The model's configuration.
             pub fn config(&self) -> &$config {
                 &self.config

@@ -43,6 +43,12 @@ pub struct LvVitConfig {
     pub num_classes: usize,
     /// Divisor of every residual branch.
     pub skip_lam: f32,
+    /// Idle layers (0-based block indices) of a custom idle schedule; with `keep_ratios`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_layers: Option<Vec<usize>>,
+    /// Keep ratio of each idle layer of a custom schedule; with `idle_layers`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_ratios: Option<Vec<f64>>,
 }
 
 /// Names accepted by [`LvVitConfig::named`].
@@ -70,6 +76,8 @@ impl LvVitConfig {
             mlp_ratio: 3.0,
             num_classes: 1000,
             skip_lam: 2.0,
+            idle_layers: None,
+            keep_ratios: None,
         }
     }
 
@@ -94,9 +102,16 @@ impl LvVitConfig {
             16 => Ok(Schedule::lvvit_s(rate)?),
             20 => Ok(Schedule::lvvit_m(rate)?),
             depth => Err(ZooError::Config(format!(
-                "LV-ViT idle schedules exist for depth 16 (S) and 20 (M), not {depth}"
+                "LV-ViT idle schedules exist for depth 16 (S) and 20 (M), not {depth}; set \
+                 idle_layers and keep_ratios in the config"
             ))),
         }
+    }
+
+    /// The custom idle schedule of the config's `idle_layers` and `keep_ratios`, if set;
+    /// one list without the other is an error.
+    pub fn schedule(&self) -> Result<Option<Schedule>> {
+        crate::config::schedule_lists(&self.idle_layers, &self.keep_ratios)
     }
 
     /// Checks that the numbers describe a model that can run.
@@ -147,6 +162,11 @@ impl LvVitConfig {
         }
         if !(self.skip_lam.is_finite() && self.skip_lam > 0.0) {
             bail!("skip_lam {} must be positive", self.skip_lam);
+        }
+        if let Some(schedule) = self.schedule()? {
+            schedule
+                .validate(self.depth, self.num_patches())
+                .map_err(|e| crate::config::lists_error(e.into()))?;
         }
         Ok(())
     }

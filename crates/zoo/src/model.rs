@@ -18,8 +18,8 @@ use idlevit_selector::TokenPolicy;
 use crate::config::quoted;
 use crate::error::bail;
 use crate::{
-    DeiT, DeiTConfig, Family, LVVIT_MODELS, LvVit, LvVitConfig, MaskedForward, PVT_MODELS,
-    PvtConfig, PvtV2, Result, Traced, ZooError, cost,
+    DeiT, DeiTConfig, Family, LVVIT_MODELS, LayerSelection, LvVit, LvVitConfig, MaskedForward,
+    PVT_MODELS, PvtConfig, PvtV2, Result, Traced, ZooError, cost,
 };
 
 /// Registers the families: generates [`ZooConfig`], [`ZooModel`], their `From` impls,
@@ -191,6 +191,12 @@ impl ZooConfig {
         }
     }
 
+    /// The custom idle schedule of the config's `idle_layers` and `keep_ratios` lists, if
+    /// set (PVT-v2: global block indices over all stages).
+    pub fn custom_schedule(&self) -> Result<Option<idlevit_selector::Schedule>> {
+        each_family!(self, Self, c => c.schedule())
+    }
+
     /// The number of learnable weights, or `None` when it overflows `usize`.
     pub fn parameter_count(&self) -> Option<usize> {
         each_family!(self, Self, c => c.parameter_count())
@@ -302,6 +308,39 @@ impl ZooModel {
         }
     }
 
+    /// The masked (training) form's logits and features, and each idle layer's selection,
+    /// for a model of any family (PVT-v2's included, which has no cut-loss outputs).
+    pub fn forward_masked_traced<B: Fused>(
+        &self,
+        bk: &B,
+        images: &B::Value,
+    ) -> Result<Traced<B::Value>> {
+        let out = match self {
+            Self::Pvt(m) => return m.forward_masked(bk, images),
+            Self::DeiT(m) => m.forward_masked(bk, images)?,
+            Self::LvVit(m) => m.forward_masked(bk, images)?,
+        };
+        let selections = out
+            .layers
+            .into_iter()
+            .map(|(layer, masked)| LayerSelection {
+                layer,
+                tokens: masked.selection.indices().to_vec(),
+            });
+        Ok(Traced {
+            logits: out.logits,
+            features: out.features,
+            tokens: out.tokens,
+            selections: selections.collect(),
+        })
+    }
+
+    /// The same model running its linear layers in `precision` for inference; see
+    /// [`DeiT::with_precision`].
+    pub fn with_precision(self, precision: idlevit_nn::Precision) -> Result<Self> {
+        each_family!(self, Self, m => m.with_precision(precision).map(Self::from))
+    }
+
     /// Packs every linear weight for the inference GEMM now (where the CPU runs the packed
     /// kernel), so loading pays it once and the first image does not. Clones made afterwards
     /// share the copies; an optimiser step drops the copy of the weight it changes. A bf16
@@ -355,6 +394,19 @@ mod tests {
         let config = ZooConfig::from_json(pvt).unwrap();
         assert_eq!(config.family(), "pvt_v2");
         assert_eq!(config.depth(), 2);
+        let listed = pvt.replace(
+            "\"num_classes\": 3",
+            "\"num_classes\": 3, \"idle_layers\": [1], \"keep_ratios\": [0.5]",
+        );
+        let schedule = ZooConfig::from_json(&listed)
+            .unwrap()
+            .custom_schedule()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (schedule.idle_layers(), schedule.keep_ratios()),
+            (&[1][..], &[0.5][..])
+        );
 
         let errors = [
             (r#"{"family": "resnet"}"#, "unknown family `resnet`"),
@@ -368,6 +420,27 @@ mod tests {
                 "set `family` to one of",
             ),
             (&pvt.replace("pvt_v2", "lvvit"), "unknown field"),
+            (
+                &lvvit.replace(
+                    "\"skip_lam\": 2.0",
+                    "\"skip_lam\": 2.0, \"idle_layers\": [3]",
+                ),
+                "idle_layers and keep_ratios must be given together",
+            ),
+            (
+                &lvvit.replace(
+                    "\"skip_lam\": 2.0",
+                    "\"skip_lam\": 2.0, \"idle_layers\": [16], \"keep_ratios\": [0.5]",
+                ),
+                "idle_layers / keep_ratios: invalid idle schedule: idle layer 16 does not exist",
+            ),
+            (
+                &pvt.replace(
+                    "\"num_classes\": 3",
+                    "\"num_classes\": 3, \"idle_layers\": [0], \"keep_ratios\": [0.5]",
+                ),
+                "idle_layers / keep_ratios: idle layer 0 is in stage 1",
+            ),
         ];
         for (text, needle) in errors {
             let err = ZooConfig::from_json(text).unwrap_err().to_string();

@@ -1,7 +1,7 @@
 //! The release's token schedules for a model of any family, checked so that an error about a
 //! keep rate too small quotes the rate the user gave.
 
-use idlevit_selector::{PolicyKind, Schedule, SelectorError, keep_count};
+use idlevit_selector::{PolicyKind, Schedule, SelectorError, TokenPolicy, keep_count};
 
 use crate::error::bail;
 use crate::{Result, ZooConfig, ZooError};
@@ -10,20 +10,31 @@ impl ZooConfig {
     /// The release's schedule of `kind` at base rate `rate` for this model: the DeiT and
     /// LV-ViT idle schedules (`docs/algorithm.md`, "Keep schedules"; pruning shares them), EViT's layers 3, 6, 9;
     /// PVT-v2's stages 2-4 (idle only).
-    /// Every idle and pruning layer must keep at least one token: an error names the keep
-    /// rate given, the layer, and the ratio the rate compounds to there.
+    /// The model must have the schedule's layers, and every idle and pruning layer must keep
+    /// at least one token: an error names the keep rate given, the layer, and the ratio the
+    /// rate compounds to there.
     pub fn schedule(&self, kind: PolicyKind, rate: f64) -> Result<Schedule> {
         let schedule = match (self, kind) {
             (Self::Pvt(c), PolicyKind::Idle) => c.idle_schedule(rate)?,
-            (Self::Pvt(_), kind) => bail!(
-                "PVT-v2 runs the idle policy only, not {kind}: top-k pruning and EViT have no \
-                 form for its pyramid of token grids"
-            ),
-            // EViT keeps ceil(r n) tokens, never none.
-            (_, PolicyKind::Evit) => return Ok(Schedule::evit_deit(rate)?),
+            (Self::Pvt(_), kind) => bail!("{}", crate::pvt::policy_refusal(kind)),
+            (_, PolicyKind::Evit) => Schedule::evit_deit(rate)?,
             (Self::DeiT(_), _) => Schedule::deit(rate)?,
             (Self::LvVit(c), _) => c.idle_schedule(rate)?,
         };
+        if let Some(&last) = schedule.idle_layers().last()
+            && last >= self.depth()
+        {
+            bail!(
+                "the {kind} schedule of a keep rate uses layers {:?}, but the model has depth \
+                 {}; set idle_layers and keep_ratios in the config",
+                schedule.idle_layers(),
+                self.depth()
+            );
+        }
+        if kind == PolicyKind::Evit {
+            // EViT keeps ceil(r n) tokens, never none.
+            return Ok(schedule);
+        }
         for (&layer, &ratio) in schedule.idle_layers().iter().zip(schedule.keep_ratios()) {
             let (tokens, place) = match self {
                 Self::Pvt(c) => {
@@ -40,6 +51,23 @@ impl ZooConfig {
             };
         }
         Ok(schedule)
+    }
+}
+
+impl ZooConfig {
+    /// Checks `policy` against this model: its layers exist and keep a token each, and
+    /// its kind runs on the family (PVT-v2: idle only, outside stage 1).
+    pub fn check_policy(&self, policy: &TokenPolicy) -> Result<()> {
+        match (self, policy) {
+            (_, TokenPolicy::Dense) => Ok(()),
+            (Self::Pvt(c), TokenPolicy::Select { kind, schedule }) => {
+                if *kind != PolicyKind::Idle {
+                    bail!("{}", crate::pvt::policy_refusal(*kind));
+                }
+                c.validate_schedule(schedule)
+            }
+            (config, policy) => Ok(policy.validate(config.depth(), config.num_patches())?),
+        }
     }
 }
 

@@ -99,6 +99,46 @@ fn bf16_logits_stay_close_to_f32_on_the_fixtures() {
     );
 }
 
+/// LV-ViT and PVT-v2 (timm-checked fixtures) run bf16 too, dense and idle: logits stay
+/// close to f32 and the bf16 path is the one taken.
+#[test]
+fn every_family_runs_in_bf16() {
+    let families = [
+        (
+            "lvvit",
+            r#"{"family": "lvvit", "#,
+            Schedule::new(vec![1, 3], vec![0.7, 0.5]),
+        ),
+        (
+            "pvt/i64_d1221",
+            r#"{"family": "pvt_v2", "#,
+            Schedule::new(vec![1, 3, 5], vec![0.7, 0.5, 0.5]),
+        ),
+    ];
+    for (name, family, schedule) in families {
+        let dir = fixture_root().join(name);
+        let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
+        let config = ZooConfig::from_json(&text.replacen('{', family, 1)).unwrap();
+        let weights = Checkpoint::load_safetensors(dir.join("weights.safetensors")).unwrap();
+        let input = Checkpoint::load_safetensors(dir.join("input.safetensors")).unwrap();
+        let images = input.require("input").unwrap();
+        let dense = ZooModel::load(&config, weights).unwrap();
+        let idle = TokenPolicy::select(PolicyKind::Idle, schedule.unwrap());
+        for f32_model in [dense.clone(), dense.with_policy(idle).unwrap()] {
+            let bf16_model = f32_model.clone().with_precision(Precision::Bf16).unwrap();
+            let reference = f32_model.forward(&Eager, images).unwrap();
+            let logits = bf16_model.forward(&Eager, images).unwrap();
+            let (diff, relative, _, _) = compare(&reference, &logits);
+            println!("{name}: max |bf16 - f32| = {diff:.3e} ({relative:.3e} of max |logit|)");
+            assert!(
+                relative <= 3e-2,
+                "{name}: relative logit error {relative:e}"
+            );
+            assert!(diff > 0.0, "{name}: bf16 logits equal f32 exactly");
+        }
+    }
+}
+
 #[test]
 fn switching_back_to_f32_restores_the_exact_logits() {
     let f32_model = model(FIXTURES[0]);

@@ -103,6 +103,8 @@ fn lvvit_config() -> impl Strategy<Value = ZooConfig> {
                     mlp_ratio: mlp as f64,
                     num_classes: 3,
                     skip_lam: lam as f32,
+                    idle_layers: None,
+                    keep_ratios: None,
                 })
             },
         )

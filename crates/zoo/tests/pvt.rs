@@ -105,6 +105,8 @@ fn case() -> impl Strategy<Value = (PvtConfig, Vec<Option<f64>>, usize, u64)> {
                 sr_ratios: (0..stages).map(|i| 1 << (stages - 1 - i)).collect(),
                 mlp_ratios: vec![2.0; stages],
                 num_classes: 3,
+                idle_layers: None,
+                keep_ratios: None,
             };
             while !sides_ok(&config) {
                 config

@@ -41,6 +41,8 @@ fn configs() -> [ZooConfig; 3] {
             mlp_ratio: 2.0,
             num_classes: 7,
             skip_lam: 2.0,
+            idle_layers: None,
+            keep_ratios: None,
         }),
         ZooConfig::Pvt(PvtConfig {
             img_size: 48,
@@ -50,6 +52,8 @@ fn configs() -> [ZooConfig; 3] {
             sr_ratios: vec![4, 2, 1, 1],
             mlp_ratios: vec![2.0; 4],
             num_classes: 7,
+            idle_layers: None,
+            keep_ratios: None,
         }),
     ]
 }

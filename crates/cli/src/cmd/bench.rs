@@ -3,11 +3,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Args;
 use idlevit_train::bench::{BenchReport, PrecisionBench, bench, bench_precision};
 use idlevit_train::models::load_zoo_model;
-use idlevit_zoo::{PolicyKind, TokenPolicy, ZooModel};
+use idlevit_zoo::{PolicyKind, TokenPolicy};
 
 use super::{Globals, check_model_memory, inference_use};
 use crate::args::ModelArgs;
@@ -84,10 +84,7 @@ pub fn run(args: Bench, globals: &Globals) -> Result<()> {
     )
     .to_lowercase();
     if args.bf16 {
-        let ZooModel::DeiT(dense) = &dense else {
-            bail!("--bf16 runs the DeiT models (deit_tiny, deit_small, deit_base)");
-        };
-        let report = bench_precision(dense, &token_policy, &label, batch, warmup, runs)?;
+        let report = bench_precision(&dense, &token_policy, &label, batch, warmup, runs)?;
         println!(
             "{name} batch {batch} threads {threads}, bf16 kernel {}, medians of {runs} \
              interleaved runs:",

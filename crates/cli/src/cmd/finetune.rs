@@ -57,7 +57,7 @@ pub struct Finetune {
     #[command(flatten)]
     regularisation: RegularisationArgs,
     /// Base keep rate r of the family's idle schedule (as for `loss`); or
-    /// idle_layers/keep_ratios in a DeiT config; with neither, the model trains dense.
+    /// idle_layers/keep_ratios in the config; with neither, the model trains dense.
     #[arg(long, value_name = "R")]
     keep_rate: Option<f64>,
     #[command(flatten)]

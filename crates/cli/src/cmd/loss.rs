@@ -34,7 +34,7 @@ pub struct Loss {
     targets: Option<PathBuf>,
     /// Base keep rate r of the family's idle schedule (DeiT layers 4..11, LV-ViT-S 4..15,
     /// LV-ViT-M 5..19 at r, r^2, r^3; PVT-v2 stages 2-4); or idle_layers/keep_ratios in
-    /// a DeiT config.
+    /// the config.
     #[arg(long, value_name = "R")]
     keep_rate: Option<f64>,
     #[command(flatten)]
@@ -77,7 +77,7 @@ pub fn run(args: Loss, globals: &Globals) -> Result<()> {
     let token_policy = training_policy(&config, args.keep_rate)?;
     ensure!(
         token_policy != TokenPolicy::Dense,
-        "give --keep-rate r, or idle_layers and keep_ratios in a DeiT config"
+        "give --keep-rate r, or idle_layers and keep_ratios in the config"
     );
     let objective = args.objective.objective(&config);
     if objective.distill_weight != 0.0 && args.teacher.is_none() {

@@ -19,12 +19,12 @@ use idlevit_tensor::Tensor;
 use idlevit_train::distributed::ProcessGroup;
 use idlevit_train::evaluate::Accuracy;
 use idlevit_train::hub::{Snapshot, named_transform};
-use idlevit_train::models::{load_model, load_zoo_model};
+use idlevit_train::models::load_zoo_model;
 use idlevit_zoo::{MemoryUse, PolicyKind, TokenPolicy, ZooConfig, ZooModel};
 
 use crate::args::{ModelArgs, PolicyArgs};
 use crate::memory;
-use crate::policy::{Mode, compared_policy, resolve_policy};
+use crate::policy::{compared_policy, resolve_policy};
 
 /// What every command is given besides its own arguments: the global flags, and the
 /// processes it runs in.
@@ -134,7 +134,7 @@ fn describe(config: &ZooConfig) -> String {
 
 /// The model `logits` and `eval` run on `batch` images: any zoo family from the resolved
 /// weights (as [`inference_model`] loads it), under the token policy the flags ask for (a
-/// DeiT config's own schedule lists included).
+/// config's own schedule lists included).
 fn zoo_model(
     model: &Resolved,
     policy: &PolicyArgs,
@@ -147,28 +147,14 @@ fn zoo_model(
         .weights
         .as_deref()
         .ok_or_else(|| anyhow::anyhow!("give --weights"))?;
+    let token_policy = resolve_policy(config, policy.mode, policy.policy, policy.keep_rate)?;
     let loaded = inference_model(config, weights, bf16, batch, globals)?;
-    let token_policy = match (config, policy.mode) {
-        (ZooConfig::DeiT(c), mode) => resolve_policy(c, mode, policy.policy, policy.keep_rate)?,
-        (_, Mode::Dense) => {
-            ensure!(policy.keep_rate.is_none(), "--keep-rate needs --mode idle");
-            TokenPolicy::Dense
-        }
-        (_, Mode::Idle | Mode::Masked) => {
-            ensure!(
-                policy.keep_rate.is_some(),
-                "--mode idle or masked on {} needs --keep-rate",
-                model.name
-            );
-            compared_policy(config, policy.policy, policy.keep_rate)?
-        }
-    };
     Ok(loaded.with_policy(token_policy)?)
 }
 
 /// A model of any family from `weights` for inference on `batch` images, refused first when
 /// its estimated memory exceeds what the command may use: dense, its linear layers in bf16
-/// when asked (DeiT only).
+/// when asked.
 fn inference_model(
     config: &ZooConfig,
     weights: &Path,
@@ -177,19 +163,8 @@ fn inference_model(
     globals: &Globals,
 ) -> Result<ZooModel> {
     check_model_memory(config, batch, inference_use(bf16), globals.max_memory)?;
-    let model = match config {
-        ZooConfig::DeiT(config) => load_model(config, Some(weights), "weights", globals.strict)?
-            .with_precision(crate::precision::from_flag(bf16))?
-            .into(),
-        _ => {
-            ensure!(
-                !bf16,
-                "--bf16 runs the DeiT models, not the {} model given",
-                config.family()
-            );
-            load_zoo_model(config, Some(weights), "weights", globals.strict)?
-        }
-    };
+    let model = load_zoo_model(config, Some(weights), "weights", globals.strict)?
+        .with_precision(crate::precision::from_flag(bf16))?;
     Ok(packed(model, bf16))
 }
 
@@ -201,7 +176,7 @@ fn packed(model: ZooModel, bf16: bool) -> ZooModel {
     model
 }
 
-/// The idle policy a student trains under: the family's schedule at `keep_rate`, or a DeiT
+/// The idle policy a student trains under: the family's schedule at `keep_rate`, or the
 /// config's own lists; dense when neither is given.
 fn training_policy(config: &ZooConfig, keep_rate: Option<f64>) -> Result<TokenPolicy> {
     compared_policy(config, PolicyKind::Idle, keep_rate)

@@ -42,6 +42,32 @@ pub struct DeiTConfig {
     pub keep_ratios: Option<Vec<f64>>,
 }
 
+/// The custom idle schedule of a config's `idle_layers` and `keep_ratios` lists (every family
+/// reads them alike), or `None` without them; one list without the other is an error.
+pub(crate) fn schedule_lists(
+    idle_layers: &Option<Vec<usize>>,
+    keep_ratios: &Option<Vec<f64>>,
+) -> Result<Option<Schedule>> {
+    match (idle_layers, keep_ratios) {
+        (None, None) => Ok(None),
+        (Some(layers), Some(ratios)) => Schedule::new(layers.clone(), ratios.clone())
+            .map(Some)
+            .map_err(|e| lists_error(e.into())),
+        _ => Err(ZooError::Config(
+            "idle_layers and keep_ratios must be given together".into(),
+        )),
+    }
+}
+
+/// `error`, found in a config's schedule lists, under the names of the two fields.
+pub(crate) fn lists_error(error: ZooError) -> ZooError {
+    let message = match error {
+        ZooError::Config(message) => message,
+        other => other.to_string(),
+    };
+    ZooError::Config(format!("idle_layers / keep_ratios: {message}"))
+}
+
 /// Most transformer blocks a config may have.
 pub const MAX_DEPTH: usize = 1 << 10;
 
@@ -159,7 +185,9 @@ impl DeiTConfig {
             ),
         }
         if let Some(schedule) = self.schedule()? {
-            schedule.validate(depth, patches)?;
+            schedule
+                .validate(depth, patches)
+                .map_err(|e| lists_error(e.into()))?;
         }
         Ok(())
     }
@@ -167,15 +195,7 @@ impl DeiTConfig {
     /// The custom idle schedule of the config's `idle_layers` and `keep_ratios`, if set;
     /// one list without the other is an error.
     pub fn schedule(&self) -> Result<Option<Schedule>> {
-        match (&self.idle_layers, &self.keep_ratios) {
-            (None, None) => Ok(None),
-            (Some(layers), Some(ratios)) => {
-                Ok(Some(Schedule::new(layers.clone(), ratios.clone())?))
-            }
-            _ => Err(ZooError::Config(
-                "idle_layers and keep_ratios must be given together".into(),
-            )),
-        }
+        schedule_lists(&self.idle_layers, &self.keep_ratios)
     }
 
     /// The number of image tokens `N` (saturating at `usize::MAX` for configs that

@@ -24,7 +24,7 @@ pub enum MemoryUse {
     /// Inference in f32: the weights, a packed f32 copy of every weight matrix and one
     /// forward pass's activations.
     Inference,
-    /// Inference with the linear layers in bf16 (DeiT's `--bf16`): the f32 weights, a packed
+    /// Inference with the linear layers in bf16 (`--bf16`): the f32 weights, a packed
     /// bf16 copy of every weight matrix (half the size) and one forward pass's activations.
     InferenceBf16,
     /// One training step of the masked form: weights, gradients, AdamW's two moments, every

@@ -162,7 +162,8 @@ impl PvtBlock {
         ))
     }
 
-    /// `proj(softmax(s q k^T) v)` for the queries of the tokens `h_rows` `(batch, M, C)`.
+    /// `proj(softmax(s q k^T) v)` for the queries of the tokens `h_rows` `(batch, M, C)`,
+    /// both products in bf16 when the layer's weights run in bf16.
     fn attend<B: Fused>(
         &self,
         bk: &B,
@@ -171,7 +172,11 @@ impl PvtBlock {
         v: &B::Value,
     ) -> Result<B::Value> {
         let q = split_heads(bk, &self.q.forward(bk, h_rows)?, self.heads)?;
-        let out = bk.attention(&q, k, v, self.scale())?;
+        let out = if self.q.weight().packed_bf16().is_some() {
+            bk.attention_bf16(&q, k, v, self.scale())?
+        } else {
+            bk.attention(&q, k, v, self.scale())?
+        };
         Ok(self.proj.forward(bk, &out)?)
     }
 

@@ -27,6 +27,14 @@ pub struct PvtConfig {
     pub mlp_ratios: Vec<f64>,
     /// Classifier outputs.
     pub num_classes: usize,
+    /// Idle layers of a custom idle schedule, as global block indices counted over all
+    /// stages in order (stage 1's blocks first); with `keep_ratios`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_layers: Option<Vec<usize>>,
+    /// Keep ratio of each idle layer of a custom schedule, a fraction of its stage's tokens;
+    /// with `idle_layers`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_ratios: Option<Vec<f64>>,
 }
 
 /// Names accepted by [`PvtConfig::named`].
@@ -57,6 +65,8 @@ impl PvtConfig {
             sr_ratios: vec![8, 4, 2, 1],
             mlp_ratios: vec![8.0, 8.0, 4.0, 4.0],
             num_classes: 1000,
+            idle_layers: None,
+            keep_ratios: None,
         }
     }
 
@@ -168,6 +178,12 @@ impl PvtConfig {
         Ok(Schedule::pyramid(rate, &self.depths)?)
     }
 
+    /// The custom idle schedule of the config's `idle_layers` and `keep_ratios`, if set;
+    /// one list without the other is an error.
+    pub fn schedule(&self) -> Result<Option<Schedule>> {
+        crate::config::schedule_lists(&self.idle_layers, &self.keep_ratios)
+    }
+
     /// Checks `schedule` against the stages: every idle layer exists, is outside stage 1
     /// (whose 56x56 grid is what later stages downsample; see `docs/pvt-idle.md`), and keeps
     /// at least one token of its stage.
@@ -234,6 +250,10 @@ impl PvtConfig {
         }
         if self.num_classes == 0 || self.num_classes > 1 << 20 {
             bail!("num_classes {} is outside 1..=1048576", self.num_classes);
+        }
+        if let Some(schedule) = self.schedule()? {
+            self.validate_schedule(&schedule)
+                .map_err(crate::config::lists_error)?;
         }
         Ok(())
     }

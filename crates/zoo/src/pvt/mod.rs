@@ -98,16 +98,23 @@ impl Family for PvtV2 {
     }
 }
 
+/// Why PVT-v2 runs the idle policy only: pruning drops tokens for good and EViT fuses them,
+/// while its convolutions need every token of each stage's grid.
+pub(crate) fn policy_refusal(kind: PolicyKind) -> String {
+    format!(
+        "PVT-v2 runs the idle policy only, not {kind}: its convolutions (the depthwise one in \
+         every MLP, and the downsampling between stages) need every token of the grid, which \
+         pruning drops and EViT fuses; use the idle policy"
+    )
+}
+
 impl PvtV2 {
     /// The same model running `policy`: dense, or idle layers (stages 2 and later; top-k
     /// pruning and EViT have no pyramid form).
     pub fn with_policy(mut self, policy: TokenPolicy) -> Result<Self> {
         if let TokenPolicy::Select { kind, schedule } = &policy {
             if *kind != PolicyKind::Idle {
-                bail!(
-                    "PVT-v2 runs the idle policy only, not {kind}: top-k pruning and EViT have \
-                     no form for its pyramid of token grids"
-                );
+                bail!("{}", policy_refusal(*kind));
             }
             self.config.validate_schedule(schedule)?;
         }

@@ -26,6 +26,8 @@ fn config() -> DeiTConfig {
 }
 
 fn bench_train(c: &mut Criterion) {
+    // As `finetune` does: a step's freed buffers stay in the allocator for the next step.
+    idlevit_kernels::keep_freed_memory();
     let n = BATCH * 3 * 64 * 64;
     let images = Tensor::from_vec(
         vec![BATCH, 3, 64, 64],

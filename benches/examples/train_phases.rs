@@ -9,6 +9,10 @@ use idlevit_zoo::{DeiT, DeiTConfig, TokenPolicy};
 const BATCH: usize = 32;
 
 fn main() {
+    // As `finetune` does, unless IDLEVIT_RELEASE_FREED is set (to measure the difference).
+    if std::env::var_os("IDLEVIT_RELEASE_FREED").is_none() {
+        idlevit_kernels::keep_freed_memory();
+    }
     let steps: usize = std::env::args()
         .nth(1)
         .and_then(|s| s.parse().ok())

@@ -46,6 +46,7 @@ mod gemm;
 mod layer_norm;
 mod math;
 mod matrix;
+mod memory;
 mod packed;
 mod parallel;
 #[doc(hidden)]
@@ -73,6 +74,7 @@ pub use fused::{
 pub use gemm::{linear, linear_strided, matmul, padded_row_stride};
 pub use layer_norm::{layer_norm_dot, layer_norm_rows, layer_norm_rows_with};
 pub use matrix::{MatMut, MatRef};
+pub use memory::keep_freed_memory;
 pub use packed::{PackedF32, linear_packed_f32, packed_f32_available};
 pub use simd::Isa;
 pub use softmax::{softmax_rows, softmax_rows_with};

@@ -251,7 +251,8 @@ fn check_teacher(student: &ZooConfig, teacher: &ZooConfig) -> Result<()> {
 
 /// Finetunes `student` on `train` (optionally distilling from `teacher`), validating on
 /// `val` at the end. A non-finite loss stops the run with an error; the last checkpoint
-/// written stays the last good one.
+/// written stays the last good one. The process's allocator keeps freed memory from then on
+/// ([`idlevit_kernels::keep_freed_memory`]), which saves each step's page faults.
 pub fn finetune(
     student: &mut ZooModel,
     teacher: Option<&ZooModel>,
@@ -276,6 +277,9 @@ pub fn finetune_in_group(
     group: &dyn ProcessGroup,
 ) -> Result<FinetuneReport> {
     options.validate()?;
+    // Every step frees and allocates the same large buffers: keeping them in the allocator
+    // saves the page faults of taking them back from the kernel each step.
+    idlevit_kernels::keep_freed_memory();
     let classes = student.num_classes();
     check_classes(train, classes)?;
     if let Some(teacher) = teacher {

@@ -13,10 +13,15 @@ fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("idlevit-xtask-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir.join(name)
+/// The path `name` in a scratch folder of its own, and the folder's guard, which removes it
+/// when dropped.
+fn scratch(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix("idlevit-xtask-")
+        .tempdir()
+        .expect("temp dir");
+    let path = dir.path().join(name);
+    (dir, path)
 }
 
 /// `forward` on the fixture's `input.safetensors` gives its `logits.safetensors` (<= 1e-4).
@@ -34,7 +39,7 @@ fn assert_reference_logits(dir: &Path, forward: impl Fn(&Tensor) -> Tensor) {
 fn converted_checkpoints_give_timm_logits() {
     for name in ["p8_i32_d2", "p16_i64_d4", "p8_i64_d6"] {
         let dir = fixtures().join("deit").join(name);
-        let out = scratch(&format!("{name}.safetensors"));
+        let (_scratch, out) = scratch(&format!("{name}.safetensors"));
         let report = convert(
             &dir.join("checkpoint.pth"),
             &out,
@@ -61,7 +66,7 @@ fn strict_refuses_unknown_globals_and_nothing_ever_runs() {
         ("malicious_popen.pth", "commands.Popen"),
     ] {
         let input = fixtures().join("pth").join(file);
-        let out = scratch(file);
+        let (_scratch, out) = scratch(file);
         let report = convert(&input, &out, &ConvertOptions::default()).unwrap();
         assert!(
             report.unknown_globals.contains(&global.to_string()),
@@ -81,7 +86,7 @@ fn strict_refuses_unknown_globals_and_nothing_ever_runs() {
 #[test]
 fn the_binary_reports_errors_and_exits_non_zero() {
     let bin = env!("CARGO_BIN_EXE_xtask");
-    let out = scratch("cli.safetensors");
+    let (_scratch, out) = scratch("cli.safetensors");
     let run = |args: &[&str]| Command::new(bin).args(args).output().unwrap();
     let ok = run(&[
         "convert",
@@ -147,7 +152,7 @@ fn the_binary_reports_errors_and_exits_non_zero() {
 fn lvvit_release_checkpoints_convert_with_the_family_adapter() {
     let dir = fixtures().join("lvvit");
     let input = dir.join("checkpoint.pth.tar");
-    let out = scratch("lvvit.safetensors");
+    let (_scratch, out) = scratch("lvvit.safetensors");
     let config =
         LvVitConfig::from_json(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let plain = convert(&input, &out, &ConvertOptions::default()).unwrap();

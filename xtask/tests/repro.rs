@@ -1,16 +1,17 @@
 //! `cargo xtask repro` on a seconds-long setting: the report is written with every section,
 //! its plots decode as images, and the ImageNet section reads a tiny fake image folder.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use idlevit_zoo::{DeiT, DeiTConfig};
 use xtask::repro::{Chart, ImagenetOptions, ReproOptions, Series, run, write_chart};
 
-fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("idlevit-repro-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
+/// A scratch folder of one test, removed when dropped.
+fn scratch(test: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("idlevit-repro-{test}-"))
+        .tempdir()
+        .expect("temp dir")
 }
 
 /// Checks that `path` decodes: PNG by the image crate, SVG as an `<svg>` document.
@@ -75,9 +76,10 @@ fn fake_imagenet(dir: &Path) -> ImagenetOptions {
 
 #[test]
 fn a_tiny_run_writes_the_whole_report() {
-    let dir = scratch("tiny");
+    let tmp = scratch("tiny");
+    let dir = tmp.path();
     let mut options = ReproOptions::tiny(dir.join("out"));
-    options.imagenet = Some(fake_imagenet(&dir));
+    options.imagenet = Some(fake_imagenet(dir));
     let mut lines = Vec::new();
     let outcome = run(&options, &mut |l| lines.push(l)).unwrap();
     let report = std::fs::read_to_string(&outcome.report).unwrap();
@@ -131,12 +133,12 @@ fn a_tiny_run_writes_the_whole_report() {
     }
     outcome.images.iter().for_each(|p| assert_image(p));
     assert!(lines.iter().any(|l| l.contains("wall time")));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn charts_are_written_as_png_and_svg() {
-    let dir = scratch("chart");
+    let tmp = scratch("chart");
+    let dir = tmp.path();
     let chart = Chart {
         title: "t".into(),
         x_label: "x".into(),
@@ -157,13 +159,13 @@ fn charts_are_written_as_png_and_svg() {
         white > total / 2 && white < total,
         "{white} of {total} white"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn the_timm_column_parses_the_script_output() {
     use std::os::unix::fs::PermissionsExt;
-    let dir = scratch("timm");
+    let tmp = scratch("timm");
+    let dir = tmp.path();
     // A stand-in interpreter: prints what the script prints, whatever it is asked.
     let python = dir.join("python");
     std::fs::write(
@@ -173,13 +175,12 @@ fn the_timm_column_parses_the_script_output() {
     )
     .unwrap();
     std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let run = xtask::repro::run_timm(&python, &["deit_small".into()], &[32], 1, &dir).unwrap();
+    let run = xtask::repro::run_timm(&python, &["deit_small".into()], &[32], 1, dir).unwrap();
     assert_eq!(run.versions, "torch 2.15.0, timm 1.0.31");
     assert_eq!(run.rows, vec![("deit_small".to_string(), 32, 17.5)]);
     // The script itself is written beside, for the interpreter to run.
     assert!(dir.join("timm_throughput.py").is_file());
     std::fs::write(&python, "#!/bin/sh\necho broken >&2\nexit 3\n").unwrap();
-    let err = xtask::repro::run_timm(&python, &["deit_small".into()], &[32], 1, &dir).unwrap_err();
+    let err = xtask::repro::run_timm(&python, &["deit_small".into()], &[32], 1, dir).unwrap_err();
     assert!(format!("{err:#}").contains("broken"), "{err:#}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

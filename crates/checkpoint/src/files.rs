@@ -105,15 +105,18 @@ fn kind(metadata: &Metadata) -> &'static str {
 mod tests {
     use super::*;
 
-    fn scratch(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("idlevit_files_{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join(name)
+    /// A scratch folder of one test, removed when dropped.
+    fn scratch() -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix("idlevit_files_")
+            .tempdir()
+            .unwrap()
     }
 
     #[test]
     fn reads_regular_files_within_the_cap() {
-        let path = scratch("ten.bin");
+        let tmp = scratch();
+        let path = tmp.path().join("ten.bin");
         std::fs::write(&path, [7u8; 10]).unwrap();
         assert_eq!(read_file_capped(&path, 10, "weights").unwrap(), [7; 10]);
         let err = read_file_capped(&path, 9, "weights")
@@ -130,7 +133,8 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_a_regular_file_without_reading_it() {
-        let dir = scratch("dir");
+        let tmp = scratch();
+        let dir = tmp.path().join("dir");
         std::fs::create_dir_all(&dir).unwrap();
         let err = read_file_capped(&dir, 1 << 20, "config")
             .unwrap_err()
@@ -152,8 +156,7 @@ mod tests {
                 err,
                 "cannot read weights /dev/zero: it is a character device, not a regular file"
             );
-            let fifo = scratch("fifo");
-            let _ = std::fs::remove_file(&fifo);
+            let fifo = tmp.path().join("fifo");
             let made = std::process::Command::new("mkfifo").arg(&fifo).status();
             if made.is_ok_and(|s| s.success()) {
                 let err = read_file_capped(&fifo, 1 << 20, "labels")
@@ -165,7 +168,7 @@ mod tests {
                 );
             }
         }
-        let missing = scratch("missing.bin");
+        let missing = tmp.path().join("missing.bin");
         let err = read_file_capped(&missing, 1, "input")
             .unwrap_err()
             .to_string();

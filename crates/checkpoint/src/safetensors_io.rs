@@ -448,10 +448,14 @@ mod tests {
 
     #[test]
     fn loading_a_path_names_it_in_errors() {
-        let path =
-            std::env::temp_dir().join(format!("idlevit_st_{}.safetensors", std::process::id()));
-        std::fs::write(&path, b"not safetensors").unwrap();
-        let err = Checkpoint::load_safetensors(&path).unwrap_err().to_string();
+        let file = tempfile::Builder::new()
+            .prefix("idlevit_st_")
+            .suffix(".safetensors")
+            .tempfile()
+            .unwrap();
+        let path = file.path();
+        std::fs::write(path, b"not safetensors").unwrap();
+        let err = Checkpoint::load_safetensors(path).unwrap_err().to_string();
         let name = path.display().to_string();
         assert!(
             err.starts_with(&format!("{name}: not a valid safetensors file")),
@@ -468,6 +472,5 @@ mod tests {
                 "{err}"
             );
         }
-        let _ = std::fs::remove_file(&path);
     }
 }

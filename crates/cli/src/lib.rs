@@ -3,6 +3,8 @@
 //! itself (preprocessing, data sets, finetuning, evaluation, benchmarks) is done by
 //! `idlevit-data` and `idlevit-train`.
 
+#![deny(missing_docs)]
+
 pub mod args;
 pub mod checks;
 pub mod cmd;

@@ -6,6 +6,8 @@ use std::process::{Command, Output};
 
 use idlevit_checkpoint::Checkpoint;
 
+mod common;
+
 fn deit(file: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../fixtures/deit/p16_i64_d4")
@@ -26,8 +28,8 @@ fn s(p: &std::path::Path) -> &str {
 
 #[test]
 fn logits_with_bf16_stay_near_timm() {
-    let out_file =
-        std::env::temp_dir().join(format!("idlevit-bf16-{}.safetensors", std::process::id()));
+    let dir = common::scratch("bf16-logits");
+    let out_file = dir.join("logits.safetensors");
     let out = idlevit(&[
         "logits",
         "--bf16",
@@ -54,7 +56,6 @@ fn logits_with_bf16_stay_near_timm() {
         .unwrap();
     // f32 matches timm within 1e-4; bf16 rounding moves these logits (|logit| < 4) by ~1e-2.
     assert!(diff > 1e-4 && diff < 5e-2, "max |bf16 - timm| = {diff:e}");
-    let _ = std::fs::remove_file(out_file);
 }
 
 #[test]
@@ -63,7 +64,8 @@ fn bench_with_bf16_prints_the_speed_ratio() {
     let text = std::fs::read_to_string(deit("config.json")).unwrap();
     let text = text.trim_end().trim_end_matches('}').trim_end().to_string()
         + ", \"idle_layers\": [1, 2], \"keep_ratios\": [0.7, 0.7]}";
-    let config = std::env::temp_dir().join(format!("idlevit-bf16-{}.json", std::process::id()));
+    let dir = common::scratch("bf16-bench");
+    let config = dir.join("config.json");
     std::fs::write(&config, text).unwrap();
     let run = idlevit(&[
         "bench",

@@ -7,6 +7,9 @@ use std::process::{Command, Output};
 use idlevit_checkpoint::Checkpoint;
 use idlevit_tensor::Tensor;
 
+mod common;
+use common::scratch;
+
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
 }
@@ -27,16 +30,10 @@ fn path(p: &Path) -> &str {
     p.to_str().expect("fixture paths are UTF-8")
 }
 
-/// A scratch directory unique to one test.
-fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("idlevit-cli-{}-{test}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
 /// Runs `logits` and returns stderr, asserting failure.
 fn logits_fails(config: &Path, weights: &Path, input: &Path) -> String {
-    let out_file = scratch("fail").join("out.safetensors");
+    let dir = scratch("fail");
+    let out_file = dir.join("out.safetensors");
     let out = idlevit(&[
         "logits",
         "--config",
@@ -63,7 +60,8 @@ fn logits_match_timm_from_safetensors_and_pth() {
     let expected = Checkpoint::load_safetensors(deit("logits.safetensors")).unwrap();
     let expected = expected.require("logits").unwrap();
     for weights in [deit("weights.safetensors"), deit("checkpoint.pth")] {
-        let out_file = scratch("golden").join("logits.safetensors");
+        let dir = scratch("golden");
+        let out_file = dir.join("logits.safetensors");
         let out = idlevit(&[
             "logits",
             "--config",

@@ -4,18 +4,14 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+mod common;
+use common::scratch;
+
 fn idlevit(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_idlevit"))
         .args(args)
         .output()
         .expect("the idlevit binary runs")
-}
-
-fn scratch() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("idlevit-digits-cli-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
 }
 
 fn ok(out: &Output) -> String {
@@ -29,7 +25,7 @@ fn ok(out: &Output) -> String {
 
 #[test]
 fn digits_folder_default_classify_and_training_from_scratch() {
-    let dir = scratch();
+    let dir = scratch("digits");
     let data = dir.join("digits");
     let data_str = data.to_str().unwrap();
     let stdout = ok(&idlevit(&[
@@ -109,5 +105,4 @@ fn digits_folder_default_classify_and_training_from_scratch() {
         "idle",
     ]));
     assert!(stdout.contains("(449 images)"), "{stdout}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

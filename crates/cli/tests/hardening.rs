@@ -341,7 +341,7 @@ fn requests_beyond_memory_are_refused_before_allocating() {
 #[test]
 fn endless_and_special_files_are_refused_before_reading() {
     let dir = common::scratch("special");
-    let (_, config, weights) = setup("special-model");
+    let (_model_dir, config, weights) = setup("special-model");
     for (args, named) in [
         (vec!["flops", "--config", "/dev/zero"], "/dev/zero"),
         (

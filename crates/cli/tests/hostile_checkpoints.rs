@@ -12,6 +12,8 @@ use idlevit_tensor::Tensor;
 use idlevit_train::models::load_model;
 use idlevit_zoo::DeiTConfig;
 
+mod common;
+
 /// Where the payloads would leave their mark, were they ever run.
 const PWNED: &str = "/tmp/idlevit_pwned";
 
@@ -64,8 +66,7 @@ fn payloads_run_nothing_and_strict_reading_names_them() {
 /// and `--strict` refuses the file with an error naming it.
 #[test]
 fn cli_warns_about_inert_globals_and_strict_refuses_them() {
-    let dir = std::env::temp_dir().join(format!("idlevit-hostile-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch("hostile");
     let config = dir.join("config.json");
     std::fs::write(&config, PTH_CONFIG).unwrap();
     let weights = pth("malicious_os_system.pth");

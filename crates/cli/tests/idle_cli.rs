@@ -6,6 +6,9 @@ use std::process::{Command, Output};
 
 use idlevit_checkpoint::Checkpoint;
 
+mod common;
+use common::scratch;
+
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
 }
@@ -15,12 +18,6 @@ fn idlevit(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("the idlevit binary runs")
-}
-
-fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("idlevit-idle-cli-{}-{test}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
 }
 
 fn s(p: &Path) -> &str {

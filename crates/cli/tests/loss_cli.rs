@@ -28,8 +28,7 @@ fn values_and_gradients_match_pytorch() {
         "distill_both_w20",
         "mixup_soft",
     ];
-    let out_dir = std::env::temp_dir().join(format!("idlevit-loss-{}", std::process::id()));
-    std::fs::create_dir_all(&out_dir).unwrap();
+    let out_dir = common::scratch("loss");
     for case in cases {
         let dir = fixtures().join(case);
         let spec: Value =

@@ -1,26 +1,5 @@
-//! The token cut loss of IdleViT (`docs/algorithm.md`, "The token cut loss").
-//!
-//! Treat tokens as graph nodes and the head-averaged attention `W` as edge weights. An idle
-//! layer splits the tokens into selected and idle ones; the loss pushes the attention mass
-//! that crosses that cut (*inter*) toward zero and the mass inside the selected part
-//! (*intra*) toward one, so the selected set is a self-sufficient cluster and ignoring idle
-//! keys loses little. Written over the [`Backend`] trait, so the same code gives the value
-//! (eager) and its gradient (tape).
-//!
-//! ```
-//! use idlevit_cutloss::{CutLoss, cut_loss};
-//! use idlevit_ops::{Backend, Eager};
-//! use idlevit_tensor::Tensor;
-//!
-//! // One image, one head, CLS + 2 tokens; token 2 idles. Uniform attention.
-//! let logits = Eager.constant(Tensor::zeros(&[1, 1, 3, 3])?);
-//! let mask = Tensor::from_vec(vec![1, 3, 1], vec![1.0, 1.0, 0.0])?;
-//! let loss = cut_loss(&Eager, &logits, &mask, CutLoss::Inter)?;
-//! // Rows 0 and 1 send 1/3 across the cut, row 2 sends 1/3 (column 0 never counts): e^2 = 1/9.
-//! assert!((loss.to_vec()[0] - 1.0 / 9.0).abs() < 1e-6);
-//! # Ok::<(), idlevit_cutloss::CutLossError>(())
-//! ```
-
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 use idlevit_ops::Backend;

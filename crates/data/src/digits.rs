@@ -1,5 +1,5 @@
 //! The digits task: the UCI handwritten digits (bundled with scikit-learn, exported once to
-//! `fixtures/digits/digits.bin`) drawn small, at seeded random places and sizes, on cluttered
+//! this crate's `assets/digits.bin`) drawn small, at seeded random places and sizes, on cluttered
 //! 64x64 canvases, so that most patches are background, as in natural images, and a model
 //! that idles the right tokens loses little.
 //!
@@ -14,7 +14,7 @@ use crate::error::ensure;
 use crate::{DataError, Result};
 
 /// The exported digits: magic, count, then (label, 8x8 pixels in 0..=16) records.
-pub const DIGITS_BIN: &[u8] = include_bytes!("../../../fixtures/digits/digits.bin");
+pub const DIGITS_BIN: &[u8] = include_bytes!("../assets/digits.bin");
 
 const MAGIC: &[u8; 8] = b"UCIDIG01";
 

@@ -172,17 +172,18 @@ mod tests {
     use super::*;
     use idlevit_tensor::Tensor;
 
-    fn scratch(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("idlevit-output-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch folder");
-        dir
+    /// A scratch folder of one test, removed when dropped.
+    fn scratch(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("idlevit-output-{name}-"))
+            .tempdir()
+            .expect("scratch folder")
     }
 
     #[test]
     fn outputs_may_not_be_inputs_or_each_other() {
-        let dir = scratch("alias");
+        let tmp = scratch("alias");
+        let dir = tmp.path();
         let input = dir.join("x.safetensors");
         std::fs::write(&input, b"x").expect("write");
         let same_by_another_path = dir.join(".").join("x.safetensors");
@@ -232,12 +233,13 @@ mod tests {
 
     #[test]
     fn atomic_writes_replace_whole_files_and_leave_no_temporary() {
-        let dir = scratch("atomic");
+        let tmp = scratch("atomic");
+        let dir = tmp.path();
         let path = dir.join("out.bin");
         write_atomically(&path, b"first").expect("first");
         write_atomically(&path, b"second").expect("second");
         assert_eq!(std::fs::read(&path).expect("read"), b"second");
-        let names: Vec<_> = std::fs::read_dir(&dir)
+        let names: Vec<_> = std::fs::read_dir(dir)
             .expect("list")
             .map(|e| e.expect("entry").file_name())
             .collect();
@@ -247,7 +249,8 @@ mod tests {
 
     #[test]
     fn non_finite_weights_are_never_written() {
-        let dir = scratch("finite");
+        let tmp = scratch("finite");
+        let dir = tmp.path();
         let path = dir.join("w.safetensors");
         let mut good = Checkpoint::default();
         good.insert("a", Tensor::from_vec(vec![2], vec![1.0, 2.0]).expect("a"));

@@ -228,8 +228,11 @@ mod tests {
 
     #[test]
     fn a_validation_set_is_labelled_as_its_training_set() {
-        let root = std::env::temp_dir().join(format!("idlevit-data-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
+        let tmp = tempfile::Builder::new()
+            .prefix("idlevit-data-")
+            .tempdir()
+            .expect("scratch folder");
+        let root = tmp.path();
         folder(&root.join("train"), &["cat", "dog", "fox"]);
         folder(&root.join("val"), &["fox"]);
         let train = ImageFolder::open(&root.join("train")).expect("train");
@@ -246,6 +249,5 @@ mod tests {
         let err = ImageFolder::open_with_classes(&root.join("val"), train.classes())
             .expect_err("unknown class");
         assert!(err.to_string().contains("wolf"), "{err}");
-        let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -1,41 +1,5 @@
-//! CPU kernels for idlevit: GEMM, softmax, layer norm, GELU, element-wise arithmetic and top-k.
-//!
-//! Every kernel works on plain `f32` slices with sizes (and, for GEMM, strides) and knows
-//! nothing of tensors or models. Each has a straightforward f64 twin in the `reference` module
-//! that the tests hold it to.
-//!
-//! - GEMM ([`matmul`], [`linear`]) runs on the `gemm` crate's AVX-512 kernels or on
-//!   `matrixmultiply`, chosen per shape from measurements (see the `gemm` module source).
-//! - [`linear_bf16`] is the optional bfloat16 projection: a weight packed once
-//!   ([`PackedBf16`]), activations rounded to bf16 as they are packed, f32 accumulation, on
-//!   AMX tiles or AVX-512 BF16 where the CPU has them and a portable kernel with the same
-//!   rounding elsewhere.
-//! - The row-wise kernels ([`softmax_rows`], [`layer_norm_rows`], [`gelu`]) are written once and
-//!   compiled for AVX-512, AVX2 + FMA and the portable target; [`Isa::detected`] picks one at
-//!   run time, once.
-//! - The fused inference kernels ([`mlp_half_in_place`], [`attention`]) run a block's MLP
-//!   half in cache-sized row chunks and attention per (image, head), without storing the MLP
-//!   activations or the attention map.
-//! - Large calls split their work across rayon's *current* pool, so the caller's pool size
-//!   (the CLI's `--threads`) is the thread count; small calls stay on the calling thread.
-//!
-//! One attention row, end to end: project a token, then softmax the scores.
-//!
-//! ```
-//! use idlevit_kernels::{linear, softmax_rows};
-//!
-//! // Two tokens of width 3 projected to 2 outputs: y = x · w^T + bias, w stored (out, in).
-//! let x = [1.0, 0.0, 2.0, 0.0, 1.0, 0.0];
-//! let w = [1.0, 1.0, 1.0, 0.5, -1.0, 0.0];
-//! let bias = [0.0, 1.0];
-//! let mut y = [0.0; 4];
-//! linear(&mut y, &x, &w, Some(&bias), 2, 3, 2)?;
-//! assert_eq!(y, [3.0, 1.5, 1.0, 0.0]);
-//!
-//! softmax_rows(&mut y, 2);
-//! assert!((y[0] + y[1] - 1.0).abs() < 1e-6 && y[0] > y[1]);
-//! # Ok::<(), idlevit_kernels::KernelError>(())
-//! ```
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
 
 mod activation;
 mod bf16;

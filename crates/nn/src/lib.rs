@@ -1,28 +1,5 @@
-//! Vision Transformer layers, written once over a [`Backend`].
-//!
-//! Each layer is a small struct that takes its own weights by timm name from a
-//! [`WeightSource`] (a checkpoint's [`WeightReader`](idlevit_checkpoint::WeightReader), or a
-//! [`SeededInit`] drawing them), lists its parameters once for visiting ([`params!`], the
-//! [`Params`] trait), and has a `forward` generic over the [`Backend`] that runs its maths.
-//! [`Eager`] computes directly on [`Tensor`]s (inference, no bookkeeping); the autodiff
-//! crate's tape runs the very same `forward` and records it, and its `backward` returns gradients
-//! under the parameters' checkpoint names. Both compute every operation with the one set of
-//! functions in `idlevit_ops::math`.
-//!
-//! ```
-//! use idlevit_nn::{Backend, Eager, Linear};
-//! use idlevit_tensor::Tensor;
-//!
-//! let layer = Linear::new(
-//!     Tensor::from_vec(vec![2, 3], vec![1.0, 0.0, 0.0, 0.0, 1.0, 1.0])?,
-//!     Some(Tensor::from_vec(vec![2], vec![0.5, -0.5])?),
-//! )?;
-//! let x = Tensor::from_vec(vec![1, 3], vec![1.0, 2.0, 3.0])?;
-//! let y = layer.forward(&Eager, &Eager.constant(x))?;
-//! assert_eq!(y.to_vec(), vec![1.5, 4.5]);
-//! # Ok::<(), idlevit_nn::NnError>(())
-//! ```
-
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 mod attention;

@@ -30,7 +30,7 @@ impl SelectionPolicy for Prune {
     }
 }
 
-/// A top-k pruning layer: like [`idle_gathered`], but the output holds only the selected
+/// A top-k pruning layer: like [`idle_gathered`](crate::idle_gathered), but the output holds only the selected
 /// rows `(batch, selected, dim)`; the others are dropped for good.
 pub fn prune_gathered<B: Backend, T: TokenBlock<B>>(
     bk: &B,

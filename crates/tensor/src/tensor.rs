@@ -10,6 +10,8 @@ use ndarray::{ArrayD, ArrayViewD, IxDyn, ShapeBuilder};
 
 use crate::{Result, TensorError};
 
+mod arrays;
+
 /// An n-dimensional `f32` array over shared, copy-on-write storage.
 ///
 /// The elements live in `storage[offset + sum(index[i] * strides[i])]`. Strides are
@@ -93,19 +95,15 @@ impl Tensor {
         }
     }
 
-    /// Copies an `ndarray` array (any layout) into a contiguous tensor.
+    /// Takes an `ndarray` array as a contiguous (row-major) tensor: the buffer moves when the
+    /// array is in standard layout and is copied otherwise. `Tensor::from(array)` keeps any
+    /// layout with non-negative strides instead, without copying.
     pub fn from_array(array: ArrayD<f32>) -> Self {
-        let shape = array.shape().to_vec();
-        let data = if array.is_standard_layout() {
-            array.into_raw_vec_and_offset().0
+        let tensor = Self::from(array);
+        if tensor.is_contiguous() {
+            tensor
         } else {
-            array.iter().copied().collect()
-        };
-        Self {
-            strides: row_major_strides(&shape),
-            storage: Arc::new(data),
-            offset: 0,
-            shape,
+            tensor.contiguous()
         }
     }
 

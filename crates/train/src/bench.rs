@@ -128,7 +128,7 @@ pub struct PrecisionBench {
 }
 
 /// Times the f32 and bf16 forms of `dense` (and of `dense` under `policy`, unless it is
-/// dense), interleaved run by run as [`bench`] does.
+/// dense), interleaved run by run as [`bench()`] does.
 pub fn bench_precision(
     dense: &ZooModel,
     policy: &TokenPolicy,

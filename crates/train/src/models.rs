@@ -51,10 +51,10 @@ pub fn load_zoo_model(
 }
 
 /// The default model's weights (safetensors, timm names).
-pub const DEFAULT_WEIGHTS: &[u8] = include_bytes!("../../../fixtures/digits/model.safetensors");
+pub const DEFAULT_WEIGHTS: &[u8] = include_bytes!("../assets/digits/model.safetensors");
 
 /// The default model's config (JSON, the keys of `CFG.json`).
-pub const DEFAULT_CONFIG: &str = include_str!("../../../fixtures/digits/config.json");
+pub const DEFAULT_CONFIG: &str = include_str!("../assets/digits/config.json");
 
 /// The default model's class names, by label.
 pub const DEFAULT_LABELS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];

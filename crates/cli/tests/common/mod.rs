@@ -7,11 +7,32 @@ use std::process::{Command, Output};
 
 use idlevit_zoo::{DeiT, DeiTConfig};
 
-pub fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("idlevit-train-cli-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
+/// A scratch directory of one test, removed with everything in it when dropped (so a test
+/// run leaves nothing behind); it derefs to its path.
+pub struct Scratch(tempfile::TempDir);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+/// A fresh scratch directory named after `test`: `idlevit-cli-TEST-XXXXXX` in the system's
+/// temp folder.
+pub fn scratch(test: &str) -> Scratch {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("idlevit-cli-{test}-"))
+        .tempdir()
+        .expect("temp dir");
+    Scratch(dir)
 }
 
 pub fn s(p: &Path) -> &str {
@@ -52,7 +73,9 @@ pub fn write_folder(dir: &Path, per_class: usize) {
     }
 }
 
-pub fn setup(test: &str) -> (PathBuf, PathBuf, PathBuf) {
+/// A scratch directory holding a tiny DeiT's config and weights and an image folder
+/// (`data/train`, `data/val`), with the config and weights paths.
+pub fn setup(test: &str) -> (Scratch, PathBuf, PathBuf) {
     let dir = scratch(test);
     let config = dir.join("config.json");
     std::fs::write(&config, CONFIG).unwrap();

@@ -39,15 +39,25 @@ impl Conv2dSpec {
 /// The sizes of one convolution, checked once and shared by its forward and backward passes.
 #[derive(Clone, Copy, Debug)]
 pub struct ConvGeometry {
+    /// Images in the batch.
     pub batch: usize,
+    /// Input channels.
     pub in_channels: usize,
+    /// Input height.
     pub height: usize,
+    /// Input width.
     pub width: usize,
+    /// Output channels.
     pub out_channels: usize,
+    /// Kernel height.
     pub kh: usize,
+    /// Kernel width.
     pub kw: usize,
+    /// Output height.
     pub out_h: usize,
+    /// Output width.
     pub out_w: usize,
+    /// Stride, padding and groups.
     pub spec: Conv2dSpec,
 }
 
@@ -108,10 +118,12 @@ impl ConvGeometry {
         })
     }
 
+    /// Input channels per group.
     pub fn group_in(&self) -> usize {
         self.in_channels / self.spec.groups
     }
 
+    /// Output channels per group.
     pub fn group_out(&self) -> usize {
         self.out_channels / self.spec.groups
     }
@@ -121,14 +133,17 @@ impl ConvGeometry {
         self.group_in() * self.kh * self.kw
     }
 
+    /// Pixels of one output channel: `out_h * out_w`.
     pub fn out_len(&self) -> usize {
         self.out_h * self.out_w
     }
 
+    /// Values of one input image: `in * H * W`.
     pub fn image_len(&self) -> usize {
         self.in_channels * self.height * self.width
     }
 
+    /// Whether each group maps one input channel to one output channel.
     pub fn is_depthwise(&self) -> bool {
         self.group_in() == 1 && self.group_out() == 1
     }
@@ -154,6 +169,7 @@ impl ConvGeometry {
         (lo, hi)
     }
 
+    /// The output's shape, `(batch, out, out_h, out_w)`.
     pub fn output_shape(&self) -> Vec<usize> {
         vec![self.batch, self.out_channels, self.out_h, self.out_w]
     }

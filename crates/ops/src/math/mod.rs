@@ -1,7 +1,8 @@
 //! The forward maths of every operation, as plain functions on tensors.
 //!
-//! Inference calls these directly; the [`Tape`](crate::Tape) calls the very same functions and
-//! records what their backward passes need, so there is one definition of each computation.
+//! Inference calls these directly; the autodiff tape (`idlevit_autodiff::Tape`) calls the very
+//! same functions and records what their backward passes need, so there is one definition of
+//! each computation.
 //! Views stay views: `permute`, `slice`, `select` and `broadcast_to` copy nothing, `reshape`
 //! copies only when the layout forces it, and [`matmul`] hands strided operands straight to
 //! the GEMM. Every other operation writes a fresh contiguous buffer and never touches its

@@ -116,17 +116,19 @@ mod tests {
         "num_heads": 4, "mlp_ratio": 4.0, "num_classes": 10, "qkv_bias": true}"#;
 
     /// A scratch directory of its own for each test that writes files.
-    fn scratch_dir(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("idlevit-zoo-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    fn scratch_dir(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("idlevit-zoo-{name}-"))
+            .tempdir()
+            .unwrap()
     }
 
     /// Files that are too large or not regular files are refused before they are read,
     /// each error naming the file once.
     #[test]
     fn config_files_are_bounded_and_regular() {
-        let dir = scratch_dir("config-files");
+        let tmp = scratch_dir("config-files");
+        let dir = tmp.path();
         let valid = dir.join("valid.json");
         std::fs::write(&valid, VALID).unwrap();
         assert_eq!(DeiTConfig::from_file(&valid).unwrap().depth, 2);
@@ -138,7 +140,7 @@ mod tests {
         std::fs::write(&not_utf8, b"{\"img_size\": 32, \xe9}").unwrap();
         let mut cases = vec![
             (large, "more than the limit of 1048576 bytes"),
-            (dir.clone(), "it is a directory, not a regular file"),
+            (dir.to_path_buf(), "it is a directory, not a regular file"),
             (not_utf8, "not UTF-8 text"),
             (dir.join("missing.json"), "(os error 2)"),
         ];
@@ -159,7 +161,6 @@ mod tests {
             let name = path.display().to_string();
             assert_eq!(err.matches(&name).count(), 1, "{err}");
         }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// A key or value of megabytes is quoted in part, not echoed whole.

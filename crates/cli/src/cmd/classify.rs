@@ -74,9 +74,12 @@ pub fn run(args: Classify, globals: &Globals) -> Result<()> {
             (packed(model.into(), bf16), Some(labels), transform)
         }
     };
-    let predictions =
-        idlevit_train::evaluate::classify(&model, &args.images, args.top, &transform)?;
-    for prediction in predictions {
+    let classified = idlevit_train::evaluate::classify(&model, &args.images, args.top, &transform)?;
+    // Each unreadable file is named as soon as it is known; the others are still classified.
+    for (_, err) in &classified.unreadable {
+        eprintln!("error: {err}");
+    }
+    for prediction in classified.predictions {
         if prediction.top.iter().any(|(_, p)| !p.is_finite()) {
             eprintln!(
                 "warning: {} gave NaN or infinite logits; its classes mean nothing",
@@ -92,6 +95,12 @@ pub fn run(args: Classify, globals: &Globals) -> Result<()> {
             println!("  {class:>5}  {prob:.4}  {name}");
         }
     }
+    ensure!(
+        classified.unreadable.is_empty(),
+        "{} of {} image files could not be read (named above)",
+        classified.unreadable.len(),
+        args.images.len()
+    );
     Ok(())
 }
 

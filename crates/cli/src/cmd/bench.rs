@@ -14,18 +14,6 @@ use crate::args::ModelArgs;
 use crate::checks;
 use crate::policy::compared_policy;
 
-/// Throughput measured on a 2-core CPU with PyTorch eager, fp32, 2 threads (the IdleViT paper's CPU table, `docs/algorithm.md`):
-/// `(engine and model, batch-1 images/s, batch-32 images/s)`. Measured elsewhere; printed
-/// beside our own figures for orientation, never used as the basis of a ratio.
-pub const REFERENCE_THROUGHPUT: &[(&str, f64, f64)] = &[
-    ("timm DeiT-T", 34.6, 49.3),
-    ("timm DeiT-S", 12.9, 17.4),
-    ("timm DeiT-B", 4.2, 4.8),
-    ("ONNX Runtime DeiT-S", 14.5, 16.0),
-    ("authors' IdleViT DeiT-S r=0.7", 13.1, 19.8),
-    ("authors' IdleViT DeiT-S r=0.5", 17.5, 21.2),
-];
-
 /// The arguments of `bench`.
 #[derive(Args)]
 pub struct Bench {
@@ -118,12 +106,6 @@ pub fn run(args: Bench, globals: &Globals) -> Result<()> {
             speedup / macs_ratio
         );
         print_memory(&report);
-    }
-    println!(
-        "reference rows, measured elsewhere (the IdleViT paper's CPU table; PyTorch eager, fp32, 2 threads):"
-    );
-    for (engine, b1, b32) in REFERENCE_THROUGHPUT {
-        println!("  {engine:<32} batch 1 {b1:6.1}   batch 32 {b32:6.1} images/s");
     }
     Ok(())
 }

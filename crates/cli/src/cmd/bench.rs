@@ -10,7 +10,7 @@ use idlevit_train::models::load_zoo_model;
 use idlevit_zoo::{PolicyKind, TokenPolicy};
 
 use super::{Globals, check_model_memory, inference_use};
-use crate::args::ModelArgs;
+use crate::args::{ModelArgs, PolicyChoice};
 use crate::checks;
 use crate::policy::compared_policy;
 
@@ -22,9 +22,9 @@ pub struct Bench {
     /// Run the linear layers and attention in bfloat16 (f32 accumulation); see docs/bf16.md.
     #[arg(long)]
     bf16: bool,
-    /// Selection policy to compare against dense (idle, prune or evit).
-    #[arg(long, default_value = "idle", value_name = "POLICY")]
-    policy: PolicyKind,
+    /// The selection policy compared with dense.
+    #[arg(long, value_enum, default_value_t = PolicyChoice::Idle)]
+    policy: PolicyChoice,
     /// Base keep rate r of the policy (see `logits --help`); dense only when absent.
     #[arg(long, value_name = "R")]
     keep_rate: Option<f64>,
@@ -53,6 +53,7 @@ pub fn run(args: Bench, globals: &Globals) -> Result<()> {
         keep_rate,
         ..
     } = args;
+    let policy = PolicyKind::from(policy);
     let resolved = super::resolve_model(&args.model, args.weights.as_deref())?;
     let (name, config) = (resolved.name, resolved.config);
     check_model_memory(&config, batch, inference_use(args.bf16), globals.max_memory)?;

@@ -5,7 +5,7 @@ use clap::Args;
 use idlevit_zoo::{PolicyKind, TokenPolicy};
 
 use super::Globals;
-use crate::args::ModelArgs;
+use crate::args::{ModelArgs, PolicyChoice};
 use crate::policy::compared_policy;
 
 /// The arguments of `flops`.
@@ -13,9 +13,9 @@ use crate::policy::compared_policy;
 pub struct Flops {
     #[command(flatten)]
     model: ModelArgs,
-    /// Selection policy (idle, prune or evit).
-    #[arg(long, default_value = "idle", value_name = "POLICY")]
-    policy: PolicyKind,
+    /// The selection policy counted beside dense.
+    #[arg(long, value_enum, default_value_t = PolicyChoice::Idle)]
+    policy: PolicyChoice,
     /// Base keep rate r; dense only when absent (unless the config lists a schedule).
     #[arg(long, value_name = "R")]
     keep_rate: Option<f64>,
@@ -26,7 +26,8 @@ pub fn run(args: Flops, _globals: &Globals) -> Result<()> {
     let name = args.model.name();
     let config = args.model.zoo_config()?;
     let dense = config.macs(&TokenPolicy::Dense)?;
-    let token_policy = compared_policy(&config, args.policy, args.keep_rate)?;
+    let policy = PolicyKind::from(args.policy);
+    let token_policy = compared_policy(&config, policy, args.keep_rate)?;
     println!("{name} dense: {:.2} GMACs", dense / 1e9);
     if token_policy != TokenPolicy::Dense {
         let reduced = config.macs(&token_policy)?;
@@ -35,7 +36,7 @@ pub fn run(args: Flops, _globals: &Globals) -> Result<()> {
             .map_or("config schedule".into(), |r| format!("r={r}"));
         println!(
             "{name} {} {label}: {:.2} GMACs ({:.3}x fewer than dense)",
-            args.policy,
+            policy,
             reduced / 1e9,
             dense / reduced
         );

@@ -147,7 +147,7 @@ fn zoo_model(
         .weights
         .as_deref()
         .ok_or_else(|| anyhow::anyhow!("give --weights"))?;
-    let token_policy = resolve_policy(config, policy.mode, policy.policy, policy.keep_rate)?;
+    let token_policy = resolve_policy(config, policy.mode, policy.policy.into(), policy.keep_rate)?;
     let loaded = inference_model(config, weights, bf16, batch, globals)?;
     Ok(loaded.with_policy(token_policy)?)
 }

@@ -11,8 +11,12 @@ use idlevit_zoo::{PolicyKind, ZooConfig};
 use crate::checks;
 use crate::policy::Mode;
 
-/// Which model to run: a named size or a JSON config.
+/// Which model to run: a named size or a JSON config (at most one: clap refuses both). That
+/// one of them is given is checked when the command runs, because a timm hub snapshot
+/// directory given as `--weights` selects the model instead, and clap cannot tell a
+/// directory from a file.
 #[derive(Args)]
+#[group(id = "model-selection", multiple = false)]
 pub struct ModelArgs {
     /// Model config JSON. A DeiT's keys: img_size, patch_size, embed_dim, depth, num_heads,
     /// mlp_ratio, num_classes, qkv_bias. With "family": "lvvit" or "pvt_v2", that family's
@@ -30,7 +34,7 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     /// The config of any zoo family from `--config FILE` (its `family` key picks the family;
-    /// a DeiT's without it) or `--model NAME` (exactly one must be given).
+    /// a DeiT's without it) or `--model NAME` (one must be given; clap refuses both).
     pub fn zoo_config(&self) -> Result<ZooConfig> {
         match (&self.config, &self.model) {
             (Some(path), None) => Ok(ZooConfig::from_file(path)?),

@@ -44,3 +44,23 @@ fn help_lists_every_choice_and_bad_choices_are_refused_by_name() {
         );
     }
 }
+
+#[test]
+fn model_and_config_together_are_refused_before_anything_runs() {
+    let out = idlevit(&["flops", "--model", "deit_small", "--config", "missing.json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("'--model <NAME>' cannot be used with '--config <CFG.json>'")
+            || stderr.contains("'--config <CFG.json>' cannot be used with '--model <NAME>'"),
+        "{stderr}"
+    );
+    // Neither is still refused, when the command runs (a hub snapshot could have named it).
+    let out = idlevit(&["flops"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("give --config CFG.json or --model NAME"),
+        "{stderr}"
+    );
+}

@@ -221,6 +221,12 @@ fn read_input(path: &Path, strict: bool) -> Result<Tensor> {
     Ok(idlevit_data::weights::require_tensor(&inputs, "input", "input", path)?.clone())
 }
 
+/// Prints `value` as the one JSON object of a command's `--json` output.
+fn print_json(value: &serde_json::Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
 /// `path`, when one was given, as named by `flag`.
 pub(crate) fn named<'a>(flag: &'a str, path: &'a Option<PathBuf>) -> Option<NamedPath<'a>> {
     path.as_deref().map(|p| NamedPath::new(flag, p))

@@ -52,6 +52,11 @@ enum Command {
     /// Multiply-accumulates per image (GMACs) by the cost formula of `docs/algorithm.md`, dense and under a
     /// policy.
     Flops(cmd::flops::Flops),
+    /// Convert a PyTorch checkpoint's weights to safetensors (f32).
+    ///
+    /// Nothing in the pickle is executed: unknown globals stay inert and are named (refused
+    /// with --strict).
+    Convert(cmd::convert::Convert),
 }
 
 /// Starts the thread pool `--threads` asks for, then runs the command as a member of `group`.
@@ -76,6 +81,7 @@ fn dispatch(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
         Command::Eval(args) => cmd::eval::run(args, &globals),
         Command::Digits(args) => cmd::digits::run(args, &globals),
         Command::Flops(args) => cmd::flops::run(args, &globals),
+        Command::Convert(args) => cmd::convert::run(args, &globals),
     }
 }
 

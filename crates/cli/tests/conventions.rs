@@ -1,5 +1,6 @@
 //! The command line's conventions: choices that clap checks and lists, the model selected
-//! by one flag at most, and `--json` output that parses and says what the library computes.
+//! by one flag at most, `--json` output that parses and says what the library computes,
+//! and `convert` as the library converts.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -302,5 +303,49 @@ fn eval_and_bench_json_parse_and_agree_with_the_library() {
             )
             .unwrap();
     assert_close(json["gmac_ratio"].as_f64(), gmac_ratio);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn convert_writes_what_the_library_writes_and_strict_refuses_unknown_globals() {
+    let dir = scratch("convert");
+    let input = fixture("deit/p8_i32_d2/checkpoint.pth");
+    let (ours, library) = (
+        dir.join("ours.safetensors"),
+        dir.join("library.safetensors"),
+    );
+    let out = idlevit(&["convert", s(&input), s(&ours)]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("kept inert (never executed): argparse.Namespace"),
+        "{stdout}"
+    );
+    let options = idlevit_train::convert::ConvertOptions::default();
+    let report = idlevit_train::convert::convert(&input, &library, &options).unwrap();
+    assert!(
+        stdout.contains(&format!("wrote {} tensors", report.tensors)),
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::read(&ours).unwrap(),
+        std::fs::read(&library).unwrap()
+    );
+
+    let refused = dir.join("refused.safetensors");
+    let out = idlevit(&["convert", "--strict", s(&input), s(&refused)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("argparse.Namespace"), "{stderr}");
+    assert!(!refused.exists());
+
+    let out = idlevit(&["convert", "--family", "deit", s(&input), s(&refused)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("[possible values: lvvit]"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

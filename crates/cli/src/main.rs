@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use idlevit_cli::{checks, cmd};
 use idlevit_train::distributed::{ProcessGroup, SingleProcess};
 
@@ -57,6 +57,15 @@ enum Command {
     /// Nothing in the pickle is executed: unknown globals stay inert and are named (refused
     /// with --strict).
     Convert(cmd::convert::Convert),
+    /// Print a shell completion script.
+    ///
+    /// For example `idlevit completions bash >
+    /// ~/.local/share/bash-completion/completions/idlevit`.
+    Completions {
+        /// The shell the script is for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Starts the thread pool `--threads` asks for, then runs the command as a member of `group`.
@@ -82,6 +91,15 @@ fn dispatch(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
         Command::Digits(args) => cmd::digits::run(args, &globals),
         Command::Flops(args) => cmd::flops::run(args, &globals),
         Command::Convert(args) => cmd::convert::run(args, &globals),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "idlevit",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
     }
 }
 

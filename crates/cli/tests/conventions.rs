@@ -1,6 +1,6 @@
 //! The command line's conventions: choices that clap checks and lists, the model selected
 //! by one flag at most, `--json` output that parses and says what the library computes,
-//! and `convert` as the library converts.
+//! `convert` as the library converts, and shell completions.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -348,4 +348,23 @@ fn convert_writes_what_the_library_writes_and_strict_refuses_unknown_globals() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("[possible values: lvvit]"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn completions_name_every_command_for_each_shell() {
+    for (shell, marker) in [
+        ("bash", "_idlevit()"),
+        ("zsh", "#compdef idlevit"),
+        ("fish", "complete -c idlevit"),
+    ] {
+        let out = idlevit(&["completions", shell]);
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && script.contains(marker),
+            "{shell}: {script}"
+        );
+        for command in ["logits", "classify", "bench", "flops", "eval", "convert"] {
+            assert!(script.contains(command), "{shell}: no {command}");
+        }
+    }
 }

@@ -40,8 +40,9 @@ enum Task {
         #[arg(long)]
         threads: Option<usize>,
     },
-    /// Convert a PyTorch checkpoint (.pth, zip + pickle) to safetensors with f32 tensors.
-    /// Nothing in the pickle is executed; unknown globals stay inert placeholders.
+    /// Convert a PyTorch checkpoint (.pth, zip + pickle) to safetensors with f32 tensors
+    /// (the same as `idlevit convert`). Nothing in the pickle is executed; unknown globals
+    /// stay inert placeholders.
     Convert {
         /// The PyTorch checkpoint.
         input: PathBuf,
@@ -206,6 +207,7 @@ fn main() -> ExitCode {
                 family,
             },
         )
+        .map_err(anyhow::Error::from)
         .map(|report| {
             println!("wrote {} tensors to {}", report.tensors, output.display());
             if !report.skipped.is_empty() {

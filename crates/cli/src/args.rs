@@ -11,8 +11,12 @@ use idlevit_zoo::{PolicyKind, ZooConfig};
 use crate::checks;
 use crate::policy::Mode;
 
-/// Which model to run: a named size or a JSON config.
+/// Which model to run: a named size or a JSON config (at most one: clap refuses both). That
+/// one of them is given is checked when the command runs, because a timm hub snapshot
+/// directory given as `--weights` selects the model instead, and clap cannot tell a
+/// directory from a file.
 #[derive(Args)]
+#[group(id = "model-selection", multiple = false)]
 pub struct ModelArgs {
     /// Model config JSON. A DeiT's keys: img_size, patch_size, embed_dim, depth, num_heads,
     /// mlp_ratio, num_classes, qkv_bias. With "family": "lvvit" or "pvt_v2", that family's
@@ -30,7 +34,7 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     /// The config of any zoo family from `--config FILE` (its `family` key picks the family;
-    /// a DeiT's without it) or `--model NAME` (exactly one must be given).
+    /// a DeiT's without it) or `--model NAME` (one must be given; clap refuses both).
     pub fn zoo_config(&self) -> Result<ZooConfig> {
         match (&self.config, &self.model) {
             (Some(path), None) => Ok(ZooConfig::from_file(path)?),
@@ -56,20 +60,64 @@ impl ModelArgs {
 /// How tokens are selected: the form of the model and the policy at its selection layers.
 #[derive(Args)]
 pub struct PolicyArgs {
-    /// dense: every token in every layer; idle: selection layers in their gathered
-    /// (inference) form; masked: idle layers in their masked (training) form.
-    #[arg(long, default_value = "dense", value_name = "MODE")]
+    /// The form of the model: every token everywhere, or selection layers gathered
+    /// (inference) or masked (training).
+    #[arg(long, value_enum, default_value_t = Mode::Dense)]
     pub mode: Mode,
-    /// At selection layers: idle (IdleViT: unselected tokens skip the layer and stay),
-    /// prune (top-k pruning: dropped for good) or evit (EViT: fused into one token).
-    #[arg(long, default_value = "idle", value_name = "POLICY")]
-    pub policy: PolicyKind,
+    /// What selection layers do with the tokens they leave out.
+    #[arg(long, value_enum, default_value_t = PolicyChoice::Idle)]
+    pub policy: PolicyChoice,
     /// Base keep rate r in (0, 1]: DeiT idle/prune layers 4..11 keep r, r^2, r^3 of the
     /// tokens (LV-ViT-S 4..15, LV-ViT-M 5..19; PVT-v2 idles stages 2-4); EViT layers 3, 6, 9
     /// keep r of those present. Not needed when the config lists idle_layers and
     /// keep_ratios.
     #[arg(long, value_name = "R", value_parser = checks::keep_rate, allow_negative_numbers = true)]
     pub keep_rate: Option<f64>,
+}
+
+/// `--policy`: what a selection layer does with the tokens it leaves out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PolicyChoice {
+    /// IdleViT: they skip the layer and stay, selectable again later.
+    Idle,
+    /// Top-k pruning: they are dropped for good.
+    Prune,
+    /// EViT: they are fused into one token.
+    Evit,
+}
+
+impl From<PolicyChoice> for PolicyKind {
+    fn from(choice: PolicyChoice) -> Self {
+        match choice {
+            PolicyChoice::Idle => Self::Idle,
+            PolicyChoice::Prune => Self::Prune,
+            PolicyChoice::Evit => Self::Evit,
+        }
+    }
+}
+
+/// `--cut-loss`: which terms of the token cut loss to train with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CutLossChoice {
+    /// Both terms, inter + intra (the release's default).
+    Both,
+    /// Only the attention crossing the cut.
+    Inter,
+    /// Only the attention kept inside the selected tokens.
+    Intra,
+    /// No cut loss.
+    None,
+}
+
+impl From<CutLossChoice> for idlevit_cutloss::CutLoss {
+    fn from(choice: CutLossChoice) -> Self {
+        match choice {
+            CutLossChoice::Both => Self::Both,
+            CutLossChoice::Inter => Self::Inter,
+            CutLossChoice::Intra => Self::Intra,
+            CutLossChoice::None => Self::None,
+        }
+    }
 }
 
 /// `--objective`: whose objective to train.
@@ -112,9 +160,9 @@ pub struct ObjectiveArgs {
     /// batch's, as the release finetunes).
     #[arg(long, value_enum, default_value_t = BatchNormChoice::Frozen)]
     pub batchnorm: BatchNormChoice,
-    /// Cut-loss terms: both, inter, intra or none.
-    #[arg(long, default_value = "both")]
-    pub cut_loss: idlevit_cutloss::CutLoss,
+    /// Which terms of the token cut loss to train with.
+    #[arg(long, value_enum, default_value_t = CutLossChoice::Both)]
+    pub cut_loss: CutLossChoice,
     /// Weight of the cut loss (averaged over idle layers) [default: 20; 0 for PVT-v2, whose
     /// spatial-reduction attention has no CLS row and hence no cut loss: a non-zero weight
     /// on an idle PVT-v2 is an error, see docs/pvt-idle.md].
@@ -141,7 +189,7 @@ impl ObjectiveArgs {
                 ObjectiveChoice::Paper => idlevit_train::ObjectiveForm::Paper,
                 ObjectiveChoice::Release => idlevit_train::ObjectiveForm::Release,
             },
-            cut_loss: self.cut_loss,
+            cut_loss: self.cut_loss.into(),
             cut_weight: self.cut_weight.unwrap_or(default_cut),
             distill_weight: self.distill_weight,
             smoothing: self.smoothing,

@@ -3,13 +3,15 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use idlevit_cli::{checks, cmd};
 use idlevit_train::distributed::{ProcessGroup, SingleProcess};
 
-/// Vision Transformers on CPU: dense inference today, token idling (IdleViT) next.
+/// Vision Transformers on CPU, made cheaper by token idling (IdleViT): logits, image
+/// classification, benchmarks, cost counts, finetuning and evaluation of DeiT, ViT, LV-ViT
+/// and PVT-v2 models.
 #[derive(Parser)]
-#[command(name = "idlevit", version, about, long_about = None)]
+#[command(name = "idlevit", version, long_about = None)]
 struct Cli {
     /// Worker threads for the kernels (default: all cores).
     #[arg(long, global = true, value_parser = checks::at_least_one, allow_negative_numbers = true)]
@@ -28,30 +30,61 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the model on tensor `input` (B,3,H,W) of a safetensors file; write tensor `logits`.
+    /// A model's logits on a tensor of images, dense or under a token policy.
+    ///
+    /// Reads tensor `input` (B,3,H,W) of a safetensors or .pth file; writes tensor `logits`,
+    /// and optionally the tokens each selection layer chose.
     Logits(cmd::logits::Logits),
-    /// Classify image files (shorter side to img/0.875 bicubic, e.g. 256 for 224, center crop,
-    /// ImageNet normalisation).
-    /// Without --weights: the embedded default model, a small DeiT trained on the digits task
-    /// (64x64 inputs, classes 0..9).
+    /// The top classes of image files.
+    ///
+    /// Classes are named by --labels or, for 1000-class models, by ImageNet's names. Images
+    /// are prepared as a hub snapshot's config says, else shorter side to img/0.875 (bicubic,
+    /// e.g. 256 for 224), center crop, ImageNet normalisation. Without --weights: the
+    /// embedded default model, a small DeiT trained on the digits task (64x64 inputs, classes
+    /// 0..9). A file that cannot be read is named, the others are classified, and the command
+    /// fails at the end.
     Classify(cmd::classify::Classify),
-    /// Median images/s over timed runs after warm-up; with --keep-rate, the policy's model
-    /// and the dense model are timed in the same run and compared.
+    /// Images per second, dense against a token policy, or f32 against bf16.
+    ///
+    /// Medians over timed runs after warm-up; with --keep-rate, the policy's model and the
+    /// dense model are timed interleaved in the same run and compared (with --bf16, f32 and
+    /// bf16 likewise).
     Bench(cmd::bench::Bench),
-    /// The finetuning objective on one batch (masked idle form): prints ce, cut (summed over
-    /// idle layers, before weighting) and total; optionally writes every parameter's gradient.
+    /// The finetuning objective on one batch, and optionally every parameter's gradient.
+    ///
+    /// Runs the masked idle form; prints ce, cut (summed over idle layers, before weighting)
+    /// and total.
     Loss(cmd::loss::Loss),
-    /// Finetune an idle model of any family on an image folder (DIR/train/<class>/*,
-    /// DIR/val/<class>/*; or DIR/<class>/* for training only), with a frozen dense teacher.
+    /// Finetune an idle model of any family on an image folder.
+    ///
+    /// DIR/train/<class>/* and DIR/val/<class>/* (or DIR/<class>/* for training only),
+    /// optionally distilled from a frozen dense teacher.
     Finetune(cmd::finetune::Finetune),
     /// Top-1 / top-5 accuracy on an image folder (DIR/<class>/*), dense or idle.
     Eval(cmd::eval::Eval),
-    /// Write the digits task (UCI digits on cluttered 64x64 canvases, seeded) as an image
-    /// folder DIR/{train,val}/<digit>/*.png for `finetune --data DIR` and `eval`.
+    /// Write the digits task as an image folder.
+    ///
+    /// UCI digits on cluttered 64x64 canvases, seeded, as DIR/{train,val}/<digit>/*.png for
+    /// `finetune --data DIR` and `eval`.
     Digits(cmd::digits::Digits),
-    /// Multiply-accumulates per image (GMACs) by the cost formula of `docs/algorithm.md`, dense and under a
-    /// policy.
+    /// Multiply-accumulates per image (GMACs), dense and under a token policy.
+    ///
+    /// Counted as the paper counts them (docs/algorithm.md, "Cost").
     Flops(cmd::flops::Flops),
+    /// Convert a PyTorch checkpoint's weights to safetensors (f32).
+    ///
+    /// Nothing in the pickle is executed: unknown globals stay inert and are named (refused
+    /// with --strict).
+    Convert(cmd::convert::Convert),
+    /// Print a shell completion script.
+    ///
+    /// For example `idlevit completions bash >
+    /// ~/.local/share/bash-completion/completions/idlevit`.
+    Completions {
+        /// The shell the script is for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Starts the thread pool `--threads` asks for, then runs the command as a member of `group`.
@@ -76,6 +109,16 @@ fn dispatch(cli: Cli, group: &dyn ProcessGroup) -> Result<()> {
         Command::Eval(args) => cmd::eval::run(args, &globals),
         Command::Digits(args) => cmd::digits::run(args, &globals),
         Command::Flops(args) => cmd::flops::run(args, &globals),
+        Command::Convert(args) => cmd::convert::run(args, &globals),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "idlevit",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
     }
 }
 

@@ -4,8 +4,8 @@
 use anyhow::{Result, bail};
 use idlevit_zoo::{PolicyKind, TokenPolicy, ZooConfig};
 
-/// Which form of the model runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// `--mode`: which form of the model runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
     /// Every token through every layer.
     Dense,
@@ -13,21 +13,6 @@ pub enum Mode {
     Idle,
     /// Idle layers in their masked, training form (all tokens kept in the tensors).
     Masked,
-}
-
-impl std::str::FromStr for Mode {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "dense" => Ok(Self::Dense),
-            "idle" => Ok(Self::Idle),
-            "masked" => Ok(Self::Masked),
-            other => Err(format!(
-                "unknown mode `{other}`; expected dense, idle or masked"
-            )),
-        }
-    }
 }
 
 /// The policy for `mode`, `kind` and an optional base keep rate, for a model of any family.

@@ -202,7 +202,7 @@ fn oversized_batches_are_refused_before_allocating() {
 }
 
 #[test]
-fn classify_prints_top_classes_and_refuses_non_images() {
+fn classify_prints_top_classes_and_names_the_files_it_cannot_read() {
     let image = fixtures().join("images/sample.png");
     let out = idlevit(&[
         "classify",
@@ -222,7 +222,33 @@ fn classify_prints_top_classes_and_refuses_non_images() {
     );
     assert_eq!(stdout.lines().count(), 4, "{stdout}");
 
+    // An undecodable file among good ones is named, the others are still classified, and
+    // the command fails at the end.
     let bad = fixtures().join("images/not_an_image.png");
+    let out = idlevit(&[
+        "classify",
+        "--config",
+        path(&deit("config.json")),
+        "--weights",
+        path(&deit("weights.safetensors")),
+        "--top",
+        "3",
+        path(&image),
+        path(&bad),
+        path(&image),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(stdout.lines().count(), 8, "{stdout}");
+    assert_eq!(stdout.matches("sample.png").count(), 2, "{stdout}");
+    assert!(!stdout.contains("not_an_image.png"), "{stdout}");
+    assert_eq!(stderr.matches("not_an_image.png").count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("1 of 3 image files could not be read") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+
     let out = idlevit(&[
         "classify",
         "--config",
@@ -233,6 +259,7 @@ fn classify_prints_top_classes_and_refuses_non_images() {
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
     assert!(
         stderr.contains("not_an_image.png") && !stderr.contains("panicked"),
         "{stderr}"

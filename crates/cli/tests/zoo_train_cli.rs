@@ -86,7 +86,7 @@ fn classify_prints_the_library_predictions_for_every_family() {
             idlevit(&[&model[..], extra, &rest].concat())
         };
         let stdout = success(&classify(&["--top", "2"]));
-        for (class, prob) in &expected[0].top {
+        for (class, prob) in &expected.predictions[0].top {
             let line = format!("  {class:>5}  {prob:.4}");
             assert!(
                 stdout.contains(&line),
@@ -96,7 +96,7 @@ fn classify_prints_the_library_predictions_for_every_family() {
         }
         // bf16 (or f32 where it cannot win on this CPU) ranks the same classes.
         let stdout = success(&classify(&["--bf16", "--top", "2"]));
-        for (class, _) in &expected[0].top {
+        for (class, _) in &expected.predictions[0].top {
             let line = format!("  {class:>5}  ");
             assert!(
                 stdout.contains(&line),

@@ -167,14 +167,26 @@ pub struct Prediction {
     pub top: Vec<(usize, f32)>,
 }
 
+/// What [`classify`] made of its image files: the predictions for those it could read, in
+/// the order given, and why each of the others could not be read.
+#[derive(Debug)]
+pub struct Classified {
+    /// One per readable image.
+    pub predictions: Vec<Prediction>,
+    /// Each image file that could not be read or decoded, with the reason.
+    pub unreadable: Vec<(PathBuf, idlevit_data::DataError)>,
+}
+
 /// Classifies image files: preprocess, run the model, softmax, keep the `top` best classes.
 /// `transform` prepares each image (a hub snapshot's own, or [`EvalTransform::for_size`]).
+/// A file that cannot be read or decoded is set aside in [`Classified::unreadable`] and the
+/// rest are classified (with none readable, the model does not run).
 pub fn classify(
     model: &ZooModel,
     images: &[PathBuf],
     top: usize,
     transform: &EvalTransform,
-) -> Result<Vec<Prediction>> {
+) -> Result<Classified> {
     if images.is_empty() {
         bail!("no images given");
     }
@@ -186,15 +198,29 @@ pub fn classify(
         );
     }
     let mut batch = Vec::with_capacity(batch_values(images.len(), side)?);
+    let mut readable = Vec::with_capacity(images.len());
+    let mut unreadable = Vec::new();
     for path in images {
-        batch.extend(load_image(path, transform)?.into_vec());
+        match load_image(path, transform) {
+            Ok(image) => {
+                batch.extend(image.into_vec());
+                readable.push(path);
+            }
+            Err(err) => unreadable.push((path.clone(), err)),
+        }
     }
-    let batch = Tensor::from_vec(vec![images.len(), 3, side, side], batch)?;
+    if readable.is_empty() {
+        return Ok(Classified {
+            predictions: Vec::new(),
+            unreadable,
+        });
+    }
+    let batch = Tensor::from_vec(vec![readable.len(), 3, side, side], batch)?;
     let logits = model.forward(&Eager, &batch)?;
     let probs = Eager.softmax(&logits)?;
     let classes = probs.shape()[1];
-    Ok(images
-        .iter()
+    let predictions = readable
+        .into_iter()
         .zip(probs.to_vec().chunks(classes.max(1)))
         .map(|(path, row)| {
             let mut order: Vec<usize> = (0..row.len()).collect();
@@ -205,7 +231,11 @@ pub fn classify(
                 top,
             }
         })
-        .collect())
+        .collect();
+    Ok(Classified {
+        predictions,
+        unreadable,
+    })
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod convert;
 pub mod distributed;
 mod error;
 pub mod evaluate;

@@ -9,22 +9,12 @@ use idlevit_train::bench::{BenchReport, PrecisionBench, bench, bench_precision};
 use idlevit_train::models::load_zoo_model;
 use idlevit_zoo::{PolicyKind, TokenPolicy};
 
-use super::{Globals, check_model_memory, inference_use};
-use crate::args::ModelArgs;
+use serde_json::json;
+
+use super::{Globals, check_model_memory, inference_use, print_json};
+use crate::args::{ModelArgs, PolicyChoice};
 use crate::checks;
 use crate::policy::compared_policy;
-
-/// Throughput measured on a 2-core CPU with PyTorch eager, fp32, 2 threads (the IdleViT paper's CPU table, `docs/algorithm.md`):
-/// `(engine and model, batch-1 images/s, batch-32 images/s)`. Measured elsewhere; printed
-/// beside our own figures for orientation, never used as the basis of a ratio.
-pub const REFERENCE_THROUGHPUT: &[(&str, f64, f64)] = &[
-    ("timm DeiT-T", 34.6, 49.3),
-    ("timm DeiT-S", 12.9, 17.4),
-    ("timm DeiT-B", 4.2, 4.8),
-    ("ONNX Runtime DeiT-S", 14.5, 16.0),
-    ("authors' IdleViT DeiT-S r=0.7", 13.1, 19.8),
-    ("authors' IdleViT DeiT-S r=0.5", 17.5, 21.2),
-];
 
 /// The arguments of `bench`.
 #[derive(Args)]
@@ -34,9 +24,9 @@ pub struct Bench {
     /// Run the linear layers and attention in bfloat16 (f32 accumulation); see docs/bf16.md.
     #[arg(long)]
     bf16: bool,
-    /// Selection policy to compare against dense (idle, prune or evit).
-    #[arg(long, default_value = "idle", value_name = "POLICY")]
-    policy: PolicyKind,
+    /// The selection policy compared with dense.
+    #[arg(long, value_enum, default_value_t = PolicyChoice::Idle)]
+    policy: PolicyChoice,
     /// Base keep rate r of the policy (see `logits --help`); dense only when absent.
     #[arg(long, value_name = "R")]
     keep_rate: Option<f64>,
@@ -53,6 +43,9 @@ pub struct Bench {
     /// Timed passes.
     #[arg(long, default_value_t = 5, value_parser = checks::at_least_one, allow_negative_numbers = true)]
     runs: usize,
+    /// Print one JSON object on stdout instead of text (its fields: README).
+    #[arg(long)]
+    json: bool,
 }
 
 /// Runs `bench`.
@@ -65,6 +58,7 @@ pub fn run(args: Bench, globals: &Globals) -> Result<()> {
         keep_rate,
         ..
     } = args;
+    let policy = PolicyKind::from(policy);
     let resolved = super::resolve_model(&args.model, args.weights.as_deref())?;
     let (name, config) = (resolved.name, resolved.config);
     check_model_memory(&config, batch, inference_use(args.bf16), globals.max_memory)?;
@@ -83,15 +77,41 @@ pub fn run(args: Bench, globals: &Globals) -> Result<()> {
         keep_rate.map_or("config".into(), |r| r.to_string())
     )
     .to_lowercase();
+    // What every form of the report states first.
+    let mut json = json!({
+        "model": name,
+        "batch": batch,
+        "threads": threads,
+        "warmup": warmup,
+        "runs": runs,
+    });
     if args.bf16 {
         let report = bench_precision(&dense, &token_policy, &label, batch, warmup, runs)?;
+        let kernel = idlevit_kernels::bf16_kernel_name();
+        let expected_faster = idlevit_kernels::bf16_expected_faster_than_f32();
+        if args.json {
+            json["bf16_kernel"] = json!(kernel);
+            json["bf16_expected_faster"] = json!(expected_faster);
+            json["rows"] = report
+                .rows
+                .iter()
+                .map(|(label, f32_ips, bf16_ips)| {
+                    json!({
+                        "label": label,
+                        "f32_images_per_second": f32_ips,
+                        "bf16_images_per_second": bf16_ips,
+                        "bf16_over_f32": bf16_ips / f32_ips,
+                    })
+                })
+                .collect();
+            return print_json(&json);
+        }
         println!(
-            "{name} batch {batch} threads {threads}, bf16 kernel {}, medians of {runs} \
-             interleaved runs:",
-            idlevit_kernels::bf16_kernel_name()
+            "{name} batch {batch} threads {threads}, bf16 kernel {kernel}, medians of {runs} \
+             interleaved runs:"
         );
         print_precision(&report);
-        if !idlevit_kernels::bf16_expected_faster_than_f32() {
+        if !expected_faster {
             println!(
                 "  (on this CPU the other commands run f32 when given --bf16: its bf16 \
                  kernel is not expected to win)"
@@ -99,9 +119,14 @@ pub fn run(args: Bench, globals: &Globals) -> Result<()> {
         }
     } else if token_policy == TokenPolicy::Dense {
         let report = bench(&[&dense], side, batch, warmup, runs)?;
+        let dense_ips = report.images_per_second(0);
+        if args.json {
+            json["rows"] = json!([{"label": "dense", "images_per_second": dense_ips}]);
+            json["memory"] = memory_json(&report);
+            return print_json(&json);
+        }
         println!(
-            "{name} dense batch {batch} threads {threads}: {:.2} images/s (median of {runs})",
-            report.images_per_second(0)
+            "{name} dense batch {batch} threads {threads}: {dense_ips:.2} images/s (median of {runs})"
         );
         print_memory(&report);
     } else {
@@ -109,23 +134,38 @@ pub fn run(args: Bench, globals: &Globals) -> Result<()> {
         let report = bench(&[&dense, &selecting], side, batch, warmup, runs)?;
         let (dense_ips, policy_ips) = (report.images_per_second(0), report.images_per_second(1));
         let macs_ratio = config.macs(&TokenPolicy::Dense)? / config.macs(&token_policy)?;
+        let speedup = policy_ips / dense_ips;
+        if args.json {
+            json["rows"] = json!([
+                {"label": "dense", "images_per_second": dense_ips},
+                {"label": label, "images_per_second": policy_ips},
+            ]);
+            json["speedup"] = json!(speedup);
+            json["gmac_ratio"] = json!(macs_ratio);
+            json["memory"] = memory_json(&report);
+            return print_json(&json);
+        }
         println!("{name} batch {batch} threads {threads}, medians of {runs} interleaved runs:");
         println!("  dense      {dense_ips:8.2} images/s");
         println!("  {label:<10} {policy_ips:8.2} images/s");
-        let speedup = policy_ips / dense_ips;
         println!(
             "  speed-up {speedup:.3}x over dense; GMAC ratio {macs_ratio:.3}x; speed-up / GMAC ratio {:.3}",
             speedup / macs_ratio
         );
         print_memory(&report);
     }
-    println!(
-        "reference rows, measured elsewhere (the IdleViT paper's CPU table; PyTorch eager, fp32, 2 threads):"
-    );
-    for (engine, b1, b32) in REFERENCE_THROUGHPUT {
-        println!("  {engine:<32} batch 1 {b1:6.1}   batch 32 {b32:6.1} images/s");
-    }
     Ok(())
+}
+
+/// The memory of a benchmark in bytes, as JSON (null where the platform does not report it).
+fn memory_json(report: &BenchReport) -> serde_json::Value {
+    report.memory.map_or(serde_json::Value::Null, |memory| {
+        json!({
+            "peak_bytes": memory.peak,
+            "resident_after_warmup_bytes": memory.after_warmup,
+            "resident_after_runs_bytes": memory.after_runs,
+        })
+    })
 }
 
 /// Prints the table of `bench --bf16`: one line per model with both speeds and their ratio.

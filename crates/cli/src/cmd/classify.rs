@@ -9,7 +9,9 @@ use idlevit_data::labels::{IMAGENET_1K_CLASSES, imagenet_1k};
 use idlevit_data::preprocess::EvalTransform;
 use idlevit_data::weights::read_file;
 
-use super::{Globals, inference_model, packed, resolve_model};
+use serde_json::json;
+
+use super::{Globals, inference_model, packed, print_json, resolve_model};
 use crate::args::ModelArgs;
 use crate::checks;
 
@@ -36,6 +38,9 @@ pub struct Classify {
     /// Image files (PNG, JPEG, BMP, GIF, WebP, TIFF).
     #[arg(required = true, value_name = "IMAGE")]
     images: Vec<PathBuf>,
+    /// Print one JSON object on stdout instead of text (its fields: README).
+    #[arg(long)]
+    json: bool,
 }
 
 /// Runs `classify`.
@@ -74,24 +79,58 @@ pub fn run(args: Classify, globals: &Globals) -> Result<()> {
             (packed(model.into(), bf16), Some(labels), transform)
         }
     };
-    let predictions =
-        idlevit_train::evaluate::classify(&model, &args.images, args.top, &transform)?;
-    for prediction in predictions {
+    let classified = idlevit_train::evaluate::classify(&model, &args.images, args.top, &transform)?;
+    // Each unreadable file is named as soon as it is known; the others are still classified.
+    for (_, err) in &classified.unreadable {
+        eprintln!("error: {err}");
+    }
+    let label = |class: usize| labels.as_ref().and_then(|l| l.get(class));
+    for prediction in &classified.predictions {
         if prediction.top.iter().any(|(_, p)| !p.is_finite()) {
             eprintln!(
                 "warning: {} gave NaN or infinite logits; its classes mean nothing",
                 prediction.path.display()
             );
         }
-        println!("{}", prediction.path.display());
-        for (class, prob) in prediction.top {
-            let name = labels
-                .as_ref()
-                .and_then(|l| l.get(class))
-                .map_or("", String::as_str);
-            println!("  {class:>5}  {prob:.4}  {name}");
+    }
+    if args.json {
+        let images: Vec<_> = classified
+            .predictions
+            .iter()
+            .map(|prediction| {
+                let top: Vec<_> = prediction
+                    .top
+                    .iter()
+                    .map(|&(class, prob)| {
+                        json!({"index": class, "label": label(class), "probability": prob})
+                    })
+                    .collect();
+                json!({"path": prediction.path.display().to_string(), "top": top})
+            })
+            .collect();
+        let unreadable: Vec<_> = classified
+            .unreadable
+            .iter()
+            .map(
+                |(path, err)| json!({"path": path.display().to_string(), "error": err.to_string()}),
+            )
+            .collect();
+        print_json(&json!({"images": images, "unreadable": unreadable}))?;
+    } else {
+        for prediction in &classified.predictions {
+            println!("{}", prediction.path.display());
+            for &(class, prob) in &prediction.top {
+                let name = label(class).map_or("", String::as_str);
+                println!("  {class:>5}  {prob:.4}  {name}");
+            }
         }
     }
+    ensure!(
+        classified.unreadable.is_empty(),
+        "{} of {} image files could not be read (named above)",
+        classified.unreadable.len(),
+        args.images.len()
+    );
     Ok(())
 }
 

@@ -6,7 +6,9 @@ use anyhow::{Result, ensure};
 use clap::Args;
 use idlevit_data::ImageFolder;
 
-use super::{Globals, print_accuracy, resolve_model, zoo_model};
+use serde_json::json;
+
+use super::{Globals, print_accuracy, print_json, resolve_model, zoo_model};
 use crate::args::{ModelArgs, PolicyArgs};
 use crate::checks;
 use crate::policy::Mode;
@@ -31,6 +33,9 @@ pub struct Eval {
     batch: usize,
     #[command(flatten)]
     policy: PolicyArgs,
+    /// Print one JSON object on stdout instead of text (its fields: README).
+    #[arg(long)]
+    json: bool,
 }
 
 /// Runs `eval`.
@@ -52,7 +57,18 @@ pub fn run(args: Eval, globals: &Globals) -> Result<()> {
         group,
         &resolved.transform,
     )?;
-    if leader {
+    if leader && args.json {
+        if let Some(warning) = acc.warning() {
+            eprintln!("{warning}");
+        }
+        print_json(&json!({
+            "model": resolved.name,
+            "images": acc.images,
+            "top1": acc.top1,
+            "top5": acc.top5,
+            "non_finite": acc.non_finite,
+        }))?;
+    } else if leader {
         print_accuracy("", &acc);
     }
     Ok(())

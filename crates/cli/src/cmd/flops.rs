@@ -4,8 +4,10 @@ use anyhow::Result;
 use clap::Args;
 use idlevit_zoo::{PolicyKind, TokenPolicy};
 
-use super::Globals;
-use crate::args::ModelArgs;
+use serde_json::json;
+
+use super::{Globals, print_json};
+use crate::args::{ModelArgs, PolicyChoice};
 use crate::policy::compared_policy;
 
 /// The arguments of `flops`.
@@ -13,12 +15,15 @@ use crate::policy::compared_policy;
 pub struct Flops {
     #[command(flatten)]
     model: ModelArgs,
-    /// Selection policy (idle, prune or evit).
-    #[arg(long, default_value = "idle", value_name = "POLICY")]
-    policy: PolicyKind,
+    /// The selection policy counted beside dense.
+    #[arg(long, value_enum, default_value_t = PolicyChoice::Idle)]
+    policy: PolicyChoice,
     /// Base keep rate r; dense only when absent (unless the config lists a schedule).
     #[arg(long, value_name = "R")]
     keep_rate: Option<f64>,
+    /// Print one JSON object on stdout instead of text (its fields: README).
+    #[arg(long)]
+    json: bool,
 }
 
 /// Runs `flops` (counting allocates nothing, so no global flag matters).
@@ -26,16 +31,34 @@ pub fn run(args: Flops, _globals: &Globals) -> Result<()> {
     let name = args.model.name();
     let config = args.model.zoo_config()?;
     let dense = config.macs(&TokenPolicy::Dense)?;
-    let token_policy = compared_policy(&config, args.policy, args.keep_rate)?;
+    let policy = PolicyKind::from(args.policy);
+    let token_policy = compared_policy(&config, policy, args.keep_rate)?;
+    let reduced = match token_policy {
+        TokenPolicy::Dense => None,
+        _ => Some(config.macs(&token_policy)?),
+    };
+    if args.json {
+        let policy_json = reduced.map(|reduced| {
+            json!({
+                "policy": policy.to_string(),
+                "keep_rate": args.keep_rate,
+                "gmacs": reduced / 1e9,
+                "dense_over_policy": dense / reduced,
+            })
+        });
+        return print_json(&json!({
+            "model": name,
+            "dense_gmacs": dense / 1e9,
+            "policy": policy_json,
+        }));
+    }
     println!("{name} dense: {:.2} GMACs", dense / 1e9);
-    if token_policy != TokenPolicy::Dense {
-        let reduced = config.macs(&token_policy)?;
+    if let Some(reduced) = reduced {
         let label = args
             .keep_rate
             .map_or("config schedule".into(), |r| format!("r={r}"));
         println!(
-            "{name} {} {label}: {:.2} GMACs ({:.3}x fewer than dense)",
-            args.policy,
+            "{name} {policy} {label}: {:.2} GMACs ({:.3}x fewer than dense)",
             reduced / 1e9,
             dense / reduced
         );

@@ -9,7 +9,9 @@ use idlevit_checkpoint::Checkpoint;
 use idlevit_data::files::{NamedPath, check_distinct, write_atomically};
 use idlevit_tensor::Tensor;
 
-use super::{Globals, named, read_input, resolve_model, zoo_model};
+use serde_json::json;
+
+use super::{Globals, named, print_json, read_input, resolve_model, zoo_model};
 use crate::args::{ModelArgs, PolicyArgs};
 use crate::policy::Mode;
 
@@ -37,6 +39,9 @@ pub struct Logits {
     /// `selected.layer{i}` (batch, K+1), original token indices, CLS first.
     #[arg(long, value_name = "F.safetensors")]
     selected_out: Option<PathBuf>,
+    /// Print one JSON object on stdout instead of text (its fields: README).
+    #[arg(long)]
+    json: bool,
 }
 
 /// Runs `logits`.
@@ -73,6 +78,19 @@ pub fn run(args: Logits, globals: &Globals) -> Result<()> {
     write_logits(&run.logits, &args.output)?;
     if let Some(path) = &args.selected_out {
         write_selections(&run.selections, path)?;
+    }
+    if args.json {
+        let layers: Vec<usize> = run.selections.iter().map(|(layer, _)| *layer).collect();
+        let selected = args
+            .selected_out
+            .as_ref()
+            .map(|path| json!({"path": path.display().to_string(), "layers": layers}));
+        return print_json(&json!({
+            "output": args.output.display().to_string(),
+            "shape": run.logits.shape(),
+            "non_finite_rows": rows,
+            "selected_out": selected,
+        }));
     }
     println!(
         "wrote logits {:?} to {}",

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod classify;
+pub mod convert;
 pub mod digits;
 pub mod eval;
 pub mod finetune;
@@ -147,7 +148,7 @@ fn zoo_model(
         .weights
         .as_deref()
         .ok_or_else(|| anyhow::anyhow!("give --weights"))?;
-    let token_policy = resolve_policy(config, policy.mode, policy.policy, policy.keep_rate)?;
+    let token_policy = resolve_policy(config, policy.mode, policy.policy.into(), policy.keep_rate)?;
     let loaded = inference_model(config, weights, bf16, batch, globals)?;
     Ok(loaded.with_policy(token_policy)?)
 }
@@ -219,6 +220,12 @@ fn inference_use(bf16: bool) -> MemoryUse {
 fn read_input(path: &Path, strict: bool) -> Result<Tensor> {
     let inputs = idlevit_data::weights::read_checkpoint(path, "input", strict)?;
     Ok(idlevit_data::weights::require_tensor(&inputs, "input", "input", path)?.clone())
+}
+
+/// Prints `value` as the one JSON object of a command's `--json` output.
+fn print_json(value: &serde_json::Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
 }
 
 /// `path`, when one was given, as named by `flag`.

@@ -13,9 +13,22 @@ pub fn imagenet_1k() -> Vec<&'static str> {
     IMAGENET_1K.lines().collect()
 }
 
+/// The class names of a model with `classes` classes when no labels are given: ImageNet-1k's
+/// for a 1000-class model (what a 1000-class head almost always predicts), none otherwise.
+pub fn default_names(classes: usize) -> Option<Vec<&'static str>> {
+    (classes == IMAGENET_1K_CLASSES).then(imagenet_1k)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_1000_class_models_get_imagenet_names() {
+        assert_eq!(default_names(1000), Some(imagenet_1k()));
+        assert_eq!(default_names(10), None);
+        assert_eq!(default_names(1001), None);
+    }
 
     #[test]
     fn imagenet_names_are_in_class_order() {

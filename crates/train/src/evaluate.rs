@@ -217,19 +217,12 @@ pub fn classify(
     }
     let batch = Tensor::from_vec(vec![readable.len(), 3, side, side], batch)?;
     let logits = model.forward(&Eager, &batch)?;
-    let probs = Eager.softmax(&logits)?;
-    let classes = probs.shape()[1];
     let predictions = readable
         .into_iter()
-        .zip(probs.to_vec().chunks(classes.max(1)))
-        .map(|(path, row)| {
-            let mut order: Vec<usize> = (0..row.len()).collect();
-            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-            let top = order.into_iter().take(top).map(|i| (i, row[i])).collect();
-            Prediction {
-                path: path.clone(),
-                top,
-            }
+        .zip(top_classes(&logits, top)?)
+        .map(|(path, top)| Prediction {
+            path: path.clone(),
+            top,
         })
         .collect();
     Ok(Classified {
@@ -238,9 +231,53 @@ pub fn classify(
     })
 }
 
+/// The `k` most probable classes of each row of `(batch, classes)` logits, as
+/// `(class index, softmax probability)`, most probable first (ties: the lower index first).
+pub fn top_classes(logits: &Tensor, k: usize) -> Result<Vec<Vec<(usize, f32)>>> {
+    let &[_, classes] = logits.shape() else {
+        bail!(
+            "logits must be (batch, classes), found shape {:?}",
+            logits.shape()
+        );
+    };
+    let probs = Eager.softmax(logits)?;
+    Ok(probs
+        .to_vec()
+        .chunks(classes.max(1))
+        .map(|row| {
+            let mut order: Vec<usize> = (0..row.len()).collect();
+            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            order.into_iter().take(k).map(|i| (i, row[i])).collect()
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
-    use super::in_top;
+    use super::{in_top, top_classes};
+    use idlevit_tensor::Tensor;
+
+    #[test]
+    fn top_classes_are_the_most_probable_first() {
+        let logits = Tensor::from_vec(vec![2, 3], vec![0.0, 2.0, 1.0, 5.0, 5.0, -1.0]).unwrap();
+        let top = top_classes(&logits, 2).unwrap();
+        assert_eq!(top[0].iter().map(|t| t.0).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(top[1].iter().map(|t| t.0).collect::<Vec<_>>(), [0, 1]);
+        let e = std::f32::consts::E;
+        let expected = e * e / (1.0 + e + e * e);
+        assert!((top[0][0].1 - expected).abs() < 1e-6, "{top:?}");
+        assert!(
+            (top[1][0].1 - top[1][1].1).abs() < 1e-7,
+            "ties are equally probable"
+        );
+        let flat = Tensor::from_vec(vec![3], vec![0.0; 3]).unwrap();
+        assert!(
+            top_classes(&flat, 1)
+                .unwrap_err()
+                .to_string()
+                .contains("(batch, classes)")
+        );
+    }
 
     #[test]
     fn ranks_by_logit_with_ties_against_the_label() {

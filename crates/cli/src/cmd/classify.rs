@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, ensure};
 use clap::Args;
-use idlevit_data::labels::{IMAGENET_1K_CLASSES, imagenet_1k};
+use idlevit_data::labels::default_names;
 use idlevit_data::preprocess::EvalTransform;
 use idlevit_data::weights::read_file;
 
@@ -53,10 +53,8 @@ pub fn run(args: Classify, globals: &Globals) -> Result<()> {
             let batch = args.images.len();
             let labels = match &args.labels {
                 Some(path) => Some(read_labels(path)?),
-                None if config.num_classes() == IMAGENET_1K_CLASSES => {
-                    Some(imagenet_1k().into_iter().map(String::from).collect())
-                }
-                None => None,
+                None => default_names(config.num_classes())
+                    .map(|names| names.into_iter().map(String::from).collect()),
             };
             let weights = resolved.weights.as_deref().unwrap_or(&weights);
             let model = inference_model(config, weights, bf16, batch, globals)?;

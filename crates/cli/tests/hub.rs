@@ -78,6 +78,22 @@ fn classify_by_a_snapshot_gives_timms_top5_with_imagenet_names() {
         for (index, label) in &top {
             assert_eq!(label, names[*index], "{name}");
         }
+        // The machine-readable form gives the same classes.
+        let json: serde_json::Value = serde_json::from_str(&success(&idlevit(&[
+            "classify",
+            "--weights",
+            s(&snapshot),
+            "--json",
+            s(&image),
+        ])))
+        .unwrap();
+        let top = json["images"][0]["top"].as_array().unwrap();
+        let indices: Vec<usize> = top
+            .iter()
+            .map(|t| t["index"].as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(indices, theirs, "{name} --json");
+        assert_eq!(top[0]["label"].as_str().unwrap(), names[theirs[0]]);
     }
 }
 

@@ -14,8 +14,6 @@ use idlevit_train::{AdamW, Objective, StepSettings, smoothed_targets, train_step
 use idlevit_zoo::{DeiT, DeiTConfig, PolicyKind, Schedule, TokenPolicy};
 use std::time::Duration;
 
-const BATCH: usize = 32;
-
 fn config() -> DeiTConfig {
     DeiTConfig {
         img_size: 64,
@@ -25,108 +23,55 @@ fn config() -> DeiTConfig {
     }
 }
 
-fn bench_train(c: &mut Criterion) {
-    // As `finetune` does: a step's freed buffers stay in the allocator for the next step.
-    idlevit_kernels::keep_freed_memory();
-    let n = BATCH * 3 * 64 * 64;
-    let images = Tensor::from_vec(
-        vec![BATCH, 3, 64, 64],
-        (0..n).map(|i| (i % 251) as f32 / 125.0 - 1.0).collect(),
-    )
-    .expect("images");
-    let labels: Vec<usize> = (0..BATCH).map(|i| i % 10).collect();
-    let targets = smoothed_targets(&labels, 10, 0.1).expect("targets");
-    let mut group = c.benchmark_group("train_deit_tiny_64px");
-    group
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(2))
-        .measurement_time(Duration::from_secs(15));
-    group.throughput(Throughput::Elements(BATCH as u64));
-    let variants = [
-        ("dense_ce", TokenPolicy::Dense, CutLoss::None),
-        (
-            "idle_r0.7_cut",
-            TokenPolicy::select(PolicyKind::Idle, Schedule::deit(0.7).expect("schedule")),
-            CutLoss::Both,
-        ),
-    ];
-    for (name, policy, cut_loss) in variants {
-        let mut model = DeiT::random(&config(), 0)
-            .expect("model")
-            .with_policy(policy)
-            .expect("policy");
-        let mut optimizer = AdamW::new(0.05);
-        let objective = Objective {
-            cut_loss,
-            cut_weight: 20.0,
-            distill_weight: 0.0,
-            smoothing: 0.1,
-            ..Objective::default()
-        };
-        group.bench_function(BenchmarkId::new("step", name), |b| {
-            b.iter(|| {
-                train_step(
-                    &mut model,
-                    None,
-                    &mut optimizer,
-                    &objective,
-                    &images,
-                    &targets,
-                    &StepSettings {
-                        lr: 1e-5,
-                        clip_grad: None,
-                        seed: None,
-                    },
-                )
-                .expect("step")
-            })
-        });
-    }
-    group.finish();
+/// One benchmarked step: its name, token policy, cut-loss terms and distillation weight (a
+/// dense teacher of the same config distils when it is non-zero).
+struct Variant {
+    name: &'static str,
+    policy: TokenPolicy,
+    cut_loss: CutLoss,
+    distill_weight: f32,
 }
 
-fn bench_train_small(c: &mut Criterion) {
-    const SMALL_BATCH: usize = 16;
-    let config = DeiTConfig::small();
+/// Times one AdamW step of each variant on `batch` deterministic images of `config`.
+fn bench_steps(
+    c: &mut Criterion,
+    group_name: &str,
+    config: &DeiTConfig,
+    batch: usize,
+    (warm_up, measure): (u64, u64),
+    variants: Vec<Variant>,
+) {
+    // As `finetune` does: a step's freed buffers stay in the allocator for the next step.
+    idlevit_kernels::keep_freed_memory();
     let side = config.img_size;
-    let n = SMALL_BATCH * 3 * side * side;
+    let n = batch * 3 * side * side;
     let images = Tensor::from_vec(
-        vec![SMALL_BATCH, 3, side, side],
+        vec![batch, 3, side, side],
         (0..n).map(|i| (i % 251) as f32 / 125.0 - 1.0).collect(),
     )
     .expect("images");
-    let labels: Vec<usize> = (0..SMALL_BATCH).map(|i| i % config.num_classes).collect();
+    let labels: Vec<usize> = (0..batch).map(|i| i % config.num_classes).collect();
     let targets = smoothed_targets(&labels, config.num_classes, 0.1).expect("targets");
-    let teacher = DeiT::random(&config, 1).expect("teacher");
-    let mut group = c.benchmark_group("train_deit_small_224px");
+    let teacher = DeiT::random(config, 1).expect("teacher");
+    let mut group = c.benchmark_group(group_name);
     group
         .sample_size(10)
-        .warm_up_time(Duration::from_secs(5))
-        .measurement_time(Duration::from_secs(60));
-    group.throughput(Throughput::Elements(SMALL_BATCH as u64));
-    let idle = TokenPolicy::select(PolicyKind::Idle, Schedule::deit(0.7).expect("schedule"));
-    let variants = [
-        ("dense_ce", TokenPolicy::Dense, CutLoss::None, 0.0, None),
-        (
-            "idle_r0.7_cut_distill",
-            idle,
-            CutLoss::Both,
-            5.0,
-            Some(&teacher),
-        ),
-    ];
-    for (name, policy, cut_loss, distill_weight, teacher) in variants {
-        let mut model = DeiT::random(&config, 0)
+        .warm_up_time(Duration::from_secs(warm_up))
+        .measurement_time(Duration::from_secs(measure));
+    group.throughput(Throughput::Elements(batch as u64));
+    for variant in variants {
+        let mut model = DeiT::random(config, 0)
             .expect("model")
-            .with_policy(policy)
+            .with_policy(variant.policy)
             .expect("policy");
         let mut optimizer = AdamW::new(0.05);
         let objective = Objective {
-            cut_loss,
-            distill_weight,
+            cut_loss: variant.cut_loss,
+            distill_weight: variant.distill_weight,
             ..Objective::default()
         };
-        group.bench_function(BenchmarkId::new("step", name), |b| {
+        let teacher = (variant.distill_weight != 0.0).then_some(&teacher);
+        group.bench_function(BenchmarkId::new("step", variant.name), |b| {
             b.iter(|| {
                 train_step(
                     &mut model,
@@ -146,6 +91,47 @@ fn bench_train_small(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+fn idle_r07() -> TokenPolicy {
+    TokenPolicy::select(PolicyKind::Idle, Schedule::deit(0.7).expect("schedule"))
+}
+
+fn bench_train(c: &mut Criterion) {
+    let variants = vec![
+        Variant {
+            name: "dense_ce",
+            policy: TokenPolicy::Dense,
+            cut_loss: CutLoss::None,
+            distill_weight: 0.0,
+        },
+        Variant {
+            name: "idle_r0.7_cut",
+            policy: idle_r07(),
+            cut_loss: CutLoss::Both,
+            distill_weight: 0.0,
+        },
+    ];
+    bench_steps(c, "train_deit_tiny_64px", &config(), 32, (2, 15), variants);
+}
+
+fn bench_train_small(c: &mut Criterion) {
+    let variants = vec![
+        Variant {
+            name: "dense_ce",
+            policy: TokenPolicy::Dense,
+            cut_loss: CutLoss::None,
+            distill_weight: 0.0,
+        },
+        Variant {
+            name: "idle_r0.7_cut_distill",
+            policy: idle_r07(),
+            cut_loss: CutLoss::Both,
+            distill_weight: 5.0,
+        },
+    ];
+    let config = DeiTConfig::small();
+    bench_steps(c, "train_deit_small_224px", &config, 16, (5, 60), variants);
 }
 
 criterion_group!(benches, bench_train, bench_train_small);

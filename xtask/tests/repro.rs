@@ -86,11 +86,15 @@ fn a_tiny_run_writes_the_whole_report() {
     for heading in [
         "## 1. Cost",
         "## 2. Speed",
-        "## 3. Accuracy on the digits task",
+        "## 3. Accuracy on the digits tasks",
+        "### Verdicts",
+        "### 3.1 Task: digits",
+        "### 3.2 Task: larger-digit",
         "## 4. Token selection",
         "## 5. ImageNet",
-        "Idling beats pruning at the same keep ratio, r=0.5",
-        "The cut loss helps, r=0.7",
+        "- *Idling beats pruning at the same keep rate* on larger-digit: r=0.7: **",
+        "- *The cut loss helps* on digits: r=0.7: **",
+        "- *Idling beats EViT at r = 0.5* on digits: r=0.5: **",
     ] {
         assert!(report.contains(heading), "missing `{heading}` in\n{report}");
     }
@@ -99,15 +103,39 @@ fn a_tiny_run_writes_the_whole_report() {
         report.contains("| deit_small | 4.6 | 4.599 | 4.067 |"),
         "{report}"
     );
-    // Cost (2) + speed (2 batches) + accuracy + tokens + ImageNet.
-    assert_eq!(outcome.tables.len(), 7);
-    let accuracy = &outcome.tables[4];
-    assert_eq!(accuracy.rows.len(), 1 + 4 * 2);
-    for row in &accuracy.rows[1..] {
-        // Two seeds each, every top-1 a percentage.
-        let seeds: Vec<f64> = row[6].split(", ").map(|v| v.parse().unwrap()).collect();
-        assert_eq!(seeds.len(), 2);
-        assert!(seeds.iter().all(|v| (0.0..=100.0).contains(v)), "{row:?}");
+    // Cost (2) + speed (2 batches) + per task results and claims + tokens + ImageNet.
+    assert_eq!(outcome.tables.len(), 10);
+    for (table, task) in [(4, "digits"), (6, "larger-digit")] {
+        let accuracy = &outcome.tables[table];
+        assert!(accuracy.title.starts_with(task), "{}", accuracy.title);
+        assert!(accuracy.title.contains("on 20 validation canvases"));
+        assert_eq!(accuracy.rows.len(), 1 + 4 * 2);
+        for row in &accuracy.rows[1..] {
+            // Two seeds each, every top-1 a percentage.
+            let seeds: Vec<f64> = row[6].split(", ").map(|v| v.parse().unwrap()).collect();
+            assert_eq!(seeds.len(), 2);
+            assert!(seeds.iter().all(|v| (0.0..=100.0).contains(v)), "{row:?}");
+        }
+        // Cut loss and pruning at both rates, EViT at 0.5: each with an interval that
+        // gives its verdict.
+        let claims = &outcome.tables[table + 1];
+        assert_eq!(claims.rows.len(), 2 + 2 + 1, "{claims:?}");
+        for row in &claims.rows {
+            assert_eq!(row[3], "2");
+            let bounds: Vec<f64> = row[4]
+                .trim_matches(['[', ']'])
+                .split(", ")
+                .map(|v| v.parse().unwrap())
+                .collect();
+            let expected = if bounds[0] > 0.0 {
+                "holds"
+            } else if bounds[1] < 0.0 {
+                "fails (the reverse holds)"
+            } else {
+                "unresolved"
+            };
+            assert_eq!(row[5], expected, "{row:?}");
+        }
     }
     let imagenet = outcome.tables.last().unwrap();
     assert_eq!(imagenet.rows.len(), 1 + 3);
@@ -124,9 +152,11 @@ fn a_tiny_run_writes_the_whole_report() {
     for name in [
         "speed.png",
         "speed.svg",
-        "accuracy_vs_throughput.png",
-        "accuracy_vs_throughput.svg",
-        "token_selection.png",
+        "accuracy_vs_gmacs_digits.png",
+        "accuracy_vs_gmacs_digits.svg",
+        "accuracy_vs_gmacs_larger-digit.png",
+        "token_selection_digits.png",
+        "token_selection_larger-digit.png",
     ] {
         assert!(names.contains(&name.to_string()), "{names:?}");
         assert!(report.contains(name) || name.ends_with(".svg"), "{name}");

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
+use idlevit_data::DigitsTask;
 use idlevit_data::files::NamedPath;
 use idlevit_zoo::{PolicyKind, ZooConfig};
 
@@ -228,6 +229,24 @@ impl RegularisationArgs {
             cutmix_alpha: self.cutmix,
             prob: self.mixup_prob,
             switch_prob: self.mixup_switch_prob,
+        }
+    }
+}
+
+/// A built-in digits task, instead of an image folder (`--task`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TaskArg {
+    /// One UCI digit per cluttered 64x64 canvas; the label is the digit.
+    Digits,
+    /// Two smaller digits in opposite halves of the canvas; the label is the larger of the two.
+    LargerDigit,
+}
+
+impl From<TaskArg> for DigitsTask {
+    fn from(task: TaskArg) -> Self {
+        match task {
+            TaskArg::Digits => DigitsTask::Digit,
+            TaskArg::LargerDigit => DigitsTask::LargerDigit,
         }
     }
 }

@@ -62,10 +62,12 @@ enum Command {
     Finetune(cmd::finetune::Finetune),
     /// Top-1 / top-5 accuracy on an image folder (DIR/<class>/*), dense or idle.
     Eval(cmd::eval::Eval),
-    /// Write the digits task as an image folder.
+    /// Write a digits task as an image folder.
     ///
-    /// UCI digits on cluttered 64x64 canvases, seeded, as DIR/{train,val}/<digit>/*.png for
-    /// `finetune --data DIR` and `eval`.
+    /// UCI digits on cluttered 64x64 canvases, seeded, as DIR/{train,val}/<label>/*.png for
+    /// `finetune --data DIR` and `eval` (with --task larger-digit, two digits per canvas
+    /// labelled by the larger of the two). `finetune --task` and `eval --task` use the tasks
+    /// without writing them, drawing new training canvases every epoch.
     Digits(cmd::digits::Digits),
     /// Multiply-accumulates per image (GMACs), dense and under a token policy.
     ///

@@ -117,6 +117,27 @@ pub struct DigitsOptions {
 pub const MAX_TRAIN_COPIES: usize = 1000;
 
 impl DigitsOptions {
+    /// Checks that the canvas side, digit sizes and validation fraction make a task.
+    pub fn check(&self) -> Result<()> {
+        ensure!(
+            self.side >= 16 && self.digit_size.0 >= 8 && self.digit_size.0 <= self.digit_size.1,
+            "digits: expected side >= 16 and 8 <= min digit size <= max, found side {} sizes {:?}",
+            self.side,
+            self.digit_size
+        );
+        ensure!(
+            self.digit_size.1 + 2 <= self.side,
+            "digits: a digit of {} px does not fit a {} px canvas",
+            self.digit_size.1,
+            self.side
+        );
+        ensure!(
+            (0.0..1.0).contains(&self.val_fraction),
+            "digits: val fraction must be in [0, 1), found {}",
+            self.val_fraction
+        );
+        Ok(())
+    }
     /// Bytes the canvases of the embedded task take while they are made: pixels and the
     /// bookkeeping of each canvas, for every embedded digit; `None` when the count overflows.
     pub fn memory_estimate(&self) -> Option<u64> {
@@ -153,8 +174,10 @@ pub struct Canvas {
     pub image: RgbImage,
     /// The class (the digit).
     pub label: usize,
-    /// The digit's box `(x, y, size)` in pixels.
+    /// The digit's box `(x, y, size)` in pixels (the first digit's, on a two-digit canvas).
     pub digit_box: (u32, u32, u32),
+    /// The second digit's box, on a two-digit canvas.
+    pub second_box: Option<(u32, u32, u32)>,
 }
 
 /// The task's two halves.
@@ -264,19 +287,21 @@ fn poly_sin(x: f32) -> f32 {
     r * (1.0 - r2 / 6.0 * (1.0 - r2 / 20.0 * (1.0 - r2 / 42.0 * (1.0 - r2 / 72.0))))
 }
 
-/// Draws `digit` on a fresh cluttered canvas; `rng` decides everything random.
-pub fn draw_canvas(digit: &Digit, options: &DigitsOptions, rng: &mut SplitMix) -> Canvas {
-    let side = options.side;
+/// A dim cluttered background, `clutter` marks drawn from `rng`.
+pub(crate) fn cluttered_background(side: u32, clutter: (u32, u32), rng: &mut SplitMix) -> RgbImage {
     let mut image = background(side, rng);
-    let clutter = rng.range(options.clutter.0, options.clutter.1);
-    add_clutter(&mut image, clutter, rng);
-    let size = rng
-        .range(options.digit_size.0, options.digit_size.1)
-        .min(side);
-    // Keep a margin so the evaluation crop (7/8 of the side, centred) never cuts the digit.
-    let margin = (side / 16).min((side - size) / 2);
-    let x = rng.range(margin, side - size - margin);
-    let y = rng.range(margin, side - size - margin);
+    let count = rng.range(clutter.0, clutter.1);
+    add_clutter(&mut image, count, rng);
+    image
+}
+
+/// Inks `digit` into `image` as a `size`-pixel square at `(x, y)` in a random bright colour.
+pub(crate) fn ink_digit(
+    image: &mut RgbImage,
+    digit: &Digit,
+    (x, y, size): (u32, u32, u32),
+    rng: &mut SplitMix,
+) {
     let colour = random_colour(rng, 0.7, 1.0);
     let step = 8.0 / size as f32;
     for dy in 0..size {
@@ -287,43 +312,39 @@ pub fn draw_canvas(digit: &Digit, options: &DigitsOptions, rng: &mut SplitMix) -
             }
         }
     }
+}
+
+/// Draws `digit` on a fresh cluttered canvas; `rng` decides everything random.
+pub fn draw_canvas(digit: &Digit, options: &DigitsOptions, rng: &mut SplitMix) -> Canvas {
+    let side = options.side;
+    let mut image = cluttered_background(side, options.clutter, rng);
+    let size = rng
+        .range(options.digit_size.0, options.digit_size.1)
+        .min(side);
+    // Keep a margin so the evaluation crop (7/8 of the side, centred) never cuts the digit.
+    let margin = (side / 16).min((side - size) / 2);
+    let x = rng.range(margin, side - size - margin);
+    let y = rng.range(margin, side - size - margin);
+    ink_digit(&mut image, digit, (x, y, size), rng);
     Canvas {
         image,
         label: usize::from(digit.label),
         digit_box: (x, y, size),
+        second_box: None,
     }
 }
 
 /// Makes the task from `digits`: a seeded split into training and validation digits, then
 /// `train_copies` canvases per training digit and one per validation digit.
 pub fn make_split(digits: &[Digit], options: &DigitsOptions) -> Result<DigitsSplit> {
-    ensure!(
-        options.side >= 16
-            && options.digit_size.0 >= 8
-            && options.digit_size.0 <= options.digit_size.1,
-        "digits: expected side >= 16 and 8 <= min digit size <= max, found side {} sizes {:?}",
-        options.side,
-        options.digit_size
-    );
-    ensure!(
-        options.digit_size.1 + 2 <= options.side,
-        "digits: a digit of {} px does not fit a {} px canvas",
-        options.digit_size.1,
-        options.side
-    );
+    options.check()?;
     ensure!(
         (1..=MAX_TRAIN_COPIES).contains(&options.train_copies),
         "digits: expected 1 to {MAX_TRAIN_COPIES} canvases per training digit, found {}",
         options.train_copies
     );
-    ensure!(
-        (0.0..1.0).contains(&options.val_fraction),
-        "digits: val fraction must be in [0, 1), found {}",
-        options.val_fraction
-    );
-    let order = crate::folder::shuffled(digits.len(), options.seed);
-    let val_count = (digits.len() as f64 * options.val_fraction).round() as usize;
-    let (val_ids, train_ids) = order.split_at(val_count);
+    let (val_ids, train_ids) = split_ids(digits.len(), options);
+    let (val_ids, train_ids) = (&val_ids[..], &train_ids[..]);
     let mut stream = 0u64;
     let mut draw = |id: usize| {
         stream += 1;
@@ -339,6 +360,15 @@ pub fn make_split(digits: &[Digit], options: &DigitsOptions) -> Result<DigitsSpl
         .map(&mut draw)
         .collect();
     Ok(DigitsSplit { train, val })
+}
+
+/// The indices of the validation digits and of the training digits: a seeded shuffle of
+/// `0..count`, the first `val_fraction` of it for validation.
+pub(crate) fn split_ids(count: usize, options: &DigitsOptions) -> (Vec<usize>, Vec<usize>) {
+    let mut order = crate::folder::shuffled(count, options.seed);
+    let val_count = (count as f64 * options.val_fraction).round() as usize;
+    let train = order.split_off(val_count.min(count));
+    (order, train)
 }
 
 /// The task from the embedded export.

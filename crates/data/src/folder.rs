@@ -3,11 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use idlevit_tensor::Tensor;
-use rayon::prelude::*;
 
 use crate::augment::TrainTransform;
 use crate::error::ensure;
-use crate::preprocess::{EvalTransform, batch_values, load_image, read_image};
+use crate::preprocess::{EvalTransform, load_image, read_image};
 use crate::{DataError, Result};
 
 /// File extensions read as images.
@@ -153,28 +152,13 @@ impl ImageFolder {
         side: usize,
         load: impl Fn(&Path, usize) -> Result<Tensor> + Sync,
     ) -> Result<(Tensor, Vec<usize>)> {
-        let values = batch_values(indices.len(), side)?;
-        let loaded: Vec<Result<(Tensor, usize)>> = indices
-            .par_iter()
-            .map(|&i| {
-                let (path, label) = self
-                    .items
-                    .get(i)
-                    .ok_or_else(|| DataError::Invalid(format!("image {i} is out of range")))?;
-                Ok((load(path, i)?, *label))
-            })
-            .collect();
-        let mut pixels = Vec::with_capacity(values);
-        let mut labels = Vec::with_capacity(indices.len());
-        for image in loaded {
-            let (image, label) = image?;
-            pixels.extend(image.into_vec());
-            labels.push(label);
-        }
-        Ok((
-            Tensor::from_vec(vec![indices.len(), 3, side, side], pixels)?,
-            labels,
-        ))
+        crate::set::load_batch(indices, side, |i| {
+            let (path, label) = self
+                .items
+                .get(i)
+                .ok_or_else(|| DataError::Invalid(format!("image {i} is out of range")))?;
+            Ok((load(path, i)?, *label))
+        })
     }
 }
 

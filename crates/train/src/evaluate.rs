@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use idlevit_data::ImageFolder;
+use idlevit_data::ImageSet;
 use idlevit_data::preprocess::{EvalTransform, batch_values, load_image};
 use idlevit_nn::{Backend, Eager};
 use idlevit_tensor::Tensor;
@@ -57,7 +57,7 @@ pub fn in_top(row: &[f32], label: usize, k: usize) -> bool {
 }
 
 /// Refuses a data set with more classes than the model's `classes`.
-pub(crate) fn check_classes(data: &ImageFolder, classes: usize) -> Result<()> {
+pub(crate) fn check_classes(data: &dyn ImageSet, classes: usize) -> Result<()> {
     if data.classes().len() > classes {
         bail!(
             "the data set has {} classes but the model only {classes}",
@@ -81,7 +81,7 @@ pub(crate) fn progress_bar(show: bool, len: usize, template: &str) -> ProgressBa
 /// Evaluates `model` (under its own policy) on every image of `data`, `batch` at a time.
 pub fn evaluate(
     model: &ZooModel,
-    data: &ImageFolder,
+    data: &dyn ImageSet,
     batch: usize,
     progress: bool,
 ) -> Result<Accuracy> {
@@ -93,7 +93,7 @@ pub fn evaluate(
 /// it, exactly what one process computes.
 pub fn evaluate_in_group(
     model: &ZooModel,
-    data: &ImageFolder,
+    data: &dyn ImageSet,
     batch: usize,
     progress: bool,
     group: &dyn ProcessGroup,
@@ -105,7 +105,7 @@ pub fn evaluate_in_group(
 /// [`evaluate_in_group`] with images prepared by `transform` (a hub snapshot's own).
 pub fn evaluate_in_group_with(
     model: &ZooModel,
-    data: &ImageFolder,
+    data: &dyn ImageSet,
     batch: usize,
     progress: bool,
     group: &dyn ProcessGroup,
@@ -132,7 +132,7 @@ pub fn evaluate_in_group_with(
     );
     let (mut top1, mut top5, mut non_finite) = (0usize, 0usize, 0usize);
     for chunk in mine.chunks(batch) {
-        let (images, labels) = data.batch(chunk, transform)?;
+        let (images, labels) = data.images(0, chunk, transform)?;
         let logits = model.forward(&Eager, &images)?.to_vec();
         for (row, &label) in logits.chunks(classes).zip(&labels) {
             top1 += usize::from(in_top(row, label, 1));

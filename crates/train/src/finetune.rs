@@ -7,8 +7,9 @@ use std::time::Instant;
 
 use idlevit_checkpoint::Checkpoint;
 use idlevit_data::DataError;
+use idlevit_data::ImageSet;
 use idlevit_data::augment::TrainTransform;
-use idlevit_data::folder::{ImageFolder, shuffled};
+use idlevit_data::folder::shuffled;
 use idlevit_data::preprocess::EvalTransform;
 use idlevit_nn::BatchNormMode;
 use idlevit_tensor::Tensor;
@@ -256,8 +257,8 @@ fn check_teacher(student: &ZooConfig, teacher: &ZooConfig) -> Result<()> {
 pub fn finetune(
     student: &mut ZooModel,
     teacher: Option<&ZooModel>,
-    train: &ImageFolder,
-    val: Option<&ImageFolder>,
+    train: &dyn ImageSet,
+    val: Option<&dyn ImageSet>,
     options: &FinetuneOptions,
 ) -> Result<FinetuneReport> {
     finetune_in_group(student, teacher, train, val, options, &SingleProcess)
@@ -271,8 +272,8 @@ pub fn finetune(
 pub fn finetune_in_group(
     student: &mut ZooModel,
     teacher: Option<&ZooModel>,
-    train: &ImageFolder,
-    val: Option<&ImageFolder>,
+    train: &dyn ImageSet,
+    val: Option<&dyn ImageSet>,
     options: &FinetuneOptions,
     group: &dyn ProcessGroup,
 ) -> Result<FinetuneReport> {
@@ -342,7 +343,7 @@ pub fn finetune_in_group(
             let seed = step_seed(options.seed, first_step + step_in_epoch);
             let mine = shard(chunks[step_in_epoch], rank, ranks);
             (!mine.is_empty())
-                .then(|| recipe.prepare(mine, seed, seed ^ 1 ^ rank_stream))
+                .then(|| recipe.prepare(epoch, mine, seed, seed ^ 1 ^ rank_stream))
                 .transpose()
         };
         let train_step = |step_in_epoch: usize, batch: Option<(Tensor, Tensor)>| {

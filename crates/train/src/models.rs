@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use idlevit_checkpoint::Checkpoint;
+use idlevit_data::DigitsTask;
 use idlevit_data::weights::read_checkpoint;
 use idlevit_zoo::{DeiT, DeiTConfig, LvVit, ZooConfig, ZooModel};
 
@@ -72,6 +73,21 @@ pub fn default_model() -> Result<DeiT> {
         .context(|| "the embedded default weights do not fit".into())
 }
 
+/// The larger-digit model's weights: the default model finetuned on the larger-digit task.
+pub const LARGER_DIGIT_WEIGHTS: &[u8] = include_bytes!("../assets/larger-digit/model.safetensors");
+
+/// The dense model of a digits task: the default model for digits, its finetune on the
+/// larger-digit task for that one; both have the default configuration.
+pub fn task_model(task: DigitsTask) -> Result<DeiT> {
+    let weights = match task {
+        DigitsTask::Digit => DEFAULT_WEIGHTS,
+        DigitsTask::LargerDigit => LARGER_DIGIT_WEIGHTS,
+    };
+    let ckpt = Checkpoint::from_safetensors_bytes(weights)?;
+    DeiT::load(&default_config()?, ckpt)
+        .context(|| format!("the embedded {} weights do not fit", task.name()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,7 +118,7 @@ mod tests {
                 best == c.label
             })
             .count();
-        // Chance is 6 of 64; the trained model reads most digits.
-        assert!(correct >= 40, "{correct} of 64 validation digits right");
+        // Chance is 6 of 64; the model reads 97.55% of all 449 validation canvases.
+        assert!(correct >= 58, "{correct} of 64 validation digits right");
     }
 }

@@ -9,7 +9,7 @@
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::time::{Duration, Instant};
 
-use idlevit_data::ImageFolder;
+use idlevit_data::ImageSet;
 use idlevit_data::augment::TrainTransform;
 use idlevit_data::preprocess::EvalTransform;
 use idlevit_tensor::Tensor;
@@ -25,7 +25,7 @@ pub const BATCHES_AHEAD: usize = 1;
 #[derive(Clone, Copy, Debug)]
 pub struct BatchRecipe<'a> {
     /// The training set.
-    pub data: &'a ImageFolder,
+    pub data: &'a dyn ImageSet,
     /// Classes of the model (the width of the targets).
     pub classes: usize,
     /// Label smoothing of the targets.
@@ -39,17 +39,21 @@ pub struct BatchRecipe<'a> {
 }
 
 impl BatchRecipe<'_> {
-    /// The images at `indices` (in the data set) and their soft targets, augmented with
-    /// `augment_seed` per image and mixed with `mix_seed`.
+    /// The images at `indices` (in the data set's draw for `epoch`) and their soft targets,
+    /// augmented with `augment_seed` per image and mixed with `mix_seed`.
     pub fn prepare(
         &self,
+        epoch: usize,
         indices: &[usize],
         augment_seed: u64,
         mix_seed: u64,
     ) -> Result<(Tensor, Tensor)> {
         let (images, labels) = match &self.augment {
-            Some(transform) => self.data.train_batch(indices, transform, augment_seed)?,
-            None => self.data.batch(indices, &self.eval)?,
+            Some(transform) => {
+                self.data
+                    .augmented_images(epoch, indices, transform, augment_seed)?
+            }
+            None => self.data.images(epoch, indices, &self.eval)?,
         };
         let targets = smoothed_targets(&labels, self.classes, self.smoothing)?;
         self.mixup.apply(&images, &targets, mix_seed)

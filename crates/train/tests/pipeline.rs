@@ -72,7 +72,7 @@ fn batches_are_the_same_on_any_number_of_threads() {
     let indices = [3, 17, 0, 25, 9, 38, 12];
     let prepare = |threads: usize, seed: u64| {
         let (images, targets) =
-            pool(threads).install(|| recipe.prepare(&indices, seed, seed ^ 1).unwrap());
+            pool(threads).install(|| recipe.prepare(0, &indices, seed, seed ^ 1).unwrap());
         (images.to_vec(), targets.to_vec())
     };
     let one = prepare(1, 7);

@@ -1,15 +1,20 @@
-//! Accuracy on the digits task: from the embedded dense model, finetune IdleViT (with and
-//! without the cut loss), EViT and top-k pruning with distillation from the dense model, at
-//! each keep rate and seed; top-1 of each, and images/s of each model form.
+//! Accuracy on the two digits tasks: from each task's embedded dense model, finetune IdleViT
+//! (with and without the cut loss), EViT and top-k pruning with distillation from the dense
+//! model, at each keep rate and seed, on training canvases drawn fresh every epoch; top-1 of
+//! each on the task's fixed validation canvases, and images/s of each model form.
+//!
+//! The finetunes are independent, so they run side by side, one per thread, each on its
+//! own one-thread pool: small models use one core better than two, and a single-threaded
+//! finetune gives the same result whatever else runs.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, mpsc};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
-use idlevit_data::ImageFolder;
-use idlevit_data::digits::{
-    Canvas, DigitsOptions, DigitsSplit, embedded_split, write_image_folder,
-};
+use anyhow::{Context, Result, anyhow};
+use idlevit_data::digits::{Canvas, DigitsOptions};
+use idlevit_data::{DigitsTask, ImageSet, TaskCanvases, task_split};
 use idlevit_train::bench::bench;
 use idlevit_train::evaluate::evaluate;
 use idlevit_train::finetune::{FinetuneOptions, finetune};
@@ -21,22 +26,26 @@ use super::speed::deit_policy;
 /// How the accuracy experiment runs.
 #[derive(Clone, Debug)]
 pub struct AccuracyOptions {
+    /// The tasks, each with its own embedded dense model.
+    pub tasks: Vec<DigitsTask>,
     /// Base keep rates.
     pub rates: Vec<f64>,
-    /// Seeds (each finetune's shuffle order).
+    /// Seeds: each sets a finetune's canvases and their order, the same for every method.
     pub seeds: Vec<u64>,
-    /// Canvases per training digit.
-    pub train_copies: usize,
-    /// Keep at most this many canvases per class (training, validation); `None`: all.
-    pub per_class_limit: (Option<usize>, Option<usize>),
     /// Finetuning epochs.
     pub epochs: usize,
+    /// Training canvases per epoch, drawn afresh each epoch.
+    pub canvases_per_epoch: usize,
+    /// Validate on the first this many validation canvases of each task (`None`: all).
+    pub val_limit: Option<usize>,
     /// Images per step.
     pub batch: usize,
     /// Peak learning rate (cosine to 1e-6).
     pub lr: f64,
     /// Distillation weight w (KL w, features 100 w).
     pub distill_weight: f32,
+    /// Weight of the cut loss (both terms) for IdleViT + cut loss.
+    pub cut_weight: f32,
     /// Timed passes per model form for the throughput axis.
     pub speed_runs: usize,
 }
@@ -44,7 +53,7 @@ pub struct AccuracyOptions {
 /// A finetuning method.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
-    /// IdleViT with the token cut loss (both terms, weight 20).
+    /// IdleViT with the token cut loss (both terms).
     IdleCut,
     /// IdleViT without the cut loss.
     IdleNoCut,
@@ -83,7 +92,7 @@ impl Method {
     }
 }
 
-/// One method at one rate: before finetuning, and per seed after.
+/// One method at one rate on one task: before finetuning, and per seed after.
 #[derive(Clone, Debug)]
 pub struct MethodResult {
     /// Which method.
@@ -119,78 +128,255 @@ pub fn mean_std(values: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-/// What the experiment measured.
-pub struct AccuracyRun {
+/// What the experiment measured on one task.
+pub struct TaskRun {
+    /// Which task.
+    pub task: DigitsTask,
     /// The dense model's top-1 on the validation canvases.
     pub dense_top1: f64,
+    /// Per method and rate.
+    pub results: Vec<MethodResult>,
+    /// Validation canvases.
+    pub val_images: usize,
+    /// The validation canvases (for the token pictures).
+    pub val: Vec<Canvas>,
+    /// The finetuned first-seed IdleViT models `(method, rate, model)`, for the token
+    /// analysis.
+    pub idle_models: Vec<(Method, f64, DeiT)>,
+}
+
+impl TaskRun {
+    /// The result of `method` at `rate`.
+    pub fn find(&self, method: Method, rate: f64) -> Option<&MethodResult> {
+        self.results
+            .iter()
+            .find(|r| r.method == method && r.rate == rate)
+    }
+}
+
+/// What the experiment measured.
+pub struct AccuracyRun {
+    /// Per task, in the options' order.
+    pub tasks: Vec<TaskRun>,
     /// Dense images/s (batch 64).
     pub dense_images_per_second: f64,
     /// Dense GMACs.
     pub dense_gmacs: f64,
-    /// Per method and rate.
-    pub results: Vec<MethodResult>,
-    /// Training and validation images used.
-    pub images: (usize, usize),
-    /// The validation canvases (for the token pictures).
-    pub val: Vec<Canvas>,
-    /// The finetuned seed-0 IdleViT models `(method, rate, model)`, for the token analysis.
-    pub idle_models: Vec<(Method, f64, DeiT)>,
+    /// Training canvases per epoch.
+    pub train_images: usize,
 }
 
-/// Keeps at most `limit` canvases of each class, in order.
-fn per_class(canvases: Vec<Canvas>, limit: Option<usize>) -> Vec<Canvas> {
-    let Some(limit) = limit else {
-        return canvases;
-    };
-    let mut counts = [0usize; idlevit_data::digits::CLASSES];
-    canvases
+/// One unit of work: a policy's top-1 before finetuning, or one finetune.
+#[derive(Clone, Copy, Debug)]
+enum Job {
+    OffTheShelf {
+        task: usize,
+        kind: PolicyKind,
+        rate: f64,
+    },
+    Finetune {
+        task: usize,
+        method: Method,
+        rate: f64,
+        seed: u64,
+    },
+}
+
+/// What a job gives back.
+enum Outcome {
+    Top1(f64),
+    Finetuned(f64, Box<DeiT>),
+}
+
+/// A task's data and models, shared by its jobs.
+struct TaskSetup {
+    task: DigitsTask,
+    train: TaskCanvases,
+    val: TaskCanvases,
+    dense: DeiT,
+}
+
+/// Runs `run` on every job, `workers` at a time, each worker on its own one-thread rayon
+/// pool; results come back in job order. Progress lines reach `log` as jobs finish. The
+/// first error stops the workers from taking new jobs and is returned.
+fn run_jobs<J: Sync, R: Send>(
+    jobs: &[J],
+    workers: usize,
+    run: &(dyn Fn(&J) -> Result<(R, String)> + Sync),
+    log: &mut dyn FnMut(String),
+) -> Result<Vec<R>> {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let results: Mutex<Vec<Option<R>>> = Mutex::new((0..jobs.len()).map(|_| None).collect());
+    let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    let (sender, receiver) = mpsc::channel::<String>();
+    std::thread::scope(|scope| {
+        for _ in 0..workers.max(1) {
+            let sender = sender.clone();
+            let (next, failed, results, first_error) = (&next, &failed, &results, &first_error);
+            scope.spawn(move || {
+                let fail = |e: anyhow::Error| {
+                    failed.store(true, Ordering::SeqCst);
+                    if let Ok(mut slot) = first_error.lock() {
+                        slot.get_or_insert(e);
+                    }
+                };
+                let pool = match rayon::ThreadPoolBuilder::new().num_threads(1).build() {
+                    Ok(pool) => pool,
+                    Err(e) => return fail(anyhow!("cannot start a worker pool: {e}")),
+                };
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= jobs.len() || failed.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    match pool.install(|| run(&jobs[i])) {
+                        Ok((result, line)) => {
+                            if let Ok(mut slots) = results.lock() {
+                                slots[i] = Some(result);
+                            }
+                            let _ = sender.send(line);
+                        }
+                        Err(e) => return fail(e),
+                    }
+                }
+            });
+        }
+        drop(sender);
+        for line in receiver {
+            log(line);
+        }
+    });
+    if let Some(e) = first_error
+        .into_inner()
+        .map_err(|_| anyhow!("a worker panicked"))?
+    {
+        return Err(e);
+    }
+    results
+        .into_inner()
+        .map_err(|_| anyhow!("a worker panicked"))?
         .into_iter()
-        .filter(|c| {
-            counts[c.label] += 1;
-            counts[c.label] <= limit
-        })
+        .map(|r| r.ok_or_else(|| anyhow!("a job did not finish")))
         .collect()
 }
 
-/// Runs the experiment with `dense` as the starting point and teacher; writes the task to
-/// `dir/data`; each run checkpoints under `dir/runs`, removed once finished. `log` receives
-/// progress lines.
+/// The objective of `method`: the paper's, with the cut loss only for IdleViT + cut loss.
+fn objective(method: Method, options: &AccuracyOptions) -> Objective {
+    let cut = method == Method::IdleCut;
+    Objective {
+        form: idlevit_train::ObjectiveForm::Paper,
+        cut_loss: if cut {
+            idlevit_cutloss::CutLoss::Both
+        } else {
+            idlevit_cutloss::CutLoss::None
+        },
+        cut_weight: if cut { options.cut_weight } else { 0.0 },
+        distill_weight: options.distill_weight,
+        smoothing: 0.1,
+    }
+}
+
+/// One finetune: `method` at `rate` from the task's dense model, which is also the teacher.
+fn finetune_one(
+    setup: &TaskSetup,
+    method: Method,
+    rate: f64,
+    seed: u64,
+    options: &AccuracyOptions,
+    dir: &Path,
+) -> Result<(f64, DeiT)> {
+    let policy = deit_policy(method.kind(), rate)?;
+    let mut student = ZooModel::DeiT(Box::new(setup.dense.clone().with_policy(policy)?));
+    let teacher = ZooModel::DeiT(Box::new(setup.dense.clone()));
+    let run_dir = dir.join("runs").join(format!(
+        "{}-{:?}-r{rate}-seed{seed}",
+        setup.task.name(),
+        method
+    ));
+    let ft = FinetuneOptions {
+        epochs: options.epochs,
+        batch: options.batch,
+        lr: options.lr,
+        min_lr: 1e-6,
+        warmup_epochs: 0,
+        weight_decay: 0.05,
+        clip_grad: Some(5.0),
+        // A short finetune from a converged model, on fresh canvases every epoch: the
+        // comparison is of the selection methods, so no other regularisation is added.
+        drop_path: 0.0,
+        mixup: Mixup::off(),
+        augment: false,
+        batch_norm: idlevit_nn::BatchNormMode::Frozen,
+        objective: objective(method, options),
+        seed,
+        out_dir: run_dir.clone(),
+        resume: None,
+        progress: false,
+    };
+    let train = setup.train.clone().with_draw_seed(seed);
+    let report = finetune(&mut student, Some(&teacher), &train, Some(&setup.val), &ft)
+        .with_context(|| {
+            format!(
+                "finetuning {} at r={rate}, seed {seed}, on {}",
+                method.name(),
+                setup.task.name()
+            )
+        })?;
+    // The model stays in memory; its checkpoint (with optimiser state) is not needed.
+    let _ = std::fs::remove_dir_all(&run_dir);
+    let ZooModel::DeiT(student) = student else {
+        anyhow::bail!("finetuning changed the model's family");
+    };
+    let top1 = report
+        .validation
+        .map(|a| a.top1)
+        .ok_or_else(|| anyhow!("the finetune of {} gave no validation", method.name()))?;
+    Ok((top1, *student))
+}
+
+/// Runs the experiment: each task's dense model (from `dense_model`) is the starting point
+/// and teacher of its finetunes; each run checkpoints under `dir/runs`, removed once
+/// finished. `log` receives progress lines.
 pub fn run_accuracy(
-    dense: &DeiT,
+    dense_model: &dyn Fn(DigitsTask) -> Result<DeiT>,
     options: &AccuracyOptions,
     dir: &Path,
     log: &mut dyn FnMut(String),
 ) -> Result<AccuracyRun> {
-    let split = embedded_split(&DigitsOptions {
-        train_copies: options.train_copies,
-        ..Default::default()
-    })?;
-    let split = DigitsSplit {
-        train: per_class(split.train, options.per_class_limit.0),
-        val: per_class(split.val, options.per_class_limit.1),
-    };
-    let data = dir.join("data");
-    let _ = std::fs::remove_dir_all(&data);
-    write_image_folder(&split, &data)?;
-    let train = ImageFolder::open(&data.join("train"))?;
-    let val = ImageFolder::open(&data.join("val"))?;
-    let batch = options.batch;
-    let teacher = ZooModel::DeiT(Box::new(dense.clone()));
-    let dense_top1 = evaluate(&teacher, &val, 64, false)?.top1;
-    log(format!(
-        "dense: top-1 {:.2}% on {} validation canvases",
-        100.0 * dense_top1,
-        val.len()
-    ));
+    anyhow::ensure!(
+        !options.tasks.is_empty() && !options.rates.is_empty() && !options.seeds.is_empty(),
+        "the accuracy experiment needs at least one task, rate and seed"
+    );
+    let mut setups = Vec::new();
+    for &task in &options.tasks {
+        let split = task_split(
+            task,
+            &DigitsOptions::default(),
+            Some(options.canvases_per_epoch),
+        )?;
+        let val = match options.val_limit {
+            Some(n) => split.val.first(n),
+            None => split.val,
+        };
+        setups.push(TaskSetup {
+            task,
+            train: split.train,
+            val,
+            dense: dense_model(task)?,
+        });
+    }
+    let reference = &setups[0].dense;
 
-    // Throughput of each inference form, interleaved in one run.
-    let mut forms = vec![dense.clone()];
+    // Throughput of each inference form, interleaved in one run (one architecture serves
+    // every task).
+    let mut forms = vec![reference.clone()];
     for &rate in &options.rates {
         for kind in [PolicyKind::Idle, PolicyKind::Evit, PolicyKind::Prune] {
-            forms.push(dense.clone().with_policy(deit_policy(kind, rate)?)?);
+            forms.push(reference.clone().with_policy(deit_policy(kind, rate)?)?);
         }
     }
-    let side = dense.config().img_size;
+    let side = reference.config().img_size;
     let forms: Vec<ZooModel> = forms
         .into_iter()
         .map(|m| ZooModel::DeiT(Box::new(m)))
@@ -202,97 +388,198 @@ pub fn run_accuracy(
         1,
         options.speed_runs,
     )?;
-    let form_ips = |rate_index: usize, kind: PolicyKind| {
-        let k = match kind {
-            PolicyKind::Idle => 0,
-            PolicyKind::Evit => 1,
-            PolicyKind::Prune => 2,
-        };
-        timing.images_per_second(1 + 3 * rate_index + k)
+    let kind_index = |kind: PolicyKind| match kind {
+        PolicyKind::Idle => 0,
+        PolicyKind::Evit => 1,
+        PolicyKind::Prune => 2,
     };
 
-    let mut results = Vec::new();
-    let mut idle_models = Vec::new();
-    for (ri, &rate) in options.rates.iter().enumerate() {
-        for method in Method::ALL {
-            let policy = deit_policy(method.kind(), rate)?;
-            let student = ZooModel::DeiT(Box::new(dense.clone().with_policy(policy.clone())?));
-            let off_the_shelf = evaluate(&student, &val, 64, false)?.top1;
-            let mut finetuned = Vec::new();
-            for &seed in &options.seeds {
-                let started = Instant::now();
-                let mut trained = student.clone();
-                let objective = Objective {
-                    form: idlevit_train::ObjectiveForm::Paper,
-                    cut_loss: if method == Method::IdleCut {
-                        idlevit_cutloss::CutLoss::Both
-                    } else {
-                        idlevit_cutloss::CutLoss::None
-                    },
-                    cut_weight: if method == Method::IdleCut { 20.0 } else { 0.0 },
-                    distill_weight: options.distill_weight,
-                    smoothing: 0.1,
-                };
-                let run_dir = dir
-                    .join("runs")
-                    .join(format!("{:?}-r{rate}-seed{seed}", method).to_lowercase());
-                let ft = FinetuneOptions {
-                    epochs: options.epochs,
-                    batch,
-                    lr: options.lr,
-                    min_lr: 1e-6,
-                    warmup_epochs: 0,
-                    weight_decay: 0.05,
-                    clip_grad: Some(5.0),
-                    // One epoch from a converged model on a small task: the comparison is
-                    // of the selection methods, so no stochastic regularisation is added.
-                    drop_path: 0.0,
-                    mixup: Mixup::off(),
-                    augment: false,
-                    batch_norm: idlevit_nn::BatchNormMode::Frozen,
-                    objective,
-                    seed,
-                    out_dir: run_dir.clone(),
-                    resume: None,
-                    progress: false,
-                };
-                let report = finetune(&mut trained, Some(&teacher), &train, Some(&val), &ft)
-                    .with_context(|| format!("finetuning {} at r={rate}", method.name()))?;
-                let ZooModel::DeiT(student) = trained else {
-                    anyhow::bail!("finetuning changed the model's family");
-                };
-                // The model stays in memory; its checkpoint (with optimiser state) is not needed.
-                let _ = std::fs::remove_dir_all(&run_dir);
-                let top1 = report.validation.map_or(f64::NAN, |a| a.top1);
-                log(format!(
-                    "{} r={rate} seed {seed}: top-1 {:.2}% (before finetuning {:.2}%), {:.0} s",
-                    method.name(),
-                    100.0 * top1,
-                    100.0 * off_the_shelf,
-                    started.elapsed().as_secs_f64()
-                ));
-                finetuned.push((seed, top1));
-                if seed == options.seeds[0] && method.kind() == PolicyKind::Idle {
-                    idle_models.push((method, rate, *student));
+    let mut dense_top1 = Vec::new();
+    for setup in &setups {
+        let teacher = ZooModel::DeiT(Box::new(setup.dense.clone()));
+        let top1 = evaluate(&teacher, &setup.val, 64, false)?.top1;
+        log(format!(
+            "{}: dense top-1 {:.2}% on {} validation canvases",
+            setup.task.name(),
+            100.0 * top1,
+            setup.val.len()
+        ));
+        dense_top1.push(top1);
+    }
+
+    let mut jobs = Vec::new();
+    for task in 0..setups.len() {
+        for &rate in &options.rates {
+            for kind in [PolicyKind::Idle, PolicyKind::Evit, PolicyKind::Prune] {
+                jobs.push(Job::OffTheShelf { task, kind, rate });
+            }
+            for method in Method::ALL {
+                for &seed in &options.seeds {
+                    jobs.push(Job::Finetune {
+                        task,
+                        method,
+                        rate,
+                        seed,
+                    });
                 }
             }
-            results.push(MethodResult {
+        }
+    }
+    let workers = rayon::current_num_threads();
+    log(format!(
+        "accuracy: {} finetunes and {} evaluations, {workers} at a time ...",
+        jobs.iter()
+            .filter(|j| matches!(j, Job::Finetune { .. }))
+            .count(),
+        jobs.iter()
+            .filter(|j| matches!(j, Job::OffTheShelf { .. }))
+            .count(),
+    ));
+    let setups_ref = &setups;
+    let run = move |job: &Job| -> Result<(Outcome, String)> {
+        let started = Instant::now();
+        match *job {
+            Job::OffTheShelf { task, kind, rate } => {
+                let setup = &setups_ref[task];
+                let model = setup.dense.clone().with_policy(deit_policy(kind, rate)?)?;
+                let model = ZooModel::DeiT(Box::new(model));
+                let top1 = evaluate(&model, &setup.val, 64, false)?.top1;
+                Ok((Outcome::Top1(top1), String::new()))
+            }
+            Job::Finetune {
+                task,
                 method,
                 rate,
-                off_the_shelf,
-                finetuned,
-                gmacs: super::cost::gmacs(dense.config(), method.kind(), Some(rate))?,
-                images_per_second: form_ips(ri, method.kind()),
-            });
+                seed,
+            } => {
+                let setup = &setups_ref[task];
+                let (top1, model) = finetune_one(setup, method, rate, seed, options, dir)?;
+                let line = format!(
+                    "{} {} r={rate} seed {seed}: top-1 {:.2}%, {:.0} s",
+                    setup.task.name(),
+                    method.name(),
+                    100.0 * top1,
+                    started.elapsed().as_secs_f64()
+                );
+                Ok((Outcome::Finetuned(top1, Box::new(model)), line))
+            }
+        }
+    };
+    let mut quiet_log = |line: String| {
+        if !line.is_empty() {
+            log(line);
+        }
+    };
+    let outcomes = run_jobs(&jobs, workers, &run, &mut quiet_log)?;
+
+    let mut tasks: Vec<TaskRun> = setups
+        .iter()
+        .zip(&dense_top1)
+        .map(|(setup, &top1)| {
+            Ok(TaskRun {
+                task: setup.task,
+                dense_top1: top1,
+                results: Vec::new(),
+                val_images: setup.val.len(),
+                val: setup.val.canvases(0)?,
+                idle_models: Vec::new(),
+            })
+        })
+        .collect::<Result<_>>()?;
+    let mut before = std::collections::HashMap::new();
+    for (job, outcome) in jobs.iter().zip(outcomes) {
+        match (*job, outcome) {
+            (Job::OffTheShelf { task, kind, rate }, Outcome::Top1(top1)) => {
+                before.insert((task, kind_index(kind), rate.to_bits()), top1);
+            }
+            (
+                Job::Finetune {
+                    task,
+                    method,
+                    rate,
+                    seed,
+                },
+                Outcome::Finetuned(top1, model),
+            ) => {
+                let run = &mut tasks[task];
+                if seed == options.seeds[0] && method.kind() == PolicyKind::Idle {
+                    run.idle_models.push((method, rate, *model));
+                }
+                match run
+                    .results
+                    .iter_mut()
+                    .find(|r| r.method == method && r.rate == rate)
+                {
+                    Some(result) => result.finetuned.push((seed, top1)),
+                    None => {
+                        let ri = options.rates.iter().position(|&r| r == rate).unwrap_or(0);
+                        run.results.push(MethodResult {
+                            method,
+                            rate,
+                            off_the_shelf: f64::NAN,
+                            finetuned: vec![(seed, top1)],
+                            gmacs: super::cost::gmacs(
+                                reference.config(),
+                                method.kind(),
+                                Some(rate),
+                            )?,
+                            images_per_second: timing
+                                .images_per_second(1 + 3 * ri + kind_index(method.kind())),
+                        });
+                    }
+                }
+            }
+            _ => anyhow::bail!("a job gave the wrong kind of result"),
+        }
+    }
+    for (t, run) in tasks.iter_mut().enumerate() {
+        for result in &mut run.results {
+            let key = (t, kind_index(result.method.kind()), result.rate.to_bits());
+            result.off_the_shelf = before.get(&key).copied().unwrap_or(f64::NAN);
         }
     }
     Ok(AccuracyRun {
-        dense_top1,
+        tasks,
         dense_images_per_second: timing.images_per_second(0),
-        dense_gmacs: super::cost::gmacs(dense.config(), PolicyKind::Idle, None)?,
-        results,
-        images: (train.len(), val.len()),
-        val: split.val,
-        idle_models,
+        dense_gmacs: super::cost::gmacs(reference.config(), PolicyKind::Idle, None)?,
+        train_images: options.canvases_per_epoch,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_run_on_every_worker_and_come_back_in_order() {
+        let jobs: Vec<usize> = (0..20).collect();
+        let mut lines = Vec::new();
+        let run = |&j: &usize| -> Result<(usize, String)> {
+            // Each job sees a one-thread pool of its own.
+            Ok((
+                j * j + 100 * rayon::current_num_threads(),
+                format!("job {j}"),
+            ))
+        };
+        let results = run_jobs(&jobs, 3, &run, &mut |l| lines.push(l)).unwrap();
+        assert_eq!(results, (0..20).map(|j| j * j + 100).collect::<Vec<_>>());
+        lines.sort();
+        assert_eq!(lines.len(), 20);
+    }
+
+    #[test]
+    fn the_first_error_stops_the_jobs_and_is_returned() {
+        let jobs: Vec<usize> = (0..50).collect();
+        let started = AtomicUsize::new(0);
+        let run = |&j: &usize| -> Result<((), String)> {
+            started.fetch_add(1, Ordering::SeqCst);
+            anyhow::ensure!(j != 3, "job 3 failed");
+            // The other jobs take long enough that the failure is seen before they all ran.
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            Ok(((), String::new()))
+        };
+        let err = run_jobs(&jobs, 2, &run, &mut |_| {}).unwrap_err();
+        assert_eq!(err.to_string(), "job 3 failed");
+        assert!(started.load(Ordering::SeqCst) < 50);
+    }
 }

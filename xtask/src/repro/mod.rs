@@ -4,10 +4,12 @@
 //! it, except the paper's own figures, which are labelled as such.
 
 mod accuracy;
+mod claims;
 mod cost;
 mod imagenet;
 mod plots;
 pub mod speed;
+mod stats;
 mod table;
 mod timm;
 mod tokens;
@@ -17,13 +19,16 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use idlevit_train::models::default_model;
+use idlevit_data::DigitsTask;
+use idlevit_train::models::task_model;
 use idlevit_zoo::DeiTConfig;
 
-pub use accuracy::{AccuracyOptions, AccuracyRun, Method, MethodResult, mean_std};
+pub use accuracy::{AccuracyOptions, AccuracyRun, Method, MethodResult, TaskRun, mean_std};
+use claims::accuracy_section;
 pub use imagenet::ImagenetOptions;
 pub use plots::{Chart, Series, write_chart};
 pub use speed::SpeedOptions;
+pub use stats::{Paired, Verdict};
 pub use table::Table;
 pub use timm::{TimmRun, run_timm};
 
@@ -54,7 +59,8 @@ fn named(names: &[&str]) -> Result<Vec<(String, DeiTConfig)>> {
 }
 
 impl ReproOptions {
-    /// The default run: under 15 minutes on 2 cores.
+    /// The default run: under 20 minutes on 2 cores with the build; both tasks, every rate
+    /// 0.9..0.5, five seeds.
     pub fn default_run(out_dir: PathBuf) -> Result<Self> {
         Ok(Self {
             out_dir,
@@ -67,14 +73,16 @@ impl ReproOptions {
                 runs: 3,
             }),
             accuracy: AccuracyOptions {
-                rates: vec![0.7, 0.5],
-                seeds: vec![0, 1, 2],
-                train_copies: 1,
-                per_class_limit: (None, None),
-                epochs: 1,
+                tasks: DigitsTask::ALL.to_vec(),
+                rates: cost::RATES.to_vec(),
+                seeds: vec![0, 1, 2, 3, 4],
+                epochs: 4,
+                canvases_per_epoch: 320,
+                val_limit: None,
                 batch: 32,
                 lr: 2e-4,
                 distill_weight: 5.0,
+                cut_weight: 20.0,
                 speed_runs: 5,
             },
             token_images: (128, 4),
@@ -83,8 +91,8 @@ impl ReproOptions {
         })
     }
 
-    /// The longer run: every rate 0.9..0.5 in the speed section with more runs, five seeds,
-    /// three epochs over twice as many training canvases.
+    /// The longer run: every rate 0.9..0.5 in the speed section with more runs; ten seeds,
+    /// and finetunes of eight epochs of twice as many canvases.
     pub fn full_run(out_dir: PathBuf) -> Result<Self> {
         let mut options = Self::default_run(out_dir)?;
         options.setting = "full".into();
@@ -93,9 +101,9 @@ impl ReproOptions {
             speed.runs = 5;
             speed.warmup = 2;
         }
-        options.accuracy.seeds = vec![0, 1, 2, 3, 4];
-        options.accuracy.train_copies = 2;
-        options.accuracy.epochs = 3;
+        options.accuracy.seeds = (0..10).collect();
+        options.accuracy.epochs = 8;
+        options.accuracy.canvases_per_epoch = 640;
         options.token_images = (449, 6);
         Ok(options)
     }
@@ -122,14 +130,16 @@ impl ReproOptions {
                 runs: 1,
             }),
             accuracy: AccuracyOptions {
+                tasks: DigitsTask::ALL.to_vec(),
                 rates: vec![0.7, 0.5],
                 seeds: vec![0, 1],
-                train_copies: 1,
-                per_class_limit: (Some(2), Some(2)),
                 epochs: 1,
+                canvases_per_epoch: 10,
+                val_limit: Some(20),
                 batch: 10,
                 lr: 2e-4,
                 distill_weight: 5.0,
+                cut_weight: 20.0,
                 speed_runs: 1,
             },
             token_images: (20, 2),
@@ -156,45 +166,12 @@ fn pct(v: f64) -> String {
     format!("{:.2}", 100.0 * v)
 }
 
-/// One claim, stated as measured: `a` against `b` over the seeds.
-fn claim(what: &str, a: &MethodResult, b: &MethodResult) -> String {
-    let ((ma, sa), (mb, sb)) = (a.mean_std(), b.mean_std());
-    let n = a.finetuned.len().min(b.finetuned.len()).max(1) as f64;
-    let diff = 100.0 * (ma - mb);
-    let noise = 100.0 * 2.0 * ((sa * sa + sb * sb) / n).sqrt();
-    let verdict = if diff > noise && diff > 0.0 {
-        "holds here"
-    } else if diff > 0.0 {
-        "points the same way, but within twice the standard error of the seeds: not resolved here"
-    } else {
-        "does not hold here"
-    };
-    format!(
-        "- {what}, r={}: {} {}±{} % vs {} {}±{} % ({} seeds): difference {diff:+.2} points \
-         (2 standard errors: {noise:.2}) — {verdict}.",
-        a.rate,
-        a.method.name(),
-        pct(ma),
-        pct(sa),
-        b.method.name(),
-        pct(mb),
-        pct(sb),
-        a.finetuned.len()
-    )
-}
-
-fn find(run: &AccuracyRun, method: Method, rate: f64) -> Option<&MethodResult> {
-    run.results
-        .iter()
-        .find(|r| r.method == method && r.rate == rate)
-}
-
 /// Runs every section and writes the report; `log` receives progress lines.
 pub fn run(options: &ReproOptions, log: &mut dyn FnMut(String)) -> Result<ReproOutcome> {
     let started = Instant::now();
     let out = &options.out_dir;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let dense = default_model()?;
+    let dense = task_model(DigitsTask::Digit)?;
     let threads = rayon::current_num_threads();
     let mut md = String::new();
     let mut tables = Vec::new();
@@ -312,130 +289,19 @@ pub fn run(options: &ReproOptions, log: &mut dyn FnMut(String)) -> Result<ReproO
 
     // 3. Accuracy.
     let section = Instant::now();
-    let acc = accuracy::run_accuracy(&dense, &options.accuracy, out, log)?;
     let a = &options.accuracy;
-    let _ = write!(
-        md,
-        "## 3. Accuracy on the digits task\n\nThe task: UCI handwritten digits drawn 18..26 px \
-         tall at random places on cluttered 64x64 canvases (most 8x8 patches are background; \
-         `fixtures/digits/README.md`), {} training and {} validation canvases. Start and \
-         teacher: the embedded dense model (DeiT, width 64, depth 12, 4 heads, patch 8), \
-         top-1 **{}%** dense, {:.1} images/s at batch 64, {:.4} GMACs. Each method finetunes \
-         it for {} epoch(s), batch {}, AdamW lr {:.0e} (cosine to 1e-6), distillation weight \
-         {} (KL + 100 x feature term), label smoothing 0.1; the cut loss (both terms, weight \
-         20) only for IdleViT + cut loss. Seeds {:?} set the shuffle order. Throughput: the \
-         inference form of each policy at batch 64 on this machine.\n\n",
-        acc.images.0,
-        acc.images.1,
-        pct(acc.dense_top1),
-        acc.dense_images_per_second,
-        acc.dense_gmacs,
-        a.epochs,
-        a.batch,
-        a.lr,
-        a.distill_weight,
-        a.seeds
-    );
-    let mut acc_table = Table::new(
-        "Top-1 (%) on the digits validation canvases",
-        &[
-            "method",
-            "r",
-            "GMACs",
-            "images/s",
-            "before finetuning",
-            "finetuned mean ± std",
-            "per seed",
-        ],
-    );
-    acc_table.push(vec![
-        "dense".into(),
-        "1".into(),
-        format!("{:.4}", acc.dense_gmacs),
-        format!("{:.1}", acc.dense_images_per_second),
-        pct(acc.dense_top1),
-        "–".into(),
-        "–".into(),
-    ]);
-    for r in &acc.results {
-        let (m, s) = r.mean_std();
-        acc_table.push(vec![
-            r.method.name().into(),
-            format!("{}", r.rate),
-            format!("{:.4}", r.gmacs),
-            format!("{:.1}", r.images_per_second),
-            pct(r.off_the_shelf),
-            format!("{} ± {}", pct(m), pct(s)),
-            r.finetuned
-                .iter()
-                .map(|f| pct(f.1))
-                .collect::<Vec<_>>()
-                .join(", "),
-        ]);
-    }
-    md += &acc_table.markdown();
-    log(acc_table.markdown());
-    md += "\nThe paper's two claims, as measured here:\n\n";
-    let mut claims = String::new();
-    for &rate in &a.rates {
-        let pairs = [
-            (
-                "Idling beats pruning at the same keep ratio",
-                Method::IdleCut,
-                Method::Prune,
-            ),
-            ("The cut loss helps", Method::IdleCut, Method::IdleNoCut),
-            (
-                "IdleViT beats EViT (the paper: +0.5 points on DeiT-S at r=0.5)",
-                Method::IdleCut,
-                Method::Evit,
-            ),
-        ];
-        for (what, x, y) in pairs {
-            if let (Some(x), Some(y)) = (find(&acc, x, rate), find(&acc, y, rate)) {
-                claims += &claim(what, x, y);
-                claims += "\n";
-            }
-        }
-    }
-    md += &claims;
-    log(claims);
-    let series = Method::ALL
-        .iter()
-        .map(|&method| Series {
-            name: method.name().into(),
-            points: acc
-                .results
-                .iter()
-                .filter(|r| r.method == method)
-                .map(|r| {
-                    let (m, s) = r.mean_std();
-                    (r.images_per_second, 100.0 * m, 100.0 * s)
-                })
-                .collect(),
-        })
-        .chain([Series {
-            name: "dense".into(),
-            points: vec![(acc.dense_images_per_second, 100.0 * acc.dense_top1, 0.0)],
-        }])
-        .collect();
-    let chart = Chart {
-        title: "Digits task: top-1 vs throughput (batch 64)".into(),
-        x_label: "images/s".into(),
-        y_label: "top-1 (%), mean ± std over seeds".into(),
-        series,
-    };
-    images.extend(write_chart(&chart, &out.join("accuracy_vs_throughput"))?);
-    md += "\n![top-1 vs throughput](accuracy_vs_throughput.png)\n\n";
-    tables.push(acc_table);
+    let dense_model = |task| Ok(task_model(task)?);
+    let acc = accuracy::run_accuracy(&dense_model, a, out, log)?;
+    let text = accuracy_section(&acc, a, &mut tables, &mut images, out, log)?;
+    md += &text;
     timings.push(("accuracy", section.elapsed().as_secs_f64()));
 
     // 4. Token selection.
     let section = Instant::now();
-    let (text, token_table, picture) = tokens::section(&acc, a, options.token_images, out)?;
+    let (text, token_table, pictures) = tokens::section(&acc, a, options.token_images, out)?;
     md += &text;
     log(token_table.markdown());
-    images.extend(picture);
+    images.extend(pictures);
     tables.push(token_table);
     timings.push(("tokens", section.elapsed().as_secs_f64()));
 

@@ -39,67 +39,75 @@ pub fn section(
     options: &AccuracyOptions,
     (count, shown): (usize, usize),
     out: &Path,
-) -> Result<(String, Table, Option<PathBuf>)> {
+) -> Result<(String, Table, Vec<PathBuf>)> {
     let mut md = "## 4. Token selection\n\n".to_string();
-    let mut picture = None;
-    let canvases = &run.val[..count.min(run.val.len())];
+    let mut pictures = Vec::new();
     let mut table = Table::new(
-        "Idled tokens picked again, and selections on the digit",
+        "Idled tokens picked again, and selections on the digits",
         &[
+            "task",
             "model",
             "r",
             "re-selected at the next idle layer, per layer (%)",
             "re-selected at any later idle layer (%)",
-            "selected tokens on the digit, per layer (%)",
-            "patches on the digit (%)",
+            "selected tokens on a digit, per layer (%)",
+            "patches on a digit (%)",
         ],
     );
-    for (method, rate, model) in &run.idle_models {
-        let (stats, selected) = token_stats(model, canvases)?;
-        let join = |v: &[f64]| {
-            v.iter()
-                .map(|x| format!("{:.0}", 100.0 * x))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        table.push(vec![
-            method.name().into(),
-            format!("{rate}"),
-            join(&stats.reselected),
-            pct(stats.reselected_later),
-            join(&stats.on_digit),
-            pct(stats.digit_share),
-        ]);
-        if *method == Method::IdleCut && Some(rate) == options.rates.last() {
-            let shown = &canvases[..shown.min(canvases.len())];
-            let tensor = canvases_tensor(shown, model.config().img_size)?;
-            let picked: Vec<Vec<Vec<usize>>> = selected
-                .iter()
-                .map(|per_image| per_image[..shown.len()].to_vec())
-                .collect();
-            let path = out.join("token_selection.png");
-            selection_picture(&tensor, &picked, model.config().patch_size, 2, &path)?;
-            let _ = write!(
-                md,
-                "![token selection](token_selection.png)\n\nIdleViT + cut loss at r={rate} \
-                 (seed {}): each row one validation canvas; the input, then idle layers {:?} \
-                 left to right. Idle tokens are dimmed blue; the rest are the layer's \
-                 selection.\n\n",
-                options.seeds[0], stats.layers
-            );
-            picture = Some(path);
+    let mut evaluated = 0;
+    for task in &run.tasks {
+        let canvases = &task.val[..count.min(task.val.len())];
+        evaluated = evaluated.max(canvases.len());
+        for (method, rate, model) in &task.idle_models {
+            let (stats, selected) = token_stats(model, canvases)?;
+            let join = |v: &[f64]| {
+                v.iter()
+                    .map(|x| format!("{:.0}", 100.0 * x))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            table.push(vec![
+                task.task.name().into(),
+                method.name().into(),
+                format!("{rate}"),
+                join(&stats.reselected),
+                pct(stats.reselected_later),
+                join(&stats.on_digit),
+                pct(stats.digit_share),
+            ]);
+            if *method == Method::IdleCut && Some(rate) == options.rates.last() {
+                let shown = &canvases[..shown.min(canvases.len())];
+                let tensor = canvases_tensor(shown, model.config().img_size)?;
+                let picked: Vec<Vec<Vec<usize>>> = selected
+                    .iter()
+                    .map(|per_image| per_image[..shown.len()].to_vec())
+                    .collect();
+                let name = format!("token_selection_{}.png", task.task.name());
+                let path = out.join(&name);
+                selection_picture(&tensor, &picked, model.config().patch_size, 2, &path)?;
+                let _ = write!(
+                    md,
+                    "![token selection on {task_name}]({name})\n\n{task_name}: IdleViT + cut \
+                     loss at r={rate} (seed {}): each row one validation canvas; the input, \
+                     then idle layers {:?} left to right. Idle tokens are dimmed blue; the \
+                     rest are the layer's selection.\n\n",
+                    options.seeds[0],
+                    stats.layers,
+                    task_name = task.task.name(),
+                );
+                pictures.push(path);
+            }
         }
     }
     let _ = write!(
         md,
-        "Over {} validation canvases (seed {} models). Re-selection: of the image tokens one \
-         idle layer leaves idle, the share the next idle layer computes again (the freedom \
-         pruning lacks).\n\n",
-        canvases.len(),
+        "Over up to {evaluated} validation canvases per task (seed {} models). Re-selection: of \
+         the image tokens one idle layer leaves idle, the share the next idle layer computes \
+         again (the freedom pruning lacks).\n\n",
         options.seeds[0]
     );
     md += &table.markdown();
-    Ok((md, table, picture))
+    Ok((md, table, pictures))
 }
 
 /// The canvases as the model sees them: `(batch, 3, img, img)`.
@@ -116,20 +124,24 @@ pub fn canvases_tensor(canvases: &[Canvas], img_size: usize) -> Result<Tensor> {
     )?)
 }
 
-/// Which patches (row-major, `grid x grid`) the digit's box touches after the evaluation
+/// Which patches (row-major, `grid x grid`) the digits' boxes touch after the evaluation
 /// transform (shorter side to `resize`, centred crop).
 fn digit_patches(canvas: &Canvas, img_size: usize, patch: usize) -> Vec<bool> {
     let transform = EvalTransform::for_size(img_size);
     let scale = f64::from(transform.resize) / f64::from(canvas.image.width());
     let offset = (f64::from(transform.resize - transform.crop) / 2.0).round();
-    let (x, y, s) = canvas.digit_box;
     let map = |v: u32| f64::from(v) * scale - offset;
-    let (x0, y0, x1, y1) = (map(x), map(y), map(x + s), map(y + s));
+    let boxes: Vec<(f64, f64, f64, f64)> = std::iter::once(canvas.digit_box)
+        .chain(canvas.second_box)
+        .map(|(x, y, s)| (map(x), map(y), map(x + s), map(y + s)))
+        .collect();
     let grid = img_size / patch;
     (0..grid * grid)
         .map(|p| {
             let (px, py) = ((p % grid * patch) as f64, (p / grid * patch) as f64);
-            px < x1 && px + patch as f64 > x0 && py < y1 && py + patch as f64 > y0
+            boxes.iter().any(|&(x0, y0, x1, y1)| {
+                px < x1 && px + patch as f64 > x0 && py < y1 && py + patch as f64 > y0
+            })
         })
         .collect()
 }

@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use idlevit_data::digits::{DigitsOptions, embedded_split, write_image_folder};
+use idlevit_data::{DigitsTask, ImageSet, task_split};
 
 use super::Globals;
+use crate::args::TaskArg;
 use crate::{checks, memory};
 
 /// The arguments of `digits`.
@@ -18,6 +20,9 @@ pub struct Digits {
     /// Seed of the split, placements and clutter.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// The task: one digit per canvas, or two labelled by the larger of them.
+    #[arg(long, value_enum, default_value = "digits")]
+    task: TaskArg,
     /// Canvases per training digit.
     #[arg(long, default_value_t = 2, value_parser = checks::at_least_one, allow_negative_numbers = true)]
     train_copies: usize,
@@ -35,7 +40,14 @@ pub fn run(args: Digits, globals: &Globals) -> Result<()> {
         options.memory_estimate(),
         memory::memory_limit(globals.max_memory),
     )?;
-    let split = embedded_split(&options)?;
+    let split = match args.task {
+        TaskArg::Digits => embedded_split(&options)?,
+        TaskArg::LargerDigit => {
+            let task = task_split(DigitsTask::LargerDigit, &options, None)?;
+            let per_epoch = task.train.len() * args.train_copies;
+            task_split(DigitsTask::LargerDigit, &options, Some(per_epoch))?.drawn(0)?
+        }
+    };
     write_image_folder(&split, &args.out)?;
     println!(
         "wrote {} training and {} validation canvases to {}",

@@ -4,12 +4,13 @@ use std::path::PathBuf;
 
 use anyhow::{Result, ensure};
 use clap::Args;
-use idlevit_data::ImageFolder;
+use idlevit_data::digits::DigitsOptions;
+use idlevit_data::{ImageFolder, ImageSet, task_split};
 
 use serde_json::json;
 
 use super::{Globals, print_accuracy, print_json, resolve_model, zoo_model};
-use crate::args::{ModelArgs, PolicyArgs};
+use crate::args::{ModelArgs, PolicyArgs, TaskArg};
 use crate::checks;
 use crate::policy::Mode;
 
@@ -25,9 +26,12 @@ pub struct Eval {
     /// config.json also gives the model and its preprocessing).
     #[arg(long, value_name = "W")]
     weights: PathBuf,
-    /// The data set folder.
-    #[arg(long, value_name = "DIR")]
-    data: PathBuf,
+    /// The data set folder (one folder of class folders).
+    #[arg(long, value_name = "DIR", required_unless_present = "task")]
+    data: Option<PathBuf>,
+    /// Evaluate on a built-in task's fixed validation canvases instead of --data.
+    #[arg(long, value_enum, conflicts_with = "data")]
+    task: Option<TaskArg>,
     /// Images per forward pass.
     #[arg(long, default_value_t = 32, value_parser = checks::at_least_one, allow_negative_numbers = true)]
     batch: usize,
@@ -47,11 +51,15 @@ pub fn run(args: Eval, globals: &Globals) -> Result<()> {
     );
     let resolved = resolve_model(&args.model, Some(&args.weights))?;
     let model = zoo_model(&resolved, &args.policy, args.bf16, args.batch, globals)?;
-    let data = ImageFolder::open(&args.data)?;
+    let data: Box<dyn ImageSet> = match (&args.data, args.task) {
+        (_, Some(task)) => Box::new(task_split(task.into(), &DigitsOptions::default(), None)?.val),
+        (Some(dir), None) => Box::new(ImageFolder::open(dir)?),
+        (None, None) => anyhow::bail!("give --data DIR or --task"),
+    };
     let leader = group.is_leader();
     let acc = idlevit_train::evaluate::evaluate_in_group_with(
         &model,
-        &data,
+        data.as_ref(),
         args.batch,
         leader,
         group,

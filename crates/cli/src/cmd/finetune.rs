@@ -4,14 +4,15 @@ use std::path::PathBuf;
 
 use anyhow::{Result, ensure};
 use clap::Args;
-use idlevit_data::ImageFolder;
+use idlevit_data::digits::DigitsOptions;
 use idlevit_data::files::{NamedPath, check_distinct, save_checkpoint};
+use idlevit_data::{ImageFolder, ImageSet, task_split};
 use idlevit_train::finetune::{FinetuneOptions, checkpoint_path, finetune_in_group};
 use idlevit_train::models::load_zoo_model;
 use idlevit_zoo::{MemoryUse, ZooModel};
 
 use super::{Globals, check_model_memory, named, print_accuracy, training_policy};
-use crate::args::{ModelArgs, ObjectiveArgs, RegularisationArgs};
+use crate::args::{ModelArgs, ObjectiveArgs, RegularisationArgs, TaskArg};
 use crate::checks;
 
 /// The arguments of `finetune`.
@@ -30,9 +31,16 @@ pub struct Finetune {
     /// weights, if given).
     #[arg(long, value_name = "W")]
     teacher: Option<PathBuf>,
-    /// The data set folder.
-    #[arg(long, value_name = "DIR")]
-    data: PathBuf,
+    /// The data set folder: DIR/train and DIR/val, or one folder of class folders.
+    #[arg(long, value_name = "DIR", required_unless_present = "task")]
+    data: Option<PathBuf>,
+    /// Train on a built-in task instead of --data: new training canvases every epoch (seeded
+    /// by --seed), validation on the task's fixed held-out canvases.
+    #[arg(long, value_enum, conflicts_with = "data")]
+    task: Option<TaskArg>,
+    /// Training canvases per epoch with --task (default: one per training digit, 1348).
+    #[arg(long, value_name = "N", requires = "task", value_parser = checks::at_least_one, allow_negative_numbers = true)]
+    canvases_per_epoch: Option<usize>,
     /// Passes over the training set.
     #[arg(long, default_value_t = 30, value_parser = checks::at_least_one, allow_negative_numbers = true)]
     epochs: usize,
@@ -144,18 +152,38 @@ pub fn run(args: Finetune, globals: &Globals) -> Result<()> {
         )?),
         None => None,
     };
-    let data = &args.data;
-    let (train_dir, val_dir) = if data.join("train").is_dir() {
-        let val = data.join("val");
-        (data.join("train"), val.is_dir().then_some(val))
-    } else {
-        (data.clone(), None)
+    let (train, val): (Box<dyn ImageSet>, Option<Box<dyn ImageSet>>) = match (&args.data, args.task)
+    {
+        (_, Some(task)) => {
+            let split = task_split(
+                task.into(),
+                &DigitsOptions::default(),
+                args.canvases_per_epoch,
+            )?;
+            (
+                Box::new(split.train.with_draw_seed(args.seed)),
+                Some(Box::new(split.val)),
+            )
+        }
+        (Some(data), None) => {
+            let (train_dir, val_dir) = if data.join("train").is_dir() {
+                let val = data.join("val");
+                (data.join("train"), val.is_dir().then_some(val))
+            } else {
+                (data.clone(), None)
+            };
+            let train = ImageFolder::open(&train_dir)?;
+            let val = val_dir
+                .as_deref()
+                .map(|dir| ImageFolder::open_with_classes(dir, train.classes()))
+                .transpose()?;
+            (
+                Box::new(train),
+                val.map(|v| Box::new(v) as Box<dyn ImageSet>),
+            )
+        }
+        (None, None) => anyhow::bail!("give --data DIR or --task"),
     };
-    let train = ImageFolder::open(&train_dir)?;
-    let val = val_dir
-        .as_deref()
-        .map(|dir| ImageFolder::open_with_classes(dir, train.classes()))
-        .transpose()?;
     let options = FinetuneOptions {
         epochs: args.epochs,
         batch: args.batch,
@@ -177,8 +205,8 @@ pub fn run(args: Finetune, globals: &Globals) -> Result<()> {
     let report = finetune_in_group(
         &mut student,
         teacher.as_ref(),
-        &train,
-        val.as_ref(),
+        train.as_ref(),
+        val.as_deref(),
         &options,
         group,
     )?;

@@ -1,0 +1,99 @@
+//! Labelled image sets that batches are drawn from: an [`ImageFolder`] on disk, or canvases
+//! drawn in memory ([`crate::tasks::TaskCanvases`]), which may draw new images every epoch.
+
+use idlevit_tensor::Tensor;
+use rayon::prelude::*;
+
+use crate::Result;
+use crate::augment::TrainTransform;
+use crate::folder::ImageFolder;
+use crate::preprocess::{EvalTransform, batch_values};
+
+/// A labelled image set whose images can be batched by index.
+///
+/// `epoch` lets a generated set draw new images every epoch; a set on disk ignores it and
+/// gives the same image for an index in every epoch.
+pub trait ImageSet: Sync + std::fmt::Debug {
+    /// Class names, by label.
+    fn classes(&self) -> &[String];
+
+    /// The number of images in one epoch.
+    fn len(&self) -> usize;
+
+    /// Whether the set holds no images.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The images at `indices` in `epoch`, preprocessed by `transform` into
+    /// `(batch, 3, crop, crop)`, and their labels.
+    fn images(
+        &self,
+        epoch: usize,
+        indices: &[usize],
+        transform: &EvalTransform,
+    ) -> Result<(Tensor, Vec<usize>)>;
+
+    /// The images at `indices` in `epoch` through the training augmentation, image `i`
+    /// augmented with a seed drawn from `seed` and `i`, and their labels.
+    fn augmented_images(
+        &self,
+        epoch: usize,
+        indices: &[usize],
+        transform: &TrainTransform,
+        seed: u64,
+    ) -> Result<(Tensor, Vec<usize>)>;
+}
+
+impl ImageSet for ImageFolder {
+    fn classes(&self) -> &[String] {
+        ImageFolder::classes(self)
+    }
+
+    fn len(&self) -> usize {
+        ImageFolder::len(self)
+    }
+
+    fn images(
+        &self,
+        _epoch: usize,
+        indices: &[usize],
+        transform: &EvalTransform,
+    ) -> Result<(Tensor, Vec<usize>)> {
+        self.batch(indices, transform)
+    }
+
+    fn augmented_images(
+        &self,
+        _epoch: usize,
+        indices: &[usize],
+        transform: &TrainTransform,
+        seed: u64,
+    ) -> Result<(Tensor, Vec<usize>)> {
+        self.train_batch(indices, transform, seed)
+    }
+}
+
+/// The images of `indices`, each made by `load(index)` as `(3, side, side)` with its label,
+/// in parallel on the current rayon pool, stacked into `(batch, 3, side, side)`. Each image
+/// keeps its batch position, so the batch, and the first error in batch order, are the
+/// same on any number of threads.
+pub(crate) fn load_batch(
+    indices: &[usize],
+    side: usize,
+    load: impl Fn(usize) -> Result<(Tensor, usize)> + Sync,
+) -> Result<(Tensor, Vec<usize>)> {
+    let values = batch_values(indices.len(), side)?;
+    let loaded: Vec<Result<(Tensor, usize)>> = indices.par_iter().map(|&i| load(i)).collect();
+    let mut pixels = Vec::with_capacity(values);
+    let mut labels = Vec::with_capacity(indices.len());
+    for image in loaded {
+        let (image, label) = image?;
+        pixels.extend(image.into_vec());
+        labels.push(label);
+    }
+    Ok((
+        Tensor::from_vec(vec![indices.len(), 3, side, side], pixels)?,
+        labels,
+    ))
+}

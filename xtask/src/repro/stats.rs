@@ -119,6 +119,7 @@ mod tests {
         assert!((p.mean - 3.0).abs() < 1e-12);
         let expected = 2.776 * (2.5f64 / 5.0).sqrt();
         assert!((p.half_width - expected).abs() < 1e-12, "{}", p.half_width);
+        assert_eq!(p.interval(), (3.0 - p.half_width, 3.0 + p.half_width));
         assert_eq!(p.verdict(), Verdict::Holds);
         assert_eq!(Paired::new(&b, &a).verdict(), Verdict::Fails);
     }
@@ -145,6 +146,15 @@ mod tests {
         let one = Paired::new(&[(0, 2.0)], &[(0, 1.0)]);
         assert!(one.half_width.is_infinite());
         assert_eq!(one.verdict(), Verdict::Unresolved);
+    }
+
+    #[test]
+    fn an_interval_that_touches_zero_is_unresolved() {
+        // No difference at all: the interval is the single point 0.
+        let same = seeded(&[70.0, 71.0, 72.0]);
+        let p = Paired::new(&same, &same);
+        assert_eq!(p.interval(), (0.0, 0.0));
+        assert_eq!(p.verdict(), Verdict::Unresolved);
     }
 
     #[test]

@@ -97,3 +97,41 @@ pub(crate) fn load_batch(
         labels,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digits::{DigitsOptions, write_image_folder};
+    use crate::tasks::{DigitsTask, task_split};
+
+    #[test]
+    fn a_folder_is_an_image_set_of_its_own_images() {
+        let dir = tempfile::tempdir().unwrap();
+        let split = task_split(DigitsTask::Digit, &DigitsOptions::default(), Some(30)).unwrap();
+        write_image_folder(&split.drawn(0).unwrap(), dir.path()).unwrap();
+        // The validation half holds every class.
+        let folder = ImageFolder::open(&dir.path().join("val")).unwrap();
+        let set: &dyn ImageSet = &folder;
+        assert_eq!((set.len(), set.is_empty()), (449, false));
+        let names: Vec<String> = (0..10).map(|c| c.to_string()).collect();
+        assert_eq!(set.classes(), names.as_slice());
+        // Every epoch of a folder is the folder itself.
+        let transform = EvalTransform::for_size(64);
+        let (images, labels) = set.images(3, &[0, 448], &transform).unwrap();
+        let (expected, expected_labels) = folder.batch(&[0, 448], &transform).unwrap();
+        assert_eq!(images.to_vec(), expected.to_vec());
+        assert_eq!(labels, expected_labels);
+        let augment = TrainTransform::for_size(64);
+        let (views, _) = set.augmented_images(5, &[1, 2], &augment, 9).unwrap();
+        let (expected, _) = folder.train_batch(&[1, 2], &augment, 9).unwrap();
+        assert_eq!(views.to_vec(), expected.to_vec());
+        // A set with no canvases says so.
+        assert!(split.val.first(0).is_empty());
+    }
+
+    #[test]
+    fn tasks_are_named_as_on_the_command_line() {
+        let names: Vec<&str> = DigitsTask::ALL.iter().map(|t| t.name()).collect();
+        assert_eq!(names, ["digits", "larger-digit"]);
+    }
+}

@@ -356,6 +356,18 @@ mod tests {
     use super::*;
     use crate::digits::embedded_split;
 
+    /// Per task: the first 16 validation canvases, epoch 0's 16 training canvases, and epoch
+    /// 2's under draw seed 3; then epoch 1's digits under split seed 5 and draw seed 3.
+    const PINNED: [u64; 7] = [
+        12_071_066_267_754_000_302,
+        15_727_693_734_719_959_590,
+        1_881_479_364_038_128_577,
+        6_484_391_306_004_974_868,
+        14_858_038_156_341_634_760,
+        8_557_310_248_500_657_037,
+        4_769_153_905_603_847_937,
+    ];
+
     fn pixels(canvases: &[Canvas]) -> Vec<u8> {
         canvases
             .iter()
@@ -376,6 +388,49 @@ mod tests {
         assert_eq!(split.train.len(), folder.train.len());
         // A fixed set is the same in every epoch.
         assert_eq!(split.val.canvas(7, 3).unwrap(), folder.val[3]);
+    }
+
+    /// FNV-1a over the canvases' pixels, labels and boxes.
+    fn fingerprint(canvases: &[Canvas]) -> u64 {
+        let mut hash = 0xcbf2_9ce4_8422_2325u64;
+        let mut eat = |b: u8| {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x100_0000_01b3);
+        };
+        for c in canvases {
+            c.image.as_raw().iter().for_each(|&b| eat(b));
+            eat(c.label as u8);
+            let boxes = std::iter::once(c.digit_box).chain(c.second_box);
+            boxes.for_each(|(x, y, s)| [x, y, s].iter().for_each(|&v| eat(v as u8)));
+        }
+        hash
+    }
+
+    #[test]
+    fn the_canvases_are_pinned() {
+        // Pinned, so that a change to the generator, its streams or its layout is noticed:
+        // the repro's figures and the embedded models' training depend on these canvases.
+        let mut found = Vec::new();
+        for task in DigitsTask::ALL {
+            let split = task_split(task, &DigitsOptions::default(), Some(16)).unwrap();
+            found.push(fingerprint(
+                &split.val.clone().first(16).canvases(0).unwrap(),
+            ));
+            found.push(fingerprint(&split.train.canvases(0).unwrap()));
+            found.push(fingerprint(
+                &split.train.clone().with_draw_seed(3).canvases(2).unwrap(),
+            ));
+        }
+        // Another split seed keys the streams with the draw seed.
+        let options = DigitsOptions {
+            seed: 5,
+            ..DigitsOptions::default()
+        };
+        let split = task_split(DigitsTask::Digit, &options, Some(16)).unwrap();
+        found.push(fingerprint(
+            &split.train.with_draw_seed(3).canvases(1).unwrap(),
+        ));
+        assert_eq!(found, PINNED);
     }
 
     #[test]
@@ -451,7 +506,7 @@ mod tests {
     }
 
     #[test]
-    fn digit_sum_validation_uses_only_held_out_digits() {
+    fn larger_digit_validation_uses_only_held_out_digits() {
         let options = DigitsOptions::default();
         let split = task_split(DigitsTask::LargerDigit, &options, Some(8)).unwrap();
         assert_eq!(split.val.len(), 2 * 449);
@@ -473,6 +528,9 @@ mod tests {
         let split = task_split(DigitsTask::LargerDigit, &options, Some(12)).unwrap();
         crate::digits::write_image_folder(&split.drawn(1).unwrap(), dir.path()).unwrap();
         let transform = EvalTransform::for_size(64);
+        assert_eq!(split.train.classes(), split.val.classes());
+        let names: Vec<String> = (0..10).map(|c| c.to_string()).collect();
+        assert_eq!(split.train.classes(), names.as_slice());
         let (mine, labels) = split.train.images(1, &[0, 5, 11], &transform).unwrap();
         // The folder sorts by class, then index: find canvases 0, 5 and 11 by their file.
         let canvases = split.train.canvases(1).unwrap();
@@ -492,6 +550,27 @@ mod tests {
     }
 
     #[test]
+    fn canvas_views_are_seeded_as_a_folder_seeds_them() {
+        // Image i of a batch is augmented with `seed ^ i * 0x9E37_79B9_7F4A_7C15`, as
+        // `ImageFolder::train_batch` does, so a run's views do not depend on the batching.
+        let split =
+            task_split(DigitsTask::LargerDigit, &DigitsOptions::default(), Some(9)).unwrap();
+        let augment = TrainTransform::for_size(64);
+        let (views, _) = split
+            .train
+            .augmented_images(2, &[8, 3], &augment, 77)
+            .unwrap();
+        let n = 3 * 64 * 64;
+        for (row, i) in [8u64, 3].into_iter().enumerate() {
+            let canvas = split.train.canvas(2, i as usize).unwrap();
+            let image = DynamicImage::ImageRgb8(canvas.image);
+            let seed = 77 ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let expected = augment.apply(&image, seed).unwrap().to_vec();
+            assert_eq!(&views.to_vec()[row * n..(row + 1) * n], expected.as_slice());
+        }
+    }
+
+    #[test]
     fn a_canvas_too_small_for_two_digits_is_an_error() {
         let options = DigitsOptions {
             side: 32,
@@ -501,5 +580,21 @@ mod tests {
         let err = task_split(DigitsTask::LargerDigit, &options, None).unwrap_err();
         assert!(err.to_string().contains("do not fit apart"), "{err}");
         assert!(task_split(DigitsTask::Digit, &options, None).is_ok());
+        // 42 px is the smallest side that holds the layout (margin 2, an 18 px digit and a
+        // half-gap of 1 in each half of 21), and its canvases draw.
+        for (side, fits) in [(42, true), (41, false)] {
+            let options = DigitsOptions {
+                side,
+                ..DigitsOptions::default()
+            };
+            let split = task_split(DigitsTask::LargerDigit, &options, Some(20));
+            assert_eq!(split.is_ok(), fits, "side {side}");
+            if let Ok(split) = split {
+                for c in split.train.canvases(0).unwrap() {
+                    let (x, y, s) = c.second_box.unwrap();
+                    assert!(x + s <= side - 2 && y + s <= side - 2);
+                }
+            }
+        }
     }
 }

@@ -396,25 +396,26 @@ pub fn write_image_folder(split: &DigitsSplit, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// FNV-1a over every canvas's pixels, label and boxes: pins generated canvases in tests.
+#[cfg(test)]
+pub(crate) fn fingerprint(canvases: &[Canvas]) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    let mut eat = |b: u8| {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x100_0000_01b3);
+    };
+    for c in canvases {
+        c.image.as_raw().iter().for_each(|&b| eat(b));
+        eat(c.label as u8);
+        let boxes = std::iter::once(c.digit_box).chain(c.second_box);
+        boxes.for_each(|(x, y, s)| [x, y, s].iter().for_each(|&v| eat(v as u8)));
+    }
+    hash
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// FNV-1a over every canvas's pixels, label and box.
-    fn fingerprint(canvases: &[Canvas]) -> u64 {
-        let mut hash = 0xcbf2_9ce4_8422_2325u64;
-        let mut eat = |b: u8| {
-            hash ^= u64::from(b);
-            hash = hash.wrapping_mul(0x100_0000_01b3);
-        };
-        for c in canvases {
-            c.image.as_raw().iter().for_each(|&b| eat(b));
-            eat(c.label as u8);
-            let (x, y, s) = c.digit_box;
-            [x, y, s].iter().for_each(|&v| eat(v as u8));
-        }
-        hash
-    }
 
     #[test]
     fn the_export_parses_to_the_uci_test_set() {

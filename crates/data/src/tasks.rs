@@ -354,7 +354,7 @@ pub fn task_split(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::digits::embedded_split;
+    use crate::digits::{embedded_split, fingerprint};
 
     /// Per task: the first 16 validation canvases, epoch 0's 16 training canvases, and epoch
     /// 2's under draw seed 3; then epoch 1's digits under split seed 5 and draw seed 3.
@@ -388,22 +388,6 @@ mod tests {
         assert_eq!(split.train.len(), folder.train.len());
         // A fixed set is the same in every epoch.
         assert_eq!(split.val.canvas(7, 3).unwrap(), folder.val[3]);
-    }
-
-    /// FNV-1a over the canvases' pixels, labels and boxes.
-    fn fingerprint(canvases: &[Canvas]) -> u64 {
-        let mut hash = 0xcbf2_9ce4_8422_2325u64;
-        let mut eat = |b: u8| {
-            hash ^= u64::from(b);
-            hash = hash.wrapping_mul(0x100_0000_01b3);
-        };
-        for c in canvases {
-            c.image.as_raw().iter().for_each(|&b| eat(b));
-            eat(c.label as u8);
-            let boxes = std::iter::once(c.digit_box).chain(c.second_box);
-            boxes.for_each(|(x, y, s)| [x, y, s].iter().for_each(|&v| eat(v as u8)));
-        }
-        hash
     }
 
     #[test]

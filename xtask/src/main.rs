@@ -208,22 +208,7 @@ fn main() -> ExitCode {
             },
         )
         .map_err(anyhow::Error::from)
-        .map(|report| {
-            println!("wrote {} tensors to {}", report.tensors, output.display());
-            if !report.skipped.is_empty() {
-                println!(
-                    "skipped {} non-weight entries: {}",
-                    report.skipped.len(),
-                    report.skipped.join(", ")
-                );
-            }
-            if !report.unknown_globals.is_empty() {
-                println!(
-                    "kept inert (never executed): {}",
-                    report.unknown_globals.join(", ")
-                );
-            }
-        }),
+        .map(|report| println!("{}", report.summary(&output))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -115,6 +115,9 @@ fn a_tiny_run_writes_the_whole_report() {
             let seeds: Vec<f64> = row[6].split(", ").map(|v| v.parse().unwrap()).collect();
             assert_eq!(seeds.len(), 2);
             assert!(seeds.iter().all(|v| (0.0..=100.0).contains(v)), "{row:?}");
+            // The same policy's top-1 before finetuning, found for every method and rate.
+            let before: f64 = row[4].parse().unwrap();
+            assert!((0.0..=100.0).contains(&before), "{row:?}");
         }
         // Cut loss and pruning at both rates, EViT at 0.5: each with an interval that
         // gives its verdict.

@@ -51,6 +51,31 @@ pub struct ConvertReport {
     pub unknown_globals: Vec<String>,
 }
 
+impl ConvertReport {
+    /// What the conversion to `output` did, one line per finding, as the commands print it.
+    pub fn summary(&self, output: &Path) -> String {
+        let mut lines = vec![format!(
+            "wrote {} tensors to {}",
+            self.tensors,
+            output.display()
+        )];
+        if !self.skipped.is_empty() {
+            lines.push(format!(
+                "skipped {} non-weight entries: {}",
+                self.skipped.len(),
+                self.skipped.join(", ")
+            ));
+        }
+        if !self.unknown_globals.is_empty() {
+            lines.push(format!(
+                "kept inert (never executed): {}",
+                self.unknown_globals.join(", ")
+            ));
+        }
+        lines.join("\n")
+    }
+}
+
 /// Converts the weights of PyTorch checkpoint `input` into safetensors file `output`
 /// (written whole or not at all; refused when both name the same file).
 pub fn convert(input: &Path, output: &Path, options: &ConvertOptions) -> Result<ConvertReport> {

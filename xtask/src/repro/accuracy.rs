@@ -486,6 +486,8 @@ pub fn run_accuracy(
             })
         })
         .collect::<Result<_>>()?;
+    // Each (task, rate)'s evaluations before finetuning come before its finetunes in job
+    // order, so every finetune below finds its method's figure here.
     let mut before = std::collections::HashMap::new();
     for (job, outcome) in jobs.iter().zip(outcomes) {
         match (*job, outcome) {
@@ -513,10 +515,11 @@ pub fn run_accuracy(
                     Some(result) => result.finetuned.push((seed, top1)),
                     None => {
                         let ri = options.rates.iter().position(|&r| r == rate).unwrap_or(0);
+                        let key = (task, kind_index(method.kind()), rate.to_bits());
                         run.results.push(MethodResult {
                             method,
                             rate,
-                            off_the_shelf: f64::NAN,
+                            off_the_shelf: before.get(&key).copied().unwrap_or(f64::NAN),
                             finetuned: vec![(seed, top1)],
                             gmacs: super::cost::gmacs(
                                 reference.config(),
@@ -530,12 +533,6 @@ pub fn run_accuracy(
                 }
             }
             _ => anyhow::bail!("a job gave the wrong kind of result"),
-        }
-    }
-    for (t, run) in tasks.iter_mut().enumerate() {
-        for result in &mut run.results {
-            let key = (t, kind_index(result.method.kind()), result.rate.to_bits());
-            result.off_the_shelf = before.get(&key).copied().unwrap_or(f64::NAN);
         }
     }
     Ok(AccuracyRun {

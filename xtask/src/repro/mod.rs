@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use idlevit_data::DigitsTask;
-use idlevit_train::models::task_model;
+use idlevit_train::models::{default_config, task_model};
 use idlevit_zoo::DeiTConfig;
 
 pub use accuracy::{AccuracyOptions, AccuracyRun, Method, MethodResult, TaskRun, mean_std};
@@ -171,7 +171,7 @@ pub fn run(options: &ReproOptions, log: &mut dyn FnMut(String)) -> Result<ReproO
     let started = Instant::now();
     let out = &options.out_dir;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let dense = task_model(DigitsTask::Digit)?;
+    let digits_config = default_config()?;
     let threads = rayon::current_num_threads();
     let mut md = String::new();
     let mut tables = Vec::new();
@@ -180,7 +180,7 @@ pub fn run(options: &ReproOptions, log: &mut dyn FnMut(String)) -> Result<ReproO
 
     // 1. Cost.
     let section = Instant::now();
-    let cost_tables = cost::cost_tables(dense.config())?;
+    let cost_tables = cost::cost_tables(&digits_config)?;
     md += "## 1. Cost\n\nMultiply-accumulates per image by the cost formula of `docs/algorithm.md` (patch embed, \
            every block's products, head), dense and with IdleViT's DeiT schedule (layers 4..11 \
            keep r, r^2, r^3), beside the paper's dense figures. Computed by this run, not \

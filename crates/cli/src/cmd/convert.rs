@@ -51,23 +51,6 @@ pub fn run(args: Convert, globals: &Globals) -> Result<()> {
         family: args.family.map(Family::from),
     };
     let report = convert(&args.input, &args.output, &options)?;
-    println!(
-        "wrote {} tensors to {}",
-        report.tensors,
-        args.output.display()
-    );
-    if !report.skipped.is_empty() {
-        println!(
-            "skipped {} non-weight entries: {}",
-            report.skipped.len(),
-            report.skipped.join(", ")
-        );
-    }
-    if !report.unknown_globals.is_empty() {
-        println!(
-            "kept inert (never executed): {}",
-            report.unknown_globals.join(", ")
-        );
-    }
+    println!("{}", report.summary(&args.output));
     Ok(())
 }

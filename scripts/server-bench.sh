@@ -57,13 +57,13 @@ torch_ips() { # threads batch dtype
         --threads "$1" --dtype "$3" --runs 10 2>/dev/null |
         "$python" -c 'import json,sys
 rows=[json.loads(l) for l in sys.stdin if "images_per_second" in l]
-print(f"{rows[-1][\"images_per_second\"]:.1f}" if rows else "-")'
+print("%.1f" % rows[-1]["images_per_second"] if rows else "-")'
 }
 
 echo "$model, keep rate $keep_rate, $(nproc) CPUs; images/s (medians), each row one run"
 echo
-echo "| threads, batch | bf16 kernel | ours f32 dense | ours f32 idle | ours bf16 dense | ours bf16 idle | torch fp32 | torch bf16 autocast |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| threads, batch | bf16 kernel | ours f32 dense | ours f32 idle | ours bf16 dense | ours bf16 idle | idle speed-up / GMAC ratio, f32 and bf16 | torch fp32 | torch bf16 autocast |"
+echo "|---|---|---|---|---|---|---|---|---|"
 for threads in ${threads_list//,/ }; do
     for batch in ${batches//,/ }; do
         runs=5
@@ -73,8 +73,9 @@ for threads in ${threads_list//,/ }; do
         echo "$out" >&2
         kernel=$(sed -n 's/.*bf16 kernel \([a-z0-9-]*\),.*/\1/p' <<<"$out")
         label="idle"
+        per_gmac=$(sed -n 's/.*speed-up \/ GMAC ratio f32 \([0-9.]*\), bf16 \([0-9.]*\).*/\1, \2/p' <<<"$out")
         echo "| $threads, $batch | ${kernel:--} | $(ours "$out" dense f32) | $(ours "$out" "$label" f32) |" \
-            "$(ours "$out" dense bf16) | $(ours "$out" "$label" bf16) |" \
+            "$(ours "$out" dense bf16) | $(ours "$out" "$label" bf16) | ${per_gmac:--} |" \
             "$(torch_ips "$threads" "$batch" fp32) | $(torch_ips "$threads" "$batch" bf16) |"
     done
 done

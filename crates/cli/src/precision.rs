@@ -10,9 +10,11 @@ pub fn from_flag(bf16: bool) -> Precision {
     match choose(bf16, idlevit_kernels::bf16_expected_faster_than_f32()) {
         Some(precision) => precision,
         None => {
+            // On a server whose AMX was refused or failed its check, say why it is missing.
+            let amx = idlevit_kernels::amx_status().map_or(String::new(), |amx| format!("; {amx}"));
             eprintln!(
                 "note: --bf16 is not faster than f32 on this CPU (its bf16 kernel, {kernel}, does \
-                 no more multiply-adds per cycle than f32); running f32"
+                 no more multiply-adds per cycle than f32{amx}); running f32"
             );
             Precision::F32
         }

@@ -24,9 +24,9 @@ mod top_k;
 
 pub use activation::{gelu, gelu_backward, gelu_backward_with, gelu_with};
 pub use bf16::{
-    KERNEL_ENV as BF16_KERNEL_ENV, PANEL as BF16_PANEL, PackedBf16, bf16_expected_faster_than_f32,
-    bf16_hardware, bf16_kernel_name, from_bf16, linear_bf16, linear_bf16_accumulate,
-    linear_bf16_columns, to_bf16,
+    KERNEL_ENV as BF16_KERNEL_ENV, PANEL as BF16_PANEL, PackedBf16, amx_status,
+    bf16_expected_faster_than_f32, bf16_hardware, bf16_kernel_name, from_bf16, linear_bf16,
+    linear_bf16_accumulate, linear_bf16_columns, to_bf16,
 };
 pub use elementwise::{add_assign, add_bias_rows, scale};
 pub use error::KernelError;

@@ -68,6 +68,18 @@ impl BenchReport {
     }
 }
 
+/// The fixed `batch x 3 x side x side` images every benchmark runs on: a spread of values in
+/// [-1, 1), the range of normalised pixels.
+fn bench_images(batch: usize, side: usize) -> Result<Tensor> {
+    let n = batch_values(batch, side)?;
+    Ok(Tensor::from_vec(
+        vec![batch, 3, side, side],
+        (0..n)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
+            .collect(),
+    )?)
+}
+
 /// Times forward passes of each of `models` on the same `side x side` images, interleaved run by
 /// run so that every model sees the same machine conditions, after `warmup` untimed passes
 /// of each.
@@ -84,13 +96,7 @@ pub fn bench(
     if models.is_empty() {
         bail!("nothing to benchmark");
     }
-    let n = batch_values(batch, side)?;
-    let images = Tensor::from_vec(
-        vec![batch, 3, side, side],
-        (0..n)
-            .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
-            .collect(),
-    )?;
+    let images = bench_images(batch, side)?;
     for model in models {
         for _ in 0..warmup {
             model.forward(&Eager, &images)?;
@@ -120,15 +126,75 @@ pub fn bench(
     })
 }
 
-/// The median images/s of each model [`bench_precision`] times.
+/// The median images/s of each model [`bench_precision`] times, and how far the bf16 logits
+/// lie from the f32 ones on the benchmark's images.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PrecisionBench {
     /// (label, f32 images/s, bf16 images/s): dense first, then the policy if one is given.
     pub rows: Vec<(String, f64, f64)>,
+    /// The bf16 model's logits against the f32 model's, per row.
+    pub agreement: Vec<LogitAgreement>,
+}
+
+/// How closely one model's logits follow another's on the same images.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LogitAgreement {
+    /// Images compared.
+    pub images: usize,
+    /// Images whose top-1 class is the same in both.
+    pub top1_same: usize,
+    /// The largest absolute difference of a logit.
+    pub max_abs_diff: f32,
+    /// The largest absolute logit of the reference, to read the difference against.
+    pub max_abs_reference: f32,
+}
+
+impl LogitAgreement {
+    /// Compares `logits` with `reference`, both `images x classes` row-major.
+    pub fn of(reference: &[f32], logits: &[f32], classes: usize) -> Result<Self> {
+        if classes == 0
+            || reference.len() != logits.len()
+            || !reference.len().is_multiple_of(classes)
+        {
+            bail!(
+                "logits of {} and {} values do not form the same rows of {classes} classes",
+                reference.len(),
+                logits.len()
+            );
+        }
+        let top1 = |row: &[f32]| {
+            row.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| i)
+        };
+        let top1_same = reference
+            .chunks_exact(classes)
+            .zip(logits.chunks_exact(classes))
+            .filter(|(r, l)| top1(r) == top1(l))
+            .count();
+        // A NaN anywhere must show, so it wins over every number.
+        let max_abs = |values: &mut dyn Iterator<Item = f32>| {
+            values.fold(0.0f32, |m, v| {
+                if m.is_nan() || v.is_nan() {
+                    f32::NAN
+                } else {
+                    m.max(v)
+                }
+            })
+        };
+        Ok(Self {
+            images: reference.len() / classes,
+            top1_same,
+            max_abs_diff: max_abs(&mut reference.iter().zip(logits).map(|(r, l)| (r - l).abs())),
+            max_abs_reference: max_abs(&mut reference.iter().map(|r| r.abs())),
+        })
+    }
 }
 
 /// Times the f32 and bf16 forms of `dense` (and of `dense` under `policy`, unless it is
-/// dense), interleaved run by run as [`bench()`] does.
+/// dense), interleaved run by run as [`bench()`] does, then compares each bf16 form's logits
+/// with its f32 form's on the same images.
 pub fn bench_precision(
     dense: &ZooModel,
     policy: &TokenPolicy,
@@ -150,10 +216,48 @@ pub fn bench_precision(
     }
     let refs: Vec<&ZooModel> = models.iter().collect();
     let report = bench(&refs, dense.img_size(), batch, warmup, runs)?;
+    let images = bench_images(batch, dense.img_size())?;
+    let logits =
+        |model: &ZooModel| -> Result<Vec<f32>> { Ok(model.forward(&Eager, &images)?.to_vec()) };
+    let agreement = models
+        .chunks_exact(2)
+        .map(|pair| {
+            let classes = dense.num_classes();
+            LogitAgreement::of(&logits(&pair[0])?, &logits(&pair[1])?, classes)
+        })
+        .collect::<Result<_>>()?;
     let ips = |i| report.images_per_second(i);
     let rows = labels.into_iter().enumerate();
     let rows = rows
         .map(|(i, label)| (label, ips(2 * i), ips(2 * i + 1)))
         .collect();
-    Ok(PrecisionBench { rows })
+    Ok(PrecisionBench { rows, agreement })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logit_agreement_counts_top1_and_the_largest_difference() {
+        let reference = [1.0, 3.0, -2.0, 0.5, -4.0, 0.0];
+        let logits = [1.5, 2.9, -2.0, 0.4, -4.0, 0.6];
+        let agreement = LogitAgreement::of(&reference, &logits, 3).expect("same shapes");
+        assert_eq!(agreement.images, 2);
+        // Row 0 keeps class 1; row 1 moves from class 1 to class 2.
+        assert_eq!(agreement.top1_same, 1);
+        assert_eq!(agreement.max_abs_diff, 0.6);
+        assert_eq!(agreement.max_abs_reference, 4.0);
+    }
+
+    #[test]
+    fn logit_agreement_shows_a_nan_and_refuses_mismatched_rows() {
+        let agreement = LogitAgreement::of(&[1.0, 2.0], &[f32::NAN, 2.0], 2).expect("shapes");
+        assert!(agreement.max_abs_diff.is_nan());
+        let agreement = LogitAgreement::of(&[1.0, 2.0], &[1.0, f32::NAN], 2).expect("shapes");
+        assert!(agreement.max_abs_diff.is_nan());
+        assert!(LogitAgreement::of(&[1.0, 2.0], &[1.0], 2).is_err());
+        assert!(LogitAgreement::of(&[1.0, 2.0, 3.0], &[1.0, 2.0, 3.0], 2).is_err());
+        assert!(LogitAgreement::of(&[], &[], 0).is_err());
+    }
 }

@@ -89,28 +89,51 @@ pub fn run(args: Bench, globals: &Globals) -> Result<()> {
         let report = bench_precision(&dense, &token_policy, &label, batch, warmup, runs)?;
         let kernel = idlevit_kernels::bf16_kernel_name();
         let expected_faster = idlevit_kernels::bf16_expected_faster_than_f32();
+        let amx = idlevit_kernels::amx_status();
+        let macs_ratio = if token_policy == TokenPolicy::Dense {
+            None
+        } else {
+            Some(config.macs(&TokenPolicy::Dense)? / config.macs(&token_policy)?)
+        };
         if args.json {
             json["bf16_kernel"] = json!(kernel);
             json["bf16_expected_faster"] = json!(expected_faster);
+            json["amx_status"] = json!(amx);
             json["rows"] = report
                 .rows
                 .iter()
-                .map(|(label, f32_ips, bf16_ips)| {
+                .zip(&report.agreement)
+                .map(|((label, f32_ips, bf16_ips), agreement)| {
                     json!({
                         "label": label,
                         "f32_images_per_second": f32_ips,
                         "bf16_images_per_second": bf16_ips,
                         "bf16_over_f32": bf16_ips / f32_ips,
+                        "bf16_top1_same_as_f32": agreement.top1_same,
+                        "images_compared": agreement.images,
+                        "bf16_max_abs_logit_difference": agreement.max_abs_diff,
+                        "f32_max_abs_logit": agreement.max_abs_reference,
                     })
                 })
                 .collect();
+            if let (Some(ratio), [(_, f32_dense, bf16_dense), (_, f32_policy, bf16_policy)]) =
+                (macs_ratio, report.rows.as_slice())
+            {
+                json["gmac_ratio"] = json!(ratio);
+                json["speedup_f32"] = json!(f32_policy / f32_dense);
+                json["speedup_bf16"] = json!(bf16_policy / bf16_dense);
+            }
             return print_json(&json);
         }
         println!(
             "{name} batch {batch} threads {threads}, bf16 kernel {kernel}, medians of {runs} \
              interleaved runs:"
         );
-        print_precision(&report);
+        if let Some(amx) = amx {
+            // Says "bf16" so that logs filtered for precision lines keep it.
+            println!("  bf16 on {amx}");
+        }
+        print_precision(&report, macs_ratio);
         if !expected_faster {
             println!(
                 "  (on this CPU the other commands run f32 when given --bf16: its bf16 \
@@ -168,13 +191,36 @@ fn memory_json(report: &BenchReport) -> serde_json::Value {
     })
 }
 
-/// Prints the table of `bench --bf16`: one line per model with both speeds and their ratio.
-fn print_precision(report: &PrecisionBench) {
+/// Prints the table of `bench --bf16`: one line per model with both speeds and their ratio,
+/// the policy's speed-up over dense in each precision against its GMAC ratio (when
+/// `macs_ratio` is given), and how closely the bf16 logits follow the f32 ones.
+fn print_precision(report: &PrecisionBench, macs_ratio: Option<f64>) {
     for (label, f32_ips, bf16_ips) in &report.rows {
         println!(
             "  {label:<10} f32 {f32_ips:8.2} images/s   bf16 {bf16_ips:8.2} images/s   \
              bf16/f32 speed ratio {:.3}x",
             bf16_ips / f32_ips
+        );
+    }
+    if let (Some(ratio), [(_, f32_dense, bf16_dense), (label, f32_policy, bf16_policy)]) =
+        (macs_ratio, report.rows.as_slice())
+    {
+        let (f32_speedup, bf16_speedup) = (f32_policy / f32_dense, bf16_policy / bf16_dense);
+        println!(
+            "  speed-up of {label} over dense: f32 {f32_speedup:.3}x, bf16 {bf16_speedup:.3}x; \
+             GMAC ratio {ratio:.3}x; speed-up / GMAC ratio f32 {:.3}, bf16 {:.3}",
+            f32_speedup / ratio,
+            bf16_speedup / ratio
+        );
+    }
+    for ((label, ..), agreement) in report.rows.iter().zip(&report.agreement) {
+        println!(
+            "  bf16 against f32, {label}: top-1 the same on {}/{} images, largest logit \
+             difference {:.4} (largest |logit| {:.4})",
+            agreement.top1_same,
+            agreement.images,
+            agreement.max_abs_diff,
+            agreement.max_abs_reference
         );
     }
 }

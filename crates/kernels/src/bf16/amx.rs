@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 
 use super::select::{AmxSupport, amx_support};
 use super::tile::{TileConfig, TileUnit};
+use super::tile_check::check_tiles;
 
 /// `arch_prctl` on x86-64 Linux.
 const SYS_ARCH_PRCTL: i64 = 158;
@@ -44,8 +45,8 @@ unsafe fn arch_prctl(code: u64, arg: u64) -> i64 {
     ret
 }
 
-/// Whether this process may use the tiles: CPUID says AMX-TILE and AMX-BF16, and Linux granted
-/// tile data. Checked and requested once.
+/// Whether this process may use the tiles: CPUID says AMX-TILE and AMX-BF16, Linux granted
+/// tile data, and the tiles passed the start-up check. Checked and requested once.
 pub(crate) fn support() -> AmxSupport {
     static SUPPORT: OnceLock<AmxSupport> = OnceLock::new();
     *SUPPORT.get_or_init(|| {
@@ -60,6 +61,8 @@ pub(crate) fn support() -> AmxSupport {
                 let ret = unsafe { arch_prctl(ARCH_GET_XCOMP_PERM, &raw mut mask as u64) };
                 (ret == 0).then_some(mask)
             },
+            // Runs only once the permission is confirmed, which is what a tile unit needs.
+            || check_tiles(&mut AmxTiles(())),
         )
     })
 }
@@ -72,7 +75,7 @@ pub(crate) struct AmxTiles(());
 impl AmxTiles {
     /// The tile unit, if this process may use it.
     pub(crate) fn new() -> Option<Self> {
-        (support() == AmxSupport::Usable).then_some(Self(()))
+        support().usable().then_some(Self(()))
     }
 }
 

@@ -38,7 +38,7 @@ use crate::simd::{Isa, SimdKernel, dispatch};
 /// Pair-steps per tile: 16 pairs (32 bf16 values) fill a 64-byte A row.
 pub(crate) const STEP_PAIRS: usize = TILE_BYTES / 4;
 /// Rows per row group: two A tiles.
-const GROUP_ROWS: usize = 2 * TILE_ROWS;
+pub(crate) const GROUP_ROWS: usize = 2 * TILE_ROWS;
 /// Pair-steps per cache block (256 input features, as the AVX-512 kernel).
 pub(crate) const BLOCK_STEPS: usize = 128;
 /// Bytes per row of a panel, of a staged accumulator block and of an output panel row.

@@ -5,7 +5,8 @@
 use super::amx_driver::{STEP_PAIRS, padded_steps};
 use super::pack::pair;
 use super::tests::{bound, kernels};
-use super::tile::{TileConfig, TileUnit};
+use super::tile::{self, TileConfig, TileUnit};
+use super::tile_check;
 use super::tile_model::{TileModel, fold, pair_step};
 use super::*;
 use crate::testutil::{f32_vec, pool};
@@ -411,5 +412,120 @@ fn stale_non_finite_activations_never_reach_the_padding() {
                 assert_eq!(y, want, "{kernel:?}");
             }
         }
+    }
+}
+
+/// The tile model with one fault, standing for tiles whose instructions are wrong (or, for
+/// `LastBit`, tiles that round differently from the model).
+#[derive(Default)]
+struct FaultyTiles {
+    model: TileModel,
+    fault: Fault,
+}
+
+#[derive(Clone, Copy, Default)]
+enum Fault {
+    /// No fault: the model itself.
+    #[default]
+    None,
+    /// `tdpbf16ps` overwrites C instead of adding onto it.
+    DropsAccumulator,
+    /// Every stored sum has its lowest bit flipped.
+    LastBit,
+    /// Every stored sum is NaN.
+    NotFinite,
+}
+
+impl TileUnit for FaultyTiles {
+    fn configure(&mut self, cfg: &TileConfig) {
+        self.model.configure(cfg);
+    }
+
+    unsafe fn load<const T: u8>(&mut self, base: *const u8, stride: usize) {
+        // SAFETY: forwarded contract.
+        unsafe { self.model.load::<T>(base, stride) };
+    }
+
+    fn zero<const T: u8>(&mut self) {
+        self.model.zero::<T>();
+    }
+
+    fn dpbf16ps<const C: u8, const A: u8, const B: u8>(&mut self) {
+        if let Fault::DropsAccumulator = self.fault {
+            self.model.zero::<C>();
+        }
+        self.model.dpbf16ps::<C, A, B>();
+    }
+
+    unsafe fn store<const T: u8>(&mut self, base: *mut u8, stride: usize) {
+        // SAFETY: forwarded contract.
+        unsafe { self.model.store::<T>(base, stride) };
+        let change = |word: u32| match self.fault {
+            Fault::LastBit => word ^ 1,
+            Fault::NotFinite => f32::NAN.to_bits(),
+            Fault::None | Fault::DropsAccumulator => word,
+        };
+        for r in 0..tile::TILE_ROWS {
+            for col in 0..tile::TILE_BYTES / 4 {
+                let at = base.wrapping_add(r * stride + 4 * col).cast::<u32>();
+                // SAFETY: the store above wrote these bytes of full tiles (the driver only
+                // configures full ones), so they are ours to rewrite.
+                unsafe { at.write_unaligned(change(at.read_unaligned())) };
+            }
+        }
+    }
+
+    fn release(&mut self) {
+        self.model.release();
+    }
+}
+
+#[test]
+fn start_up_check_accepts_the_model_and_last_bit_differences() {
+    let check = tile_check::check_tiles(&mut FaultyTiles::default());
+    assert!(check.passed(), "{check:?}");
+    assert_eq!(check.differing, 0);
+    assert_eq!(check.sums, 1600);
+    // A real comparison happened: the f32 sums are not exact.
+    assert!(check.worst > 0.0 && check.worst < 0.5, "{check:?}");
+    let check = tile_check::check_tiles(&mut FaultyTiles {
+        fault: Fault::LastBit,
+        ..FaultyTiles::default()
+    });
+    assert!(check.passed(), "{check:?}");
+    // Most sums differ: a flipped bit in an accumulator staged between cache blocks can
+    // round away in the rest of the sum.
+    assert!(check.differing > 1000, "{check:?}");
+    let text = check.describe();
+    assert!(
+        text.contains(&format!(
+            "{} differing from the tile model",
+            check.differing
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn start_up_check_rejects_wrong_sums() {
+    for fault in [Fault::DropsAccumulator, Fault::NotFinite] {
+        let check = tile_check::check_tiles(&mut FaultyTiles {
+            fault,
+            ..FaultyTiles::default()
+        });
+        assert!(!check.passed(), "{check:?}");
+        assert!(check.differing > 1000, "{check:?}");
+    }
+}
+
+#[test]
+fn start_up_check_passes_on_the_real_tiles_where_they_exist() {
+    // Everywhere else this is the NoInstructions (or refused) branch, tested in `select`.
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    if let Some(text) = amx_status() {
+        assert!(
+            Bf16Kernel::Amx.is_supported(),
+            "AMX present but unusable: {text}"
+        );
     }
 }

@@ -44,7 +44,17 @@ mod select;
 #[cfg(test)]
 mod tests;
 mod tile;
-#[cfg(test)]
+// The start-up check of the CPU's tiles runs the model beside them: needed in every build
+// that can run AMX, and in the tests.
+#[cfg_attr(
+    not(all(target_arch = "x86_64", target_os = "linux")),
+    allow(dead_code)
+)]
+mod tile_check;
+#[cfg_attr(
+    not(all(target_arch = "x86_64", target_os = "linux")),
+    allow(dead_code)
+)]
 mod tile_model;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -119,6 +129,13 @@ impl Bf16Kernel {
             if let Some(warning) = warning {
                 eprintln!("warning: {warning}");
             }
+            // Tiles that compute wrong sums are a fault worth reporting, not a quiet fallback.
+            #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+            if let support @ select::AmxSupport::FailedCheck(_) = amx::support()
+                && let Some(text) = support.describe()
+            {
+                eprintln!("warning: {text}; using {}", kernel.name());
+            }
             kernel
         })
     }
@@ -134,7 +151,7 @@ impl Bf16Kernel {
             #[cfg(not(target_arch = "x86_64"))]
             Self::Avx512Bf16 => false,
             #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-            Self::Amx => amx::support() == select::AmxSupport::Usable,
+            Self::Amx => amx::support().usable(),
             #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
             Self::Amx => false,
             #[cfg(test)]
@@ -193,6 +210,18 @@ pub fn bf16_hardware() -> bool {
 /// `IDLEVIT_BF16_KERNEL` overrides the choice).
 pub fn bf16_kernel_name() -> &'static str {
     Bf16Kernel::detected().name()
+}
+
+/// On a CPU with AMX, what became of it: the start-up check of the tiles against the software
+/// model (sums compared, how many differ from the model in their bits, the worst error as a
+/// fraction of the accumulation bound), or why the tiles are not used. `None` without AMX.
+pub fn amx_status() -> Option<String> {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        amx::support().describe()
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    None
 }
 
 /// Whether bf16 should run faster than f32 on this CPU with the kernel in use: true with AMX,

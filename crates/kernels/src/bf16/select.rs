@@ -2,6 +2,7 @@
 //! f32 here. Every decision is a pure function of what was detected, so it is unit-tested.
 
 use super::Bf16Kernel;
+use super::tile_check::TileCheck;
 
 /// Environment variable that forces a kernel: `amx`, `avx512` (or `avx512-bf16`) or
 /// `portable`. An unknown or unavailable choice is ignored with a warning.
@@ -13,25 +14,56 @@ const AMX_BF16_BIT: u32 = 1 << 22;
 const AMX_TILE_BIT: u32 = 1 << 24;
 
 /// Whether this process may run the AMX kernel, and if not, why.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum AmxSupport {
-    /// The CPU has the instructions and the OS granted tile data.
-    Usable,
+    /// The CPU has the instructions, the OS granted tile data and the tiles passed the
+    /// start-up check.
+    Usable(TileCheck),
     /// The CPU lacks AMX-TILE or AMX-BF16 (or this is not x86-64 Linux).
     NoInstructions,
     /// The OS refused the permission request with this errno.
     Refused(i64),
     /// The request returned success but the permitted set lacks tile data.
     NotGranted,
+    /// The tiles gave sums outside the accumulation bound in the start-up check.
+    FailedCheck(TileCheck),
+}
+
+impl AmxSupport {
+    /// Whether the AMX kernel may run.
+    pub(crate) fn usable(&self) -> bool {
+        matches!(self, Self::Usable(_))
+    }
+
+    /// What a user of a CPU with AMX should know about it: the check's outcome, or why the
+    /// tiles are not used; `None` on a CPU without AMX.
+    pub(crate) fn describe(&self) -> Option<String> {
+        match self {
+            Self::Usable(check) => Some(format!("AMX {}", check.describe())),
+            Self::NoInstructions => None,
+            Self::Refused(errno) => Some(format!(
+                "AMX not used: Linux refused the process tile data (errno {errno})"
+            )),
+            Self::NotGranted => {
+                Some("AMX not used: Linux did not grant the process tile data".to_string())
+            }
+            Self::FailedCheck(check) => Some(format!(
+                "AMX not used: the tiles failed their {}",
+                check.describe()
+            )),
+        }
+    }
 }
 
 /// Decides AMX support from CPUID leaf 7's EDX, running `request` (the permission request,
 /// returning 0 or a negative errno) only when the CPU has the instructions, then `permitted`
-/// (the process's permitted XSTATE components, `None` when unreadable) to confirm it.
+/// (the process's permitted XSTATE components, `None` when unreadable) to confirm it, and
+/// last `check` (the tiles against the software model) once they may be used.
 pub(crate) fn amx_support(
     cpuid7_edx: u32,
     request: impl FnOnce() -> i64,
     permitted: impl FnOnce() -> Option<u64>,
+    check: impl FnOnce() -> TileCheck,
 ) -> AmxSupport {
     let needed = AMX_BF16_BIT | AMX_TILE_BIT;
     if cpuid7_edx & needed != needed {
@@ -43,8 +75,14 @@ pub(crate) fn amx_support(
     }
     // Tile data is component 18 (`amx::XFEATURE_XTILEDATA`).
     match permitted() {
-        Some(mask) if mask & (1 << 18) != 0 => AmxSupport::Usable,
-        _ => AmxSupport::NotGranted,
+        Some(mask) if mask & (1 << 18) != 0 => {}
+        _ => return AmxSupport::NotGranted,
+    }
+    let check = check();
+    if check.passed() {
+        AmxSupport::Usable(check)
+    } else {
+        AmxSupport::FailedCheck(check)
     }
 }
 
@@ -148,34 +186,77 @@ mod tests {
 
     const BOTH: u32 = AMX_BF16_BIT | AMX_TILE_BIT;
 
+    /// A check outcome: `worst` times the bound, `differing` sums unlike the model's.
+    fn outcome(worst: f64, differing: usize) -> TileCheck {
+        TileCheck {
+            sums: 1600,
+            differing,
+            worst,
+        }
+    }
+
+    /// A check that must not run.
+    fn no_check() -> TileCheck {
+        panic!("checked the tiles without permission")
+    }
+
     #[test]
     fn amx_needs_both_cpuid_bits_before_asking_the_os() {
         for edx in [0, AMX_BF16_BIT, AMX_TILE_BIT, !BOTH] {
-            let support = amx_support(edx, || panic!("asked without AMX"), || panic!("read"));
+            let support = amx_support(
+                edx,
+                || panic!("asked without AMX"),
+                || panic!("read"),
+                no_check,
+            );
             assert_eq!(support, AmxSupport::NoInstructions, "edx {edx:#x}");
+            assert_eq!(support.describe(), None);
         }
     }
 
     #[test]
     fn amx_permission_outcomes() {
-        // Granted and confirmed.
-        assert_eq!(
-            amx_support(BOTH, || 0, || Some(0x6_0000 | 0xFF)),
-            AmxSupport::Usable
-        );
+        // Granted, confirmed and checked.
+        let good = outcome(0.02, 0);
+        let support = amx_support(BOTH, || 0, || Some(0x6_0000 | 0xFF), || good);
+        assert_eq!(support, AmxSupport::Usable(good));
+        assert!(support.usable());
         // Refused with any errno (EINVAL from a kernel without dynamic XSTATE, or an
         // alternate signal stack too small for tile state): no permission read, fall back.
+        let refused = amx_support(BOTH, || -22, || panic!("read after a refusal"), no_check);
+        assert_eq!(refused, AmxSupport::Refused(22));
+        assert!(!refused.usable());
+        assert!(refused.describe().is_some_and(|d| d.contains("errno 22")));
         assert_eq!(
-            amx_support(BOTH, || -22, || panic!("read after a refusal")),
-            AmxSupport::Refused(22)
+            amx_support(BOTH, || -38, || None, no_check),
+            AmxSupport::Refused(38)
         );
-        assert_eq!(amx_support(BOTH, || -38, || None), AmxSupport::Refused(38));
         // Success reported but tile data missing from the permitted set, or unreadable.
-        assert_eq!(
-            amx_support(BOTH, || 0, || Some(0x2_00FF)),
-            AmxSupport::NotGranted
-        );
-        assert_eq!(amx_support(BOTH, || 0, || None), AmxSupport::NotGranted);
+        for permitted in [Some(0x2_00FF), None] {
+            let support = amx_support(BOTH, || 0, || permitted, no_check);
+            assert_eq!(support, AmxSupport::NotGranted);
+            assert!(!support.usable());
+        }
+    }
+
+    #[test]
+    fn amx_tiles_outside_the_bound_are_not_used() {
+        // Last-bit differences from the model within the bound are accepted.
+        let close = outcome(1.0, 1600);
+        let support = amx_support(BOTH, || 0, || Some(1 << 18), || close);
+        assert_eq!(support, AmxSupport::Usable(close));
+        let text = support.describe().expect("AMX present");
+        assert!(text.contains("1600 differing"), "{text}");
+        for worst in [1.0 + 1e-9, f64::INFINITY, f64::NAN] {
+            let support = amx_support(BOTH, || 0, || Some(1 << 18), || outcome(worst, 7));
+            assert!(
+                matches!(support, AmxSupport::FailedCheck(c) if c.differing == 7),
+                "{worst}"
+            );
+            assert!(!support.usable());
+            let text = support.describe().expect("AMX present");
+            assert!(text.starts_with("AMX not used: the tiles failed"), "{text}");
+        }
     }
 
     #[test]

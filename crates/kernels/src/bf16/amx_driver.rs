@@ -15,10 +15,10 @@
 //! A row group of 32 rows and a panel make a 32 x 32 block in four accumulator tiles (C0-C3),
 //! fed per 16 pair-steps by two A tiles (A4, A5: upper and lower 16 rows) and two B tiles (B6,
 //! B7: left and right 16 columns). A group of 16 rows or fewer (the last one) runs the upper
-//! half only. Per panel, every block of [`BLOCK_STEPS`] pair-steps runs over every row group,
-//! so the panel's block (16 KiB) stays in L1 while the activations stream from L2; between
-//! blocks the accumulators wait in a per-thread buffer, stored and reloaded exactly, so a sum
-//! is accumulated in one unbroken order over K. Once a panel is done its sums go to the output
+//! half only. Per panel, every block of at most [`MAX_BLOCK_STEPS`] pair-steps runs over every
+//! row group, so the panel's block (at most 32 KiB) stays in L1 while the activations stream
+//! from L2; between blocks the accumulators wait in a per-thread buffer, stored and reloaded
+//! exactly, so a sum is accumulated in one unbroken order over K. Once a panel is done its sums go to the output
 //! with the bias, the column mask of a range starting or ending inside a panel, and the
 //! accumulate-or-overwrite choice.
 //!
@@ -39,8 +39,9 @@ use crate::simd::{Isa, SimdKernel, dispatch};
 pub(crate) const STEP_PAIRS: usize = TILE_BYTES / 4;
 /// Rows per row group: two A tiles.
 pub(crate) const GROUP_ROWS: usize = 2 * TILE_ROWS;
-/// Pair-steps per cache block (256 input features, as the AVX-512 kernel).
-pub(crate) const BLOCK_STEPS: usize = 128;
+/// Most pair-steps per cache block: a panel's block is then 32 KiB, which stays in a 48 KiB
+/// L1 (Sapphire Rapids and later) beside the activation tiles streaming through.
+const MAX_BLOCK_STEPS: usize = 256;
 /// Bytes per row of a panel, of a staged accumulator block and of an output panel row.
 const PANEL_BYTES: usize = PANEL * 4;
 
@@ -144,8 +145,7 @@ pub(crate) unsafe fn product<U: TileUnit>(
     unit.configure(&TileConfig::FULL);
     for panel in panels {
         let b = ops.b[panel * steps * PANEL..].as_ptr().cast::<u8>();
-        for block in (0..steps).step_by(BLOCK_STEPS) {
-            let end = (block + BLOCK_STEPS).min(steps);
+        for Range { start: block, end } in k_blocks(steps) {
             for g in 0..groups {
                 let both = dest.rows - g * GROUP_ROWS > TILE_ROWS;
                 let c = acc_ptr.wrapping_add(g * GROUP_ROWS * PANEL_BYTES);
@@ -213,6 +213,22 @@ pub(crate) unsafe fn product<U: TileUnit>(
         }
     }
     unit.release();
+}
+
+/// The cache blocks of `steps` pair-steps (a multiple of 16): as few as keep each block
+/// within [`MAX_BLOCK_STEPS`], of even length in whole tile steps. Between blocks every
+/// accumulator tile goes to memory and back, so a short last block (64 steps after 128 at
+/// DeiT-S's 384 features) would pay that round trip for little work; DeiT-S's 384 and 1536
+/// features make one block of 192 and three of 256.
+fn k_blocks(steps: usize) -> impl Iterator<Item = Range<usize>> {
+    let blocks = steps.div_ceil(MAX_BLOCK_STEPS).max(1);
+    let len = steps
+        .div_ceil(blocks)
+        .next_multiple_of(STEP_PAIRS)
+        .max(STEP_PAIRS);
+    (0..steps)
+        .step_by(len)
+        .map(move |start| start..(start + len).min(steps))
 }
 
 /// One panel's staged sums into the output: `c = base + (sum + bias)` for panel columns
@@ -288,6 +304,36 @@ pub(crate) fn zero_pads(words: &mut [u32], stride: usize, rows: usize, used: usi
     if used < stride {
         for row in words.chunks_exact_mut(stride).take(rows) {
             row[used..].fill(0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn k_blocks_are_even_whole_tile_steps_within_the_limit() {
+        let blocks = |steps| k_blocks(steps).collect::<Vec<_>>();
+        assert_eq!(blocks(16), [0..16]);
+        assert_eq!(blocks(192), [0..192]);
+        assert_eq!(blocks(256), [0..256]);
+        assert_eq!(blocks(272), [0..144, 144..272]);
+        assert_eq!(blocks(384), [0..192, 192..384]);
+        assert_eq!(blocks(768), [0..256, 256..512, 512..768]);
+        for steps in (16..=2048).step_by(16) {
+            let blocks = blocks(steps);
+            assert_eq!(blocks.len(), steps.div_ceil(MAX_BLOCK_STEPS), "{steps}");
+            assert_eq!(blocks[0].start, 0);
+            assert_eq!(blocks.last().map(|b| b.end), Some(steps));
+            for pair in blocks.windows(2) {
+                assert_eq!(pair[0].end, pair[1].start);
+                assert!(pair[0].len() >= pair[1].len());
+            }
+            for b in &blocks {
+                assert!(b.len() <= MAX_BLOCK_STEPS && b.start.is_multiple_of(STEP_PAIRS));
+                assert!(b.len().is_multiple_of(STEP_PAIRS) && !b.is_empty());
+            }
         }
     }
 }

@@ -173,6 +173,8 @@ fn tile_driver_matches_naive_on_edge_shapes() {
     let (m, k, n) = (2 * MC + 17, 2 * KC + 9, 3 * PANEL + 5);
     check_bits(2, (m, k, n), 7..n - 3, true, true, 3).unwrap();
     check_bits(3, (m, k, n), 40..50, false, false, 4).unwrap();
+    // Three cache blocks of pair-steps (192, 192 and 176), the last one padded.
+    check_bits(2, (37, 1100, 40), 0..40, true, true, 5).unwrap();
 }
 
 #[test]

@@ -152,3 +152,32 @@ pub(crate) fn check_tiles<U: TileUnit>(unit: &mut U) -> TileCheck {
         worst,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_operands_spread_over_values_signs_and_magnitudes() {
+        // A check on near-constant or one-signed operands could pass tiles that mix up rows,
+        // columns or pair halves, and values of 1 or more would leave the bf16 range tested.
+        let (x, w) = operands();
+        assert_eq!((x.len(), w.len()), (ROWS * FEATURES, OUTPUTS * FEATURES));
+        let all: Vec<f32> = x.iter().chain(&w).copied().collect();
+        assert!(all.iter().all(|v| v.is_finite() && v.abs() < 1.0));
+        let mut distinct: Vec<u32> = all.iter().map(|v| v.to_bits()).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert!(distinct.len() * 100 > all.len() * 95, "{}", distinct.len());
+        let share = |f: &dyn Fn(f32) -> bool| {
+            all.iter().filter(|&&v| f(v)).count() as f64 / all.len() as f64
+        };
+        let negative = share(&|v| v < 0.0);
+        assert!((0.45..0.55).contains(&negative), "{negative}");
+        // Scales of 2^0 .. 2^-7, an eighth each: more small values than one scale gives.
+        let small = share(&|v| v.abs() < 1.0 / 128.0);
+        assert!((0.1..0.3).contains(&small), "{small}");
+        let large = share(&|v| v.abs() >= 0.5);
+        assert!((0.04..0.1).contains(&large), "{large}");
+    }
+}

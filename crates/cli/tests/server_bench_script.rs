@@ -55,4 +55,16 @@ fn the_server_sweep_fills_our_columns() {
     assert_eq!(per_gmac.len(), 2, "{row:?}");
     assert!(per_gmac.iter().all(|&v| v > 0.2 && v < 2.0), "{row:?}");
     assert_eq!(&row[7..], ["-", "-"], "{row:?}");
+    // The embedded digits model in both precisions: 97.55% in f32, and bf16 about the same.
+    let accuracy = stdout
+        .lines()
+        .find(|l| l.starts_with("Embedded digits model"))
+        .unwrap_or_else(|| panic!("no accuracy line:\n{stdout}"));
+    let top1: Vec<f64> = accuracy
+        .split_whitespace()
+        .filter_map(|w| w.trim_end_matches(',').strip_suffix('%')?.parse().ok())
+        .collect();
+    assert_eq!(top1.len(), 2, "{accuracy}");
+    assert_eq!(top1[0], 97.55, "{accuracy}");
+    assert!((top1[1] - top1[0]).abs() <= 1.0, "{accuracy}");
 }

@@ -240,12 +240,12 @@ mod tests {
 
     #[test]
     fn logit_agreement_counts_top1_and_the_largest_difference() {
-        let reference = [1.0, 3.0, -2.0, 0.5, -4.0, 0.0];
-        let logits = [1.5, 2.9, -2.0, 0.4, -4.0, 0.6];
+        let reference = [1.0, 3.0, -2.0, 0.5, -4.0, 0.0, 0.0, 0.1, 0.2];
+        let logits = [1.5, 2.9, -2.0, 0.4, -4.0, 0.6, 0.0, 0.1, 0.25];
         let agreement = LogitAgreement::of(&reference, &logits, 3).expect("same shapes");
-        assert_eq!(agreement.images, 2);
-        // Row 0 keeps class 1; row 1 moves from class 1 to class 2.
-        assert_eq!(agreement.top1_same, 1);
+        assert_eq!(agreement.images, 3);
+        // Rows 0 and 2 keep classes 1 and 2; row 1 moves from class 0 to class 2.
+        assert_eq!(agreement.top1_same, 2);
         assert_eq!(agreement.max_abs_diff, 0.6);
         assert_eq!(agreement.max_abs_reference, 4.0);
     }

@@ -136,6 +136,18 @@ pub struct PrecisionBench {
     pub agreement: Vec<LogitAgreement>,
 }
 
+impl PrecisionBench {
+    /// The policy's speed-up over dense in f32 and in bf16, when a policy was timed.
+    pub fn speedups(&self) -> Option<(f64, f64)> {
+        match self.rows.as_slice() {
+            [(_, f32_dense, bf16_dense), (_, f32_policy, bf16_policy)] => {
+                Some((f32_policy / f32_dense, bf16_policy / bf16_dense))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// How closely one model's logits follow another's on the same images.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LogitAgreement {
@@ -248,6 +260,17 @@ mod tests {
         assert_eq!(agreement.top1_same, 2);
         assert_eq!(agreement.max_abs_diff, 0.6);
         assert_eq!(agreement.max_abs_reference, 4.0);
+    }
+
+    #[test]
+    fn speedups_need_a_policy_row() {
+        let mut bench = PrecisionBench {
+            rows: vec![("dense".into(), 10.0, 16.0)],
+            agreement: vec![],
+        };
+        assert_eq!(bench.speedups(), None);
+        bench.rows.push(("idle".into(), 14.0, 20.0));
+        assert_eq!(bench.speedups(), Some((1.4, 1.25)));
     }
 
     #[test]

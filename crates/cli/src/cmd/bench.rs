@@ -116,12 +116,12 @@ pub fn run(args: Bench, globals: &Globals) -> Result<()> {
                     })
                 })
                 .collect();
-            if let (Some(ratio), [(_, f32_dense, bf16_dense), (_, f32_policy, bf16_policy)]) =
-                (macs_ratio, report.rows.as_slice())
+            if let (Some(ratio), Some((f32_speedup, bf16_speedup))) =
+                (macs_ratio, report.speedups())
             {
                 json["gmac_ratio"] = json!(ratio);
-                json["speedup_f32"] = json!(f32_policy / f32_dense);
-                json["speedup_bf16"] = json!(bf16_policy / bf16_dense);
+                json["speedup_f32"] = json!(f32_speedup);
+                json["speedup_bf16"] = json!(bf16_speedup);
             }
             return print_json(&json);
         }
@@ -202,10 +202,9 @@ fn print_precision(report: &PrecisionBench, macs_ratio: Option<f64>) {
             bf16_ips / f32_ips
         );
     }
-    if let (Some(ratio), [(_, f32_dense, bf16_dense), (label, f32_policy, bf16_policy)]) =
-        (macs_ratio, report.rows.as_slice())
+    if let (Some(ratio), Some((f32_speedup, bf16_speedup)), Some((label, ..))) =
+        (macs_ratio, report.speedups(), report.rows.get(1))
     {
-        let (f32_speedup, bf16_speedup) = (f32_policy / f32_dense, bf16_policy / bf16_dense);
         println!(
             "  speed-up of {label} over dense: f32 {f32_speedup:.3}x, bf16 {bf16_speedup:.3}x; \
              GMAC ratio {ratio:.3}x; speed-up / GMAC ratio f32 {:.3}, bf16 {:.3}",

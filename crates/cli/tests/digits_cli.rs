@@ -194,3 +194,30 @@ fn the_built_in_tasks_train_on_fresh_canvases_and_validate_on_held_out_digits() 
     ]);
     assert!(!per_epoch_alone.status.success());
 }
+
+#[test]
+fn digits_writes_the_larger_digit_task_with_its_training_copies() {
+    let dir = scratch("larger-digit-folder");
+    let out = dir.join("task");
+    let stdout = ok(&idlevit(&[
+        "digits",
+        "--task",
+        "larger-digit",
+        "--out",
+        out.to_str().unwrap(),
+        "--train-copies",
+        "2",
+    ]));
+    // Two canvases per training digit, two per validation digit.
+    assert!(
+        stdout.contains("2696 training and 898 validation"),
+        "{stdout}"
+    );
+    let pngs = |half: &str| {
+        std::fs::read_dir(out.join(half))
+            .unwrap()
+            .map(|class| std::fs::read_dir(class.unwrap().path()).unwrap().count())
+            .sum::<usize>()
+    };
+    assert_eq!((pngs("train"), pngs("val")), (2696, 898));
+}

@@ -136,9 +136,8 @@ impl ImageFolder {
     ) -> Result<(Tensor, Vec<usize>)> {
         self.load_batch(indices, transform.size as usize, |path, i| {
             let image = read_image(path)?;
-            let image_seed = seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
             transform
-                .apply(&image, image_seed)
+                .apply(&image, crate::set::image_seed(seed, i))
                 .map_err(|e| DataError::Image("cannot augment", path.into(), Box::new(e)))
         })
     }

@@ -74,6 +74,12 @@ impl ImageSet for ImageFolder {
     }
 }
 
+/// The augmentation seed of image `index` in a batch augmented with `seed`: every image set
+/// derives it the same way, so a folder and the canvases written into it augment alike.
+pub(crate) fn image_seed(seed: u64, index: usize) -> u64 {
+    seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
 /// The images of `indices`, each made by `load(index)` as `(3, side, side)` with its label,
 /// in parallel on the current rayon pool, stacked into `(batch, 3, side, side)`. Each image
 /// keeps its batch position, so the batch, and the first error in batch order, are the

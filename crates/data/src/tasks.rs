@@ -157,6 +157,14 @@ impl TaskCanvases {
         self
     }
 
+    /// A fresh set drawing `count` canvases per epoch; a fixed set is unchanged.
+    pub fn with_canvases_per_epoch(mut self, count: usize) -> Self {
+        if let Draw::Fresh { per_epoch, .. } = &mut self.draw {
+            *per_epoch = count;
+        }
+        self
+    }
+
     /// Whether every epoch draws new canvases.
     pub fn is_fresh(&self) -> bool {
         matches!(self.draw, Draw::Fresh { .. })
@@ -254,10 +262,7 @@ impl ImageSet for TaskCanvases {
         seed: u64,
     ) -> Result<(Tensor, Vec<usize>)> {
         self.load(epoch, indices, transform.size as usize, |image, i| {
-            transform.apply(
-                &image,
-                seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-            )
+            transform.apply(&image, crate::set::image_seed(seed, i))
         })
     }
 }
@@ -373,6 +378,22 @@ mod tests {
             .iter()
             .flat_map(|c| c.image.as_raw().clone())
             .collect()
+    }
+
+    #[test]
+    fn canvases_per_epoch_can_be_set_after_the_split() {
+        let options = DigitsOptions::default();
+        let split = task_split(DigitsTask::LargerDigit, &options, None).unwrap();
+        assert_eq!(split.train.len(), 1348);
+        let set = split.train.with_canvases_per_epoch(2 * 1348);
+        assert_eq!(set.len(), 2 * 1348);
+        // The same canvases as a split asked for that many.
+        let asked = task_split(DigitsTask::LargerDigit, &options, Some(2 * 1348)).unwrap();
+        let last = 2 * 1348 - 1;
+        let pixels_at = |s: &TaskCanvases| s.canvas(1, last).unwrap().image.into_raw();
+        assert_eq!(pixels_at(&set), pixels_at(&asked.train));
+        // A fixed set keeps its canvases.
+        assert_eq!(split.val.with_canvases_per_epoch(3).len(), 898);
     }
 
     #[test]

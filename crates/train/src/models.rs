@@ -79,13 +79,14 @@ pub const LARGER_DIGIT_WEIGHTS: &[u8] = include_bytes!("../assets/larger-digit/m
 /// The dense model of a digits task: the default model for digits, its finetune on the
 /// larger-digit task for that one; both have the default configuration.
 pub fn task_model(task: DigitsTask) -> Result<DeiT> {
-    let weights = match task {
-        DigitsTask::Digit => DEFAULT_WEIGHTS,
-        DigitsTask::LargerDigit => LARGER_DIGIT_WEIGHTS,
-    };
-    let ckpt = Checkpoint::from_safetensors_bytes(weights)?;
-    DeiT::load(&default_config()?, ckpt)
-        .context(|| format!("the embedded {} weights do not fit", task.name()))
+    match task {
+        DigitsTask::Digit => default_model(),
+        DigitsTask::LargerDigit => {
+            let ckpt = Checkpoint::from_safetensors_bytes(LARGER_DIGIT_WEIGHTS)?;
+            DeiT::load(&default_config()?, ckpt)
+                .context(|| "the embedded larger-digit weights do not fit".into())
+        }
+    }
 }
 
 #[cfg(test)]

@@ -43,9 +43,10 @@ pub fn run(args: Digits, globals: &Globals) -> Result<()> {
     let split = match args.task {
         TaskArg::Digits => embedded_split(&options)?,
         TaskArg::LargerDigit => {
-            let task = task_split(DigitsTask::LargerDigit, &options, None)?;
+            let mut task = task_split(DigitsTask::LargerDigit, &options, None)?;
             let per_epoch = task.train.len() * args.train_copies;
-            task_split(DigitsTask::LargerDigit, &options, Some(per_epoch))?.drawn(0)?
+            task.train = task.train.with_canvases_per_epoch(per_epoch);
+            task.drawn(0)?
         }
     };
     write_image_folder(&split, &args.out)?;

@@ -22,6 +22,7 @@ use idlevit_train::{Mixup, Objective};
 use idlevit_zoo::{DeiT, PolicyKind, ZooModel};
 
 use super::speed::deit_policy;
+use super::stats::mean_std;
 
 /// How the accuracy experiment runs.
 #[derive(Clone, Debug)]
@@ -114,18 +115,6 @@ impl MethodResult {
     pub fn mean_std(&self) -> (f64, f64) {
         mean_std(&self.finetuned.iter().map(|f| f.1).collect::<Vec<_>>())
     }
-}
-
-/// Mean and sample standard deviation (0 for one value).
-pub fn mean_std(values: &[f64]) -> (f64, f64) {
-    let n = values.len().max(1) as f64;
-    let mean = values.iter().sum::<f64>() / n;
-    let var = if values.len() > 1 {
-        values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
-    (mean, var.sqrt())
 }
 
 /// What the experiment measured on one task.

@@ -23,12 +23,12 @@ use idlevit_data::DigitsTask;
 use idlevit_train::models::{default_config, task_model};
 use idlevit_zoo::DeiTConfig;
 
-pub use accuracy::{AccuracyOptions, AccuracyRun, Method, MethodResult, TaskRun, mean_std};
+pub use accuracy::{AccuracyOptions, AccuracyRun, Method, MethodResult, TaskRun};
 use claims::accuracy_section;
 pub use imagenet::ImagenetOptions;
 pub use plots::{Chart, Series, write_chart};
 pub use speed::SpeedOptions;
-pub use stats::{Paired, Verdict};
+pub use stats::{Paired, Verdict, mean_std};
 pub use table::Table;
 pub use timm::{TimmRun, run_timm};
 

@@ -57,6 +57,18 @@ pub struct Paired {
     pub half_width: f64,
 }
 
+/// Mean and sample standard deviation (0 for one value; mean 0 for none).
+pub fn mean_std(values: &[f64]) -> (f64, f64) {
+    let n = values.len().max(1) as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = if values.len() > 1 {
+        values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
 impl Paired {
     /// Compares `a` and `b`, each `(seed, value)`, over the seeds both have.
     pub fn new(a: &[(u64, f64)], b: &[(u64, f64)]) -> Self {
@@ -65,12 +77,11 @@ impl Paired {
             .filter_map(|&(seed, va)| b.iter().find(|(s, _)| *s == seed).map(|&(_, vb)| va - vb))
             .collect();
         let n = diffs.len();
-        let mean = diffs.iter().sum::<f64>() / n.max(1) as f64;
+        let (mean, std) = mean_std(&diffs);
         let half_width = if n < 2 {
             f64::INFINITY
         } else {
-            let var = diffs.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
-            t_975(n - 1) * (var / n as f64).sqrt()
+            t_975(n - 1) * std / (n as f64).sqrt()
         };
         Self {
             seeds: n,
